@@ -1,0 +1,39 @@
+"""Tiny random models: every test builds its own, on the CPU, in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seekmoe.config import ModelConfig
+from seekmoe.model import CausalLM
+
+TINY = dict(
+    vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    kv_lora_rank=16, q_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6,
+    moe_intermediate_size=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+    first_k_dense_replace=1, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
+)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return ModelConfig.from_dict({**TINY, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> CausalLM:
+    """A random tiny model with weights large enough that greedy choices are decisive."""
+    model = CausalLM(tiny_config(**overrides))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.2 if not name.endswith("norm.weight") else 0.1
+            p.copy_((1.0 if name.endswith("norm.weight") else 0.0) + scale * torch.randn(p.shape, generator=g))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture
+def model() -> CausalLM:
+    return tiny_model()
