@@ -1,8 +1,27 @@
 """seekmoe: train, fine-tune and serve DeepSeek-V2/V3-style Mixture-of-Experts models on your own machines."""
 
-from seekmoe.checkpoint import CheckpointError, load_model, save_model
-from seekmoe.config import ConfigError, ModelConfig
-from seekmoe.model import CausalLM
+from __future__ import annotations
 
-__all__ = ["CausalLM", "CheckpointError", "ConfigError", "ModelConfig", "load_model", "save_model"]
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+# imported on first use, so `seekmoe inspect` and other torch-free commands start fast
+_LAZY = {
+    "ModelConfig": "seekmoe.config", "ConfigError": "seekmoe.config",
+    "CausalLM": "seekmoe.model",
+    "load_model": "seekmoe.checkpoint", "save_model": "seekmoe.checkpoint", "CheckpointError": "seekmoe.checkpoint",
+}
+__all__ = ["CausalLM", "CheckpointError", "ConfigError", "ModelConfig", "load_model", "save_model"]
+
+if TYPE_CHECKING:
+    from seekmoe.checkpoint import CheckpointError, load_model, save_model
+    from seekmoe.config import ConfigError, ModelConfig
+    from seekmoe.model import CausalLM
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'seekmoe' has no attribute {name!r}")

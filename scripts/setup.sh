@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create or update the virtual environment in .venv (or $SEEKMOE_VENV).
+#   scripts/setup.sh        what running seekmoe needs
+#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis)
+# torch is installed first as the CPU build 2.13.0, so no later requirement can pull a multi-GB CUDA build;
+# a torch already in the environment is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${SEEKMOE_VENV:-.venv}
+python=${PYTHON:-python3}
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    # A local wheel (pip's find-links) is used as it is; elsewhere PyTorch's CPU index serves the CPU build.
+    if "${pip[@]}" download -q --no-deps --no-index -d "$(mktemp -d)" torch==2.13.0 >/dev/null 2>&1; then
+        "${pip[@]}" install -q torch==2.13.0
+    else
+        "${pip[@]}" install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+"${pip[@]}" install -q -e ".${extras}"
+"$venv/bin/python" -c "import torch, seekmoe; print('seekmoe', seekmoe.__version__, '| torch', torch.__version__)"

@@ -1,0 +1,8 @@
+"""`python -m seekmoe`: the same command as the `seekmoe` console script."""
+
+import sys
+
+from seekmoe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The model on its own: MoE dispatch against a dense reference loop, the router's outputs, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seekmoe.model import MoE, Routing
+from tests.conftest import tiny_model
+
+
+def dense_moe_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """Every expert on every token, weighted by the router's choice: slow and obviously right."""
+    x_ND = x.reshape(-1, x.shape[-1])
+    r = moe.gate(x_ND)
+    w = moe.experts
+    out = torch.zeros_like(x_ND)
+    for e in range(w.gate_proj.shape[0]):
+        y = (F.silu(x_ND @ w.gate_proj[e].T) * (x_ND @ w.up_proj[e].T)) @ w.down_proj[e].T
+        weight_N = (r.topk_weight * (r.topk_idx == e)).sum(-1)
+        out += weight_N.unsqueeze(-1) * y
+    if moe.shared_experts is not None:
+        out += moe.shared_experts(x_ND)
+    return out.view(x.shape)
+
+
+ROUTERS = {
+    "softmax greedy": dict(),
+    "softmax group-limited": dict(topk_method="group_limited_greedy", n_group=4, topk_group=2),
+    "sigmoid noaux_tc": dict(topk_method="noaux_tc", scoring_func="sigmoid", n_group=4, topk_group=2,
+                             norm_topk_prob=True, routed_scaling_factor=2.5),
+    "no shared experts, top-1": dict(n_shared_experts=0, num_experts_per_tok=1),
+}
+
+
+@pytest.mark.parametrize("name", list(ROUTERS))
+def test_grouped_dispatch_equals_dense_reference(name):
+    model = tiny_model(**ROUTERS[name])
+    moe = model.model.layers[1].mlp
+    assert isinstance(moe, MoE)
+    x = torch.randn(3, 11, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y, _ = moe(x)
+        torch.testing.assert_close(y, dense_moe_reference(moe, x), atol=1e-5, rtol=1e-5)
+
+
+def test_router_exposes_scores_and_choices_per_moe_layer():
+    model = tiny_model(topk_method="noaux_tc", scoring_func="sigmoid", n_group=4, topk_group=2, num_hidden_layers=3)
+    ids = torch.randint(0, 97, (2, 7))
+    out = model(ids, return_routing=True)
+    assert out.logits.shape == (2, 7, 97)
+    assert len(out.routing) == 2  # layers 1 and 2 are MoE
+    r = out.routing[0]
+    assert isinstance(r, Routing)
+    assert r.scores.shape == (14, 8) and r.scores.dtype == torch.float32
+    assert r.topk_idx.shape == (14, 2) and r.topk_weight.shape == (14, 2)
+    # scores are plain sigmoid affinities: the bias steers the choice, never the weights
+    assert ((r.scores > 0) & (r.scores < 1)).all()
+    # each token's two experts are distinct and lie in its two allowed groups
+    assert (r.topk_idx[:, 0] != r.topk_idx[:, 1]).all()
+    torch.testing.assert_close(out.logits, model(ids))
+
+
+def test_bias_steers_selection_only():
+    model = tiny_model(topk_method="noaux_tc", scoring_func="sigmoid", n_group=1, topk_group=1)
+    gate = model.model.layers[1].mlp.gate
+    x = torch.randn(64, model.config.hidden_size)
+    with torch.no_grad():
+        gate.e_score_correction_bias.zero_()
+        gate.e_score_correction_bias[3] = 10.0  # expert 3 now wins every token
+        r = gate(x)
+    assert (r.topk_idx == 3).any(dim=-1).all()
+    # its weight is still its own unbiased score (normalised over the chosen pair when norm_topk_prob)
+    chosen = r.scores.gather(1, r.topk_idx)
+    expected = chosen / chosen.sum(-1, keepdim=True) if gate.norm_topk_prob else chosen
+    torch.testing.assert_close(r.topk_weight, expected * gate.routed_scaling_factor)
+
+
+def test_group_limited_routing_stays_in_chosen_groups():
+    model = tiny_model(topk_method="group_limited_greedy", n_group=4, topk_group=1, num_experts_per_tok=2)
+    gate = model.model.layers[1].mlp.gate
+    with torch.no_grad():
+        r = gate(torch.randn(50, model.config.hidden_size))
+    groups = r.topk_idx // 2  # 8 experts in 4 groups of 2
+    assert (groups[:, 0] == groups[:, 1]).all()
+    best_group = r.scores.view(50, 4, 2).amax(-1).argmax(-1)
+    assert torch.equal(groups[:, 0], best_group)
+
+
+def test_idle_experts_are_never_computed():
+    """Poison one expert with NaN and make sure no token routes to it: the output stays finite."""
+    model = tiny_model(topk_method="noaux_tc", scoring_func="sigmoid", n_group=1, topk_group=1)
+    moe = model.model.layers[1].mlp
+    with torch.no_grad():
+        moe.gate.e_score_correction_bias[5] = -100.0
+        moe.experts.gate_proj[5] = float("nan")
+        out = model(torch.randint(0, 97, (2, 9)), return_routing=True)
+    assert not (out.routing[0].topk_idx == 5).any()
+    assert torch.isfinite(out.logits).all()
+
+
+def test_dense_only_model_runs():
+    model = tiny_model(n_routed_experts=None, num_experts_per_tok=None, moe_intermediate_size=None)
+    out = model(torch.randint(0, 97, (1, 5)), return_routing=True)
+    assert out.routing == [] and out.logits.shape == (1, 5, 97)
+
+
+def test_causal_and_batch_independent():
+    model = tiny_model()
+    ids = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        full = model(ids)
+        prefix = model(ids[:, :5])
+        single = model(ids[1:])
+    torch.testing.assert_close(full[:, :5], prefix, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full[1:], single, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_forward_runs_with_float32_router():
+    model = tiny_model().to(torch.bfloat16)
+    model.model.layers[1].mlp.gate.float()
+    logits = model(torch.randint(0, 97, (2, 6)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long)])
+def test_input_ids_must_be_2d(bad):
+    with pytest.raises(ValueError, match="batch, seq"):
+        tiny_model()(bad)
+
+
+def test_init_weights_is_seeded_and_sane():
+    a, b = tiny_model(), tiny_model()
+    a.init_weights(torch.Generator().manual_seed(3))
+    b.init_weights(torch.Generator().manual_seed(3))
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+        if name.endswith("norm.weight"):
+            assert (pa == 1).all()
+        else:
+            assert 0.005 < pa.std() < 0.05, name
