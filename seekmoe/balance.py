@@ -1,0 +1,132 @@
+"""Expert load balancing: DeepSeek-V2's auxiliary losses, DeepSeek-V3's sequence-wise loss and its
+auxiliary-loss-free bias, and the load statistics that show whether experts are used evenly.
+
+All functions take the `Routing` a MoE layer returns (model.py); none of them touch the model's weights except
+`update_bias`, which moves the routing bias that steers selection only.
+
+Shape legend: N tokens (B*T flattened), B sequences, T tokens per sequence, E routed experts, K experts per
+token, G device groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from seekmoe.model import Routing
+
+MODES = ("none", "aux", "loss_free")
+
+
+@dataclass
+class BalanceConfig:
+    mode: str = "loss_free"  # none | aux | loss_free
+    expert_alpha: float = 0.003  # α1: expert-level balance loss (DeepSeek-V2)
+    device_alpha: float = 0.05  # α2: device-level balance loss, experts split into n_devices groups
+    n_devices: int = 1  # 1: no device-level loss
+    sequence_alpha: float = 0.0001  # α of DeepSeek-V3's sequence-wise complementary loss
+    bias_update_rate: float = 0.001  # u of the loss-free strategy
+    capacity_factor: float | None = None  # token dropping during training; None keeps every token
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"balance mode must be one of {list(MODES)}, got {self.mode!r}")
+        for name in ("expert_alpha", "device_alpha", "sequence_alpha", "bias_update_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.n_devices < 1:
+            raise ValueError(f"n_devices must be >= 1, got {self.n_devices}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0 or None, got {self.capacity_factor}")
+
+
+def expert_counts(r: Routing, n_experts: int) -> torch.Tensor:
+    """Tokens sent to each expert (E,), as float32."""
+    return torch.bincount(r.topk_idx.flatten(), minlength=n_experts).float()
+
+
+def _selection_fraction(r: Routing) -> torch.Tensor:
+    """f_i = E / (K N) * (number of tokens choosing expert i): 1.0 for every expert when perfectly balanced."""
+    n, k = r.topk_idx.shape
+    e = r.scores.shape[1]
+    return expert_counts(r, e) * e / (k * n)
+
+
+def expert_balance_loss(r: Routing) -> torch.Tensor:
+    """DeepSeek-V2 expert-level loss sum_i f_i P_i (before α1); f_i carries no gradient, P_i does."""
+    p_E = r.scores.mean(dim=0)  # P_i: mean affinity
+    return (_selection_fraction(r) * p_E).sum()
+
+
+def device_balance_loss(r: Routing, n_devices: int) -> torch.Tensor:
+    """DeepSeek-V2 device-level loss sum_d f'_d P'_d (before α2): experts split into n_devices equal groups."""
+    e = r.scores.shape[1]
+    if e % n_devices:
+        raise ValueError(f"n_routed_experts ({e}) must be divisible by n_devices ({n_devices})")
+    f_G = _selection_fraction(r).view(n_devices, -1).mean(dim=1)  # f'_d: mean f over the group
+    p_G = r.scores.mean(dim=0).view(n_devices, -1).sum(dim=1)  # P'_d: summed affinity of the group
+    return (f_G * p_G).sum()
+
+
+def sequence_balance_loss(r: Routing, batch_size: int) -> torch.Tensor:
+    """DeepSeek-V3's complementary loss: the expert-level loss within each sequence, scores normalised per token."""
+    n, k = r.topk_idx.shape
+    e = r.scores.shape[1]
+    t = n // batch_size
+    scores_BTE = (r.scores / r.scores.sum(dim=-1, keepdim=True)).view(batch_size, t, e)
+    chosen_BTE = torch.zeros_like(scores_BTE).scatter_(2, r.topk_idx.view(batch_size, t, k), 1.0)
+    f_BE = chosen_BTE.sum(dim=1) * e / (k * t)
+    p_BE = scores_BTE.mean(dim=1)
+    return (f_BE * p_BE).sum(dim=1).mean()
+
+
+def balance_loss(routing: list[Routing], cfg: BalanceConfig, batch_size: int) -> torch.Tensor | None:
+    """The auxiliary loss to add to the LM loss, summed over MoE layers; None when the mode adds none."""
+    if cfg.mode != "aux" or not routing:
+        return None
+    total = routing[0].scores.new_zeros(())
+    for r in routing:
+        total = total + cfg.expert_alpha * expert_balance_loss(r)
+        if cfg.n_devices > 1:
+            total = total + cfg.device_alpha * device_balance_loss(r, cfg.n_devices)
+        if cfg.sequence_alpha > 0:
+            total = total + cfg.sequence_alpha * sequence_balance_loss(r, batch_size)
+    return total
+
+
+@torch.no_grad()
+def update_bias(bias: torch.Tensor, counts: torch.Tensor, rate: float) -> None:
+    """Loss-free balancing: b_i += u * sign(mean load - load_i); overloaded experts become less attractive."""
+    bias += rate * torch.sign(counts.mean() - counts)
+
+
+@dataclass
+class LoadStats:
+    """How evenly one layer's experts were used over some tokens."""
+
+    fractions: list[float]  # share of routed (token, expert) pairs per expert; sums to 1
+    max_vio: float  # (max load - mean load) / mean load; 0 is perfect
+    utilisation: float  # mean load / max load; 1 is perfect
+    entropy: float  # mean per-token entropy of the normalised router scores, in nats
+    dropped: float = 0.0  # fraction of (token, expert) pairs dropped by the capacity limit
+
+
+def load_stats(counts: torch.Tensor, entropy: float = float("nan"), dropped: float = 0.0) -> LoadStats:
+    counts = counts.double()
+    mean, top = counts.mean().item(), counts.max().item()
+    total = counts.sum().item()
+    return LoadStats(
+        fractions=(counts / total).tolist() if total else [0.0] * counts.numel(),
+        max_vio=(top - mean) / mean if mean else 0.0,
+        utilisation=mean / top if top else 0.0,
+        entropy=entropy,
+        dropped=dropped,
+    )
+
+
+def router_entropy(r: Routing) -> float:
+    p = r.scores / r.scores.sum(dim=-1, keepdim=True)
+    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean().item()
