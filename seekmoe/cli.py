@@ -53,6 +53,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from seekmoe.tokenizer import SAMPLE_CHINESE, SAMPLE_ENGLISH, TokenizerError, corpus_files, train_tokenizer
+
+    try:
+        files = corpus_files(args.files)
+        # tokenizers' progress bars also print blank lines to stdout, so only when someone watches
+        tok = train_tokenizer(files, args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                              show_progress=sys.stderr.isatty())
+    except (TokenizerError, OSError) as e:
+        raise CLIError(str(e)) from None
+    out = Path(args.out)
+    print(f"trained on {len(files)} file(s); wrote {out / 'tokenizer.json'} and {out / 'tokenizer_config.json'}")
+    print(f"vocabulary: {tok.vocab_size:,} ids; bos {tok.bos_id}, eos {tok.eos_id}, pad {tok.pad_id}")
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: the corpus gave only {tok.vocab_size:,} of the {args.vocab_size:,} ids asked for")
+    print(f"tokens per character: English {tok.tokens_per_char(SAMPLE_ENGLISH):.2f}, "
+          f"Chinese {tok.tokens_per_char(SAMPLE_CHINESE):.2f} (built-in samples)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(deepseek-v2-lite, deepseek-v2, deepseek-v3)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
+                       description="Byte-level BPE tokenizers with DeepSeek-style special tokens.")
+    p = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION").add_parser(
+        "train", help="train on text, Markdown, reST and JSONL files",
+        description="Train a byte-level BPE on the given files, streaming them, and save tokenizer.json and "
+                    "tokenizer_config.json into --out, loadable by transformers' AutoTokenizer.")
+    p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER",
+                   help="UTF-8 text files, JSONL files (.jsonl, one {\"text\": ...} object a line), or folders "
+                        "searched recursively for .txt, .md, .rst and .jsonl files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                   help="ids in the vocabulary, special tokens and the 256 byte tokens included")
+    p.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                   help="merge a pair only if it occurs at least N times (default 2)")
+    p.set_defaults(func=cmd_tokenizer_train)
     return parser
 
 
