@@ -175,6 +175,7 @@ class Routing(NamedTuple):
     scores: torch.Tensor  # (N, E) float32 affinities (softmax or sigmoid), before any bias
     topk_idx: torch.Tensor  # (N, K) chosen experts
     topk_weight: torch.Tensor  # (N, K) float32 combine weights
+    kept: torch.Tensor | None = None  # (N, K) bool: pairs an expert computed; None when nothing was dropped
 
 
 class Gate(nn.Module):
@@ -230,12 +231,16 @@ class RoutedExperts(nn.Module):
         self.up_proj = nn.Parameter(torch.empty(n_experts, inter_dim, dim))  # w3_EFD
         self.down_proj = nn.Parameter(torch.empty(n_experts, dim, inter_dim))  # w2_EDF
 
-    def forward(self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
+    ) -> torch.Tensor:
         k = idx_NK.shape[1]
         # sort the N*K (token, expert) pairs by expert: each expert then sees one contiguous slice
         order = idx_NK.flatten().argsort(stable=True)  # (N*K,)
+        if kept_NK is not None:
+            order = order[kept_NK.flatten()[order]]  # dropped pairs cost nothing and add nothing
         token_of = order // k  # which token each sorted pair belongs to
-        counts = torch.bincount(idx_NK.flatten(), minlength=self.gate_proj.shape[0]).tolist()
+        counts = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0]).tolist()
         x_sorted = x_ND[token_of]  # (N*K, D)
         out = torch.empty_like(x_sorted)
         start = 0
@@ -250,6 +255,19 @@ class RoutedExperts(nn.Module):
         return torch.zeros_like(x_ND).index_add_(0, token_of, out)
 
 
+def capacity_mask(idx_NK: torch.Tensor, weight_NK: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Token dropping (training only): each expert keeps its `capacity` highest-weighted pairs, drops the rest."""
+    expert_P = idx_NK.flatten()
+    by_weight = weight_NK.flatten().argsort(descending=True, stable=True)
+    order = by_weight[expert_P[by_weight].argsort(stable=True)]  # by expert, best weight first within each
+    counts = torch.bincount(expert_P)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(order.numel()) - starts[expert_P[order]]  # position within the expert's queue
+    kept_P = torch.zeros_like(expert_P, dtype=torch.bool)
+    kept_P[order] = rank < capacity
+    return kept_P.view_as(idx_NK)
+
+
 class MoE(nn.Module):
     """DeepSeekMoE: fine-grained routed experts (top-K of E) plus shared experts that every token passes."""
 
@@ -260,11 +278,14 @@ class MoE(nn.Module):
         n_shared = cfg.n_shared_experts or 0
         self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * n_shared) if n_shared else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+    def forward(self, x: torch.Tensor, capacity_factor: float | None = None) -> tuple[torch.Tensor, Routing]:
         shape = x.shape
         x_ND = x.reshape(-1, shape[-1])  # (N, D)
         routing = self.gate(x_ND)
-        y = self.experts(x_ND, routing.topk_idx, routing.topk_weight).view(shape)
+        if capacity_factor is not None:
+            capacity = math.ceil(capacity_factor * routing.topk_idx.numel() / self.gate.n_experts)
+            routing = routing._replace(kept=capacity_mask(routing.topk_idx, routing.topk_weight, capacity))
+        y = self.experts(x_ND, routing.topk_idx, routing.topk_weight, routing.kept).view(shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y, routing
@@ -280,11 +301,13 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, capacity_factor: float | None = None
+    ) -> tuple[torch.Tensor, Routing | None]:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         h = self.post_attention_layernorm(x)
         if isinstance(self.mlp, MoE):
-            h, routing = self.mlp(h)
+            h, routing = self.mlp(h, capacity_factor)
             return x + h, routing
         return x + self.mlp(h), None
 
@@ -319,8 +342,13 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, return_routing: bool = False
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        return_routing: bool = False,
+        capacity_factor: float | None = None,
     ) -> torch.Tensor | CausalLMOutput:
+        """capacity_factor drops the pairs each expert cannot take (training); inference leaves it None."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, t = input_ids.shape
@@ -330,7 +358,7 @@ class CausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         routing = []
         for layer in self.model.layers:
-            x, r = layer(x, cos, sin)
+            x, r = layer(x, cos, sin, capacity_factor)
             if r is not None:
                 routing.append(r)
         logits = self.lm_head(self.model.norm(x))

@@ -6,19 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seekmoe.model import MoE, Routing
+from seekmoe.model import MoE, Routing, capacity_mask
 from tests.conftest import tiny_model
 
 
-def dense_moe_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+def dense_moe_reference(moe: MoE, x: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Every expert on every token, weighted by the router's choice: slow and obviously right."""
     x_ND = x.reshape(-1, x.shape[-1])
     r = moe.gate(x_ND)
+    weight_NK = r.topk_weight if kept is None else r.topk_weight * kept
     w = moe.experts
     out = torch.zeros_like(x_ND)
     for e in range(w.gate_proj.shape[0]):
         y = (F.silu(x_ND @ w.gate_proj[e].T) * (x_ND @ w.up_proj[e].T)) @ w.down_proj[e].T
-        weight_N = (r.topk_weight * (r.topk_idx == e)).sum(-1)
+        weight_N = (weight_NK * (r.topk_idx == e)).sum(-1)
         out += weight_N.unsqueeze(-1) * y
     if moe.shared_experts is not None:
         out += moe.shared_experts(x_ND)
@@ -140,3 +141,27 @@ def test_init_weights_is_seeded_and_sane():
             assert (pa == 1).all()
         else:
             assert 0.005 < pa.std() < 0.05, name
+
+
+def test_capacity_mask_keeps_each_experts_best_pairs():
+    idx = torch.tensor([[0, 1], [0, 2], [0, 1], [2, 0]])
+    weight = torch.tensor([[0.1, 0.9], [0.5, 0.2], [0.3, 0.8], [0.7, 0.4]])
+    kept = capacity_mask(idx, weight, capacity=2)
+    # expert 0 has weights 0.1, 0.5, 0.3, 0.4: keeps 0.5 and 0.4; experts 1 and 2 have two pairs each
+    assert kept.tolist() == [[False, True], [True, True], [False, True], [True, True]]
+    assert capacity_mask(idx, weight, capacity=4).all()
+
+
+def test_token_dropping_matches_reference_and_reports_what_it_kept():
+    model = tiny_model()
+    moe = model.model.layers[1].mlp
+    x = torch.randn(4, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y, r = moe(x, capacity_factor=0.5)
+        assert r.kept is not None and 0 < (~r.kept).sum() < r.kept.numel()
+        per_expert = torch.bincount(r.topk_idx[r.kept], minlength=8)
+        assert per_expert.max() <= 4 * 16 * 2 * 0.5 / 8
+        torch.testing.assert_close(y, dense_moe_reference(moe, x, r.kept), atol=1e-5, rtol=1e-5)
+        y_all, r_all = moe(x, capacity_factor=100.0)
+        torch.testing.assert_close(y_all, moe(x)[0])
+        assert r_all.kept.all()
