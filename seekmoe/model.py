@@ -22,6 +22,9 @@ from torch import nn
 
 from seekmoe.config import ModelConfig
 
+# torch's grouped GEMM (CPU and CUDA since 2.8-ish); private, so we keep the plain loop as the fallback
+_HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -242,15 +245,23 @@ class RoutedExperts(nn.Module):
         token_of = order // k  # which token each sorted pair belongs to
         counts = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0]).tolist()
         x_sorted = x_ND[token_of]  # (N*K, D)
-        out = torch.empty_like(x_sorted)
-        start = 0
-        for e, count in enumerate(counts):
-            if count == 0:
-                continue  # an idle expert costs nothing
-            h = x_sorted[start:start + count]
-            h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (count, F)
-            out[start:start + count] = h @ self.down_proj[e].T
-            start += count
+        if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16):
+            # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead
+            offs = torch.tensor(counts).cumsum(0).to(torch.int32)
+            h = F.silu(torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)) * torch._grouped_mm(
+                x_sorted, self.up_proj.transpose(1, 2), offs=offs)  # (N*K, F)
+            out = torch._grouped_mm(h, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
+        else:
+            outs, start = [], 0
+            for e, count in enumerate(counts):
+                if count == 0:
+                    continue  # an idle expert costs nothing
+                h = x_sorted[start:start + count]
+                h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (count, F)
+                outs.append(h @ self.down_proj[e].T)
+                start += count
+            # concatenated, not written into slices: autograd would copy the whole buffer once per slice
+            out = torch.cat(outs) if outs else x_sorted.new_zeros(0, x_ND.shape[1])
         out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
         return torch.zeros_like(x_ND).index_add_(0, token_of, out)
 
