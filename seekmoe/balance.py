@@ -10,49 +10,25 @@ token, G device groups.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from seekmoe.model import Routing
-
-MODES = ("none", "aux", "loss_free")
-
-
-@dataclass
-class BalanceConfig:
-    mode: str = "loss_free"  # none | aux | loss_free
-    expert_alpha: float = 0.003  # α1: expert-level balance loss (DeepSeek-V2)
-    device_alpha: float = 0.05  # α2: device-level balance loss, experts split into n_devices groups
-    n_devices: int = 1  # 1: no device-level loss
-    sequence_alpha: float = 0.0001  # α of DeepSeek-V3's sequence-wise complementary loss
-    bias_update_rate: float = 0.001  # u of the loss-free strategy
-    capacity_factor: float | None = None  # token dropping during training; None keeps every token
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"balance mode must be one of {list(MODES)}, got {self.mode!r}")
-        for name in ("expert_alpha", "device_alpha", "sequence_alpha", "bias_update_rate"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.n_devices < 1:
-            raise ValueError(f"n_devices must be >= 1, got {self.n_devices}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be > 0 or None, got {self.capacity_factor}")
+from seekmoe.train_config import BalanceConfig
 
 
 def expert_counts(r: Routing, n_experts: int) -> torch.Tensor:
-    """Tokens sent to each expert (E,), as float32."""
-    return torch.bincount(r.topk_idx.flatten(), minlength=n_experts).float()
+    """Tokens each expert computed (E,), as float32: pairs dropped by the capacity limit do not count."""
+    idx = r.topk_idx if r.kept is None else r.topk_idx[r.kept]
+    return torch.bincount(idx.flatten(), minlength=n_experts).float()
 
 
 def _selection_fraction(r: Routing) -> torch.Tensor:
     """f_i = E / (K N) * (number of tokens choosing expert i): 1.0 for every expert when perfectly balanced."""
     n, k = r.topk_idx.shape
     e = r.scores.shape[1]
-    return expert_counts(r, e) * e / (k * n)
+    return torch.bincount(r.topk_idx.flatten(), minlength=e).float() * e / (k * n)
 
 
 def expert_balance_loss(r: Routing) -> torch.Tensor:

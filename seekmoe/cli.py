@@ -8,37 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
-from seekmoe.config import ConfigError, ModelConfig
+from seekmoe.config import ConfigError, ModelConfig, resolve_config
 
 
 class CLIError(Exception):
     """Bad input the user can fix; printed as one line, exit code 2."""
 
 
-def bundled_configs() -> list[str]:
-    """Names of the published configs shipped in seekmoe/configs/."""
-    folder = resources.files("seekmoe").joinpath("configs")
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
-
-
 def load_config(source: str) -> ModelConfig:
     """A directory holding config.json, a .json file, or the name of a bundled config."""
-    path = Path(source)
     try:
-        if path.exists():
-            return ModelConfig.from_pretrained(path)
-        names = bundled_configs()
-        if source in names:
-            with resources.as_file(resources.files("seekmoe").joinpath("configs", f"{source}.json")) as p:
-                return ModelConfig.from_json(p)
+        return resolve_config(source)
     except ConfigError as e:
         raise CLIError(str(e)) from None
-    if source.endswith(".json") or path.parent != Path("."):
-        raise CLIError(f"{source}: no such file or directory")
-    raise CLIError(f"{source!r} is neither a path nor a bundled config (one of {', '.join(names)})")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -72,6 +56,31 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
           f"Chinese {tok.tokens_per_char(SAMPLE_CHINESE):.2f} (built-in samples)")
     return 0
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from seekmoe.data import DataError, prepare
+
+    try:
+        m = prepare(args.inputs, args.tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                    shard_tokens=args.shard_tokens, overwrite=args.overwrite, eos_token=args.eos_token, progress=True)
+    except (DataError, OSError) as e:
+        raise CLIError(str(e)) from None
+    d, splits = m["documents"], m["splits"]
+    print(f"{d['unique']:,} documents ({d['duplicates']:,} duplicates and {d['empty']:,} empty dropped) from "
+          f"{len(m['sources'])} source(s); {m['dtype']} tokens, vocabulary {m['vocab_size']:,}")
+    for name, s in splits.items():
+        print(f"{name:>5}: {s['documents']:,} documents, {s['tokens']:,} tokens in {len(s['shards'])} shard(s)")
+    print(f"wrote {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seekmoe.train import TrainError, run_from_args
+
+    try:
+        return run_from_args(args)
+    except (TrainError, OSError) as e:
+        raise CLIError(str(e)) from None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
@@ -101,6 +110,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2, metavar="N",
                    help="merge a pair only if it occurs at least N times (default 2)")
     p.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("data", help="prepare training data: token shards from text",
+                       description="Training data as token shards.")
+    p = p.add_subparsers(dest="data_command", required=True, metavar="ACTION").add_parser(
+        "prepare", help="deduplicate, shuffle and tokenise text into train/val token shards",
+        description="Tokenise text into shuffled train/val token shards with manifest.json, deduplicating exact "
+                    "copies of documents. A document is a paragraph block of a text file (lines between blank "
+                    "lines) or one JSONL record. Memory stays flat whatever the corpus size.")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER",
+                   help="UTF-8 text files, JSONL files (.jsonl, one {\"text\": ...} object a line), or folders "
+                        "searched recursively for .txt, .md, .rst and .jsonl files; a SOURCES.json beside them "
+                        "names their sources and licenses in the manifest")
+    p.add_argument("--tokenizer", required=True, metavar="PATH",
+                   help="a tokenizer folder (tokenizer.json, and tokenizer_config.json naming eos_token) or a "
+                        "tokenizer.json file")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the shards and manifest.json")
+    p.add_argument("--val-fraction", type=float, default=0.01, metavar="F",
+                   help="fraction of the documents held out for validation, in (0, 1) (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the train/val split (default 0)")
+    p.add_argument("--shard-tokens", type=int, default=50_000_000, metavar="N",
+                   help="tokens per shard file, the last one fewer (default 50,000,000)")
+    p.add_argument("--eos-token", metavar="TOKEN",
+                   help="end-of-sentence token appended to each document (default: tokenizer_config.json's "
+                        "eos_token, else a usual one such as <|endoftext|> found in the vocabulary)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the shards and manifest of a non-empty --out folder")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("train", help="pretrain a model on token shards, with expert load balancing",
+                       description="Pretrain (or resume) a model: AdamW, warm-up + cosine, balancing, validation, "
+                                   "metrics.jsonl, plots and atomic checkpoints in --out.")
+    from seekmoe.train_config import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -237,6 +237,30 @@ class ModelConfig:
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
 
+def bundled_configs() -> list[str]:
+    """Names of the published configs shipped in seekmoe/configs/."""
+    from importlib import resources
+
+    folder = resources.files("seekmoe").joinpath("configs")
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def resolve_config(source: str | os.PathLike) -> ModelConfig:
+    """A folder holding config.json, a .json file, or the name of a bundled config."""
+    from importlib import resources
+
+    path = Path(source)
+    if path.exists():
+        return ModelConfig.from_pretrained(path)
+    names = bundled_configs()
+    if str(source) in names:
+        with resources.as_file(resources.files("seekmoe").joinpath("configs", f"{source}.json")) as p:
+            return ModelConfig.from_json(p)
+    if str(source).endswith(".json") or path.parent != Path("."):
+        raise ConfigError(f"{source}: no such file or directory")
+    raise ConfigError(f"{str(source)!r} is neither a path nor a bundled config (one of {', '.join(names)})")
+
+
 def _read_rope(d: dict[str, Any]) -> None:
     """Fold rope_parameters (transformers >= 5) and rope_scaling (published) into rope_theta + rope_scaling."""
     params = d.get("rope_parameters")

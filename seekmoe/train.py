@@ -1,0 +1,350 @@
+"""Pretraining: AdamW with warm-up + cosine decay, gradient accumulation and clipping, expert load balancing,
+periodic validation, JSONL metrics, plots, and atomic checkpoints that resume exactly.
+
+A run folder holds `config.json` (this TrainConfig), `metrics.jsonl`, `loss.png`, `expert_load.png` and
+`checkpoints/step-NNNNNNNN/` (the model in the Hugging Face layout, `optimizer.safetensors`, `trainer_state.json`
+and `checksums.json`, written into a hidden folder and renamed into place). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
+from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model
+from seekmoe.config import ConfigError, resolve_config
+from seekmoe.model import CausalLM, Gate
+from seekmoe.train_config import TrainConfig, TrainError
+
+# ---- the schedule --------------------------------------------------------------------------------------
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to lr, then cosine decay to min_lr at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---- building ------------------------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig) -> CausalLM:
+    """A checkpoint folder continues from its weights; a config starts from seeded random weights."""
+    source = Path(cfg.model)
+    try:
+        if source.is_dir() and any(source.glob("*.safetensors")):
+            model = load_model(source)
+        else:
+            model = CausalLM(resolve_config(cfg.model))
+            model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    except (ConfigError, CheckpointError) as e:
+        raise TrainError(str(e)) from None
+    mc = model.config
+    if cfg.balance.mode == "loss_free" and mc.topk_method != "noaux_tc":
+        raise TrainError("balance.mode 'loss_free' needs a model with topk_method 'noaux_tc' (its bias is "
+                         f"e_score_correction_bias), got {mc.topk_method!r}")
+    if cfg.balance.n_devices > 1 and mc.is_moe and mc.n_routed_experts % cfg.balance.n_devices:
+        raise TrainError(f"balance.n_devices ({cfg.balance.n_devices}) must divide n_routed_experts "
+                         f"({mc.n_routed_experts})")
+    return model
+
+
+def build_optimizer(model: CausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Weight decay on matrices only; norms and the routing bias (a buffer) are left alone."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    )
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(folder: Path, step: int, model: CausalLM, opt: torch.optim.Optimizer, cfg: TrainConfig) -> Path:
+    """Write step-N into a hidden folder, checksum every file, then rename it into place: all or nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:08d}"
+    tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, tmp)
+    state = opt.state_dict()
+    tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    trainer_state = {"step": step, "param_groups": state["param_groups"], "config": cfg.to_dict()}
+    atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
+    sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    old = sorted(p for p in folder.glob("step-*") if p.is_dir())[:-cfg.keep_checkpoints]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file matches checksums.json, else what is wrong."""
+    try:
+        sums = json.loads((path / "checksums.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"checksums.json unreadable ({e})"
+    if not isinstance(sums, dict) or "optimizer.safetensors" not in sums:
+        return "checksums.json incomplete"
+    for name, digest in sums.items():
+        file = path / name
+        if Path(name).name != name or not file.is_file():
+            return f"{name} missing"
+        if _sha256(file) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_checkpoint(folder: Path, log=print) -> Path | None:
+    """The newest step-N whose files verify; corrupt ones are reported and skipped."""
+    for path in sorted((p for p in folder.glob("step-*") if p.is_dir()), reverse=True):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        log(f"seekmoe: skipping corrupt checkpoint {path.name}: {problem}")
+    return None
+
+
+def restore(path: Path, model: CausalLM, opt: torch.optim.Optimizer) -> int:
+    """Load weights, optimizer and RNG state from a verified checkpoint; returns the step to continue from."""
+    loaded = load_model(path)
+    model.load_state_dict(loaded.state_dict())
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        trainer_state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise TrainError(f"{path}: cannot read optimizer state ({e})") from None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": trainer_state["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(trainer_state["step"])
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------
+
+def moe_gates(model: CausalLM) -> list[Gate]:
+    return [m for m in model.modules() if isinstance(m, Gate)]
+
+
+class LayerLoads:
+    """Per-MoE-layer expert counts, entropy and drops accumulated over some forward passes."""
+
+    def __init__(self, n_layers: int, n_experts: int):
+        self.counts = torch.zeros(n_layers, n_experts)
+        self.entropy = [0.0] * n_layers
+        self.pairs = [0] * n_layers
+        self.dropped = [0] * n_layers
+        self.passes = 0
+
+    @torch.no_grad()
+    def add(self, routing) -> None:
+        self.passes += 1
+        for i, r in enumerate(routing):
+            self.counts[i] += expert_counts(r, self.counts.shape[1])
+            self.entropy[i] += router_entropy(r)
+            self.pairs[i] += r.topk_idx.numel()
+            self.dropped[i] += 0 if r.kept is None else int((~r.kept).sum())
+
+    def stats(self) -> list[dict[str, Any]]:
+        out = []
+        for i in range(self.counts.shape[0]):
+            s = load_stats(self.counts[i], self.entropy[i] / max(1, self.passes),
+                           self.dropped[i] / max(1, self.pairs[i]))
+            out.append({"max_vio": s.max_vio, "utilisation": s.utilisation, "entropy": s.entropy,
+                        "dropped": s.dropped, "load": s.fractions})
+        return out
+
+
+def _forward(model: CausalLM, x: torch.Tensor, bf16: bool, capacity_factor: float | None):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model(x, return_routing=True, capacity_factor=capacity_factor)
+
+
+def _lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
+    model.eval()
+    n_layers = len(moe_gates(model))
+    loads = LayerLoads(n_layers, model.config.n_routed_experts or 0)
+    losses = []
+    for i in range(cfg.eval_batches):
+        x, y = data.batch(i, cfg.batch_size, cfg.seq_len)
+        out = _forward(model, x, cfg.bf16, None)
+        losses.append(_lm_loss(out.logits, y).item())
+        loads.add(out.routing)
+    model.train()
+    loss = sum(losses) / len(losses)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "layers": loads.stats()}
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After a resume, drop what the killed run logged past the checkpoint: it will be logged again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the line a kill cut short
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
+    """Run (or resume) training to cfg.steps; returns the last logged metrics."""
+    from seekmoe.data import DataError, TokenShards
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    torch.manual_seed(cfg.seed)
+    try:
+        train_data = TokenShards(cfg.data, "train")
+        val_data = TokenShards(cfg.data, "val", shuffle=False)
+    except DataError as e:
+        raise TrainError(str(e)) from None
+    model = build_model(cfg).train()
+    if train_data.vocab_size > model.config.vocab_size:
+        raise TrainError(f"the data's tokenizer has {train_data.vocab_size} ids but the model's vocab_size is "
+                         f"{model.config.vocab_size}")
+    opt = build_optimizer(model, cfg)
+    metrics = out / "metrics.jsonl"
+    start = 0
+    ckpt = latest_checkpoint(out / "checkpoints", log)
+    if ckpt is not None:
+        start = restore(ckpt, model, opt)
+        log(f"seekmoe: resuming from {ckpt} at step {start}")
+        _truncate_metrics(metrics, start)
+    elif metrics.exists():
+        metrics.unlink()
+
+    gates = moe_gates(model)
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    bar = _progress(cfg.steps, start, progress)
+    last: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loads = LayerLoads(len(gates), model.config.n_routed_experts or 0)
+        lm_sum = aux_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            x, y = train_data.batch(step * cfg.grad_accum + micro, cfg.batch_size, cfg.seq_len)
+            out_ = _forward(model, x, cfg.bf16, cfg.balance.capacity_factor)
+            lm = _lm_loss(out_.logits, y)
+            aux = balance_loss(out_.routing, cfg.balance, cfg.batch_size)
+            total = lm if aux is None else lm + aux
+            (total / cfg.grad_accum).backward()
+            lm_sum += lm.item()
+            aux_sum += 0.0 if aux is None else aux.item()
+            loads.add(out_.routing)
+        if not math.isfinite(lm_sum):
+            raise TrainError(f"loss became {lm_sum} at step {step}; lower lr (now {lr:.2e}) or check the data")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cfg.balance.mode == "loss_free":
+            for gate, counts in zip(gates, loads.counts, strict=True):
+                update_bias(gate.e_score_correction_bias, counts, cfg.balance.bias_update_rate)
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        tps = tokens_per_step * (done - start) / max(elapsed, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{lm_sum / cfg.grad_accum:.3f}", tok_s=f"{tps:,.0f}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            last = {"step": done, "split": "train", "loss": lm_sum / cfg.grad_accum,
+                    "aux_loss": aux_sum / cfg.grad_accum, "lr": lr, "grad_norm": grad_norm,
+                    "tokens": done * tokens_per_step, "tokens_per_s": tps, "layers": loads.stats()}
+            _append_metrics(metrics, last)
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last = {"step": done, "split": "val", **evaluate(model, val_data, cfg)}
+            _append_metrics(metrics, last)
+            _plot(out, log)
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_checkpoint(out / "checkpoints", done, model, opt, cfg)
+    bar.close()
+    return last
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _plot(out: Path, log) -> None:
+    try:
+        from seekmoe.plots import plot_run
+    except ImportError as e:  # matplotlib missing: metrics are still in metrics.jsonl
+        log(f"seekmoe: no plots ({e})")
+        return
+    plot_run(out)
+
+
+def run_from_args(args) -> int:
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("config", "no_progress", "func", "command")}
+    cfg = TrainConfig.from_file(args.config, overrides) if args.config else TrainConfig.from_dict({}, overrides)
+    last = train(cfg, progress=not args.no_progress)
+    if last:
+        print(json.dumps({k: v for k, v in last.items() if k != "layers"}))
+    return 0
+
+
+__all__ = ["TrainConfig", "TrainError", "latest_checkpoint", "lr_at", "train"]
+
+if __name__ == "__main__":  # python -m seekmoe.train CONFIG (what torchrun launches)
+    from seekmoe.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
