@@ -37,3 +37,21 @@ def tiny_model(seed: int = 0, **overrides) -> CausalLM:
 @pytest.fixture
 def model() -> CausalLM:
     return tiny_model()
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`seekmoe ARGV...` in this process: (exit code, stdout, stderr)."""
+    from seekmoe.cli import main
+
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_usage_error(rc: int, err: str, *needles: str) -> None:
+    """Exit code 2 and one `seekmoe: error: ...` line naming every needle."""
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seekmoe: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]

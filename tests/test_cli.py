@@ -9,49 +9,37 @@ from importlib import resources
 
 import pytest
 
-from seekmoe.cli import main
+from tests.conftest import assert_usage_error, run_cli
 
 
 def bundled_dict(name: str = "deepseek-v2-lite") -> dict:
     return json.loads(resources.files("seekmoe").joinpath("configs", f"{name}.json").read_text(encoding="utf-8"))
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_usage_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("seekmoe: error: "), err
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.mark.parametrize("name, total", [("deepseek-v2-lite", "15.71B"), ("deepseek-v2", "235.74B"),
                                          ("deepseek-v3", "671.03B")])
 def test_inspect_bundled(capsys, name, total):
-    rc, out, err = run(capsys, "inspect", name)
+    rc, out, err = run_cli(capsys, "inspect", name)
     assert rc == 0 and err == ""
     assert total in out and "convention:" in out and "KV cache per token" in out
 
 
 def test_inspect_directory_and_json_file(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(bundled_dict()))
-    rc, from_dir, _ = run(capsys, "inspect", str(tmp_path))
+    rc, from_dir, _ = run_cli(capsys, "inspect", str(tmp_path))
     assert rc == 0 and "15,706,484,224" in from_dir
 
     path = tmp_path / "lite.json"
     path.write_text(json.dumps(bundled_dict()))
-    rc, from_file, _ = run(capsys, "inspect", str(path))
+    rc, from_file, _ = run_cli(capsys, "inspect", str(path))
     assert rc == 0
     assert from_file.splitlines()[1:] == from_dir.splitlines()[1:]  # all but the header naming the source
 
 
 def test_inspect_json(capsys):
-    rc, out, _ = run(capsys, "inspect", "deepseek-v3", "--json")
+    rc, out, _ = run_cli(capsys, "inspect", "deepseek-v3", "--json")
     assert rc == 0
     report = json.loads(out)
     assert report["source"] == "deepseek-v3"
@@ -61,36 +49,36 @@ def test_inspect_json(capsys):
 
 
 def test_missing_file(capsys, tmp_path):
-    rc, _, err = run(capsys, "inspect", str(tmp_path / "nope.json"))
+    rc, _, err = run_cli(capsys, "inspect", str(tmp_path / "nope.json"))
     assert_usage_error(rc, err, "nope.json", "no such file")
 
 
 def test_directory_without_config_json(capsys, tmp_path):
-    rc, _, err = run(capsys, "inspect", str(tmp_path))
+    rc, _, err = run_cli(capsys, "inspect", str(tmp_path))
     assert_usage_error(rc, err, str(tmp_path / "config.json"), "no such file")
 
 
 def test_invalid_json(capsys, tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"vocab_size": 102400,')
-    rc, _, err = run(capsys, "inspect", str(path))
+    rc, _, err = run_cli(capsys, "inspect", str(path))
     assert_usage_error(rc, err, str(path), "not valid JSON")
 
 
 def test_invalid_field(capsys, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**bundled_dict(), "kv_lora_rank": 0}))
-    rc, _, err = run(capsys, "inspect", str(path))
+    rc, _, err = run_cli(capsys, "inspect", str(path))
     assert_usage_error(rc, err, str(path), "kv_lora_rank must be > 0, got 0")
 
 
 def test_unknown_bundled_name(capsys):
-    rc, _, err = run(capsys, "inspect", "deepseek-v4")
+    rc, _, err = run_cli(capsys, "inspect", "deepseek-v4")
     assert_usage_error(rc, err, "'deepseek-v4'", "deepseek-v2-lite", "deepseek-v3")
 
 
 def test_no_subcommand_is_a_usage_error(capsys):
-    rc, _, err = run(capsys)
+    rc, _, err = run_cli(capsys)
     assert rc == 2 and "seekmoe: error:" in err
 
 

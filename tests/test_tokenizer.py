@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seekmoe.cli import main
 from seekmoe.tokenizer import (
     BOS,
     EOS,
@@ -24,6 +23,7 @@ from seekmoe.tokenizer import (
     read_corpus,
     train_tokenizer,
 )
+from tests.conftest import assert_usage_error, run_cli
 
 ENGLISH = (
     "The model reads the text one token at a time. It's trained on 2024 documents, and in 2025 we'll add more.\n"
@@ -67,18 +67,6 @@ def hf(trained):
     return transformers.AutoTokenizer.from_pretrained(trained[0])
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_usage_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("seekmoe: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # --- training output and transformers parity ---
@@ -211,7 +199,7 @@ def test_corpus_folders_jsonl_and_chunks(tmp_path):
 
 @pytest.mark.parametrize("vocab_size", [MIN_VOCAB_SIZE - 1, MAX_VOCAB_SIZE + 1])
 def test_cli_vocab_size_out_of_range(capsys, tmp_path, vocab_size):
-    rc, _, err = run(capsys, "tokenizer", "train", str(write_corpus(tmp_path)), "--out", str(tmp_path / "out"),
+    rc, _, err = run_cli(capsys, "tokenizer", "train", str(write_corpus(tmp_path)), "--out", str(tmp_path / "out"),
                      "--vocab-size", str(vocab_size))
     assert_usage_error(rc, err, "vocab_size", f"{vocab_size:,}", str(MIN_VOCAB_SIZE))
     assert not (tmp_path / "out").exists()
@@ -251,7 +239,7 @@ def test_cli_input_errors(capsys, tmp_path, case, needle):
         out.write_text("a file")
     elif case == "min_frequency":
         extra = ["--min-frequency", "0"]
-    rc, _, err = run(capsys, "tokenizer", "train", str(source), "--out", str(out), "--vocab-size", "300", *extra)
+    rc, _, err = run_cli(capsys, "tokenizer", "train", str(source), "--out", str(out), "--vocab-size", "300", *extra)
     assert_usage_error(rc, err, needle)
     assert not (out / "tokenizer.json").exists()
 
@@ -259,7 +247,7 @@ def test_cli_input_errors(capsys, tmp_path, case, needle):
 def test_no_input_files(capsys, tmp_path):
     with pytest.raises(TokenizerError, match="no input files"):
         train_tokenizer([], tmp_path / "out", vocab_size=300)
-    rc, _, err = run(capsys, "tokenizer", "train", "--out", str(tmp_path / "out"), "--vocab-size", "300")
+    rc, _, err = run_cli(capsys, "tokenizer", "train", "--out", str(tmp_path / "out"), "--vocab-size", "300")
     assert rc == 2 and "FILE_OR_FOLDER" in err  # argparse's own usage error
 
 
@@ -290,7 +278,7 @@ def test_cli_train(capsys, tmp_path):
     write_corpus(data / "nested", ENGLISH * 3, "en.txt")
     write_corpus(data, CHINESE * 3, "zh.md")
     out = tmp_path / "new" / "tok"
-    rc, stdout, err = run(capsys, "tokenizer", "train", str(data), "--out", str(out), "--vocab-size", "400",
+    rc, stdout, err = run_cli(capsys, "tokenizer", "train", str(data), "--out", str(out), "--vocab-size", "400",
                           "--min-frequency", "2")
     assert rc == 0 and err == ""
     assert "trained on 2 file(s)" in stdout and "bos 0, eos 1, pad 2" in stdout
