@@ -16,14 +16,17 @@ from seekmoe.plots import read_metrics
 ORDER = ["none", "aux", "loss_free", "loss_free_u0.01", "dense"]
 
 
-def summarise(run: Path) -> dict:
+def summarise(run: Path) -> dict | None:
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
+    if not val:
+        return None  # still in its first evaluation interval
     last = val[-1]
     layers = last["layers"]
     return {
-        "run": run.name, "steps": train[-1]["step"], "tokens": train[-1]["tokens"], "val_loss": last["val_loss"],
+        "run": run.name, "steps": last["step"], "tokens": next(r["tokens"] for r in train if r["step"] == last["step"]),
+        "val_loss": last["val_loss"],
         "max_vio": max((x["max_vio"] for x in layers), default=None),
         "mean_max_vio": sum(x["max_vio"] for x in layers) / len(layers) if layers else None,
         "utilisation": min((x["utilisation"] for x in layers), default=None),
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--plot", default="docs/balance.png", help="where to write the figure")
     args = parser.parse_args()
     runs = [summarise(Path(args.runs) / m) for m in ORDER if (Path(args.runs) / m / "metrics.jsonl").exists()]
+    runs = [s for s in runs if s is not None]
     print("| run | tokens | val loss | MaxVio (worst layer / mean) | utilisation (worst layer / mean) | tokens/s |")
     print("|---|---|---|---|---|---|")
     for s in runs:
