@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from seekmoe.config import ConfigError, ModelConfig, resolve_config
+from seekmoe.config import ConfigError, ModelConfig, bundled_configs, resolve_config
 
 
 class CLIError(Exception):
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bytes per token, computed from config.json alone.")
     p.add_argument("config", metavar="PATH_OR_CONFIG",
                    help="a directory holding config.json, a .json file, or a bundled config name "
-                        "(deepseek-v2-lite, deepseek-v2, deepseek-v3)")
+                        f"({', '.join(bundled_configs())})")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.set_defaults(func=cmd_inspect)
 
