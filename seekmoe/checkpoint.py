@@ -299,7 +299,7 @@ def _replace_all(folder: Path, files: dict[str, bytes | dict[str, torch.Tensor]]
             if isinstance(content, bytes):
                 tmp.write_bytes(content)
             else:
-                save_file(content, str(tmp), metadata={"format": "pt"})
+                save_tensors(content, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         for tmp, final in staged:
@@ -307,6 +307,12 @@ def _replace_all(folder: Path, files: dict[str, bytes | dict[str, torch.Tensor]]
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' writer creates files 0600; a model folder is meant to be shared like any other file."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    os.chmod(path, 0o644)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
-from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model
+from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model, save_tensors
 from seekmoe.config import ConfigError, resolve_config
 from seekmoe.model import CausalLM, Gate
 from seekmoe.train_config import TrainConfig, TrainError
@@ -93,7 +93,7 @@ def save_checkpoint(folder: Path, step: int, model: CausalLM, opt: torch.optim.O
     state = opt.state_dict()
     tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
     tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    save_tensors(tensors, tmp / "optimizer.safetensors")
     trainer_state = {"step": step, "param_groups": state["param_groups"], "config": cfg.to_dict()}
     atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
     sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -469,3 +469,9 @@ def test_save_onto_a_file_keeps_the_file(tmp_path):
     error(CheckpointError, lambda: save_model(tiny_model(), tmp_path / "precious"), "exists and is not a folder")
     assert (tmp_path / "precious").read_text() == "keep me"
     error(CheckpointError, lambda: save_model(tiny_model(), tmp_path / "precious" / "ck"), "cannot save")
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    save_model(tiny_model(), tmp_path / "ck")
+    for f in (tmp_path / "ck").iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, f.name
