@@ -280,7 +280,7 @@ def save_model(model: CausalLM, path: str | os.PathLike, max_shard_bytes: int = 
             p.name == SINGLE_FILE or _SHARD_FILE.match(p.name) or (p.name == INDEX_FILE and len(shards) == 1))]
         for p in sorted(stale, key=lambda p: p.name != INDEX_FILE):  # the index first: it decides what loads
             p.unlink()
-        _fsync_dir(path)
+        fsync_dir(path)
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{path}: cannot save the checkpoint ({e})") from None
 
@@ -318,10 +318,10 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace one file atomically (temporary file, fsync, rename)."""
     _replace_all(path.parent, {path.name: data})
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -243,17 +243,17 @@ class RoutedExperts(nn.Module):
         if kept_NK is not None:
             order = order[kept_NK.flatten()[order]]  # dropped pairs cost nothing and add nothing
         token_of = order // k  # which token each sorted pair belongs to
-        counts = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0]).tolist()
+        counts_E = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0])
         x_sorted = x_ND[token_of]  # (N*K, D)
         if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16):
             # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead
-            offs = torch.tensor(counts).cumsum(0).to(torch.int32)
+            offs = counts_E.cumsum(0).to(torch.int32)
             h = F.silu(torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)) * torch._grouped_mm(
                 x_sorted, self.up_proj.transpose(1, 2), offs=offs)  # (N*K, F)
             out = torch._grouped_mm(h, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
         else:
             outs, start = [], 0
-            for e, count in enumerate(counts):
+            for e, count in enumerate(counts_E.tolist()):
                 if count == 0:
                     continue  # an idle expert costs nothing
                 h = x_sorted[start:start + count]

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
-from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model, save_tensors
+from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, fsync_dir, load_model, save_model, save_tensors
 from seekmoe.config import ConfigError, resolve_config
 from seekmoe.model import CausalLM, Gate
 from seekmoe.train_config import TrainConfig, TrainError
@@ -101,11 +101,7 @@ def save_checkpoint(folder: Path, step: int, model: CausalLM, opt: torch.optim.O
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
     old = sorted(p for p in folder.glob("step-*") if p.is_dir())[:-cfg.keep_checkpoints]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
