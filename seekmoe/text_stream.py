@@ -1,0 +1,146 @@
+"""Text out of a stream of generated token ids: whole characters only, stop strings held back until they resolve.
+
+This sits at the edge, where ids become text (serving, the chat CLI); the engine hands it ids and reads `stopped`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+from seekmoe.tokenizer import Tokenizer, _utf8_to_str
+
+# Second-byte range of a multi-byte UTF-8 lead byte, where it is narrower than 80..BF (Unicode's table of well-formed
+# sequences). ED is not here: decode lets surrogates (ED A0..BF xx) through, so ED takes all of 80..BF.
+_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+def _incomplete_tail(data: bytes) -> int:
+    """How many trailing bytes start a UTF-8 character that more bytes could still complete (0 to 3).
+
+    Cutting there is safe: the held bytes begin with a lead byte, which no character or error run before it takes
+    in, so decoding the rest now and the held bytes later gives what decoding all of it at once gives.
+    """
+    for k in range(1, min(len(data), 3) + 1):
+        lead = data[-k]
+        if 0x80 <= lead < 0xC0:  # a continuation byte: the lead is further back
+            continue
+        if not 0xC2 <= lead <= 0xF4:  # ASCII, or a byte no character starts with
+            return 0
+        if k >= (2 if lead < 0xE0 else 3 if lead < 0xF0 else 4):  # complete, or too long: decoding sorts it out
+            return 0
+        lo, hi = _SECOND_BYTE.get(lead, (0x80, 0xBF))
+        return k if k == 1 or lo <= data[-k + 1] <= hi else 0
+    return 0
+
+
+class TextStream:
+    """Turns one sequence's generated token ids into text pieces as they arrive.
+
+    - Never emits a broken character: the bytes of an incomplete UTF-8 character are held until it is complete
+      (a token can end in the middle of a multi-byte character, e.g. Chinese or emoji split over byte tokens).
+    - Never emits part of a stop string: text that could be the start of one is held back until it either completes
+      it (then `stopped` is set; the stop string and everything after it is never emitted) or can no longer match
+      (then it is released at once).
+    - The pieces returned by push() and finish(), joined, equal the text of the whole output cut at the first stop
+      string (exclusive); without stop strings, exactly `tokenizer.decode(ids)` (U+FFFD rules included, e.g. when
+      generation ends mid-character), where ids leave out the special tokens if skip_special_tokens.
+
+    Which stop string wins: generation stops at the first token after which the text holds any stop string; text is
+    never held waiting for a longer or earlier-starting one to complete later. If that token completed several,
+    the one that starts earliest in the text wins (the text is cut there), ties going to the one listed first in
+    `stop`. After a stop, push() returns '' and the stream stays stopped (the ids are still checked); push() after
+    finish() raises RuntimeError.
+
+    Cost per push: the new token's bytes plus the held text (shorter than the longest stop string), times the number
+    of stop strings; the output is never decoded again from the start.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special_tokens: bool = True):
+        if isinstance(stop, str):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got a str {stop!r} (write [{stop!r}])")
+        if not isinstance(stop, Sequence):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {type(stop).__name__}")
+        bad = [s for s in stop if not isinstance(s, str) or not s]
+        if bad:
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {bad[0]!r} in {list(stop)!r}")
+        self._tokenizer = tokenizer
+        self._stop = tuple(stop)
+        self._stop_prefixes = {s[:i] for s in self._stop for i in range(1, len(s))}  # proper prefixes
+        self._longest_prefix = max((len(s) - 1 for s in self._stop), default=0)
+        self._skip = tokenizer.special_ids if skip_special_tokens else frozenset()
+        self._pending = b""  # bytes of a character not yet complete
+        self._held = ""  # decoded text that could be the start of a stop string
+        self._pieces: list[str] = []  # everything emitted
+        self._stopped: str | None = None
+        self._finished = False
+
+    def push(self, token_id: int) -> str:
+        """Take the next generated id; return the new text safe to show now ('' if none yet)."""
+        token_id = operator.index(token_id)  # a numpy or 0-d torch integer too (a tensor would miss the special set)
+        data = self._tokenizer.token_bytes(token_id)  # raises ValueError for an id outside the vocabulary
+        if self._stopped is not None:
+            return ""
+        if self._finished:
+            raise RuntimeError("push() after finish(): this TextStream's generation has ended")
+        if token_id in self._skip:
+            return ""
+        data = self._pending + data
+        cut = len(data) - _incomplete_tail(data)
+        self._pending = data[cut:]
+        return self._release(_utf8_to_str(data[:cut]) if cut else "", final=False)
+
+    def finish(self) -> str:
+        """Generation ended (length, eos, cancel): return what was held; incomplete bytes become U+FFFD as in decode."""
+        if self._stopped is not None or self._finished:
+            return ""
+        self._finished = True
+        tail, self._pending = _utf8_to_str(self._pending), b""
+        return self._release(tail, final=True)
+
+    @property
+    def stopped(self) -> str | None:
+        """The stop string that matched, or None."""
+        return self._stopped
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far (the pieces returned by push() and finish(), joined)."""
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]  # join once; later calls only join what is new
+        return self._pieces[0] if self._pieces else ""
+
+    def _release(self, new: str, final: bool) -> str:
+        """Add newly decoded text; return the part that can no longer be the start of a stop string."""
+        text = self._held + new
+        if not text:
+            return ""
+        match = self._find_stop(text)
+        if match is not None:
+            start, self._stopped = match
+            out, self._held, self._pending = text[:start], "", b""
+        else:
+            keep = 0 if final else self._stop_prefix_suffix(text)
+            out, self._held = text[:len(text) - keep], text[len(text) - keep:]
+        if out:
+            self._pieces.append(out)
+        return out
+
+    def _find_stop(self, text: str) -> tuple[int, str] | None:
+        """(start, stop string) of the earliest-starting stop string in text, the first listed on a tie."""
+        best = None
+        for s in self._stop:
+            i = text.find(s)
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, s)
+        return best
+
+    def _stop_prefix_suffix(self, text: str) -> int:
+        """Length of the longest suffix of text that is a proper prefix of a stop string (0 if none).
+
+        Every match still to come starts inside it: one starting further back would make a longer such suffix.
+        """
+        for k in range(min(len(text), self._longest_prefix), 0, -1):
+            if text[-k:] in self._stop_prefixes:
+                return k
+        return 0
