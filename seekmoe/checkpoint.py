@@ -98,6 +98,10 @@ def _load(path: Path, dtype: torch.dtype) -> CausalLM:
     quant = cfg.extra.get("quantization_config")
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        if isinstance(quant, dict) and method == "seekmoe-int8":
+            from seekmoe.engine.quant import load_int8  # imported here: quant builds on this module
+
+            return load_int8(path, cfg, dtype)
         raise CheckpointError(f"{config_file}: quantization_config ({method}) is not supported; "
                               "convert the weights to bfloat16 first")
     mtp_layers = cfg.extra.get("num_nextn_predict_layers") or 0
