@@ -11,13 +11,17 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelConfig": "seekmoe.config", "ConfigError": "seekmoe.config",
     "CausalLM": "seekmoe.model",
+    "LLM": "seekmoe.llm", "SamplingParams": "seekmoe.engine.sampling", "Completion": "seekmoe.llm",
     "load_model": "seekmoe.checkpoint", "save_model": "seekmoe.checkpoint", "CheckpointError": "seekmoe.checkpoint",
 }
-__all__ = ["CausalLM", "CheckpointError", "ConfigError", "ModelConfig", "load_model", "save_model"]
+__all__ = ["LLM", "CausalLM", "CheckpointError", "Completion", "ConfigError", "ModelConfig", "SamplingParams",
+           "load_model", "save_model"]
 
 if TYPE_CHECKING:
     from seekmoe.checkpoint import CheckpointError, load_model, save_model
     from seekmoe.config import ConfigError, ModelConfig
+    from seekmoe.engine.sampling import SamplingParams
+    from seekmoe.llm import LLM, Completion
     from seekmoe.model import CausalLM
 
 

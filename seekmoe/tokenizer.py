@@ -30,10 +30,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
+
+from seekmoe.chat import DEFAULT_CHAT_TEMPLATE
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -100,7 +103,7 @@ class Tokenizer:
     """A byte-level BPE tokenizer (a `tokenizers.Tokenizer`) with an encode/decode pair that round-trips every str."""
 
     def __init__(self, backend: Backend, bos_token: str = BOS, eos_token: str = EOS, pad_token: str | None = PAD,
-                 source: str = "tokenizer"):
+                 source: str = "tokenizer", chat_template: str | None = None):
         if not isinstance(backend.decoder, decoders.ByteLevel):
             raise TokenizerError(f"{source}: decoder is {type(backend.decoder).__name__}, expected ByteLevel "
                                  f"(only byte-level BPE tokenizers are supported)")
@@ -127,6 +130,7 @@ class Tokenizer:
                 raise TokenizerError(f"{source}: {role} {token!r} is not in the vocabulary")
             return vocab[token]
 
+        self.chat_template = chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE
         self.bos_token, self.eos_token = bos_token, eos_token
         self.pad_token = pad_token if pad_token is not None else eos_token  # no pad token: pad with eos
         self.bos_id = known("bos_token", bos_token)
@@ -158,6 +162,10 @@ class Tokenizer:
             names = {key: _token_config_name(config.get(key)) for key in names}
             if names["bos_token"] is None or names["eos_token"] is None:
                 raise TokenizerError(f"{config_path}: bos_token and eos_token must both be set")
+            template = config.get("chat_template")
+            if template is not None and not isinstance(template, str):
+                raise TokenizerError(f"{config_path}: chat_template must be a string (one Jinja template)")
+            names["chat_template"] = template
         return cls(backend, **names, source=str(path))
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -173,6 +181,7 @@ class Tokenizer:
             "add_bos_token": True,  # what tokenizer.json's post-processor does; transformers 5 rebuilds it from these
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,  # anything else breaks the round trip in transformers' decode
+            "chat_template": self.chat_template,
         }
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                                       encoding="utf-8")
@@ -184,6 +193,21 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes an id stands for in `decode`: a special token gives its own UTF-8."""
+        piece = self._id_bytes[token_id] if 0 <= token_id < len(self._id_bytes) else None
+        if piece is None:
+            raise ValueError(f"token id {token_id} is not in the vocabulary (0..{len(self._id_bytes) - 1})")
+        return piece
+
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the tokens not made of byte-alphabet characters (bos, eos, pad, chat roles, ...): `decode` writes
+        them as their own text, transformers' decode(skip_special_tokens=True) drops them."""
+        chars = set(byte_alphabet().values())
+        vocab = self._backend.get_vocab(with_added_tokens=True)
+        return frozenset(i for token, i in vocab.items() if not all(c in chars for c in token))
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = [self.bos_id] if add_bos else []
@@ -204,6 +228,13 @@ class Tokenizer:
                 raise ValueError(f"token id {i} is not in the vocabulary (0..{len(self._id_bytes) - 1})")
             parts.append(piece)
         return _utf8_to_str(b"".join(parts))
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation rendered with this tokenizer's chat template (role tokens stay special)."""
+        from seekmoe.chat import render_chat
+
+        return self.encode(render_chat(messages, self.chat_template, self.bos_token, self.eos_token,
+                                       add_generation_prompt))
 
     def tokens_per_char(self, text: str) -> float:
         return len(self.encode(text)) / max(len(text), 1)

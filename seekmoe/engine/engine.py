@@ -1,0 +1,257 @@
+"""The engine: token ids in, token ids out, many requests at once over one model. It knows nothing of text or HTTP.
+
+Continuous batching: every `step()` runs one forward pass over whatever is running — one new token for each
+decoding sequence plus chunks of prompts still being read — then samples, appends and retires finished
+sequences. New requests join between steps; a long prompt is read `max_step_tokens` at a time so it never stalls
+the sequences already decoding. When the cache runs out of blocks the youngest running sequence is preempted
+(its blocks freed, its tokens recomputed later), so the oldest always make progress.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from seekmoe.engine.cache import BlockTable, LatentCache
+from seekmoe.engine.runner import ModelRunner, Segment
+from seekmoe.engine.sampling import SamplingParams, SeqSampler, sample
+from seekmoe.model import CausalLM
+
+
+class EngineError(ValueError):
+    """A request the engine refuses: bad prompt, too long for the context or the cache, queue full."""
+
+
+@dataclass
+class Output:
+    """One event of one sequence: a new token, or its end (token_id None when it ends without one)."""
+
+    index: int  # which of the request's n sequences
+    token_id: int | None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # "stop", "length" or "cancelled" on the sequence's last event
+
+
+@dataclass(eq=False)  # identity: two samples of one prompt may hold equal tokens
+class Sequence:
+    request: Request
+    index: int
+    sampler: SeqSampler
+    tokens: list[int]  # prompt then output
+    table: BlockTable = field(default_factory=BlockTable)
+    finish_reason: str | None = None
+
+    @property
+    def num_output(self) -> int:
+        return len(self.tokens) - self.request.num_prompt
+
+
+@dataclass(eq=False)
+class Request:
+    id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: int
+    seqs: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.seqs)
+
+
+class Engine:
+    """Schedules sequences over a ModelRunner and a LatentCache. Not thread-safe: one caller steps it."""
+
+    def __init__(self, model: CausalLM, cache_tokens: int | None = None, cache_bytes: int | None = None,
+                 block_size: int = 16, max_num_seqs: int = 64, max_step_tokens: int = 256,
+                 max_waiting: int | None = None, absorb: bool = True):
+        cfg = model.config
+        if cache_tokens is None and cache_bytes is None:
+            cache_tokens = max(4 * cfg.max_position_embeddings, 8192)
+        for name, value in (("max_num_seqs", max_num_seqs), ("max_step_tokens", max_step_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EngineError(f"{name} must be an int >= 1, got {value!r}")
+        if max_waiting is not None and (not isinstance(max_waiting, int) or max_waiting < 0):
+            raise EngineError(f"max_waiting must be an int >= 0 or None, got {max_waiting!r}")
+        dtype = model.model.embed_tokens.weight.dtype
+        self.model, self.config = model, cfg
+        self.cache = LatentCache.with_budget(cfg, cache_tokens, cache_bytes, block_size, dtype)
+        self.runner = ModelRunner(model, self.cache, absorb=absorb)
+        self.max_num_seqs, self.max_step_tokens, self.max_waiting = max_num_seqs, max_step_tokens, max_waiting
+        self.max_model_len = cfg.max_position_embeddings
+        self.eos_token_id = cfg.eos_token_id
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.requests: dict[str, Request] = {}
+        self._arrivals = itertools.count()
+        self._ids = itertools.count()
+
+    # ---- requests -------------------------------------------------------------------------------------------
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> Request:
+        """Queue a request; raises EngineError when it can never run."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise EngineError(f"params must be SamplingParams, got {type(params).__name__}")
+        prompt = self._check_prompt(prompt_ids)
+        total = len(prompt) + params.max_tokens
+        if total > self.max_model_len:
+            raise EngineError(f"the context is {self.max_model_len} tokens, but the request needs {total} "
+                              f"({len(prompt)} in the prompt, max_tokens {params.max_tokens})")
+        if total > self.cache.capacity_tokens:
+            raise EngineError(f"the KV cache holds {self.cache.capacity_tokens} tokens, but one sequence of this "
+                              f"request needs up to {total}: raise the cache budget or lower max_tokens")
+        if self.max_waiting is not None and len(self.waiting) + params.n > self.max_waiting:
+            raise EngineError(f"the queue is full ({len(self.waiting)} sequences waiting, limit {self.max_waiting})")
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise EngineError(f"request id {rid!r} is already running")
+        req = Request(rid, prompt, params, next(self._arrivals))
+        vocab = self.config.vocab_size
+        for i in range(params.n):
+            seq = Sequence(req, i, SeqSampler(params, prompt, vocab, seed_offset=i), list(prompt))
+            req.seqs.append(seq)
+            self.waiting.append(seq)
+        self.requests[rid] = req
+        return req
+
+    def _check_prompt(self, prompt_ids) -> list[int]:
+        if isinstance(prompt_ids, torch.Tensor):
+            prompt_ids = prompt_ids.tolist()
+        if not isinstance(prompt_ids, (list, tuple)) or not prompt_ids:
+            raise EngineError("prompt_ids must be a non-empty list of token ids")
+        vocab = self.config.vocab_size
+        for t in prompt_ids:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
+                raise EngineError(f"prompt token {t!r} is not a token id in [0, {vocab})")
+        return list(prompt_ids)
+
+    def cancel(self, request_id: str, index: int | None = None, reason: str = "cancelled") -> list[Output]:
+        """End a request's sequences (or only sequence `index`) now and free their blocks; returns their final
+        events, none for sequences already finished. reason "stop" is for a stop string found by the caller."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return []
+        events = []
+        for seq in req.seqs:
+            if seq.finish_reason is None and index in (None, seq.index):
+                self._finish(seq, reason)
+                events.append(Output(seq.index, None, finish_reason=reason))
+        return events
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step -------------------------------------------------------------------------------------------
+
+    def step(self) -> list[tuple[Request, Output]]:
+        """Run one forward pass over the scheduled tokens; returns the new events, in sequence order."""
+        plan = self._schedule()
+        if not plan:
+            if self.waiting and not self.running:  # cannot happen: add_request admits only what fits alone
+                raise RuntimeError(f"scheduler stalled: {len(self.waiting)} waiting, {self.cache.free_blocks} of "
+                                   f"{self.cache.num_blocks} blocks free")
+            return []
+        ids, pos, segments = [], [], []
+        for seq, n in plan:
+            start = seq.table.num_tokens
+            ids += seq.tokens[start:start + n]
+            pos += range(start, start + n)
+            done = start + n == len(seq.tokens)  # the last known token is read: a new one can be sampled
+            segments.append(Segment(self.cache.slots(seq.table, 0, start + n), start, n, done))
+        logits = self.runner.forward(torch.tensor(ids), torch.tensor(pos), segments)
+        for seq, n in plan:
+            seq.table.num_tokens += n
+            self.cache.register_full_blocks(seq.table, seq.tokens)
+        sampling = [seq for (seq, _), s in zip(plan, segments, strict=True) if s.logits]
+        events = []
+        for seq, drawn in zip(sampling, sample(logits, [s.sampler for s in sampling]), strict=True):
+            seq.tokens.append(drawn.token_id)
+            seq.sampler.append(drawn.token_id)
+            reason = self._stop_reason(seq, drawn.token_id)
+            top = drawn.top_logprobs if seq.request.params.logprobs is not None else None
+            events.append((seq.request, Output(seq.index, drawn.token_id, drawn.logprob, top, reason)))
+            if reason is not None:
+                self._finish(seq, reason)
+        return events
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.request.params
+        if (token == self.eos_token_id and not p.ignore_eos) or token in p.stop_token_ids:
+            return "stop"
+        if seq.num_output >= p.max_tokens or len(seq.tokens) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        self.cache.release(seq.table)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.request.finished:
+            self.requests.pop(seq.request.id, None)
+
+    def _schedule(self) -> list[tuple[Sequence, int]]:
+        """Pick (sequence, new tokens) for this step: decodes first, then prompt chunks, within the token budget."""
+        plan: list[tuple[Sequence, int]] = []
+
+        def budget() -> int:
+            return self.max_step_tokens - sum(n for _, n in plan)
+
+        # running sequences, oldest first; each wants the rest of its tokens (1 when decoding)
+        for seq in sorted(self.running, key=lambda s: (s.request.arrival, s.index)):
+            if seq not in self.running:
+                continue  # preempted for an older one in this loop
+            n = min(len(seq.tokens) - seq.table.num_tokens, budget())
+            if n == 0:
+                break
+            while not self.cache.reserve(seq.table, seq.table.num_tokens + n):
+                victim = max(self.running, key=lambda s: (s.request.arrival, s.index))
+                self._preempt(victim)
+                plan = [(s, k) for s, k in plan if s is not victim]
+                if victim is seq:
+                    break
+            else:
+                plan.append((seq, n))
+        # then admit waiting sequences in arrival order while there is room
+        while self.waiting and budget() > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not seq.table.blocks:
+                self.cache.match_prefix(seq.table, seq.tokens)
+            n = min(len(seq.tokens) - seq.table.num_tokens, budget())
+            if not self.cache.reserve(seq.table, seq.table.num_tokens + n):
+                # first come, first served: it waits for blocks to come back, holding none meanwhile (a waiting
+                # sequence that kept its cached prefix could starve the running ones); the prefix stays findable
+                self.cache.release(seq.table)
+                break
+            self.waiting.popleft()
+            self.running.append(seq)
+            plan.append((seq, n))
+        return plan
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks; it goes back to the front of the queue and is recomputed later."""
+        self.cache.release(seq.table)
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
+
+    # ---- convenience ----------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[list[int]]]:
+        """Run prompts to completion: for each prompt, its n output token lists."""
+        reqs = [self.add_request(p, params) for p in prompts]
+        while self.has_work:
+            self.step()
+        return [[s.tokens[r.num_prompt:] for s in r.seqs] for r in reqs]

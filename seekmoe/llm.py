@@ -1,0 +1,281 @@
+"""The Python API: text in, text out, over the engine.
+
+    llm = seekmoe.LLM()                       # the bundled default model
+    llm.generate("Call me", max_tokens=20).text
+    for piece in llm.stream("Call me"): print(piece, end="")
+    llm.chat([{"role": "user", "content": "Hello"}]).text
+
+`submit()` is the layer the others (and the server) build on: one request, its events as text deltas, in a
+thread (`for delta in req`) or in asyncio (`async for delta in req`). Stop strings live here, where ids become
+text: a sequence that writes one is ended at once and nothing of the stop string is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from seekmoe.engine.engine import Engine, EngineError, Output
+from seekmoe.engine.loop import EngineLoop, RequestStream
+from seekmoe.engine.sampling import SamplingError, SamplingParams
+from seekmoe.text_stream import TextStream
+from seekmoe.tokenizer import Tokenizer
+
+DEFAULT_MODEL = Path(__file__).parent / "models" / "seekmoe-tiny"
+_PARAM_NAMES = {f.name for f in fields(SamplingParams)}
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    token: str  # the token's text on its own (U+FFFD where it is part of a character)
+    bytes: list[int]
+    logprob: float
+    top_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """What one sequence added since its last delta."""
+
+    index: int  # which of the request's n sequences
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None = None  # "stop", "length" or "cancelled" on its last delta
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class Completion:
+    """One prompt's result; `.text`, `.token_ids` and `.finish_reason` are those of its first choice."""
+
+    prompt_token_ids: list[int]
+    choices: list[Choice]
+    usage: Usage
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.choices[0].token_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason
+
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        return self.choices[0].logprobs
+
+
+class TextRequest:
+    """One submitted request as text deltas; iterate it once, sync or async; cancel() any time."""
+
+    def __init__(self, llm: LLM, stream: RequestStream, params: SamplingParams, skip_special_tokens: bool = True):
+        self.llm, self.params, self._stream = llm, params, stream
+        self.prompt_token_ids = stream.request.prompt_ids
+        self._text = [TextStream(llm.tokenizer, params.stop, skip_special_tokens) for _ in range(params.n)]
+        self._done = [False] * params.n
+
+    @property
+    def id(self) -> str:
+        return self._stream.id
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+    def _delta(self, out: Output) -> Delta | None:
+        i = out.index
+        if self._done[i]:
+            return None  # tokens already in flight when a stop string ended it
+        text, ids, logprobs = self._text[i], [], []
+        piece = ""
+        if out.token_id is not None:
+            ids.append(out.token_id)
+            piece = text.push(out.token_id)
+            if self.params.logprobs is not None:
+                logprobs.append(self._logprob(out.token_id, out.logprob, out.top_logprobs or []))
+        reason = out.finish_reason
+        if text.stopped is not None:
+            reason = "stop"
+            self._stream.cancel(i, "stop")  # free its blocks now; its own final event is then dropped above
+        elif reason is not None:
+            piece += text.finish()
+        if reason is not None:
+            self._done[i] = True
+        return Delta(i, piece, ids, logprobs, reason)
+
+    def _logprob(self, token_id: int, logprob: float | None, top: list[tuple[int, float]]) -> TokenLogprob:
+        tok = self.llm.tokenizer
+        def one(i: int, lp: float) -> TokenLogprob:
+            return TokenLogprob(i, tok.decode([i]), list(tok.token_bytes(i)), lp)
+        entry = one(token_id, float(logprob) if logprob is not None else float("nan"))
+        entry.top_logprobs = [one(i, lp) for i, lp in top]
+        return entry
+
+    def __iter__(self) -> Iterator[Delta]:
+        for out in self._stream:
+            delta = self._delta(out)
+            if delta is not None:
+                yield delta
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        async for out in self._stream:
+            delta = self._delta(out)
+            if delta is not None:
+                yield delta
+
+    def result(self) -> Completion:
+        """Run to the end and collect (in a thread; from asyncio, iterate with `async for` instead)."""
+        return self.collect(iter(self))
+
+    def collect(self, deltas) -> Completion:
+        choices = [Choice(i, logprobs=[] if self.params.logprobs is not None else None)
+                   for i in range(self.params.n)]
+        for d in deltas:
+            c = choices[d.index]
+            c.text += d.text
+            c.token_ids += d.token_ids
+            if c.logprobs is not None:
+                c.logprobs += d.logprobs
+            c.finish_reason = d.finish_reason or c.finish_reason
+        used = sum(len(c.token_ids) for c in choices)
+        return Completion(self.prompt_token_ids, choices, Usage(len(self.prompt_token_ids), used))
+
+
+class LLM:
+    """A model, its tokenizer and an engine running on a background thread.
+
+    path None means the bundled default model. quantize="int8" stores attention, MLP, expert and output
+    projections as int8 with per-channel scales (weight-only).
+    """
+
+    def __init__(self, path: str | Path | None = None, dtype: str = "float32", quantize: str | None = None, *,
+                 cache_tokens: int | None = None, cache_bytes: int | None = None, max_num_seqs: int = 64,
+                 max_step_tokens: int = 256, max_waiting: int | None = None):
+        from seekmoe.checkpoint import load_model
+
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        self.path = Path(path) if path is not None else DEFAULT_MODEL
+        self.model = load_model(self.path, dtype=dtype)
+        if quantize == "int8" and "quantization_config" not in self.model.config.extra:
+            from seekmoe.engine.quant import quantize_int8
+
+            quantize_int8(self.model)
+        self.tokenizer = Tokenizer.from_pretrained(self.path)
+        if self.tokenizer.vocab_size > self.model.config.vocab_size:
+            raise ValueError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} ids, the model only "
+                             f"{self.model.config.vocab_size}")
+        self.engine = Engine(self.model, cache_tokens=cache_tokens, cache_bytes=cache_bytes,
+                             max_num_seqs=max_num_seqs, max_step_tokens=max_step_tokens, max_waiting=max_waiting)
+        self._loop = EngineLoop(self.engine)
+
+    # ---- building blocks ------------------------------------------------------------------------------------
+
+    def params(self, params: SamplingParams | None = None, **kwargs) -> SamplingParams:
+        """SamplingParams from keyword arguments (max_tokens=..., temperature=..., stop=..., ...)."""
+        unknown = sorted(set(kwargs) - _PARAM_NAMES)
+        if unknown:
+            raise TypeError(f"unknown sampling parameter {unknown[0]!r}; known: {', '.join(sorted(_PARAM_NAMES))}")
+        if params is not None:
+            if kwargs:
+                raise TypeError("give either params= or keyword sampling parameters, not both")
+            return params
+        return SamplingParams(**kwargs)
+
+    def encode(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        return self.tokenizer.encode(prompt, add_bos=True)
+
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
+               request_id: str | None = None, skip_special_tokens: bool = True) -> TextRequest:
+        params = params if params is not None else SamplingParams()
+        return TextRequest(self, self._loop.submit(prompt_token_ids, params, request_id), params, skip_special_tokens)
+
+    # ---- the friendly calls ---------------------------------------------------------------------------------
+
+    def generate(self, prompts: str | list[str] | None = None, *, prompt_token_ids: list[int] | list[list[int]] |
+                 None = None, params: SamplingParams | None = None, **kwargs) -> Completion | list[Completion]:
+        """Complete one prompt (a Completion) or a list of them (a list, run as one batch)."""
+        params = self.params(params, **kwargs)
+        if (prompts is None) == (prompt_token_ids is None):
+            raise TypeError("give prompts or prompt_token_ids (exactly one)")
+        if prompts is not None:
+            single = isinstance(prompts, str)
+            batch = [self.encode(p) for p in ([prompts] if single else list(prompts))]
+        else:
+            single = not prompt_token_ids or not isinstance(prompt_token_ids[0], (list, tuple))
+            batch = [list(prompt_token_ids)] if single else [list(p) for p in prompt_token_ids]
+        if not batch:
+            return []
+        requests = []
+        try:
+            for ids in batch:  # all in the engine before any is awaited: they run as one batch
+                requests.append(self.submit(ids, params))
+            results = [r.result() for r in requests]
+        except BaseException:
+            for r in requests:
+                r.cancel()
+            raise
+        return results[0] if single else results
+
+    def stream(self, prompt: str | None = None, *, prompt_token_ids: list[int] | None = None,
+               params: SamplingParams | None = None, **kwargs) -> Iterator[str]:
+        """Yield the text of one completion as it is written (n must be 1)."""
+        params = self.params(params, **kwargs)
+        if params.n != 1:
+            raise SamplingError("stream() writes one completion: n must be 1 (use submit() for several)")
+        if (prompt is None) == (prompt_token_ids is None):
+            raise TypeError("give prompt or prompt_token_ids (exactly one)")
+        req = self.submit(self.encode(prompt) if prompt is not None else list(prompt_token_ids), params)
+        try:
+            for delta in req:
+                if delta.text:
+                    yield delta.text
+        finally:
+            req.cancel()  # a consumer that stops early frees the sequence
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+    def chat(self, messages: list[dict[str, str]], *, params: SamplingParams | None = None,
+             **kwargs) -> Completion:
+        """Answer a conversation ([{"role": "system"|"user"|"assistant", "content": ...}, ...])."""
+        return self.generate(prompt_token_ids=self.chat_ids(messages), params=self.params(params, **kwargs))
+
+    def close(self) -> None:
+        self._loop.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["LLM", "Choice", "Completion", "Delta", "EngineError", "SamplingError", "SamplingParams", "TextRequest",
+           "TokenLogprob", "Usage"]
