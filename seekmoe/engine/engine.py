@@ -38,7 +38,7 @@ class Output:
 
 @dataclass(eq=False)  # identity: two samples of one prompt may hold equal tokens
 class Sequence:
-    request: Request
+    request: Request = field(repr=False)
     index: int
     sampler: SeqSampler
     tokens: list[int]  # prompt then output
