@@ -145,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    from seekmoe.generate_cli import add_chat_arguments, add_generate_arguments, cmd_chat, cmd_generate
+
+    p = sub.add_parser("generate", help="continue a prompt with a model, streaming the text",
+                       description="Continue PROMPT with a model (plain completion, no chat template): the text "
+                                   "streams to stdout, a summary line goes to stderr. MODEL may be left out: "
+                                   "`seekmoe generate PROMPT` uses the bundled model.")
+    add_generate_arguments(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk with a model, turn by turn, in the terminal",
+                       description="A multi-turn chat through the tokenizer's chat template: one user message a "
+                                   "line on stdin, each answer streamed to stdout. /bye (or Ctrl-D) quits, /clear "
+                                   "forgets the conversation, /help lists the commands. When the conversation "
+                                   "outgrows the context its oldest exchanges are dropped.")
+    add_chat_arguments(p)
+    p.set_defaults(func=cmd_chat)
     return parser
 
 
