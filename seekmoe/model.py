@@ -245,8 +245,9 @@ class RoutedExperts(nn.Module):
         token_of = order // k  # which token each sorted pair belongs to
         counts_E = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0])
         x_sorted = x_ND[token_of]  # (N*K, D)
-        if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16):
-            # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead
+        if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16) and order.numel() >= 2 * len(counts_E):
+            # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead. Not for a
+            # handful of tokens (decoding): the CPU kernel visits every expert, used or not
             offs = counts_E.cumsum(0).to(torch.int32)
             h = F.silu(torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)) * torch._grouped_mm(
                 x_sorted, self.up_proj.transpose(1, 2), offs=offs)  # (N*K, F)

@@ -277,3 +277,10 @@ def test_bad_inputs_name_the_thing():
         sample(torch.zeros(1, 11), [s])
     with pytest.raises(SamplingError, match="seed_offset must be an int >= 0"):
         SeqSampler(SamplingParams(), [], 10, seed_offset=-1)
+
+
+def test_logprobs_are_skipped_when_no_row_asks():
+    logits = torch.randn(2, 30, generator=torch.Generator().manual_seed(0))
+    rows = [SeqSampler(SamplingParams(temperature=0), [1], 30), SeqSampler(SamplingParams(seed=1), [1], 30)]
+    out = sample(logits, rows)
+    assert [s.logprob for s in out] == [None, None] and out[0].token_id == logits[0].argmax().item()

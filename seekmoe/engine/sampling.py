@@ -162,7 +162,7 @@ class Sample:
     """One row's draw; logprobs are under the raw model distribution (see `sample`)."""
 
     token_id: int
-    logprob: float
+    logprob: float | None  # None when no row of the batch asked for logprobs (it costs a pass over the vocabulary)
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)  # best first
 
 
@@ -267,6 +267,8 @@ def sample(logits: torch.Tensor, samplers: Sequence[SeqSampler]) -> list[Sample]
         # removed tokens have p = 0 and never win; the clamp keeps a (vanishingly rare) E = 0 from making 0 / 0
         race_SV.clamp_min_(torch.finfo(race_SV.dtype).tiny)
         token_B[_select(rows, len(samplers))] = (probs_SV / race_SV).argmax(dim=1)
+    if all(s.params.logprobs is None for s in samplers):  # a log-sum-exp over the vocabulary costs a decode step
+        return [Sample(tok, None, []) for tok in token_B.tolist()]
     lse_B1 = raw_BV.logsumexp(dim=1, keepdim=True)
     logprob_B = (raw_BV.gather(1, token_B.unsqueeze(1)) - lse_B1).squeeze(1)
     k = min(max((s.params.logprobs or 0) for s in samplers) if samplers else 0, raw_BV.shape[1])
