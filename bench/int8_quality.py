@@ -1,0 +1,106 @@
+"""What int8 weights cost in quality and buy in speed: the bundled model in float32 and in int8, side by side.
+
+Perplexity on the validation split of the token shards (`seekmoe data prepare` output; the default corpus's) or,
+without shards, on the corpus sample committed under tests/data; then weight bytes and batch-1 decode tok/s
+through the engine, both models in the same run.
+
+    .venv/bin/python bench/int8_quality.py [--data runs/shards] [--windows 64] [--seq-len 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seekmoe.checkpoint import load_model
+from seekmoe.engine.engine import Engine
+from seekmoe.engine.quant import quantize_int8
+from seekmoe.engine.sampling import SamplingParams
+from seekmoe.llm import DEFAULT_MODEL
+from seekmoe.tokenizer import Tokenizer, corpus_files, read_corpus
+
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus_sample"
+
+
+def windows(args) -> tuple[torch.Tensor, str]:
+    """(W, T + 1) token windows to score, and where they came from."""
+    n, t = args.windows, args.seq_len
+    if args.data and Path(args.data).is_dir():
+        from seekmoe.data import TokenShards
+
+        val = TokenShards(args.data, "val", shuffle=False)
+        x, y = val.batch(0, n, t)
+        return torch.cat([x, y[:, -1:]], dim=1), f"{args.data} (val split), {n} windows of {t}"
+    tok = Tokenizer.from_pretrained(args.model)
+    ids = [i for text in read_corpus(corpus_files([SAMPLE])) for i in tok.encode(text)]
+    n = min(n, (len(ids) - 1) // t)
+    return torch.tensor(ids[:n * t + 1]).unfold(0, t + 1, t)[:n], f"tests/data/corpus_sample, {n} windows of {t}"
+
+
+@torch.inference_mode()
+def perplexity(model, data: torch.Tensor, batch: int = 8) -> float:
+    total, count = 0.0, 0
+    for i in range(0, len(data), batch):
+        chunk = data[i:i + batch]
+        logits = model(chunk[:, :-1]).float()
+        total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
+        count += chunk[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def weight_bytes(model) -> int:
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def decode_speed(model, steps: int) -> float:
+    eng = Engine(model, cache_tokens=4096)
+    eng.add_request(list(range(3, 35)), SamplingParams(max_tokens=steps + 8, temperature=0, ignore_eos=True))
+    for _ in range(4):
+        eng.step()
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(steps // 3):
+            eng.step()
+        best = max(best, (steps // 3) / (time.perf_counter() - t))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder (default: the bundled model)")
+    parser.add_argument("--data", default="runs/shards", help="token shards folder; the corpus sample if missing")
+    parser.add_argument("--windows", type=int, default=64, help="validation windows to score")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    parser.add_argument("--steps", type=int, default=96, help="decode steps timed")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data, source = windows(args)
+    rows = []
+    for name in ("float32", "int8"):
+        model = load_model(args.model, dtype="float32")
+        if name == "int8":
+            quantize_int8(model)
+        rows.append((name, perplexity(model, data), weight_bytes(model), decode_speed(model, args.steps)))
+    base = rows[0]
+    print(f"model: {args.model}\nscored: {source}\n")
+    print("| weights | perplexity | change | weight MiB | decode tok/s (batch 1) | speed vs float32 |")
+    print("|---|---|---|---|---|---|")
+    for name, ppl, nbytes, tps in rows:
+        print(f"| {name} | {ppl:.3f} | {100 * (ppl / base[1] - 1):+.2f}% | {nbytes / 2**20:.1f} | {tps:.1f} | "
+              f"{tps / base[3]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
