@@ -47,6 +47,7 @@ class BlockTable:
     blocks: list[int] = field(default_factory=list)
     num_tokens: int = 0  # tokens whose slots hold computed values
     hashes: list[bytes] = field(default_factory=list)  # hash chain of its full, registered blocks
+    _rows: torch.Tensor | None = field(default=None, repr=False)  # cache rows of all its blocks' slots
 
 
 class LatentCache:
@@ -134,6 +135,7 @@ class LatentCache:
         table.blocks.clear()
         table.hashes.clear()
         table.num_tokens = 0
+        table._rows = None
 
     # ---- prefix reuse ---------------------------------------------------------------------------------------
 
@@ -174,6 +176,8 @@ class LatentCache:
 
     def slots(self, table: BlockTable, start: int, end: int) -> torch.Tensor:
         """Cache rows of the sequence's tokens start..end-1, (end - start,) int64."""
-        blocks = torch.tensor(table.blocks, dtype=torch.long)
-        pos = torch.arange(start, end)
-        return blocks[pos // self.block_size] * self.block_size + pos % self.block_size
+        if table._rows is None or table._rows.numel() != len(table.blocks) * self.block_size:
+            # rebuilt only when the block list changed: a decode step asks for every sequence's rows
+            blocks = torch.tensor(table.blocks, dtype=torch.long)
+            table._rows = (blocks[:, None] * self.block_size + torch.arange(self.block_size)).flatten()
+        return table._rows[start:end]
