@@ -211,17 +211,23 @@ def _read_index(path: Path) -> dict[str, Path] | None:
     return listed
 
 
+def find_tensor(found: Headers, name: str, shape: tuple[int, ...], path: Path) -> tuple[Path, str]:
+    """The file and dtype of tensor `name`, once it is known to be there with the shape the config implies."""
+    if name not in found:
+        raise CheckpointError(f"{path}: missing tensor {name}, which config.json requires (the weights hold "
+                              f"{len(found)} tensors)")
+    file, got, dtype = found[name]
+    if got != shape:
+        raise CheckpointError(f"{file}: tensor {name} has shape {got}, but config.json implies {shape}: the "
+                              "config does not match the weights")
+    return file, dtype
+
+
 def _check_tensors(found: Headers, model: CausalLM, mtp_layers: int, path: Path) -> list[str]:
     """The Hugging Face names the model needs, once each is found with the right shape and a float dtype."""
     names = []
     for name, tensor in hf_tensors(model):  # stops at the first problem, however many experts a config claims
-        if name not in found:
-            raise CheckpointError(f"{path}: missing tensor {name}, which config.json requires (the weights hold "
-                                  f"{len(found)} tensors)")
-        file, shape, dtype = found[name]
-        if shape != tuple(tensor.shape):
-            raise CheckpointError(f"{file}: tensor {name} has shape {shape}, but config.json implies "
-                                  f"{tuple(tensor.shape)}: the config does not match the weights")
+        file, dtype = find_tensor(found, name, tuple(tensor.shape), path)
         if dtype not in FLOAT_BYTES:
             raise CheckpointError(f"{file}: tensor {name} is {dtype}; only float weights (F64, F32, F16, BF16) "
                                   "are supported")

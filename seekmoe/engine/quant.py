@@ -259,13 +259,7 @@ def _check_headers(found: ckpt.Headers, model: CausalLM, path: Path) -> list[str
     """Every tensor the quantized model needs: present, the right shape, int8 / float32 scales / float."""
     names = []
     for name, tensor in _hf_tensors(model):
-        if name not in found:
-            raise CheckpointError(f"{path}: missing tensor {name}, which config.json requires (the weights hold "
-                                  f"{len(found)} tensors)")
-        file, shape, dtype = found[name]
-        if shape != tuple(tensor.shape):
-            raise CheckpointError(f"{file}: tensor {name} has shape {shape}, but config.json implies "
-                                  f"{tuple(tensor.shape)}: the config does not match the weights")
+        file, dtype = ckpt.find_tensor(found, name, tuple(tensor.shape), path)
         if tensor.dtype == torch.int8:
             want, ok = "I8 (int8)", dtype == "I8"
         elif name.endswith(".weight_scale"):
