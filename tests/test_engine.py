@@ -298,3 +298,13 @@ def test_an_engine_failure_reaches_every_waiting_stream(monkeypatch):
     with pytest.raises(EngineError, match="not running"):
         loop.submit([5], GREEDY)
     loop.close()
+
+
+def test_expert_loads_are_counted_per_moe_layer():
+    model = tiny_model()
+    eng = Engine(model, cache_tokens=256)
+    eng.generate(prompts([10]), SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    counts = eng.runner.expert_counts
+    assert sorted(counts) == [1, 2]  # layer 0 is dense
+    k = model.config.num_experts_per_tok
+    assert all(c.sum().item() == (10 + 4) * k for c in counts.values())  # 10 prompt tokens + 4 fed back

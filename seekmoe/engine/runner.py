@@ -52,6 +52,9 @@ class ModelRunner:
         self.model, self.cache, self.absorb = model, cache, absorb
         self.cfg = model.config
         self.absorbed = [Absorbed(layer.self_attn) for layer in model.model.layers]
+        # tokens routed to each expert of each MoE layer since start, for monitoring: {layer index: (E,) int64}
+        self.expert_counts = {i: torch.zeros(self.cfg.n_routed_experts, dtype=torch.long)
+                              for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)}
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
@@ -72,7 +75,13 @@ class ModelRunner:
             out = self._attend(i, attn, kv, q_nope[0], q_pe[0], segments)  # (N, H * v)
             x = x + attn.o_proj(out[None])
             h = layer.post_attention_layernorm(x)
-            x = x + (layer.mlp(h)[0] if isinstance(layer.mlp, MoE) else layer.mlp(h))
+            if isinstance(layer.mlp, MoE):
+                y, routing = layer.mlp(h)
+                counts = self.expert_counts[i]
+                counts += torch.bincount(routing.topk_idx.flatten(), minlength=len(counts))
+                x = x + y
+            else:
+                x = x + layer.mlp(h)
         ends = [0]
         for s in segments:
             ends.append(ends[-1] + s.length)
