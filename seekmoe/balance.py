@@ -74,9 +74,22 @@ def balance_loss(routing: list[Routing], cfg: BalanceConfig, batch_size: int) ->
 
 
 @torch.no_grad()
-def update_bias(bias: torch.Tensor, counts: torch.Tensor, rate: float) -> None:
-    """Loss-free balancing: b_i += u * sign(mean load - load_i); overloaded experts become less attractive."""
-    bias += rate * torch.sign(counts.mean() - counts)
+def update_bias(bias: torch.Tensor, counts: torch.Tensor, rate: float, rule: str = "sign") -> None:
+    """Loss-free balancing: overloaded experts become less attractive, starved ones more.
+
+    "sign" is DeepSeek-V3's rule, b_i += u * sign(mean load - load_i): every step moves every bias by u, whatever
+    the size of the imbalance. "proportional" moves it by u * (mean load - load_i) / mean load: far from balance
+    it corrects in a few steps what the sign rule takes hundreds for (on a short run it lags the router and
+    oscillates), and near balance it barely moves, so a small batch's noise does not shake it.
+    """
+    mean = counts.mean()
+    if rule == "sign":
+        bias += rate * torch.sign(mean - counts)
+    elif rule == "proportional":
+        if mean > 0:
+            bias += rate * (mean - counts) / mean
+    else:
+        raise ValueError(f"bias update rule must be 'sign' or 'proportional', got {rule!r}")
 
 
 @dataclass

@@ -71,9 +71,17 @@ def test_update_bias_moves_against_load():
     bias = torch.zeros(4)
     update_bias(bias, torch.tensor([10.0, 2.0, 2.0, 2.0]), rate=0.01)
     assert bias.tolist() == pytest.approx([-0.01, 0.01, 0.01, 0.01])
+    bias = torch.zeros(4)
+    update_bias(bias, torch.tensor([10.0, 2.0, 2.0, 2.0]), rate=0.01, rule="proportional")  # mean 4
+    assert bias.tolist() == pytest.approx([-0.015, 0.005, 0.005, 0.005])
+    update_bias(bias, torch.zeros(4), rate=0.01, rule="proportional")  # nothing routed: nothing to learn
+    assert bias.tolist() == pytest.approx([-0.015, 0.005, 0.005, 0.005])
+    with pytest.raises(ValueError, match="sign"):
+        update_bias(bias, torch.ones(4), rate=0.01, rule="squared")
 
 
-def test_loss_free_bias_evens_out_a_skewed_router():
+@pytest.mark.parametrize("rule", ["sign", "proportional"])
+def test_loss_free_bias_evens_out_a_skewed_router(rule):
     """The mechanism itself: a router that favours a few experts becomes balanced by bias updates alone."""
     cfg = tiny_config(topk_method="noaux_tc", scoring_func="sigmoid", n_group=1, topk_group=1, n_routed_experts=8,
                       norm_topk_prob=False)
@@ -87,7 +95,9 @@ def test_loss_free_bias_evens_out_a_skewed_router():
     before = load_stats(expert_counts(gate(x), 8))
     for step in range(300):
         rate = 0.01 if step < 200 else 0.002  # coarse, then fine: sign updates oscillate by about the rate
-        update_bias(gate.e_score_correction_bias, expert_counts(gate(x), 8), rate=rate)
+        if rule == "proportional":
+            rate = 0.02  # steps shrink with the imbalance by themselves
+        update_bias(gate.e_score_correction_bias, expert_counts(gate(x), 8), rate=rate, rule=rule)
     r = gate(x)
     after = load_stats(expert_counts(r, 8))
     assert before.utilisation < 0.3 and before.max_vio > 2
