@@ -291,7 +291,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         if cfg.balance.mode == "loss_free":
             for gate, counts in zip(gates, loads.counts, strict=True):
-                update_bias(gate.e_score_correction_bias, counts, cfg.balance.bias_update_rate, cfg.balance.bias_update)
+                rate = cfg.balance.bias_update_rate
+                if cfg.balance.bias_update_schedule == "lr":
+                    rate *= lr / cfg.lr  # the bias follows the router: fast while it moves, fine at the end
+                update_bias(gate.e_score_correction_bias, counts, rate, cfg.balance.bias_update)
         done = step + 1
         elapsed = time.perf_counter() - t0
         tps = tokens_per_step * (done - start) / max(elapsed, 1e-9)

@@ -27,6 +27,7 @@ class BalanceConfig:
     sequence_alpha: float = 0.0001  # α of DeepSeek-V3's sequence-wise complementary loss
     bias_update_rate: float = 0.001  # u of the loss-free strategy
     bias_update: str = "sign"  # sign (DeepSeek-V3) | proportional (step scaled by the relative imbalance)
+    bias_update_schedule: str = "constant"  # constant u | lr: u scaled by lr / peak lr (warm-up and cosine)
     capacity_factor: float | None = None  # token dropping during training; None keeps every token
 
     def __post_init__(self) -> None:
@@ -36,6 +37,8 @@ class BalanceConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.bias_update_schedule not in ("constant", "lr"):
+            raise ValueError(f"bias_update_schedule must be 'constant' or 'lr', got {self.bias_update_schedule!r}")
         if self.bias_update not in BIAS_RULES:
             raise ValueError(f"bias_update must be one of {list(BIAS_RULES)}, got {self.bias_update!r}")
         if self.n_devices < 1:
@@ -160,6 +163,8 @@ _HELP = {
     "n_devices": "device groups for the device-level loss (aux; 1 turns it off)",
     "sequence_alpha": "α of the sequence-wise balance loss (aux)",
     "bias_update_rate": "u of the loss-free bias update",
+    "bias_update_schedule": "loss-free u: constant, or lr (scaled like the learning rate: large while the router "
+                            "moves fast, small at the end)",
     "bias_update": "loss-free rule: sign (u * sign of the imbalance, DeepSeek-V3) or proportional (u * relative "
                    "imbalance)",
     "capacity_factor": "drop tokens past this capacity factor during training (default: keep all)",

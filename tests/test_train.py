@@ -133,20 +133,24 @@ def test_aux_mode_and_token_dropping_are_logged(corpus, tmp_path):
     assert 0 < record["layers"][0]["dropped"] < 1
 
 
-def test_loss_free_moves_the_bias_by_the_logged_loads_and_saves_it(corpus, tmp_path):
+@pytest.mark.parametrize("rule, schedule", [("sign", "constant"), ("proportional", "lr")])
+def test_loss_free_moves_the_bias_by_the_logged_loads_and_saves_it(corpus, tmp_path, rule, schedule):
     run = tmp_path / "lf"
-    train(config(corpus, run, steps=4, balance={"mode": "loss_free", "bias_update_rate": 0.01}), progress=False)
+    balance = {"mode": "loss_free", "bias_update_rate": 0.01, "bias_update": rule, "bias_update_schedule": schedule}
+    train(config(corpus, run, steps=4, balance=balance), progress=False)
     from safetensors.torch import load_file
 
     bias = load_file(str(run / "checkpoints" / "step-00000004" / "model.safetensors"))[
         "model.layers.1.mlp.gate.e_score_correction_bias"]
-    # replay b += u * sign(mean load - load) from the loads logged at each step
+    # replay b += u * sign(mean load - load) (or u * (mean - load) / mean) from the loads logged at each step
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     expected = torch.zeros(4, dtype=torch.float64)
     for r in records:
         if r["split"] == "train":
             load = torch.tensor(r["layers"][0]["load"], dtype=torch.float64)
-            expected += 0.01 * torch.sign(load.mean() - load)
+            u = 0.01 * (r["lr"] / 1e-2 if schedule == "lr" else 1.0)
+            error = load.mean() - load
+            expected += u * (torch.sign(error) if rule == "sign" else error / load.mean())
     torch.testing.assert_close(bias.double(), expected, atol=1e-6, rtol=0)
 
 
@@ -163,7 +167,8 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     ("overrides", "message"),
     [({"steps": 0}, "steps"), ({"lr": 2.0}, "lr"), ({"warmup_steps": 50}, "warmup_steps"),
      ({"balance": {"mode": "magic"}}, "mode"), ({"colour": "red"}, "colour"), ({"batch_size": 1.5}, "batch_size"),
-     ({"balance": {"wat": 1}}, "balance.wat")],
+     ({"balance": {"wat": 1}}, "balance.wat"), ({"balance": {"bias_update": "cubic"}}, "bias_update"),
+     ({"balance": {"bias_update_schedule": "cosine"}}, "bias_update_schedule")],
 )
 def test_bad_settings_are_named(overrides, message):
     with pytest.raises((TrainError, ValueError), match=message):
