@@ -1,10 +1,10 @@
 # The two commands of the README. Each creates or updates .venv first.
 .PHONY: serve test lint
 
-# Main job. Until the HTTP server lands it shows what the bundled configs cost (seekmoe inspect).
+# Main job: the bundled model over HTTP on 127.0.0.1:8000 (it prints the address; Ctrl-C stops it).
 serve:
 	@bash scripts/setup.sh
-	.venv/bin/seekmoe inspect deepseek-v2-lite
+	.venv/bin/seekmoe serve
 
 test:
 	@bash scripts/setup.sh test

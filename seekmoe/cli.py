@@ -162,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "outgrows the context its oldest exchanges are dropped.")
     add_chat_arguments(p)
     p.set_defaults(func=cmd_chat)
+
+    from seekmoe.server.cli import add_serve_arguments, cmd_serve
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: the native API and OpenAI's",
+                       description="Serve MODEL over HTTP: POST /v2/generate, OpenAI-compatible /v1/models, "
+                                   "/v1/completions and /v1/chat/completions (streaming as server-sent events), "
+                                   "/health (503 while the model loads) and Prometheus /metrics. Every flag also "
+                                   "reads from the environment variable in brackets; a flag given wins.")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -55,3 +58,35 @@ def assert_usage_error(rc: int, err: str, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("seekmoe: error: "), err
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def tiny_model_folder(folder, seed: int = 0, **overrides):
+    """A tiny random model saved with the bundled tokenizer: a model folder `seekmoe serve` and LLM() load."""
+    from seekmoe.checkpoint import save_model
+    from seekmoe.llm import DEFAULT_MODEL
+    from seekmoe.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(DEFAULT_MODEL)
+    save_model(tiny_model(seed, **{"vocab_size": tok.vocab_size, **overrides}), folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@contextmanager
+def running_server(config, load, wait: bool = True):
+    """A real uvicorn server on 127.0.0.1 (a free port) in a thread: yields (its URL, the app)."""
+    import requests
+
+    from seekmoe.server.app import create_app, serve_in_thread
+
+    app = create_app(config, load)
+    server, thread, url = serve_in_thread(app)
+    try:
+        deadline = time.monotonic() + 30
+        while wait and requests.get(f"{url}/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the model did not load in 30 s"
+            time.sleep(0.02)
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

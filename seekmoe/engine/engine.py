@@ -25,6 +25,10 @@ class EngineError(ValueError):
     """A request the engine refuses: bad prompt, too long for the context or the cache, queue full."""
 
 
+class QueueFull(EngineError):
+    """Too many sequences are waiting already; the same request may succeed later."""
+
+
 @dataclass
 class Output:
     """One event of one sequence: a new token, or its end (token_id None when it ends without one)."""
@@ -111,7 +115,7 @@ class Engine:
             raise EngineError(f"the KV cache holds {self.cache.capacity_tokens} tokens, but one sequence of this "
                               f"request needs up to {total}: raise the cache budget or lower max_tokens")
         if self.max_waiting is not None and len(self.waiting) + params.n > self.max_waiting:
-            raise EngineError(f"the queue is full ({len(self.waiting)} sequences waiting, limit {self.max_waiting})")
+            raise QueueFull(f"the queue is full ({len(self.waiting)} sequences waiting, limit {self.max_waiting})")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise EngineError(f"request id {rid!r} is already running")

@@ -1,0 +1,341 @@
+"""The FastAPI app: thin routes over the Serving class, keys, a body limit, the access log, errors in OpenAI's shape.
+
+The app answers as soon as it listens: the model loads on a thread meanwhile, /health says 503 until it is ready
+(as llama.cpp's server does) and the API answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from seekmoe import __version__
+from seekmoe.llm import LLM
+from seekmoe.server import schemas as s
+from seekmoe.server.config import ServeConfig
+from seekmoe.server.metrics import Metrics
+from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_body
+
+log = logging.getLogger("seekmoe.server")
+
+PUBLIC = ("/health", "/")  # and, later, the chat page's static files
+ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
+             "/v2/generate")
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>seekmoe</title>
+<h1>seekmoe is serving {model}</h1>
+<p>The chat page comes in a later release. The API: <code>POST /v2/generate</code>, and OpenAI's
+<code>/v1/models</code>, <code>/v1/completions</code>, <code>/v1/chat/completions</code>.
+Metrics at <code>/metrics</code>, readiness at <code>/health</code>.</p>
+"""
+
+
+class State:
+    """The app's model: None while it loads, then a Serving; `error` if loading failed."""
+
+    def __init__(self, config: ServeConfig, metrics: Metrics):
+        self.config, self.metrics = config, metrics
+        self.serving: Serving | None = None
+        self.error: str | None = None
+
+    def load(self, load: Callable[[], LLM], on_fatal: Callable[[str], None] | None) -> None:
+        try:
+            llm = load()
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("the model failed to load: %s", self.error)
+            if on_fatal is not None:
+                on_fatal(self.error)
+            return
+        name = self.config.served_model_name or llm.path.name
+        self.metrics.engine = llm.engine
+        self.serving = Serving(llm, name, self.metrics, self.config.max_queue, self.config.log_prompts)
+        log.info("ready: serving %s as %r, context %d tokens", llm.path, name, llm.engine.max_model_len)
+
+    def ready(self) -> Serving:
+        if self.serving is None:
+            message = f"the model failed to load: {self.error}" if self.error else "the model is loading"
+            raise APIError(503, message, type="service_unavailable", code="model_loading",
+                           headers={"Retry-After": "1"})
+        return self.serving
+
+    def close(self) -> None:
+        if self.serving is not None:
+            self.serving.llm.close()
+
+
+def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """The app; `load` builds the LLM (on a thread, after the server starts listening)."""
+    metrics = Metrics()
+    state = State(config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=state.load, args=(load, on_fatal), name="seekmoe-load", daemon=True).start()
+        yield
+        state.close()
+
+    app = FastAPI(title="seekmoe", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
+    app.state.seekmoe = state
+
+    @app.get("/health", responses=ERRORS)
+    async def health() -> dict:
+        state.ready()
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return PLACEHOLDER.format(model=state.serving.model_name if state.serving else "a model (loading)")
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/v1/models", response_model=s.ModelList, responses=ERRORS)
+    async def models() -> s.ModelList:
+        return state.ready().models()
+
+    @app.post("/v2/generate", response_model=s.GenerateResponse, responses=ERRORS)
+    async def generate(body: s.GenerateRequest, request: Request):
+        return await respond(request, state.ready().generate(body, request_log(request)))
+
+    @app.post("/v1/completions", response_model=s.CompletionResponse, responses=ERRORS)
+    async def completions(body: s.CompletionRequest, request: Request):
+        return await respond(request, state.ready().completion(body, request_log(request)))
+
+    @app.post("/v1/chat/completions", response_model=s.ChatCompletionResponse, responses=ERRORS)
+    async def chat_completions(body: s.ChatCompletionRequest, request: Request):
+        return await respond(request, state.ready().chat(body, request_log(request)))
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    # the last added runs first: the access log sees every answer, keys are checked before the body is read
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(Keys, keys=config.api_keys)
+    app.add_middleware(AccessLog, metrics=metrics, log_prompts=config.log_prompts)
+    return app
+
+
+def request_log(request: Request) -> RequestLog:
+    return request.scope["state"]["log"]  # put there by AccessLog
+
+
+async def respond(request: Request, work: Awaitable):
+    """The serving class's answer: a body, or a stream of server-sent events."""
+    result = await until_disconnect(request, work)
+    if isinstance(result, Stream):
+        # the background task runs when the stream ends, also when starlette ends it for a disconnect
+        return StreamingResponse(result.chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(result.cancel))
+    return result
+
+
+async def until_disconnect(request: Request, work: Awaitable):
+    """Await `work`, cancelling it (its generation with it) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            return Response(status_code=499)  # nobody reads it: the access log's "client closed request"
+        raise
+    finally:
+        watcher.cancel()
+
+
+# ---- errors in OpenAI's shape ------------------------------------------------------------------------------------
+
+def api_error(request: Request, e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    """The first problem, naming its field: 'max_tokens: Input should be a valid integer'."""
+    err = e.errors()[0]
+    loc = [part for part in err.get("loc", ()) if part != "body"]
+    if err.get("type") == "json_invalid":
+        message, param = f"the body is not valid JSON: {err.get('ctx', {}).get('error', 'decode error')}", None
+    elif not loc or err.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        sent_json = not isinstance(err.get("input"), bytes)  # bytes: FastAPI did not read it as JSON
+        message = "the body must be a JSON object" + ("" if sent_json else ", sent as Content-Type: application/json")
+        param = None
+    else:
+        # drop pydantic's union member tags ("str", "list[int]"): the client wrote a field path, not a type
+        path = [p for p in loc if isinstance(p, int) or ("[" not in p and p not in ("str", "int", "float", "bool"))]
+        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or str(loc[0])
+        message = f"{param}: {err.get('msg', 'invalid value')}"
+        if len(path) < len(loc):  # a union: no one member's complaint is the answer
+            message = f"{param}: {_json_type(err.get('input'))} is not one of the accepted types"
+    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def http_error(request: Request, e: HTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+    message = f"{request.method} {request.url.path}: {e.detail}"
+    return JSONResponse(error_body(message, "invalid_request_error", None, code), status_code=e.status_code,
+                        headers=getattr(e, "headers", None))
+
+
+def internal_error(request: Request, e: Exception) -> JSONResponse:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body(f"internal error: {type(e).__name__}", "server_error"), status_code=500)
+
+
+async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    data = JSONResponse(body).body
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+# ---- middleware (plain ASGI: they also see streamed answers to their end) ---------------------------------------
+
+class Keys:
+    """Every path outside PUBLIC needs `Authorization: Bearer <key>`, compared in constant time."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
+        self.app, self.keys = app, [k.encode() for k in keys]
+
+    def allowed(self, scope: Scope) -> bool:
+        if not self.keys or scope["path"] in PUBLIC:
+            return True
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        ok = False
+        for key in self.keys:  # every key compared, so the time says nothing of which one nearly matched
+            ok |= hmac.compare_digest(given.strip(), key)
+        return ok and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.allowed(scope):
+            return await self.app(scope, receive, send)
+        await send_json(send, 401, error_body("missing or wrong API key: send the header Authorization: Bearer "
+                                              "<key>", "invalid_request_error", None, "invalid_api_key"),
+                        {"WWW-Authenticate": "Bearer"})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a body over the limit, by its Content-Length or, when streamed in chunks, as it arrives."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        error = error_body(f"the request body is larger than the limit of {self.limit} bytes",
+                           "invalid_request_error", None, "request_too_large")
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await send_json(send, 413 if length.isdigit() else 400, error if length.isdigit() else
+                                   error_body("Content-Length must be a number", "invalid_request_error"))
+        seen, answered = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, answered
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                if not answered:
+                    answered = True
+                    await send_json(send, 413, error)
+                raise BodyTooLarge  # whatever the app answers to this is dropped below
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        with suppress(BodyTooLarge):  # FastAPI makes it a 400 while reading the body; either way it is dropped
+            await self.app(scope, limited_receive, guarded_send)
+
+
+class AccessLog:
+    """One line per request when its answer ends (a stream's too); counts requests by endpoint and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_prompts: bool):
+        self.app, self.metrics, self.log_prompts = app, metrics, log_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, record = time.perf_counter(), [500], RequestLog()
+        scope.setdefault("state", {})["log"] = record
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException:
+            status[0] = 499 if status[0] == 500 else status[0]
+            raise
+        finally:
+            path = scope["path"]
+            self.metrics.requests.labels(path if path in ENDPOINTS else "other", str(status[0])).inc()
+            client = scope.get("client") or ("-", 0)
+            line = f'{client[0]} "{scope["method"]} {path}" {status[0]} {time.perf_counter() - start:.3f}s'
+            if record.id is not None:
+                line += (f" id={record.id} prompt_tokens={record.prompt_tokens} completion_tokens="
+                         f"{record.completion_tokens} finish={record.finish_reason}")
+            if record.prompt is not None:
+                line += f" prompt={record.prompt!r}"
+            log.info(line)
+
+
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+    """Run `app` under uvicorn on a daemon thread (tests, benchmarks); returns (server, thread, its URL).
+    Stop it with `server.should_exit = True; thread.join()`."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, name="seekmoe-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://{host}:{bound}"

@@ -1,0 +1,60 @@
+"""What `seekmoe serve` runs with: one dataclass, filled from flags and environment variables (cli.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+class ServeConfigError(ValueError):
+    """A setting the server cannot start with; the message names it."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+@dataclass
+class ServeConfig:
+    model: str | None = None  # a checkpoint folder; None: the bundled model
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    allow_unauthenticated: bool = False  # bind beyond loopback without keys
+    served_model_name: str | None = None  # the `model` clients send; None: the model folder's name
+    # engine
+    dtype: str = "float32"
+    int8: bool = False
+    max_num_seqs: int = 64  # sequences decoded together
+    max_queue: int = 256  # sequences waiting for a place; past it requests get 429
+    cache_tokens: int | None = None  # KV-cache budget in tokens, or
+    cache_bytes: int | None = None  # in bytes (None and None: the engine's default)
+    # http
+    max_body_bytes: int = 1 << 20
+    log_prompts: bool = False
+
+    def check(self) -> None:
+        for name in ("port", "max_num_seqs", "max_queue", "cache_tokens", "cache_bytes", "max_body_bytes"):
+            value = getattr(self, name)
+            low = 0 if name == "port" else 1
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ServeConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if not 0 <= self.port <= 65535:
+            raise ServeConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ServeConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.cache_tokens is not None and self.cache_bytes is not None:
+            raise ServeConfigError("give the cache budget in tokens or in bytes, not both")
+        for i, key in enumerate(self.api_keys):
+            if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+                raise ServeConfigError(f"API key {i + 1} must be printable ASCII without spaces (HTTP headers carry "
+                                       "it), and not empty")
+        if not self.api_keys and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ServeConfigError(f"host {self.host} is reachable from other machines and no API key is set: give "
+                                   "keys (--api-key, --api-key-file, SEEKMOE_API_KEY), or --allow-unauthenticated "
+                                   "to serve without them")

@@ -1,0 +1,399 @@
+"""The serving class: a request body -> SamplingParams -> `llm.submit` -> a response, or server-sent event chunks.
+
+It knows the request and response shapes and nothing of HTTP routing: routes (app.py) hand it parsed bodies and
+send what it returns. Every refusal is an APIError carrying OpenAI's error shape and its status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from seekmoe.chat import ChatError
+from seekmoe.engine.engine import EngineError, QueueFull
+from seekmoe.engine.sampling import SamplingError, SamplingParams
+from seekmoe.llm import LLM, Completion, Delta, TextRequest, TokenLogprob
+from seekmoe.server import schemas as s
+from seekmoe.server.metrics import Metrics
+
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+            "stop", "seed", "ignore_eos")
+LONG_TEXT = 4096  # characters; longer prompts are tokenised off the event loop, so other streams keep flowing
+
+
+class APIError(Exception):
+    """A request refused (4xx) or failed (5xx), with OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def sse(obj: object) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+DONE = "data: [DONE]\n\n"
+
+
+def _finite(x: float | None) -> float:
+    """JSON has no NaN or infinity; OpenAI-compatible servers report -9999 for a token the model rules out."""
+    return x if x is not None and math.isfinite(x) else -9999.0
+
+
+@dataclass
+class RequestLog:
+    """What the access log line says about a generation request; the serving class fills it in."""
+
+    id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    prompt: str | None = None  # only with --log-prompts
+
+
+@dataclass
+class Stream:
+    """A streaming answer: its SSE chunks, and how to stop its generation (the route calls it when done)."""
+
+    chunks: AsyncIterator[str]
+    cancel: Callable[[], None]
+
+
+class Job:
+    """The engine requests of one HTTP request (one per prompt): their deltas merged, timed and counted."""
+
+    def __init__(self, id: str, reqs: list[TextRequest], metrics: Metrics, log: RequestLog, start: float):
+        self.id, self.reqs, self.metrics, self.log, self.start = id, reqs, metrics, log, start
+        self.created = int(time.time())
+        self.prompt_tokens = sum(len(r.prompt_token_ids) for r in reqs)
+        self.completion_tokens = 0
+
+    def cancel(self) -> None:
+        for r in self.reqs:
+            r.cancel()
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
+        """(prompt index, delta) until every sequence ends; leaving early (or being cancelled) stops them all."""
+        last: dict[tuple[int, int], float] = {}
+        try:
+            async for i, d in self._merged():
+                if d.token_ids:
+                    now, key = time.perf_counter(), (i, d.index)
+                    if key in last:
+                        self.metrics.itl.observe(now - last[key])
+                    else:
+                        self.metrics.ttft.observe(now - self.start)
+                    last[key] = now
+                    self.completion_tokens += len(d.token_ids)
+                    self.log.completion_tokens = self.completion_tokens
+                    self.metrics.generation_tokens.inc(len(d.token_ids))
+                if d.finish_reason is not None:
+                    self.log.finish_reason = d.finish_reason
+                yield i, d
+        except EngineError as e:  # the engine thread died under us
+            raise APIError(500, str(e)) from e
+        finally:
+            self.cancel()
+
+    async def _merged(self) -> AsyncIterator[tuple[int, Delta]]:
+        if len(self.reqs) == 1:
+            async for d in self.reqs[0]:
+                yield 0, d
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, req: TextRequest) -> None:
+            try:
+                async for d in req:
+                    queue.put_nowait((i, d))
+            except Exception as e:
+                queue.put_nowait((i, e))
+            queue.put_nowait((i, None))
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(self.reqs)]
+        try:
+            open_ = len(tasks)
+            while open_:
+                i, item = await queue.get()
+                if item is None:
+                    open_ -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def collect(self) -> list[Completion]:
+        per: list[list[Delta]] = [[] for _ in self.reqs]
+        async for i, d in self.deltas():
+            per[i].append(d)
+        return [r.collect(ds) for r, ds in zip(self.reqs, per, strict=True)]
+
+
+class Serving:
+    """One model behind the native and the OpenAI-compatible API."""
+
+    def __init__(self, llm: LLM, model_name: str, metrics: Metrics, max_queue: int, log_prompts: bool = False):
+        self.llm, self.model_name, self.metrics = llm, model_name, metrics
+        self.max_queue, self.log_prompts = max_queue, log_prompts
+        self.created = int(time.time())
+        self.context = llm.engine.max_model_len
+
+    # ---- endpoints ----------------------------------------------------------------------------------------
+
+    def models(self) -> s.ModelList:
+        return s.ModelList(data=[s.ModelCard(id=self.model_name, created=self.created, max_model_len=self.context)])
+
+    async def generate(self, body: s.GenerateRequest, log: RequestLog) -> s.GenerateResponse | Stream:
+        self._check_model(body.model)
+        prompts = [await self._encode(body.prompt)]
+        params = self._params(body, prompts, "prompt", body.max_tokens, default_max=128)
+        job = self._start("gen", prompts, params, log, body.prompt)
+        if body.stream:
+            return Stream(self._generate_chunks(job), job.cancel)
+        c = (await job.collect())[0]
+        return s.GenerateResponse(id=job.id, generated_text=c.text, finish_reason=c.finish_reason,
+                                  usage=s.GenerateUsage(**job.usage()))
+
+    async def completion(self, body: s.CompletionRequest, log: RequestLog) -> s.CompletionResponse | Stream:
+        self._check_model(body.model)
+        for name, unsupported in (("echo", body.echo), ("suffix", body.suffix), ("logit_bias", body.logit_bias),
+                                  ("best_of", body.best_of not in (None, 1, body.n))):
+            if unsupported:
+                raise APIError(400, f"{name} is not supported by this server", param=name)
+        prompts = await self._completion_prompts(body.prompt)
+        params = self._params(body, prompts, "prompt", body.max_tokens, n=body.n, logprobs=body.logprobs,
+                              default_max=16)
+        job = self._start("cmpl", prompts, params, log, body.prompt)
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return Stream(self._completion_chunks(job, params, usage), job.cancel)
+        choices = []
+        for i, c in enumerate(await job.collect()):
+            for ch in c.choices:
+                lps = _completion_logprobs(ch.logprobs, 0) if ch.logprobs is not None else None
+                choices.append(s.CompletionChoice(index=i * params.n + ch.index, text=ch.text, logprobs=lps,
+                                                  finish_reason=ch.finish_reason))
+        return s.CompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
+                                    usage=s.Usage(**job.usage()))
+
+    async def chat(self, body: s.ChatCompletionRequest, log: RequestLog) -> s.ChatCompletionResponse | Stream:
+        self._check_model(body.model)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if body.logit_bias:
+            raise APIError(400, "logit_bias is not supported by this server", param="logit_bias")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _content(m.content)}
+                    for m in body.messages]
+        try:
+            prompts = [await self._offload(self.llm.chat_ids, messages, sum(len(m["content"]) for m in messages))]
+        except ChatError as e:
+            raise APIError(400, str(e), param="messages") from None
+        limit, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
+                        else (body.max_tokens, "max_tokens"))
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        params = self._params(body, prompts, "messages", limit, n=body.n, logprobs=logprobs,
+                              renames={"max_tokens": field, "logprobs": "top_logprobs"})
+        job = self._start("chatcmpl", prompts, params, log, messages)
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return Stream(self._chat_chunks(job, params, usage), job.cancel)
+        c = (await job.collect())[0]
+        choices = [s.ChatChoice(index=ch.index, message=s.ChatMessageOut(content=ch.text),
+                                logprobs=_chat_logprobs(ch.logprobs) if ch.logprobs is not None else None,
+                                finish_reason=ch.finish_reason) for ch in c.choices]
+        return s.ChatCompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
+                                        usage=s.Usage(**job.usage()))
+
+    # ---- requests to the engine ---------------------------------------------------------------------------
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+
+    async def _offload(self, fn: Callable, arg: object, size: int):
+        return await asyncio.to_thread(fn, arg) if size > LONG_TEXT else fn(arg)
+
+    async def _encode(self, text: str) -> list[int]:
+        return await self._offload(self.llm.encode, text, len(text))
+
+    async def _completion_prompts(self, prompt: str | list) -> list[list[int]]:
+        if isinstance(prompt, str):
+            return [await self._encode(prompt)]
+        if not prompt:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        if isinstance(prompt[0], str):
+            return [await self._encode(p) for p in prompt]
+        batch = [prompt] if isinstance(prompt[0], int) else prompt
+        vocab = self.llm.model.config.vocab_size
+        for ids in batch:
+            if not ids:
+                raise APIError(400, "prompt must not hold an empty list of token ids", param="prompt")
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise APIError(400, f"prompt token {bad} is not a token id in [0, {vocab})", param="prompt")
+        return [list(ids) for ids in batch]
+
+    def _params(self, body: s.Sampling, prompts: list[list[int]], prompt_field: str, max_tokens: int | None, *,
+                n: int = 1, logprobs: int | None = None, default_max: int | None = None,
+                renames: dict[str, str] | None = None) -> SamplingParams:
+        """SamplingParams for these prompts; max_tokens None: default_max, or all the room the context leaves.
+        renames: SamplingParams field -> the request field its errors should name."""
+        renames = renames or {}
+        longest = max(len(p) for p in prompts)
+        if longest >= self.context:
+            raise APIError(400, f"{prompt_field} holds {longest} tokens, but the model's context is {self.context} "
+                                "tokens, which must also hold at least one new token", param=prompt_field,
+                           code="context_length_exceeded")
+        room = self.context - longest
+        if max_tokens is None:
+            max_tokens = min(default_max, room) if default_max is not None else room
+        elif max_tokens > room:
+            field = renames.get("max_tokens", "max_tokens")
+            raise APIError(400, f"{field} is {max_tokens}, but the model's context of {self.context} tokens leaves "
+                                f"room for {room} after the {longest} tokens of {prompt_field}", param=field,
+                           code="context_length_exceeded")
+        given = {name: getattr(body, name) for name in SAMPLING if getattr(body, name) is not None}
+        try:
+            return SamplingParams(**given, max_tokens=max_tokens, n=n, logprobs=logprobs)
+        except SamplingError as e:  # "top_p must be in (0, 1], got 0.0": the first word is the field
+            message = str(e)
+            field = message.split(" ", 1)[0]
+            if field in renames:
+                message = renames[field] + message[len(field):]
+            known = field in given or field in ("max_tokens", "n", "logprobs")
+            raise APIError(400, message, param=renames.get(field, field) if known else None) from None
+
+    def _start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
+               prompt: object) -> Job:
+        start = time.perf_counter()
+        job_id = f"{kind}-{uuid.uuid4().hex}"
+        sequences = len(prompts) * params.n
+        if sequences > self.max_queue:
+            raise APIError(400, f"the request asks for {sequences} sequences (prompts × n), but the queue holds at "
+                                f"most {self.max_queue}", param="n" if params.n > 1 else "prompt")
+        reqs: list[TextRequest] = []
+        try:
+            for i, ids in enumerate(prompts):
+                reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}"))
+        except QueueFull as e:
+            for r in reqs:
+                r.cancel()
+            raise APIError(429, f"the server is busy: {e}; retry shortly", type="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        except EngineError as e:
+            for r in reqs:
+                r.cancel()
+            raise APIError(400, str(e)) from None
+        job = Job(job_id, reqs, self.metrics, log, start)
+        log.id, log.prompt_tokens = job_id, job.prompt_tokens
+        if self.log_prompts:
+            log.prompt = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+        self.metrics.prompt_tokens.inc(job.prompt_tokens)
+        return job
+
+    # ---- streams ------------------------------------------------------------------------------------------
+
+    async def _generate_chunks(self, job: Job) -> AsyncIterator[str]:
+        text = []
+        try:
+            async for _, d in job.deltas():
+                if not d.text and d.finish_reason is None:
+                    continue
+                text.append(d.text)
+                chunk = {"id": job.id, "text": d.text, "finish_reason": d.finish_reason}
+                if d.finish_reason is not None:
+                    chunk |= {"generated_text": "".join(text), "usage": job.usage()}
+                yield sse(chunk)
+        except APIError as e:
+            yield sse(e.body())
+        yield DONE
+
+    async def _completion_chunks(self, job: Job, params: SamplingParams, usage: bool) -> AsyncIterator[str]:
+        base = {"id": job.id, "object": "text_completion", "created": job.created, "model": self.model_name}
+        offsets: dict[int, int] = {}
+        try:
+            async for i, d in job.deltas():
+                index = i * params.n + d.index
+                if params.logprobs is None and not d.text and d.finish_reason is None:
+                    continue
+                lps = None
+                if params.logprobs is not None:
+                    lps = _completion_logprobs(d.logprobs, offsets.get(index, 0)).model_dump()
+                    offsets[index] = offsets.get(index, 0) + sum(len(lp.token) for lp in d.logprobs)
+                choice = {"index": index, "text": d.text, "logprobs": lps, "finish_reason": d.finish_reason}
+                yield sse(base | {"choices": [choice]} | ({"usage": None} if usage else {}))
+            if usage:
+                yield sse(base | {"choices": [], "usage": job.usage()})
+        except APIError as e:
+            yield sse(e.body())
+        yield DONE
+
+    async def _chat_chunks(self, job: Job, params: SamplingParams, usage: bool) -> AsyncIterator[str]:
+        base = {"id": job.id, "object": "chat.completion.chunk", "created": job.created, "model": self.model_name}
+        tail = {"usage": None} if usage else {}
+        try:
+            for index in range(params.n):
+                role = {"role": "assistant", "content": ""}
+                yield sse(base | {"choices": [{"index": index, "delta": role, "logprobs": None,
+                                               "finish_reason": None}]} | tail)
+            async for _, d in job.deltas():
+                if params.logprobs is None and not d.text and d.finish_reason is None:
+                    continue
+                lps = _chat_logprobs(d.logprobs).model_dump() if params.logprobs is not None else None
+                choice = {"index": d.index, "delta": {"content": d.text} if d.text else {}, "logprobs": lps,
+                          "finish_reason": d.finish_reason}
+                yield sse(base | {"choices": [choice]} | tail)
+            if usage:
+                yield sse(base | {"choices": [], "usage": job.usage()})
+        except APIError as e:
+            yield sse(e.body())
+        yield DONE
+
+
+def _content(content: str | list[s.ContentPart] | None) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> s.CompletionLogprobs:
+    out = s.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    for lp in lps:
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(_finite(lp.logprob))
+        out.top_logprobs.append({lp.token: _finite(lp.logprob)} | {t.token: _finite(t.logprob)
+                                                                     for t in lp.top_logprobs})
+        out.text_offset.append(offset)
+        offset += len(lp.token)
+    return out
+
+
+def _chat_logprobs(lps: list[TokenLogprob]) -> s.ChoiceLogprobs:
+    return s.ChoiceLogprobs(content=[
+        s.TokenLogprob(token=lp.token, logprob=_finite(lp.logprob), bytes=lp.bytes,
+                       top_logprobs=[s.TopLogprob(token=t.token, logprob=_finite(t.logprob), bytes=t.bytes)
+                                     for t in lp.top_logprobs])
+        for lp in lps])
