@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or update the virtual environment in .venv (or $SEEKMOE_VENV).
 #   scripts/setup.sh        what running seekmoe needs
-#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis)
+#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, and
+#                           Debian's chromium for the chat page's browser test, installed with apt-get when root)
 # torch is installed first as the CPU build 2.13.0, so no later requirement can pull a multi-GB CUDA build;
 # a torch already in the environment is kept.
 set -euo pipefail
@@ -23,5 +24,13 @@ fi
 
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium; } >/dev/null || echo "setup.sh: apt-get could not install chromium; the browser test will skip" >&2
+    else
+        echo "setup.sh: no chromium; as root: apt-get install chromium (else tests/test_chat_page.py is skipped)" >&2
+    fi
+fi
 "${pip[@]}" install -q -e ".${extras}"
 "$venv/bin/python" -c "import torch, seekmoe; print('seekmoe', seekmoe.__version__, '| torch', torch.__version__)"

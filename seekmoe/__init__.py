@@ -12,13 +12,15 @@ _LAZY = {
     "ModelConfig": "seekmoe.config", "ConfigError": "seekmoe.config",
     "CausalLM": "seekmoe.model",
     "LLM": "seekmoe.llm", "SamplingParams": "seekmoe.engine.sampling", "Completion": "seekmoe.llm",
+    "Client": "seekmoe.client", "AsyncClient": "seekmoe.client", "APIError": "seekmoe.client",
     "load_model": "seekmoe.checkpoint", "save_model": "seekmoe.checkpoint", "CheckpointError": "seekmoe.checkpoint",
 }
-__all__ = ["LLM", "CausalLM", "CheckpointError", "Completion", "ConfigError", "ModelConfig", "SamplingParams",
-           "load_model", "save_model"]
+__all__ = ["LLM", "APIError", "AsyncClient", "CausalLM", "CheckpointError", "Client", "Completion", "ConfigError",
+           "ModelConfig", "SamplingParams", "load_model", "save_model"]
 
 if TYPE_CHECKING:
     from seekmoe.checkpoint import CheckpointError, load_model, save_model
+    from seekmoe.client import APIError, AsyncClient, Client
     from seekmoe.config import ConfigError, ModelConfig
     from seekmoe.engine.sampling import SamplingParams
     from seekmoe.llm import LLM, Completion

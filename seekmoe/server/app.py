@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,16 +32,11 @@ from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_
 
 log = logging.getLogger("seekmoe.server")
 
-PUBLIC = ("/health", "/")  # and, later, the chat page's static files
+STATIC = Path(__file__).parent / "static"  # the chat page: plain files, no build step
+PUBLIC = ("/health", "/")  # and everything under /static/
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
-             "/v2/generate")
+             "/v2/generate", "/v2/expert_load")
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
-PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>seekmoe</title>
-<h1>seekmoe is serving {model}</h1>
-<p>The chat page comes in a later release. The API: <code>POST /v2/generate</code>, and OpenAI's
-<code>/v1/models</code>, <code>/v1/completions</code>, <code>/v1/chat/completions</code>.
-Metrics at <code>/metrics</code>, readiness at <code>/health</code>.</p>
-"""
 
 
 class State:
@@ -96,9 +93,10 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
         state.ready()
         return {"status": "ok"}
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return PLACEHOLDER.format(model=state.serving.model_name if state.serving else "a model (loading)")
+    @app.get("/", response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})
+    async def index() -> FileResponse:
+        """The chat page (its script and style are under /static/)."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -113,6 +111,11 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     async def models() -> s.ModelList:
         return state.ready().models()
 
+    @app.get("/v2/expert_load", response_model=s.ExpertLoad, responses=ERRORS)
+    async def expert_load() -> s.ExpertLoad:
+        """Tokens routed to each expert of each MoE layer since the server started (the chat page's heatmap)."""
+        return state.ready().expert_load()
+
     @app.post("/v2/generate", response_model=s.GenerateResponse, responses=ERRORS)
     async def generate(body: s.GenerateRequest, request: Request):
         return await respond(request, state.ready().generate(body, request_log(request)))
@@ -124,6 +127,8 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     @app.post("/v1/chat/completions", response_model=s.ChatCompletionResponse, responses=ERRORS)
     async def chat_completions(body: s.ChatCompletionRequest, request: Request):
         return await respond(request, state.ready().chat(body, request_log(request)))
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -231,7 +236,7 @@ class Keys:
         self.app, self.keys = app, [k.encode() for k in keys]
 
     def allowed(self, scope: Scope) -> bool:
-        if not self.keys or scope["path"] in PUBLIC:
+        if not self.keys or scope["path"] in PUBLIC or scope["path"].startswith("/static/"):
             return True
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")

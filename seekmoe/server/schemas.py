@@ -187,6 +187,17 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+# ---- monitoring ------------------------------------------------------------------------------------------------
+
+class LayerLoad(BaseModel):
+    layer: int = Field(description="the layer's index in the model (dense layers are left out)")
+    counts: list[int] = Field(description="tokens routed to each routed expert since the server started")
+
+
+class ExpertLoad(BaseModel):
+    layers: list[LayerLoad]
+
+
 # ---- errors ----------------------------------------------------------------------------------------------------
 
 class ErrorInfo(BaseModel):

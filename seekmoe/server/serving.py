@@ -165,6 +165,12 @@ class Serving:
     def models(self) -> s.ModelList:
         return s.ModelList(data=[s.ModelCard(id=self.model_name, created=self.created, max_model_len=self.context)])
 
+    def expert_load(self) -> s.ExpertLoad:
+        """Tokens routed to each expert of each MoE layer since the server started (read without the engine's lock:
+        at worst a step old)."""
+        counts = self.llm.engine.runner.expert_counts
+        return s.ExpertLoad(layers=[s.LayerLoad(layer=i, counts=c.tolist()) for i, c in list(counts.items())])
+
     async def generate(self, body: s.GenerateRequest, log: RequestLog) -> s.GenerateResponse | Stream:
         self._check_model(body.model)
         prompts = [await self._encode(body.prompt)]

@@ -1,0 +1,401 @@
+"""A Python client for `seekmoe serve`: the native /v2/generate and the OpenAI-compatible /v1, sync and async.
+
+    client = seekmoe.Client("http://127.0.0.1:8000", api_key="KEY")
+    client.generate("Call me Ishmael.", max_tokens=50).text
+    client.chat("Tell me a story.", max_tokens=60).choices[0].message.content
+    for chunk in client.chat_stream("Tell me a story."):
+        print(chunk.text, end="")
+
+Results are small dataclasses. The `*_stream` methods yield `Chunk` objects (the new text, its choice index, and
+on the last ones the finish reason and usage), not bare strings. Any other field the server knows (top_k, min_p,
+ignore_eos, ...) passes through as a keyword argument. Refusals raise `APIError` with the server's message.
+
+Retries: 429 (after its Retry-After), 503 and failed connections are retried up to `max_retries` times with
+exponential backoff and jitter; other errors are not, and neither is a stream once its first byte has come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+RETRY_STATUS = (429, 503)
+# a connection that never opened or was dropped before any answer: the request did not run, so it is safe to resend
+RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+
+class APIError(Exception):
+    """The server refused or failed a request. `status` is None when there was no HTTP answer (the connection
+    failed) or the error came inside a stream that had already started."""
+
+    def __init__(self, status: int | None, message: str, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(f"{status} {message}" if status is not None else message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    @classmethod
+    def from_body(cls, status: int | None, body: object, fallback: str) -> APIError:
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            return cls(status, fallback)
+        return cls(status, str(err.get("message", fallback)), err.get("type"), err.get("param"), err.get("code"))
+
+
+class APIConnectionError(APIError):
+    """The server could not be reached, after every retry."""
+
+
+# ---- results ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def parse(cls, d: dict | None) -> Usage | None:
+        return None if d is None else cls(d["prompt_tokens"], d["completion_tokens"], d["total_tokens"])
+
+
+@dataclass
+class Generation:
+    """The answer of /v2/generate."""
+
+    id: str
+    text: str
+    finish_reason: str | None
+    usage: Usage
+
+
+@dataclass
+class CompletionChoice:
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: dict | None = None  # OpenAI's shape, as the server sent it
+
+
+@dataclass
+class Completion:
+    """The answer of /v1/completions."""
+
+    id: str
+    model: str
+    created: int
+    choices: list[CompletionChoice]
+    usage: Usage | None
+
+
+@dataclass
+class Message:
+    role: str
+    content: str
+
+
+@dataclass
+class ChatChoice:
+    index: int
+    message: Message
+    finish_reason: str | None
+    logprobs: dict | None = None
+
+
+@dataclass
+class ChatCompletion:
+    """The answer of /v1/chat/completions."""
+
+    id: str
+    model: str
+    created: int
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+@dataclass
+class Chunk:
+    """One streamed piece: the new `text` of choice `index`; `finish_reason` on its last piece; `usage` on the last
+    chunk of a native stream, or of an OpenAI stream with include_usage (then `text` is empty)."""
+
+    id: str
+    text: str
+    index: int = 0
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def _generation(d: dict) -> Generation:
+    return Generation(d["id"], d["generated_text"], d["finish_reason"], Usage.parse(d["usage"]))
+
+
+def _completion(d: dict) -> Completion:
+    choices = [CompletionChoice(c["index"], c["text"], c.get("finish_reason"), c.get("logprobs")) for c in d["choices"]]
+    return Completion(d["id"], d["model"], d["created"], choices, Usage.parse(d.get("usage")))
+
+
+def _chat(d: dict) -> ChatCompletion:
+    choices = [ChatChoice(c["index"], Message(c["message"]["role"], c["message"]["content"]), c.get("finish_reason"),
+                          c.get("logprobs")) for c in d["choices"]]
+    return ChatCompletion(d["id"], d["model"], d["created"], choices, Usage.parse(d["usage"]))
+
+
+def _chunks(d: dict) -> list[Chunk]:
+    """The Chunks of one SSE event of any of the three endpoints."""
+    if "error" in d:
+        raise APIError.from_body(None, d, "the stream failed")
+    usage = Usage.parse(d.get("usage"))
+    if "choices" not in d:  # native
+        return [Chunk(d["id"], d["text"], 0, d.get("finish_reason"), usage, d)]
+    if not d["choices"]:  # the usage chunk
+        return [Chunk(d["id"], "", 0, None, usage, d)]
+    out = []
+    for c in d["choices"]:
+        text = (c["delta"].get("content") or "") if "delta" in c else c["text"]
+        out.append(Chunk(d["id"], text, c["index"], c.get("finish_reason"), usage, d))
+    return out
+
+
+DONE = object()
+
+
+def _event(line: str) -> dict | object | None:
+    """An SSE line's JSON, DONE for `data: [DONE]`, None for anything else (blank lines, comments)."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    return DONE if data == "[DONE]" else json.loads(data)
+
+
+# ---- requests --------------------------------------------------------------------------------------------------
+
+def _body(fields: dict[str, Any], extra: dict[str, Any]) -> dict:
+    """The JSON body: the given fields without the Nones (the server's defaults apply), then `extra` as given."""
+    return {k: v for k, v in fields.items() if v is not None} | extra
+
+
+def _messages(messages: str | list[dict]) -> list[dict]:
+    return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+
+
+def _error(response: httpx.Response) -> APIError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return APIError.from_body(response.status_code, body, response.text[:200] or response.reason_phrase)
+
+
+class _Base:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout, max_retries: int,
+                 backoff: float, max_backoff: float):
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.base_url = base_url.rstrip("/")
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = timeout
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Exponential backoff with full jitter; at least the server's Retry-After (in seconds) when it sends one."""
+        delay = random.uniform(0, min(self.max_backoff, self.backoff * 2 ** attempt))
+        try:
+            after = float(response.headers.get("retry-after", "")) if response is not None else 0.0
+        except ValueError:  # an HTTP date: not sent by seekmoe, fall back to the backoff
+            after = 0.0
+        return max(delay, min(after, self.max_backoff * 4))
+
+    def _give_up(self, url: str, e: Exception, attempts: int) -> APIConnectionError:
+        return APIConnectionError(None, f"could not reach {url}: {e} ({attempts} attempt{'s' * (attempts > 1)})")
+
+
+class Client(_Base):
+    """A blocking client; use it in a `with` block or call `close()`."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
+                 timeout: float | httpx.Timeout = 600.0, max_retries: int = 3, backoff: float = 0.5,
+                 max_backoff: float = 8.0):
+        super().__init__(base_url, api_key, timeout, max_retries, backoff, max_backoff)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, body: dict | None = None, stream: bool = False) -> httpx.Response:
+        """The answer to a request, retried as the module says; an error status raises APIError."""
+        request = self._http.build_request(method, path, json=body)
+        for attempt in range(self.max_retries + 1):
+            response = None
+            try:
+                response = self._http.send(request, stream=stream)
+            except RETRY_ERRORS as e:
+                if attempt == self.max_retries:
+                    raise self._give_up(str(request.url), e, attempt + 1) from e
+            else:
+                if response.status_code < 400:
+                    return response
+                response.read()
+                response.close()
+                if response.status_code not in RETRY_STATUS or attempt == self.max_retries:
+                    raise _error(response)
+            time.sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")
+
+    def _json(self, method: str, path: str, body: dict | None = None) -> dict:
+        return self._send(method, path, body).json()
+
+    def _stream(self, path: str, body: dict) -> Iterator[Chunk]:
+        response = self._send("POST", path, body | {"stream": True}, stream=True)
+        try:
+            for line in response.iter_lines():
+                event = _event(line)
+                if event is DONE:
+                    return
+                if event is not None:
+                    yield from _chunks(event)
+        finally:
+            response.close()  # also when the caller stops early: the server cancels the generation
+
+    def models(self) -> list[str]:
+        return [m["id"] for m in self._json("GET", "/v1/models")["data"]]
+
+    def generate(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
+                 **extra: Any) -> Generation:
+        """POST /v2/generate: continue `prompt` (no chat template)."""
+        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+        return _generation(self._json("POST", "/v2/generate", _body(fields, extra)))
+
+    def generate_stream(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
+                        top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
+                        **extra: Any) -> Iterator[Chunk]:
+        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+        return self._stream("/v2/generate", _body(fields, extra))
+
+    def completions(self, prompt: str | list[str] | list[int], *, model: str | None = None,
+                    max_tokens: int | None = None, temperature: float | None = None, n: int | None = None,
+                    **extra: Any) -> Completion:
+        """POST /v1/completions."""
+        fields = dict(prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return _completion(self._json("POST", "/v1/completions", _body(fields, extra)))
+
+    def completions_stream(self, prompt: str | list[str] | list[int], *, model: str | None = None,
+                           max_tokens: int | None = None, temperature: float | None = None, n: int | None = None,
+                           **extra: Any) -> Iterator[Chunk]:
+        fields = dict(prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return self._stream("/v1/completions", _body(fields, extra))
+
+    def chat(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
+             temperature: float | None = None, n: int | None = None, **extra: Any) -> ChatCompletion:
+        """POST /v1/chat/completions; a string is one user message."""
+        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return _chat(self._json("POST", "/v1/chat/completions", _body(fields, extra)))
+
+    def chat_stream(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
+                    temperature: float | None = None, n: int | None = None, **extra: Any) -> Iterator[Chunk]:
+        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return self._stream("/v1/chat/completions", _body(fields, extra))
+
+
+class AsyncClient(_Base):
+    """The same methods as Client, awaited; the `*_stream` methods are async iterators. Close with `aclose()`."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
+                 timeout: float | httpx.Timeout = 600.0, max_retries: int = 3, backoff: float = 0.5,
+                 max_backoff: float = 8.0):
+        super().__init__(base_url, api_key, timeout, max_retries, backoff, max_backoff)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, body: dict | None = None, stream: bool = False) -> httpx.Response:
+        request = self._http.build_request(method, path, json=body)
+        for attempt in range(self.max_retries + 1):
+            response = None
+            try:
+                response = await self._http.send(request, stream=stream)
+            except RETRY_ERRORS as e:
+                if attempt == self.max_retries:
+                    raise self._give_up(str(request.url), e, attempt + 1) from e
+            else:
+                if response.status_code < 400:
+                    return response
+                await response.aread()
+                await response.aclose()
+                if response.status_code not in RETRY_STATUS or attempt == self.max_retries:
+                    raise _error(response)
+            await asyncio.sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")
+
+    async def _json(self, method: str, path: str, body: dict | None = None) -> dict:
+        return (await self._send(method, path, body)).json()
+
+    async def _stream(self, path: str, body: dict) -> AsyncIterator[Chunk]:
+        response = await self._send("POST", path, body | {"stream": True}, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                event = _event(line)
+                if event is DONE:
+                    return
+                if event is not None:
+                    for chunk in _chunks(event):
+                        yield chunk
+        finally:
+            await response.aclose()
+
+    async def models(self) -> list[str]:
+        return [m["id"] for m in (await self._json("GET", "/v1/models"))["data"]]
+
+    async def generate(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
+                       top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
+                       **extra: Any) -> Generation:
+        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+        return _generation(await self._json("POST", "/v2/generate", _body(fields, extra)))
+
+    def generate_stream(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
+                        top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
+                        **extra: Any) -> AsyncIterator[Chunk]:
+        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+        return self._stream("/v2/generate", _body(fields, extra))
+
+    async def completions(self, prompt: str | list[str] | list[int], *, model: str | None = None,
+                          max_tokens: int | None = None, temperature: float | None = None, n: int | None = None,
+                          **extra: Any) -> Completion:
+        fields = dict(prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return _completion(await self._json("POST", "/v1/completions", _body(fields, extra)))
+
+    def completions_stream(self, prompt: str | list[str] | list[int], *, model: str | None = None,
+                           max_tokens: int | None = None, temperature: float | None = None, n: int | None = None,
+                           **extra: Any) -> AsyncIterator[Chunk]:
+        fields = dict(prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return self._stream("/v1/completions", _body(fields, extra))
+
+    async def chat(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
+                   temperature: float | None = None, n: int | None = None, **extra: Any) -> ChatCompletion:
+        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return _chat(await self._json("POST", "/v1/chat/completions", _body(fields, extra)))
+
+    def chat_stream(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
+                    temperature: float | None = None, n: int | None = None, **extra: Any) -> AsyncIterator[Chunk]:
+        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return self._stream("/v1/chat/completions", _body(fields, extra))
