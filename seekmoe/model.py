@@ -225,6 +225,15 @@ class Gate(nn.Module):
         return grouped_NGe.masked_fill(~keep_NG.unsqueeze(-1), fill).view(n, -1)
 
 
+def sort_by_expert(idx_NK: torch.Tensor, kept_NK: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The N*K (token, expert) pairs ordered by expert, so each expert sees one contiguous slice: (order, the token
+    of each sorted pair). Pairs dropped by the capacity limit are left out: they cost nothing and add nothing."""
+    order = idx_NK.flatten().argsort(stable=True)  # (N*K,)
+    if kept_NK is not None:
+        order = order[kept_NK.flatten()[order]]
+    return order, order // idx_NK.shape[1]
+
+
 class RoutedExperts(nn.Module):
     """E SwiGLU experts with their weights stacked, so tokens can be grouped by expert and run in batches."""
 
@@ -237,12 +246,7 @@ class RoutedExperts(nn.Module):
     def forward(
         self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
     ) -> torch.Tensor:
-        k = idx_NK.shape[1]
-        # sort the N*K (token, expert) pairs by expert: each expert then sees one contiguous slice
-        order = idx_NK.flatten().argsort(stable=True)  # (N*K,)
-        if kept_NK is not None:
-            order = order[kept_NK.flatten()[order]]  # dropped pairs cost nothing and add nothing
-        token_of = order // k  # which token each sorted pair belongs to
+        order, token_of = sort_by_expert(idx_NK, kept_NK)
         counts_E = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0])
         x_sorted = x_ND[token_of]  # (N*K, D)
         if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16) and order.numel() >= 2 * len(counts_E):

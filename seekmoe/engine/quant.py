@@ -35,7 +35,7 @@ from torch import nn
 from seekmoe import checkpoint as ckpt
 from seekmoe.checkpoint import CheckpointError, hf_tensors
 from seekmoe.config import ModelConfig
-from seekmoe.model import CausalLM, Gate, RotaryEmbedding, RoutedExperts
+from seekmoe.model import CausalLM, Gate, RotaryEmbedding, RoutedExperts, sort_by_expert
 
 QUANT_METHOD = "seekmoe-int8"
 # fnmatch patterns over module names: what stays float
@@ -130,12 +130,7 @@ class Int8RoutedExperts(nn.Module):
     def forward(
         self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
     ) -> torch.Tensor:
-        k = idx_NK.shape[1]
-        # as RoutedExperts: sort the (token, expert) pairs by expert, so each expert sees one contiguous slice
-        order = idx_NK.flatten().argsort(stable=True)  # (N*K,)
-        if kept_NK is not None:
-            order = order[kept_NK.flatten()[order]]
-        token_of = order // k
+        order, token_of = sort_by_expert(idx_NK, kept_NK)
         experts, counts = torch.unique_consecutive(idx_NK.flatten()[order], return_counts=True)
         x_sorted = x_ND[token_of]  # (N*K, D)
         outs, start = [], 0
