@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -268,8 +269,16 @@ def test_streams_sync_and_async_give_the_engine_tokens():
         loop.close()
 
 
-def test_cancel_from_the_consumer_ends_the_stream():
-    loop = EngineLoop(Engine(tiny_model(), cache_tokens=256))
+def test_cancel_from_the_consumer_ends_the_stream(monkeypatch):
+    engine = Engine(tiny_model(), cache_tokens=256)
+    forward = engine.runner.forward
+
+    def slow_forward(*args):  # a step as slow as a real model's, so the engine cannot finish before the cancel
+        time.sleep(0.01)
+        return forward(*args)
+
+    monkeypatch.setattr(engine.runner, "forward", slow_forward)
+    loop = EngineLoop(engine)
     try:
         stream = loop.submit(prompts([5])[0], SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))
         seen = []
