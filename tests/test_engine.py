@@ -317,3 +317,29 @@ def test_expert_loads_are_counted_per_moe_layer():
     assert sorted(counts) == [1, 2]  # layer 0 is dense
     k = model.config.num_experts_per_tok
     assert all(c.sum().item() == (10 + 4) * k for c in counts.values())  # 10 prompt tokens + 4 fed back
+
+
+def test_a_cancel_gets_in_between_two_steps(monkeypatch):
+    """The engine thread re-takes its lock at once after each step; a caller must still get in at the next gap."""
+    engine = Engine(tiny_model(), cache_tokens=256)
+    forward = engine.runner.forward
+
+    def busy_forward(*args):  # busy like a real step: holding the GIL, not sleeping
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:
+            pass
+        return forward(*args)
+
+    monkeypatch.setattr(engine.runner, "forward", busy_forward)
+    loop = EngineLoop(engine)
+    try:
+        stream = loop.submit(prompts([5])[0], SamplingParams(max_tokens=120, temperature=0, ignore_eos=True))
+        for i, _ in enumerate(stream):
+            if i == 2:
+                start = time.monotonic()
+                stream.cancel()
+                took = time.monotonic() - start
+                break
+        assert took < 0.1  # a couple of steps at most, not the rest of the 120-token generation (> 0.5 s)
+    finally:
+        loop.close()

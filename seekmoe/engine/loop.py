@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 from seekmoe.engine.engine import Engine, EngineError, Output, Request
 from seekmoe.engine.sampling import SamplingParams
@@ -82,14 +84,33 @@ class EngineLoop:
         self.engine = engine
         self._streams: dict[str, RequestStream] = {}
         self._cond = threading.Condition()
+        # callers waiting for the engine lock: the engine thread steps back for them between steps, since a
+        # lock released and at once re-taken by the same thread would keep a cancel waiting a whole generation
+        self._waiting_callers = 0
+        self._count_lock = threading.Lock()
         self._closed = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="seekmoe-engine", daemon=True)
         self._thread.start()
 
+    @contextmanager
+    def _engine_lock(self):
+        """The engine lock, for a caller thread: taken at the next gap between steps."""
+        with self._count_lock:
+            self._waiting_callers += 1
+        try:
+            self._cond.acquire()
+        finally:
+            with self._count_lock:
+                self._waiting_callers -= 1
+        try:
+            yield
+        finally:
+            self._cond.release()
+
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None,
                request_id: str | None = None) -> RequestStream:
-        with self._cond:
+        with self._engine_lock():
             if self._closed or self._error is not None:
                 raise EngineError(f"the engine is not running{f' ({self._error})' if self._error else ''}")
             stream = RequestStream(self, self.engine.add_request(prompt_ids, params, request_id))
@@ -98,7 +119,7 @@ class EngineLoop:
         return stream
 
     def cancel(self, request_id: str, index: int | None = None, reason: str = "cancelled") -> None:
-        with self._cond:
+        with self._engine_lock():
             stream = self._streams.get(request_id)
             events = self.engine.cancel(request_id, index, reason)
             if request_id not in self.engine.requests:
@@ -109,6 +130,8 @@ class EngineLoop:
 
     def _run(self) -> None:
         while True:
+            while self._waiting_callers:
+                time.sleep(0)  # let them in first (sleep(0) hands over the GIL)
             with self._cond:
                 while not self._closed and not self.engine.has_work:
                     self._cond.wait()
@@ -132,11 +155,11 @@ class EngineLoop:
 
     def close(self) -> None:
         """Cancel everything and stop the thread."""
-        with self._cond:
+        with self._engine_lock():
             ids = list(self._streams)
         for rid in ids:
             self.cancel(rid)
-        with self._cond:
+        with self._engine_lock():
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
