@@ -110,8 +110,10 @@ def sampling_params(args: argparse.Namespace, names: Iterable[str]) -> SamplingP
     try:
         return SamplingParams(**given)
     except SamplingError as e:  # "top_p must be in (0, 1], got 0.0" -> "--top-p must be ..."
-        field, _, rest = str(e).partition(" ")
-        raise CLIError(f"{FLAGS[field]} {rest}" if field in FLAGS else str(e)) from None
+        message = str(e)
+        if e.param in FLAGS:
+            message = FLAGS[e.param] + message[len(e.param):]
+        raise CLIError(message) from None
 
 
 def open_llm(args: argparse.Namespace) -> LLM:

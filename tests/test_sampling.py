@@ -53,6 +53,7 @@ def test_bad_value_names_field_and_range(name, value, expected):
     with pytest.raises(SamplingError) as err:
         SamplingParams(**{name: value})
     assert str(err.value).startswith(f"{name} must be"), str(err.value)
+    assert err.value.param == name  # callers rename it (a CLI flag, an API field) from this, not the text
     assert expected in str(err.value), str(err.value)
     assert isinstance(err.value, ValueError)
 

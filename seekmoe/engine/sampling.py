@@ -30,7 +30,14 @@ _REALS = {
 
 
 class SamplingError(ValueError):
-    """A sampling parameter, prompt or logits tensor has the wrong type, shape or value."""
+    """A sampling parameter, prompt or logits tensor has the wrong type, shape or value.
+
+    `param` names the SamplingParams field at fault (the message starts with it), None for anything else, so
+    callers can name it in their own terms (a CLI flag, an API field) without parsing the message."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 def _is_int(value: object) -> bool:
@@ -39,7 +46,7 @@ def _is_int(value: object) -> bool:
 
 def _require(ok: bool, name: str, expected: str, value: object) -> None:
     if not ok:
-        raise SamplingError(f"{name} must be {expected}, got {value!r}")
+        raise SamplingError(f"{name} must be {expected}, got {value!r}", param=name)
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
         _require(isinstance(stop, list | tuple), "stop", "a str or a list of str", self.stop)
         if len(stop) > MAX_STOP:
-            raise SamplingError(f"stop must be at most {MAX_STOP} strings, got {len(stop)}")
+            raise SamplingError(f"stop must be at most {MAX_STOP} strings, got {len(stop)}", param="stop")
         for s in stop:
             _require(isinstance(s, str) and s != "", "stop", "a list of non-empty str", s)
         object.__setattr__(self, "stop", tuple(stop))

@@ -284,9 +284,8 @@ class Serving:
         given = {name: getattr(body, name) for name in SAMPLING if getattr(body, name) is not None}
         try:
             return SamplingParams(**given, max_tokens=max_tokens, n=n, logprobs=logprobs)
-        except SamplingError as e:  # "top_p must be in (0, 1], got 0.0": the first word is the field
-            message = str(e)
-            field = message.split(" ", 1)[0]
+        except SamplingError as e:  # "top_p must be in (0, 1], got 0.0": e.param is the field
+            message, field = str(e), e.param
             if field in renames:
                 message = renames[field] + message[len(field):]
             known = field in given or field in ("max_tokens", "n", "logprobs")
