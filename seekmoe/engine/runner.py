@@ -92,14 +92,9 @@ class ModelRunner:
 
     def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
                 segments: list[Segment]) -> torch.Tensor:
-        outs, decode, start = [], [], 0
-        for j, s in enumerate(segments):
-            if s.length == 1 and self.absorb:
-                decode.append(j)
-            start += s.length
-        if len(decode) == len(segments):  # the common decode step: one batched call
+        if self.absorb and all(s.length == 1 for s in segments):  # the common decode step: one batched call
             return self._absorbed(i, attn, kv, q_nope, q_pe, segments)
-        start = 0
+        outs, start = [], 0
         for s in segments:
             qn, qp = q_nope[start:start + s.length], q_pe[start:start + s.length]
             if s.length == 1 and self.absorb:
