@@ -2,7 +2,8 @@
 
 The default template is DeepSeek's: begin-of-sentence, the system prompt, then alternating user and assistant
 turns marked by role tokens, each assistant turn closed by end-of-sentence; with a generation prompt it ends on
-the assistant role token, where the model writes its answer.
+the assistant role token, where the model writes its answer. Tool results (role "tool") are wrapped in DeepSeek-V3's
+tool-output tokens, consecutive ones in one block; how the assistant asks for a tool is the tool-calling issue's.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if message['role'] == 'system' %}{{ '<｜System｜>' + message['content'] }}"
     "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or loop.previtem['role'] != 'tool' %}{{ '<｜tool▁outputs▁begin｜>' }}{% endif %}"
+    "{{ '<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>' }}"
+    "{% if loop.last or loop.nextitem['role'] != 'tool' %}{{ '<｜tool▁outputs▁end｜>' }}{% endif %}"
     "{% else %}{{ raise_exception('unknown role ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGES = 10_000
 
 
@@ -30,7 +35,7 @@ class ChatError(ValueError):
 
 
 def check_messages(messages: object) -> list[dict[str, str]]:
-    """[{"role": ..., "content": str}, ...] with roles system/user/assistant; a clear error for anything else."""
+    """[{"role": ..., "content": str}, ...] with roles system/user/assistant/tool; a clear error for anything else."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ChatError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
     if len(messages) > MAX_MESSAGES:

@@ -88,6 +88,18 @@ def load_model(path: str | os.PathLike, dtype: str = "float32") -> CausalLM:
     return model.eval()
 
 
+def cast_model(model: CausalLM, dtype: str) -> CausalLM:
+    """The model in another dtype, the router kept in float32 as load_model keeps it."""
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    model.to(DTYPES[dtype])
+    for module in model.modules():
+        if isinstance(module, Gate):
+            module.float()
+    model.config.torch_dtype = dtype
+    return model
+
+
 def _load(path: Path, dtype: torch.dtype) -> CausalLM:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint folder")

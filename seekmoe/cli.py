@@ -82,6 +82,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from seekmoe.finetune import run_from_args
+    from seekmoe.train_config import TrainError
+
+    try:
+        return run_from_args(args)
+    except (TrainError, OSError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from seekmoe.checkpoint import CheckpointError
+    from seekmoe.finetune import merge_adapter
+    from seekmoe.lora import AdapterError
+
+    try:
+        out = merge_adapter(args.base, args.adapter, args.out)
+    except (CheckpointError, AdapterError, OSError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {out}: {args.base} with {args.adapter} merged in")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -111,9 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge a pair only if it occurs at least N times (default 2)")
     p.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("data", help="prepare training data: token shards from text",
-                       description="Training data as token shards.")
-    p = p.add_subparsers(dest="data_command", required=True, metavar="ACTION").add_parser(
+    p = sub.add_parser("data", help="training data: token shards from text, and the chat fine-tuning sets",
+                       description="Training data: token shards for pretraining, JSONL sets for fine-tuning.")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    from seekmoe.chat_data import DESCRIPTION, run_from_args
+    from seekmoe.chat_data import add_arguments as add_chat_data_arguments
+
+    p = data_sub.add_parser("chat", help="write the chat fine-tuning sets we ship (JSONL) and SOURCES.json",
+                            description=DESCRIPTION)
+    add_chat_data_arguments(p)
+    p.set_defaults(func=run_from_args)
+    p = data_sub.add_parser(
         "prepare", help="deduplicate, shuffle and tokenise text into train/val token shards",
         description="Tokenise text into shuffled train/val token shards with manifest.json, deduplicating exact "
                     "copies of documents. A document is a paragraph block of a text file (lines between blank "
@@ -145,6 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="supervised fine-tuning on chat data: all weights or LoRA adapters",
+                       description="Fine-tune a model (default: the bundled one) on JSONL conversations (OpenAI "
+                                   "'messages' or Alpaca 'instruction'/'input'/'output'), with loss on the "
+                                   "assistant turns only. Same loop as `seekmoe train`: progress, metrics.jsonl, "
+                                   "plots, atomic checkpoints and exact resume in --out; the result is --out/model "
+                                   "(method full) or --out/adapter (method lora).")
+    from seekmoe.train_config import FinetuneConfig
+
+    add_arguments(p, FinetuneConfig)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("merge", help="fold a LoRA adapter into its base model",
+                       description="Write BASE with the LoRA ADAPTER merged into its weights as a new model folder "
+                                   "(with BASE's tokenizer), servable without the adapter.")
+    p.add_argument("base", metavar="BASE", help="the base model folder the adapter was trained on")
+    p.add_argument("adapter", metavar="ADAPTER", help="an adapter folder (seekmoe finetune --method lora, or peft)")
+    p.add_argument("out", metavar="OUT", help="the merged model folder to write (replaced if it exists)")
+    p.set_defaults(func=cmd_merge)
 
     from seekmoe.generate_cli import add_chat_arguments, add_generate_arguments, cmd_chat, cmd_generate
 

@@ -42,6 +42,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="a checkpoint folder (config.json, safetensors weights, tokenizer.json); default: the "
                         "bundled seekmoe-tiny")
+    p.add_argument("--adapter", metavar="DIR",
+                   help="a LoRA adapter folder (seekmoe finetune --method lora) merged into MODEL's weights at load")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the weights and the compute (default float32)")
     p.add_argument("--int8", action="store_true",
@@ -123,7 +125,7 @@ def open_llm(args: argparse.Namespace) -> LLM:
         raise CLIError(f"{args.model}: no such model folder (expected a checkpoint folder holding config.json, "
                        "safetensors weights and tokenizer.json)")
     try:
-        return LLM(args.model, dtype=args.dtype, quantize="int8" if args.int8 else None)
+        return LLM(args.model, dtype=args.dtype, quantize="int8" if args.int8 else None, adapter=args.adapter)
     except (ValueError, OSError) as e:  # CheckpointError, ConfigError, TokenizerError, a vocabulary mismatch
         raise CLIError(str(e)) from None
 

@@ -168,19 +168,27 @@ class TextRequest:
 class LLM:
     """A model, its tokenizer and an engine running on a background thread.
 
-    path None means the bundled default model. quantize="int8" stores attention, MLP, expert and output
-    projections as int8 with per-channel scales (weight-only).
+    path None means the bundled default model. adapter: a LoRA adapter folder, merged into the weights at load.
+    quantize="int8" stores attention, MLP, expert and output projections as int8 with per-channel scales
+    (weight-only).
     """
 
     def __init__(self, path: str | Path | None = None, dtype: str = "float32", quantize: str | None = None, *,
-                 cache_tokens: int | None = None, cache_bytes: int | None = None, max_num_seqs: int = 64,
-                 max_step_tokens: int = 256, max_waiting: int | None = None):
-        from seekmoe.checkpoint import load_model
+                 adapter: str | Path | None = None, cache_tokens: int | None = None, cache_bytes: int | None = None,
+                 max_num_seqs: int = 64, max_step_tokens: int = 256, max_waiting: int | None = None):
+        from seekmoe.checkpoint import cast_model, load_model
 
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
         self.path = Path(path) if path is not None else DEFAULT_MODEL
-        self.model = load_model(self.path, dtype=dtype)
+        if adapter is None:
+            self.model = load_model(self.path, dtype=dtype)
+        else:
+            from seekmoe.lora import apply_adapter
+
+            # merged in float32, then cast: the update is added to the weights before any rounding
+            self.model = cast_model(apply_adapter(load_model(self.path), adapter), dtype)
+        self.adapter = Path(adapter) if adapter is not None else None
         if quantize == "int8" and "quantization_config" not in self.model.config.extra:
             from seekmoe.engine.quant import quantize_int8
 

@@ -53,7 +53,8 @@ def plot_run(run: str | Path) -> list[Path]:
         for i, ax in enumerate(axes[:, 0]):
             load = np.array([r["layers"][i]["load"] for r in train]).T  # (experts, logged steps)
             im = ax.imshow(load * load.shape[0], aspect="auto", cmap="viridis", vmin=0, vmax=2, origin="lower",
-                           extent=(steps[0], steps[-1], -0.5, load.shape[0] - 0.5), interpolation="nearest")
+                           extent=(steps[0] - 0.5 * (len(steps) == 1), steps[-1] + 0.5 * (len(steps) == 1),
+                                   -0.5, load.shape[0] - 0.5), interpolation="nearest")  # one column: half a step wide
             util = train[-1]["layers"][i]["utilisation"]
             ax.set_ylabel(f"MoE layer {i}\nexpert")
             ax.set_title(f"utilisation {util:.0%} at step {steps[-1]}", fontsize=9, loc="right")

@@ -15,6 +15,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +55,46 @@ def build_model(cfg: TrainConfig) -> CausalLM:
     except (ConfigError, CheckpointError) as e:
         raise TrainError(str(e)) from None
     mc = model.config
-    if cfg.balance.mode == "loss_free" and mc.topk_method != "noaux_tc":
-        raise TrainError("balance.mode 'loss_free' needs a model with topk_method 'noaux_tc' (its bias is "
-                         f"e_score_correction_bias), got {mc.topk_method!r}")
     if cfg.balance.n_devices > 1 and mc.is_moe and mc.n_routed_experts % cfg.balance.n_devices:
         raise TrainError(f"balance.n_devices ({cfg.balance.n_devices}) must divide n_routed_experts "
                          f"({mc.n_routed_experts})")
     return model
 
 
-def build_optimizer(model: CausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
+def resolve_balance(cfg: TrainConfig, model: CausalLM) -> None:
+    """balance.mode "auto" keeps the model's own: loss_free where routing has a bias (noaux_tc), aux elsewhere."""
+    if cfg.balance.mode == "auto":
+        cfg.balance.mode = "loss_free" if model.config.topk_method == "noaux_tc" else "aux"
+    if cfg.balance.mode == "loss_free" and model.config.topk_method != "noaux_tc":
+        raise TrainError("balance.mode 'loss_free' needs a model with topk_method 'noaux_tc' (its bias is "
+                         f"e_score_correction_bias), got {model.config.topk_method!r}")
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices only; norms and the routing bias (a buffer) are left alone."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
     )
+
+
+@dataclass
+class Trainee:
+    """What the loop trains: the model, the parameters the optimizer moves, and how a checkpoint holds them."""
+    model: CausalLM  # for LoRA, with the adapter layers injected
+    params: list[torch.nn.Parameter]
+    save: Callable[[Path], None]  # write the weights into a checkpoint folder
+    load: Callable[[Path], None]  # and read them back
+
+
+def full_trainee(model: CausalLM) -> Trainee:
+    """Every weight trains; a checkpoint holds the whole model in the Hugging Face layout."""
+    def load(path: Path) -> None:
+        model.load_state_dict(load_model(path).state_dict())
+
+    return Trainee(model, list(model.parameters()), lambda path: save_model(model, path), load)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
@@ -82,14 +107,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(folder: Path, step: int, model: CausalLM, opt: torch.optim.Optimizer, cfg: TrainConfig) -> Path:
+def save_checkpoint(folder: Path, step: int, trainee: Trainee, opt: torch.optim.Optimizer, cfg: TrainConfig) -> Path:
     """Write step-N into a hidden folder, checksum every file, then rename it into place: all or nothing."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
     tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, tmp)
+    trainee.save(tmp)
     state = opt.state_dict()
     tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
     tensors["rng.torch"] = torch.get_rng_state()
@@ -135,10 +160,9 @@ def latest_checkpoint(folder: Path, log=print) -> Path | None:
     return None
 
 
-def restore(path: Path, model: CausalLM, opt: torch.optim.Optimizer) -> int:
+def restore(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
     """Load weights, optimizer and RNG state from a verified checkpoint; returns the step to continue from."""
-    loaded = load_model(path)
-    model.load_state_dict(loaded.state_dict())
+    trainee.load(path)
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
         trainer_state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
@@ -195,22 +219,30 @@ def _forward(model: CausalLM, x: torch.Tensor, bf16: bool, capacity_factor: floa
 
 
 def _lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
+    """Mean cross-entropy over the targets that carry loss (fine-tuning marks the others -100); 0 if none does."""
+    flat = logits.float().view(-1, logits.shape[-1])
+    counted = (y != -100).sum()
+    return F.cross_entropy(flat, y.reshape(-1), reduction="sum") / counted.clamp(min=1)
 
 
 @torch.no_grad()
 def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
+    """Validation loss averaged over target tokens: eval_batches batches, or one pass when the data is smaller."""
     model.eval()
     n_layers = len(moe_gates(model))
     loads = LayerLoads(n_layers, model.config.n_routed_experts or 0)
-    losses = []
-    for i in range(cfg.eval_batches):
+    steps = min(cfg.eval_batches, data.eval_steps(cfg.batch_size)) if hasattr(data, "eval_steps") \
+        else cfg.eval_batches
+    total = counted = 0.0
+    for i in range(steps):
         x, y = data.batch(i, cfg.batch_size, cfg.seq_len)
         out = _forward(model, x, cfg.bf16, None)
-        losses.append(_lm_loss(out.logits, y).item())
+        n = int((y != -100).sum())
+        total += _lm_loss(out.logits, y).item() * n
+        counted += n
         loads.add(out.routing)
     model.train()
-    loss = sum(losses) / len(losses)
+    loss = total / max(counted, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "layers": loads.stats()}
 
 
@@ -234,14 +266,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
-    """Run (or resume) training to cfg.steps; returns the last logged metrics."""
+    """Pretrain (or resume) on token shards to cfg.steps; returns the last logged metrics."""
     from seekmoe.data import DataError, TokenShards
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     torch.manual_seed(cfg.seed)
     try:
         train_data = TokenShards(cfg.data, "train")
@@ -249,15 +281,26 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
     except DataError as e:
         raise TrainError(str(e)) from None
     model = build_model(cfg).train()
+    return run(cfg, full_trainee(model), train_data, val_data, progress, log or _stderr)
+
+
+def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool = True,
+        log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """The loop, shared by pretraining and fine-tuning: data objects give batch(i, batch_size, seq_len)."""
+    model = trainee.model
+    resolve_balance(cfg, model)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     if train_data.vocab_size > model.config.vocab_size:
         raise TrainError(f"the data's tokenizer has {train_data.vocab_size} ids but the model's vocab_size is "
                          f"{model.config.vocab_size}")
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(trainee.params, cfg)
     metrics = out / "metrics.jsonl"
     start = 0
     ckpt = latest_checkpoint(out / "checkpoints", log)
     if ckpt is not None:
-        start = restore(ckpt, model, opt)
+        start = restore(ckpt, trainee, opt)
         log(f"seekmoe: resuming from {ckpt} at step {start}")
         _truncate_metrics(metrics, start)
     elif metrics.exists():
@@ -286,7 +329,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
             loads.add(out_.routing)
         if not math.isfinite(lm_sum):
             raise TrainError(f"loss became {lm_sum} at step {step}; lower lr (now {lr:.2e}) or check the data")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.grad_clip).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cfg.balance.mode == "loss_free":
@@ -310,7 +353,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
             _append_metrics(metrics, last)
             _plot(out, log)
         if done % cfg.save_every == 0 or done == cfg.steps:
-            save_checkpoint(out / "checkpoints", done, model, opt, cfg)
+            save_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
     bar.close()
     return last
 

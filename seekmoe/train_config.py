@@ -1,4 +1,5 @@
-"""Training settings: TrainConfig (with its BalanceConfig) and the `seekmoe train` flags made from it.
+"""Training settings: TrainConfig (with its BalanceConfig), FinetuneConfig (with its LoraSettings), and the
+`seekmoe train` / `seekmoe finetune` flags made from them.
 
 Kept free of torch so that building the command line stays fast.
 """
@@ -12,15 +13,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-MODES = ("none", "aux", "loss_free")
+MODES = ("none", "aux", "loss_free", "auto")
 BIAS_RULES = ("sign", "proportional")
 
 
 @dataclass
 class BalanceConfig:
-    mode: str = "loss_free"  # none | aux | loss_free
+    mode: str = "loss_free"  # none | aux | loss_free | auto (the model's own: loss_free with noaux_tc, else aux)
     expert_alpha: float = 0.003  # α1: expert-level balance loss (DeepSeek-V2)
     device_alpha: float = 0.05  # α2: device-level balance loss, experts split into n_devices groups
     n_devices: int = 1  # 1: no device-level loss
@@ -79,9 +80,14 @@ class TrainConfig:
     seed: int = 0
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
+    SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}  # nested: "balance.mode" on the command line
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data")
+
     def __post_init__(self) -> None:
-        if isinstance(self.balance, dict):
-            self.balance = BalanceConfig(**self.balance)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.SECTIONS and isinstance(value, dict):  # from a file: over this config's defaults
+                setattr(self, f.name, dataclasses.replace(f.default_factory(), **value))
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every", "eval_batches",
                      "save_every", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -116,30 +122,104 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
-        data = {**data, "balance": dict(data.get("balance") or {})}
+        data = {**data}
+        for name in cls.SECTIONS:
+            section = data.get(name) or {}
+            if not isinstance(section, dict):
+                raise TrainError(f"training setting {name!r} must be an object")
+            data[name] = dict(section)
         for key, value in (overrides or {}).items():
-            if key.startswith("balance."):
-                data["balance"][key.removeprefix("balance.")] = value
+            section, dot, sub = key.partition(".")
+            if dot and section in cls.SECTIONS:
+                data[section][sub] = value
             else:
                 data[key] = value
         known = {f.name for f in dataclasses.fields(cls)}
-        known_balance = {f.name for f in dataclasses.fields(BalanceConfig)}
-        unknown = [k for k in data if k not in known] + [f"balance.{k}" for k in data["balance"]
-                                                          if k not in known_balance]
+        unknown = [k for k in data if k not in known]
+        for name, kind in cls.SECTIONS.items():
+            known_sub = {f.name for f in dataclasses.fields(kind)}
+            unknown += [f"{name}.{k}" for k in data[name] if k not in known_sub]
         if unknown:
             raise TrainError(f"unknown training setting {unknown[0]!r}")
-        for name in ("model", "data"):
+        for name in cls.REQUIRED:
             if not data.get(name):
                 raise TrainError(f"missing required training setting {name!r}")
         try:
             return cls(**data)
-        except TypeError as e:
-            raise TrainError(str(e)) from None
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise TrainError(str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+LORA_TARGETS = ("attention", "shared_experts", "dense_mlp", "routed_experts")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: str = "attention,shared_experts"  # comma list of attention, shared_experts, dense_mlp, routed_experts
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"lora.r must be an integer >= 1, got {self.r!r}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        names = [t.strip() for t in self.targets.split(",") if t.strip()] if isinstance(self.targets, str) else []
+        if not names or any(t not in LORA_TARGETS for t in names):
+            raise ValueError(f"LoRA targets must be a comma-separated list of {', '.join(LORA_TARGETS)}, got "
+                             f"{self.targets!r}")
+        if self.dropout and "routed_experts" in names:
+            raise ValueError("lora.dropout must be 0 when the targets include routed_experts: peft applies the "
+                             "update to the stacked expert weight, where dropout of the input cannot be factored in")
+
+
+FINETUNE_METHODS = ("full", "lora")
+SFT_FORMATS = ("auto", "messages", "alpaca")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Supervised fine-tuning: the training loop's settings, with fine-tuning defaults, plus data and LoRA."""
+    model: str = ""  # a model folder (with its tokenizer); empty: the bundled model
+    data: str = ""  # a JSONL file, or a folder of *.jsonl (its *.val.jsonl files are the validation set)
+    out: str = "runs/finetune"
+    val_data: str | None = None  # JSONL file or folder; default: the data folder's *.val.jsonl, else val_fraction
+    val_fraction: float = 0.05
+    format: str = "auto"  # auto | messages | alpaca
+    skip_bad_lines: bool = False
+    packing: bool = True
+    method: str = "lora"  # full | lora
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 512
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    eval_batches: int = 32
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    balance: BalanceConfig = field(default_factory=lambda: BalanceConfig(mode="auto"))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig, "lora": LoraSettings}
+    REQUIRED: ClassVar[tuple[str, ...]] = ("data",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in FINETUNE_METHODS:
+            raise TrainError(f"method must be one of {', '.join(FINETUNE_METHODS)}, got {self.method!r}")
+        if self.format not in SFT_FORMATS:
+            raise TrainError(f"format must be one of {', '.join(SFT_FORMATS)}, got {self.format!r}")
+        if not 0 < self.val_fraction < 1:
+            raise TrainError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
 
 
 # ---- command line ------------------------------------------------------------------------------------------
@@ -157,7 +237,8 @@ _HELP = {
     "eval_every": "validate every N steps", "eval_batches": "validation batches per evaluation",
     "save_every": "checkpoint every N steps", "keep_checkpoints": "keep the newest N checkpoints",
     "seed": "seed of the model init and data order",
-    "mode": "expert balancing: none, aux (V2/V3 auxiliary losses) or loss_free (bias)",
+    "mode": "expert balancing: none, aux (V2/V3 auxiliary losses), loss_free (bias), or auto (the model's own: "
+            "loss_free when its routing has a bias, noaux_tc, else aux)",
     "expert_alpha": "α1 of the expert-level balance loss (aux)",
     "device_alpha": "α2 of the device-level balance loss (aux)",
     "n_devices": "device groups for the device-level loss (aux; 1 turns it off)",
@@ -168,28 +249,46 @@ _HELP = {
     "bias_update": "loss-free rule: sign (u * sign of the imbalance, DeepSeek-V3) or proportional (u * relative "
                    "imbalance)",
     "capacity_factor": "drop tokens past this capacity factor during training (default: keep all)",
+    "val_data": "validation JSONL file or folder (default: the data folder's *.val.jsonl files, else a val_fraction "
+                "share of the conversations)",
+    "val_fraction": "share of the conversations held out for validation when there is no validation file",
+    "format": "line format: auto (per line), messages (OpenAI chat) or alpaca (instruction/input/output)",
+    "skip_bad_lines": "report malformed lines as file:line and skip them (default: stop at the first)",
+    "packing": "pack several short conversations into one row of seq_len tokens",
+    "method": "full (every weight trains) or lora (peft adapters; the base stays frozen)",
+    "r": "LoRA rank", "alpha": "LoRA alpha (the update is scaled by alpha / r)",
+    "dropout": "LoRA dropout on the adapted layers' input (0 when routed_experts is a target)",
+    "targets": "LoRA targets, comma-separated: attention, shared_experts, dense_mlp, routed_experts",
+}
+_FINETUNE_HELP = {
+    "model": "base model folder, with its tokenizer (default: the bundled model)",
+    "data": "fine-tuning data: a JSONL file, or a folder of *.jsonl files (*.val.jsonl ones are validation)",
+    "out": "run folder: metrics.jsonl, plots, checkpoints/ and the result (model/ or adapter/); an existing run "
+           "resumes",
 }
 
 
-def _add_field(parser, f: dataclasses.Field, flag: str, dest: str) -> None:
+def _add_field(parser, f: dataclasses.Field, flag: str, dest: str, helps: dict[str, str]) -> None:
     kind = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
     if kind == "bool":
         parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                            help=_HELP[f.name])
+                            help=helps[f.name])
     else:
         parser.add_argument(flag, dest=dest, type={"int": int, "float": float}.get(kind, str), default=None,
-                            metavar=kind.upper(), help=_HELP[f.name])
+                            metavar=kind.upper(), help=helps[f.name])
 
 
-def add_arguments(parser) -> None:
-    """`seekmoe train CONFIG [--field value ...]`: every TrainConfig field can be set on the command line."""
+def add_arguments(parser, cls: type[TrainConfig] = TrainConfig) -> None:
+    """`seekmoe train CONFIG [--field value ...]`: every field of the config (and its sections) is a flag."""
+    helps = {**_HELP, **(_FINETUNE_HELP if cls is FinetuneConfig else {})}
     parser.add_argument("config", nargs="?", metavar="CONFIG",
-                        help="training config (JSON or TOML); flags override its values")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name != "balance":
-            _add_field(parser, f, f"--{f.name.replace('_', '-')}", f.name)
-    for f in dataclasses.fields(BalanceConfig):
-        _add_field(parser, f, f"--balance.{f.name.replace('_', '-')}", f"balance.{f.name}")
+                        help="settings file (JSON or TOML); flags override its values")
+    for f in dataclasses.fields(cls):
+        if f.name not in cls.SECTIONS:
+            _add_field(parser, f, f"--{f.name.replace('_', '-')}", f.name, helps)
+    for name, kind in cls.SECTIONS.items():
+        for f in dataclasses.fields(kind):
+            _add_field(parser, f, f"--{name}.{f.name.replace('_', '-')}", f"{name}.{f.name}", helps)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -45,7 +45,8 @@ def _keys(text: str) -> list[str]:
 
 # dest: (environment variable, how its text is read); a flag given wins over its variable
 ENV = {
-    "model": ("SEEKMOE_MODEL", str), "host": ("SEEKMOE_HOST", str), "port": ("SEEKMOE_PORT", int),
+    "model": ("SEEKMOE_MODEL", str), "adapter": ("SEEKMOE_ADAPTER", str), "host": ("SEEKMOE_HOST", str),
+    "port": ("SEEKMOE_PORT", int),
     "api_key": ("SEEKMOE_API_KEY", _keys), "api_key_file": ("SEEKMOE_API_KEY_FILE", str),
     "served_model_name": ("SEEKMOE_SERVED_MODEL_NAME", str), "dtype": ("SEEKMOE_DTYPE", str),
     "int8": ("SEEKMOE_INT8", _bool), "max_num_seqs": ("SEEKMOE_MAX_NUM_SEQS", int),
@@ -67,6 +68,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="a checkpoint folder (config.json, safetensors weights, tokenizer.json); default: the "
                         "bundled seekmoe-tiny [SEEKMOE_MODEL]")
+    p.add_argument("--adapter", metavar="DIR",
+                   help="a LoRA adapter folder (seekmoe finetune --method lora) merged into MODEL's weights at load "
+                        "[SEEKMOE_ADAPTER]")
     p.add_argument("--host", help=f"address to listen on (default {d.host}); anything but loopback needs API keys "
                                   "or --allow-unauthenticated [SEEKMOE_HOST]")
     p.add_argument("--port", type=int, help=f"TCP port (default {d.port}; 0: any free port) [SEEKMOE_PORT]")
@@ -126,7 +130,11 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     if given["model"] is not None and not Path(given["model"]).is_dir():
         raise CLIError(f"{given['model']}: no such model folder (expected a checkpoint folder holding config.json, "
                        "safetensors weights and tokenizer.json)")
-    fields = {"model": given["model"], "host": given["host"], "port": given["port"], "dtype": given["dtype"],
+    if given["adapter"] is not None and not (Path(given["adapter"]) / "adapter_config.json").is_file():
+        raise CLIError(f"{given['adapter']}: not an adapter folder (expected adapter_config.json and "
+                       "adapter_model.safetensors, as seekmoe finetune --method lora writes)")
+    fields = {"model": given["model"], "adapter": given["adapter"], "host": given["host"], "port": given["port"],
+              "dtype": given["dtype"],
               "served_model_name": given["served_model_name"], "int8": given["int8"],
               "max_num_seqs": given["max_num_seqs"], "max_queue": given["max_queue"],
               "cache_tokens": given["cache_tokens"], "cache_bytes": given["cache_memory"],
@@ -143,7 +151,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
 def load_llm(config: ServeConfig):
     from seekmoe.llm import LLM
 
-    return LLM(config.model, dtype=config.dtype, quantize="int8" if config.int8 else None,
+    return LLM(config.model, dtype=config.dtype, quantize="int8" if config.int8 else None, adapter=config.adapter,
                cache_tokens=config.cache_tokens, cache_bytes=config.cache_bytes, max_num_seqs=config.max_num_seqs,
                max_waiting=config.max_queue)
 

@@ -22,6 +22,7 @@ def is_loopback(host: str) -> bool:
 @dataclass
 class ServeConfig:
     model: str | None = None  # a checkpoint folder; None: the bundled model
+    adapter: str | None = None  # a LoRA adapter folder merged into the model at load
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = ()

@@ -1,0 +1,351 @@
+"""The chat fine-tuning sets: line format, determinism, held-out phrasings, recall dialogues, arithmetic, sources."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import seekmoe.chat_data as chat_data
+from seekmoe.chat_data import (
+    SETS,
+    ChatDataError,
+    MissingSourceError,
+    add_arguments,
+    arithmetic,
+    build_all,
+    chatterbot,
+    check_example,
+    customer_service,
+    python_faq,
+)
+from tests.conftest import assert_usage_error, run_cli
+
+SMALL = {"arithmetic": (300, 60), "intents": (600, 300), "dialogues": (300, 120)}
+FAQ_DIR = python_faq.DEFAULT_DIR
+HAVE_FAQ = FAQ_DIR.is_dir()
+HAVE_CHATTERBOT = importlib.util.find_spec("chatterbot_corpus") is not None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("chat")
+    build_all(out, seed=0, sizes=SMALL, progress=False, skip_missing=True)
+    return out
+
+
+def load(out: Path, name: str, split: str) -> list[dict]:
+    return read_jsonl(out / f"{name}.{split}.jsonl")
+
+
+def test_every_line_is_a_well_formed_chat(built):
+    sources = json.loads((built / "SOURCES.json").read_text(encoding="utf-8"))
+    written = {s["name"]: s for s in sources["sets"]}
+    assert set(written) | {s["name"] for s in sources["skipped"]} == set(SETS)
+    for name, entry in written.items():
+        assert entry["license"] and entry["origin"]
+        for split in ("train", "val"):
+            lines = load(built, name, split)
+            assert len(lines) == entry["counts"][split] > 0, (name, split)
+            for ex in lines:
+                assert set(ex) == {"messages", "meta"} and isinstance(ex["meta"], dict)
+                roles = [m["role"] for m in ex["messages"]]
+                body = roles[1:] if roles[0] == "system" else roles
+                assert body and body == ["user", "assistant"] * (len(body) // 2), roles
+                for m in ex["messages"]:
+                    assert set(m) == {"role", "content"} and isinstance(m["content"], str) and m["content"].strip()
+                # a tiny model has a 1,024-token context: a whole example must fit with room to spare
+                assert sum(len(m["content"]) for m in ex["messages"]) < 2000, ex["meta"]
+    for name, (n_train, n_val) in SMALL.items():
+        assert written[name]["counts"] == {"train": n_train, "val": n_val}
+
+
+def test_same_seed_writes_byte_identical_files(tmp_path, built):
+    build_all(tmp_path / "again", seed=0, sizes=SMALL, progress=False, skip_missing=True)
+    names = sorted(p.name for p in built.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "again").iterdir())
+    for name in names:
+        assert (built / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+    build_all(tmp_path / "other", seed=1, sizes=SMALL, progress=False, skip_missing=True)
+    for name in ("arithmetic", "intents", "dialogues"):
+        assert (built / f"{name}.train.jsonl").read_bytes() != (tmp_path / "other" / f"{name}.train.jsonl").read_bytes()
+
+
+def test_intent_val_uses_only_held_out_templates(built):
+    train, val = load(built, "intents", "train"), load(built, "intents", "val")
+    train_ids = {ex["meta"]["template"] for ex in train}
+    val_ids = {ex["meta"]["template"] for ex in val}
+    assert not train_ids & val_ids
+    for ex in train + val:
+        assert ex["meta"]["task"] == "intent"
+        assert ex["messages"][0] == {"role": "system", "content": customer_service.INTENT_PROMPT}
+        assert ex["messages"][-1]["content"] == ex["meta"]["intent"] in customer_service.INTENTS
+        assert ex["meta"]["template"].startswith(ex["meta"]["intent"] + "/")
+    for split in (train, val):
+        assert {ex["meta"]["intent"] for ex in split} == set(customer_service.INTENTS)
+    for intent, templates in customer_service.INTENT_TEMPLATES.items():
+        assert len(templates) >= 12, intent
+        assert len(set(templates)) == len(templates), intent
+        held_out = customer_service.split_ids(len(templates), held_out=True)
+        assert round(len(templates) / 3) == len(held_out), intent
+
+
+def test_dialogue_ends_by_recalling_the_fact_from_the_first_turn(built):
+    for split in ("train", "val"):
+        for ex in load(built, "dialogues", split):
+            meta, messages = ex["meta"], ex["messages"]
+            fact = meta["fact"]
+            assert meta["task"] == "dialogue" and meta["fact_kind"] in customer_service.FACT_KINDS
+            assert messages[0] == {"role": "system", "content": customer_service.SUPPORT_PROMPT}
+            user = [m["content"] for m in messages if m["role"] == "user"]
+            assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+            assert 5 <= len(user) == meta["turns"] <= 8
+            assert fact in user[0]
+            assert fact in assistant[-1]
+            # only the first turn and the final answer hold it: the model has to reach back, not copy
+            assert not any(fact in text for text in user[1:] + assistant[:-1])
+
+
+def test_dialogue_val_phrasings_never_appear_in_train(built):
+    def ids(split):
+        return {t for ex in load(built, "dialogues", split) for t in ex["meta"]["templates"]}
+
+    train, val = ids("train"), ids("val")
+    assert not train & val
+    assert any(t.startswith("final/") for t in val) and any(t.startswith("middle/") for t in val)
+    finals = {ex["messages"][-2]["content"] for ex in load(built, "dialogues", "val")}
+    assert not finals & {ex["messages"][-2]["content"] for ex in load(built, "dialogues", "train")}
+
+
+STEP_EN = re.compile(r"Step (\d+): (\d+) ([+×-]) (\d+) = (\d+)\.")
+STEP_ZH = re.compile(r"第([一二三])步：(\d+) ([+×-]) (\d+) = (\d+)。")
+
+
+def test_arithmetic_answers_recompute_from_meta(built):
+    apply = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "×": lambda x, y: x * y}
+    examples = load(built, "arithmetic", "train") + load(built, "arithmetic", "val")
+    assert {ex["meta"]["lang"] for ex in examples} == {"en", "zh"}
+    assert {ex["meta"]["kind"] for ex in examples} == set(arithmetic.KINDS)
+    for ex in examples:
+        meta, question, answer = ex["meta"], ex["messages"][0]["content"], ex["messages"][1]["content"]
+        value = meta["numbers"][0]
+        for op, y in zip(meta["ops"], meta["numbers"][1:], strict=True):
+            value = apply[op](value, y)
+        assert value == meta["answer"] >= 0, meta
+        for n in meta["numbers"]:
+            assert str(n) in question, (n, question)
+        steps = (STEP_EN if meta["lang"] == "en" else STEP_ZH).findall(answer)
+        assert len(steps) == len(meta["ops"]), answer
+        for _, x, op, y, result in steps:
+            assert apply[op](int(x), int(y)) == int(result), answer
+        assert int(steps[-1][4]) == meta["answer"]
+        ending = f"The answer is {value}." if meta["lang"] == "en" else f"答案是 {value}。"
+        assert answer.endswith(ending), answer
+
+
+FAQ_RST = """\
+===========
+Example FAQ
+===========
+
+.. only:: html
+
+   .. contents::
+
+General
+=======
+
+.. _faq-len:
+
+How do I get the length of a list?
+----------------------------------
+
+Use :func:`len`, or see `the tutorial <https://docs.python.org/3/tutorial/>`_.
+The value of ``len([])`` is 0, and
+:meth:`~list.append` adds one.
+
+.. index:: single: length
+
+Example::
+
+   >>> len([1, 2])
+   2
+
+.. code-block:: python
+
+   n = len(items)
+
+
+
+Done.
+
+This heading is not a question
+------------------------------
+
+Some text.
+
+Why is **this** answer long?
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+{long}
+
+{long}
+"""
+
+
+def test_faq_parser_cleans_rest():
+    long = " ".join(["A sentence of filler words."] * 20)  # ~560 characters: two of them exceed the limit
+    pairs = python_faq.parse_faq(FAQ_RST.replace("{long}", long))
+    assert [q for q, _ in pairs] == ["How do I get the length of a list?", "Why is this answer long?"]
+    answer = pairs[0][1]
+    assert answer == ("Use len, or see the tutorial. The value of len([]) is 0, and append adds one.\n\n"
+                      "Example:\n\n"
+                      "   >>> len([1, 2])\n   2\n\n"
+                      "   n = len(items)\n\n"
+                      "Done.")
+    assert pairs[1][1] == long and len(pairs[1][1]) <= python_faq.MAX_ANSWER_CHARS
+
+
+def test_faq_shorten_cuts_at_paragraph_or_sentence():
+    para = "One two three. " * 30  # ~450 characters
+    assert python_faq.shorten(f"{para.strip()}\n\n{para.strip()}") == para.strip()
+    cut = python_faq.shorten("Word. " * 200)
+    assert len(cut) <= python_faq.MAX_ANSWER_CHARS and cut.endswith(".")
+    assert python_faq.shorten(f"{para.strip()}\n\nFor example:\n\n   {'x = 1; ' * 40}") == para.strip()
+
+
+@pytest.mark.skipif(not HAVE_FAQ, reason=f"{FAQ_DIR} missing (apt install python3.11-doc)")
+def test_faq_real_folder():
+    examples, source = python_faq.load()
+    assert len(examples) > 100 and source["license"] == "PSF-2.0"
+    for ex in examples:
+        question, answer = ex["messages"][0]["content"], ex["messages"][1]["content"]
+        assert question.endswith("?") and "``" not in question
+        assert 0 < len(answer) <= python_faq.MAX_ANSWER_CHARS
+        assert not re.search(r":\w+:`|``|`_|^\.\. ", answer, re.M), answer
+        assert ex["meta"] == {"source": "python-faq", "file": ex["meta"]["file"]}
+
+
+CHATTERBOT_YAML = """\
+categories:
+- greetings
+conversations:
+- - Hello
+  - Hi there!
+- - "  How are you?  "
+  - I am fine.
+  - Good to hear.
+- - Only one
+- - yes
+  - A bare yes is a bool in YAML
+- - Ask
+  - key: value
+- - Hello
+  - Hi there!
+"""
+
+
+def test_chatterbot_reader_on_small_yaml(tmp_path):
+    for folder in ("english", "chinese"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "english" / "greetings.yml").write_text(CHATTERBOT_YAML, encoding="utf-8")
+    (tmp_path / "chinese" / "greetings.yml").write_text("conversations:\n- - 你好\n  - 嗨\n", encoding="utf-8")
+    examples, source = chatterbot.load(tmp_path)
+    assert [[(m["role"], m["content"]) for m in ex["messages"]] for ex in examples] == [
+        [("user", "Hello"), ("assistant", "Hi there!")],  # its repeat at the end is dropped
+        [("user", "How are you?"), ("assistant", "I am fine.")],  # the odd third utterance would end on the user
+        [("user", "你好"), ("assistant", "嗨")],
+    ]
+    assert examples[0]["meta"] == {"source": "chatterbot", "lang": "en", "category": "greetings"}
+    assert examples[2]["meta"]["lang"] == "zh" and source["license"] == "BSD-3-Clause"
+
+    (tmp_path / "english" / "broken.yml").write_text("conversations: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ChatDataError, match=r"broken\.yml"):
+        chatterbot.load(tmp_path)
+    (tmp_path / "english" / "broken.yml").write_text("- just a list\n", encoding="utf-8")
+    with pytest.raises(ChatDataError, match=r"broken\.yml.*conversations"):
+        chatterbot.load(tmp_path)
+
+
+@pytest.mark.skipif(not HAVE_CHATTERBOT, reason="chatterbot-corpus not installed")
+def test_chatterbot_real_package():
+    examples, source = chatterbot.load()
+    langs = {ex["meta"]["lang"] for ex in examples}
+    assert langs == {"en", "zh"} and len(examples) > 1000
+    assert source["origin"].startswith("pypi:chatterbot-corpus")
+    for ex in examples:
+        check_example(ex, "chatterbot")
+
+
+def test_missing_sources_say_what_to_install(tmp_path, monkeypatch):
+    with pytest.raises(MissingSourceError, match=r"apt install python3\.11-doc"):
+        python_faq.load(tmp_path / "nope")
+    with pytest.raises(MissingSourceError, match="pip install chatterbot-corpus"):
+        chatterbot.load(tmp_path)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "chatterbot_corpus" else real_find_spec(name, *a))
+    with pytest.raises(MissingSourceError, match="pip install chatterbot-corpus"):
+        chatterbot.load()
+
+
+def test_build_fails_on_a_missing_source_unless_skipped(tmp_path, capsys):
+    with pytest.raises(MissingSourceError, match=r"python3\.11-doc"):
+        build_all(tmp_path / "a", sizes=SMALL, progress=False, faq_dir=tmp_path / "nope")
+    report = build_all(tmp_path / "b", sizes=SMALL, progress=False, skip_missing=True,
+                       faq_dir=tmp_path / "nope", chatterbot_dir=tmp_path / "nope")
+    assert [s["name"] for s in report["skipped"]] == ["chatterbot", "python_faq"]
+    assert [s["name"] for s in report["sets"]] == ["arithmetic", "intents", "dialogues"]
+    assert not (tmp_path / "b" / "python_faq.train.jsonl").exists()
+    err = capsys.readouterr().err
+    assert "skipping chatterbot" in err and "skipping python_faq" in err
+
+
+def test_bad_sizes_and_bad_examples_are_named():
+    with pytest.raises(ChatDataError, match="unknown generated set 'poems'"):
+        build_all("/nonexistent", sizes={"poems": (1, 1)})
+    with pytest.raises(ChatDataError, match=r"sizes\['intents'\]"):
+        build_all("/nonexistent", sizes={"intents": (10, -1)})
+    with pytest.raises(ChatDataError, match="ending on assistant"):
+        check_example({"messages": [{"role": "user", "content": "hi"}]}, "x")
+    with pytest.raises(ChatDataError, match="non-empty text"):
+        check_example({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}, "x")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seekmoe data chat")
+    add_arguments(p)
+    return p
+
+
+def test_cli_builds_and_reports(tmp_path, capsys, monkeypatch):
+    p = parser()
+    assert p.description
+    assert all(a.help for a in p._actions)
+    # both real sources missing, whatever this machine has installed
+    monkeypatch.setattr(chatterbot, "package_data_dir", lambda: tmp_path / "no-corpus")
+    monkeypatch.setattr(python_faq, "DEFAULT_DIR", tmp_path / "no-faq")
+    for name, size in SMALL.items():
+        monkeypatch.setitem(chat_data.SIZES, name, size)
+
+    rc, _, err = run_cli(capsys, "data", "chat", "--out", str(tmp_path / "out"))
+    assert_usage_error(rc, err, "pip install chatterbot-corpus")
+
+    rc, out, err = run_cli(capsys, "data", "chat", "--out", str(tmp_path / "out"), "--seed", "3", "--skip-missing")
+    assert rc == 0
+    assert "chatterbot  skipped" in out and "python_faq  skipped" in out and "dialogues" in out
+    assert "pip install chatterbot-corpus" in err and "apt install python3.11-doc" in err
+    assert json.loads((tmp_path / "out" / "SOURCES.json").read_text())["seed"] == 3
+    assert len(read_jsonl(tmp_path / "out" / "intents.val.jsonl")) == SMALL["intents"][1]
+
+    with pytest.raises(SystemExit):
+        p.parse_args([])  # --out is required
