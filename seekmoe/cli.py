@@ -105,6 +105,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from seekmoe.summarize_cli import run_from_args
+
+    def open_llm(model: str | None):
+        from seekmoe.llm import LLM
+
+        if model is not None and not Path(model).is_dir():
+            raise CLIError(f"{model}: no such model folder")
+        try:
+            return LLM(model)
+        except (ValueError, OSError) as e:
+            raise CLIError(str(e)) from None
+
+    return run_from_args(args, open_llm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -222,6 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reads from the environment variable in brackets; a flag given wins.")
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    from seekmoe.summarize_cli import add_arguments as add_summarize_arguments
+
+    p = sub.add_parser("summarize", help="summarize a text of any length (map-reduce over the model, or extractive)",
+                       description="Summarize FILE (or standard input) within --max-length tokens: the model "
+                                   "summarizes chunks that fit its context, then their summaries, until the result "
+                                   "fits; --method extractive picks the most central sentences instead (TextRank), "
+                                   "no generation.")
+    add_summarize_arguments(p)
+    p.set_defaults(func=cmd_summarize)
+
+    from seekmoe.plugins import DESCRIPTION as PLUGINS_DESCRIPTION
+    from seekmoe.plugins import add_arguments as add_plugins_arguments
+
+    p = sub.add_parser("plugins", help="the tools a served model may call (seekmoe serve --tools)",
+                       description=PLUGINS_DESCRIPTION)
+    add_plugins_arguments(p)
     return parser
 
 

@@ -21,6 +21,7 @@ from seekmoe.engine.loop import EngineLoop, RequestStream
 from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.text_stream import TextStream
 from seekmoe.tokenizer import Tokenizer
+from seekmoe.tool_calls import MARKERS, ToolCall, check_tool_choice, parse_tool_calls, tool_names
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "seekmoe-tiny"
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -63,6 +64,7 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # chat with tools: the calls the answer makes
 
 
 @dataclass
@@ -93,10 +95,12 @@ class Completion:
 class TextRequest:
     """One submitted request as text deltas; iterate it once, sync or async; cancel() any time."""
 
-    def __init__(self, llm: LLM, stream: RequestStream, params: SamplingParams, skip_special_tokens: bool = True):
+    def __init__(self, llm: LLM, stream: RequestStream, params: SamplingParams, skip_special_tokens: bool = True,
+                 keep_special_tokens: tuple[str, ...] = ()):
         self.llm, self.params, self._stream = llm, params, stream
         self.prompt_token_ids = stream.request.prompt_ids
-        self._text = [TextStream(llm.tokenizer, params.stop, skip_special_tokens) for _ in range(params.n)]
+        self._text = [TextStream(llm.tokenizer, params.stop, skip_special_tokens, keep_special_tokens)
+                      for _ in range(params.n)]
         self._done = [False] * params.n
 
     @property
@@ -220,9 +224,12 @@ class LLM:
         return self.tokenizer.encode(prompt, add_bos=True)
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
-               request_id: str | None = None, skip_special_tokens: bool = True) -> TextRequest:
+               request_id: str | None = None, skip_special_tokens: bool = True,
+               keep_special_tokens: tuple[str, ...] = ()) -> TextRequest:
+        """keep_special_tokens: special tokens kept in the text even when skipping the others (tool-call markers)."""
         params = params if params is not None else SamplingParams()
-        return TextRequest(self, self._loop.submit(prompt_token_ids, params, request_id), params, skip_special_tokens)
+        return TextRequest(self, self._loop.submit(prompt_token_ids, params, request_id), params, skip_special_tokens,
+                           keep_special_tokens)
 
     # ---- the friendly calls ---------------------------------------------------------------------------------
 
@@ -267,13 +274,54 @@ class LLM:
         finally:
             req.cancel()  # a consumer that stops early frees the sequence
 
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
 
-    def chat(self, messages: list[dict[str, str]], *, params: SamplingParams | None = None,
-             **kwargs) -> Completion:
-        """Answer a conversation ([{"role": "system"|"user"|"assistant", "content": ...}, ...])."""
-        return self.generate(prompt_token_ids=self.chat_ids(messages), params=self.params(params, **kwargs))
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
+                    tool_choice: object = None) -> tuple[list[int], str | None]:
+        """The prompt ids of a conversation with these tools offered, and what the answer is forced to start with
+        (tool_choice "required" or a named function: the opening of a call), None when the model decides alone.
+        ValueError (a ChatError) for bad messages, tools or tool_choice."""
+        from seekmoe.chat import check_tools
+
+        tools = check_tools(tools)
+        forced = check_tool_choice(tool_choice, tool_names(tools))
+        if forced == "":  # tool_choice "none": the model is not told of the tools
+            tools, forced = None, None
+        ids = self.chat_ids(messages, tools)
+        return (ids + self.tokenizer.encode(forced) if forced else ids), (forced if tools else None)
+
+    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: object = None,
+             params: SamplingParams | None = None, **kwargs) -> Completion:
+        """Answer a conversation ([{"role": "system"|"user"|"assistant"|"tool", "content": ...}, ...]). With
+        tools (OpenAI's list), each choice's tool_calls holds the calls its answer makes, its text what it says
+        besides, and its finish_reason is "tool_calls" when there are any."""
+        params = self.params(params, **kwargs)
+        ids, forced = self.chat_prompt(messages, tools, tool_choice)
+        if tools is None or tool_choice == "none":
+            return self.generate(prompt_token_ids=ids, params=params)
+        requests = [self.submit(ids, params, keep_special_tokens=MARKERS)]
+        done = requests[0].result()
+        names = tool_names(tools)
+        for choice in done.choices:
+            choice.text, choice.tool_calls = parse_tool_calls((forced or "") + choice.text, names)
+            if choice.tool_calls:
+                choice.finish_reason = "tool_calls"
+        return done
+
+    def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
+                         method: str = "abstractive", progress: bool = False) -> str:
+        """A summary of a text of any length, within max_length tokens: the model summarises chunks, then their
+        summaries (map-reduce), falling back to the central sentences (TextRank) where it does not shorten;
+        method="extractive" uses only those. style: bullets, paragraph, or sections (the document's headings)."""
+        from seekmoe.summarize import summarize
+        from seekmoe.summarize_cli import make_generate
+
+        context = self.engine.max_model_len
+        return summarize(text, max_length=max_length, style=style, method=method,
+                         generate=make_generate(self, context) if method == "abstractive" else None,
+                         count_tokens=lambda s: len(self.tokenizer.encode(s)), context_tokens=context,
+                         progress=progress)
 
     def close(self) -> None:
         self._loop.close()
@@ -286,4 +334,4 @@ class LLM:
 
 
 __all__ = ["LLM", "Choice", "Completion", "Delta", "EngineError", "SamplingError", "SamplingParams", "TextRequest",
-           "TokenLogprob", "Usage"]
+           "TokenLogprob", "ToolCall", "Usage"]

@@ -1,7 +1,8 @@
 """Supervised fine-tuning data: conversations from JSONL, tokenised through the chat template, loss on assistant tokens.
 
 Two line formats, chosen per line when `fmt` is "auto":
-- OpenAI-style chat: {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
+- OpenAI-style chat: {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}, with
+  "tools" (OpenAI's list) when the conversation offers tools and assistant messages carry "tool_calls"
 - Alpaca: {"instruction": "...", "input": "..." (optional), "output": "...", "system": "..." (optional)}
 Other keys (a "meta" object, ids) are ignored. A malformed line is reported as `file:line: reason`; it stops the load
 unless `skip_bad` is set, in which case it is counted and logged.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seekmoe.chat import ChatError, check_messages, render_chat
+from seekmoe.chat import ChatError, check_messages, check_tools, render_chat
 from seekmoe.tokenizer import Tokenizer
 
 FORMATS = ("auto", "messages", "alpaca")
@@ -38,6 +39,12 @@ MAX_LINE_BYTES = 4 << 20  # one JSONL line; a longer one is a broken file, not a
 
 class SFTError(ValueError):
     """Bad fine-tuning data: the message names the file and line."""
+
+
+class Chat(list):
+    """A conversation's messages; `tools`: the tools it offers (OpenAI's list), rendered into its prompt."""
+
+    tools: list[dict] | None = None
 
 
 @dataclass
@@ -74,8 +81,8 @@ def data_files(source: str | os.PathLike, split: str = "train") -> list[Path]:
     return files
 
 
-def parse_example(record: object, fmt: str = "auto") -> list[dict[str, str]]:
-    """One JSONL record as a list of messages; ValueError (ChatError) saying what is wrong."""
+def parse_example(record: object, fmt: str = "auto") -> Chat:
+    """One JSONL record as a conversation; ValueError (ChatError) saying what is wrong."""
     if not isinstance(record, dict):
         raise ChatError(f"expected a JSON object, got {type(record).__name__}")
     if fmt == "messages" or (fmt == "auto" and "messages" in record):
@@ -96,7 +103,9 @@ def parse_example(record: object, fmt: str = "auto") -> list[dict[str, str]]:
         raise ChatError("neither 'messages' (chat format) nor 'instruction' (Alpaca format) is present")
     if not any(m["role"] == "assistant" for m in messages):
         raise ChatError("no assistant message: nothing to learn")
-    return messages
+    chat = Chat(messages)
+    chat.tools = check_tools(record.get("tools"))
+    return chat
 
 
 def read_conversations(files: Iterable[Path], fmt: str = "auto", skip_bad: bool = False,
@@ -138,10 +147,11 @@ def _bad(path: Path, number: int, reason: str, skip: bool, report: LoadReport, l
 
 # ---- tokenising -----------------------------------------------------------------------------------------------
 
-def tokenize_conversation(tok: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
+def tokenize_conversation(tok: Tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                          ) -> tuple[list[int], list[bool]]:
     """Token ids of the whole conversation, and for each id whether it is an assistant token (carries loss)."""
     def render(msgs, generation):
-        return render_chat(msgs, tok.chat_template, tok.bos_token, tok.eos_token, generation) if msgs else ""
+        return render_chat(msgs, tok.chat_template, tok.bos_token, tok.eos_token, generation, tools) if msgs else ""
 
     ids: list[int] = []
     mask: list[bool] = []
@@ -164,9 +174,10 @@ def tokenize_conversation(tok: Tokenizer, messages: list[dict[str, str]]) -> tup
     return ids, mask
 
 
-def fit_conversation(tok: Tokenizer, messages: list[dict[str, str]], limit: int):
+def fit_conversation(tok: Tokenizer, messages: list[dict], limit: int):
     """(ids, mask, truncated) for the longest suffix of whole exchanges that fits in `limit` tokens, the system
-    prompt kept; None when even the last exchange does not fit."""
+    prompt (and the tools) kept; None when even the last exchange does not fit."""
+    tools = getattr(messages, "tools", None)
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     # exchanges start at user messages: dropping one drops a question together with its answers and tool results
@@ -177,7 +188,7 @@ def fit_conversation(tok: Tokenizer, messages: list[dict[str, str]], limit: int)
         kept = system + turns[start:]
         if not any(m["role"] == "assistant" for m in kept):
             return None
-        ids, mask = tokenize_conversation(tok, kept)
+        ids, mask = tokenize_conversation(tok, kept, tools)
         if len(ids) <= limit:
             return ids, mask, k > 0
     return None

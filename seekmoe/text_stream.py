@@ -56,7 +56,9 @@ class TextStream:
     of stop strings; the output is never decoded again from the start.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special_tokens: bool = True):
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special_tokens: bool = True,
+                 keep: Sequence[str] = ()):
+        """keep: special tokens written out even when skip_special_tokens (the tool-call markers)."""
         if isinstance(stop, str):
             raise ValueError(f"stop must be a sequence of non-empty strings, got a str {stop!r} (write [{stop!r}])")
         if not isinstance(stop, Sequence):
@@ -68,7 +70,8 @@ class TextStream:
         self._stop = tuple(stop)
         self._stop_prefixes = {s[:i] for s in self._stop for i in range(1, len(s))}  # proper prefixes
         self._longest_prefix = max((len(s) - 1 for s in self._stop), default=0)
-        self._skip = tokenizer.special_ids if skip_special_tokens else frozenset()
+        kept = {tokenizer.token_to_id(t) for t in keep}
+        self._skip = tokenizer.special_ids - kept if skip_special_tokens else frozenset()
         self._pending = b""  # bytes of a character not yet complete
         self._held = ""  # decoded text that could be the start of a stop string
         self._pieces: list[str] = []  # everything emitted

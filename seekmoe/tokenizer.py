@@ -229,12 +229,13 @@ class Tokenizer:
             parts.append(piece)
         return _utf8_to_str(b"".join(parts))
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation rendered with this tokenizer's chat template (role tokens stay special)."""
         from seekmoe.chat import render_chat
 
         return self.encode(render_chat(messages, self.chat_template, self.bos_token, self.eos_token,
-                                       add_generation_prompt))
+                                       add_generation_prompt, tools))
 
     def tokens_per_char(self, text: str) -> float:
         return len(self.encode(text)) / max(len(text), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 
@@ -90,3 +91,36 @@ def running_server(config, load, wait: bool = True):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def weather_chat(city: str, answer: bool = True) -> list[dict]:
+    """A conversation in which the assistant calls get_weather, gets "sunny" back, and answers."""
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
+    messages = [{"role": "user", "content": f"Weather in {city}?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "sunny"}]
+    return [*messages, {"role": "assistant", "content": f"It is sunny in {city}."}] if answer else messages
+
+
+@pytest.fixture(scope="session")
+def tool_model(tmp_path_factory):
+    """A tiny model fine-tuned (for real, in seconds) to call get_weather when asked about the weather, and to
+    answer from the tool's result: real model output for the tool-call parsing tests."""
+    from seekmoe.finetune import finetune
+    from seekmoe.train_config import FinetuneConfig
+
+    folder = tmp_path_factory.mktemp("tool-model")
+    tiny_model_folder(folder / "base", max_position_embeddings=256)
+    records = [{"tools": [WEATHER_TOOL], "messages": weather_chat(city)} for city in ("Paris", "Oslo", "Lima")]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records * 4))
+    cfg = FinetuneConfig.from_dict({
+        "model": str(folder / "base"), "data": str(folder / "data.jsonl"), "out": str(folder / "run"),
+        "method": "full", "steps": 40, "warmup_steps": 2, "batch_size": 2, "seq_len": 192, "lr": 0.01,
+        "min_lr": 0.002, "eval_every": 1000, "save_every": 1000, "log_every": 1000, "val_fraction": 0.1})
+    finetune(cfg, progress=False, log=lambda m: None)
+    return folder / "run" / "model"

@@ -18,6 +18,7 @@ from seekmoe.server.config import ServeConfig
 from tests.conftest import running_server, tiny_model_folder
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").exists(), reason="no bundled model")
+MODEL_NAME = DEFAULT_MODEL.name  # what the server calls the bundled model
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -95,7 +96,7 @@ def test_keys_guard_everything_but_health_and_the_page(url):
 def test_openai_models_and_completions(url):
     client = sync_client(url)
     (model,) = client.models.list().data
-    assert model.id == "seekmoe-tiny" and model.object == "model"
+    assert model.id == MODEL_NAME and model.object == "model"
     c = client.completions.create(model=model.id, prompt="The sea was", max_tokens=8, temperature=0, seed=1,
                                   logprobs=2, extra_body={"ignore_eos": True})
     assert c.id.startswith("cmpl-") and c.object == "text_completion" and abs(c.created - time.time()) < 60
@@ -112,7 +113,7 @@ def test_openai_chat_n_stop_seed_logprobs(url):
     client = sync_client(url)
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello"},
                 {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Tell me a story."}]
-    kw = dict(model="seekmoe-tiny", messages=messages, temperature=1.0, seed=11, extra_body={"ignore_eos": True})
+    kw = dict(model=MODEL_NAME, messages=messages, temperature=1.0, seed=11, extra_body={"ignore_eos": True})
     a = client.chat.completions.create(max_completion_tokens=10, n=2, logprobs=True, top_logprobs=3, **kw)
     b = client.chat.completions.create(max_tokens=10, n=2, **kw)
     assert a.id.startswith("chatcmpl-") and a.object == "chat.completion" and a.usage.completion_tokens == 20
@@ -128,7 +129,7 @@ def test_openai_chat_n_stop_seed_logprobs(url):
 
 def test_openai_streaming_matches_and_reports_usage(url):
     client = sync_client(url)
-    kw = dict(model="seekmoe-tiny", messages=[{"role": "user", "content": "Write about the sea."}], max_tokens=16,
+    kw = dict(model=MODEL_NAME, messages=[{"role": "user", "content": "Write about the sea."}], max_tokens=16,
               temperature=0.8, seed=5, extra_body={"ignore_eos": True})
     full = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
@@ -138,8 +139,8 @@ def test_openai_streaming_matches_and_reports_usage(url):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     assert len({c.id for c in chunks}) == 1 and all(c.usage is None for c in chunks[:-1])
     text = "".join(c.choices[0].text for c in client.completions.create(
-        model="seekmoe-tiny", prompt="The sea", max_tokens=6, temperature=0, stream=True))
-    assert text == client.completions.create(model="seekmoe-tiny", prompt="The sea", max_tokens=6,
+        model=MODEL_NAME, prompt="The sea", max_tokens=6, temperature=0, stream=True))
+    assert text == client.completions.create(model=MODEL_NAME, prompt="The sea", max_tokens=6,
                                              temperature=0).choices[0].text
 
 
@@ -148,10 +149,10 @@ def test_openai_async_clients_run_together(url):
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
         async def one(i):
             stream = await client.chat.completions.create(
-                model="seekmoe-tiny", messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=8,
+                model=MODEL_NAME, messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=8,
                 stream=True, extra_body={"ignore_eos": True})
             return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-        plain = await client.completions.create(model="seekmoe-tiny", prompt="Hi", max_tokens=4)
+        plain = await client.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=4)
         return plain, await asyncio.gather(*(one(i) for i in range(6)))
 
     plain, texts = asyncio.run(main())
@@ -167,7 +168,7 @@ def test_openai_async_clients_run_together(url):
     ("/v2/generate", {"prompt": 5}, 400, "prompt", ["prompt"]),
     ("/v1/completions", {"prompt": "x", "temperature": "hot"}, 400, "temperature", []),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content", []),
-    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].role", ["user"]),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role", ["user"]),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", []),
     ("/v2/generate", {"prompt": "word " * 1500}, 400, "prompt", ["1024 tokens", "prompt holds"]),
     ("/v2/generate", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens", [">= 1"]),

@@ -35,7 +35,7 @@ log = logging.getLogger("seekmoe.server")
 STATIC = Path(__file__).parent / "static"  # the chat page: plain files, no build step
 PUBLIC = ("/health", "/")  # and everything under /static/
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
-             "/v2/generate", "/v2/expert_load")
+             "/v2/generate", "/v2/summarize", "/v2/expert_load")
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
 
 
@@ -50,6 +50,11 @@ class State:
     def load(self, load: Callable[[], LLM], on_fatal: Callable[[str], None] | None) -> None:
         try:
             llm = load()
+            tools = {}
+            if self.config.tools:
+                from seekmoe.plugins import select
+
+                tools = select(list(self.config.tools))
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model failed to load: %s", self.error)
@@ -58,8 +63,10 @@ class State:
             return
         name = self.config.served_model_name or llm.path.name
         self.metrics.engine = llm.engine
-        self.serving = Serving(llm, name, self.metrics, self.config.max_queue, self.config.log_prompts)
-        log.info("ready: serving %s as %r, context %d tokens", llm.path, name, llm.engine.max_model_len)
+        self.serving = Serving(llm, name, self.metrics, self.config.max_queue, self.config.log_prompts, tools,
+                               self.config.tool_timeout)
+        log.info("ready: serving %s as %r, context %d tokens%s", llm.path, name, llm.engine.max_model_len,
+                 f"; running tools {', '.join(tools)}" if tools else "")
 
     def ready(self) -> Serving:
         if self.serving is None:
@@ -70,7 +77,7 @@ class State:
 
     def close(self) -> None:
         if self.serving is not None:
-            self.serving.llm.close()
+            self.serving.close()
 
 
 def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[[str], None] | None = None) -> FastAPI:
@@ -119,6 +126,10 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     @app.post("/v2/generate", response_model=s.GenerateResponse, responses=ERRORS)
     async def generate(body: s.GenerateRequest, request: Request):
         return await respond(request, state.ready().generate(body, request_log(request)))
+
+    @app.post("/v2/summarize", response_model=s.SummarizeResponse, responses=ERRORS)
+    async def summarize(body: s.SummarizeRequest, request: Request):
+        return await respond(request, state.ready().summarize(body))
 
     @app.post("/v1/completions", response_model=s.CompletionResponse, responses=ERRORS)
     async def completions(body: s.CompletionRequest, request: Request):

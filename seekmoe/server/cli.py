@@ -52,7 +52,8 @@ ENV = {
     "int8": ("SEEKMOE_INT8", _bool), "max_num_seqs": ("SEEKMOE_MAX_NUM_SEQS", int),
     "max_queue": ("SEEKMOE_MAX_QUEUE", int), "cache_tokens": ("SEEKMOE_CACHE_TOKENS", int),
     "cache_memory": ("SEEKMOE_CACHE_MEMORY", parse_size), "max_body": ("SEEKMOE_MAX_BODY", parse_size),
-    "log_prompts": ("SEEKMOE_LOG_PROMPTS", _bool),
+    "log_prompts": ("SEEKMOE_LOG_PROMPTS", _bool), "tools": ("SEEKMOE_TOOLS", str),
+    "tool_timeout": ("SEEKMOE_TOOL_TIMEOUT", float),
 }
 
 
@@ -102,6 +103,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="KV-cache budget in bytes instead, e.g. 512MiB or 2G [SEEKMOE_CACHE_MEMORY]")
     p.add_argument("--max-body", type=_size, metavar="SIZE",
                    help="largest request body; larger ones get 413 (default 1MiB) [SEEKMOE_MAX_BODY]")
+    p.add_argument("--tools", metavar="NAME,...",
+                   help="plugins the server runs itself when the model calls them (seekmoe plugins list shows "
+                        "what is installed; math is built in) [SEEKMOE_TOOLS]")
+    p.add_argument("--tool-timeout", type=float, metavar="SECONDS",
+                   help=f"longest a tool call may run before its result is an error (default {d.tool_timeout}) "
+                        "[SEEKMOE_TOOL_TIMEOUT]")
     p.add_argument("--log-prompts", action="store_true", default=None,
                    help="put prompt text in the access log (off by default: prompts may be private) "
                         "[SEEKMOE_LOG_PROMPTS=1]")
@@ -133,7 +140,16 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     if given["adapter"] is not None and not (Path(given["adapter"]) / "adapter_config.json").is_file():
         raise CLIError(f"{given['adapter']}: not an adapter folder (expected adapter_config.json and "
                        "adapter_model.safetensors, as seekmoe finetune --method lora writes)")
+    tools: tuple[str, ...] = ()
+    if given["tools"]:
+        from seekmoe.plugins import PluginError, select
+
+        try:
+            tools = tuple(select(given["tools"]))
+        except PluginError as e:
+            raise CLIError(f"--tools: {e}") from None
     fields = {"model": given["model"], "adapter": given["adapter"], "host": given["host"], "port": given["port"],
+              "tools": tools, "tool_timeout": given["tool_timeout"],
               "dtype": given["dtype"],
               "served_model_name": given["served_model_name"], "int8": given["int8"],
               "max_num_seqs": given["max_num_seqs"], "max_queue": given["max_queue"],

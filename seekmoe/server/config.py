@@ -38,6 +38,9 @@ class ServeConfig:
     # http
     max_body_bytes: int = 1 << 20
     log_prompts: bool = False
+    # tools the server runs itself (plugins, by name), and how long one call may take
+    tools: tuple[str, ...] = ()
+    tool_timeout: float = 10.0
 
     def check(self) -> None:
         for name in ("port", "max_num_seqs", "max_queue", "cache_tokens", "cache_bytes", "max_body_bytes"):
@@ -49,6 +52,8 @@ class ServeConfig:
             raise ServeConfigError(f"port must be in [0, 65535], got {self.port}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ServeConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if not (isinstance(self.tool_timeout, (int, float)) and 0 < self.tool_timeout <= 3600):
+            raise ServeConfigError(f"tool_timeout must be in (0, 3600] seconds, got {self.tool_timeout!r}")
         if self.cache_tokens is not None and self.cache_bytes is not None:
             raise ServeConfigError("give the cache budget in tokens or in bytes, not both")
         for i, key in enumerate(self.api_keys):

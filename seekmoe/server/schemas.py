@@ -7,7 +7,7 @@ are checked once, by SamplingParams, so the messages are the same from the CLI, 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +63,23 @@ class GenerateResponse(BaseModel):
     generated_text: str
     finish_reason: str | None
     usage: GenerateUsage
+
+
+class SummarizeRequest(Request):
+    text: str = Field(description="the document, of any length")
+    max_length: int = Field(200, ge=1, le=100_000, description="most tokens in the summary")
+    style: Literal["bullets", "paragraph", "sections"] = Field(
+        "bullets", description="sections keeps the document's own headings")
+    method: Literal["abstractive", "extractive"] = Field(
+        "abstractive", description="abstractive: the model, map-reduce; extractive: the central sentences, no model")
+    model: str | None = None
+
+
+class SummarizeResponse(BaseModel):
+    summary: str
+    summary_tokens: int
+    style: str
+    method: str
 
 
 # ---- OpenAI: models --------------------------------------------------------------------------------------------
@@ -133,10 +150,41 @@ class ContentPart(Request):
     text: str
 
 
+class FunctionCall(Request):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON object, in a string")
+
+
+class ToolCall(Request):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Request):
-    role: Literal["system", "user", "assistant", "developer"] = Field(description="developer is read as system")
+    role: Literal["system", "user", "assistant", "developer", "tool"] = Field(
+        description="developer is read as system; tool carries a tool's result")
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant message's calls")
+    tool_call_id: str | None = Field(None, description="a tool message: the call it answers")
+
+
+class FunctionDefinition(Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments")
+    strict: bool | None = None
+
+
+class ToolDefinition(Request):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedTool(Request):
+    type: Literal["function"] = "function"
+    function: dict[str, str] = Field(description='{"name": ...}')
 
 
 class ChatCompletionRequest(Sampling):
@@ -150,6 +198,10 @@ class ChatCompletionRequest(Sampling):
     logit_bias: dict[str, float] | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
+    parallel_tool_calls: bool | None = None
+    tool_trace: bool = Field(False, description="seekmoe: also return the calls the server ran itself, with results")
 
 
 class TopLogprob(BaseModel):
@@ -166,9 +218,30 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class ToolRun(BaseModel):
+    """One call the server ran itself (serve --tools), as tool_trace reports it."""
+    name: str
+    arguments: str
+    ok: bool
+    result: str
+    seconds: float
 
 
 class ChatChoice(BaseModel):
@@ -185,6 +258,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    tool_trace: list[ToolRun] | None = None
 
 
 # ---- monitoring ------------------------------------------------------------------------------------------------

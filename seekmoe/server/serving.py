@@ -19,6 +19,7 @@ from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.llm import LLM, Completion, Delta, TextRequest, TokenLogprob
 from seekmoe.server import schemas as s
+from seekmoe.server import tool_chat
 from seekmoe.server.metrics import Metrics
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
@@ -154,11 +155,23 @@ class Job:
 class Serving:
     """One model behind the native and the OpenAI-compatible API."""
 
-    def __init__(self, llm: LLM, model_name: str, metrics: Metrics, max_queue: int, log_prompts: bool = False):
+    def __init__(self, llm: LLM, model_name: str, metrics: Metrics, max_queue: int, log_prompts: bool = False,
+                 tools: dict | None = None, tool_timeout: float = 10.0):
         self.llm, self.model_name, self.metrics = llm, model_name, metrics
         self.max_queue, self.log_prompts = max_queue, log_prompts
+        self.tools, self.tool_timeout = tools or {}, tool_timeout  # name -> Plugin the server runs itself
+        self.tool_pool = None
+        if self.tools:
+            from seekmoe.plugins import WorkerPool
+
+            self.tool_pool = WorkerPool()  # warm worker processes: a call does not pay for a process start
         self.created = int(time.time())
         self.context = llm.engine.max_model_len
+
+    def close(self) -> None:
+        self.llm.close()
+        if self.tool_pool is not None:
+            self.tool_pool.close()
 
     # ---- endpoints ----------------------------------------------------------------------------------------
 
@@ -181,6 +194,22 @@ class Serving:
         c = (await job.collect())[0]
         return s.GenerateResponse(id=job.id, generated_text=c.text, finish_reason=c.finish_reason,
                                   usage=s.GenerateUsage(**job.usage()))
+
+    async def summarize(self, body: s.SummarizeRequest) -> s.SummarizeResponse:
+        """A summary within max_length tokens; long documents go map-reduce over the engine, in a thread."""
+        from seekmoe.summarize import SummaryError
+
+        self._check_model(body.model)
+        try:
+            summary = await asyncio.to_thread(self.llm.generate_summary, body.text, body.max_length, body.style,
+                                              body.method)
+        except SummaryError as e:
+            raise APIError(400, str(e)) from None
+        except QueueFull as e:
+            raise APIError(429, f"the server is busy: {e}; retry shortly", type="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        tokens = len(self.llm.tokenizer.encode(summary))
+        return s.SummarizeResponse(summary=summary, summary_tokens=tokens, style=body.style, method=body.method)
 
     async def completion(self, body: s.CompletionRequest, log: RequestLog) -> s.CompletionResponse | Stream:
         self._check_model(body.model)
@@ -210,8 +239,12 @@ class Serving:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if body.logit_bias:
             raise APIError(400, "logit_bias is not supported by this server", param="logit_bias")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _content(m.content)}
-                    for m in body.messages]
+        messages = [_message(m) for m in body.messages]
+        turn = tool_chat.plan(self, body, messages)
+        if turn is not None:
+            if body.stream:
+                return await tool_chat.stream(self, body, turn, log)
+            return await tool_chat.respond(self, body, turn, log)
         try:
             prompts = [await self._offload(self.llm.chat_ids, messages, sum(len(m["content"]) for m in messages))]
         except ChatError as e:
@@ -292,7 +325,7 @@ class Serving:
             raise APIError(400, message, param=renames.get(field, field) if known else None) from None
 
     def _start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
-               prompt: object) -> Job:
+               prompt: object, keep_special_tokens: tuple[str, ...] = ()) -> Job:
         start = time.perf_counter()
         job_id = f"{kind}-{uuid.uuid4().hex}"
         sequences = len(prompts) * params.n
@@ -302,7 +335,8 @@ class Serving:
         reqs: list[TextRequest] = []
         try:
             for i, ids in enumerate(prompts):
-                reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}"))
+                reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}",
+                                            keep_special_tokens=keep_special_tokens))
         except QueueFull as e:
             for r in reqs:
                 r.cancel()
@@ -376,6 +410,13 @@ class Serving:
         except APIError as e:
             yield sse(e.body())
         yield DONE
+
+
+def _message(m: s.ChatMessage) -> dict:
+    out = {"role": "system" if m.role == "developer" else m.role, "content": _content(m.content)}
+    if m.tool_calls:
+        out["tool_calls"] = [c.model_dump(exclude_none=True) for c in m.tool_calls]
+    return out
 
 
 def _content(content: str | list[s.ContentPart] | None) -> str:

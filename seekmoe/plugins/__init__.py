@@ -1,0 +1,403 @@
+"""Plugins: tools a served model may call (`seekmoe serve --tools math`), found through entry points.
+
+A plugin is a name, a description, a JSON Schema for its arguments and a `run` function. Other packages add
+plugins under the entry-point group `seekmoe.plugins`; the built-in symbolic math plugin is always there.
+
+`call()` is the one way the server runs a plugin: it checks the model's arguments against the schema, then runs
+the plugin in a separate process (spawned, never forked: the server has threads), so that a hang is killed at the
+timeout and a crash cannot take the server down. Every way a plugin can misbehave comes back as
+`ToolResult(ok=False, content="error: ...")`, text the model can read, never as an exception. A `WorkerPool` keeps
+warm processes per plugin, so a call costs a pipe round trip instead of a process start.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import pickle
+import re
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+
+ENTRY_POINT_GROUP = "seekmoe.plugins"
+MAX_RESULT_CHARS = 8_000  # a tool result goes back into the model's context; more would crowd out the conversation
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # OpenAI's rule for function names
+START_TIMEOUT = 60.0  # seconds for a worker to start and import its plugin; not part of a call's timeout
+DESCRIPTION = ("Plugins are tools a served model may call (seekmoe serve --tools NAME,...). They come from "
+               "installed packages (entry-point group 'seekmoe.plugins'); 'math', symbolic math on sympy, is "
+               "built in.")
+
+
+class PluginError(ValueError):
+    """A plugin that is malformed, unknown, or given arguments it cannot take."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A tool: `run(**arguments)` returns a str or JSON-serialisable data for the model to read."""
+
+    name: str
+    description: str
+    parameters: dict  # a JSON Schema with "type": "object"; its properties are `run`'s keyword arguments
+    run: Callable[..., object]  # must be importable by name (a module-level function): it is pickled to a worker
+    source: str = field(default="", compare=False)  # where discover() found it, for `seekmoe plugins list`
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise PluginError(f"plugin name must be 1-64 letters, digits, '_' or '-', not starting with a digit "
+                              f"or '-', got {self.name!r}")
+        if not isinstance(self.description, str):
+            raise PluginError(f"plugin {self.name!r}: description must be a str, got {type(self.description).__name__}")
+        if not isinstance(self.parameters, dict) or self.parameters.get("type") != "object":
+            raise PluginError(f"plugin {self.name!r}: parameters must be a JSON Schema dict with \"type\": "
+                              f"\"object\", got {self.parameters!r:.200}")
+        import jsonschema  # here, not at the top: `seekmoe --help` imports this module
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(self.parameters)
+        except jsonschema.SchemaError as e:
+            raise PluginError(f"plugin {self.name!r}: parameters is not a valid JSON Schema: {e.message}") from None
+        if not callable(self.run):
+            raise PluginError(f"plugin {self.name!r}: run must be callable, got {type(self.run).__name__}")
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What call() hands back to the model, failures included."""
+
+    ok: bool
+    content: str  # the plugin's result (a str, or JSON text), or "error: ..." when ok is False
+    seconds: float
+
+
+def openai_tool(plugin: Plugin) -> dict:
+    """The plugin as an entry of OpenAI's `tools` list."""
+    return {"type": "function", "function": {"name": plugin.name, "description": plugin.description,
+                                             "parameters": json.loads(json.dumps(plugin.parameters))}}
+
+
+# ---------------------------------------------------------------------------------------------------- discovery
+
+def _builtin() -> Plugin:
+    from seekmoe.plugins.math import plugin
+
+    return replace(plugin, source="seekmoe: seekmoe.plugins.math:plugin (built in)")
+
+
+def _load(ep) -> Plugin:
+    obj = ep.load()
+    if not isinstance(obj, Plugin) and callable(obj):
+        obj = obj()  # a factory, for plugins that build their schema at load time
+    if not isinstance(obj, Plugin):
+        raise PluginError(f"it loads to a {type(obj).__name__}, expected a seekmoe.plugins.Plugin or a function "
+                          f"returning one")
+    return obj
+
+
+def discover() -> dict[str, Plugin]:
+    """Installed plugins by name: the built-in math plugin, then each loadable `seekmoe.plugins` entry point."""
+    found = {"math": _builtin()}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        source = f"{dist.name if dist is not None else '?'}: {ep.value}"
+        try:
+            plugin = _load(ep)
+        except (Exception, SystemExit) as e:  # one broken package must not stop the server from starting
+            warnings.warn(f"skipping plugin entry point {ep.name!r} ({source}): {type(e).__name__}: {e}",
+                          stacklevel=2)
+            continue
+        taken = found.get(plugin.name)
+        if taken is not None and taken.run is plugin.run:
+            continue  # the built-in, registered by seekmoe's own entry point
+        if taken is not None:
+            warnings.warn(f"skipping plugin entry point {ep.name!r} ({source}): the name {plugin.name!r} is "
+                          f"already taken by {taken.source}", stacklevel=2)
+            continue
+        found[plugin.name] = replace(plugin, source=source)
+    return found
+
+
+def select(names: str | list[str], available: Mapping[str, Plugin] | None = None) -> dict[str, Plugin]:
+    """The plugins named, in order: `names` is a list or a comma-separated string such as "math,search"."""
+    if isinstance(names, str):
+        names = names.split(",")
+    wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    available = discover() if available is None else available
+    installed = ", ".join(sorted(available)) or "none"
+    if not wanted:
+        raise PluginError(f"no plugin named; installed plugins: {installed}")
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        raise PluginError(f"unknown plugin{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                          f"installed plugins: {installed}")
+    return {n: available[n] for n in wanted}
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+
+def parse_arguments(plugin: Plugin, arguments: str | dict) -> dict:
+    """The model's arguments (JSON text or a dict) as a dict that satisfies the plugin's schema, or PluginError."""
+    if isinstance(arguments, str):
+        if not arguments.strip():
+            arguments = "{}"  # models send "" for a tool without arguments
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            raise PluginError(f"arguments are not valid JSON: {e}") from None
+    if not isinstance(arguments, dict):
+        raise PluginError(f"arguments must be a JSON object, got {type(arguments).__name__}")
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(plugin.parameters)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    if error is not None:
+        raise PluginError(f"arguments do not match the schema of {plugin.name!r}: at {error.json_path}: "
+                          f"{error.message}")
+    return arguments
+
+
+# ------------------------------------------------------------------------------------------------------ workers
+
+def _cap(text: str) -> str:
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return text[:MAX_RESULT_CHARS] + f"... [truncated: {len(text):,} characters in all]"
+
+
+def _run_one(run: Callable[..., object], kwargs: dict) -> tuple[bool, str]:
+    try:
+        result = run(**kwargs)
+    except BaseException as e:  # SystemExit too: a plugin calling sys.exit() is an error, not a dead worker
+        return False, f"{type(e).__name__}: {e}"
+    if isinstance(result, str):
+        return True, _cap(result)
+    try:
+        return True, _cap(json.dumps(result, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as e:
+        return False, f"the plugin returned a {type(result).__name__}, which is not JSON-serialisable ({e})"
+
+
+def _worker_main(conn) -> None:
+    """A worker process: load the plugin's run function once, then run one call per message until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the caller stops us
+    sys.stdout = sys.stderr  # a plugin's print() must not mix into the caller's stdout (`seekmoe chat`)
+    try:
+        run = pickle.loads(conn.recv_bytes())
+    except BaseException as e:
+        conn.send((False, f"cannot load the plugin in its process: {type(e).__name__}: {e}"))
+        return
+    conn.send((True, "ready"))
+    while True:
+        try:
+            kwargs = conn.recv()
+        except (EOFError, OSError):  # the caller closed the pipe, or died
+            return
+        conn.send(_run_one(run, kwargs))
+
+
+class _WorkerFailed(Exception):
+    """The worker could not start or died; the message is for the model."""
+
+
+def _exit_reason(process) -> str:
+    process.join(timeout=1.0)
+    code = process.exitcode
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Worker:
+    """One spawned process bound to one plugin; used by one call at a time."""
+
+    def __init__(self, plugin: Plugin, run_bytes: bytes, start_timeout: float):
+        self.name, self.run = plugin.name, plugin.run
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        # daemon: the interpreter's exit kills forgotten workers instead of waiting for them
+        self.process = ctx.Process(target=_worker_main, args=(child,), name=f"seekmoe-plugin-{plugin.name}",
+                                   daemon=True)
+        self.process.start()
+        child.close()
+        try:
+            self.conn.send_bytes(run_bytes)
+            if not self.conn.poll(start_timeout):
+                raise _WorkerFailed(f"plugin {self.name!r} did not start within {start_timeout:g} s")
+            ok, message = self.conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise _WorkerFailed(f"plugin {self.name!r} process died while starting "
+                                f"({_exit_reason(self.process)})") from None
+        except _WorkerFailed:
+            self.stop()
+            raise
+        if not ok:
+            self.stop()
+            raise _WorkerFailed(message)
+
+    def alive(self) -> bool:
+        return self.process.is_alive() and not self.conn.closed
+
+    def call(self, kwargs: dict, timeout: float) -> tuple[bool, str]:
+        """Run once; _WorkerFailed (after stopping the process) on a timeout or a dead process."""
+        try:
+            self.conn.send(kwargs)
+            if not self.conn.poll(timeout):
+                self.stop()
+                raise _WorkerFailed(f"plugin {self.name!r} did not finish within {timeout:g} s; its process was "
+                                    f"stopped")
+            ok, content = self.conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise _WorkerFailed(f"plugin {self.name!r} process died ({_exit_reason(self.process)})") from None
+        return ok, content  # capped by the worker already
+
+    def stop(self) -> None:
+        self.conn.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5.0)
+
+
+class WorkerPool:
+    """Warm worker processes per plugin: a call then costs a pipe round trip, not a process start (~0.3 s).
+
+    Each call takes an idle worker of its plugin or starts one, and gives it back afterwards unless it timed out
+    or died (then the next call starts a fresh one). Thread-safe; close() stops every worker.
+    """
+
+    def __init__(self, idle_per_plugin: int = 2, start_timeout: float = START_TIMEOUT):
+        if idle_per_plugin < 0:
+            raise ValueError(f"idle_per_plugin must be >= 0, got {idle_per_plugin}")
+        self.idle_per_plugin, self.start_timeout = idle_per_plugin, start_timeout
+        self._idle: dict[tuple[str, int], list[_Worker]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _take(self, plugin: Plugin, run_bytes: bytes) -> _Worker:
+        with self._lock:
+            idle = self._idle.get((plugin.name, id(plugin.run)), [])
+            while idle:
+                worker = idle.pop()
+                if worker.alive() and worker.run is plugin.run:
+                    return worker
+                worker.stop()
+        return _Worker(plugin, run_bytes, self.start_timeout)
+
+    def _give_back(self, plugin: Plugin, worker: _Worker) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((plugin.name, id(plugin.run)), [])
+            if not self._closed and len(idle) < self.idle_per_plugin:
+                idle.append(worker)
+                return
+        worker.stop()
+
+    def warm(self, plugin: Plugin) -> None:
+        """Start a worker now, so the first call does not wait for a process start and the plugin's imports."""
+        try:
+            worker = _Worker(plugin, pickle.dumps(plugin.run), self.start_timeout)
+        except (_WorkerFailed, pickle.PicklingError, TypeError, AttributeError) as e:
+            raise PluginError(f"cannot start a worker for plugin {plugin.name!r}: {e}") from None
+        self._give_back(plugin, worker)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = [w for idle in self._idle.values() for w in idle]
+            self._idle.clear()
+        for w in workers:
+            w.stop()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def call(plugin: Plugin, arguments: str | dict, timeout: float = 10.0, pool: WorkerPool | None = None) -> ToolResult:
+    """Run the plugin on the model's arguments in a separate process; never raises for plugin misbehaviour.
+
+    Without a pool each call spawns a process and stops it afterwards (about 0.3 s plus the plugin's imports).
+    """
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    start = time.perf_counter()
+
+    def result(ok: bool, content: str) -> ToolResult:
+        return ToolResult(ok, content if ok else f"error: {content}", time.perf_counter() - start)
+
+    try:
+        kwargs = parse_arguments(plugin, arguments)
+    except PluginError as e:
+        return result(False, str(e))
+    try:
+        run_bytes = pickle.dumps(plugin.run)
+    except Exception as e:
+        return result(False, f"plugin {plugin.name!r} cannot be sent to a worker process (its run function must "
+                             f"be importable, e.g. defined at module level): {type(e).__name__}: {e}")
+    try:
+        worker = pool._take(plugin, run_bytes) if pool is not None else _Worker(plugin, run_bytes, START_TIMEOUT)
+        ok, content = worker.call(kwargs, timeout)
+    except _WorkerFailed as e:
+        return result(False, str(e))
+    if pool is not None:
+        pool._give_back(plugin, worker)
+    else:
+        worker.stop()
+    return result(ok, content)
+
+
+# -------------------------------------------------------------------------------------------------------- the CLI
+
+def _argument_names(plugin: Plugin) -> list[str]:
+    required = set(plugin.parameters.get("required", []))
+    return [f"{n} (required)" if n in required else n for n in plugin.parameters.get("properties", {})]
+
+
+def format_list(plugins: Mapping[str, Plugin] | Iterable[Plugin]) -> str:
+    """`seekmoe plugins list`: one block per plugin, its name, source, description and arguments."""
+    plugins = list(plugins.values()) if isinstance(plugins, Mapping) else list(plugins)
+    if not plugins:
+        return "no plugins installed"
+    blocks = []
+    for p in plugins:
+        args = ", ".join(_argument_names(p)) or "none"
+        blocks.append(f"{p.name}  [{p.source or '?'}]\n  {p.description}\n  arguments: {args}")
+    return "\n\n".join(blocks)
+
+
+def add_arguments(parser) -> None:
+    """`seekmoe plugins list [--json]`, under the `plugins` parser."""
+    if parser.description is None:
+        parser.description = DESCRIPTION
+    actions = parser.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")
+    p = actions.add_parser("list", help="list the installed plugins with their arguments",
+                           description="List the installed plugins: name, the package and entry point that provide "
+                                       "it, description and arguments (required ones marked). A broken entry point "
+                                       "is skipped with a warning on stderr.")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {name, source, description, parameters}, parameters being the JSON "
+                        "Schema of the arguments")
+    p.set_defaults(func=run_from_args)
+
+
+def run_from_args(args) -> int:
+    plugins = discover()
+    if args.json:
+        print(json.dumps([{"name": p.name, "source": p.source, "description": p.description,
+                           "parameters": p.parameters} for p in plugins.values()], indent=2, ensure_ascii=False))
+    else:
+        print(format_list(plugins))
+    return 0
