@@ -3,7 +3,8 @@
 For each model: the validation loss (nats per assistant token) on every data/chat/*.val.jsonl set; intent accuracy
 (the model, asked through the chat template, answers with exactly the right label); multi-turn recall (in 5-8-turn
 support dialogues, the answer to the last turn contains the fact the customer gave in the first); arithmetic
-accuracy (the final answer of a worked word problem). Answers are greedy, through the engine.
+accuracy (the final answer of a worked word problem), without tools and with the math plugin offered (the model
+calls it, the plugin runs, the model answers from its result). Answers are greedy, through the engine.
 
     .venv/bin/python bench/chat_eval.py [MODEL ...] [--data data/chat] [--limit N] [--json OUT.json]
 
@@ -56,6 +57,28 @@ def answers(llm: LLM, examples: list[dict], max_tokens: int) -> list[str]:
     return [c.text.strip() for c in done]
 
 
+def with_tool(llm: LLM, problems: list[dict]) -> tuple[float, list[dict]]:
+    """Accuracy on the problems with the math plugin offered and run, 8 conversations at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seekmoe.plugins import WorkerPool
+    from seekmoe.plugins.math import plugin
+
+    with WorkerPool() as pool:
+        def one(ex: dict) -> tuple[str, list[dict]]:
+            done, trace = llm.chat_with_tools(ex["messages"][:1], {"math": plugin}, pool=pool, max_tokens=64,
+                                              temperature=0.0)
+            return done.text, trace
+
+        with ThreadPoolExecutor(8) as workers:
+            outs = list(workers.map(one, problems))
+    right = [(m := ANSWER.search(text)) is not None and int(m[1]) == ex["meta"]["answer"]
+             for (text, _), ex in zip(outs, problems, strict=True)]
+    examples = [{"asked": ex["messages"][0]["content"], "calls": trace, "said": text}
+                for (text, trace), ex in list(zip(outs, problems, strict=True))[:3]]
+    return sum(right) / len(problems), examples
+
+
 def score(model_path: Path, data: Path, limit: int | None, seq_len: int) -> dict:
     t0 = time.perf_counter()
     result: dict = {"model": str(model_path), "val_loss": val_losses(model_path, data, seq_len)}
@@ -78,6 +101,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int) -> dict
         found = [ANSWER.search(a) for a in said]
         result["arithmetic_accuracy"] = sum(m is not None and int(m[1]) == ex["meta"]["answer"]
                                             for m, ex in zip(found, problems, strict=True)) / len(problems)
+        result["arithmetic_tool_accuracy"], result["tool_examples"] = with_tool(llm, problems)
         result["counts"] = {"intents": len(intents), "dialogues": len(dialogues), "arithmetic": len(problems)}
     finally:
         llm.close()
@@ -87,11 +111,13 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int) -> dict
 
 def table(results: list[dict]) -> str:
     sets = sorted({name for r in results for name in r["val_loss"]})
-    head = ["model", *(f"val loss {s}" for s in sets), "intent acc", "multi-turn recall", "arithmetic acc"]
+    head = ["model", *(f"val loss {s}" for s in sets), "intent acc", "multi-turn recall", "arithmetic acc",
+            "arithmetic acc, math tool"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [Path(r["model"]).name, *(f"{r['val_loss'].get(s, float('nan')):.3f}" for s in sets),
-                 f"{r['intent_accuracy']:.1%}", f"{r['multi_turn_recall']:.1%}", f"{r['arithmetic_accuracy']:.1%}"]
+                 f"{r['intent_accuracy']:.1%}", f"{r['multi_turn_recall']:.1%}", f"{r['arithmetic_accuracy']:.1%}",
+                 f"{r['arithmetic_tool_accuracy']:.1%}"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -101,7 +127,7 @@ def main() -> None:
     p.add_argument("models", nargs="*", help="model folders (default: bundled seekmoe-tiny and seekmoe-tiny-chat)")
     p.add_argument("--data", default="data/chat", help="folder of *.val.jsonl sets (default data/chat)")
     p.add_argument("--limit", type=int, help="at most N examples of each generation task")
-    p.add_argument("--seq-len", type=int, default=512, help="rows of the validation-loss pass (default 512)")
+    p.add_argument("--seq-len", type=int, default=1024, help="rows of the validation-loss pass (default 1024)")
     p.add_argument("--json", help="also write the results (with a few example answers) here")
     args = p.parse_args()
     models = [Path(m) for m in args.models] or [m for m in (MODELS / "seekmoe-tiny", MODELS / "seekmoe-tiny-chat")

@@ -3,8 +3,9 @@ from the run's own records and bench/chat_eval.py's before/after results.
 
     .venv/bin/python scripts/bundle_chat_model.py RUN EVAL_JSON OUT [--name seekmoe-tiny-chat]
 
-RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/);
-EVAL_JSON is `bench/chat_eval.py BASE RUN/model --json EVAL_JSON` (the base model first).
+RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/); when
+its base model is itself a run's model/ folder, that run is described as the stage before. EVAL_JSON is
+`bench/chat_eval.py BASE [STAGE/model ...] RUN/model --json EVAL_JSON`: the base model first, this one last.
 """
 
 from __future__ import annotations
@@ -23,13 +24,39 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
-def card(name: str, cfg: dict, metrics: list[dict], data: dict, sources: dict, before: dict, after: dict,
-         model) -> str:
+def stages(run: Path) -> list[Path]:
+    """The run and the runs its base model came from, oldest first."""
+    chain = [run]
+    while True:
+        base = Path(json.loads((chain[0] / "config.json").read_text())["model"])
+        if base.name != "model" or not (base.parent / "config.json").is_file():
+            return chain
+        chain.insert(0, base.parent)
+
+
+def stage_text(run: Path) -> str:
+    cfg = json.loads((run / "config.json").read_text())
+    metrics = read_metrics(run / "metrics.jsonl")
+    data = json.loads((run / "data_report.json").read_text())
     val = [r for r in metrics if r["split"] == "val"]
     train = [r for r in metrics if r["split"] == "train"]
-    report = inspect_config(model.config)
     step = train[-1]["step"]
     tokens = step * cfg["batch_size"] * cfg["seq_len"] * cfg["grad_accum"]
+    util = ", ".join(f"{x['utilisation']:.0%}" for x in (val[-1]["layers"] if val else []))
+    return (f"- `{run}` (`seekmoe finetune` from `{cfg['model']}`, method {cfg['method']}): {step} steps, "
+            f"{tokens:,} tokens seen (batch {cfg['batch_size']} × {cfg['seq_len']} tokens, conversations packed; "
+            f"loss on assistant tokens only, {data['train']['target_tokens']:,} of the {data['train']['tokens']:,} "
+            f"tokens of an epoch), AdamW lr {cfg['lr']} → {cfg['min_lr']} (cosine, {cfg['warmup_steps']} warm-up "
+            f"steps), seed {cfg['seed']}. Balancing kept from the base model: `{cfg['balance']['mode']}` (bias "
+            f"update rate {cfg['balance']['bias_update_rate']}); expert utilisation on validation per MoE layer: "
+            f"{util}. Validation loss {val[-1]['val_loss']:.3f}, last training loss {train[-1]['loss']:.3f}.")
+
+
+def card(name: str, run: Path, sources: dict, before: dict, after: dict, model) -> str:
+    report = inspect_config(model.config)
+    chain = stages(run)
+    recipes = "\n".join(f".venv/bin/seekmoe finetune recipes/{r.name}.json" for r in chain)
+    models = " ".join(f"{r}/model" for r in chain)
     sets = sorted(after["val_loss"])
     loss_rows = "\n".join(f"| {s} | {before['val_loss'][s]:.3f} | {after['val_loss'][s]:.3f} |" for s in sets)
     source_rows = "\n".join(
@@ -43,8 +70,9 @@ def card(name: str, cfg: dict, metrics: list[dict], data: dict, sources: dict, b
         f"| multi-turn recall: the last answer gives the first turn's fact ({c['dialogues']} dialogues of 5-8 "
         f"turns) | {_pct(before['multi_turn_recall'])} | {_pct(after['multi_turn_recall'])} |",
         f"| arithmetic word problems, final answer right ({c['arithmetic']}) | "
-        f"{_pct(before['arithmetic_accuracy'])} | {_pct(after['arithmetic_accuracy'])} |"])
-    util = ", ".join(f"{x['utilisation']:.0%}" for x in (val[-1]["layers"] if val else []))
+        f"{_pct(before['arithmetic_accuracy'])} | {_pct(after['arithmetic_accuracy'])} |",
+        f"| the same problems with the math tool offered (the model calls it, the plugin runs, the model answers) | "
+        f"{_pct(before['arithmetic_tool_accuracy'])} | {_pct(after['arithmetic_tool_accuracy'])} |"])
     examples = "\n".join(f"- *{ex['asked']}* → `{ex['said']}`" for ex in
                          after["intent_examples"][:2] + after["dialogue_examples"][:2])
     return f"""# {name}
@@ -71,13 +99,7 @@ Some answers of {name}:
 {examples}
 
 ## Training
-- Full fine-tuning of seekmoe-tiny, {step} steps, {tokens:,} tokens seen (batch {cfg['batch_size']} × {cfg['seq_len']}
-  tokens, conversations packed; loss on assistant tokens only, {data['train']['target_tokens']:,} of the
-  {data['train']['tokens']:,} tokens of an epoch), AdamW lr {cfg['lr']} → {cfg['min_lr']} (cosine,
-  {cfg['warmup_steps']} warm-up steps), seed {cfg['seed']}.
-- Expert balancing kept from the base model: `{cfg['balance']['mode']}` (bias update rate
-  {cfg['balance']['bias_update_rate']}); expert utilisation on validation per MoE layer: {util}.
-- Validation loss over all sets {val[-1]['val_loss']:.3f} (last logged training loss {train[-1]['loss']:.3f}).
+{chr(10).join(stage_text(r) for r in chain)}
 
 ## Data and licenses
 `seekmoe data chat --out data/chat` (the files are in the repository):
@@ -89,9 +111,9 @@ Some answers of {name}:
 ## Reproduce
 ```bash
 .venv/bin/seekmoe data chat --out data/chat
-.venv/bin/seekmoe finetune recipes/{name}.json
-.venv/bin/python bench/chat_eval.py seekmoe/models/seekmoe-tiny {cfg['out']}/model --json {cfg['out']}/eval.json
-.venv/bin/python scripts/bundle_chat_model.py {cfg['out']} {cfg['out']}/eval.json seekmoe/models/{name}
+{recipes}
+.venv/bin/python bench/chat_eval.py seekmoe/models/seekmoe-tiny {models} --json {run}/eval.json
+.venv/bin/python scripts/bundle_chat_model.py {run} {run}/eval.json seekmoe/models/{name}
 ```
 """
 
@@ -104,14 +126,14 @@ def main() -> None:
     parser.add_argument("--name", default="seekmoe-tiny-chat", help="model name in the card")
     args = parser.parse_args()
     cfg = json.loads((args.run / "config.json").read_text())
-    before, after = json.loads(args.eval.read_text())
-    data = json.loads((args.run / "data_report.json").read_text())
+    results = json.loads(args.eval.read_text())
+    before, after = results[0], results[-1]
     sources = json.loads((Path(cfg["data"]) / "SOURCES.json").read_text())
     model = load_model(args.run / "model", dtype="bfloat16")
     save_model(model, args.out)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(args.run / "model" / f, args.out / f)
-    text = card(args.name, cfg, read_metrics(args.run / "metrics.jsonl"), data, sources, before, after, model)
+    text = card(args.name, args.run, sources, before, after, model)
     (args.out / "README.md").write_text(text, encoding="utf-8")
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")

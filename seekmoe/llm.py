@@ -23,7 +23,10 @@ from seekmoe.text_stream import TextStream
 from seekmoe.tokenizer import Tokenizer
 from seekmoe.tool_calls import MARKERS, ToolCall, check_tool_choice, parse_tool_calls, tool_names
 
-DEFAULT_MODEL = Path(__file__).parent / "models" / "seekmoe-tiny"
+# the model every command uses when none is given: the chat model, when this checkout has it
+_MODELS = Path(__file__).parent / "models"
+DEFAULT_MODEL = _MODELS / ("seekmoe-tiny-chat" if (_MODELS / "seekmoe-tiny-chat" / "config.json").is_file()
+                           else "seekmoe-tiny")
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
 
@@ -308,6 +311,26 @@ class LLM:
             if choice.tool_calls:
                 choice.finish_reason = "tool_calls"
         return done
+
+    def chat_with_tools(self, messages: list[dict], plugins: dict, *, max_rounds: int = 4, timeout: float = 10.0,
+                        pool=None, **kwargs) -> tuple[Completion, list[dict]]:
+        """Answer a conversation, running the plugins ({name: Plugin}) the model calls and feeding their results
+        back, up to max_rounds times: (the final Completion, what ran: [{"name", "arguments", "ok", "result"}])."""
+        from seekmoe.plugins import call, openai_tool
+
+        messages, trace = list(messages), []
+        tools = [openai_tool(p) for p in plugins.values()]
+        for round_ in range(max_rounds + 1):
+            done = self.chat(messages, tools=tools, **kwargs)
+            calls = done.choices[0].tool_calls
+            if not calls or round_ == max_rounds or any(c.name not in plugins for c in calls):
+                return done, trace
+            messages.append({"role": "assistant", "content": done.text, "tool_calls": [c.to_openai() for c in calls]})
+            for c in calls:
+                result = call(plugins[c.name], c.arguments, timeout, pool)
+                messages.append({"role": "tool", "tool_call_id": c.id, "content": result.content})
+                trace.append({"name": c.name, "arguments": c.arguments, "ok": result.ok, "result": result.content})
+        raise AssertionError("unreachable")
 
     def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
                          method: str = "abstractive", progress: bool = False) -> str:

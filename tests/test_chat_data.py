@@ -25,7 +25,7 @@ from seekmoe.chat_data import (
 )
 from tests.conftest import assert_usage_error, run_cli
 
-SMALL = {"arithmetic": (300, 60), "intents": (600, 300), "dialogues": (300, 120)}
+SMALL = {"arithmetic": (300, 60), "arithmetic_tools": (40, 20), "intents": (600, 300), "dialogues": (300, 120)}
 FAQ_DIR = python_faq.DEFAULT_DIR
 HAVE_FAQ = FAQ_DIR.is_dir()
 HAVE_CHATTERBOT = importlib.util.find_spec("chatterbot_corpus") is not None
@@ -56,6 +56,9 @@ def test_every_line_is_a_well_formed_chat(built):
             lines = load(built, name, split)
             assert len(lines) == entry["counts"][split] > 0, (name, split)
             for ex in lines:
+                if name == "arithmetic_tools":
+                    check_tool_example(ex)
+                    continue
                 assert set(ex) == {"messages", "meta"} and isinstance(ex["meta"], dict)
                 roles = [m["role"] for m in ex["messages"]]
                 body = roles[1:] if roles[0] == "system" else roles
@@ -66,6 +69,27 @@ def test_every_line_is_a_well_formed_chat(built):
                 assert sum(len(m["content"]) for m in ex["messages"]) < 2000, ex["meta"]
     for name, (n_train, n_val) in SMALL.items():
         assert written[name]["counts"] == {"train": n_train, "val": n_val}
+
+
+def check_tool_example(ex: dict) -> None:
+    """The problem, a call of the math tool with the problem's expression, its real result, and the answer."""
+    from seekmoe.plugins.math import run
+    from seekmoe.sft import parse_example
+
+    chat = parse_example(ex)  # what fine-tuning reads: the format holds
+    assert [t["function"]["name"] for t in chat.tools] == ["math"]
+    assert [m["role"] for m in chat] == ["user", "assistant", "tool", "assistant"]
+    (call,) = chat[1]["tool_calls"]
+    arguments = json.loads(call["function"]["arguments"])
+    answer = ex["meta"]["answer"]
+    assert json.loads(chat[2]["content"]) == run(**arguments) and run(**arguments)["answer"] == str(answer)
+    assert str(answer) in chat[3]["content"]
+
+
+def test_arithmetic_tools_val_holds_arithmetic_val_problems(built):
+    plain = [ex["messages"][0]["content"] for ex in load(built, "arithmetic", "val")]
+    tools = [ex["messages"][0]["content"] for ex in load(built, "arithmetic_tools", "val")]
+    assert tools == plain[:len(tools)]
 
 
 def test_same_seed_writes_byte_identical_files(tmp_path, built):
@@ -304,7 +328,7 @@ def test_build_fails_on_a_missing_source_unless_skipped(tmp_path, capsys):
     report = build_all(tmp_path / "b", sizes=SMALL, progress=False, skip_missing=True,
                        faq_dir=tmp_path / "nope", chatterbot_dir=tmp_path / "nope")
     assert [s["name"] for s in report["skipped"]] == ["chatterbot", "python_faq"]
-    assert [s["name"] for s in report["sets"]] == ["arithmetic", "intents", "dialogues"]
+    assert [s["name"] for s in report["sets"]] == ["arithmetic", "arithmetic_tools", "intents", "dialogues"]
     assert not (tmp_path / "b" / "python_faq.train.jsonl").exists()
     err = capsys.readouterr().err
     assert "skipping chatterbot" in err and "skipping python_faq" in err
@@ -315,8 +339,10 @@ def test_bad_sizes_and_bad_examples_are_named():
         build_all("/nonexistent", sizes={"poems": (1, 1)})
     with pytest.raises(ChatDataError, match=r"sizes\['intents'\]"):
         build_all("/nonexistent", sizes={"intents": (10, -1)})
-    with pytest.raises(ChatDataError, match="ending on assistant"):
+    with pytest.raises(ChatDataError, match="end on an assistant answer"):
         check_example({"messages": [{"role": "user", "content": "hi"}]}, "x")
+    with pytest.raises(ChatDataError, match="tool calls: assistant, tool"):
+        check_example({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}]}, "x")
     with pytest.raises(ChatDataError, match="non-empty text"):
         check_example({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}, "x")
 

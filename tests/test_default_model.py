@@ -1,4 +1,4 @@
-"""The bundled default model: present, small, and the same in seekmoe and transformers."""
+"""The bundled models: present, small, complete, the same in seekmoe and transformers; the chat one the default."""
 
 from __future__ import annotations
 
@@ -8,24 +8,36 @@ import pytest
 import torch
 
 import seekmoe
+from seekmoe.llm import DEFAULT_MODEL
 
-FOLDER = Path(seekmoe.__file__).parent / "models" / "seekmoe-tiny"
-pytestmark = pytest.mark.skipif(not (FOLDER / "config.json").exists(),
-                                reason="seekmoe-tiny is not bundled yet (issue 3: train and ship it)")
+MODELS = Path(seekmoe.__file__).parent / "models"
+BUNDLED = [MODELS / "seekmoe-tiny", MODELS / "seekmoe-tiny-chat"]
 
 
-def test_bundled_model_is_small_and_complete():
-    names = {p.name for p in FOLDER.iterdir()}
+def bundled(folder: Path):
+    return pytest.param(folder, id=folder.name, marks=pytest.mark.skipif(
+        not (folder / "config.json").exists(), reason=f"{folder.name} is not bundled"))
+
+
+@pytest.mark.parametrize("folder", [bundled(f) for f in BUNDLED])
+def test_bundled_model_is_small_and_complete(folder):
+    names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= names
-    assert sum(p.stat().st_size for p in FOLDER.iterdir()) <= 40 * 2**20
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 40 * 2**20
 
 
-def test_bundled_model_matches_transformers():
+@pytest.mark.parametrize("folder", [bundled(f) for f in BUNDLED])
+def test_bundled_model_matches_transformers(folder):
     transformers = pytest.importorskip("transformers")
     from seekmoe.tokenizer import Tokenizer
 
-    ours = seekmoe.load_model(FOLDER, dtype="float32")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(FOLDER, dtype=torch.float32).eval()
-    ids = torch.tensor([Tokenizer.from_pretrained(FOLDER).encode("Call me Ishmael. 床前明月光，", add_bos=True)])
+    ours = seekmoe.load_model(folder, dtype="float32")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([Tokenizer.from_pretrained(folder).encode("Call me Ishmael. 床前明月光，", add_bos=True)])
     with torch.no_grad():
         assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_the_default_is_the_chat_model_when_bundled():
+    chat = MODELS / "seekmoe-tiny-chat"
+    assert (chat if (chat / "config.json").exists() else MODELS / "seekmoe-tiny") == DEFAULT_MODEL

@@ -139,6 +139,17 @@ def test_llm_chat_tool_choice(llm):
         llm.chat(question, tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "x"}})
 
 
+def test_llm_chat_with_tools_runs_the_plugin(llm):
+    from seekmoe.plugins import WorkerPool
+    from tests import plugin_fixtures
+
+    with WorkerPool() as pool:
+        done, trace = llm.chat_with_tools(weather_chat("Lima")[:1], {"get_weather": plugin_fixtures.WEATHER},
+                                          pool=pool, temperature=0, max_tokens=40)
+    assert [(t["name"], t["ok"], t["result"]) for t in trace] == [("get_weather", True, "sunny")]
+    assert done.finish_reason == "stop" and done.text.startswith("It is sunny in ")
+
+
 # ---- over HTTP, with the openai client ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

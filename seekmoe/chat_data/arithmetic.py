@@ -130,3 +130,39 @@ def make_problem(rng: random.Random, lang: str) -> dict:
 def generate(n: int, rng: random.Random) -> list[dict]:
     """n problems, English and Chinese alternating."""
     return [make_problem(rng, "en" if i % 2 == 0 else "zh") for i in range(n)]
+
+
+# ---- the same problems, solved by calling the math tool ---------------------------------------------------
+
+PYTHON_OPS = {"+": "+", "-": "-", "×": "*"}
+TOOL_ANSWER = {"en": "The answer is {r}.", "zh": "答案是 {r}。"}
+
+
+def expression(numbers: list[int], ops: list[str]) -> str:
+    """'12 + 7 - 5': left to right is also the usual precedence here, since × only ever comes first."""
+    parts = [str(numbers[0])]
+    for op, y in zip(ops, numbers[1:], strict=True):
+        parts += [PYTHON_OPS[op], str(y)]
+    return " ".join(parts)
+
+
+def with_tool(problem: dict) -> dict:
+    """A problem as a tool conversation: the math tool is offered, the assistant calls it with the problem's
+    expression, gets the tool's real answer, and states it."""
+    import json
+
+    from seekmoe.plugins import openai_tool
+    from seekmoe.plugins.math import plugin
+
+    meta = problem["meta"]
+    question = problem["messages"][0]["content"]
+    arguments = {"operation": "evaluate", "expression": expression(meta["numbers"], meta["ops"])}
+    # the tool's own output, as the server would hand it to the model
+    result = json.dumps(plugin.run(**arguments), ensure_ascii=False, allow_nan=False)
+    call = {"type": "function", "function": {"name": "math", "arguments": json.dumps(arguments)}}
+    out = example([("user", question)], {**meta, "task": "arithmetic_tool", "tool_arguments": arguments})
+    out["messages"] += [{"role": "assistant", "content": "", "tool_calls": [call]},
+                        {"role": "tool", "content": result},
+                        {"role": "assistant", "content": TOOL_ANSWER[meta["lang"]].format(r=meta["answer"])}]
+    out["tools"] = [openai_tool(plugin)]
+    return out

@@ -580,25 +580,20 @@ def run(operation: str, expression: str | None = None, variable: str | None = No
 _TEXT = {"type": "string", "maxLength": MAX_CHARS}
 plugin = Plugin(
     name="math",
-    description=("Exact symbolic math (sympy). Operations: evaluate (exact and decimal value), simplify, expand, "
-                 "factor, solve (an equation 'a = b', an expression = 0, an inequality, or a system given as "
-                 "'equations'), diff, integrate (indefinite, or definite with 'lower' and 'upper'), limit (at "
-                 "'point'). Write ^ or ** for powers, sqrt, exp, log, sin..., pi, E, I, oo. Returns the answer, "
-                 "its LaTeX and the steps."),
+    # kept short: the whole definition goes into the prompt of every request that offers the tool
+    description=("Exact symbolic math (sympy): evaluate, simplify, expand, factor, solve (an equation 'a = b', "
+                 "an inequality, or a system as 'equations'), diff, integrate, limit. Powers as ^. Returns the "
+                 "answer and the steps."),
     parameters={
         "type": "object",
         "properties": {
-            "operation": {"type": "string", "enum": list(OPERATIONS), "description": "what to do"},
-            "expression": {**_TEXT, "description": "the expression or equation, e.g. \"x^2 - 5x + 6 = 0\""},
-            "variable": {"type": "string", "maxLength": 40,
-                         "description": "the variable (solve, diff, integrate, limit); for a system a comma-"
-                                        "separated list; default: the only symbol, else x"},
-            "point": {"type": "string", "maxLength": 200,
-                      "description": "limit only: the point approached, e.g. \"0\", \"oo\", \"0+\" (from the right)"},
-            "equations": {"type": "array", "items": _TEXT, "minItems": 1, "maxItems": 10,
-                          "description": "solve only: a system of equations, e.g. [\"x + y = 3\", \"x - y = 1\"]"},
-            "lower": {**_TEXT, "description": "integrate only: the lower bound of a definite integral"},
-            "upper": {**_TEXT, "description": "integrate only: the upper bound of a definite integral"},
+            "operation": {"type": "string", "enum": list(OPERATIONS)},
+            "expression": {**_TEXT, "description": "e.g. 2^10 + 3/4 or x^2 - 5x + 6 = 0"},
+            "variable": {"type": "string", "maxLength": 40},
+            "point": {"type": "string", "maxLength": 200, "description": "limit: e.g. 0, oo, 0+"},
+            "equations": {"type": "array", "items": _TEXT, "minItems": 1, "maxItems": 10},
+            "lower": {**_TEXT, "description": "definite integral"},
+            "upper": {**_TEXT, "description": "definite integral"},
         },
         "required": ["operation"],
         "additionalProperties": False,
