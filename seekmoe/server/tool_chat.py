@@ -117,7 +117,7 @@ async def rounds(serving, body: s.ChatCompletionRequest, turn: ToolTurn, log, st
             parser.feed(forced or "")  # the opening of a forced call: a call completes only with the model's part
         calls: list[list[ToolCall]] = [[] for _ in range(turn.n)]
         said = [""] * turn.n
-        hold = bool(turn.server)  # the server may run the calls: nothing is sent before the round ends
+        hold = bool(turn.server)  # the server may run the calls itself: they are sent only if it does not
         held: list[Event] = []
         ends: dict[int, str | None] = {}
         async for _, d in job.deltas():
@@ -133,17 +133,14 @@ async def rounds(serving, body: s.ChatCompletionRequest, turn: ToolTurn, log, st
                 else:
                     said[d.index] += item
                     event = Event("text", d.index, text=item)
-                if hold:
+                if hold and event.kind == "call":
                     held.append(event)
                 else:
-                    yield event
+                    yield event  # text streams as it comes, whoever runs the calls
         turn.usage["prompt_tokens"] += job.prompt_tokens
         turn.usage["completion_tokens"] += job.completion_tokens
         runnable = calls[0] and all(c.name in turn.server for c in calls[0])
         if hold and runnable and round_ < MAX_ROUNDS:
-            for e in held:
-                if e.kind == "text":  # what the model said before its calls still reaches the client
-                    yield e
             await run_calls(serving, turn, said[0], calls[0])
             continue
         for e in held:
