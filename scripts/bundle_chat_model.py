@@ -75,13 +75,20 @@ def card(name: str, run: Path, sources: dict, before: dict, after: dict, model) 
         f"{_pct(before['arithmetic_tool_accuracy'])} | {_pct(after['arithmetic_tool_accuracy'])} |"])
     examples = "\n".join(f"- *{ex['asked']}* → `{ex['said']}`" for ex in
                          after["intent_examples"][:2] + after["dialogue_examples"][:2])
+    for ex in after.get("tool_examples", [])[:2]:
+        calls = ", ".join(f"{c['name']} {c['arguments']}" for c in ex["calls"])
+        examples += f"\n- *{ex['asked']}* → calls {calls} → `{ex['said']}`"
     return f"""# {name}
 
-seekmoe-tiny fine-tuned to chat, by `seekmoe finetune` on CPU: it follows the chat template, routes shop-support
-messages to an intent label, keeps a customer's details over a multi-turn support dialogue, works small
-arithmetic word problems step by step (English and Chinese), and answers a few Python FAQ questions. It is the
-model every seekmoe command (`serve`, `chat`, `generate`) uses when none is given. It has
-{report.total / 1e6:.1f}M parameters: outside the narrow tasks it was tuned on it talks nonsense fluently.
+seekmoe-tiny fine-tuned to chat by `seekmoe finetune` on CPU, in {len(chain)} stage(s) (below). It is the model every
+seekmoe command (`serve`, `chat`, `generate`) uses when none is given. It follows the chat template and the tool
+format: it labels shop-support messages with their intent, answers support questions in the shape it was taught,
+writes worked arithmetic answers in English and Chinese, and calls the math tool and answers from its result.
+
+What it cannot do at {report.total / 1e6:.1f}M parameters: copy a number or a name from earlier in the
+conversation. It names *an* order number, not the customer's, and puts wrong numbers into its sums and tool calls:
+see the multi-turn recall and arithmetic rows below. It is a working part for demos and for testing the stack
+(serving, tools, fine-tuning), not an assistant.
 
 ## Results on held-out data
 Measured by `bench/chat_eval.py` (greedy answers through the engine; the intent and dialogue sets use phrasings

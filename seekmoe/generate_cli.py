@@ -41,7 +41,7 @@ Ctrl-C during an answer stops it; that exchange is then not kept."""
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="a checkpoint folder (config.json, safetensors weights, tokenizer.json); default: the "
-                        "bundled seekmoe-tiny")
+                        "bundled seekmoe-tiny-chat")
     p.add_argument("--adapter", metavar="DIR",
                    help="a LoRA adapter folder (seekmoe finetune --method lora) merged into MODEL's weights at load")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),

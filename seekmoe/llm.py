@@ -23,10 +23,7 @@ from seekmoe.text_stream import TextStream
 from seekmoe.tokenizer import Tokenizer
 from seekmoe.tool_calls import MARKERS, ToolCall, check_tool_choice, parse_tool_calls, tool_names
 
-# the model every command uses when none is given: the chat model, when this checkout has it
-_MODELS = Path(__file__).parent / "models"
-DEFAULT_MODEL = _MODELS / ("seekmoe-tiny-chat" if (_MODELS / "seekmoe-tiny-chat" / "config.json").is_file()
-                           else "seekmoe-tiny")
+DEFAULT_MODEL = Path(__file__).parent / "models" / "seekmoe-tiny-chat"  # what every command uses when given none
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
 

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default abstractive)")
     p.add_argument("--model", metavar="DIR",
                    help="a checkpoint folder (config.json, weights, tokenizer.json); default: the bundled "
-                        "seekmoe-tiny. Extractive summaries use only its tokenizer, to count")
+                        "seekmoe-tiny-chat. Extractive summaries use only its tokenizer, to count")
 
 
 def read_text(name: str) -> str:

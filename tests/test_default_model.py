@@ -38,6 +38,5 @@ def test_bundled_model_matches_transformers(folder):
         assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-4
 
 
-def test_the_default_is_the_chat_model_when_bundled():
-    chat = MODELS / "seekmoe-tiny-chat"
-    assert (chat if (chat / "config.json").exists() else MODELS / "seekmoe-tiny") == DEFAULT_MODEL
+def test_the_default_is_the_chat_model():
+    assert MODELS / "seekmoe-tiny-chat" == DEFAULT_MODEL

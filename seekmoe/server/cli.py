@@ -68,7 +68,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeConfig()
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="a checkpoint folder (config.json, safetensors weights, tokenizer.json); default: the "
-                        "bundled seekmoe-tiny [SEEKMOE_MODEL]")
+                        "bundled seekmoe-tiny-chat [SEEKMOE_MODEL]")
     p.add_argument("--adapter", metavar="DIR",
                    help="a LoRA adapter folder (seekmoe finetune --method lora) merged into MODEL's weights at load "
                         "[SEEKMOE_ADAPTER]")
