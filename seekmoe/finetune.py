@@ -131,9 +131,7 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
 
 
 def run_from_args(args) -> int:
-    overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("config", "no_progress", "func", "command")}
-    cfg = FinetuneConfig.from_file(args.config, overrides) if args.config else FinetuneConfig.from_dict({}, overrides)
+    cfg = FinetuneConfig.from_args(args)
     last = finetune(cfg, progress=not args.no_progress)
     if last:
         print(json.dumps({k: v for k, v in last.items() if k != "layers"}))

@@ -375,9 +375,7 @@ def _plot(out: Path, log) -> None:
 
 
 def run_from_args(args) -> int:
-    overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("config", "no_progress", "func", "command")}
-    cfg = TrainConfig.from_file(args.config, overrides) if args.config else TrainConfig.from_dict({}, overrides)
+    cfg = TrainConfig.from_args(args)
     last = train(cfg, progress=not args.no_progress)
     if last:
         print(json.dumps({k: v for k, v in last.items() if k != "layers"}))

@@ -149,6 +149,13 @@ class TrainConfig:
         except (TypeError, ValueError) as e:
             raise TrainError(str(e)) from None
 
+    @classmethod
+    def from_args(cls, args) -> TrainConfig:
+        """The settings file given on the command line (if any), with every flag given overriding it."""
+        overrides = {k: v for k, v in vars(args).items()
+                     if v is not None and k not in ("config", "no_progress", "func", "command")}
+        return cls.from_file(args.config, overrides) if args.config else cls.from_dict({}, overrides)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
