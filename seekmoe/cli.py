@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="the merged model folder to write (replaced if it exists)")
     p.set_defaults(func=cmd_merge)
 
+    from seekmoe.export import add_arguments as add_export_arguments
+
+    p = sub.add_parser("export", help="export a model for other engines: a Hugging Face folder or a llama.cpp GGUF")
+    add_export_arguments(p)
+
     from seekmoe.generate_cli import add_chat_arguments, add_generate_arguments, cmd_chat, cmd_generate
 
     p = sub.add_parser("generate", help="continue a prompt with a model, streaming the text",

@@ -213,7 +213,11 @@ class FinetuneConfig(TrainConfig):
     eval_batches: int = 32
     save_every: int = 50
     keep_checkpoints: int = 2
-    balance: BalanceConfig = field(default_factory=lambda: BalanceConfig(mode="auto"))
+    # the base model's balancing; the bias moves 10x faster than pretraining's default, scaled like the lr: new data
+    # shifts what the router sees at once (at u = 0.001 the chat model's second stage fell from 90% utilisation
+    # to 62-70%), and u = 0.01 x lr/peak was the best-balanced pretraining run (README, issue 3)
+    balance: BalanceConfig = field(default_factory=lambda: BalanceConfig(
+        mode="auto", bias_update_rate=0.01, bias_update_schedule="lr"))
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig, "lora": LoraSettings}
