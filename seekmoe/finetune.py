@@ -69,6 +69,8 @@ def load_data(cfg: FinetuneConfig, tok: Tokenizer, log) -> tuple[SFTData, SFTDat
 
 def finetune(cfg: FinetuneConfig, progress: bool = True, log=_stderr) -> dict[str, Any]:
     """Fine-tune (or resume) to cfg.steps, then write OUT/model or OUT/adapter; returns the last metrics."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise TrainError("seekmoe finetune runs in one process; under torchrun only seekmoe train is data parallel")
     base = base_model_path(cfg)
     torch.manual_seed(cfg.seed)
     try:

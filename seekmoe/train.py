@@ -4,6 +4,13 @@ periodic validation, JSONL metrics, plots, and atomic checkpoints that resume ex
 A run folder holds `config.json` (this TrainConfig), `metrics.jsonl`, `loss.png`, `expert_load.png` and
 `checkpoints/step-NNNNNNNN/` (the model in the Hugging Face layout, `optimizer.safetensors`, `trainer_state.json`
 and `checksums.json`, written into a hidden folder and renamed into place). Nothing is pickled.
+
+Under `torchrun --nproc-per-node N -m seekmoe.train CONFIG` the loop is data parallel (seekmoe/distributed.py):
+rank r reads its own rows of each global batch of batch_size x N x grad_accum sequences, the gradients are
+averaged over the ranks after backward, and the loss-free bias moves by the expert counts summed over all ranks,
+so every rank holds the same weights and bias and the logged losses are those of one process with batch_size x N.
+The auxiliary balance losses stay per rank (each rank's loss over its own rows, then averaged with the
+gradients). Only rank 0 writes the run folder; every rank restores from it on resume, so it must be shared.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from seekmoe import distributed
 from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
 from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, fsync_dir, load_model, save_model, save_tensors
 from seekmoe.config import ConfigError, resolve_config
@@ -203,6 +211,17 @@ class LayerLoads:
             self.pairs[i] += r.topk_idx.numel()
             self.dropped[i] += 0 if r.kept is None else int((~r.kept).sum())
 
+    def all_reduce(self) -> None:
+        """Sum over the ranks: the global batch's counts, what the loss-free bias and the logs need."""
+        packed = torch.tensor([*self.entropy, *self.pairs, *self.dropped, self.passes], dtype=torch.float64)
+        distributed.all_reduce_sum(self.counts)
+        distributed.all_reduce_sum(packed)
+        n = self.counts.shape[0]
+        self.entropy = packed[:n].tolist()
+        self.pairs = [int(v) for v in packed[n:2 * n]]
+        self.dropped = [int(v) for v in packed[2 * n:3 * n]]
+        self.passes = int(packed[-1])
+
     def stats(self) -> list[dict[str, Any]]:
         out = []
         for i in range(self.counts.shape[0]):
@@ -218,6 +237,13 @@ def _forward(model: CausalLM, x: torch.Tensor, bf16: bool, capacity_factor: floa
         return model(x, return_routing=True, capacity_factor=capacity_factor)
 
 
+def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int):
+    """This rank's rows of global batch i; fine-tuning data (one process only) takes no rank."""
+    if world == 1:
+        return data.batch(i, cfg.batch_size, cfg.seq_len)
+    return data.batch(i, cfg.batch_size, cfg.seq_len, rank, world)
+
+
 def _lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the targets that carry loss (fine-tuning marks the others -100); 0 if none does."""
     flat = logits.float().view(-1, logits.shape[-1])
@@ -227,21 +253,27 @@ def _lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
-    """Validation loss averaged over target tokens: eval_batches batches, or one pass when the data is smaller."""
+    """Validation loss averaged over target tokens: eval_batches batches, or one pass when the data is smaller.
+
+    Under torchrun a batch is a global one, as in training: each rank evaluates its rows and the sums are added up.
+    """
     model.eval()
     n_layers = len(moe_gates(model))
     loads = LayerLoads(n_layers, model.config.n_routed_experts or 0)
-    steps = min(cfg.eval_batches, data.eval_steps(cfg.batch_size)) if hasattr(data, "eval_steps") \
+    rank, world = distributed.rank(), distributed.world()
+    steps = min(cfg.eval_batches, data.eval_steps(cfg.batch_size * world)) if hasattr(data, "eval_steps") \
         else cfg.eval_batches
     total = counted = 0.0
     for i in range(steps):
-        x, y = data.batch(i, cfg.batch_size, cfg.seq_len)
+        x, y = _batch(data, i, cfg, rank, world)
         out = _forward(model, x, cfg.bf16, None)
         n = int((y != -100).sum())
         total += _lm_loss(out.logits, y).item() * n
         counted += n
         loads.add(out.routing)
     model.train()
+    total, counted = distributed.all_reduce_sum(torch.tensor([total, counted], dtype=torch.float64)).tolist()
+    loads.all_reduce()
     loss = total / max(counted, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "layers": loads.stats()}
 
@@ -270,6 +302,10 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _quiet(msg: str) -> None:
+    pass
+
+
 def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
     """Pretrain (or resume) on token shards to cfg.steps; returns the last logged metrics."""
     from seekmoe.data import DataError, TokenShards
@@ -280,18 +316,27 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
         val_data = TokenShards(cfg.data, "val", shuffle=False)
     except DataError as e:
         raise TrainError(str(e)) from None
-    model = build_model(cfg).train()
-    return run(cfg, full_trainee(model), train_data, val_data, progress, log or _stderr)
+    model = build_model(cfg).train()  # every rank builds the same seeded weights
+    distributed.init(cfg.dist_timeout_s)
+    try:
+        return run(cfg, full_trainee(model), train_data, val_data, progress, log or _stderr)
+    finally:
+        distributed.shutdown()
 
 
 def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool = True,
         log: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """The loop, shared by pretraining and fine-tuning: data objects give batch(i, batch_size, seq_len)."""
+    """The loop, shared by pretraining and fine-tuning: data objects give batch(i, batch_size, seq_len), and
+    batch(i, batch_size, seq_len, rank, world) when it runs under torchrun."""
     model = trainee.model
     resolve_balance(cfg, model)
+    rank, world, main = distributed.rank(), distributed.world(), distributed.is_main()
+    if not main:
+        log = _quiet  # rank 0 speaks for the run; errors still raise on every rank
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    if main:
+        atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     if train_data.vocab_size > model.config.vocab_size:
         raise TrainError(f"the data's tokenizer has {train_data.vocab_size} ids but the model's vocab_size is "
                          f"{model.config.vocab_size}")
@@ -302,13 +347,14 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
     if ckpt is not None:
         start = restore(ckpt, trainee, opt)
         log(f"seekmoe: resuming from {ckpt} at step {start}")
-        _truncate_metrics(metrics, start)
-    elif metrics.exists():
+        if main:
+            _truncate_metrics(metrics, start)
+    elif main and metrics.exists():
         metrics.unlink()
 
     gates = moe_gates(model)
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    bar = _progress(cfg.steps, start, progress)
+    tokens_per_step = cfg.batch_size * world * cfg.seq_len * cfg.grad_accum
+    bar = _progress(cfg.steps, start, progress and main)
     last: dict[str, Any] = {}
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
@@ -318,7 +364,7 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
         loads = LayerLoads(len(gates), model.config.n_routed_experts or 0)
         lm_sum = aux_sum = 0.0
         for micro in range(cfg.grad_accum):
-            x, y = train_data.batch(step * cfg.grad_accum + micro, cfg.batch_size, cfg.seq_len)
+            x, y = _batch(train_data, step * cfg.grad_accum + micro, cfg, rank, world)
             out_ = _forward(model, x, cfg.bf16, cfg.balance.capacity_factor)
             lm = _lm_loss(out_.logits, y)
             aux = balance_loss(out_.routing, cfg.balance, cfg.batch_size)
@@ -327,6 +373,11 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
             lm_sum += lm.item()
             aux_sum += 0.0 if aux is None else aux.item()
             loads.add(out_.routing)
+        # the mean over the ranks, which every rank then checks: all stop together on a bad loss
+        lm_sum, aux_sum = (distributed.all_reduce_sum(torch.tensor([lm_sum, aux_sum], dtype=torch.float64)) / world
+                           ).tolist()
+        loads.all_reduce()
+        distributed.average_gradients(trainee.params)
         if not math.isfinite(lm_sum):
             raise TrainError(f"loss became {lm_sum} at step {step}; lower lr (now {lr:.2e}) or check the data")
         grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.grad_clip).item()
@@ -343,19 +394,22 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
         tps = tokens_per_step * (done - start) / max(elapsed, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{lm_sum / cfg.grad_accum:.3f}", tok_s=f"{tps:,.0f}")
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if main and (done % cfg.log_every == 0 or done == cfg.steps):
             last = {"step": done, "split": "train", "loss": lm_sum / cfg.grad_accum,
                     "aux_loss": aux_sum / cfg.grad_accum, "lr": lr, "grad_norm": grad_norm,
                     "tokens": done * tokens_per_step, "tokens_per_s": tps, "layers": loads.stats()}
             _append_metrics(metrics, last)
         if done % cfg.eval_every == 0 or done == cfg.steps:
             last = {"step": done, "split": "val", **evaluate(model, val_data, cfg)}
-            _append_metrics(metrics, last)
-            _plot(out, log)
+            if main:
+                _append_metrics(metrics, last)
+                _plot(out, log)
         if done % cfg.save_every == 0 or done == cfg.steps:
-            save_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
+            if main:
+                save_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
+            distributed.barrier()  # no rank runs ahead while the checkpoint is written and old ones deleted
     bar.close()
-    return last
+    return last if main else {}  # rank 0 reports the run
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -78,6 +78,8 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 3
     seed: int = 0
+    # data parallel (torchrun): the global batch is batch_size x ranks x grad_accum sequences
+    dist_timeout_s: float = 300.0  # a collective with no answer for this long (a rank died) fails the run
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
     SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}  # nested: "balance.mode" on the command line
@@ -98,6 +100,8 @@ class TrainConfig:
             raise TrainError(f"need 0 < lr < 1 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise TrainError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not (isinstance(self.dist_timeout_s, int | float) and self.dist_timeout_s > 0):
+            raise TrainError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s!r}")
         if not (self.grad_clip > 0 and self.weight_decay >= 0):
             raise TrainError(f"grad_clip must be > 0 and weight_decay >= 0, got {self.grad_clip}, "
                              f"{self.weight_decay}")
@@ -214,8 +218,9 @@ class FinetuneConfig(TrainConfig):
     save_every: int = 50
     keep_checkpoints: int = 2
     # the base model's balancing; the bias moves 10x faster than pretraining's default, scaled like the lr: new data
-    # shifts what the router sees at once (at u = 0.001 the chat model's second stage fell from 90% utilisation
-    # to 62-70%), and u = 0.01 x lr/peak was the best-balanced pretraining run (README, issue 3)
+    # shifts what the router sees at once. The chat model's second stage at u = 0.001 had 42-66% utilisation per
+    # layer on validation at step 250, the same run at u = 0.01 x lr/peak 56-64%; u = 0.01 x lr/peak was also the
+    # best-balanced pretraining run (README, issue 3)
     balance: BalanceConfig = field(default_factory=lambda: BalanceConfig(
         mode="auto", bias_update_rate=0.01, bias_update_schedule="lr"))
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -239,7 +244,8 @@ _HELP = {
     "model": "a config.json, a bundled config name, or a checkpoint folder to continue from",
     "data": "a folder written by `seekmoe data prepare`",
     "out": "run folder: metrics.jsonl, plots and checkpoints/ go here; an existing run resumes",
-    "steps": "optimizer steps in the whole run", "batch_size": "sequences per micro-batch",
+    "steps": "optimizer steps in the whole run",
+    "batch_size": "sequences per micro-batch on each rank (the global batch is batch_size x ranks x grad_accum)",
     "seq_len": "tokens per sequence", "grad_accum": "micro-batches per optimizer step",
     "lr": "peak learning rate", "min_lr": "learning rate at the end of the cosine decay",
     "warmup_steps": "linear warm-up steps", "weight_decay": "AdamW weight decay on matrices",
@@ -248,6 +254,7 @@ _HELP = {
     "eval_every": "validate every N steps", "eval_batches": "validation batches per evaluation",
     "save_every": "checkpoint every N steps", "keep_checkpoints": "keep the newest N checkpoints",
     "seed": "seed of the model init and data order",
+    "dist_timeout_s": "under torchrun: fail when another rank gives no answer for this many seconds (it died)",
     "mode": "expert balancing: none, aux (V2/V3 auxiliary losses), loss_free (bias), or auto (the model's own: "
             "loss_free when its routing has a bias, noaux_tc, else aux)",
     "expert_alpha": "α1 of the expert-level balance loss (aux)",

@@ -1,0 +1,110 @@
+"""Data parallelism under torchrun: the few collective calls the training loop makes, and nothing more.
+
+`torchrun --nproc-per-node N -m seekmoe.train CONFIG` sets RANK, WORLD_SIZE and LOCAL_RANK; `init` joins the
+process group (gloo on the CPU, nccl with CUDA). Without torchrun's environment every function is a no-op and
+the loop runs as one process. The state lives in torch.distributed's own process group, not in this module.
+
+A collective that gets no answer within the timeout (a rank died, exited early or stalls) raises TrainError
+naming the operation and the rank, instead of hanging: the loop's ranks all make the same calls in the same order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from seekmoe.train_config import TrainError
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise TrainError(f"{name} must be an integer (torchrun sets it), got {value!r}") from None
+
+
+def init(timeout_s: float = 300.0) -> None:
+    """Join torchrun's process group; a no-op in a single process (no WORLD_SIZE, or WORLD_SIZE 1)."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size <= 1 or dist.is_initialized():
+        return
+    rank = _env_int("RANK", 0)
+    if not 0 <= rank < world_size:
+        raise TrainError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:
+        raise TrainError(f"rank {rank}: cannot join the process group of {world_size} ranks within "
+                         f"{timeout_s:g} s (MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
+                         f"MASTER_PORT={os.environ.get('MASTER_PORT')}): {e}") from None
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 writes metrics, plots and checkpoints."""
+    return rank() == 0
+
+
+def _failed(op: str, e: Exception) -> TrainError:
+    return TrainError(f"rank {rank()}: {op} across {world()} ranks failed: another rank exited, crashed or did not "
+                      f"answer within dist_timeout_s ({e})")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over the ranks, in place; returns it."""
+    if world() > 1:
+        try:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        except RuntimeError as e:  # gloo and nccl raise DistBackendError, a RuntimeError
+            raise _failed("all_reduce", e) from None
+    return tensor
+
+
+def barrier() -> None:
+    if world() > 1:
+        try:
+            dist.barrier()
+        except RuntimeError as e:
+            raise _failed("barrier", e) from None
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Mean of every gradient over the ranks, as one process would get from the whole batch: sum, then / world.
+
+    One flat all-reduce after backward (no overlap with it, unlike DDP's buckets; plain and exact for the small
+    models trained here). A parameter no rank gave a gradient keeps None, so AdamW skips it as it would in one
+    process; one that only some ranks reached gets zeros from the others.
+    """
+    n = world()
+    if n == 1:
+        return
+    has_grad = all_reduce_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
+    live = [p for p, h in zip(params, has_grad.tolist(), strict=True) if h > 0]
+    if not live:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+    all_reduce_sum(flat).div_(n)
+    start = 0
+    for p in live:
+        p.grad = flat[start:start + p.numel()].view_as(p).clone()
+        start += p.numel()
