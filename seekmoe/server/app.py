@@ -55,16 +55,17 @@ class State:
                 from seekmoe.plugins import select
 
                 tools = select(list(self.config.tools))
+            name = self.config.served_model_name or llm.path.name
+            serving = Serving(llm, name, self.metrics, self.config.max_queue, self.config.log_prompts, tools,
+                              self.config.tool_timeout)  # starts the tools' worker processes
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model failed to load: %s", self.error)
             if on_fatal is not None:
                 on_fatal(self.error)
             return
-        name = self.config.served_model_name or llm.path.name
         self.metrics.engine = llm.engine
-        self.serving = Serving(llm, name, self.metrics, self.config.max_queue, self.config.log_prompts, tools,
-                               self.config.tool_timeout)
+        self.serving = serving
         log.info("ready: serving %s as %r, context %d tokens%s", llm.path, name, llm.engine.max_model_len,
                  f"; running tools {', '.join(tools)}" if tools else "")
 

@@ -165,6 +165,8 @@ class Serving:
             from seekmoe.plugins import WorkerPool
 
             self.tool_pool = WorkerPool()  # warm worker processes: a call does not pay for a process start
+            for plugin in self.tools.values():
+                self.tool_pool.warm(plugin)  # while the model loads anyway: the first request does not wait
         self.created = int(time.time())
         self.context = llm.engine.max_model_len
 
