@@ -3,6 +3,7 @@
 `torchrun --nproc-per-node N -m seekmoe.train CONFIG` sets RANK, WORLD_SIZE and LOCAL_RANK; `init` joins the
 process group (gloo on the CPU, nccl with CUDA). Without torchrun's environment every function is a no-op and
 the loop runs as one process. The state lives in torch.distributed's own process group, not in this module.
+With `parallel` "fsdp", `shard` applies FSDP2 and the full_* functions move whole tensors in and out of the shards.
 
 A collective that gets no answer within the timeout (a rank died, exited early or stalls) raises TrainError
 naming the operation and the rank, instead of hanging: the loop's ranks all make the same calls in the same order.
@@ -108,3 +109,82 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     for p in live:
         p.grad = flat[start:start + p.numel()].view_as(p).clone()
         start += p.numel()
+
+
+# ---- FSDP2 (parallel "fsdp"): sharded weights, gradients and optimizer state; full tensors in checkpoints ----------
+
+def shard(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
+    """fully_shard each decoder block, then the model (embeddings, final norm, head) over a 1-D mesh of the ranks.
+
+    Buffers (rotary tables, the loss-free routing bias) are not sharded: every rank keeps a whole copy, and the loop
+    moves the bias by the same all-reduced counts on every rank. Gradients are reduce-scattered as the sum / world,
+    the mean one process gets from the whole batch: summed in the collective, then divided (gloo has no AVG op).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (world(),))
+    for block in blocks:
+        fully_shard(block, mesh=mesh).set_force_sum_reduction_for_comms(True)
+    fully_shard(model, mesh=mesh).set_force_sum_reduction_for_comms(True)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def _param_names(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters by position (what opt.state_dict() numbers them) as the model names them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every rank takes part; rank 0 gets the whole state dict on the CPU, the others an empty one."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    try:
+        return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+    except RuntimeError as e:
+        raise _failed("gathering the model", e) from None
+
+
+def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
+    """opt.state_dict() as one process has it (parameters numbered by position), gathered to whole tensors on
+    rank 0; None on the others. Every rank takes part."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    try:
+        state = get_optimizer_state_dict(model, opt, options=_full_options(cpu_offload=True))
+    except RuntimeError as e:
+        raise _failed("gathering the optimizer state", e) from None
+    if rank() != 0:
+        return None
+    index = {n: i for i, n in enumerate(_param_names(model, opt))}
+    return {"state": {index[n]: s for n, s in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
+def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Every rank passes the whole state dict (all read the same checkpoint) and keeps its shards of it."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_full_options())
+
+
+def load_full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """The inverse of full_optimizer_state, on every rank: whole tensors in, each rank keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names = _param_names(model, opt)
+    by_name = {"state": {names[int(i)]: s for i, s in state["state"].items()},
+               "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, by_name, options=_full_options())

@@ -9,6 +9,8 @@ Under `torchrun --nproc-per-node N -m seekmoe.train CONFIG` the loop is data par
 rank r reads its own rows of each global batch of batch_size x N x grad_accum sequences, the gradients are
 averaged over the ranks after backward, and the loss-free bias moves by the expert counts summed over all ranks,
 so every rank holds the same weights and bias and the logged losses are those of one process with batch_size x N.
+`parallel` "ddp" keeps the whole model on every rank; "fsdp" (FSDP2) shards weights, gradients and AdamW state
+over the ranks and gathers whole tensors on rank 0 for checkpoints, which are those one process writes.
 The auxiliary balance losses stay per rank (each rank's loss over its own rows, then averaged with the
 gradients). Only rank 0 writes the run folder; every rank restores from it on resume, so it must be shared.
 """
@@ -95,14 +97,35 @@ class Trainee:
     params: list[torch.nn.Parameter]
     save: Callable[[Path], None]  # write the weights into a checkpoint folder
     load: Callable[[Path], None]  # and read them back
+    sharded: bool = False  # FSDP2: params are DTensor shards; checkpoints gather whole tensors on rank 0
 
 
 def full_trainee(model: CausalLM) -> Trainee:
     """Every weight trains; a checkpoint holds the whole model in the Hugging Face layout."""
-    def load(path: Path) -> None:
-        model.load_state_dict(load_model(path).state_dict())
+    sharded = distributed.is_sharded(model)
 
-    return Trainee(model, list(model.parameters()), lambda path: save_model(model, path), load)
+    def load(path: Path) -> None:
+        state = load_model(path).state_dict()
+        if sharded:
+            distributed.load_full_model_state(model, state)
+        else:
+            model.load_state_dict(state)
+
+    return Trainee(model, list(model.parameters()), lambda path: save_model(model, path), load, sharded)
+
+
+def gathered(trainee: Trainee, opt: torch.optim.Optimizer) -> tuple[Trainee, dict[str, Any] | None]:
+    """What save_checkpoint writes: the trainee and opt.state_dict(), or under fsdp (every rank takes part) a whole
+    copy of the model and the optimizer state gathered on rank 0, as one process holds them; None elsewhere."""
+    if not trainee.sharded:
+        return trainee, opt.state_dict()
+    model_state = distributed.full_model_state(trainee.model)
+    opt_state = distributed.full_optimizer_state(trainee.model, opt)
+    if not distributed.is_main():
+        return trainee, None
+    whole = CausalLM(trainee.model.config)
+    whole.load_state_dict(model_state)
+    return full_trainee(whole), opt_state
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
@@ -115,15 +138,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(folder: Path, step: int, trainee: Trainee, opt: torch.optim.Optimizer, cfg: TrainConfig) -> Path:
-    """Write step-N into a hidden folder, checksum every file, then rename it into place: all or nothing."""
+def save_checkpoint(folder: Path, step: int, trainee: Trainee, state: dict[str, Any], cfg: TrainConfig) -> Path:
+    """Write step-N (`state` is the optimizer's state_dict) into a hidden folder, checksum every file, then rename it
+    into place: all or nothing."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
     tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     trainee.save(tmp)
-    state = opt.state_dict()
     tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
     tensors["rng.torch"] = torch.get_rng_state()
     save_tensors(tensors, tmp / "optimizer.safetensors")
@@ -181,7 +204,11 @@ def restore(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
         if key.startswith("state."):
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": trainer_state["param_groups"]})
+    full = {"state": state, "param_groups": trainer_state["param_groups"]}
+    if trainee.sharded:
+        distributed.load_full_optimizer_state(trainee.model, opt, full)
+    else:
+        opt.load_state_dict(full)
     torch.set_rng_state(tensors["rng.torch"])
     return int(trainer_state["step"])
 
@@ -318,6 +345,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
         raise TrainError(str(e)) from None
     model = build_model(cfg).train()  # every rank builds the same seeded weights
     distributed.init(cfg.dist_timeout_s)
+    if cfg.parallel == "fsdp" and distributed.world() > 1:
+        distributed.shard(model, list(model.model.layers))
     try:
         return run(cfg, full_trainee(model), train_data, val_data, progress, log or _stderr)
     finally:
@@ -377,10 +406,12 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
         lm_sum, aux_sum = (distributed.all_reduce_sum(torch.tensor([lm_sum, aux_sum], dtype=torch.float64)) / world
                            ).tolist()
         loads.all_reduce()
-        distributed.average_gradients(trainee.params)
+        if not trainee.sharded:  # FSDP2 reduce-scattered the mean in backward
+            distributed.average_gradients(trainee.params)
         if not math.isfinite(lm_sum):
             raise TrainError(f"loss became {lm_sum} at step {step}; lower lr (now {lr:.2e}) or check the data")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.grad_clip)
+        grad_norm = (grad_norm.full_tensor() if trainee.sharded else grad_norm).item()  # a DTensor under fsdp
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cfg.balance.mode == "loss_free":
@@ -405,8 +436,9 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
                 _append_metrics(metrics, last)
                 _plot(out, log)
         if done % cfg.save_every == 0 or done == cfg.steps:
+            saved, state = gathered(trainee, opt) if trainee.sharded or main else (trainee, None)
             if main:
-                save_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
+                save_checkpoint(out / "checkpoints", done, saved, state, cfg)
             distributed.barrier()  # no rank runs ahead while the checkpoint is written and old ones deleted
     bar.close()
     return last if main else {}  # rank 0 reports the run

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 MODES = ("none", "aux", "loss_free", "auto")
 BIAS_RULES = ("sign", "proportional")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     # data parallel (torchrun): the global batch is batch_size x ranks x grad_accum sequences
     dist_timeout_s: float = 300.0  # a collective with no answer for this long (a rank died) fails the run
+    parallel: str = "ddp"  # ddp: whole model on every rank | fsdp: FSDP2 shards weights, grads and optimizer state
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
     SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}  # nested: "balance.mode" on the command line
@@ -100,6 +102,8 @@ class TrainConfig:
             raise TrainError(f"need 0 < lr < 1 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise TrainError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.parallel not in PARALLEL:
+            raise TrainError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if not (isinstance(self.dist_timeout_s, int | float) and self.dist_timeout_s > 0):
             raise TrainError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s!r}")
         if not (self.grad_clip > 0 and self.weight_decay >= 0):
@@ -254,6 +258,8 @@ _HELP = {
     "eval_every": "validate every N steps", "eval_batches": "validation batches per evaluation",
     "save_every": "checkpoint every N steps", "keep_checkpoints": "keep the newest N checkpoints",
     "seed": "seed of the model init and data order",
+    "parallel": "under torchrun: ddp (every rank holds the whole model, gradients all-reduced) or fsdp (FSDP2 shards "
+                "weights, gradients and optimizer state over the ranks; checkpoints still hold whole tensors)",
     "dist_timeout_s": "under torchrun: fail when another rank gives no answer for this many seconds (it died)",
     "mode": "expert balancing: none, aux (V2/V3 auxiliary losses), loss_free (bias), or auto (the model's own: "
             "loss_free when its routing has a bias, noaux_tc, else aux)",
