@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,27 @@ def tool_model(tmp_path_factory):
         "min_lr": 0.002, "eval_every": 1000, "save_every": 1000, "log_every": 1000, "val_fraction": 0.1})
     finetune(cfg, progress=False, log=lambda m: None)
     return folder / "run" / "model"
+
+
+SAMPLE = Path(__file__).parent / "data" / "corpus_sample"  # the committed corpus sample
+TRAIN_MODEL = {  # a tiny MoE with the loss-free bias, for training runs
+    "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "kv_lora_rank": 16, "q_lora_rank": None, "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 4, "v_head_dim": 8, "moe_intermediate_size": 16, "n_routed_experts": 4,
+    "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1, "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid", "n_group": 1, "topk_group": 1, "norm_topk_prob": True,
+    "max_position_embeddings": 256, "bos_token_id": 0, "eos_token_id": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Token shards of the committed sample, with a small tokenizer trained on it."""
+    from seekmoe.data import prepare
+    from seekmoe.tokenizer import corpus_files, train_tokenizer
+
+    root = tmp_path_factory.mktemp("corpus")
+    train_tokenizer(corpus_files([SAMPLE]), root / "tok", vocab_size=512, show_progress=False)
+    prepare([SAMPLE], root / "tok", root / "data", val_fraction=0.05, seed=0, progress=False)
+    (root / "model.json").write_text(json.dumps(TRAIN_MODEL))
+    return root

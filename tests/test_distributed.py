@@ -15,21 +15,9 @@ import pytest
 from safetensors.torch import load_file
 
 from seekmoe.train import train
-from tests.test_train import MODEL, SAMPLE, config, train_losses
+from tests.test_train import config, train_losses
 
 BIAS = "model.layers.1.mlp.gate.e_score_correction_bias"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from seekmoe.data import prepare
-    from seekmoe.tokenizer import corpus_files, train_tokenizer
-
-    root = tmp_path_factory.mktemp("corpus")
-    train_tokenizer(corpus_files([SAMPLE]), root / "tok", vocab_size=512, show_progress=False)
-    prepare([SAMPLE], root / "tok", root / "data", val_fraction=0.05, seed=0, progress=False)
-    (root / "model.json").write_text(json.dumps(MODEL))
-    return root
 
 
 def free_port() -> int:
