@@ -317,17 +317,18 @@ class LLM:
 
         messages, trace = list(messages), []
         tools = [openai_tool(p) for p in plugins.values()]
-        for round_ in range(max_rounds + 1):
-            done = self.chat(messages, tools=tools, **kwargs)
+        done = self.chat(messages, tools=tools, **kwargs)
+        for _ in range(max_rounds):
             calls = done.choices[0].tool_calls
-            if not calls or round_ == max_rounds or any(c.name not in plugins for c in calls):
-                return done, trace
+            if not calls or any(c.name not in plugins for c in calls):
+                break
             messages.append({"role": "assistant", "content": done.text, "tool_calls": [c.to_openai() for c in calls]})
             for c in calls:
                 result = call(plugins[c.name], c.arguments, timeout, pool)
                 messages.append({"role": "tool", "tool_call_id": c.id, "content": result.content})
                 trace.append({"name": c.name, "arguments": c.arguments, "ok": result.ok, "result": result.content})
-        raise AssertionError("unreachable")
+            done = self.chat(messages, tools=tools, **kwargs)
+        return done, trace
 
     def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
                          method: str = "abstractive", progress: bool = False) -> str:
