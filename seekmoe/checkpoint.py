@@ -14,8 +14,9 @@ import json
 import math
 import os
 import re
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -341,6 +342,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace one file atomically (temporary file, fsync, rename)."""
     _replace_all(path.parent, {path.name: data})
     fsync_dir(path.parent)
+
+
+def write_folder(final: Path, write: Callable[[Path], None]) -> Path:
+    """A folder replaced all or nothing: `write(tmp)` fills a hidden sibling, which then takes the place of `final`
+    (an old `final` is removed after). A failure leaves `final` as it was and no temporary behind."""
+    final = Path(final)
+    tag = uuid.uuid4().hex[:12]
+    tmp, old = final.with_name(f".{final.name}.{tag}.tmp"), final.with_name(f".{final.name}.{tag}.old")
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        moved = final.exists()
+        if moved:
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if moved:
+                os.rename(old, final)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(final.parent)
+    return final
 
 
 def fsync_dir(path: Path) -> None:

@@ -194,14 +194,18 @@ def _error(response: httpx.Response) -> APIError:
 
 
 class _Base:
-    def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout, max_retries: int,
-                 backoff: float, max_backoff: float):
+    _transport: type  # httpx.Client or httpx.AsyncClient
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
+                 timeout: float | httpx.Timeout = 600.0, max_retries: int = 3, backoff: float = 0.5,
+                 max_backoff: float = 8.0):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.base_url = base_url.rstrip("/")
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = timeout
+        self._http = self._transport(base_url=self.base_url, headers=self._headers, timeout=timeout)
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Exponential backoff with full jitter; at least the server's Retry-After (in seconds) when it sends one."""
@@ -219,11 +223,7 @@ class _Base:
 class Client(_Base):
     """A blocking client; use it in a `with` block or call `close()`."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
-                 timeout: float | httpx.Timeout = 600.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 8.0):
-        super().__init__(base_url, api_key, timeout, max_retries, backoff, max_backoff)
-        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout)
+    _transport = httpx.Client
 
     def __enter__(self) -> Client:
         return self
@@ -313,11 +313,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same methods as Client, awaited; the `*_stream` methods are async iterators. Close with `aclose()`."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
-                 timeout: float | httpx.Timeout = 600.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 8.0):
-        super().__init__(base_url, api_key, timeout, max_retries, backoff, max_backoff)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout)
+    _transport = httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +91,7 @@ def _output_parent(out: Path) -> None:
 
 def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A folder transformers, vLLM and SGLang load natively; written beside out_dir, then renamed into place."""
-    from seekmoe.checkpoint import CheckpointError, save_model
+    from seekmoe.checkpoint import CheckpointError, save_model, write_folder
 
     path, cfg = _read_model_folder(model_dir)
     out = Path(out_dir)
@@ -108,17 +107,15 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else tokenizer.pad_id,
         **GENERATION_DEFAULTS,
     }
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
+    def write(tmp: Path) -> None:
         save_model(model, tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out)  # an empty out_dir is replaced too
+
+    try:
+        return write_folder(out, write)  # an empty out_dir is replaced too
     except (CheckpointError, OSError) as e:
         raise ExportError(f"{out}: cannot write the export ({e})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 # ---- GGUF: tensors -------------------------------------------------------------------------------------------
@@ -377,18 +374,21 @@ def add_arguments(parser) -> None:
         parser.description = ("Export a model folder for other engines: a Hugging Face folder (transformers, "
                               "vLLM, SGLang) or a GGUF file for llama.cpp.")
     actions = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+
+    def add_model(p) -> None:
+        p.add_argument("model", metavar="MODEL", help="the model folder to export (config.json, safetensors, "
+                                                      "tokenizer.json)")
+
     p = actions.add_parser("hf", help="a folder transformers, vLLM and SGLang load as DeepseekV2/V3ForCausalLM",
                            description="Write config.json, safetensors, the tokenizer with its chat template and "
                                        "generation_config.json into OUT, a new folder, all at once.")
-    p.add_argument("model", metavar="MODEL", help="the model folder to export (config.json, safetensors, "
-                                                  "tokenizer.json)")
+    add_model(p)
     p.add_argument("out", metavar="OUT", help="the folder to write; must not exist, or be empty")
     p.set_defaults(func=run_from_args)
     p = actions.add_parser("gguf", help="one GGUF file for llama.cpp (architecture deepseek2)",
                            description="Write MODEL as a GGUF file of llama.cpp's deepseek2 architecture, with its "
                                        "tokenizer and chat template; the file is replaced only once fully written.")
-    p.add_argument("model", metavar="MODEL", help="the model folder to export (config.json, safetensors, "
-                                                  "tokenizer.json)")
+    add_model(p)
     p.add_argument("out", metavar="OUT", help="the .gguf file to write (replaced if it exists)")
     p.add_argument("--quant", choices=QUANTS, default="f32",
                    help="type of the weight matrices: f32, f16 or q8_0 (norms and router stay f32; default f32)")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from seekmoe.checkpoint import CheckpointError, fsync_dir, load_model, save_model
-from seekmoe.lora import AdapterError, add_adapter, load_adapter_weights, lora_config, merge, save_adapter
+from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model, write_folder
+from seekmoe.lora import AdapterError, add_adapter, load_adapter_weights, lora_config, save_adapter
 from seekmoe.sft import SFTData, SFTError, data_files, read_conversations
 from seekmoe.tokenizer import Tokenizer, TokenizerError
 from seekmoe.train import Trainee, full_trainee, run
@@ -86,30 +86,14 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, log=_stderr) -> dict[st
     last = run(cfg, trainee, train_data, val_data, progress, log)
     out = Path(cfg.out)
     if cfg.method == "full":
-        _write_folder(out / "model", lambda tmp: (save_model(model, tmp), tok.save_pretrained(tmp)))
+        write_folder(out / "model", lambda tmp: (save_model(model, tmp), tok.save_pretrained(tmp)))
     else:
-        _write_folder(out / "adapter", trainee.save)
+        write_folder(out / "adapter", trainee.save)
     _write_data_report(out, train_data, val_data)
     return last
 
 
-def _write_folder(final: Path, write) -> None:
-    """Write into a hidden sibling, then swap it in: a reader sees the old result or the new, never half of one."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(final.parent)
-
-
 def _write_data_report(out: Path, train_data: SFTData, val_data: SFTData) -> None:
-    from seekmoe.checkpoint import atomic_write_bytes
-
     report = {name: {**vars(d.report), "skipped_lines": d.report.skipped_lines[:100], "rows": len(d)}
               for name, d in (("train", train_data), ("val", val_data))}
     atomic_write_bytes(out / "data_report.json", json.dumps(report, indent=2, ensure_ascii=False).encode())
@@ -128,8 +112,7 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
         for name in tok_files:
             shutil.copyfile(base / name, tmp / name)
 
-    _write_folder(out, write)
-    return out
+    return write_folder(out, write)
 
 
 def run_from_args(args) -> int:
@@ -142,4 +125,4 @@ def run_from_args(args) -> int:
     return 0
 
 
-__all__ = ["finetune", "merge", "merge_adapter"]
+__all__ = ["finetune", "merge_adapter"]

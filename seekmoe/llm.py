@@ -300,8 +300,7 @@ class LLM:
         ids, forced = self.chat_prompt(messages, tools, tool_choice)
         if tools is None or tool_choice == "none":
             return self.generate(prompt_token_ids=ids, params=params)
-        requests = [self.submit(ids, params, keep_special_tokens=MARKERS)]
-        done = requests[0].result()
+        done = self.submit(ids, params, keep_special_tokens=MARKERS).result()
         names = tool_names(tools)
         for choice in done.choices:
             choice.text, choice.tool_calls = parse_tool_calls((forced or "") + choice.text, names)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -36,7 +35,7 @@ from safetensors.torch import load_file
 
 from seekmoe import distributed
 from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
-from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, fsync_dir, load_model, save_model, save_tensors
+from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model, save_tensors, write_folder
 from seekmoe.config import ConfigError, resolve_config
 from seekmoe.model import CausalLM, Gate
 from seekmoe.train_config import TrainConfig, TrainError
@@ -141,23 +140,18 @@ def _sha256(path: Path) -> str:
 def save_checkpoint(folder: Path, step: int, trainee: Trainee, state: dict[str, Any], cfg: TrainConfig) -> Path:
     """Write step-N (`state` is the optimizer's state_dict) into a hidden folder, checksum every file, then rename it
     into place: all or nothing."""
+    def write(tmp: Path) -> None:
+        trainee.save(tmp)
+        tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_tensors(tensors, tmp / "optimizer.safetensors")
+        trainer_state = {"step": step, "param_groups": state["param_groups"], "config": cfg.to_dict()}
+        atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
+        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
+
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:08d}"
-    tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    trainee.save(tmp)
-    tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    save_tensors(tensors, tmp / "optimizer.safetensors")
-    trainer_state = {"step": step, "param_groups": state["param_groups"], "config": cfg.to_dict()}
-    atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
-    sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(folder)
+    final = write_folder(folder / f"step-{step:08d}", write)
     old = sorted(p for p in folder.glob("step-*") if p.is_dir())[:-cfg.keep_checkpoints]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)

@@ -475,3 +475,22 @@ def test_saved_files_are_readable_by_others(tmp_path):
     save_model(tiny_model(), tmp_path / "ck")
     for f in (tmp_path / "ck").iterdir():
         assert f.stat().st_mode & 0o044 == 0o044, f.name
+
+
+def test_write_folder_is_all_or_nothing(tmp_path):
+    from seekmoe.checkpoint import write_folder
+
+    final = tmp_path / "out"
+    write_folder(final, lambda tmp: (tmp / "a.txt").write_text("old"))
+    assert (final / "a.txt").read_text() == "old"
+
+    def fails(tmp):
+        (tmp / "a.txt").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_folder(final, fails)
+    assert (final / "a.txt").read_text() == "old"  # the old folder is untouched
+    write_folder(final, lambda tmp: (tmp / "b.txt").write_text("new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries, no old copy left
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole, not merged

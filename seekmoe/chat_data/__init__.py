@@ -8,7 +8,6 @@ what evaluation needs (the intent label, the fact a dialogue must recall, the ar
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -68,14 +67,9 @@ def write_jsonl(path: Path, examples: list[dict]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is a rename
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from seekmoe.checkpoint import atomic_write_bytes  # here: `seekmoe --help` imports this module, not torch
+
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def split_real(examples: list[dict], seed: int, name: str) -> tuple[list[dict], list[dict]]:
