@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seekmoe import distributed
 from seekmoe.model import Routing
 from seekmoe.train_config import BalanceConfig
 
@@ -25,10 +26,16 @@ def expert_counts(r: Routing, n_experts: int) -> torch.Tensor:
 
 
 def _selection_fraction(r: Routing) -> torch.Tensor:
-    """f_i = E / (K N) * (number of tokens choosing expert i): 1.0 for every expert when perfectly balanced."""
-    n, k = r.topk_idx.shape
-    e = r.scores.shape[1]
-    return torch.bincount(r.topk_idx.flatten(), minlength=e).float() * e / (k * n)
+    """f_i = E / (K N) * (number of tokens choosing expert i): 1.0 for every expert when perfectly balanced.
+
+    Under torchrun the counts and N are summed over the ranks first: f is the global batch's, so each rank's
+    loss sum_i f_i P_i (P over its own tokens), averaged over the ranks, is the loss one process computes.
+    """
+    k, e = r.topk_idx.shape[1], r.scores.shape[1]
+    counts = torch.cat([torch.bincount(r.topk_idx.flatten(), minlength=e).float(),
+                        torch.tensor([float(r.topk_idx.shape[0])])])
+    counts = distributed.all_reduce_sum(counts)  # (E + 1,): per-expert counts, then N
+    return counts[:e] * e / (k * counts[e])
 
 
 def expert_balance_loss(r: Routing) -> torch.Tensor:

@@ -61,7 +61,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _failed(op: str, e: Exception) -> TrainError:
+def failed(op: str, e: Exception) -> TrainError:
     return TrainError(f"rank {rank()}: {op} across {world()} ranks failed: another rank exited, crashed or did not "
                       f"answer within dist_timeout_s ({e})")
 
@@ -72,7 +72,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         except RuntimeError as e:  # gloo and nccl raise DistBackendError, a RuntimeError
-            raise _failed("all_reduce", e) from None
+            raise failed("all_reduce", e) from None
     return tensor
 
 
@@ -81,7 +81,7 @@ def barrier() -> None:
         try:
             dist.barrier()
         except RuntimeError as e:
-            raise _failed("barrier", e) from None
+            raise failed("barrier", e) from None
 
 
 def shutdown() -> None:
@@ -89,16 +89,22 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
+def average_gradients(params: list[torch.nn.Parameter], local: list[torch.nn.Parameter] = ()) -> None:
     """Mean of every gradient over the ranks, as one process would get from the whole batch: sum, then / world.
 
     One flat all-reduce after backward (no overlap with it, unlike DDP's buckets; plain and exact for the small
     models trained here). A parameter no rank gave a gradient keeps None, so AdamW skips it as it would in one
-    process; one that only some ranks reached gets zeros from the others.
+    process; one that only some ranks reached gets zeros from the others. `local` parameters (expert parallel:
+    each rank holds other experts) already sum every rank's tokens: they are only divided by world, and get zeros
+    where this rank's experts saw no token, as the whole expert tensor of one process does.
     """
     n = world()
     if n == 1:
         return
+    for p in local:
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad.div_(n)
+    skip = {id(p) for p in local}
+    params = [p for p in params if id(p) not in skip]
     has_grad = all_reduce_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
     live = [p for p, h in zip(params, has_grad.tolist(), strict=True) if h > 0]
     if not live:
@@ -109,6 +115,26 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     for p in live:
         p.grad = flat[start:start + p.numel()].view_as(p).clone()
         start += p.numel()
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float,
+                   local: list[torch.nn.Parameter] = ()) -> float:
+    """torch's clip_grad_norm_ over the whole model: `local` slices (expert parallel) add their squares over the
+    ranks, the replicated rest counts once."""
+    if not local or world() == 1:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    skip = {id(p) for p in local}
+    zero = torch.zeros((), dtype=torch.float64)
+    squares = sum((p.grad.detach().double().pow(2).sum() for p in params if p.grad is not None and id(p) not in skip),
+                  zero)
+    local_sq = all_reduce_sum(sum((p.grad.detach().double().pow(2).sum() for p in local), zero.clone()))
+    total = (squares + local_sq).sqrt().item()
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return total
 
 
 # ---- FSDP2 (parallel "fsdp"): sharded weights, gradients and optimizer state; full tensors in checkpoints ----------
@@ -141,7 +167,7 @@ def _full_options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def _param_names(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+def param_names(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[str]:
     """The optimizer's parameters by position (what opt.state_dict() numbers them) as the model names them."""
     names = {id(p): n for n, p in model.named_parameters()}
     return [names[id(p)] for g in opt.param_groups for p in g["params"]]
@@ -154,7 +180,7 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     try:
         return get_model_state_dict(model, options=_full_options(cpu_offload=True))
     except RuntimeError as e:
-        raise _failed("gathering the model", e) from None
+        raise failed("gathering the model", e) from None
 
 
 def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
@@ -165,10 +191,10 @@ def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
     try:
         state = get_optimizer_state_dict(model, opt, options=_full_options(cpu_offload=True))
     except RuntimeError as e:
-        raise _failed("gathering the optimizer state", e) from None
+        raise failed("gathering the optimizer state", e) from None
     if rank() != 0:
         return None
-    index = {n: i for i, n in enumerate(_param_names(model, opt))}
+    index = {n: i for i, n in enumerate(param_names(model, opt))}
     return {"state": {index[n]: s for n, s in state["state"].items()},
             "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
 
@@ -184,7 +210,7 @@ def load_full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer
     """The inverse of full_optimizer_state, on every rank: whole tensors in, each rank keeps its shards."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    names = _param_names(model, opt)
+    names = param_names(model, opt)
     by_name = {"state": {names[int(i)]: s for i, s in state["state"].items()},
                "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
     set_optimizer_state_dict(model, opt, by_name, options=_full_options())

@@ -248,27 +248,29 @@ class RoutedExperts(nn.Module):
     ) -> torch.Tensor:
         order, token_of = sort_by_expert(idx_NK, kept_NK)
         counts_E = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0])
-        x_sorted = x_ND[token_of]  # (N*K, D)
-        if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16) and order.numel() >= 2 * len(counts_E):
+        out = self.compute(x_ND[token_of], counts_E)  # (N*K, D)
+        out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
+        return torch.zeros_like(x_ND).index_add_(0, token_of, out)
+
+    def compute(self, x_sorted: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """Each expert's SwiGLU over its slice of x_sorted (rows grouped by expert, counts_E rows each)."""
+        if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16) and len(x_sorted) >= 2 * len(counts_E):
             # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead. Not for a
             # handful of tokens (decoding): the CPU kernel visits every expert, used or not
             offs = counts_E.cumsum(0).to(torch.int32)
             h = F.silu(torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)) * torch._grouped_mm(
                 x_sorted, self.up_proj.transpose(1, 2), offs=offs)  # (N*K, F)
-            out = torch._grouped_mm(h, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
-        else:
-            outs, start = [], 0
-            for e, count in enumerate(counts_E.tolist()):
-                if count == 0:
-                    continue  # an idle expert costs nothing
-                h = x_sorted[start:start + count]
-                h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (count, F)
-                outs.append(h @ self.down_proj[e].T)
-                start += count
-            # concatenated, not written into slices: autograd would copy the whole buffer once per slice
-            out = torch.cat(outs) if outs else x_sorted.new_zeros(0, x_ND.shape[1])
-        out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
-        return torch.zeros_like(x_ND).index_add_(0, token_of, out)
+            return torch._grouped_mm(h, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
+        outs, start = [], 0
+        for e, count in enumerate(counts_E.tolist()):
+            if count == 0:
+                continue  # an idle expert costs nothing
+            h = x_sorted[start:start + count]
+            h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (count, F)
+            outs.append(h @ self.down_proj[e].T)
+            start += count
+        # concatenated, not written into slices: autograd would copy the whole buffer once per slice
+        return torch.cat(outs) if outs else x_sorted.new_zeros(0, self.down_proj.shape[1])
 
 
 def capacity_mask(idx_NK: torch.Tensor, weight_NK: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -10,9 +10,11 @@ rank r reads its own rows of each global batch of batch_size x N x grad_accum se
 averaged over the ranks after backward, and the loss-free bias moves by the expert counts summed over all ranks,
 so every rank holds the same weights and bias and the logged losses are those of one process with batch_size x N.
 `parallel` "ddp" keeps the whole model on every rank; "fsdp" (FSDP2) shards weights, gradients and AdamW state
-over the ranks and gathers whole tensors on rank 0 for checkpoints, which are those one process writes.
-The auxiliary balance losses stay per rank (each rank's loss over its own rows, then averaged with the
-gradients). Only rank 0 writes the run folder; every rank restores from it on resume, so it must be shared.
+over the ranks and gathers whole tensors on rank 0 for checkpoints, which are those one process writes;
+"expert" splits each MoE layer's routed experts over the ranks and sends tokens to them (seekmoe/expert_parallel.py).
+The auxiliary balance losses use the global batch's expert counts (all-reduced) with each rank's own scores, so
+averaged over the ranks they are one process's. Only rank 0 writes the run folder; every rank restores from it on
+resume, so it must be shared.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from seekmoe import distributed
+from seekmoe import distributed, expert_parallel
 from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
 from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model, save_tensors, write_folder
 from seekmoe.config import ConfigError, resolve_config
@@ -97,29 +99,39 @@ class Trainee:
     save: Callable[[Path], None]  # write the weights into a checkpoint folder
     load: Callable[[Path], None]  # and read them back
     sharded: bool = False  # FSDP2: params are DTensor shards; checkpoints gather whole tensors on rank 0
+    local: list[torch.nn.Parameter] = field(default_factory=list)  # expert parallel: this rank's experts only
 
 
 def full_trainee(model: CausalLM) -> Trainee:
     """Every weight trains; a checkpoint holds the whole model in the Hugging Face layout."""
-    sharded = distributed.is_sharded(model)
+    sharded, split = distributed.is_sharded(model), expert_parallel.is_split(model)
 
     def load(path: Path) -> None:
         state = load_model(path).state_dict()
         if sharded:
             distributed.load_full_model_state(model, state)
+        elif split:
+            model.load_state_dict(expert_parallel.local_model_state(model, state))
         else:
             model.load_state_dict(state)
 
-    return Trainee(model, list(model.parameters()), lambda path: save_model(model, path), load, sharded)
+    local = [p for n, p in model.named_parameters() if n in expert_parallel.local_names(model)]
+    return Trainee(model, list(model.parameters()), lambda path: save_model(model, path), load, sharded, local)
 
 
 def gathered(trainee: Trainee, opt: torch.optim.Optimizer) -> tuple[Trainee, dict[str, Any] | None]:
-    """What save_checkpoint writes: the trainee and opt.state_dict(), or under fsdp (every rank takes part) a whole
-    copy of the model and the optimizer state gathered on rank 0, as one process holds them; None elsewhere."""
-    if not trainee.sharded:
+    """What save_checkpoint writes: the trainee and opt.state_dict(), or under fsdp and expert parallel (every rank
+    takes part) a whole copy of the model and the optimizer state gathered on rank 0, as one process holds them;
+    None elsewhere."""
+    if trainee.sharded:
+        model_state = distributed.full_model_state(trainee.model)
+        opt_state = distributed.full_optimizer_state(trainee.model, opt)
+    elif trainee.local:
+        model_state = expert_parallel.full_model_state(trainee.model)
+        opt_state = expert_parallel.full_optimizer_state(trainee.model, opt,
+                                                         distributed.param_names(trainee.model, opt))
+    else:
         return trainee, opt.state_dict()
-    model_state = distributed.full_model_state(trainee.model)
-    opt_state = distributed.full_optimizer_state(trainee.model, opt)
     if not distributed.is_main():
         return trainee, None
     whole = CausalLM(trainee.model.config)
@@ -201,6 +213,9 @@ def restore(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
     full = {"state": state, "param_groups": trainer_state["param_groups"]}
     if trainee.sharded:
         distributed.load_full_optimizer_state(trainee.model, opt, full)
+    elif trainee.local:
+        opt.load_state_dict(expert_parallel.local_optimizer_state(trainee.model, full,
+                                                                  distributed.param_names(trainee.model, opt)))
     else:
         opt.load_state_dict(full)
     torch.set_rng_state(tensors["rng.torch"])
@@ -341,6 +356,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
     distributed.init(cfg.dist_timeout_s)
     if cfg.parallel == "fsdp" and distributed.world() > 1:
         distributed.shard(model, list(model.model.layers))
+    elif cfg.parallel == "expert" and distributed.world() > 1:
+        expert_parallel.split(model, distributed.rank(), distributed.world())
+        if distributed.is_main():
+            (log or _stderr)(f"seekmoe: expert parallel: each of {distributed.world()} ranks holds "
+                             f"{model.config.n_routed_experts // distributed.world()} routed experts per MoE layer")
     try:
         return run(cfg, full_trainee(model), train_data, val_data, progress, log or _stderr)
     finally:
@@ -401,11 +421,13 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
                            ).tolist()
         loads.all_reduce()
         if not trainee.sharded:  # FSDP2 reduce-scattered the mean in backward
-            distributed.average_gradients(trainee.params)
+            distributed.average_gradients(trainee.params, trainee.local)
         if not math.isfinite(lm_sum):
             raise TrainError(f"loss became {lm_sum} at step {step}; lower lr (now {lr:.2e}) or check the data")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.grad_clip)
-        grad_norm = (grad_norm.full_tensor() if trainee.sharded else grad_norm).item()  # a DTensor under fsdp
+        if trainee.sharded:  # the norm is a DTensor under fsdp
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.grad_clip).full_tensor().item()
+        else:
+            grad_norm = distributed.clip_grad_norm(trainee.params, cfg.grad_clip, trainee.local)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cfg.balance.mode == "loss_free":
@@ -430,7 +452,7 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
                 _append_metrics(metrics, last)
                 _plot(out, log)
         if done % cfg.save_every == 0 or done == cfg.steps:
-            saved, state = gathered(trainee, opt) if trainee.sharded or main else (trainee, None)
+            saved, state = gathered(trainee, opt) if trainee.sharded or trainee.local or main else (trainee, None)
             if main:
                 save_checkpoint(out / "checkpoints", done, saved, state, cfg)
             distributed.barrier()  # no rank runs ahead while the checkpoint is written and old ones deleted

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 MODES = ("none", "aux", "loss_free", "auto")
 BIAS_RULES = ("sign", "proportional")
-PARALLEL = ("ddp", "fsdp")
+PARALLEL = ("ddp", "fsdp", "expert")
 
 
 @dataclass
@@ -81,7 +81,9 @@ class TrainConfig:
     seed: int = 0
     # data parallel (torchrun): the global batch is batch_size x ranks x grad_accum sequences
     dist_timeout_s: float = 300.0  # a collective with no answer for this long (a rank died) fails the run
-    parallel: str = "ddp"  # ddp: whole model on every rank | fsdp: FSDP2 shards weights, grads and optimizer state
+    # ddp: whole model on every rank | fsdp: FSDP2 shards weights, grads and optimizer state | expert: each rank
+    # holds E / ranks routed experts per layer, tokens exchanged with all_to_all, the rest as ddp
+    parallel: str = "ddp"
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
     SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}  # nested: "balance.mode" on the command line
@@ -258,8 +260,10 @@ _HELP = {
     "eval_every": "validate every N steps", "eval_batches": "validation batches per evaluation",
     "save_every": "checkpoint every N steps", "keep_checkpoints": "keep the newest N checkpoints",
     "seed": "seed of the model init and data order",
-    "parallel": "under torchrun: ddp (every rank holds the whole model, gradients all-reduced) or fsdp (FSDP2 shards "
-                "weights, gradients and optimizer state over the ranks; checkpoints still hold whole tensors)",
+    "parallel": "under torchrun: ddp (every rank holds the whole model, gradients all-reduced), fsdp (FSDP2 shards "
+                "weights, gradients and optimizer state over the ranks) or expert (each rank holds n_routed_experts "
+                "/ ranks experts per MoE layer, tokens sent to them with all_to_all; the rest as ddp); checkpoints "
+                "hold whole tensors in every case",
     "dist_timeout_s": "under torchrun: fail when another rank gives no answer for this many seconds (it died)",
     "mode": "expert balancing: none, aux (V2/V3 auxiliary losses), loss_free (bias), or auto (the model's own: "
             "loss_free when its routing has a bias, noaux_tc, else aux)",

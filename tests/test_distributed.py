@@ -91,12 +91,13 @@ def test_a_rank_that_exits_or_stalls_fails_the_other_within_the_timeout(corpus, 
 
 
 
-def torchrun(cfg, tmp_path: Path) -> None:
+def torchrun(cfg, tmp_path: Path) -> str:
     (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "seekmoe.train", str(tmp_path / "train.json"), "--no-progress"]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    return done.stderr
 
 
 def max_diff(a: Path, b: Path, step: int, name: str) -> float:
@@ -142,3 +143,53 @@ def test_fsdp_matches_ddp_and_one_process_and_checkpoints_move_between_them(corp
         assert sorted(resumed) == [5, 6, 7, 8], run
         for step in resumed:
             assert resumed[step] == pytest.approx(one[step], rel=1e-5), (run, step)
+
+
+def test_expert_parallel_matches_ddp_and_one_process_and_checkpoints_move_between_them(corpus, tmp_path):
+    # each of the 2 ranks holds 2 of the 4 experts per layer; tokens go to them and back by all_to_all. The aux
+    # losses (expert- and device-level, experts in 2 device groups) use the global counts: one process's values
+    balance = {"mode": "aux", "n_devices": 2, "expert_alpha": 0.1, "device_alpha": 0.1, "sequence_alpha": 0.0}
+    settings = dict(steps=8, eval_every=4, save_every=4, balance=balance, dist_timeout_s=60)
+    said = torchrun(config(corpus, tmp_path / "ep", batch_size=2, parallel="expert", **settings), tmp_path)
+    assert "each of 2 ranks holds 2 routed experts per MoE layer" in said
+    torchrun(config(corpus, tmp_path / "ddp", batch_size=2, **settings), tmp_path)
+    train(config(corpus, tmp_path / "one", batch_size=4, **settings), progress=False)
+    logs = {run: [r for r in records(tmp_path / run) if r["split"] == "train"] for run in ("ep", "ddp", "one")}
+    assert [r["step"] for r in logs["ep"]] == list(range(1, 9))
+    for key in ("loss", "aux_loss", "grad_norm"):
+        for run in ("ep", "ddp"):
+            assert [r[key] for r in logs[run]] == pytest.approx([r[key] for r in logs["one"]], rel=1e-5), (run, key)
+    assert logs["one"][0]["aux_loss"] > 0
+    assert [r["layers"][0]["load"] for r in logs["ep"]] == [r["layers"][0]["load"] for r in logs["one"]]
+    val = [r["val_loss"] for r in records(tmp_path / "ep") if r["split"] == "val"]
+    assert val == pytest.approx([r["val_loss"] for r in records(tmp_path / "one") if r["split"] == "val"], rel=1e-5)
+    for step in (4, 8):
+        for name in ("model", "optimizer"):  # whole experts and their AdamW moments, gathered from both ranks
+            assert max_diff(tmp_path / "ep", tmp_path / "ddp", step, name) <= 1e-5, (step, name)
+            assert max_diff(tmp_path / "ep", tmp_path / "one", step, name) <= 1e-5, (step, name)
+
+    # expert parallel's step-4 checkpoint resumes in one process, and one process's under expert parallel
+    resume_from(tmp_path / "ep", 4, tmp_path / "ep_to_one")
+    train(config(corpus, tmp_path / "ep_to_one", batch_size=4, **settings), progress=False)
+    resume_from(tmp_path / "one", 4, tmp_path / "one_to_ep")
+    torchrun(config(corpus, tmp_path / "one_to_ep", batch_size=2, parallel="expert", **settings), tmp_path)
+    one = train_losses(tmp_path / "one")
+    for run in ("ep_to_one", "one_to_ep"):
+        resumed = train_losses(tmp_path / run)
+        assert sorted(resumed) == [5, 6, 7, 8], run
+        for step in resumed:
+            assert resumed[step] == pytest.approx(one[step], rel=1e-5), (run, step)
+
+
+def test_expert_parallel_refuses_what_it_cannot_split(corpus):
+    from seekmoe.config import ModelConfig
+    from seekmoe.expert_parallel import split
+    from seekmoe.model import CausalLM
+    from seekmoe.train_config import TrainError
+
+    cfg = json.loads((corpus / "model.json").read_text())
+    with pytest.raises(TrainError, match=r"n_routed_experts \(4\) must be divisible by the number of ranks \(3\)"):
+        split(CausalLM(ModelConfig.from_dict(cfg)), 1, 3)
+    dense = ModelConfig.from_dict({**cfg, "n_routed_experts": None, "first_k_dense_replace": 0})
+    with pytest.raises(TrainError, match="needs a MoE model"):
+        split(CausalLM(dense), 0, 2)
