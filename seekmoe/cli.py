@@ -28,13 +28,24 @@ def load_config(source: str) -> ModelConfig:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from seekmoe.inspect import format_report, inspect_config
 
-    report = inspect_config(load_config(args.config))
+    report = inspect_config(load_config(args.config), ranks=args.ranks, context=args.context)
     if args.json:
         print(json.dumps({"source": args.config, **report.to_dict()}, indent=2))
     else:
         print(f"seekmoe inspect {args.config}\n")
         print(format_report(report))
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: '8' -> 8; '0', '-1' and 'abc' are usage errors naming what was given."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
@@ -125,12 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="parameter counts, layer layout and KV-cache size of a config, no weights",
-                       description="Parameter counts (total and active per token), layer layout and KV-cache "
-                                   "bytes per token, computed from config.json alone.")
+    p = sub.add_parser("inspect", help="parameter counts, layer layout, KV-cache and memory sizes of a config, "
+                                       "no weights",
+                       description="Parameter counts (total and active per token), layer layout, KV-cache "
+                                   "bytes per token, and the memory to train (per rank, under ddp, fsdp and expert "
+                                   "parallel) and serve the model, computed from config.json alone.")
     p.add_argument("config", metavar="PATH_OR_CONFIG",
                    help="a directory holding config.json, a .json file, or a bundled config name "
                         f"({', '.join(bundled_configs())})")
+    p.add_argument("--ranks", type=positive_int, default=8, metavar="N",
+                   help="processes (GPUs) the memory section splits the model over (default 8)")
+    p.add_argument("--context", type=positive_int, default=4096, metavar="T",
+                   help="tokens of the one sequence whose KV cache the memory section gives (default 4096)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.set_defaults(func=cmd_inspect)
 

@@ -1,5 +1,6 @@
 """What a ModelConfig costs, from the config alone: parameters per component (total and active per token), the
-layer layout, and KV-cache bytes per token. No weights, no torch.
+layer layout, KV-cache bytes per token, and the memory they take to train and serve over N ranks. No weights, no
+torch.
 
 Counting convention (the one that reproduces DeepSeek's published figures):
   total            = every parameter, the input embedding table included; a tied lm_head is counted once.
@@ -30,6 +31,13 @@ CONVENTION = {
 }
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DEFAULT_DTYPE = "bfloat16"  # what every published DeepSeek checkpoint declares
+# float32 weights and gradients, AdamW's two float32 moments; activations come on top and depend on the batch
+TRAIN_BYTES_PER_PARAM = 16
+TRAIN_LAYOUTS = {
+    "ddp": "whole model on every rank",
+    "fsdp": "everything sharded over the ranks",
+    "expert": "routed experts split, the rest replicated",
+}
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,38 @@ class KVCache:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """Bytes from the parameter counts alone: training state per rank, serving weights, one sequence's KV cache."""
+
+    ranks: int
+    context: int  # tokens of the one sequence whose KV cache is given
+    train_per_rank: dict[str, int | None]  # TRAIN_LAYOUTS -> bytes; None where the layout does not apply
+    expert_note: str  # why train_per_rank["expert"] is None
+    bf16: int  # serving weights, whole model
+    int8: int  # approximate: the per-row float32 scales are not counted
+    kv_mla: int  # KV cache of `context` tokens, MLA latent
+    kv_mha: int  # the same with MHA's full K and V
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ranks": self.ranks,
+            "context": self.context,
+            "train_bytes_per_param": TRAIN_BYTES_PER_PARAM,
+            "train_per_rank": self.train_per_rank,
+            "expert_note": self.expert_note,
+            "serving": {"bfloat16": {"whole": self.bf16, "per_rank": _ceil_div(self.bf16, self.ranks)},
+                        "int8": {"whole": self.int8, "per_rank": _ceil_div(self.int8, self.ranks),
+                                 "approximate": True}},
+            "kv_cache": {"tokens": self.context, "mla": self.kv_mla, "mha": self.kv_mha},
+        }
+
+
+@dataclass(frozen=True)
 class Report:
     components: tuple[Component, ...]
     layout: str
     kv_cache: KVCache
+    memory: Memory
     not_counted: str = ""  # modules the config declares that the counts leave out (MTP layers)
 
     @property
@@ -80,6 +116,7 @@ class Report:
             "layout": self.layout,
             "not_counted": self.not_counted,
             "kv_cache": {**asdict(self.kv_cache), "ratio": self.kv_cache.ratio},
+            "memory": self.memory.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -172,10 +209,42 @@ def kv_cache(cfg: ModelConfig) -> KVCache:
     return KVCache(dtype, b, mla, mha, n * mla * b, n * mha * b)
 
 
-def inspect_config(cfg: ModelConfig) -> Report:
+def int8_parameters(cfg: ModelConfig, components: tuple[Component, ...]) -> int:
+    """Parameters `seekmoe serve --int8` stores as int8 (engine/quant.py): the attention projections but kv_b_proj,
+    the MLPs and experts, an untied lm_head. The embedding table, routers, norms and kv_b_proj stay bfloat16."""
+    parts = {c.name: c.total for c in components}
+    attention = cfg.num_hidden_layers * sum(_numel(s) for name, s in attention_shapes(cfg).items()
+                                            if len(s) == 2 and name != "kv_b_proj")
+    return attention + parts["dense MLP"] + parts["shared experts"] + parts["routed experts"] + parts["head"]
+
+
+def memory(cfg: ModelConfig, components: tuple[Component, ...], kv: KVCache, ranks: int, context: int) -> Memory:
+    if ranks < 1 or context < 1:
+        raise ValueError(f"ranks and context must be >= 1, got ranks={ranks}, context={context}")
+    total = sum(c.total for c in components)
+    routed = {c.name: c.total for c in components}["routed experts"]
+    train = {"ddp": TRAIN_BYTES_PER_PARAM * total, "fsdp": _ceil_div(TRAIN_BYTES_PER_PARAM * total, ranks)}
+    experts = cfg.n_routed_experts or 0
+    if not routed:
+        train["expert"], note = None, "no routed experts"
+    elif experts % ranks:
+        train["expert"], note = None, f"n_routed_experts ({experts}) not divisible by {ranks}"
+    else:  # every MoE layer holds the same experts, so routed / ranks is exact
+        train["expert"], note = TRAIN_BYTES_PER_PARAM * (routed // ranks + total - routed), ""
+    q = int8_parameters(cfg, components)
+    return Memory(ranks, context, train, note, 2 * total, q + 2 * (total - q),
+                  kv.mla_bytes_per_token * context, kv.mha_bytes_per_token * context)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)  # a shard is rounded up: FSDP pads, and a split weight cannot hold a fraction of a byte
+
+
+def inspect_config(cfg: ModelConfig, ranks: int = 8, context: int = 4096) -> Report:
     mtp = cfg.extra.get("num_nextn_predict_layers") or 0
     not_counted = f"{mtp} multi-token-prediction layer{'s' * (mtp != 1)} (num_nextn_predict_layers)" if mtp else ""
-    return Report(count_parameters(cfg), layer_layout(cfg), kv_cache(cfg), not_counted)
+    components, kv = count_parameters(cfg), kv_cache(cfg)
+    return Report(components, layer_layout(cfg), kv, memory(cfg, components, kv, ranks, context), not_counted)
 
 
 # ---- text --------------------------------------------------------------------------------------------------
@@ -189,10 +258,16 @@ def human(n: float, unit: str = "") -> str:
 
 def human_bytes(n: int) -> str:
     """69_120 -> '69,120 B (67.50 KiB)'."""
-    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    short = binary_bytes(n)
+    return f"{n:,} B" if short.endswith(" B") else f"{n:,} B ({short})"
+
+
+def binary_bytes(n: int) -> str:
+    """69_120 -> '67.50 KiB'."""
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= scale:
-            return f"{n:,} B ({n / scale:.2f} {suffix})"
-    return f"{n:,} B"
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n} B"
 
 
 def format_report(report: Report) -> str:
@@ -219,5 +294,31 @@ def format_report(report: Report) -> str:
         f"  MHA with the same heads, K + V = {kv.mha_elements_per_layer:,}/layer: "
         f"{human_bytes(kv.mha_bytes_per_token)}",
         f"  MHA / MLA: {kv.ratio:.1f}x",
+        "",
+        *format_memory(report.memory, report.total, kv.dtype),
     ]
     return "\n".join(lines)
+
+
+def format_memory(m: Memory, total: int, kv_dtype: str) -> list[str]:
+    def row(label: str, *sizes: int) -> str:
+        return f"    {label:<58}" + "".join(f"{binary_bytes(b):>12}" for b in sizes)
+
+    lines = [
+        f"Memory over {m.ranks} rank{'s' * (m.ranks != 1)} (--ranks), from the {human(total)} parameters above; "
+        "activations not counted:",
+        f"  training, per rank: float32 weights, gradients and AdamW's two moments, {TRAIN_BYTES_PER_PARAM} "
+        "bytes/parameter",
+    ]
+    for name, what in TRAIN_LAYOUTS.items():
+        b = m.train_per_rank[name]
+        lines.append(row(f"{name:<8}{what}", b) if b is not None else f"    {name:<8}{m.expert_note}")
+    lines += [
+        f"  {f'serving weights (tensor/expert parallel over {m.ranks})':<60}{'whole':>12}{'per rank':>12}",
+        row("bfloat16, 2 bytes/parameter", m.bf16, _ceil_div(m.bf16, m.ranks)),
+        row("int8 weight-only (serve --int8), approximate: no scales", m.int8, _ceil_div(m.int8, m.ranks)),
+        f"  KV cache of one {m.context:,}-token sequence (--context), {kv_dtype}",
+        row("MLA latent", m.kv_mla),
+        row("MHA with the same heads", m.kv_mha),
+    ]
+    return lines

@@ -12,7 +12,8 @@ import pytest
 
 import seekmoe.inspect as inspect_mod
 from seekmoe.config import ModelConfig
-from seekmoe.inspect import format_report, human, inspect_config, layer_layout
+from seekmoe.inspect import binary_bytes, format_report, human, inspect_config, layer_layout
+from tests.conftest import run_cli
 
 # Published (total, active) parameter counts: DeepSeek-V2 paper (V2, V2-Lite), DeepSeek-V3 report.
 PUBLISHED = {
@@ -190,3 +191,74 @@ def test_inspect_does_not_import_torch():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "torch" not in imported
+
+
+# ---- memory ------------------------------------------------------------------------------------------------
+# TINY by hand: layers 2 and 4 are MoE, 0, 1 and 3 dense. Per layer, attention is q_a 192 + q_a_layernorm 12 +
+# q_b 360 + kv_a 192 + kv_a_layernorm 8 + kv_b 264 + o 240 = 1,268. One expert is 3 * 16 * 7 = 336.
+TINY_TOTAL = (2 * 97 * 16 + 16  # embedding table, lm_head, final norm
+              + 5 * (1268 + 2 * 16)  # attention and the two norms of each layer
+              + 3 * 3 * 16 * 40  # dense MLPs
+              + 2 * (336 + 4 * 336 + 4 * 16 + 4))  # MoE layers: shared, routed, router and its bias
+TINY_ROUTED = 2 * 4 * 336
+TINY_INT8 = 5 * (192 + 360 + 192 + 240) + 3 * 3 * 16 * 40 + 2 * 5 * 336 + 97 * 16  # projections, experts, lm_head
+
+
+def test_memory_tiny_by_hand():
+    assert TINY_TOTAL == inspect_config(tiny()).total == 18_876
+    m = inspect_config(tiny(), ranks=2, context=10).memory
+    expert = 16 * (TINY_ROUTED // 2 + 18_876 - TINY_ROUTED)  # half the routed experts, all the rest
+    assert m.train_per_rank == {"ddp": 16 * 18_876, "fsdp": 8 * 18_876, "expert": expert}
+    assert expert == 280_512 and m.expert_note == ""
+    assert m.bf16 == 2 * 18_876
+    assert m.int8 == TINY_INT8 + 2 * (18_876 - TINY_INT8) == 22_160  # embedding, routers, norms, kv_b_proj in bf16
+    assert (m.kv_mla, m.kv_mha) == (10 * 5 * (8 + 4) * 4, 10 * 5 * 3 * (10 + 5) * 4)  # float32 config
+    d = m.to_dict()
+    assert d["serving"]["bfloat16"]["per_rank"] == 18_876 and d["serving"]["int8"]["per_rank"] == 11_080
+
+
+def test_memory_one_rank_is_the_whole_model():
+    m = inspect_config(tiny(), ranks=1, context=1).memory
+    assert m.train_per_rank == dict.fromkeys(("ddp", "fsdp", "expert"), 16 * TINY_TOTAL)
+
+
+def test_memory_expert_layout_needs_divisible_experts():
+    m = inspect_config(tiny(), ranks=5).memory  # 4 routed experts
+    assert m.train_per_rank["expert"] is None
+    assert m.expert_note == "n_routed_experts (4) not divisible by 5"
+    assert m.train_per_rank["fsdp"] == -(-16 * TINY_TOTAL // 5)  # a shard is rounded up, not down
+    assert "expert  n_routed_experts (4) not divisible by 5" in format_report(inspect_config(tiny(), ranks=5))
+    dense = inspect_config(tiny(n_routed_experts=None), ranks=2).memory
+    assert dense.train_per_rank["expert"] is None and dense.expert_note == "no routed experts"
+    with pytest.raises(ValueError, match="ranks and context must be >= 1"):
+        inspect_config(tiny(), ranks=0)
+
+
+def test_memory_text_follows_the_kv_section():
+    report = inspect_config(bundled("deepseek-v2-lite"))
+    text = format_report(report)
+    assert text.index("MHA / MLA: 8.9x") < text.index("Memory over 8 ranks (--ranks)")
+    assert text.splitlines()[-1].split() == ["MHA", "with", "the", "same", "heads", "1.05", "GiB"]  # 4096 tokens
+    for b in (*report.memory.train_per_rank.values(), report.memory.bf16, report.memory.int8, 4096 * 31_104):
+        assert binary_bytes(b) in text
+    assert binary_bytes(2**40 * 3 // 2) == "1.50 TiB" and binary_bytes(1000) == "1000 B"
+
+
+def test_cli_ranks_and_context(capsys):
+    rc, out, err = run_cli(capsys, "inspect", "deepseek-v2-lite", "--ranks", "4", "--context", "100", "--json")
+    assert rc == 0 and err == ""
+    m = json.loads(out)["memory"]
+    assert (m["ranks"], m["context"], m["train_bytes_per_param"]) == (4, 100, 16)
+    assert m["train_per_rank"]["fsdp"] == 4 * 15_706_484_224  # 16 bytes over 4 ranks
+    assert m["kv_cache"] == {"tokens": 100, "mla": 100 * 31_104, "mha": 100 * 276_480}
+
+    rc, out, _ = run_cli(capsys, "inspect", "deepseek-v2-lite", "--ranks", "3")
+    assert rc == 0 and "Memory over 3 ranks" in out and "n_routed_experts (64) not divisible by 3" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--ranks", "0"), ("--ranks", "abc"), ("--context", "-1"),
+                                         ("--context", "2.5")])
+def test_cli_rejects_bad_ranks_and_context(capsys, flag, value):
+    rc, out, err = run_cli(capsys, "inspect", "deepseek-v2-lite", flag, value)
+    assert rc == 2 and out == ""
+    assert f"error: argument {flag}: must be a positive integer, got {value!r}" in err
