@@ -56,7 +56,9 @@ class ParallelExperts(RoutedExperts):
         x_recv = all_to_all_single_autograd(x_ND[token_of], recv, send, group)  # (sum recv, D): by source, expert
         expert_of = torch.arange(self.local).repeat(self.world).repeat_interleave(recv_RL.flatten())
         by_expert = expert_of.argsort(stable=True)
-        out_local = self.compute(x_recv[by_expert], recv_RL.sum(0))  # rows grouped by local expert
+        # rows grouped by local expert. No row at all (every token chose other ranks' experts): still an output
+        # that depends on x_recv, or this rank would skip the backward all_to_all the others wait in
+        out_local = self.compute(x_recv[by_expert], recv_RL.sum(0)) if len(x_recv) else x_recv * 0
         out_recv = torch.empty_like(out_local).index_copy(0, by_expert, out_local)  # back in received order
         out = all_to_all_single_autograd(out_recv, send, recv, group)  # (N*K kept, D) in this rank's order
         out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
