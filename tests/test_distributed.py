@@ -37,7 +37,7 @@ def records(run: Path) -> list[dict]:
 def test_two_ranks_match_one_process_with_the_whole_batch(corpus, tmp_path):
     # rank r reads rows [r*b, (r+1)*b) of the global batch of 2b that one process reads (TokenShards.batch)
     balance = {"mode": "loss_free", "bias_update_rate": 0.01}
-    settings = dict(steps=12, eval_every=6, save_every=6, balance=balance, dist_timeout_s=60)
+    settings = dict(steps=20, eval_every=10, save_every=10, balance=balance, dist_timeout_s=60)
     cfg = config(corpus, tmp_path / "ddp", batch_size=2, **settings)
     (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -48,12 +48,12 @@ def test_two_ranks_match_one_process_with_the_whole_batch(corpus, tmp_path):
 
     train(config(corpus, tmp_path / "one", batch_size=4, **settings), progress=False)
     ddp, one = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
-    assert sorted(ddp) == list(range(1, 13))
+    assert sorted(ddp) == list(range(1, 21))
     for step in one:
         assert ddp[step] == pytest.approx(one[step], rel=1e-5), step
     val = {r["step"]: r for r in records(tmp_path / "ddp") if r["split"] == "val"}
     val_one = {r["step"]: r for r in records(tmp_path / "one") if r["split"] == "val"}
-    assert val.keys() == val_one.keys() == {6, 12}
+    assert val.keys() == val_one.keys() == {10, 20}
     for step in val:
         assert val[step]["val_loss"] == pytest.approx(val_one[step]["val_loss"], rel=1e-5)
     # the global expert counts moved the bias: the same loads logged, the same bias saved
@@ -61,7 +61,7 @@ def test_two_ranks_match_one_process_with_the_whole_batch(corpus, tmp_path):
     train_ddp = [r for r in records(tmp_path / "ddp") if r["split"] == "train"]
     assert [r["layers"][0]["load"] for r in train_ddp] == [r["layers"][0]["load"] for r in train_one]
     assert [r["tokens"] for r in train_ddp] == [r["tokens"] for r in train_one]
-    final = "checkpoints/step-00000012/model.safetensors"
+    final = "checkpoints/step-00000020/model.safetensors"
     bias_ddp, bias_one = load_file(str(tmp_path / "ddp" / final))[BIAS], load_file(str(tmp_path / "one" / final))[BIAS]
     assert bias_one.abs().sum() > 0 and bias_ddp.equal(bias_one)
 
@@ -114,33 +114,33 @@ def resume_from(src: Path, step: int, dst: Path) -> None:
 def test_fsdp_matches_ddp_and_one_process_and_checkpoints_move_between_them(corpus, tmp_path):
     # FSDP2 shards weights, gradients and AdamW state over the 2 ranks; rank 0 gathers whole tensors to save
     balance = {"mode": "loss_free", "bias_update_rate": 0.01}
-    settings = dict(steps=8, eval_every=4, save_every=4, balance=balance, dist_timeout_s=60)
+    settings = dict(steps=20, eval_every=10, save_every=10, balance=balance, dist_timeout_s=60)
     torchrun(config(corpus, tmp_path / "fsdp", batch_size=2, parallel="fsdp", **settings), tmp_path)
     torchrun(config(corpus, tmp_path / "ddp", batch_size=2, **settings), tmp_path)
     train(config(corpus, tmp_path / "one", batch_size=4, **settings), progress=False)
     fsdp, one = train_losses(tmp_path / "fsdp"), train_losses(tmp_path / "one")
-    assert sorted(fsdp) == list(range(1, 9))
+    assert sorted(fsdp) == list(range(1, 21))
     for step in one:
         assert fsdp[step] == pytest.approx(one[step], rel=1e-5), step
     # the mean gradient, not the sum over the ranks (AdamW alone would hide a factor of 2, the norm does not)
     norms = [[r["grad_norm"] for r in records(tmp_path / run) if r["split"] == "train"] for run in ("fsdp", "one")]
-    assert norms[0] == pytest.approx(norms[1], rel=1e-5)
-    for step in (4, 8):
+    assert norms[0] == pytest.approx(norms[1], rel=1e-3)  # float32 sums in another order drift to ~1e-4
+    for step in (10, 20):
         for name in ("model", "optimizer"):  # the same Hugging Face checkpoint and AdamW state
             assert max_diff(tmp_path / "fsdp", tmp_path / "ddp", step, name) <= 1e-6, (step, name)
             # one process sums the batch's gradient in another order; AdamW scales that float32 rounding up
-            # where its second moment is tiny: ~2e-6 on weights of ~0.05, for DDP as for FSDP
-            assert max_diff(tmp_path / "fsdp", tmp_path / "one", step, name) <= 1e-5, (step, name)
-    assert load_file(str(tmp_path / "fsdp/checkpoints/step-00000008/model.safetensors"))[BIAS].abs().sum() > 0
+            # where its second moment is tiny: ~2e-5 after 10 steps on weights of ~0.05, for DDP as for FSDP
+            assert max_diff(tmp_path / "fsdp", tmp_path / "one", step, name) <= 1e-4, (step, name)
+    assert load_file(str(tmp_path / "fsdp/checkpoints/step-00000020/model.safetensors"))[BIAS].abs().sum() > 0
 
-    # fsdp's step-4 checkpoint resumes in one process, and one process's under fsdp: the same steps 5-8
-    resume_from(tmp_path / "fsdp", 4, tmp_path / "fsdp_to_one")
+    # fsdp's step-10 checkpoint resumes in one process, and one process's under fsdp: the same steps 11-20
+    resume_from(tmp_path / "fsdp", 10, tmp_path / "fsdp_to_one")
     train(config(corpus, tmp_path / "fsdp_to_one", batch_size=4, **settings), progress=False)
-    resume_from(tmp_path / "one", 4, tmp_path / "one_to_fsdp")
+    resume_from(tmp_path / "one", 10, tmp_path / "one_to_fsdp")
     torchrun(config(corpus, tmp_path / "one_to_fsdp", batch_size=2, parallel="fsdp", **settings), tmp_path)
     for run in ("fsdp_to_one", "one_to_fsdp"):
         resumed = train_losses(tmp_path / run)
-        assert sorted(resumed) == [5, 6, 7, 8], run
+        assert sorted(resumed) == list(range(11, 21)), run
         for step in resumed:
             assert resumed[step] == pytest.approx(one[step], rel=1e-5), (run, step)
 
@@ -149,34 +149,36 @@ def test_expert_parallel_matches_ddp_and_one_process_and_checkpoints_move_betwee
     # each of the 2 ranks holds 2 of the 4 experts per layer; tokens go to them and back by all_to_all. The aux
     # losses (expert- and device-level, experts in 2 device groups) use the global counts: one process's values
     balance = {"mode": "aux", "n_devices": 2, "expert_alpha": 0.1, "device_alpha": 0.1, "sequence_alpha": 0.0}
-    settings = dict(steps=8, eval_every=4, save_every=4, balance=balance, dist_timeout_s=60)
+    settings = dict(steps=20, eval_every=10, save_every=10, balance=balance, dist_timeout_s=60)
     said = torchrun(config(corpus, tmp_path / "ep", batch_size=2, parallel="expert", **settings), tmp_path)
     assert "each of 2 ranks holds 2 routed experts per MoE layer" in said
     torchrun(config(corpus, tmp_path / "ddp", batch_size=2, **settings), tmp_path)
     train(config(corpus, tmp_path / "one", batch_size=4, **settings), progress=False)
     logs = {run: [r for r in records(tmp_path / run) if r["split"] == "train"] for run in ("ep", "ddp", "one")}
-    assert [r["step"] for r in logs["ep"]] == list(range(1, 9))
-    for key in ("loss", "aux_loss", "grad_norm"):
+    assert [r["step"] for r in logs["ep"]] == list(range(1, 21))
+    # float32 sums in another order: losses agree to 1e-5 over the 20 steps; the gradient norm, a sum of squares
+    # over every weight, drifts to ~1e-4 by the end (a factor of 2 from a sum instead of a mean would show)
+    for key, rel in (("loss", 1e-5), ("aux_loss", 1e-5), ("grad_norm", 1e-3)):
         for run in ("ep", "ddp"):
-            assert [r[key] for r in logs[run]] == pytest.approx([r[key] for r in logs["one"]], rel=1e-5), (run, key)
+            assert [r[key] for r in logs[run]] == pytest.approx([r[key] for r in logs["one"]], rel=rel), (run, key)
     assert logs["one"][0]["aux_loss"] > 0
     assert [r["layers"][0]["load"] for r in logs["ep"]] == [r["layers"][0]["load"] for r in logs["one"]]
     val = [r["val_loss"] for r in records(tmp_path / "ep") if r["split"] == "val"]
     assert val == pytest.approx([r["val_loss"] for r in records(tmp_path / "one") if r["split"] == "val"], rel=1e-5)
-    for step in (4, 8):
+    for step in (10, 20):
         for name in ("model", "optimizer"):  # whole experts and their AdamW moments, gathered from both ranks
-            assert max_diff(tmp_path / "ep", tmp_path / "ddp", step, name) <= 1e-5, (step, name)
-            assert max_diff(tmp_path / "ep", tmp_path / "one", step, name) <= 1e-5, (step, name)
+            assert max_diff(tmp_path / "ep", tmp_path / "ddp", step, name) <= 1e-4, (step, name)
+            assert max_diff(tmp_path / "ep", tmp_path / "one", step, name) <= 1e-4, (step, name)
 
-    # expert parallel's step-4 checkpoint resumes in one process, and one process's under expert parallel
-    resume_from(tmp_path / "ep", 4, tmp_path / "ep_to_one")
+    # expert parallel's step-10 checkpoint resumes in one process, and one process's under expert parallel
+    resume_from(tmp_path / "ep", 10, tmp_path / "ep_to_one")
     train(config(corpus, tmp_path / "ep_to_one", batch_size=4, **settings), progress=False)
-    resume_from(tmp_path / "one", 4, tmp_path / "one_to_ep")
+    resume_from(tmp_path / "one", 10, tmp_path / "one_to_ep")
     torchrun(config(corpus, tmp_path / "one_to_ep", batch_size=2, parallel="expert", **settings), tmp_path)
     one = train_losses(tmp_path / "one")
     for run in ("ep_to_one", "one_to_ep"):
         resumed = train_losses(tmp_path / run)
-        assert sorted(resumed) == [5, 6, 7, 8], run
+        assert sorted(resumed) == list(range(11, 21)), run
         for step in resumed:
             assert resumed[step] == pytest.approx(one[step], rel=1e-5), (run, step)
 
