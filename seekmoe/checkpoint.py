@@ -28,6 +28,7 @@ from seekmoe.model import CausalLM, Gate, RotaryEmbedding
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+SHARDS = "shards"  # the folder of a sharded training checkpoint (torch.distributed.checkpoint, safetensors)
 MAX_INDEX_BYTES = 64 * 2**20  # DeepSeek-V3's index is 9 MB; anything far larger is not an index
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # safetensors dtypes we convert from, and their sizes; fp8/int weights need their scales and are refused
@@ -117,6 +118,8 @@ def _load(path: Path, dtype: torch.dtype) -> CausalLM:
             return load_int8(path, cfg, dtype)
         raise CheckpointError(f"{config_file}: quantization_config ({method}) is not supported; "
                               "convert the weights to bfloat16 first")
+    if (path / SHARDS).is_dir() and not (path / SINGLE_FILE).exists() and not (path / INDEX_FILE).exists():
+        return _load_sharded(path, cfg, dtype)
     mtp_layers = cfg.extra.get("num_nextn_predict_layers") or 0
     if not isinstance(mtp_layers, int) or isinstance(mtp_layers, bool) or mtp_layers < 0:
         raise ConfigError(f"{config_file}: num_nextn_predict_layers must be an int >= 0, got {mtp_layers!r}")
@@ -145,6 +148,19 @@ def _load(path: Path, dtype: torch.dtype) -> CausalLM:
                 for name in batch:
                     _target(state, name).copy_(f.get_tensor(name))
     return model
+
+
+def _load_sharded(path: Path, cfg: ModelConfig, dtype: torch.dtype) -> CausalLM:
+    """A training checkpoint written as torch.distributed.checkpoint shards (checkpoint_format "sharded"), read
+    whole into one process: `seekmoe export hf` of it is the single-file Hugging Face layout."""
+    from seekmoe import distributed  # imported here: it builds on the training config
+
+    model = CausalLM(cfg)
+    try:
+        distributed.load_sharded(model, None, path / SHARDS, [])
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path / SHARDS}: cannot read the sharded checkpoint ({e})") from None
+    return cast_model(model, _dtype_name(dtype)) if dtype != torch.float32 else model
 
 
 def _batches(names: list[str], found: Headers) -> Iterator[tuple[Path, list[str]]]:

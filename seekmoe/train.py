@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -37,7 +38,15 @@ from safetensors.torch import load_file
 
 from seekmoe import distributed, expert_parallel
 from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
-from seekmoe.checkpoint import CheckpointError, atomic_write_bytes, load_model, save_model, save_tensors, write_folder
+from seekmoe.checkpoint import (
+    SHARDS,
+    CheckpointError,
+    atomic_write_bytes,
+    load_model,
+    save_model,
+    save_tensors,
+    write_folder,
+)
 from seekmoe.config import ConfigError, resolve_config
 from seekmoe.model import CausalLM, Gate
 from seekmoe.train_config import TrainConfig, TrainError
@@ -163,9 +172,38 @@ def save_checkpoint(folder: Path, step: int, trainee: Trainee, state: dict[str, 
         atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
 
     folder.mkdir(parents=True, exist_ok=True)
-    final = write_folder(folder / f"step-{step:08d}", write)
-    old = sorted(p for p in folder.glob("step-*") if p.is_dir())[:-cfg.keep_checkpoints]
-    for p in old:
+    return _keep_newest(write_folder(folder / f"step-{step:08d}", write), cfg)
+
+
+def save_sharded_checkpoint(folder: Path, step: int, trainee: Trainee, opt: torch.optim.Optimizer,
+                            cfg: TrainConfig) -> None:
+    """checkpoint_format "sharded", on every rank: each writes its shards of the model and AdamW state
+    (torch.distributed.checkpoint) into a staging folder; rank 0 then adds the configs, RNG, trainer state and
+    checksums and renames the step into place, all or nothing as save_checkpoint. The folder must be shared."""
+    staging = folder / f".step-{step:08d}.{SHARDS}"
+    if distributed.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    distributed.barrier()
+    groups = distributed.save_sharded(trainee.model, opt, staging)
+    distributed.barrier()
+    if not distributed.is_main():
+        return
+
+    def write(tmp: Path) -> None:
+        os.rename(staging, tmp / SHARDS)
+        atomic_write_bytes(tmp / "config.json", (json.dumps(trainee.model.config.to_dict(), indent=2) + "\n").encode())
+        save_tensors({"rng.torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        trainer_state = {"step": step, "param_groups": groups, "config": cfg.to_dict()}
+        atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
+        sums = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
+
+    _keep_newest(write_folder(folder / f"step-{step:08d}", write), cfg)
+
+
+def _keep_newest(final: Path, cfg: TrainConfig) -> Path:
+    for p in sorted(p for p in final.parent.glob("step-*") if p.is_dir())[:-cfg.keep_checkpoints]:
         shutil.rmtree(p, ignore_errors=True)
     return final
 
@@ -176,11 +214,13 @@ def verify_checkpoint(path: Path) -> str | None:
         sums = json.loads((path / "checksums.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return f"checksums.json unreadable ({e})"
-    if not isinstance(sums, dict) or "optimizer.safetensors" not in sums:
+    if not isinstance(sums, dict) or "trainer_state.json" not in sums or not (
+            "optimizer.safetensors" in sums or any(name.startswith(f"{SHARDS}/") for name in sums)):
         return "checksums.json incomplete"
     for name, digest in sums.items():
         file = path / name
-        if Path(name).name != name or not file.is_file():
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or not file.is_file():
             return f"{name} missing"
         if _sha256(file) != digest:
             return f"{name} does not match its checksum"
@@ -199,6 +239,8 @@ def latest_checkpoint(folder: Path, log=print) -> Path | None:
 
 def restore(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
     """Load weights, optimizer and RNG state from a verified checkpoint; returns the step to continue from."""
+    if (path / SHARDS).is_dir():
+        return _restore_sharded(path, trainee, opt)
     trainee.load(path)
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
@@ -219,6 +261,20 @@ def restore(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
     else:
         opt.load_state_dict(full)
     torch.set_rng_state(tensors["rng.torch"])
+    return int(trainer_state["step"])
+
+
+def _restore_sharded(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
+    """A sharded checkpoint, on every rank: each reads its parts, whatever the number of ranks that wrote it."""
+    if trainee.local:
+        raise TrainError(f"{path}: a sharded checkpoint resumes under fsdp, ddp or in one process, not expert parallel")
+    try:
+        trainer_state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        distributed.load_sharded(trainee.model, opt, path / SHARDS, trainer_state["param_groups"])
+        rng = load_file(str(path / "rng.safetensors"))["rng.torch"]
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise TrainError(f"{path}: cannot read the sharded checkpoint ({e})") from None
+    torch.set_rng_state(rng)
     return int(trainer_state["step"])
 
 
@@ -451,7 +507,10 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
             if main:
                 _append_metrics(metrics, last)
                 _plot(out, log)
-        if done % cfg.save_every == 0 or done == cfg.steps:
+        if (done % cfg.save_every == 0 or done == cfg.steps) and cfg.checkpoint_format == "sharded":
+            save_sharded_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
+            distributed.barrier()
+        elif done % cfg.save_every == 0 or done == cfg.steps:
             saved, state = gathered(trainee, opt) if trainee.sharded or trainee.local or main else (trainee, None)
             if main:
                 save_checkpoint(out / "checkpoints", done, saved, state, cfg)

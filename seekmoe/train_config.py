@@ -84,6 +84,9 @@ class TrainConfig:
     # ddp: whole model on every rank | fsdp: FSDP2 shards weights, grads and optimizer state | expert: each rank
     # holds E / ranks routed experts per layer, tokens exchanged with all_to_all, the rest as ddp
     parallel: str = "ddp"
+    # whole: rank 0 writes whole tensors in the Hugging Face layout | sharded (fsdp): torch.distributed.checkpoint,
+    # every rank its own safetensors shard
+    checkpoint_format: str = "whole"
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
     SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}  # nested: "balance.mode" on the command line
@@ -106,6 +109,10 @@ class TrainConfig:
             raise TrainError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.parallel not in PARALLEL:
             raise TrainError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.checkpoint_format not in ("whole", "sharded"):
+            raise TrainError(f"checkpoint_format must be 'whole' or 'sharded', got {self.checkpoint_format!r}")
+        if self.checkpoint_format == "sharded" and self.parallel != "fsdp":
+            raise TrainError("checkpoint_format 'sharded' needs parallel 'fsdp' (the shards are FSDP's)")
         if not (isinstance(self.dist_timeout_s, int | float) and self.dist_timeout_s > 0):
             raise TrainError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s!r}")
         if not (self.grad_clip > 0 and self.weight_decay >= 0):
@@ -242,6 +249,8 @@ class FinetuneConfig(TrainConfig):
             raise TrainError(f"format must be one of {', '.join(SFT_FORMATS)}, got {self.format!r}")
         if not 0 < self.val_fraction < 1:
             raise TrainError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.checkpoint_format != "whole":  # one process, and a LoRA trainee saves its adapter, not the model
+            raise TrainError("fine-tuning writes whole checkpoints: checkpoint_format must be 'whole'")
 
 
 # ---- command line ------------------------------------------------------------------------------------------
@@ -264,6 +273,8 @@ _HELP = {
                 "weights, gradients and optimizer state over the ranks) or expert (each rank holds n_routed_experts "
                 "/ ranks experts per MoE layer, tokens sent to them with all_to_all; the rest as ddp); checkpoints "
                 "hold whole tensors in every case",
+    "checkpoint_format": "whole (rank 0 writes whole tensors, the Hugging Face layout) or sharded (with fsdp: "
+                         "torch.distributed.checkpoint, every rank writes its own safetensors shard)",
     "dist_timeout_s": "under torchrun: fail when another rank gives no answer for this many seconds (it died)",
     "mode": "expert balancing: none, aux (V2/V3 auxiliary losses), loss_free (bias), or auto (the model's own: "
             "loss_free when its routing has a bias, noaux_tc, else aux)",

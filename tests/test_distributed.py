@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from seekmoe.train import train
@@ -195,3 +196,56 @@ def test_expert_parallel_refuses_what_it_cannot_split(corpus):
     dense = ModelConfig.from_dict({**cfg, "n_routed_experts": None, "first_k_dense_replace": 0})
     with pytest.raises(TrainError, match="needs a MoE model"):
         split(CausalLM(dense), 0, 2)
+
+
+def test_sharded_checkpoints_each_rank_writes_its_own_and_they_resume_anywhere(corpus, tmp_path):
+    # checkpoint_format "sharded": torch.distributed.checkpoint, one safetensors file of FSDP shards per rank
+    balance = {"mode": "loss_free", "bias_update_rate": 0.01}
+    settings = dict(steps=8, eval_every=4, save_every=4, balance=balance, dist_timeout_s=60, parallel="fsdp")
+    torchrun(config(corpus, tmp_path / "sharded", batch_size=2, checkpoint_format="sharded", **settings), tmp_path)
+    torchrun(config(corpus, tmp_path / "whole", batch_size=2, **settings), tmp_path)
+    assert train_losses(tmp_path / "sharded") == train_losses(tmp_path / "whole")
+    step8 = tmp_path / "sharded/checkpoints/step-00000008"
+    shards = sorted(p.name for p in (step8 / "shards").iterdir())
+    assert len(shards) == 2 and all(name.endswith(".safetensors") for name in shards), shards
+    assert not list(step8.glob("*.safetensors")) or sorted(p.name for p in step8.glob("*.safetensors")) == [
+        "rng.safetensors"]
+    assert not list((tmp_path / "sharded/checkpoints").glob(".*"))  # no staging folder left behind
+    # read whole in one process: the same weights as the whole checkpoint rank 0 gathered
+    from seekmoe.checkpoint import load_model
+
+    ours = load_model(step8).state_dict()
+    theirs = load_model(tmp_path / "whole/checkpoints/step-00000008").state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], atol=0, rtol=0)
+    # the step-4 shards resume in one process (2 ranks -> 1) with the whole batch: the same steps 5-8
+    resume_from(tmp_path / "sharded", 4, tmp_path / "to_one")
+    one = {k: v for k, v in settings.items() if k != "parallel"}
+    train(config(corpus, tmp_path / "to_one", batch_size=4, **one), progress=False)
+    # and on 2 ranks again, each reading its own parts
+    resume_from(tmp_path / "sharded", 4, tmp_path / "to_two")
+    torchrun(config(corpus, tmp_path / "to_two", batch_size=2, checkpoint_format="sharded", **settings), tmp_path)
+    sharded = train_losses(tmp_path / "sharded")
+    for run in ("to_one", "to_two"):
+        resumed = train_losses(tmp_path / run)
+        assert sorted(resumed) == [5, 6, 7, 8], run
+        for step in resumed:
+            assert resumed[step] == pytest.approx(sharded[step], rel=1e-5), (run, step)
+    # a shard that does not match its checksum: that step is skipped, the one before used
+    victim = sorted((step8 / "shards").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-8] + b"garbage!")
+    from seekmoe.train import latest_checkpoint
+
+    said = []
+    assert latest_checkpoint(tmp_path / "sharded/checkpoints", said.append).name == "step-00000004"
+    assert "does not match its checksum" in said[0]
+
+
+def test_sharded_checkpoints_need_fsdp(corpus, tmp_path):
+    from seekmoe.train_config import TrainError
+
+    with pytest.raises(TrainError, match="checkpoint_format 'sharded' needs parallel 'fsdp'"):
+        config(corpus, tmp_path / "x", checkpoint_format="sharded")
+    with pytest.raises(TrainError, match="checkpoint_format must be 'whole' or 'sharded'"):
+        config(corpus, tmp_path / "x", checkpoint_format="pickle")
