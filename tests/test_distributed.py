@@ -112,6 +112,15 @@ def resume_from(src: Path, step: int, dst: Path) -> None:
     shutil.copytree(src / f"checkpoints/step-{step:08d}", dst / f"checkpoints/step-{step:08d}")
 
 
+def assert_resumed_like(runs: list[Path], reference: dict[int, float], steps: list[int]) -> None:
+    """Each resumed run logged exactly `steps`, with the reference run's losses."""
+    for run in runs:
+        resumed = train_losses(run)
+        assert sorted(resumed) == steps, run
+        for step in resumed:
+            assert resumed[step] == pytest.approx(reference[step], rel=1e-5), (run, step)
+
+
 def test_fsdp_matches_ddp_and_one_process_and_checkpoints_move_between_them(corpus, tmp_path):
     # FSDP2 shards weights, gradients and AdamW state over the 2 ranks; rank 0 gathers whole tensors to save
     balance = {"mode": "loss_free", "bias_update_rate": 0.01}
@@ -139,11 +148,7 @@ def test_fsdp_matches_ddp_and_one_process_and_checkpoints_move_between_them(corp
     train(config(corpus, tmp_path / "fsdp_to_one", batch_size=4, **settings), progress=False)
     resume_from(tmp_path / "one", 10, tmp_path / "one_to_fsdp")
     torchrun(config(corpus, tmp_path / "one_to_fsdp", batch_size=2, parallel="fsdp", **settings), tmp_path)
-    for run in ("fsdp_to_one", "one_to_fsdp"):
-        resumed = train_losses(tmp_path / run)
-        assert sorted(resumed) == list(range(11, 21)), run
-        for step in resumed:
-            assert resumed[step] == pytest.approx(one[step], rel=1e-5), (run, step)
+    assert_resumed_like([tmp_path / "fsdp_to_one", tmp_path / "one_to_fsdp"], one, list(range(11, 21)))
 
 
 def test_expert_parallel_matches_ddp_and_one_process_and_checkpoints_move_between_them(corpus, tmp_path):
@@ -176,12 +181,8 @@ def test_expert_parallel_matches_ddp_and_one_process_and_checkpoints_move_betwee
     train(config(corpus, tmp_path / "ep_to_one", batch_size=4, **settings), progress=False)
     resume_from(tmp_path / "one", 10, tmp_path / "one_to_ep")
     torchrun(config(corpus, tmp_path / "one_to_ep", batch_size=2, parallel="expert", **settings), tmp_path)
-    one = train_losses(tmp_path / "one")
-    for run in ("ep_to_one", "one_to_ep"):
-        resumed = train_losses(tmp_path / run)
-        assert sorted(resumed) == list(range(11, 21)), run
-        for step in resumed:
-            assert resumed[step] == pytest.approx(one[step], rel=1e-5), (run, step)
+    assert_resumed_like([tmp_path / "ep_to_one", tmp_path / "one_to_ep"], train_losses(tmp_path / "one"),
+                        list(range(11, 21)))
 
 
 def test_expert_parallel_refuses_what_it_cannot_split(corpus):
@@ -226,12 +227,7 @@ def test_sharded_checkpoints_each_rank_writes_its_own_and_they_resume_anywhere(c
     # and on 2 ranks again, each reading its own parts
     resume_from(tmp_path / "sharded", 4, tmp_path / "to_two")
     torchrun(config(corpus, tmp_path / "to_two", batch_size=2, checkpoint_format="sharded", **settings), tmp_path)
-    sharded = train_losses(tmp_path / "sharded")
-    for run in ("to_one", "to_two"):
-        resumed = train_losses(tmp_path / run)
-        assert sorted(resumed) == [5, 6, 7, 8], run
-        for step in resumed:
-            assert resumed[step] == pytest.approx(sharded[step], rel=1e-5), (run, step)
+    assert_resumed_like([tmp_path / "to_one", tmp_path / "to_two"], train_losses(tmp_path / "sharded"), [5, 6, 7, 8])
     # a shard that does not match its checksum: that step is skipped, the one before used
     victim = sorted((step8 / "shards").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:-8] + b"garbage!")
