@@ -3,7 +3,8 @@
 `torchrun --nproc-per-node N -m seekmoe.train CONFIG` sets RANK, WORLD_SIZE and LOCAL_RANK; `init` joins the
 process group (gloo on the CPU, nccl with CUDA). Without torchrun's environment every function is a no-op and
 the loop runs as one process. The state lives in torch.distributed's own process group, not in this module.
-With `parallel` "fsdp", `shard` applies FSDP2 and the full_* functions move whole tensors in and out of the shards.
+With `parallel` "fsdp", `shard` applies FSDP2 and the full_* functions move whole tensors in and out of the shards;
+save_sharded / load_sharded write and read each rank's shards with torch.distributed.checkpoint instead.
 
 A collective that gets no answer within the timeout (a rank died, exited early or stalls) raises TrainError
 naming the operation and the rank, instead of hanging: the loop's ranks all make the same calls in the same order.

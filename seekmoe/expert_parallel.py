@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from seekmoe import distributed
 from seekmoe.model import CausalLM, RoutedExperts, sort_by_expert
 from seekmoe.train_config import TrainError
 
@@ -56,9 +57,7 @@ class ParallelExperts(RoutedExperts):
         x_recv = all_to_all_single_autograd(x_ND[token_of], recv, send, group)  # (sum recv, D): by source, expert
         expert_of = torch.arange(self.local).repeat(self.world).repeat_interleave(recv_RL.flatten())
         by_expert = expert_of.argsort(stable=True)
-        # rows grouped by local expert. No row at all (every token chose other ranks' experts): still an output
-        # that depends on x_recv, or this rank would skip the backward all_to_all the others wait in
-        out_local = self.compute(x_recv[by_expert], recv_RL.sum(0)) if len(x_recv) else x_recv * 0
+        out_local = self.compute(x_recv[by_expert], recv_RL.sum(0))  # rows grouped by local expert
         out_recv = torch.empty_like(out_local).index_copy(0, by_expert, out_local)  # back in received order
         out = all_to_all_single_autograd(out_recv, send, recv, group)  # (N*K kept, D) in this rank's order
         out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
@@ -66,8 +65,6 @@ class ParallelExperts(RoutedExperts):
 
 
 def _all_to_all(out: torch.Tensor, inp: torch.Tensor) -> None:
-    from seekmoe import distributed
-
     try:
         dist.all_to_all_single(out, inp.contiguous())
     except RuntimeError as e:
@@ -87,10 +84,6 @@ def split(model: CausalLM, rank: int, world: int) -> None:
         moe.experts = ParallelExperts(moe.experts, rank, world)
 
 
-def is_split(model: nn.Module) -> bool:
-    return any(isinstance(m, ParallelExperts) for m in model.modules())
-
-
 def local_names(model: nn.Module) -> set[str]:
     """Names of the parameters each rank holds a different slice of."""
     return {f"{prefix}.{name}" for prefix, m in model.named_modules() if isinstance(m, ParallelExperts)
@@ -99,8 +92,6 @@ def local_names(model: nn.Module) -> set[str]:
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
     """The experts of every rank, concatenated along dim 0 in rank order (every rank takes part)."""
-    from seekmoe import distributed
-
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     try:
         dist.all_gather(parts, t.detach().contiguous())
@@ -119,9 +110,9 @@ def full_model_state(model: CausalLM) -> dict[str, torch.Tensor]:
     return {k: _gather(v) if k in local else v for k, v in model.state_dict().items()}
 
 
-def full_optimizer_state(model: CausalLM, opt: torch.optim.Optimizer, names: list[str]) -> dict:
-    """opt.state_dict() with the local experts' moments gathered whole; `names` are the parameters by position."""
-    local = local_names(model)
+def full_optimizer_state(model: CausalLM, opt: torch.optim.Optimizer) -> dict:
+    """opt.state_dict() with the local experts' moments gathered whole (every rank takes part)."""
+    local, names = local_names(model), distributed.param_names(model, opt)
     state = opt.state_dict()
     for i, s in state["state"].items():
         if names[i] in local:
@@ -134,8 +125,10 @@ def local_model_state(model: CausalLM, whole: dict[str, torch.Tensor]) -> dict[s
     return {k: _slice(v, world, rank) if k in local else v for k, v in whole.items()}
 
 
-def local_optimizer_state(model: CausalLM, whole: dict, names: list[str]) -> dict:
-    local, rank, world = local_names(model), dist.get_rank(), dist.get_world_size()
+def local_optimizer_state(model: CausalLM, opt: torch.optim.Optimizer, whole: dict) -> dict:
+    """The inverse of full_optimizer_state: this rank's slice of the local experts' moments."""
+    local, names = local_names(model), distributed.param_names(model, opt)
+    rank, world = dist.get_rank(), dist.get_world_size()
     state = {int(i): ({k: _slice(v, world, rank) if v.dim() else v for k, v in s.items()}
                       if names[int(i)] in local else s) for i, s in whole["state"].items()}
     return {**whole, "state": state}

@@ -269,8 +269,10 @@ class RoutedExperts(nn.Module):
             h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (count, F)
             outs.append(h @ self.down_proj[e].T)
             start += count
-        # concatenated, not written into slices: autograd would copy the whole buffer once per slice
-        return torch.cat(outs) if outs else x_sorted.new_zeros(0, self.down_proj.shape[1])
+        # concatenated, not written into slices: autograd would copy the whole buffer once per slice. No row at all
+        # (under expert parallel, every token chose other ranks' experts): an empty output that still depends on
+        # x_sorted, or this rank would skip the backward all_to_all the others wait in
+        return torch.cat(outs) if outs else x_sorted * 0
 
 
 def capacity_mask(idx_NK: torch.Tensor, weight_NK: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -113,18 +113,18 @@ class Trainee:
 
 def full_trainee(model: CausalLM) -> Trainee:
     """Every weight trains; a checkpoint holds the whole model in the Hugging Face layout."""
-    sharded, split = distributed.is_sharded(model), expert_parallel.is_split(model)
+    sharded, names = distributed.is_sharded(model), expert_parallel.local_names(model)
+    local = [p for n, p in model.named_parameters() if n in names]
 
     def load(path: Path) -> None:
         state = load_model(path).state_dict()
         if sharded:
             distributed.load_full_model_state(model, state)
-        elif split:
+        elif local:
             model.load_state_dict(expert_parallel.local_model_state(model, state))
         else:
             model.load_state_dict(state)
 
-    local = [p for n, p in model.named_parameters() if n in expert_parallel.local_names(model)]
     return Trainee(model, list(model.parameters()), lambda path: save_model(model, path), load, sharded, local)
 
 
@@ -137,8 +137,7 @@ def gathered(trainee: Trainee, opt: torch.optim.Optimizer) -> tuple[Trainee, dic
         opt_state = distributed.full_optimizer_state(trainee.model, opt)
     elif trainee.local:
         model_state = expert_parallel.full_model_state(trainee.model)
-        opt_state = expert_parallel.full_optimizer_state(trainee.model, opt,
-                                                         distributed.param_names(trainee.model, opt))
+        opt_state = expert_parallel.full_optimizer_state(trainee.model, opt)
     else:
         return trainee, opt.state_dict()
     if not distributed.is_main():
@@ -166,10 +165,7 @@ def save_checkpoint(folder: Path, step: int, trainee: Trainee, state: dict[str, 
         tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
         tensors["rng.torch"] = torch.get_rng_state()
         save_tensors(tensors, tmp / "optimizer.safetensors")
-        trainer_state = {"step": step, "param_groups": state["param_groups"], "config": cfg.to_dict()}
-        atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
+        _finish(tmp, step, state["param_groups"], cfg)
 
     folder.mkdir(parents=True, exist_ok=True)
     return _keep_newest(write_folder(folder / f"step-{step:08d}", write), cfg)
@@ -192,14 +188,19 @@ def save_sharded_checkpoint(folder: Path, step: int, trainee: Trainee, opt: torc
 
     def write(tmp: Path) -> None:
         os.rename(staging, tmp / SHARDS)
-        atomic_write_bytes(tmp / "config.json", (json.dumps(trainee.model.config.to_dict(), indent=2) + "\n").encode())
+        trainee.model.config.save_json(tmp / "config.json")
         save_tensors({"rng.torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-        trainer_state = {"step": step, "param_groups": groups, "config": cfg.to_dict()}
-        atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
-        sums = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
+        _finish(tmp, step, groups, cfg)
 
     _keep_newest(write_folder(folder / f"step-{step:08d}", write), cfg)
+
+
+def _finish(tmp: Path, step: int, param_groups: list, cfg: TrainConfig) -> None:
+    """The trainer state, then the checksum of every file (shards included) that verify_checkpoint checks."""
+    trainer_state = {"step": step, "param_groups": param_groups, "config": cfg.to_dict()}
+    atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
+    sums = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    atomic_write_bytes(tmp / "checksums.json", json.dumps(sums, indent=2).encode())
 
 
 def _keep_newest(final: Path, cfg: TrainConfig) -> Path:
@@ -256,8 +257,7 @@ def restore(path: Path, trainee: Trainee, opt: torch.optim.Optimizer) -> int:
     if trainee.sharded:
         distributed.load_full_optimizer_state(trainee.model, opt, full)
     elif trainee.local:
-        opt.load_state_dict(expert_parallel.local_optimizer_state(trainee.model, full,
-                                                                  distributed.param_names(trainee.model, opt)))
+        opt.load_state_dict(expert_parallel.local_optimizer_state(trainee.model, opt, full))
     else:
         opt.load_state_dict(full)
     torch.set_rng_state(tensors["rng.torch"])
@@ -507,13 +507,13 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
             if main:
                 _append_metrics(metrics, last)
                 _plot(out, log)
-        if (done % cfg.save_every == 0 or done == cfg.steps) and cfg.checkpoint_format == "sharded":
-            save_sharded_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
-            distributed.barrier()
-        elif done % cfg.save_every == 0 or done == cfg.steps:
-            saved, state = gathered(trainee, opt) if trainee.sharded or trainee.local or main else (trainee, None)
-            if main:
-                save_checkpoint(out / "checkpoints", done, saved, state, cfg)
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            if cfg.checkpoint_format == "sharded":
+                save_sharded_checkpoint(out / "checkpoints", done, trainee, opt, cfg)
+            else:
+                saved, state = gathered(trainee, opt) if trainee.sharded or trainee.local or main else (trainee, None)
+                if main:
+                    save_checkpoint(out / "checkpoints", done, saved, state, cfg)
             distributed.barrier()  # no rank runs ahead while the checkpoint is written and old ones deleted
     bar.close()
     return last if main else {}  # rank 0 reports the run
