@@ -26,10 +26,14 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (D
 # every text change of the newest reply, recorded in the page as it happens
 RECORD = """() => {
   window.lengths = [];
+  window.states = [];
   new MutationObserver(() => {
     const replies = document.querySelectorAll(".msg.assistant");
     if (replies.length) window.lengths.push(replies[replies.length - 1].textContent.length);
   }).observe(document.getElementById("messages"), {childList: true, subtree: true, characterData: true});
+  // every state the page passes through, however briefly: a short reply can come and go between two polls
+  new MutationObserver(() => window.states.push(document.body.dataset.state))
+    .observe(document.body, {attributes: true, attributeFilter: ["data-state"]});
 }"""
 
 
@@ -73,8 +77,8 @@ def test_chat_page_streams_a_reply_and_redraws_the_heatmap(url):
             page.fill("#max-tokens", "48")
             page.fill("#prompt", "Tell me about the sea.")
             page.press("#prompt", "Enter")
-            page.wait_for_function("document.body.dataset.state === 'generating'", timeout=5000)
-            page.wait_for_function("document.body.dataset.state === 'idle'", timeout=15000)
+            page.wait_for_function("window.states.includes('generating') && document.body.dataset.state === 'idle'",
+                                   timeout=15000)
 
             lengths = page.evaluate("window.lengths")
             reply = page.text_content(".msg.assistant")
