@@ -200,16 +200,22 @@ class Gate(nn.Module):
         # router in float32: bf16 ties flip expert choice
         logits_NE = F.linear(x_ND.float(), self.weight.float())
         scores_NE = logits_NE.softmax(dim=-1) if self.scoring_func == "softmax" else logits_NE.sigmoid()
-        choice_NE = scores_NE
-        if self.topk_method == "noaux_tc":
-            choice_NE = scores_NE + self.e_score_correction_bias.float()
-        if self.topk_method != "greedy" and self.n_group > 1:
-            choice_NE = self._limit_to_groups(choice_NE)
-        idx_NK = choice_NE.topk(self.top_k, dim=-1, sorted=False).indices
+        idx_NK = self.select(scores_NE)
         weight_NK = scores_NE.gather(1, idx_NK)
         if self.norm_topk_prob and self.top_k > 1:
             weight_NK = weight_NK / (weight_NK.sum(dim=-1, keepdim=True) + 1e-20)
         return Routing(scores_NE, idx_NK, weight_NK * self.routed_scaling_factor)
+
+    def select(self, scores_NE: torch.Tensor, bias_E: torch.Tensor | None = None) -> torch.Tensor:
+        """The K experts of each token (N, K): the best scores, plus the balancing bias under noaux_tc (bias_E, or
+        the gate's own), within the best groups under group-limited routing."""
+        choice_NE = scores_NE
+        if self.topk_method == "noaux_tc":
+            bias_E = self.e_score_correction_bias if bias_E is None else bias_E
+            choice_NE = scores_NE + bias_E.float()
+        if self.topk_method != "greedy" and self.n_group > 1:
+            choice_NE = self._limit_to_groups(choice_NE)
+        return choice_NE.topk(self.top_k, dim=-1, sorted=False).indices
 
     def _limit_to_groups(self, choice_NE: torch.Tensor) -> torch.Tensor:
         """Keep only experts in the topk_group best groups (device-limited routing); mask the rest out."""
@@ -367,15 +373,17 @@ class CausalLM(nn.Module):
         positions: torch.Tensor | None = None,
         return_routing: bool = False,
         capacity_factor: float | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor | CausalLMOutput:
-        """capacity_factor drops the pairs each expert cannot take (training); inference leaves it None."""
+        """capacity_factor drops the pairs each expert cannot take (training); inference leaves it None.
+        inputs_embeds (B, T, D) replaces the token embedding lookup (multimodal prompts splice media in there)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, t = input_ids.shape
         if positions is None:
             positions = torch.arange(t, device=input_ids.device).expand(b, t)
         cos, sin = self.model.rotary_emb(positions)  # (B, T, R/2) each
-        x = self.model.embed_tokens(input_ids)
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         routing = []
         for layer in self.model.layers:
             x, r = layer(x, cos, sin, capacity_factor)

@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from seekmoe import distributed, expert_parallel
-from seekmoe.balance import balance_loss, expert_counts, load_stats, router_entropy, update_bias
+from seekmoe.balance import balance_loss, calibrate_bias, expert_counts, load_stats, router_entropy, update_bias
 from seekmoe.checkpoint import (
     SHARDS,
     CheckpointError,
@@ -493,6 +493,8 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
                     rate *= lr / cfg.lr  # the bias follows the router: fast while it moves, fine at the end
                 update_bias(gate.e_score_correction_bias, counts, rate, cfg.balance.bias_update)
         done = step + 1
+        if done == cfg.steps and cfg.balance.mode == "loss_free" and cfg.balance.calibrate_tokens:
+            _calibrate(model, train_data, cfg, rank, world, metrics if main else None, log)
         elapsed = time.perf_counter() - t0
         tps = tokens_per_step * (done - start) / max(elapsed, 1e-9)
         bar.update(1)
@@ -517,6 +519,20 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
             distributed.barrier()  # no rank runs ahead while the checkpoint is written and old ones deleted
     bar.close()
     return last if main else {}  # rank 0 reports the run
+
+
+def _calibrate(model: CausalLM, data, cfg: TrainConfig, rank: int, world: int, metrics: Path | None, log) -> None:
+    """balance.calibrate_tokens: the bias solved over that many training tokens past the run's own."""
+    per_batch = cfg.batch_size * world * cfg.seq_len
+    n = -(-cfg.balance.calibrate_tokens // per_batch)
+    first = cfg.steps * cfg.grad_accum  # the batches the run would have read next
+    result = calibrate_bias(model, lambda: (_batch(data, first + i, cfg, rank, world)[0] for i in range(n)))
+    log("seekmoe: bias calibrated on {:,} tokens; utilisation per MoE layer {}".format(
+        n * per_batch, ", ".join(f"{a:.1%} -> {b:.1%}" for a, b in result)))
+    if metrics is not None:
+        _append_metrics(metrics, {"step": cfg.steps, "split": "calibration", "tokens": n * per_batch,
+                                  "utilisation_before": [a for a, _ in result],
+                                  "utilisation_after": [b for _, b in result]})
 
 
 def _progress(total: int, initial: int, enabled: bool):

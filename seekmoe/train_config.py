@@ -31,6 +31,7 @@ class BalanceConfig:
     bias_update: str = "sign"  # sign (DeepSeek-V3) | proportional (step scaled by the relative imbalance)
     bias_update_schedule: str = "constant"  # constant u | lr: u scaled by lr / peak lr (warm-up and cosine)
     capacity_factor: float | None = None  # token dropping during training; None keeps every token
+    calibrate_tokens: int = 0  # loss_free: after the last step, solve the bias over this many unseen tokens (0: off)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -47,6 +48,9 @@ class BalanceConfig:
             raise ValueError(f"n_devices must be >= 1, got {self.n_devices}")
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise ValueError(f"capacity_factor must be > 0 or None, got {self.capacity_factor}")
+        if not isinstance(self.calibrate_tokens, int) or isinstance(self.calibrate_tokens, bool) or \
+                self.calibrate_tokens < 0:
+            raise ValueError(f"calibrate_tokens must be an int >= 0, got {self.calibrate_tokens!r}")
 
 
 
@@ -288,6 +292,8 @@ _HELP = {
     "bias_update": "loss-free rule: sign (u * sign of the imbalance, DeepSeek-V3) or proportional (u * relative "
                    "imbalance)",
     "capacity_factor": "drop tokens past this capacity factor during training (default: keep all)",
+    "calibrate_tokens": "loss_free: after the last step, solve the bias over this many training tokens the run did "
+                        "not read, layer by layer (default 0: off)",
     "val_data": "validation JSONL file or folder (default: the data folder's *.val.jsonl files, else a val_fraction "
                 "share of the conversations)",
     "val_fraction": "share of the conversations held out for validation when there is no validation file",

@@ -8,6 +8,7 @@ import torch
 from seekmoe.balance import (
     BalanceConfig,
     balance_loss,
+    calibrate_bias,
     device_balance_loss,
     expert_balance_loss,
     expert_counts,
@@ -17,7 +18,7 @@ from seekmoe.balance import (
     update_bias,
 )
 from seekmoe.model import Gate, Routing
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_model
 
 
 def routing(idx: list[list[int]], scores: torch.Tensor) -> Routing:
@@ -105,6 +106,28 @@ def test_loss_free_bias_evens_out_a_skewed_router(rule):
     torch.testing.assert_close(r.topk_weight, r.scores.gather(1, r.topk_idx))  # the bias never enters the weights
 
 
+@pytest.mark.parametrize("n_group", [1, 4])
+def test_calibration_balances_every_layer_over_many_tokens_at_once(n_group):
+    """Solved over the scores of all the tokens, the bias evens out each layer's load; the weights never change."""
+    model = tiny_model(n_routed_experts=8, topk_method="noaux_tc", scoring_func="sigmoid", n_group=n_group,
+                       topk_group=2 if n_group > 1 else 1, num_hidden_layers=4, norm_topk_prob=False)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.mlp.gate.weight[:2] += 0.3  # experts 0 and 1 are everyone's favourite in every layer
+    batches = [torch.randint(3, 97, (8, 32), generator=g) for _ in range(4)]
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    result = calibrate_bias(model, lambda: iter(batches))
+    assert len(result) == 3 and all(before < 0.7 for before, _ in result)
+    assert all(after > 0.97 for _, after in result), result
+    for r in model(torch.cat(batches), return_routing=True).routing:  # the loads the model now gives
+        assert load_stats(expert_counts(r, 8)).utilisation > 0.97
+        torch.testing.assert_close(r.topk_weight, r.scores.gather(1, r.topk_idx))  # the bias never enters them
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="noaux_tc"):
+        calibrate_bias(tiny_model(topk_method="greedy"), lambda: iter(batches))
+
+
 def test_load_stats():
     even = load_stats(torch.tensor([3.0, 3.0, 3.0]))
     assert even.max_vio == 0 and even.utilisation == 1 and even.fractions == pytest.approx([1 / 3] * 3)
@@ -124,7 +147,8 @@ def test_router_entropy_bounds():
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"mode": "dense"}, "mode"), ({"expert_alpha": -1.0}, "expert_alpha"), ({"n_devices": 0}, "n_devices"),
-     ({"bias_update_rate": float("inf")}, "bias_update_rate"), ({"capacity_factor": 0.0}, "capacity_factor")],
+     ({"bias_update_rate": float("inf")}, "bias_update_rate"), ({"capacity_factor": 0.0}, "capacity_factor"),
+     ({"calibrate_tokens": -1}, "calibrate_tokens"), ({"calibrate_tokens": 1.5}, "calibrate_tokens")],
 )
 def test_balance_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):

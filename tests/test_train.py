@@ -132,6 +132,25 @@ def test_loss_free_moves_the_bias_by_the_logged_loads_and_saves_it(corpus, tmp_p
     torch.testing.assert_close(bias.double(), expected, atol=1e-6, rtol=0)
 
 
+def test_calibration_after_the_last_step_is_logged_and_saved(corpus, tmp_path):
+    run = tmp_path / "cal"
+    balance = {"mode": "loss_free", "calibrate_tokens": 3000}
+    last = train(config(corpus, run, steps=3, balance=balance), progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cal = next(r for r in records if r["split"] == "calibration")
+    assert cal["tokens"] >= 3000 and cal["utilisation_after"][0] > 0.95
+    assert records[-1]["split"] == "val" and last["split"] == "val"  # validation sees the calibrated bias
+    plain = tmp_path / "plain"
+    train(config(corpus, plain, steps=3, balance={"mode": "loss_free"}), progress=False)
+    from safetensors.torch import load_file
+
+    name = "model.layers.1.mlp.gate.e_score_correction_bias"
+    def bias(folder):
+        return load_file(str(folder / "checkpoints" / "step-00000003" / "model.safetensors"))[name]
+
+    assert not torch.equal(bias(run), bias(plain))
+
+
 def test_lr_schedule_warms_up_then_decays_to_min():
     cfg = TrainConfig(model="m", data="d", steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
     assert lr_at(cfg, 0) == pytest.approx(1e-4)
