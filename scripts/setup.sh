@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the virtual environment in .venv (or $SEEKMOE_VENV).
-#   scripts/setup.sh        what running seekmoe needs
+#   scripts/setup.sh        what running seekmoe needs (and Debian's espeak-ng for /v1/audio/speech, installed with
+#                           apt-get when root)
 #   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, and
 #                           Debian's chromium for the chat page's browser test, installed with apt-get when root)
 # torch is installed first as the CPU build 2.13.0, so no later requirement can pull a multi-GB CUDA build;
@@ -24,6 +25,14 @@ fi
 
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            espeak-ng; } >/dev/null || echo "setup.sh: apt-get could not install espeak-ng; /v1/audio/speech answers 503" >&2
+    else
+        echo "setup.sh: no espeak-ng; as root: apt-get install espeak-ng (else /v1/audio/speech answers 503)" >&2
+    fi
+fi
 if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -29,13 +29,14 @@ from seekmoe.server import schemas as s
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_body
+from seekmoe.speech import FORMATS, SpeechError, SpeechUnavailable, speak
 
 log = logging.getLogger("seekmoe.server")
 
 STATIC = Path(__file__).parent / "static"  # the chat page: plain files, no build step
 PUBLIC = ("/health", "/")  # and everything under /static/
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
-             "/v2/generate", "/v2/summarize", "/v2/expert_load")
+             "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
 
 
@@ -139,6 +140,19 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     @app.post("/v1/chat/completions", response_model=s.ChatCompletionResponse, responses=ERRORS)
     async def chat_completions(body: s.ChatCompletionRequest, request: Request):
         return await respond(request, state.ready().chat(body, request_log(request)))
+
+    @app.post("/v1/audio/speech", response_class=Response,
+              responses={200: {"content": {t: {} for t in FORMATS.values()}}, **ERRORS})
+    async def audio_speech(body: s.SpeechRequest) -> Response:
+        """Text to speech by espeak-ng; needs no model (answers while it loads). espeak-ng missing or failing: 503."""
+        try:  # on a thread: espeak-ng takes up to a second for a long text
+            audio, media_type = await asyncio.to_thread(speak, body.input, body.voice, body.speed,
+                                                        body.response_format)
+        except SpeechUnavailable as e:
+            raise APIError(503, str(e), type="service_unavailable", code="speech_unavailable") from e
+        except SpeechError as e:
+            raise APIError(400, str(e), param=e.param) from e
+        return Response(audio, media_type=media_type)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
