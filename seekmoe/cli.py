@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                             description=DESCRIPTION)
     add_chat_data_arguments(p)
     p.set_defaults(func=run_from_args)
+    from seekmoe import mm_data
+
+    p = data_sub.add_parser("multimodal", help="write the image and speech chat sets (JSONL, PNG, WAV) and "
+                                               "SOURCES.json", description=mm_data.DESCRIPTION)
+    mm_data.add_arguments(p)
+    p.set_defaults(func=mm_data.run_from_args)
     p = data_sub.add_parser(
         "prepare", help="deduplicate, shuffle and tokenise text into train/val token shards",
         description="Tokenise text into shuffled train/val token shards with manifest.json, deduplicating exact "
@@ -220,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p, FinetuneConfig)
     p.set_defaults(func=cmd_finetune)
+
+    from seekmoe import mm_eval, mm_train
+
+    p = sub.add_parser("train-multimodal", help="teach a chat model to read images and speech (two stages)",
+                       description=mm_train.__doc__.split("\n\n")[1].replace("\n", " "))
+    mm_train.add_arguments(p)
+    p.set_defaults(func=mm_train.run_from_args)
+    p = sub.add_parser("eval-multimodal", help="accuracy on the held-out images and speech, and expert load by "
+                                               "modality", description=mm_eval.__doc__.split("\n\n")[0].split(
+                                                   "`: ", 1)[1].replace("\n", " "))
+    mm_eval.add_arguments(p)
+    p.set_defaults(func=mm_eval.run_from_args)
 
     p = sub.add_parser("merge", help="fold a LoRA adapter into its base model",
                        description="Write BASE with the LoRA ADAPTER merged into its weights as a new model folder "

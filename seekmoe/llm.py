@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from seekmoe.engine.engine import Engine, EngineError, Output
+from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds
 from seekmoe.engine.loop import EngineLoop, RequestStream
 from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.text_stream import TextStream
@@ -197,6 +197,11 @@ class LLM:
             from seekmoe.engine.quant import quantize_int8
 
             quantize_int8(self.model)
+        from seekmoe.media import MediaLimits
+        from seekmoe.multimodal import load_encoders
+
+        self.encoders = load_encoders(self.path, self.model)  # None for a text-only model
+        self.media_limits = MediaLimits()
         self.tokenizer = Tokenizer.from_pretrained(self.path)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise ValueError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} ids, the model only "
@@ -225,11 +230,12 @@ class LLM:
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
                request_id: str | None = None, skip_special_tokens: bool = True,
-               keep_special_tokens: tuple[str, ...] = ()) -> TextRequest:
-        """keep_special_tokens: special tokens kept in the text even when skipping the others (tool-call markers)."""
+               keep_special_tokens: tuple[str, ...] = (), embeds: PromptEmbeds | None = None) -> TextRequest:
+        """keep_special_tokens: special tokens kept in the text even when skipping the others (tool-call markers).
+        embeds: the media rows of a multimodal prompt (chat_prompt makes them)."""
         params = params if params is not None else SamplingParams()
-        return TextRequest(self, self._loop.submit(prompt_token_ids, params, request_id), params, skip_special_tokens,
-                           keep_special_tokens)
+        stream = self._loop.submit(prompt_token_ids, params, request_id, embeds)
+        return TextRequest(self, stream, params, skip_special_tokens, keep_special_tokens)
 
     # ---- the friendly calls ---------------------------------------------------------------------------------
 
@@ -278,18 +284,48 @@ class LLM:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                    tool_choice: object = None) -> tuple[list[int], str | None]:
-        """The prompt ids of a conversation with these tools offered, and what the answer is forced to start with
-        (tool_choice "required" or a named function: the opening of a call), None when the model decides alone.
-        ValueError (a ChatError) for bad messages, tools or tool_choice."""
+                    tool_choice: object = None) -> tuple[list[int], str | None, PromptEmbeds | None]:
+        """The prompt ids of a conversation with these tools offered, what the answer is forced to start with
+        (tool_choice "required" or a named function: the opening of a call; None when the model decides alone),
+        and the rows of its images and audio (None without media). ValueError (ChatError, MediaError) for bad
+        messages, media, tools or tool_choice."""
         from seekmoe.chat import check_tools
 
         tools = check_tools(tools)
         forced = check_tool_choice(tool_choice, tool_names(tools))
         if forced == "":  # tool_choice "none": the model is not told of the tools
             tools, forced = None, None
-        ids = self.chat_ids(messages, tools)
-        return (ids + self.tokenizer.encode(forced) if forced else ids), (forced if tools else None)
+        messages, media = self._split_media(messages)
+        ids, embeds = self.media_embeds(self.chat_ids(messages, tools), media)
+        ids = ids + self.tokenizer.encode(forced) if forced else ids
+        return ids, (forced if tools else None), embeds
+
+    def _split_media(self, messages):
+        if not isinstance(messages, list) or not any(
+                isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages):
+            return messages, []
+        from seekmoe.media_parts import split_media
+
+        return split_media(messages, self.encoders.config if self.encoders else None, self.media_limits)
+
+    def media_embeds(self, ids: list[int], media: list) -> tuple[list[int], PromptEmbeds | None]:
+        """The prompt with its media placeholders expanded, and the encoders' rows for them (None without media).
+        ValueError when the placeholders do not pair with the media: a multimodal model never reads a placeholder
+        token that no medium fills, even one typed as text."""
+        import torch
+
+        from seekmoe.multimodal import encode, expand, media_key
+
+        if self.encoders is None:
+            return ids, None
+        cfg = self.encoders.config
+        ids = expand(ids, media, cfg)
+        if not media:
+            return ids, None
+        with torch.inference_mode():
+            rows = torch.cat(encode(self.encoders, media))
+        positions = [i for i, t in enumerate(ids) if t in (cfg.image_token_id, cfg.audio_token_id)]
+        return ids, PromptEmbeds(positions, rows, media_key(media))
 
     def chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: object = None,
              params: SamplingParams | None = None, **kwargs) -> Completion:
@@ -297,10 +333,17 @@ class LLM:
         tools (OpenAI's list), each choice's tool_calls holds the calls its answer makes, its text what it says
         besides, and its finish_reason is "tool_calls" when there are any."""
         params = self.params(params, **kwargs)
-        ids, forced = self.chat_prompt(messages, tools, tool_choice)
+        ids, forced, embeds = self.chat_prompt(messages, tools, tool_choice)
         if tools is None or tool_choice == "none":
-            return self.generate(prompt_token_ids=ids, params=params)
-        done = self.submit(ids, params, keep_special_tokens=MARKERS).result()
+            if embeds is None:
+                return self.generate(prompt_token_ids=ids, params=params)
+            req = self.submit(ids, params, embeds=embeds)
+            try:
+                return req.result()
+            except BaseException:
+                req.cancel()
+                raise
+        done = self.submit(ids, params, keep_special_tokens=MARKERS, embeds=embeds).result()
         names = tool_names(tools)
         for choice in done.choices:
             choice.text, choice.tool_calls = parse_tool_calls((forced or "") + choice.text, names)

@@ -74,6 +74,23 @@ def tiny_model_folder(folder, seed: int = 0, **overrides):
     return folder
 
 
+MM_SMALL = dict(image_size=14, patch_size=7, width=16, layers=1, heads=2)  # tiny encoders: 4 rows an image
+
+
+def tiny_multimodal_folder(folder, seed: int = 0):
+    """tiny_model_folder plus tiny random image and audio encoders: a multimodal model folder LLM() loads."""
+    from seekmoe.checkpoint import load_model
+    from seekmoe.multimodal import MultimodalConfig, attach, save_multimodal
+
+    folder = tiny_model_folder(folder, seed, max_position_embeddings=256)
+    model = attach(load_model(folder), MultimodalConfig(image_token_id=18, audio_token_id=19, **MM_SMALL), seed)
+    with torch.no_grad():  # larger rows than the init's, so media change what a tiny model says
+        for p in model.encoders.parameters():
+            p.mul_(3.0)
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("tokenizer")}
+    return save_multimodal(model, folder, files)
+
+
 @contextmanager
 def running_server(config, load, wait: bool = True):
     """A real uvicorn server on 127.0.0.1 (a free port) in a thread: yields (its URL, the app)."""

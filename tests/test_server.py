@@ -183,7 +183,7 @@ def test_openai_async_clients_run_together(url):
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 50,
                               "logprobs": True}, 400, "top_logprobs", []),
     ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model", ["gpt-4"]),
-    ("/v2/generate", {"prompt": "x" * (1 << 20)}, 413, None, ["limit"]),
+    ("/v2/generate", {"prompt": "x" * (16 << 20)}, 413, None, ["limit"]),
 ])
 def test_bad_requests_get_openai_errors(url, path, body, status, param, needles):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -38,7 +38,7 @@ def test_flags_environment_and_key_files(tmp_path):
     c = config("--api-key", "gamma", "--api-key-file", str(keys), "--max-queue", "8", "--cache-memory", "64MiB",
                env={"SEEKMOE_PORT": "9001", "SEEKMOE_MAX_QUEUE": "99", "SEEKMOE_INT8": "yes"})
     assert c.api_keys == ("gamma", "alpha", "beta") and c.port == 9001 and c.max_queue == 8 and c.int8
-    assert c.cache_bytes == 64 << 20 and c.max_body_bytes == 1 << 20 and c.host == "127.0.0.1"
+    assert c.cache_bytes == 64 << 20 and c.max_body_bytes == 16 << 20 and c.host == "127.0.0.1"
     c = config(env={"SEEKMOE_API_KEY": "a, b", "SEEKMOE_MAX_BODY": "2K", "SEEKMOE_SERVED_MODEL_NAME": "m"})
     assert c.api_keys == ("a", "b") and c.max_body_bytes == 2048 and c.served_model_name == "m"
     for env, needle in (({"SEEKMOE_PORT": "http"}, "SEEKMOE_PORT"), ({"SEEKMOE_INT8": "maybe"}, "SEEKMOE_INT8"),

@@ -56,6 +56,15 @@ class Sequence:
         return len(self.tokens) - self.request.num_prompt
 
 
+@dataclass
+class PromptEmbeds:
+    """Rows that replace the token embeddings of some prompt positions (a multimodal prompt's media)."""
+
+    positions: list[int]  # ascending prompt positions
+    rows: torch.Tensor  # (len(positions), D)
+    key: str  # identifies the rows' source: the prefix cache shares blocks only between equal keys
+
+
 @dataclass(eq=False)
 class Request:
     id: str
@@ -63,6 +72,8 @@ class Request:
     params: SamplingParams
     arrival: int
     seqs: list[Sequence] = field(default_factory=list)
+    embeds: PromptEmbeds | None = None
+    prompt_keys: list[int | str] | None = None  # prompt_ids with embedded positions made unique, for cache hashes
 
     @property
     def num_prompt(self) -> int:
@@ -71,6 +82,11 @@ class Request:
     @property
     def finished(self) -> bool:
         return all(s.finish_reason is not None for s in self.seqs)
+
+    def cache_keys(self, tokens: list[int]) -> list[int | str]:
+        """What the prefix cache hashes for a sequence's tokens: its ids, with each embedded position's id replaced by
+        the embeddings' key, so two prompts with the same placeholder ids but other media never share a block."""
+        return tokens if self.prompt_keys is None else self.prompt_keys + tokens[len(self.prompt_keys):]
 
 
 class Engine:
@@ -104,12 +120,15 @@ class Engine:
     # ---- requests -------------------------------------------------------------------------------------------
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None) -> Request:
-        """Queue a request; raises EngineError when it can never run."""
+                    request_id: str | None = None, embeds: PromptEmbeds | None = None) -> Request:
+        """Queue a request; raises EngineError when it can never run. embeds: rows that replace the embeddings of
+        some prompt positions (images, audio)."""
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise EngineError(f"params must be SamplingParams, got {type(params).__name__}")
         prompt = self._check_prompt(prompt_ids)
+        if embeds is not None:
+            self._check_embeds(embeds, len(prompt))
         total = len(prompt) + params.max_tokens
         if total > self.max_model_len:
             raise EngineError(f"the context is {self.max_model_len} tokens, but the request needs {total} "
@@ -122,7 +141,11 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise EngineError(f"request id {rid!r} is already running")
-        req = Request(rid, prompt, params, next(self._arrivals))
+        req = Request(rid, prompt, params, next(self._arrivals), embeds=embeds)
+        if embeds is not None:
+            req.prompt_keys = list(prompt)
+            for j, p in enumerate(embeds.positions):
+                req.prompt_keys[p] = f"{embeds.key}.{j}"
         vocab = self.config.vocab_size
         for i in range(params.n):
             seq = Sequence(req, i, SeqSampler(params, prompt, vocab, seed_offset=i), list(prompt))
@@ -141,6 +164,16 @@ class Engine:
             if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
                 raise EngineError(f"prompt token {t!r} is not a token id in [0, {vocab})")
         return list(prompt_ids)
+
+    def _check_embeds(self, embeds: PromptEmbeds, n: int) -> None:
+        if not isinstance(embeds, PromptEmbeds):
+            raise EngineError(f"embeds must be PromptEmbeds, got {type(embeds).__name__}")
+        pos, rows = embeds.positions, embeds.rows
+        if not isinstance(rows, torch.Tensor) or rows.shape != (len(pos), self.config.hidden_size):
+            raise EngineError(f"embeds.rows must be a ({len(pos)}, {self.config.hidden_size}) tensor, one row a "
+                              f"position, got {getattr(rows, 'shape', type(rows).__name__)}")
+        if any(not isinstance(p, int) or not 0 <= p < n for p in pos) or sorted(set(pos)) != list(pos):
+            raise EngineError(f"embeds.positions must be ascending, distinct prompt positions in [0, {n})")
 
     def cancel(self, request_id: str, index: int | None = None, reason: str = "cancelled") -> list[Output]:
         """End a request's sequences (or only sequence `index`) now and free their blocks; returns their final
@@ -169,9 +202,15 @@ class Engine:
                 raise RuntimeError(f"scheduler stalled: {len(self.waiting)} waiting, {self.cache.free_blocks} of "
                                    f"{self.cache.num_blocks} blocks free")
             return []
-        ids, pos, segments = [], [], []
+        ids, pos, segments, at, rows = [], [], [], [], []
         for seq, n in plan:
             start = seq.table.num_tokens
+            embeds = seq.request.embeds
+            if embeds is not None:  # media rows of the positions this chunk reads, at their index in the step
+                for j, p in enumerate(embeds.positions):
+                    if start <= p < start + n:
+                        at.append(len(ids) + p - start)
+                        rows.append(embeds.rows[j])
             ids += seq.tokens[start:start + n]
             pos += range(start, start + n)
             done = start + n == len(seq.tokens)  # the last known token is read: a new one can be sampled
@@ -182,10 +221,11 @@ class Engine:
         threads = 1 if len(ids) <= SMALL_STEP_TOKENS else self.threads
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        logits = self.runner.forward(torch.tensor(ids), torch.tensor(pos), segments)
+        spliced = (torch.tensor(at), torch.stack(rows)) if rows else None
+        logits = self.runner.forward(torch.tensor(ids), torch.tensor(pos), segments, spliced)
         for seq, n in plan:
             seq.table.num_tokens += n
-            self.cache.register_full_blocks(seq.table, seq.tokens)
+            self.cache.register_full_blocks(seq.table, seq.request.cache_keys(seq.tokens))
         sampling = [seq for (seq, _), s in zip(plan, segments, strict=True) if s.logits]
         events = []
         for seq, drawn in zip(sampling, sample(logits, [s.sampler for s in sampling]), strict=True):
@@ -242,7 +282,7 @@ class Engine:
         while self.waiting and budget() > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not seq.table.blocks:
-                self.cache.match_prefix(seq.table, seq.tokens)
+                self.cache.match_prefix(seq.table, seq.request.cache_keys(seq.tokens))
             n = min(len(seq.tokens) - seq.table.num_tokens, budget())
             if not self.cache.reserve(seq.table, seq.table.num_tokens + n):
                 # first come, first served: it waits for blocks to come back, holding none meanwhile (a waiting

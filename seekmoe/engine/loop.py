@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
-from seekmoe.engine.engine import Engine, EngineError, Output, Request
+from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds, Request
 from seekmoe.engine.sampling import SamplingParams
 
 
@@ -109,11 +109,11 @@ class EngineLoop:
             self._cond.release()
 
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None,
-               request_id: str | None = None) -> RequestStream:
+               request_id: str | None = None, embeds: PromptEmbeds | None = None) -> RequestStream:
         with self._engine_lock():
             if self._closed or self._error is not None:
                 raise EngineError(f"the engine is not running{f' ({self._error})' if self._error else ''}")
-            stream = RequestStream(self, self.engine.add_request(prompt_ids, params, request_id))
+            stream = RequestStream(self, self.engine.add_request(prompt_ids, params, request_id, embeds))
             self._streams[stream.id] = stream
             self._cond.notify_all()
         return stream

@@ -57,14 +57,18 @@ class ModelRunner:
                               for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)}
 
     @torch.inference_mode()
-    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
-        """token_ids, positions (N,): the step's new tokens, segment after segment. Returns (S, vocab) float32 logits
-        for the segments that want them, in order."""
+    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment],
+                spliced: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """token_ids, positions (N,): the step's new tokens, segment after segment. spliced: (indices (M,), rows
+        (M, D)) that replace those tokens' embeddings (media). Returns (S, vocab) float32 logits for the segments
+        that want them, in order."""
         m = self.model.model
         # the slot each new token writes: the last `length` rows of its segment's slots
         write = torch.cat([s.slots[s.start:s.start + s.length] for s in segments])  # (N,)
         cos, sin = m.rotary_emb(positions[None])  # (1, N, R/2)
         x = m.embed_tokens(token_ids)[None]  # (1, N, D)
+        if spliced is not None:
+            x[0, spliced[0]] = spliced[1].to(x.dtype)
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)

@@ -54,6 +54,8 @@ ENV = {
     "cache_memory": ("SEEKMOE_CACHE_MEMORY", parse_size), "max_body": ("SEEKMOE_MAX_BODY", parse_size),
     "log_prompts": ("SEEKMOE_LOG_PROMPTS", _bool), "tools": ("SEEKMOE_TOOLS", str),
     "tool_timeout": ("SEEKMOE_TOOL_TIMEOUT", float),
+    "max_media": ("SEEKMOE_MAX_MEDIA", parse_size), "max_image_pixels": ("SEEKMOE_MAX_IMAGE_PIXELS", int),
+    "max_audio_seconds": ("SEEKMOE_MAX_AUDIO_SECONDS", float), "max_media_items": ("SEEKMOE_MAX_MEDIA_ITEMS", int),
 }
 
 
@@ -102,7 +104,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-memory", type=_size, metavar="SIZE",
                    help="KV-cache budget in bytes instead, e.g. 512MiB or 2G [SEEKMOE_CACHE_MEMORY]")
     p.add_argument("--max-body", type=_size, metavar="SIZE",
-                   help="largest request body; larger ones get 413 (default 1MiB) [SEEKMOE_MAX_BODY]")
+                   help="largest request body; larger ones get 413 (default 16MiB: images and audio come inside it, "
+                        "base64) [SEEKMOE_MAX_BODY]")
+    p.add_argument("--max-media", type=_size, metavar="SIZE",
+                   help=f"largest image or audio file of a multimodal model (default {d.max_media_bytes >> 20}MiB) "
+                        "[SEEKMOE_MAX_MEDIA]")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help=f"largest image, width x height (default {d.max_image_pixels:,}) [SEEKMOE_MAX_IMAGE_PIXELS]")
+    p.add_argument("--max-audio-seconds", type=float, metavar="S",
+                   help=f"longest audio (default {d.max_audio_seconds:g}) [SEEKMOE_MAX_AUDIO_SECONDS]")
+    p.add_argument("--max-media-items", type=int, metavar="N",
+                   help=f"most images and audio files in one request (default {d.max_media_items}) "
+                        "[SEEKMOE_MAX_MEDIA_ITEMS]")
     p.add_argument("--tools", metavar="NAME,...",
                    help="plugins the server runs itself when the model calls them (seekmoe plugins list shows "
                         "what is installed; math is built in) [SEEKMOE_TOOLS]")
@@ -154,7 +167,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
               "served_model_name": given["served_model_name"], "int8": given["int8"],
               "max_num_seqs": given["max_num_seqs"], "max_queue": given["max_queue"],
               "cache_tokens": given["cache_tokens"], "cache_bytes": given["cache_memory"],
-              "max_body_bytes": given["max_body"], "log_prompts": given["log_prompts"]}
+              "max_body_bytes": given["max_body"], "log_prompts": given["log_prompts"],
+              "max_media_bytes": given["max_media"], "max_image_pixels": given["max_image_pixels"],
+              "max_audio_seconds": given["max_audio_seconds"], "max_media_items": given["max_media_items"]}
     config = ServeConfig(**{k: v for k, v in fields.items() if v is not None}, api_keys=tuple(dict.fromkeys(keys)),
                          allow_unauthenticated=args.allow_unauthenticated)
     try:
@@ -167,9 +182,11 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
 def load_llm(config: ServeConfig):
     from seekmoe.llm import LLM
 
-    return LLM(config.model, dtype=config.dtype, quantize="int8" if config.int8 else None, adapter=config.adapter,
-               cache_tokens=config.cache_tokens, cache_bytes=config.cache_bytes, max_num_seqs=config.max_num_seqs,
-               max_waiting=config.max_queue)
+    llm = LLM(config.model, dtype=config.dtype, quantize="int8" if config.int8 else None, adapter=config.adapter,
+              cache_tokens=config.cache_tokens, cache_bytes=config.cache_bytes, max_num_seqs=config.max_num_seqs,
+              max_waiting=config.max_queue)
+    llm.media_limits = config.media_limits()
+    return llm
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -36,7 +36,12 @@ class ServeConfig:
     cache_tokens: int | None = None  # KV-cache budget in tokens, or
     cache_bytes: int | None = None  # in bytes (None and None: the engine's default)
     # http
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 16 << 20  # images and audio come base64 inside the JSON
+    # media of multimodal models, each checked before it is decoded
+    max_media_bytes: int = 10 << 20  # one image or audio file
+    max_image_pixels: int = 4096 * 4096
+    max_audio_seconds: float = 30.0
+    max_media_items: int = 8  # media in one request
     log_prompts: bool = False
     # tools the server runs itself (plugins, by name), and how long one call may take
     tools: tuple[str, ...] = ()
@@ -52,6 +57,10 @@ class ServeConfig:
             raise ServeConfigError(f"port must be in [0, 65535], got {self.port}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ServeConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        try:
+            self.media_limits()
+        except ValueError as e:
+            raise ServeConfigError(f"media limits: {e}") from None
         if not (isinstance(self.tool_timeout, (int, float)) and 0 < self.tool_timeout <= 3600):
             raise ServeConfigError(f"tool_timeout must be in (0, 3600] seconds, got {self.tool_timeout!r}")
         if self.cache_tokens is not None and self.cache_bytes is not None:
@@ -64,3 +73,10 @@ class ServeConfig:
             raise ServeConfigError(f"host {self.host} is reachable from other machines and no API key is set: give "
                                    "keys (--api-key, --api-key-file, SEEKMOE_API_KEY), or --allow-unauthenticated "
                                    "to serve without them")
+
+    def media_limits(self):
+        from seekmoe.media import MediaLimits
+
+        return MediaLimits(max_image_bytes=self.max_media_bytes, max_image_pixels=self.max_image_pixels,
+                           max_audio_bytes=self.max_media_bytes, max_audio_seconds=self.max_audio_seconds,
+                           max_items=self.max_media_items)

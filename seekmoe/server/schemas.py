@@ -7,10 +7,11 @@ are checked once, by SamplingParams, so the messages are the same from the CLI, 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from seekmoe import speech
 from seekmoe.engine.sampling import MAX_LOGPROBS, MAX_N, MAX_SEED
 
 
@@ -48,8 +49,11 @@ class StreamOptions(Request):
 # ---- native ----------------------------------------------------------------------------------------------------
 
 class GenerateRequest(Sampling):
-    prompt: str = Field(description="the text to continue (no chat template)")
+    prompt: str = Field(description="the text to continue (no chat template); with images or audio, the question "
+                                    "of one user turn that shows them first (a multimodal model is a chat model)")
     model: str | None = None
+    images: list[str] | None = Field(None, description="images (PNG, JPEG, GIF), base64 or data: URLs")
+    audio: list[str] | None = Field(None, description="audio (WAV, FLAC), base64 or data: URLs")
 
 
 class GenerateUsage(BaseModel):
@@ -145,9 +149,32 @@ class CompletionResponse(BaseModel):
 
 # ---- OpenAI: chat ----------------------------------------------------------------------------------------------
 
-class ContentPart(Request):
+class TextPart(Request):
     type: Literal["text"]
     text: str
+
+
+class ImageURL(Request):
+    url: str = Field(description="a data: URL (data:image/png;base64,...): the server fetches nothing remote")
+    detail: str | None = Field(None, description="accepted, ignored")
+
+
+class ImagePart(Request):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(Request):
+    data: str = Field(description="the audio file, base64")
+    format: str = Field(description="wav or flac")
+
+
+class AudioPart(Request):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
 
 
 class FunctionCall(Request):
@@ -259,6 +286,27 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     tool_trace: list[ToolRun] | None = None
+
+
+# ---- OpenAI: speech -------------------------------------------------------------------------------------------
+
+_LANGUAGE, _VOICE = "|".join(speech.LANGUAGES), "|".join([*speech.VOICES, *speech.VARIANTS])
+
+
+class SpeechRequest(Request):
+    """Spoken by espeak-ng: the schema documents the values, seekmoe.speech checks them (its messages everywhere)."""
+
+    model: str | None = Field(None, description="accepted and ignored (tts-1, gpt-4o-mini-tts...): espeak-ng speaks")
+    input: str = Field(description="the text; with Chinese characters it is spoken in Mandarin, else in English",
+                       json_schema_extra={"minLength": 1, "maxLength": speech.MAX_CHARS})
+    voice: str = Field(description="OpenAI's (alloy...), an espeak-ng variant (f3...), a language (en, zh) or both "
+                                   "(zh+f3)",
+                       json_schema_extra={"pattern": f"^(({_LANGUAGE})|(({_LANGUAGE})\\+)?({_VOICE}))$"})
+    response_format: str = Field("wav", description="pcm: raw 16-bit little-endian mono samples at 24 kHz",
+                                 json_schema_extra={"enum": list(speech.FORMATS)})
+    speed: float = Field(1.0, description=f"1.0: {speech.WPM} words per minute",
+                         json_schema_extra={"minimum": 0.25, "maximum": 4.0})
+    instructions: str | None = Field(None, description="accepted and ignored: espeak-ng takes no instructions")
 
 
 # ---- monitoring ------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from seekmoe.chat import ChatError
 from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.llm import LLM, Completion, Delta, TextRequest, TokenLogprob
@@ -188,9 +187,16 @@ class Serving:
 
     async def generate(self, body: s.GenerateRequest, log: RequestLog) -> s.GenerateResponse | Stream:
         self._check_model(body.model)
-        prompts = [await self._encode(body.prompt)]
+        embeds = None
+        if body.images or body.audio:  # one user turn: the media, then the prompt as its question
+            parts = [{"type": "image_url", "image_url": {"url": x}} for x in body.images or []]
+            parts += [{"type": "input_audio", "input_audio": {"data": x, "format": "wav"}} for x in body.audio or []]
+            prompts, embeds = await self.chat_prompt([{"role": "user", "content": [
+                *parts, {"type": "text", "text": body.prompt}]}])
+        else:
+            prompts = [await self._encode(body.prompt)]
         params = self._params(body, prompts, "prompt", body.max_tokens, default_max=128)
-        job = self._start("gen", prompts, params, log, body.prompt)
+        job = self._start("gen", prompts, params, log, body.prompt, embeds=embeds)
         if body.stream:
             return Stream(self._generate_chunks(job), job.cancel)
         c = (await job.collect())[0]
@@ -247,16 +253,13 @@ class Serving:
             if body.stream:
                 return await tool_chat.stream(self, body, turn, log)
             return await tool_chat.respond(self, body, turn, log)
-        try:
-            prompts = [await self._offload(self.llm.chat_ids, messages, sum(len(m["content"]) for m in messages))]
-        except ChatError as e:
-            raise APIError(400, str(e), param="messages") from None
+        prompts, embeds = await self.chat_prompt(messages)
         limit, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                         else (body.max_tokens, "max_tokens"))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = self._params(body, prompts, "messages", limit, n=body.n, logprobs=logprobs,
                               renames={"max_tokens": field, "logprobs": "top_logprobs"})
-        job = self._start("chatcmpl", prompts, params, log, messages)
+        job = self._start("chatcmpl", prompts, params, log, loggable(messages), embeds=embeds)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return Stream(self._chat_chunks(job, params, usage), job.cancel)
@@ -266,6 +269,20 @@ class Serving:
                                 finish_reason=ch.finish_reason) for ch in c.choices]
         return s.ChatCompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
                                         usage=s.Usage(**job.usage()))
+
+    async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None):
+        """([prompt ids], [media rows or None], forced opening) of a conversation; bad messages or media are 4xx."""
+        from seekmoe.media import MediaError
+
+        try:
+            if not has_media(messages) and tools is None and self.llm.encoders is None:
+                return [await self._offload(self.llm.chat_ids, messages, text_length(messages))], [None]
+            ids, forced, embeds = await asyncio.to_thread(self.llm.chat_prompt, messages, tools, tool_choice)
+        except MediaError as e:
+            raise APIError(e.status, str(e), param="messages") from None
+        except ValueError as e:  # ChatError, and media placeholders that do not pair with the media
+            raise APIError(400, str(e), param="messages") from None
+        return ([ids], [embeds], forced) if tools is not None else ([ids], [embeds])
 
     # ---- requests to the engine ---------------------------------------------------------------------------
 
@@ -327,7 +344,7 @@ class Serving:
             raise APIError(400, message, param=renames.get(field, field) if known else None) from None
 
     def _start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
-               prompt: object, keep_special_tokens: tuple[str, ...] = ()) -> Job:
+               prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None) -> Job:
         start = time.perf_counter()
         job_id = f"{kind}-{uuid.uuid4().hex}"
         sequences = len(prompts) * params.n
@@ -338,7 +355,8 @@ class Serving:
         try:
             for i, ids in enumerate(prompts):
                 reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}",
-                                            keep_special_tokens=keep_special_tokens))
+                                            keep_special_tokens=keep_special_tokens,
+                                            embeds=embeds[i] if embeds else None))
         except QueueFull as e:
             for r in reqs:
                 r.cancel()
@@ -421,10 +439,33 @@ def _message(m: s.ChatMessage) -> dict:
     return out
 
 
-def _content(content: str | list[s.ContentPart] | None) -> str:
+def _content(content: str | list | None) -> str | list[dict]:
+    """A string, or OpenAI's parts as dicts when there are images or audio among them (LLM.chat_prompt reads them)."""
     if content is None:
         return ""
-    return content if isinstance(content, str) else "".join(part.text for part in content)
+    if isinstance(content, str):
+        return content
+    if all(part.type == "text" for part in content):
+        return "".join(part.text for part in content)
+    return [part.model_dump(exclude_none=True) for part in content]
+
+
+def has_media(messages: list[dict]) -> bool:
+    return any(isinstance(m["content"], list) for m in messages)
+
+
+def loggable(messages: list[dict]) -> list[dict]:
+    """Messages for the access log: media as [image] / [audio], not their base64."""
+    names = {"text": "", "image_url": "[image]", "input_audio": "[audio]"}
+
+    def text(content):
+        return content if not isinstance(content, list) else "".join(p.get("text", names[p["type"]]) for p in content)
+
+    return [{**m, "content": text(m["content"])} for m in messages]
+
+
+def text_length(messages: list[dict]) -> int:
+    return sum(len(m["content"]) if isinstance(m["content"], str) else 1 << 20 for m in messages)
 
 
 def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> s.CompletionLogprobs:

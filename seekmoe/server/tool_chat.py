@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from seekmoe.chat import ChatError
 from seekmoe.server import schemas as s
 from seekmoe.tool_calls import MARKERS, ToolCall, ToolCallStream, check_tool_choice, tool_names
 
@@ -83,20 +82,19 @@ def plan(serving, body: s.ChatCompletionRequest, messages: list[dict]) -> ToolTu
 async def start_round(serving, body: s.ChatCompletionRequest, turn: ToolTurn, log, round_: int):
     """Render the conversation so far and start generating: (job, forced opening), or None when no room is left.
     Round 0 runs before the response starts, so its refusals (bad messages, a full queue) are HTTP errors."""
-    from seekmoe.server.serving import APIError
+    from seekmoe.server.serving import loggable
 
     choice = turn.tool_choice if round_ == 0 else "auto"  # a forced call is forced once
-    try:
-        ids, forced = await asyncio.to_thread(serving.llm.chat_prompt, turn.messages, turn.offered, choice)
-    except ChatError as e:
-        raise APIError(400, str(e), param="messages") from None
+    prompts, embeds, forced = await serving.chat_prompt(turn.messages, turn.offered, choice)
+    ids = prompts[0]
     room = serving.context - len(ids)
     if round_ and room < 1:
         return None
     limit = turn.limit if round_ == 0 or turn.limit is None else min(turn.limit, room)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = serving._params(body, [ids], "messages", limit, n=turn.n, renames={"max_tokens": field})
-    turn.job = serving._start("chatcmpl", [ids], params, log, turn.messages, keep_special_tokens=MARKERS)
+    turn.job = serving._start("chatcmpl", [ids], params, log, loggable(turn.messages), keep_special_tokens=MARKERS,
+                              embeds=embeds)
     if turn.job_id is None:
         turn.job_id, turn.created = turn.job.id, turn.job.created
     return turn.job, forced

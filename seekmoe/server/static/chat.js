@@ -1,11 +1,16 @@
 // The chat page: streams /v1/chat/completions with fetch, keeps the conversation, and draws the per-layer expert
-// load from /v2/expert_load on a canvas. Plain script, no build step; the key lives in sessionStorage only.
+// load from /v2/expert_load on a canvas. Images and audio (files or the microphone) go with a message as OpenAI
+// content parts; replies can be read aloud by /v1/audio/speech. Plain script, no build step; the key lives in
+// sessionStorage only.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const turns = [];  // {role, content}: every turn is sent again, as OpenAI's API expects
+const pending = [];  // the attachments of the next message: {kind, name, url (data: URL), part (its content part)}
 let controller = null;  // aborts the running request
 let baseline = null;  // the expert counts when the page loaded: the heatmap shows what came after
+let recorder = null;  // the microphone recording in progress
+let playing = null;  // the reply being read aloud: {audio, url, button}
 
 // ---- the key -----------------------------------------------------------------------------------------------------
 
@@ -49,10 +54,16 @@ function showError(message) { $("error").textContent = message; }
 
 // ---- chat --------------------------------------------------------------------------------------------------------
 
-function addMessage(role, text) {
+function addMessage(role, text, attachments = []) {
   const div = document.createElement("div");
   div.className = `msg ${role}`;
-  div.textContent = text;
+  if (attachments.length) {
+    const media = document.createElement("div");
+    media.className = "media";
+    media.append(...attachments.map(preview));
+    div.append(media);
+  }
+  div.append(text);
   $("messages").appendChild(div);
   $("messages").scrollTop = $("messages").scrollHeight;
   return div;
@@ -81,9 +92,12 @@ async function* events(body) {
   }
 }
 
-async function send(text) {
-  turns.push({role: "user", content: text});
-  addMessage("user", text);
+async function send(text, attachments) {
+  // media first, then the text: the order the model was trained on; a plain string when there are no media
+  const content = attachments.length
+    ? [...attachments.map((a) => a.part), ...(text ? [{type: "text", text}] : [])] : text;
+  turns.push({role: "user", content});
+  const question = addMessage("user", text, attachments);
   const bubble = addMessage("assistant", "");
   const body = {
     messages: turns, stream: true, stream_options: {include_usage: true},
@@ -93,7 +107,7 @@ async function send(text) {
   setBusy(true);
   const poll = setInterval(refreshLoad, 500);
   const started = performance.now();
-  let first = null, pieces = 0, reply = "";
+  let first = null, pieces = 0, reply = "", failed = false, finished = false;
   try {
     const res = await api("/v1/chat/completions", {method: "POST", body: JSON.stringify(body),
                                                      signal: controller.signal});
@@ -111,16 +125,28 @@ async function send(text) {
       }
       if (chunk.usage) showSpeed(chunk.usage.completion_tokens, first ?? started, true);
     }
+    finished = true;
   } catch (e) {
-    if (e.name !== "AbortError" && e.message !== "unauthorized") showError(e.message);
+    failed = e.name !== "AbortError";
+    if (failed && e.message !== "unauthorized") showError(e.message);
   } finally {
     clearInterval(poll);
     controller = null;
     setBusy(false);
     refreshLoad();
   }
-  if (reply) turns.push({role: "assistant", content: reply});
-  else if (!bubble.textContent) bubble.remove();
+  if (reply) {
+    turns.push({role: "assistant", content: reply});
+    const button = speakButton(bubble);
+    if (finished && $("autoread").checked) speak(button);
+  } else if (failed) {  // refused (bad media, no key...): the message goes back to the composer, to fix or drop
+    turns.pop();
+    question.remove();
+    bubble.remove();
+    if (!$("prompt").value) $("prompt").value = text;
+    pending.unshift(...attachments);
+    showAttachments();
+  } else if (!bubble.textContent) bubble.remove();
 }
 
 function showSpeed(tokens, since, final) {
@@ -136,13 +162,15 @@ function setBusy(busy) {
   $("stop").disabled = !busy;
 }
 
-$("composer").addEventListener("submit", (e) => {
+$("composer").addEventListener("submit", async (e) => {
   e.preventDefault();
+  if (recorder) await stopRecording();  // sending while recording sends the recording
   const text = $("prompt").value.trim();
-  if (!text || controller) return;
+  if ((!text && !pending.length) || controller) return;
   $("prompt").value = "";
   showError("");
-  send(text);
+  send(text, pending.splice(0));
+  showAttachments();
 });
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
@@ -150,10 +178,219 @@ $("prompt").addEventListener("keydown", (e) => {
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("clear").addEventListener("click", () => {
   if (controller) controller.abort();
+  stopSpeaking();
   turns.length = 0;
   $("messages").replaceChildren();
   $("tps").textContent = "–";
 });
+
+// ---- attachments -------------------------------------------------------------------------------------------------
+
+// what the server decodes: MIME type -> [kind, input_audio format]; a file without a type goes by its extension
+const TYPES = {"image/png": ["image"], "image/jpeg": ["image"], "image/gif": ["image"],
+               "audio/wav": ["audio", "wav"], "audio/x-wav": ["audio", "wav"], "audio/wave": ["audio", "wav"],
+               "audio/vnd.wave": ["audio", "wav"], "audio/flac": ["audio", "flac"], "audio/x-flac": ["audio", "flac"]};
+const EXTENSIONS = {png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg", gif: "image/gif", wav: "audio/wav",
+                    flac: "audio/flac"};
+const MAX_BYTES = 10 * 2 ** 20;  // the server's image limit (audio may be 25 MiB, but 10 MiB is 5 minutes of WAV)
+
+const dataURL = (blob) => new Promise((resolve, reject) => {
+  const reader = new FileReader();
+  reader.onload = () => resolve(reader.result);
+  reader.onerror = () => reject(reader.error);
+  reader.readAsDataURL(blob);
+});
+
+// checks each file, reads the good ones as base64 and queues them; one message in #error names the refused ones
+async function attach(files) {
+  const refused = [];
+  for (const file of files) {
+    const type = file.type || EXTENSIONS[file.name.split(".").pop().toLowerCase()] || "";
+    if (!TYPES[type]) {
+      refused.push(`${file.name}: only PNG, JPEG or GIF images and WAV or FLAC audio can be attached` +
+                   (file.type ? ` (it is ${file.type})` : ""));
+      continue;
+    }
+    if (file.size > MAX_BYTES) {
+      refused.push(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MiB; files up to 10 MiB can be attached`);
+      continue;
+    }
+    const [kind, format] = TYPES[type];
+    const base64 = (await dataURL(file)).split(",")[1];  // the reader's MIME type may be empty: ours is checked
+    const url = `data:${type};base64,${base64}`;
+    const part = kind === "image" ? {type: "image_url", image_url: {url}}
+      : {type: "input_audio", input_audio: {data: base64, format}};  // OpenAI's audio part: base64, no data: prefix
+    pending.push({kind, name: file.name, url, part});
+  }
+  showAttachments();
+  showError(refused.join("; "));
+}
+
+// an <img> or <audio controls> of an attachment, for a chip or a sent message
+function preview(a) {
+  const el = document.createElement(a.kind === "image" ? "img" : "audio");
+  el.src = a.url;
+  el.title = a.name;
+  if (a.kind === "image") el.alt = a.name;
+  else el.controls = true;
+  return el;
+}
+
+function showAttachments() {
+  $("attachments").replaceChildren(...pending.map((a) => {
+    const chip = document.createElement("div");
+    chip.className = "chip";
+    chip.dataset.kind = a.kind;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.title = `remove ${a.name}`;
+    remove.addEventListener("click", () => {
+      pending.splice(pending.indexOf(a), 1);
+      showAttachments();
+    });
+    chip.append(preview(a), remove);
+    return chip;
+  }));
+}
+
+$("attach").addEventListener("click", () => $("file").click());
+$("file").addEventListener("change", async () => {
+  await attach([...$("file").files]);
+  $("file").value = "";  // picking the same file again fires change again
+});
+$("composer").addEventListener("dragover", (e) => e.preventDefault());  // allows dropping
+$("composer").addEventListener("drop", (e) => {
+  if (!e.dataTransfer.files.length) return;
+  e.preventDefault();
+  attach([...e.dataTransfer.files]);
+});
+$("prompt").addEventListener("paste", (e) => {
+  if (!e.clipboardData.files.length) return;  // text pastes as text
+  e.preventDefault();
+  attach([...e.clipboardData.files]);
+});
+
+// ---- the microphone ----------------------------------------------------------------------------------------------
+
+const MAX_SECONDS = 30;  // the server's max_audio_seconds
+
+// Float32 samples in [-1, 1] -> a 16-bit mono PCM WAV file: the 44-byte RIFF header, then the samples
+function wav(samples, rate) {
+  const view = new DataView(new ArrayBuffer(44 + 2 * samples.length));
+  const ascii = (at, s) => [...s].forEach((c, i) => view.setUint8(at + i, c.charCodeAt(0)));
+  ascii(0, "RIFF"); view.setUint32(4, 36 + 2 * samples.length, true); ascii(8, "WAVE");
+  ascii(12, "fmt "); view.setUint32(16, 16, true); view.setUint16(20, 1, true);  // PCM
+  view.setUint16(22, 1, true); view.setUint32(24, rate, true); view.setUint32(28, 2 * rate, true);  // mono, bytes/s
+  view.setUint16(32, 2, true); view.setUint16(34, 16, true);  // bytes per frame, bits per sample
+  ascii(36, "data"); view.setUint32(40, 2 * samples.length, true);
+  samples.forEach((x, i) => view.setInt16(44 + 2 * i, Math.round(Math.max(-1, Math.min(1, x)) * 32767), true));
+  return new Blob([view.buffer], {type: "audio/wav"});
+}
+
+async function startRecording() {
+  const stream = await navigator.mediaDevices.getUserMedia({audio: {channelCount: 1}});
+  let context, source;
+  try {  // 16 kHz is what the audio encoder hears; a browser that cannot resample the mic records at its own rate
+    context = new AudioContext({sampleRate: 16000});
+    source = context.createMediaStreamSource(stream);
+  } catch (_) {
+    context?.close();
+    context = new AudioContext();
+    source = context.createMediaStreamSource(stream);
+  }
+  // a ScriptProcessorNode hands over raw samples with no worklet module to load; it runs only when connected
+  const node = context.createScriptProcessor(4096, 1, 1);
+  const chunks = [];
+  node.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
+  source.connect(node);
+  node.connect(context.destination);  // its output stays silent: nothing is written to it
+  const started = performance.now();
+  const tick = () => {
+    const seconds = (performance.now() - started) / 1000;
+    $("rec-time").textContent = `${Math.floor(seconds / 60)}:${String(Math.floor(seconds % 60)).padStart(2, "0")}`;
+    if (seconds >= MAX_SECONDS) stopRecording();
+  };
+  recorder = {stream, context, chunks, timer: setInterval(tick, 200)};
+  tick();
+  $("record").textContent = "■ Stop";
+  $("record").dataset.recording = "true";
+}
+
+async function stopRecording() {
+  const {stream, context, chunks, timer} = recorder;
+  recorder = null;
+  clearInterval(timer);
+  stream.getTracks().forEach((t) => t.stop());
+  await context.close();
+  $("record").textContent = "● Record";
+  delete $("record").dataset.recording;
+  $("rec-time").textContent = "";
+  const samples = new Float32Array(chunks.reduce((n, c) => n + c.length, 0));
+  chunks.reduce((at, c) => (samples.set(c, at), at + c.length), 0);
+  if (!samples.length) { showError("the recording holds no sound: nothing came from the microphone"); return; }
+  const name = `recording ${new Date().toTimeString().slice(0, 8)}.wav`;
+  await attach([new File([wav(samples, context.sampleRate)], name, {type: "audio/wav"})]);
+}
+
+if (!navigator.mediaDevices?.getUserMedia) {  // only secure pages (https, localhost) may use the microphone
+  $("record").disabled = true;
+  $("record").title = "recording needs a secure page: open this one over https or at http://localhost";
+}
+$("record").addEventListener("click", async () => {
+  if (recorder) { stopRecording(); return; }
+  showError("");
+  try { await startRecording(); } catch (e) { showError(`cannot record: ${e.message}`); }
+});
+
+// ---- reading replies aloud ---------------------------------------------------------------------------------------
+
+// a "read aloud" button under an assistant message (outside it: the message's text stays the reply)
+function speakButton(bubble) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "speak";
+  button.textContent = "▶ read aloud";
+  button.reply = bubble.textContent;
+  button.addEventListener("click", () => (playing?.button === button ? stopSpeaking() : speak(button)));
+  bubble.after(button);
+  return button;
+}
+
+async function speak(button) {
+  stopSpeaking();
+  button.dataset.state = "loading";
+  try {
+    const res = await api("/v1/audio/speech", {method: "POST", body: JSON.stringify(
+      {model: "tts", input: button.reply.slice(0, 4096), voice: "alloy", response_format: "wav"})});  // 4096: its limit
+    const url = URL.createObjectURL(await res.blob());
+    const audio = new Audio(url);
+    playing = {audio, url, button};
+    button.dataset.state = "playing";
+    button.textContent = "■ stop reading";
+    audio.addEventListener("ended", stopSpeaking);
+    await audio.play();
+  } catch (e) {
+    stopSpeaking();
+    button.dataset.state = "error";
+    if (e.message === "unauthorized") return;
+    showError(e.name === "NotAllowedError" ? "the browser blocked the sound: press \"read aloud\" on the reply" : e.message);
+  }
+}
+
+function stopSpeaking() {
+  if (!playing) return;
+  const {audio, url, button} = playing;
+  playing = null;
+  audio.pause();
+  URL.revokeObjectURL(url);
+  button.dataset.state = "done";
+  button.textContent = "▶ read aloud";
+}
+
+$("autoread").checked = localStorage.getItem("seekmoe-autoread") === "1";
+$("autoread").addEventListener("change", () => localStorage.setItem("seekmoe-autoread",
+                                                                   $("autoread").checked ? "1" : ""));
 
 // ---- expert load heatmap ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,310 @@
+"""Multimodal model: encoders, placeholder splicing, saving, the engine with media, and the two-stage training."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from seekmoe.checkpoint import CheckpointError, load_model
+from seekmoe.engine.cache import BlockTable
+from seekmoe.engine.engine import Engine, PromptEmbeds
+from seekmoe.engine.sampling import SamplingParams
+from seekmoe.llm import LLM
+from seekmoe.media import MediaError
+from seekmoe.multimodal import (
+    AUDIO_TOKEN,
+    IMAGE_TOKEN,
+    WEIGHTS_FILE,
+    MultimodalBatch,
+    audio_rows,
+    encode,
+    expand,
+    load_multimodal,
+    splice,
+)
+from tests.conftest import MM_SMALL, tiny_model_folder, tiny_multimodal_folder
+
+SMALL = MM_SMALL
+
+
+def png(seed: int = 0, size: int = 28, mode: str = "L") -> bytes:
+    pixels = (np.random.default_rng(seed).random((size, size)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def wav(seconds: float = 0.5, hz: float = 440.0, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    soundfile.write(buf, 0.3 * np.sin(2 * np.pi * hz * t), rate, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mm_folder(tmp_path_factory):
+    return tiny_multimodal_folder(tmp_path_factory.mktemp("mm") / "model")
+
+
+@pytest.fixture(scope="module")
+def llm(mm_folder):
+    with LLM(mm_folder) as llm:
+        yield llm
+
+
+def ask(kind: str, data: bytes, text: str = "What is this?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": kind, "data": data}, {"type": "text", "text": text}]}]
+
+
+# ---- encoders and splicing -----------------------------------------------------------------------------------
+
+def test_encoder_shapes(llm):
+    enc, cfg = llm.encoders, llm.encoders.config
+    assert enc.image(torch.rand(3, 3, 14, 14)).shape == (3, cfg.image_rows, 32) and cfg.image_rows == 4
+    for frames in (5, 50, 100, 1001):
+        assert enc.audio(torch.randn(frames, 80)).shape == (audio_rows(frames), 32)
+    assert audio_rows(100) == 12 and audio_rows(4) == 0  # 12.5 rows a second
+
+
+def test_placeholders_expand_to_one_token_a_row_and_must_pair_with_the_media(llm):
+    from seekmoe.media_parts import split_media
+
+    cfg = llm.encoders.config
+    messages, media = split_media([*ask("image", png()), {"role": "assistant", "content": "ok"},
+                                   *ask("audio", wav(1.0))], cfg)
+    assert messages[0]["content"] == IMAGE_TOKEN + "\nWhat is this?" and AUDIO_TOKEN in messages[2]["content"]
+    ids = [5, 18, 7, 19, 8]
+    assert expand(ids, media, cfg) == [5] + [18] * 4 + [7] + [19] * 12 + [8]
+    with pytest.raises(ValueError, match="do not match"):
+        expand([5, 18, 8], media, cfg)  # one placeholder, two media
+    with pytest.raises(ValueError, match="do not match"):
+        expand([5, 19, 18], media, cfg)  # the wrong order
+    # the model's own splice puts rows at the placeholders in reading order
+    x = torch.tensor([[5, 18, 18, 7], [19, 8, 8, 8]])
+    rows = torch.arange(3 * 32, dtype=torch.float32).view(3, 32)
+    out = splice(torch.zeros(2, 4, 32), x, rows, cfg)
+    assert torch.equal(out[0, 1], rows[0]) and torch.equal(out[0, 2], rows[1]) and torch.equal(out[1, 0], rows[2])
+    assert out[0, 0].abs().sum() == 0
+    with pytest.raises(ValueError, match="3 media placeholder tokens but the media give 2"):
+        splice(torch.zeros(2, 4, 32), x, rows[:2], cfg)
+
+
+def test_the_engine_answers_a_multimodal_prompt_as_the_plain_model_does(llm):
+    ids, _, embeds = llm.chat_prompt(ask("image", png(1)))
+    assert embeds.positions == [i for i, t in enumerate(ids) if t == 18] and len(embeds.positions) == 4
+    out = llm.chat(ask("image", png(1)), max_tokens=6, temperature=0)
+    model, x, want = llm.model, torch.tensor([ids]), []
+    with torch.no_grad():
+        for _ in range(len(out.token_ids)):
+            e = model.model.embed_tokens(x)
+            e[0, embeds.positions] = embeds.rows
+            want.append(int(model(x, inputs_embeds=e)[0, -1].argmax()))
+            x = torch.cat([x, torch.tensor([[want[-1]]])], 1)
+    assert out.token_ids == want
+    other = llm.chat(ask("image", png(2)), max_tokens=6, temperature=0)
+    assert other.token_ids != out.token_ids  # the image is read, not only its placeholder
+
+
+def test_batching_media_and_text_changes_no_sequence(llm):
+    prompts = [llm.chat_prompt(ask("image", png(3))), llm.chat_prompt(ask("audio", wav(0.7))),
+               llm.chat_prompt([{"role": "user", "content": "Hello there"}])]
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    alone = []
+    for ids, _, embeds in prompts:
+        engine = Engine(llm.model, cache_tokens=2048)
+        engine.add_request(ids, params, embeds=embeds)
+        while engine.has_work:
+            out = engine.step()
+        alone.append(out[-1][0].seqs[0].tokens[len(ids):])
+    engine = Engine(llm.model, cache_tokens=2048, max_step_tokens=7)  # prompts read in chunks, side by side
+    reqs = [engine.add_request(ids, params, embeds=embeds) for ids, _, embeds in prompts]
+    while engine.has_work:
+        engine.step()
+    assert [r.seqs[0].tokens[r.num_prompt:] for r in reqs] == alone
+
+
+def test_the_prefix_cache_never_shares_blocks_between_different_media(llm):
+    a, b = llm.chat_prompt(ask("image", png(4))), llm.chat_prompt(ask("image", png(5)))
+    assert a[0] == b[0]  # the same ids: only the rows differ
+    params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+
+    def run(engine, prompt):
+        req = engine.add_request(prompt[0], params, embeds=prompt[2])
+        while engine.has_work:
+            engine.step()
+        return req.seqs[0].tokens[req.num_prompt:]
+
+    fresh = run(Engine(llm.model, cache_tokens=512, block_size=4), b)
+    engine = Engine(llm.model, cache_tokens=512, block_size=4)
+    run(engine, a)
+    assert run(engine, b) == fresh
+
+    def cached(prompt) -> int:  # prompt tokens whose blocks the cache would hand a new request
+        req = engine.add_request(prompt[0], params, embeds=prompt[2])
+        table = BlockTable()
+        n = engine.cache.match_prefix(table, req.cache_keys(req.prompt_ids))
+        engine.cache.release(table)
+        engine.cancel(req.id)
+        return n
+
+    first_image = a[0].index(18) // 4 * 4  # the blocks before the image are the same text
+    assert cached(a) > first_image + 4 and cached(b) > first_image + 4  # each image finds its own blocks
+    assert cached(llm.chat_prompt(ask("image", png(6)))) == first_image  # a new image finds only the text's
+
+
+def test_bad_embeds_are_refused(llm):
+    engine = Engine(llm.model, cache_tokens=256)
+    for embeds, needle in ((PromptEmbeds([1], torch.zeros(2, 32), "k"), r"\(1, 32\) tensor"),
+                           (PromptEmbeds([5], torch.zeros(1, 32), "k"), "positions"),
+                           (PromptEmbeds([2, 1], torch.zeros(2, 32), "k"), "ascending"),
+                           ("rows", "PromptEmbeds")):
+        with pytest.raises(ValueError, match=needle):
+            engine.add_request([3, 4, 5], SamplingParams(max_tokens=2), embeds=embeds)
+
+
+# ---- media through the Python API ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("part, needle", [
+    ({"type": "image", "data": b"not an image"}, "image"),
+    ({"type": "audio", "data": b"RIFF...."}, "audio"),
+    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "remote"),
+    ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "mp3"}}, "format"),
+    ({"type": "video", "data": b""}, "unknown content part"),
+    ({"type": "image"}, "'data'"),
+    ({"type": "audio", "data": wav(0.01)}, "0.05 s"),
+])
+def test_bad_media_get_a_clear_error(llm, part, needle):
+    with pytest.raises(MediaError, match=needle):
+        llm.chat([{"role": "user", "content": [part, {"type": "text", "text": "?"}]}], max_tokens=2)
+
+
+def test_too_many_media_are_refused(llm):
+    parts = [{"type": "image", "data": png()}] * (llm.media_limits.max_items + 1)
+    with pytest.raises(MediaError, match="max_items") as e:
+        llm.chat([{"role": "user", "content": parts}], max_tokens=2)
+    assert e.value.status == 413
+
+
+def test_a_placeholder_typed_as_text_does_not_pair_with_an_image(llm):
+    messages = [{"role": "user", "content": [{"type": "text", "text": IMAGE_TOKEN}, {"type": "image", "data": png()}]}]
+    with pytest.raises(ValueError, match="do not match"):
+        llm.chat(messages, max_tokens=2)
+
+
+def test_a_text_model_refuses_media_and_loads_as_before(tmp_path):
+    folder = tiny_model_folder(tmp_path / "text")
+    with LLM(folder) as llm:
+        assert llm.encoders is None
+        with pytest.raises(MediaError, match="text only"):
+            llm.chat(ask("image", png()), max_tokens=2)
+        assert llm.chat([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], max_tokens=2).usage
+
+
+# ---- saving and loading ----------------------------------------------------------------------------------------
+
+def test_a_multimodal_folder_loads_as_a_text_model_everywhere_and_whole_here(mm_folder):
+    config = json.loads((mm_folder / "config.json").read_text())
+    assert config["multimodal"]["image_token_id"] == 18
+    lm = load_model(mm_folder)  # the language model alone, as every text command loads it
+    mm = load_multimodal(mm_folder)
+    for (n, a), (_, b) in zip(lm.state_dict().items(), mm.lm.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(mm_folder)
+    x = torch.tensor([[0, 3, 5, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, lm(x), rtol=1e-4, atol=1e-4)
+
+
+def test_damaged_encoder_weights_are_refused(mm_folder, tmp_path):
+    import shutil
+
+    bad = shutil.copytree(mm_folder, tmp_path / "bad")
+    (bad / WEIGHTS_FILE).write_bytes((bad / WEIGHTS_FILE).read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        LLM(bad)
+    (bad / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        LLM(bad)
+    config = json.loads((mm_folder / "config.json").read_text())
+    config["multimodal"]["width"] = 24
+    (bad / "config.json").write_text(json.dumps(config))
+    shutil.copy(mm_folder / WEIGHTS_FILE, bad / WEIGHTS_FILE)
+    with pytest.raises(CheckpointError, match="shape"):
+        LLM(bad)
+    config["multimodal"] = {"image_token_id": 18, "audio_token_id": 19, "colour": 1}
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown multimodal setting 'colour'"):
+        LLM(bad)
+
+
+def test_a_batch_trains_the_encoders_through_the_frozen_model(mm_folder):
+    mm = load_multimodal(mm_folder)
+    mm.lm.requires_grad_(False)
+    from seekmoe.media_parts import split_media
+
+    _, media = split_media(ask("image", png()) + ask("audio", wav(0.5)), mm.encoders.config)
+    n_audio = audio_rows(media[1].data.shape[0])
+    ids = torch.tensor([[3] + [18] * 4 + [3] + [19] * n_audio + [4]])
+    logits = mm(MultimodalBatch(ids, media))
+    logits.sum().backward()
+    assert mm.encoders.image.patch.weight.grad is not None and mm.encoders.audio.conv1.weight.grad is not None
+    assert all(p.grad is None for p in mm.lm.parameters())
+    rows = torch.cat(encode(mm.encoders, media))
+    assert rows.shape == (4 + n_audio, 32)
+
+
+# ---- two-stage training ----------------------------------------------------------------------------------------
+
+def write_set(folder, name: str, split: str, kind: str, items: list[tuple[bytes, str]]) -> None:
+    (folder / kind).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (data, answer) in enumerate(items):
+        path = f"{kind}/{name}-{split}-{i}.{'png' if kind == 'images' else 'wav'}"
+        (folder / path).write_bytes(data)
+        part = {"type": "image" if kind == "images" else "audio", "path": path}
+        lines.append({"messages": [{"role": "user", "content": [part, {"type": "text", "text": "Which?"}]},
+                                   {"role": "assistant", "content": answer}], "meta": {"answer": answer}})
+    (folder / f"{name}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
+    from seekmoe.mm_train import Settings, train
+
+    base = tiny_model_folder(tmp_path / "base", max_position_embeddings=256)
+    data = tmp_path / "data"
+    images = [(png(i), "It is A." if i % 2 else "It is B.") for i in range(4)]
+    sounds = [(wav(0.3, hz=300 + 200 * (i % 2)), "Low." if i % 2 else "High.") for i in range(4)]
+    for split in ("train", "test"):
+        write_set(data, "digits", split, "images", images)
+        write_set(data, "speech_digits", split, "audio", sounds)
+    s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits", "speech_digits"),
+                 stage1_steps=4, stage2_steps=3, batch_size=4, eval_every=2, eval_batches=1, save_every=2,
+                 encoder=SMALL)
+    final = train(s, progress=False, log=lambda m: None)
+    lm_before = load_model(base).state_dict()
+    stage1 = load_multimodal(tmp_path / "run" / "stage1" / "checkpoints" / "step-00000004")
+    for name, t in stage1.lm.state_dict().items():  # stage 1 leaves the language model alone, bias included
+        assert torch.equal(t, lm_before[name]), name
+    tuned = load_multimodal(final)
+    assert any(not torch.equal(t, lm_before[n]) for n, t in tuned.lm.state_dict().items())  # stage 2 moves it
+    for stage, steps in (("stage1", 4), ("stage2", 3)):
+        records = [json.loads(line) for line in (tmp_path / "run" / stage / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["step"] == steps and any(r["split"] == "val" for r in records)
+        assert (tmp_path / "run" / stage / "loss.png").is_file()
+    with LLM(final) as llm:  # the result serves: LM, encoders and tokenizer in one folder
+        assert llm.chat(ask("image", png(0)), max_tokens=3).usage.completion_tokens >= 1
+    # killed after stage 2's step-2 checkpoint: the rerun resumes there and ends with the same weights
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "stage2" / "checkpoints" / "step-00000003")
+    shutil.rmtree(final)
+    resumed = load_multimodal(train(s, progress=False, log=lambda m: None))
+    for (n, x), (_, y) in zip(resumed.state_dict().items(), tuned.state_dict().items(), strict=True):
+        assert torch.equal(x, y), n
