@@ -6,6 +6,17 @@
     for chunk in client.chat_stream("Tell me a story."):
         print(chunk.text, end="")
 
+Images and audio go as file paths or bytes: `generate(prompt, images=[...], audio=[...])`, and in chat messages
+`image(...)` / `audio(...)` parts (or `{"type": "image"|"audio", "path"|"data": ...}`), a bare string in a content
+list being a text part:
+
+    from seekmoe.client import audio, image
+    client.chat([{"role": "user", "content": [image("cat.png"), "What is this?"]}])
+    client.speech("Hello there")  # WAV bytes from /v1/audio/speech
+
+They are checked here before anything is sent (PNG, JPEG, GIF, WAV or FLAC by their magic bytes, at most
+`max_media_bytes`), and a bad one raises ValueError naming it.
+
 Results are small dataclasses. The `*_stream` methods yield `Chunk` objects (the new text, its choice index, and
 on the last ones the finish reason and usage), not bare strings. Any other field the server knows (top_k, min_p,
 ignore_eos, ...) passes through as a keyword argument. Refusals raise `APIError` with the server's message.
@@ -17,11 +28,14 @@ exponential backoff and jitter; other errors are not, and neither is a stream on
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -174,6 +188,104 @@ def _event(line: str) -> dict | object | None:
     return DONE if data == "[DONE]" else json.loads(data)
 
 
+# ---- media -----------------------------------------------------------------------------------------------------
+
+MAX_MEDIA_BYTES = 10 << 20  # the server's default limit on one image or audio file
+Source = str | os.PathLike | bytes | bytearray | memoryview  # a file's path, or its bytes
+MAGIC = {  # leading bytes -> (kind, mime of an image or input_audio format of a sound), the formats the server reads
+    b"\x89PNG\r\n\x1a\n": ("image", "image/png"), b"\xff\xd8\xff": ("image", "image/jpeg"),
+    b"GIF87a": ("image", "image/gif"), b"GIF89a": ("image", "image/gif"), b"fLaC": ("audio", "flac"),
+}
+
+
+def _sniff(data: bytes) -> tuple[str, str] | None:
+    if data[:4] in (b"RIFF", b"RIFX") and data[8:12] == b"WAVE":
+        return "audio", "wav"
+    return next((kind for magic, kind in MAGIC.items() if data.startswith(magic)), None)
+
+
+def _read(source: Source, kind: str, max_bytes: int) -> tuple[bytes, str]:
+    """The bytes of a path or bytes-like source, and their mime (image) or format (audio); ValueError naming the
+    file when it is missing, unreadable, empty, over max_bytes or not a PNG/JPEG/GIF (image), WAV/FLAC (audio)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), f"the {kind} data"
+        if len(data) > max_bytes:
+            raise ValueError(f"{name} is {len(data):,} bytes; the limit is {max_bytes:,} (max_media_bytes)")
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(max_bytes + 1)  # never more: a huge file (or a device) is refused unread
+        except FileNotFoundError:
+            raise ValueError(f"{kind} file {name} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"{kind} file {name} is a directory, not a file") from None
+        except OSError as e:
+            raise ValueError(f"cannot read {kind} file {name}: {e.strerror or e}") from None
+        if len(data) > max_bytes:
+            raise ValueError(f"{kind} file {name} is over the {max_bytes:,}-byte limit (max_media_bytes)")
+    else:
+        raise TypeError(f"an {kind} must be a file path or bytes, got {type(source).__name__}")
+    if not data:
+        raise ValueError(f"{name} is empty")
+    found = _sniff(data)
+    expected = "a PNG, JPEG or GIF image" if kind == "image" else "a WAV or FLAC recording"
+    if found is None:
+        raise ValueError(f"{name} is not {expected} (unknown file type)")
+    if found[0] != kind:
+        raise ValueError(f"{name} is {'an image' if found[0] == 'image' else 'audio'}, not {expected}; "
+                         f"use {found[0]}() / {found[0]}{'s' * (found[0] == 'image')}=")
+    return data, found[1]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def image(source: Source, max_bytes: int = MAX_MEDIA_BYTES) -> dict:
+    """OpenAI's image_url part (a data: URL) of a PNG, JPEG or GIF file path or bytes."""
+    data, mime = _read(source, "image", max_bytes)
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{_b64(data)}"}}
+
+
+def audio(source: Source, max_bytes: int = MAX_MEDIA_BYTES) -> dict:
+    """OpenAI's input_audio part of a WAV or FLAC file path or bytes."""
+    data, fmt = _read(source, "audio", max_bytes)
+    return {"type": "input_audio", "input_audio": {"data": _b64(data), "format": fmt}}
+
+
+def _part(part: object, max_bytes: int) -> dict:
+    """An OpenAI content part: a str is a text part, {"type": "image"|"audio", "path"|"data"} is read and encoded,
+    any other dict (OpenAI's own parts) passes unchanged."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if not isinstance(part, dict):
+        raise TypeError(f"a content part must be a dict or a str, got {type(part).__name__}")
+    kind = part.get("type")
+    if kind not in ("image", "audio"):
+        return part
+    if ("path" in part) == ("data" in part):
+        raise ValueError(f"an {kind} part needs exactly one of 'path' and 'data', got keys {sorted(part)}")
+    source = part["path"] if "path" in part else part["data"]
+    return image(source, max_bytes) if kind == "image" else audio(source, max_bytes)
+
+
+def _media(sources: list[Source] | None, kind: str, max_bytes: int) -> list[str] | None:
+    """/v2/generate's images or audio list: each file as a data: URL (images) or base64 (audio)."""
+    if sources is None:
+        return None
+    if isinstance(sources, (str, os.PathLike, bytes, bytearray, memoryview)):
+        name = "images" if kind == "image" else "audio"
+        raise TypeError(f"{name} must be a list of file paths or bytes, got one {type(sources).__name__}: "
+                        f"write {name}=[...]")
+    out = []
+    for source in sources:
+        data, mime = _read(source, kind, max_bytes)
+        out.append(f"data:{mime};base64,{_b64(data)}" if kind == "image" else _b64(data))
+    return out
+
+
 # ---- requests --------------------------------------------------------------------------------------------------
 
 def _body(fields: dict[str, Any], extra: dict[str, Any]) -> dict:
@@ -181,8 +293,12 @@ def _body(fields: dict[str, Any], extra: dict[str, Any]) -> dict:
     return {k: v for k, v in fields.items() if v is not None} | extra
 
 
-def _messages(messages: str | list[dict]) -> list[dict]:
-    return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+def _messages(messages: str | list[dict], max_bytes: int) -> list[dict]:
+    """The messages to send: a string is one user message; content lists get their parts made OpenAI's (_part)."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    return [{**m, "content": [_part(p, max_bytes) for p in m["content"]]}
+            if isinstance(m, dict) and isinstance(m.get("content"), list) else m for m in messages]
 
 
 def _error(response: httpx.Response) -> APIError:
@@ -198,9 +314,13 @@ class _Base:
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
                  timeout: float | httpx.Timeout = 600.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 8.0):
+                 max_backoff: float = 8.0, max_media_bytes: int = MAX_MEDIA_BYTES):
+        """max_media_bytes: the largest image or audio file sent (bigger ones are refused before any request)."""
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if max_media_bytes < 1:
+            raise ValueError(f"max_media_bytes must be >= 1, got {max_media_bytes}")
+        self.max_media_bytes = max_media_bytes
         self.base_url = base_url.rstrip("/")
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -215,6 +335,15 @@ class _Base:
         except ValueError:  # an HTTP date: not sent by seekmoe, fall back to the backoff
             after = 0.0
         return max(delay, min(after, self.max_backoff * 4))
+
+    def _generate_body(self, fields: dict[str, Any], extra: dict[str, Any]) -> dict:
+        """/v2/generate's body, its images and audio files read and encoded."""
+        media = dict(images=_media(fields["images"], "image", self.max_media_bytes),
+                     audio=_media(fields["audio"], "audio", self.max_media_bytes))
+        return _body(fields | media, extra)
+
+    def _chat_body(self, fields: dict[str, Any], extra: dict[str, Any]) -> dict:
+        return _body(fields | {"messages": _messages(fields["messages"], self.max_media_bytes)}, extra)
 
     def _give_up(self, url: str, e: Exception, attempts: int) -> APIConnectionError:
         return APIConnectionError(None, f"could not reach {url}: {e} ({attempts} attempt{'s' * (attempts > 1)})")
@@ -272,18 +401,21 @@ class Client(_Base):
     def models(self) -> list[str]:
         return [m["id"] for m in self._json("GET", "/v1/models")["data"]]
 
-    def generate(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
-                 **extra: Any) -> Generation:
-        """POST /v2/generate: continue `prompt` (no chat template)."""
-        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
-        return _generation(self._json("POST", "/v2/generate", _body(fields, extra)))
+    def generate(self, prompt: str, *, images: list[Source] | None = None, audio: list[Source] | None = None,
+                 max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                 stop: str | list[str] | None = None, seed: int | None = None, **extra: Any) -> Generation:
+        """POST /v2/generate: continue `prompt` (no chat template); with images or audio (file paths or bytes), one
+        user turn of the media then `prompt` as its question."""
+        fields = dict(prompt=prompt, images=images, audio=audio, max_tokens=max_tokens, temperature=temperature,
+                      top_p=top_p, stop=stop, seed=seed)
+        return _generation(self._json("POST", "/v2/generate", self._generate_body(fields, extra)))
 
-    def generate_stream(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
-                        top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
-                        **extra: Any) -> Iterator[Chunk]:
-        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
-        return self._stream("/v2/generate", _body(fields, extra))
+    def generate_stream(self, prompt: str, *, images: list[Source] | None = None, audio: list[Source] | None = None,
+                        max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                        stop: str | list[str] | None = None, seed: int | None = None, **extra: Any) -> Iterator[Chunk]:
+        fields = dict(prompt=prompt, images=images, audio=audio, max_tokens=max_tokens, temperature=temperature,
+                      top_p=top_p, stop=stop, seed=seed)
+        return self._stream("/v2/generate", self._generate_body(fields, extra))
 
     def completions(self, prompt: str | list[str] | list[int], *, model: str | None = None,
                     max_tokens: int | None = None, temperature: float | None = None, n: int | None = None,
@@ -301,13 +433,19 @@ class Client(_Base):
     def chat(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
              temperature: float | None = None, n: int | None = None, **extra: Any) -> ChatCompletion:
         """POST /v1/chat/completions; a string is one user message."""
-        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
-        return _chat(self._json("POST", "/v1/chat/completions", _body(fields, extra)))
+        fields = dict(messages=messages, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return _chat(self._json("POST", "/v1/chat/completions", self._chat_body(fields, extra)))
 
     def chat_stream(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
                     temperature: float | None = None, n: int | None = None, **extra: Any) -> Iterator[Chunk]:
-        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
-        return self._stream("/v1/chat/completions", _body(fields, extra))
+        fields = dict(messages=messages, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return self._stream("/v1/chat/completions", self._chat_body(fields, extra))
+
+    def speech(self, text: str, *, voice: str = "alloy", response_format: str = "wav", speed: float = 1.0,
+               model: str | None = None, **extra: Any) -> bytes:
+        """POST /v1/audio/speech: `text` spoken, as the bytes of a WAV file (or raw 16-bit PCM at 24 kHz)."""
+        fields = dict(input=text, voice=voice, response_format=response_format, speed=speed, model=model)
+        return self._send("POST", "/v1/audio/speech", _body(fields, extra)).content
 
 
 class AsyncClient(_Base):
@@ -362,17 +500,20 @@ class AsyncClient(_Base):
     async def models(self) -> list[str]:
         return [m["id"] for m in (await self._json("GET", "/v1/models"))["data"]]
 
-    async def generate(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
-                       top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
-                       **extra: Any) -> Generation:
-        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
-        return _generation(await self._json("POST", "/v2/generate", _body(fields, extra)))
+    async def generate(self, prompt: str, *, images: list[Source] | None = None, audio: list[Source] | None = None,
+                       max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                       stop: str | list[str] | None = None, seed: int | None = None, **extra: Any) -> Generation:
+        fields = dict(prompt=prompt, images=images, audio=audio, max_tokens=max_tokens, temperature=temperature,
+                      top_p=top_p, stop=stop, seed=seed)
+        return _generation(await self._json("POST", "/v2/generate", self._generate_body(fields, extra)))
 
-    def generate_stream(self, prompt: str, *, max_tokens: int | None = None, temperature: float | None = None,
-                        top_p: float | None = None, stop: str | list[str] | None = None, seed: int | None = None,
+    def generate_stream(self, prompt: str, *, images: list[Source] | None = None, audio: list[Source] | None = None,
+                        max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                        stop: str | list[str] | None = None, seed: int | None = None,
                         **extra: Any) -> AsyncIterator[Chunk]:
-        fields = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
-        return self._stream("/v2/generate", _body(fields, extra))
+        fields = dict(prompt=prompt, images=images, audio=audio, max_tokens=max_tokens, temperature=temperature,
+                      top_p=top_p, stop=stop, seed=seed)
+        return self._stream("/v2/generate", self._generate_body(fields, extra))
 
     async def completions(self, prompt: str | list[str] | list[int], *, model: str | None = None,
                           max_tokens: int | None = None, temperature: float | None = None, n: int | None = None,
@@ -388,10 +529,15 @@ class AsyncClient(_Base):
 
     async def chat(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
                    temperature: float | None = None, n: int | None = None, **extra: Any) -> ChatCompletion:
-        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
-        return _chat(await self._json("POST", "/v1/chat/completions", _body(fields, extra)))
+        fields = dict(messages=messages, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return _chat(await self._json("POST", "/v1/chat/completions", self._chat_body(fields, extra)))
 
     def chat_stream(self, messages: str | list[dict], *, model: str | None = None, max_tokens: int | None = None,
                     temperature: float | None = None, n: int | None = None, **extra: Any) -> AsyncIterator[Chunk]:
-        fields = dict(messages=_messages(messages), model=model, max_tokens=max_tokens, temperature=temperature, n=n)
-        return self._stream("/v1/chat/completions", _body(fields, extra))
+        fields = dict(messages=messages, model=model, max_tokens=max_tokens, temperature=temperature, n=n)
+        return self._stream("/v1/chat/completions", self._chat_body(fields, extra))
+
+    async def speech(self, text: str, *, voice: str = "alloy", response_format: str = "wav", speed: float = 1.0,
+                     model: str | None = None, **extra: Any) -> bytes:
+        fields = dict(input=text, voice=voice, response_format=response_format, speed=speed, model=model)
+        return (await self._send("POST", "/v1/audio/speech", _body(fields, extra))).content

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 from seekmoe.cli import CLIError
 
 if TYPE_CHECKING:
+    from seekmoe.engine.engine import PromptEmbeds
     from seekmoe.engine.sampling import SamplingParams
     from seekmoe.llm import LLM, Completion, Delta
 
@@ -30,9 +31,12 @@ FLAGS = {
 CHAT_FIELDS = tuple(f for f in FLAGS if f not in ("n", "logprobs"))  # one answer a turn, shown as text
 
 CHAT_HELP = """commands:
-  /bye     quit (so do Ctrl-D and Ctrl-C at the prompt)
-  /clear   forget the conversation (the system prompt stays)
-  /help    this list
+  /image PATH  attach a PNG, JPEG or GIF image to your next message (a multimodal model; repeat for several)
+  /audio PATH  attach a WAV or FLAC recording to your next message
+  /bye         quit (so do Ctrl-D and Ctrl-C at the prompt)
+  /clear       forget the conversation and the attachments (the system prompt stays)
+  /help        this list
+Attachments stay in the conversation: later questions can ask about them too.
 Ctrl-C during an answer stops it; that exchange is then not kept."""
 
 
@@ -223,28 +227,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # ---- chat ----------------------------------------------------------------------------------------------------
 
-def fit(llm: LLM, messages: list[dict[str, str]], params: SamplingParams) -> tuple[list[int] | None, int]:
-    """The conversation's prompt ids, after dropping its oldest exchanges (the system prompt stays) until the
-    prompt and max_tokens fit the context; (None, 0), history untouched, when not even the last message fits."""
-    room = context_tokens(llm) - params.max_tokens
-    ids = llm.chat_ids(messages)
-    if len(ids) <= room:
-        return ids, 0
+def media_count(messages: list[dict]) -> int:
+    return sum(part["type"] != "text" for m in messages if isinstance(m["content"], list) for part in m["content"])
+
+
+def fit(llm: LLM, messages: list[dict], params: SamplingParams) -> tuple[list[int] | None, PromptEmbeds | None, int]:
+    """The conversation's prompt ids and media rows, after dropping its oldest exchanges, media and all (the system
+    prompt stays), until the prompt and max_tokens fit the context and its media the model's max_items; (None, None,
+    0), history untouched, when not even the last message fits. MediaError for media the model cannot read."""
+    room, most = context_tokens(llm) - params.max_tokens, llm.media_limits.max_items
+    if media_count(messages) <= most:
+        ids, _, embeds = llm.chat_prompt(messages)
+        if len(ids) <= room:
+            return ids, embeds, 0
     head = 1 if messages[0]["role"] == "system" else 0
-    if len(messages) == head + 1 or len(llm.chat_ids(messages[:head] + messages[-1:])) > room:
-        return None, 0
+    if len(messages) == head + 1 or len(llm.chat_prompt(messages[:head] + messages[-1:])[0]) > room:
+        return None, None, 0
     dropped = 0
-    while len(ids) > room:
+    while True:  # ends: the last message alone fits
         del messages[head:head + 2]  # the oldest user message and its answer
         dropped += 1
-        ids = llm.chat_ids(messages)
-    return ids, dropped
+        if media_count(messages) <= most:
+            ids, _, embeds = llm.chat_prompt(messages)
+            if len(ids) <= room:
+                return ids, embeds, dropped
 
 
-def answer(llm: LLM, messages: list[dict[str, str]], params: SamplingParams, verbose: bool, out: TextIO,
+def answer(llm: LLM, messages: list[dict], params: SamplingParams, verbose: bool, out: TextIO,
            err: TextIO) -> str | None:
     """Stream the answer to the conversation's last (user) message; None when there is none to keep."""
-    ids, dropped = fit(llm, messages, params)
+    from seekmoe.media import MediaError
+
+    most = llm.media_limits.max_items
+    too_many = media_count(messages) > most
+    try:
+        ids, embeds, dropped = fit(llm, messages, params)
+    except MediaError as e:
+        print(f"(not sent: {e})", file=err)
+        return None
     limit = context_tokens(llm)
     if ids is None:
         print(f"(that message does not fit: with the system prompt and --max-tokens {params.max_tokens} it needs "
@@ -252,10 +272,10 @@ def answer(llm: LLM, messages: list[dict[str, str]], params: SamplingParams, ver
         return None
     if dropped:
         print(f"(dropped the {dropped} oldest exchange{'s' if dropped > 1 else ''} to fit the {limit}-token "
-              "context)", file=err)
+              f"context{f' and the {most} media a prompt may hold' if too_many else ''})", file=err)
     start, req = time.perf_counter(), None
     try:
-        req = llm.submit(ids, params)
+        req = llm.submit(ids, params, embeds=embeds)
         completion = req.collect(echo(req, out))
     except KeyboardInterrupt:
         if req is not None:
@@ -269,11 +289,49 @@ def answer(llm: LLM, messages: list[dict[str, str]], params: SamplingParams, ver
     return completion.text
 
 
+def size(n: int) -> str:
+    return f"{max(1, round(n / 1024))} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
+
+
+def attach(llm: LLM, kind: str, arg: str, pending: list[dict], err: TextIO) -> None:
+    """Read the file of `/image PATH` or `/audio PATH`, check the model can take it, and add its part to
+    `pending` (the bytes, not the path: the conversation keeps what was attached); else say why not."""
+    from seekmoe.media import MediaError, load_audio, load_image
+
+    arg = arg.strip().strip("'\"")  # a terminal's drag and drop may quote the path
+    if not arg:
+        print(f"usage: /{kind} PATH", file=err)
+        return
+    path = Path(arg).expanduser()
+    if llm.encoders is None:
+        print(f"this model reads text only: it has no {kind} encoder, so /{kind} attaches nothing", file=err)
+        return
+    limits = llm.media_limits
+    if len(pending) >= limits.max_items:
+        print(f"cannot attach {path}: at most {limits.max_items} images and recordings in one message", file=err)
+        return
+    most = limits.max_image_bytes if kind == "image" else limits.max_audio_bytes
+    try:
+        with open(path, "rb") as f:
+            data = f.read(most + 1)  # never more: a huge file is refused unread
+        if len(data) > most:
+            raise MediaError(f"it is over the {most:,}-byte limit")
+        (load_image if kind == "image" else load_audio)(data, limits)  # the type, pixels, duration: checked now
+    except OSError as e:
+        print(f"cannot attach {path}: {e.strerror or e}", file=err)
+        return
+    except MediaError as e:
+        print(f"cannot attach {path}: {e}", file=err)
+        return
+    pending.append({"type": kind, "data": data})
+    print(f"attached {kind} {path.name} ({size(len(data))})", file=err)
+
+
 def chat(llm: LLM, params: SamplingParams, system: str | None, verbose: bool, stdin: TextIO, out: TextIO,
          err: TextIO) -> int:
     """Read user lines until /bye, EOF or Ctrl-C at the prompt, answering each in the conversation so far."""
     start = [{"role": "system", "content": system}] if system else []
-    messages = list(start)
+    messages, pending = list(start), []  # pending: the media parts /image and /audio attach to the next message
     tty = stdin.isatty()
     if tty:
         print(f"seekmoe chat: {llm.path.name}; /help for commands, /bye to quit", file=err)
@@ -293,18 +351,22 @@ def chat(llm: LLM, params: SamplingParams, system: str | None, verbose: bool, st
         if not text.strip():
             continue
         if text.startswith("/"):
-            command = text.split()[0]
+            command, *rest = text.split(maxsplit=1)
             if command == "/bye":
                 return 0
             if command == "/clear":
-                messages = list(start)
+                messages, pending = list(start), []
                 print("(conversation cleared)", file=err)
+            elif command in ("/image", "/audio"):
+                attach(llm, command[1:], rest[0] if rest else "", pending, err)
             elif command == "/help":
                 print(CHAT_HELP, file=err)
             else:
                 print(f"unknown command {command}; /help lists them", file=err)
             continue
-        messages.append({"role": "user", "content": text})
+        content = [*pending, {"type": "text", "text": text}] if pending else text
+        pending = []  # they go with this message, kept or not
+        messages.append({"role": "user", "content": content})
         reply = answer(llm, messages, params, verbose, out, err)
         if reply is None:
             messages.pop()

@@ -1,18 +1,21 @@
-"""`seekmoe generate` and `seekmoe chat` on the bundled model.
+"""`seekmoe generate` and `seekmoe chat` on the bundled model, and chat's /image and /audio on a tiny multimodal one.
 
-Loading the model takes seconds, so most tests share one LLM: `shared` makes the CLI's `LLM()` hand out a spy around
+Loading the model takes seconds, so most tests share one LLM: `spy` makes the CLI's `LLM()` hand out a spy around
 it (recording prompts, never closing it). A few tests load for real: a model path, and the errors.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
 import pytest
 
 from seekmoe.llm import DEFAULT_MODEL, LLM
-from tests.conftest import assert_usage_error, run_cli
+from seekmoe.media import MediaLimits
+from tests.conftest import assert_usage_error, run_cli, tiny_multimodal_folder
+from tests.test_multimodal import png, wav
 
 
 class Spy:
@@ -27,9 +30,9 @@ class Spy:
     def __getattr__(self, name):
         return getattr(self._llm, name)
 
-    def chat_ids(self, messages):
+    def chat_prompt(self, messages, *args):
         self.conversations.append([dict(m) for m in messages])
-        return self._llm.chat_ids(messages)
+        return self._llm.chat_prompt(messages, *args)
 
     def submit(self, prompt_token_ids, params=None, **kwargs):
         self.prompts.append(list(prompt_token_ids))
@@ -45,16 +48,21 @@ def llm():
         yield model
 
 
-@pytest.fixture
-def spy(llm, monkeypatch) -> Spy:
+def spy_on(llm: LLM, path: str | None, monkeypatch) -> Spy:
+    """Make the CLI's LLM(path) hand out a Spy around `llm`."""
     spy = Spy(llm)
 
-    def fake(path=None, dtype="float32", quantize=None, **kwargs):
-        assert path is None and dtype == "float32" and quantize is None, "only the shared bundled model here"
+    def fake(model=None, dtype="float32", quantize=None, **kwargs):
+        assert model == path and dtype == "float32" and quantize is None, "only the shared model here"
         return spy
 
     monkeypatch.setattr("seekmoe.llm.LLM", fake)
     return spy
+
+
+@pytest.fixture
+def spy(llm, monkeypatch) -> Spy:
+    return spy_on(llm, None, monkeypatch)
 
 
 def stdin(monkeypatch, text: str) -> None:
@@ -308,3 +316,107 @@ def test_chat_bad_values(capsys, flags, needle):
 def test_chat_max_tokens_filling_the_context(capsys, spy):
     rc, _, err = run_cli(capsys, "chat", "--max-tokens", "1024")
     assert_usage_error(rc, err, "--max-tokens 1024", "1024-token context")
+
+
+# ---- chat with images and audio --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mm_folder(tmp_path_factory):
+    return tiny_multimodal_folder(tmp_path_factory.mktemp("chat-mm") / "model")
+
+
+@pytest.fixture(scope="module")
+def mm_llm(mm_folder):
+    with LLM(mm_folder) as model:
+        yield model
+
+
+@pytest.fixture
+def mm(mm_llm, mm_folder, monkeypatch) -> Spy:
+    return spy_on(mm_llm, str(mm_folder), monkeypatch)
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "cat.png").write_bytes(png(1))
+    (tmp_path / "tone.wav").write_bytes(wav(0.5))
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def mm_chat(capsys, mm: Spy, monkeypatch, *lines: str) -> tuple[str, str]:
+    stdin(monkeypatch, "".join(line + "\n" for line in lines))
+    rc, out, err = run_cli(capsys, "chat", str(mm._llm.path), "--max-tokens", "5", "--temperature", "0")
+    assert rc == 0
+    return out, err
+
+
+def test_chat_image_then_questions_about_it(capsys, mm, monkeypatch, files):
+    out, err = mm_chat(capsys, mm, monkeypatch, f"/image {files / 'cat.png'}", "What is this?", "And its colour?")
+    assert "attached image cat.png (1 KB)" in err.splitlines()  # 800 bytes
+    question = {"type": "text", "text": "What is this?"}
+    first = [{"role": "user", "content": [{"type": "image", "data": png(1)}, question]}]
+    answer = mm._llm.chat(first, max_tokens=5, temperature=0).text
+    url = "data:image/png;base64," + base64.b64encode(png(1)).decode()
+    openai = [{"type": "image_url", "image_url": {"url": url}}, question]
+    assert answer == mm._llm.chat([{"role": "user", "content": openai}], max_tokens=5, temperature=0).text
+    second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And its colour?"}]
+    assert mm.conversations == [first, second]  # the follow-up still holds the image
+    follow_up = mm._llm.chat(second, max_tokens=5, temperature=0).text
+    assert out == answer + "\n" + follow_up + "\n"
+    assert mm._llm.chat([{"role": "user", "content": "What is this?"}], max_tokens=5, temperature=0).text != answer
+
+
+def test_chat_audio_and_several_attachments(capsys, mm, monkeypatch, files):
+    out, err = mm_chat(capsys, mm, monkeypatch, f"/audio {files / 'tone.wav'}", f"/image '{files / 'cat.png'}'",
+                       "What is this?")
+    assert "attached audio tone.wav (16 KB)" in err and "attached image cat.png" in err
+    parts = [{"type": "audio", "data": wav(0.5)}, {"type": "image", "data": png(1)},
+             {"type": "text", "text": "What is this?"}]
+    assert mm.conversations == [[{"role": "user", "content": parts}]]
+    assert out == mm._llm.chat([{"role": "user", "content": parts}], max_tokens=5, temperature=0).text + "\n"
+
+
+def test_chat_refuses_bad_attachments_and_attaches_nothing(capsys, mm, monkeypatch, files):
+    _, err = mm_chat(capsys, mm, monkeypatch, f"/image {files / 'missing.png'}", f"/image {files / 'notes.txt'}",
+                     f"/audio {files / 'cat.png'}", f"/image {files}", "/image", "Hello")
+    lines = err.splitlines()
+    assert f"cannot attach {files / 'missing.png'}: No such file or directory" in lines
+    assert any(line.startswith(f"cannot attach {files / 'notes.txt'}: the image must be a PNG") for line in lines)
+    assert any(line.startswith(f"cannot attach {files / 'cat.png'}: the audio must be a WAV or FLAC") for line in lines)
+    assert f"cannot attach {files}: Is a directory" in lines and "usage: /image PATH" in lines
+    assert "attached" not in err and mm.conversations == [[{"role": "user", "content": "Hello"}]]
+
+
+def test_chat_media_the_model_refuses_are_not_sent_and_the_chat_goes_on(capsys, mm, monkeypatch, files):
+    (files / "click.wav").write_bytes(wav(0.01))  # a valid WAV, too short for the audio encoder
+    out, err = mm_chat(capsys, mm, monkeypatch, f"/audio {files / 'click.wav'}", "Hi", "Hello")
+    assert "attached audio click.wav" in err and "(not sent: the audio is 0.01 s long" in err
+    assert mm.conversations[-1] == [{"role": "user", "content": "Hello"}]  # the refused exchange is not kept
+    assert out == mm._llm.chat(mm.conversations[-1], max_tokens=5, temperature=0).text + "\n"
+
+
+def test_chat_drops_old_exchanges_for_the_media_limit(capsys, mm, monkeypatch, files):
+    mm.media_limits = MediaLimits(max_items=2)  # the spy's, which the CLI reads
+    image = f"/image {files / 'cat.png'}"
+    _, err = mm_chat(capsys, mm, monkeypatch, image, "One", image, "Two", image, "Three", image, image, image, "Four")
+    users = [[m["content"][-1]["text"] for m in c if m["role"] == "user"] for c in mm.conversations]
+    assert users[:2] == [["One"], ["One", "Two"]] and ["Two", "Three"] in users
+    assert ["One", "Two", "Three"] not in users  # 3 media: never even made a prompt
+    assert "(dropped the 1 oldest exchange to fit the 256-token context and the 2 media a prompt may hold)" in err
+    assert "at most 2 images and recordings in one message" in err  # the third of Four's is refused
+    assert users[-1] == ["Four"] and len(mm.conversations[-1][0]["content"]) == 3
+    assert "dropped the 2 oldest exchanges" in err
+
+
+def test_chat_on_a_text_model_attaches_nothing(capsys, spy, monkeypatch, files):
+    stdin(monkeypatch, f"/image {files / 'cat.png'}\n/audio {files / 'tone.wav'}\nHi\n")
+    rc, _, err = run_cli(capsys, *CHAT)
+    assert rc == 0 and "this model reads text only: it has no image encoder" in err and "no audio encoder" in err
+    assert "attached" not in err and spy.conversations == [[{"role": "user", "content": "Hi"}]]
+
+
+def test_chat_help_lists_the_media_commands(capsys, spy, monkeypatch):
+    stdin(monkeypatch, "/help\n")
+    _, _, err = run_cli(capsys, *CHAT)
+    assert "/image PATH" in err and "/audio PATH" in err
