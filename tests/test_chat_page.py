@@ -1,10 +1,17 @@
 """The chat page in headless Chromium (Debian's, driven by playwright): ask for the key, stream a reply, keep the
-conversation, show tokens/s, and redraw the expert-load heatmap. Saves a screenshot to runs/screenshots/."""
+conversation, show tokens/s, and redraw the expert-load heatmap; on a multimodal model, attach images and audio
+(files or a fake microphone) as OpenAI content parts, and read replies aloud. Saves screenshots to
+runs/screenshots/."""
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 import os
 import shutil
+import struct
+import wave
 from pathlib import Path
 
 import pytest
@@ -12,13 +19,14 @@ import requests
 
 from seekmoe.llm import LLM
 from seekmoe.server.config import ServeConfig
-from tests.conftest import running_server, tiny_model_folder
+from tests.conftest import running_server, tiny_model_folder, tiny_multimodal_folder
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 KEY = "sk-page"
 CHROMIUM = os.environ.get("SEEKMOE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = Path(__file__).resolve().parent.parent / "runs" / "screenshots" / "chat_page.png"
+MM_SCREENSHOT = SCREENSHOT.with_name("chat_page_multimodal.png")
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium, or "
                                                           "scripts/setup.sh test); set SEEKMOE_CHROMIUM to another")
@@ -107,3 +115,230 @@ def test_chat_page_streams_a_reply_and_redraws_the_heatmap(url):
             print(f"screenshot: {SCREENSHOT}")
         finally:
             browser.close()
+
+
+# ---- images, audio and speech, on a tiny multimodal model ---------------------------------------------------------
+
+# a fake microphone (a beep) that needs no click to allow; sound plays without a gesture first (reading aloud)
+MEDIA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              "--autoplay-policy=no-user-gesture-required"]
+IDLE_AFTER = "n => document.querySelectorAll('.msg').length === n && document.body.dataset.state === 'idle'"
+
+
+def png(size: int = 24) -> bytes:
+    from PIL import Image
+
+    image = Image.new("RGB", (size, size))
+    image.putdata([(8 * x % 256, 8 * y % 256, 128) for y in range(size) for x in range(size)])
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 16000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                               for i in range(int(seconds * rate))))
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def mm_url(tmp_path_factory):
+    folder = tiny_multimodal_folder(tmp_path_factory.mktemp("page-mm") / "m")
+    with running_server(ServeConfig(api_keys=(KEY,)), lambda: LLM(folder)) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=MEDIA_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def chat(browser):
+    """open(url) -> a page holding the key, and `sent`: the JSON body of every /v1/chat/completions request."""
+    context = browser.new_context(viewport={"width": 1200, "height": 760}, permissions=["microphone"])
+    context.add_init_script(f"sessionStorage.setItem('seekmoe-key', '{KEY}')")
+    sent: list[dict] = []
+    errors: list[str] = []
+
+    def open_page(url: str, init_script: str | None = None):
+        page = context.new_page()
+        if init_script:
+            page.add_init_script(init_script)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent !== '…'", timeout=5000)
+        page.fill("#max-tokens", "12")
+        return page
+
+    yield open_page, sent
+    context.close()
+    assert not errors, errors
+
+
+def send(page, text: str, messages: int) -> str:
+    """Sends the prompt (and the attachments); waits for `messages` messages and an idle page; returns the reply."""
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function(IDLE_AFTER, arg=messages, timeout=15000)
+    assert not page.text_content("#error"), page.text_content("#error")
+    return page.locator(".msg.assistant").last.text_content()
+
+
+def test_an_image_goes_as_an_image_url_part_and_stays_in_the_history(mm_url, chat):
+    open_page, sent = chat
+    page = open_page(mm_url)
+    data = png()
+    page.set_input_files("#file", files=[{"name": "grid.png", "mimeType": "image/png", "buffer": data}])
+    page.wait_for_function("document.querySelector('#attachments .chip img')?.naturalWidth === 24", timeout=5000)
+
+    page.evaluate(RECORD)
+    reply = send(page, "What is in the picture?", 2)
+    assert reply and page.evaluate("window.states").count("generating") == 1
+    assert len({n for n in page.evaluate("window.lengths") if n > 0}) >= 2  # streamed, in pieces
+    parts = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(data)}"}},
+             {"type": "text", "text": "What is in the picture?"}]
+    assert sent[-1]["messages"] == [{"role": "user", "content": parts}]
+    assert page.locator("#attachments .chip").count() == 0  # sent: the composer is empty again
+    assert page.eval_on_selector(".msg.user .media img", "img => img.naturalWidth") == 24
+    assert page.text_content(".msg.user") == "What is in the picture?"
+
+    second = send(page, "And the colours?", 4)
+    assert sent[-1]["messages"] == [{"role": "user", "content": parts}, {"role": "assistant", "content": reply},
+                                    {"role": "user", "content": "And the colours?"}]
+    assert second and page.locator(".msg.user .media img").count() == 1
+    page.set_input_files("#file", files=[{"name": "next.png", "mimeType": "image/png", "buffer": png(40)},
+                                         {"name": "tone.wav", "mimeType": "audio/wav", "buffer": wav_bytes()}])
+    page.wait_for_function("document.querySelectorAll('#attachments .chip').length === 2", timeout=5000)
+    MM_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(MM_SCREENSHOT), full_page=True)
+    print(f"screenshot: {MM_SCREENSHOT}")
+
+
+def test_a_wav_file_goes_as_an_input_audio_part_even_with_no_text(mm_url, chat):
+    open_page, sent = chat
+    page = open_page(mm_url)
+    data = wav_bytes()
+    page.set_input_files("#file", files=[{"name": "tone.wav", "mimeType": "audio/wav", "buffer": data}])
+    page.wait_for_selector("#attachments .chip audio[controls]", timeout=5000)
+
+    reply = send(page, "", 2)  # media only
+    part = {"type": "input_audio", "input_audio": {"data": b64(data), "format": "wav"}}
+    assert sent[-1]["messages"] == [{"role": "user", "content": [part]}]
+    assert page.locator(".msg.user .media audio[controls]").count() == 1
+    send(page, "Again?", 4)
+    assert sent[-1]["messages"][:2] == [{"role": "user", "content": [part]}, {"role": "assistant", "content": reply}]
+
+
+def test_wrong_files_are_refused_before_anything_is_sent(mm_url, chat, tmp_path):
+    open_page, sent = chat
+    page = open_page(mm_url)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "big.png").write_bytes(png() + bytes(10 * 2**20))  # over 10 MiB; a path: no copy through the driver
+    page.set_input_files("#file", files=[tmp_path / "notes.txt", tmp_path / "big.png"])
+    page.wait_for_function("document.getElementById('error').textContent !== ''", timeout=5000)
+    error = page.text_content("#error")
+    assert "notes.txt: only PNG, JPEG or GIF images and WAV or FLAC audio" in error, error
+    assert "big.png is 10.0 MiB; files up to 10 MiB" in error, error
+    assert page.locator("#attachments .chip").count() == 0
+
+    # an attachment can be removed before sending
+    page.set_input_files("#file", files=[{"name": "grid.png", "mimeType": "image/png", "buffer": png()}])
+    page.wait_for_selector("#attachments .chip", timeout=5000)
+    assert page.text_content("#error") == ""
+    page.click("#attachments .chip button")
+    assert page.locator("#attachments .chip").count() == 0
+    page.click("#send")  # nothing to send
+    page.wait_for_timeout(200)
+    assert sent == [] and page.locator(".msg").count() == 0
+
+    # no microphone API (http on another host than localhost): the button says why it does nothing
+    page = open_page(mm_url, "delete Navigator.prototype.mediaDevices")
+    assert page.is_disabled("#record") and "secure page" in page.get_attribute("#record", "title")
+
+
+def test_a_recording_goes_as_a_16_bit_mono_wav(mm_url, chat):
+    open_page, sent = chat
+    page = open_page(mm_url)
+    page.click("#record")
+    page.wait_for_function("document.getElementById('rec-time').textContent === '0:01'", timeout=5000)
+    page.wait_for_timeout(200)
+    page.click("#record")
+    page.wait_for_selector("#attachments .chip audio", timeout=5000)
+    assert page.text_content("#rec-time") == "" and not page.text_content("#error")
+
+    send(page, "What did I say?", 2)
+    audio, text = sent[-1]["messages"][0]["content"]
+    assert audio["type"] == "input_audio" and audio["input_audio"]["format"] == "wav"
+    assert text == {"type": "text", "text": "What did I say?"}
+    data = base64.b64decode(audio["input_audio"]["data"])
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
+        print(f"recorded {w.getnframes() / w.getframerate():.2f} s at {w.getframerate()} Hz")
+        assert 0.5 < w.getnframes() / w.getframerate() < 5, (w.getnframes(), w.getframerate())
+        samples = w.readframes(w.getnframes())
+    assert any(samples), "the fake microphone's beep came out silent"
+
+
+def test_a_reply_is_read_aloud(mm_url, chat):
+    open_page, _ = chat
+    page = open_page(mm_url)
+    reply = send(page, "Hello", 2)
+    speech = "**/v1/audio/speech"
+    with page.expect_response(speech, timeout=10000) as answer:
+        page.click(".speak")
+    res = answer.value
+    if shutil.which("espeak-ng"):
+        assert res.status == 200 and res.headers["content-type"] == "audio/wav"
+        assert res.request.headers["authorization"] == f"Bearer {KEY}"
+        assert res.request.post_data_json == {"model": "tts", "input": reply, "voice": "alloy",
+                                              "response_format": "wav"}
+        page.wait_for_function("['playing', 'done'].includes(document.querySelector('.speak').dataset.state)",
+                               timeout=5000)
+        assert not page.text_content("#error")
+    else:  # 503 speech_unavailable: said in #error
+        assert res.status == 503
+        page.wait_for_function("document.getElementById('error').textContent.includes('espeak-ng')", timeout=5000)
+        return
+
+    page.check("#autoread")  # the next reply is read without a click
+    with page.expect_response(speech, timeout=15000) as answer:
+        second = send(page, "Again", 4)
+    assert answer.value.status == 200 and answer.value.request.post_data_json["input"] == second
+
+
+def test_the_servers_word_on_bad_media_is_shown_and_the_attachment_kept(url, mm_url, chat):
+    open_page, sent = chat
+    corrupt = b"\x89PNG\r\n\x1a\n" + bytes(92)  # a PNG's signature, then nothing a decoder can read
+    for server, data in ((mm_url, corrupt), (url, png())):  # the tiny text model reads no images at all
+        page = open_page(server)
+        page.set_input_files("#file", files=[{"name": "bad.png", "mimeType": "image/png", "buffer": data}])
+        page.wait_for_selector("#attachments .chip", timeout=5000)
+        page.fill("#prompt", "Look")
+        page.click("#send")
+        page.wait_for_function("document.getElementById('error').textContent !== ''", timeout=10000)
+        expected = requests.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                 json=sent[-1])
+        assert expected.status_code == 400
+        assert page.text_content("#error") == expected.json()["error"]["message"]
+        # refused: not in the conversation; the message and its attachment are back in the composer, to remove
+        assert page.locator(".msg").count() == 0 and page.input_value("#prompt") == "Look"
+        assert page.locator("#attachments .chip").count() == 1
+        page.click("#attachments .chip button")
+        send(page, "Look", 2)
+        assert sent[-1]["messages"] == [{"role": "user", "content": "Look"}]
+    assert "reads text only" in expected.json()["error"]["message"]
