@@ -93,6 +93,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def specialisation(loads: dict[str, np.ndarray]) -> str:
+    """Per MoE layer, how far each modality's expert distribution is from the text tokens': total variation
+    distance, 0 when they use the experts alike, 1 when they share none."""
+    if "text" not in loads:
+        return ""
+    text = loads["text"] / loads["text"].sum(1, keepdims=True)
+    others = [m for m in MODALITIES if m != "text" and m in loads]
+    lines = ["| MoE layer | " + " | ".join(f"{m} vs text" for m in others) + " |",
+             "|---:|" + "---:|" * len(others)]
+    for layer in range(text.shape[0]):
+        tv = [0.5 * np.abs(loads[m][layer] / loads[m][layer].sum() - text[layer]).sum() for m in others]
+        lines.append(f"| {layer} | " + " | ".join(f"{v:.2f}" for v in tv) + " |")
+    return "\n".join(lines)
+
+
 def plot_loads(loads: dict[str, np.ndarray], path: Path) -> None:
     """One heatmap per modality: each MoE layer's share of that modality's tokens per expert."""
     import matplotlib
@@ -106,12 +121,12 @@ def plot_loads(loads: dict[str, np.ndarray], path: Path) -> None:
     for ax, m in zip(axes[0], present, strict=True):
         share = loads[m] / loads[m].sum(1, keepdims=True)  # (layers, experts), rows sum to 1
         im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=top)
-        ax.set_title(f"{m} tokens ({int(loads[m].sum() // max(share.shape[0], 1)):,} choices a layer)")
+        ax.set_title(f"{m} tokens\n{int(loads[m].sum() // max(share.shape[0], 1)):,} expert choices a layer")
         ax.set_xlabel("expert")
         ax.set_ylabel("MoE layer")
         ax.set_yticks(range(share.shape[0]))
     fig.colorbar(im, ax=axes[0].tolist(), label="share of the modality's expert choices")
-    fig.suptitle("Expert load by modality, per layer (held-out questions)")
+    fig.suptitle("Expert load by modality, per layer (held-out questions)", y=1.08)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -143,6 +158,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     else:
         print(table(result))
     if result["loads"]:
+        if not args.json:
+            print("\ntotal variation distance between the experts a modality's tokens choose and the text tokens' "
+                  "(0: alike, 1: disjoint)\n" + specialisation(result["loads"]))
         plot_loads(result["loads"], Path(args.plot))
         print(f"seekmoe: expert load by modality drawn in {args.plot}", file=sys.stderr)
     return 0

@@ -84,13 +84,18 @@ class MultimodalData:
             raise TrainError("no multimodal example to train on")
         self.examples, self.vocab_size, self.pad_id = examples, vocab_size, pad_id
         self.shuffle, self.seed = shuffle, seed
+        self._perm: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def _row(self, g: int) -> int:
         epoch, i = divmod(g, len(self))
-        return int(np.random.default_rng([self.seed, epoch]).permutation(len(self))[i]) if self.shuffle else i
+        if not self.shuffle:
+            return i
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self)))
+        return int(self._perm[1][i])
 
     def batch(self, step: int, batch_size: int, seq_len: int):
         first = step * batch_size
@@ -164,8 +169,9 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     folder = Path(s.data)
     train_data = MultimodalData(load_examples(folder, "train", tok, cfg, s.sets, s.max_tokens, progress),
                                 tok.vocab_size, tok.pad_id, seed=s.seed)
+    # shuffled once, with its own seed: eval_batches batches then sample every set, not the first file's head
     val_data = MultimodalData(load_examples(folder, "test", tok, cfg, s.sets, s.max_tokens, progress),
-                              tok.vocab_size, tok.pad_id, shuffle=False)
+                              tok.vocab_size, tok.pad_id, seed=s.seed + 1)
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -308,3 +308,35 @@ def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
     resumed = load_multimodal(train(s, progress=False, log=lambda m: None))
     for (n, x), (_, y) in zip(resumed.state_dict().items(), tuned.state_dict().items(), strict=True):
         assert torch.equal(x, y), n
+
+
+def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, mm_folder, capsys):
+    mm_data = pytest.importorskip("seekmoe.mm_data")
+    from seekmoe.mm_eval import evaluate
+
+    try:
+        mm_data.build(tmp_path / "data", sizes=mm_data.SMALL_SIZES, progress=False)
+    except mm_data.MMDataError as e:
+        pytest.skip(f"a source is missing: {e}")
+    result = evaluate(mm_folder, tmp_path / "data", progress=False)
+    asked = {}
+    for name in mm_data.SETS:
+        for r in mm_data.read_set(tmp_path / "data", name, "test"):
+            key = f"{name}/{r['meta']['lang']}"
+            asked[key] = asked.get(key, 0) + 1
+    assert {k: n for k, (_, n) in result["accuracy"].items()} == asked
+    assert all(0 <= ok <= n for ok, n in result["accuracy"].values())
+    moe_layers, k = 2, 2  # the tiny model: 3 layers, the first dense; top-2 of 8 experts
+    for modality in ("image", "audio", "text"):
+        assert result["loads"][modality].shape == (moe_layers, 8)
+    image_tokens = 4 * sum(n for key, n in asked.items() if key.split("/")[0] in ("digits", "mnist", "fashion_mnist"))
+    assert (result["loads"]["image"].sum(1) == image_tokens * k).all()
+    from seekmoe.cli import main
+
+    plot = tmp_path / "load.png"
+    assert main(["eval-multimodal", str(mm_folder), "--data", str(tmp_path / "data"), "--plot", str(plot),
+                 "--sets", "digits,speech_digits", "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| digits |" in out and "speech_digits" in out and "audio vs text" in out and plot.stat().st_size > 0
+    assert main(["eval-multimodal", str(mm_folder), "--sets", "cats"]) == 2
+    assert "unknown set cats" in capsys.readouterr().err
