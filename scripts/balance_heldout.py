@@ -2,6 +2,7 @@
 given size measures it.
 
     .venv/bin/python scripts/balance_heldout.py CHECKPOINT [--data runs/shards] [--after-step 2000] [--batches 400]
+    .venv/bin/python scripts/balance_heldout.py CHECKPOINT --split val     # the whole validation split instead
 
 Windows come from steps after --after-step of the run's own data order (TokenShards.batch, batch 16 x 256), so a
 run of at most that many steps never saw them. Prints the utilisation (mean load / max load) per MoE layer over
@@ -35,9 +36,13 @@ def main() -> None:
     ap.add_argument("--data", default="runs/shards")
     ap.add_argument("--after-step", type=int, default=2000)
     ap.add_argument("--batches", type=int, default=400)
+    ap.add_argument("--split", choices=("train", "val"), default="train",
+                    help="val: every 16 x 256 batch of the validation split, from its start")
     args = ap.parse_args()
     model = load_model(args.checkpoint).eval()
-    data = TokenShards(args.data, "train")
+    data = TokenShards(args.data, args.split)
+    if args.split == "val":
+        args.after_step, args.batches = 0, data.windows(256) // 16
     n_experts = model.config.n_routed_experts
     per_batch = []
     with torch.no_grad():
@@ -46,7 +51,7 @@ def main() -> None:
             routing = model(x, return_routing=True).routing
             per_batch.append(torch.stack([expert_counts(r, n_experts) for r in routing]).numpy())
     counts = np.array(per_batch)  # (batches, layers, experts)
-    print(f"{args.batches * 4096:,} held-out tokens, utilisation per MoE layer: "
+    print(f"{args.batches * 4096:,} held-out tokens ({args.split}), utilisation per MoE layer: "
           f"{rounded(utilisation(counts.sum(0)))}")
     for size in (16, 46, 100):
         groups = np.array([utilisation(counts[i:i + size].sum(0)) for i in range(0, len(counts) - size + 1, size)])

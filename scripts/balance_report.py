@@ -13,7 +13,8 @@ from pathlib import Path
 
 from seekmoe.plots import read_metrics
 
-ORDER = ["none", "aux", "loss_free", "loss_free_u0.01", "loss_free_prop", "loss_free_lr", "loss_free_prop_lr", "dense"]
+ORDER = ["none", "aux", "loss_free", "loss_free_cal", "loss_free_u0.01", "loss_free_prop", "loss_free_lr",
+         "loss_free_prop_lr", "dense"]
 
 
 def summarise(run: Path) -> dict | None:
