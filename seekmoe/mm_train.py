@@ -38,7 +38,7 @@ from seekmoe.multimodal import (
     save_into,
     save_multimodal,
 )
-from seekmoe.sft import IGNORE, tokenize_conversation
+from seekmoe.sft import IGNORE, EpochOrder, tokenize_conversation
 from seekmoe.tokenizer import Tokenizer
 from seekmoe.train import Trainee, latest_checkpoint, run
 from seekmoe.train_config import BalanceConfig, TrainConfig, TrainError
@@ -83,19 +83,11 @@ class MultimodalData:
         if not examples:
             raise TrainError("no multimodal example to train on")
         self.examples, self.vocab_size, self.pad_id = examples, vocab_size, pad_id
-        self.shuffle, self.seed = shuffle, seed
-        self._perm: tuple[int, np.ndarray] | None = None
+        self.shuffle = shuffle
+        self._row = EpochOrder(len(examples), shuffle, seed)
 
     def __len__(self) -> int:
         return len(self.examples)
-
-    def _row(self, g: int) -> int:
-        epoch, i = divmod(g, len(self))
-        if not self.shuffle:
-            return i
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self)))
-        return int(self._perm[1][i])
 
     def batch(self, step: int, batch_size: int, seq_len: int):
         first = step * batch_size

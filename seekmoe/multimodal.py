@@ -216,8 +216,8 @@ def media_key(media: list[Media]) -> str:
 # ---- the model: language model + encoders, trained and saved together -------------------------------------
 
 class MultimodalLM(nn.Module):
-    """A CausalLM with media encoders. forward takes a MultimodalBatch; `config` and `model` are the LM's, so the
-    training loop, balancing and statistics see the same MoE model as for text."""
+    """A CausalLM with media encoders. forward takes a MultimodalBatch; `config` is the LM's, so the training loop,
+    balancing and statistics see the same MoE model as for text."""
 
     def __init__(self, lm: CausalLM, encoders: MediaEncoders):
         super().__init__()
@@ -226,10 +226,6 @@ class MultimodalLM(nn.Module):
     @property
     def config(self):
         return self.lm.config
-
-    @property
-    def model(self):
-        return self.lm.model
 
     def forward(self, batch: MultimodalBatch, return_routing: bool = False, capacity_factor: float | None = None):
         embeds = self.lm.model.embed_tokens(batch.ids)

@@ -236,6 +236,23 @@ def pack(examples: list[tuple[list[int], list[bool]]], row_tokens: int, pad_id: 
     return tokens, masks
 
 
+class EpochOrder:
+    """Row of the g-th draw (g = 0, 1, 2, ... over all epochs) from a set of n: every row once an epoch, in an order
+    drawn from (seed, epoch), or in order without shuffle. A pure function of g, so a resumed run reads on exactly."""
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, g: int) -> int:
+        epoch, i = divmod(g, self.n)
+        if not self.shuffle:
+            return i
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return int(self._perm[1][i])
+
+
 class SFTData:
     """Packed rows of seq_len + 1 tokens; batch(i) is a pure function of i (exact resume), reshuffled each epoch."""
 
@@ -248,7 +265,7 @@ class SFTData:
         self.vocab_size = vocab_size
         self.shuffle, self.seed = shuffle, seed
         self.report = report or LoadReport()
-        self._perm: tuple[int, np.ndarray] | None = None
+        self._row = EpochOrder(len(tokens), shuffle, seed)
 
     @classmethod
     def from_files(cls, files: list[Path], tok: Tokenizer, seq_len: int, *, fmt: str = "auto",
@@ -275,14 +292,6 @@ class SFTData:
     @property
     def seq_len(self) -> int:
         return self.tokens.shape[1] - 1
-
-    def _row(self, g: int) -> int:
-        epoch, i = divmod(g, len(self))
-        if not self.shuffle:
-            return i
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self)))
-        return int(self._perm[1][i])
 
     def batch(self, step: int, batch_size: int, seq_len: int):
         """(input, target) int64 tensors (batch_size, seq_len); targets without loss are IGNORE."""
