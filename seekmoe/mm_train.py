@@ -122,14 +122,14 @@ class Settings:
     out: str = "runs/mm"
     sets: tuple[str, ...] = SETS
     stage1_steps: int = 400
-    stage2_steps: int = 300
+    stage2_steps: int = 2400
     batch_size: int = 32
     max_tokens: int = 256
     lr1: float = 2e-3
-    lr2: float = 3e-4
-    eval_every: int = 100
+    lr2: float = 6e-4
+    eval_every: int = 200
     eval_batches: int = 8
-    save_every: int = 100
+    save_every: int = 200
     seed: int = 0
     encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids
 
