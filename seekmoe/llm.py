@@ -334,16 +334,15 @@ class LLM:
         besides, and its finish_reason is "tool_calls" when there are any."""
         params = self.params(params, **kwargs)
         ids, forced, embeds = self.chat_prompt(messages, tools, tool_choice)
-        if tools is None or tool_choice == "none":
-            if embeds is None:
-                return self.generate(prompt_token_ids=ids, params=params)
-            req = self.submit(ids, params, embeds=embeds)
-            try:
-                return req.result()
-            except BaseException:
-                req.cancel()
-                raise
-        done = self.submit(ids, params, keep_special_tokens=MARKERS, embeds=embeds).result()
+        plain = tools is None or tool_choice == "none"
+        req = self.submit(ids, params, keep_special_tokens=() if plain else MARKERS, embeds=embeds)
+        try:
+            done = req.result()
+        except BaseException:
+            req.cancel()
+            raise
+        if plain:
+            return done
         names = tool_names(tools)
         for choice in done.choices:
             choice.text, choice.tool_calls = parse_tool_calls((forced or "") + choice.text, names)

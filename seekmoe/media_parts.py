@@ -44,11 +44,13 @@ def _bytes_of(part: dict, kind: str, limits: m.MediaLimits, base: Path | None) -
         path = Path(part["path"])
         path = base / path if base is not None and not path.is_absolute() else path
         try:
-            if path.stat().st_size > max_bytes:
-                raise m.MediaError(f"{path} is {path.stat().st_size:,} bytes; the limit is {max_bytes:,}", 413)
-            return path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(max_bytes + 1)  # never more: a larger file is refused unread
         except OSError as e:
             raise m.MediaError(f"cannot read {path}: {e.strerror}") from None
+        if len(data) > max_bytes:
+            raise m.MediaError(f"{path} is over the limit of {max_bytes:,} bytes", 413)
+        return data
     raise m.MediaError(f"an {kind} part needs 'data' (bytes) or 'path'")
 
 

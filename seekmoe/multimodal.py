@@ -312,9 +312,4 @@ def save_multimodal(model: MultimodalLM, path: str | Path, extra_files: dict[str
 
 def load_encoder_weights(model: MultimodalLM, path: Path) -> None:
     """Training checkpoints: the LM's weights and the encoders', back into an existing model."""
-    model.lm.load_state_dict(load_model(path).state_dict())
-    encoders = load_encoders(path, model.lm)
-    if encoders is None:
-        raise CheckpointError(f"{path}: no multimodal section in config.json")
-    model.encoders.load_state_dict(encoders.state_dict())
-
+    model.load_state_dict(load_multimodal(path).state_dict())

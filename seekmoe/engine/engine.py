@@ -206,7 +206,8 @@ class Engine:
         for seq, n in plan:
             start = seq.table.num_tokens
             embeds = seq.request.embeds
-            if embeds is not None:  # media rows of the positions this chunk reads, at their index in the step
+            # media rows of the prompt positions this chunk reads, at their index in the step (decode steps read none)
+            if embeds is not None and start < seq.request.num_prompt:
                 for j, p in enumerate(embeds.positions):
                     if start <= p < start + n:
                         at.append(len(ids) + p - start)

@@ -187,16 +187,15 @@ class Serving:
 
     async def generate(self, body: s.GenerateRequest, log: RequestLog) -> s.GenerateResponse | Stream:
         self._check_model(body.model)
-        embeds = None
         if body.images or body.audio:  # one user turn: the media, then the prompt as its question
             parts = [{"type": "image_url", "image_url": {"url": x}} for x in body.images or []]
             parts += [{"type": "input_audio", "input_audio": {"data": x, "format": "wav"}} for x in body.audio or []]
-            prompts, embeds = await self.chat_prompt([{"role": "user", "content": [
+            ids, _, embeds = await self.chat_prompt([{"role": "user", "content": [
                 *parts, {"type": "text", "text": body.prompt}]}])
         else:
-            prompts = [await self._encode(body.prompt)]
-        params = self._params(body, prompts, "prompt", body.max_tokens, default_max=128)
-        job = self._start("gen", prompts, params, log, body.prompt, embeds=embeds)
+            ids, embeds = await self._encode(body.prompt), None
+        params = self._params(body, [ids], "prompt", body.max_tokens, default_max=128)
+        job = self._start("gen", [ids], params, log, body.prompt, embeds=[embeds])
         if body.stream:
             return Stream(self._generate_chunks(job), job.cancel)
         c = (await job.collect())[0]
@@ -253,13 +252,14 @@ class Serving:
             if body.stream:
                 return await tool_chat.stream(self, body, turn, log)
             return await tool_chat.respond(self, body, turn, log)
-        prompts, embeds = await self.chat_prompt(messages)
+        ids, _, embeds = await self.chat_prompt(messages)
+        prompts = [ids]
         limit, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                         else (body.max_tokens, "max_tokens"))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = self._params(body, prompts, "messages", limit, n=body.n, logprobs=logprobs,
                               renames={"max_tokens": field, "logprobs": "top_logprobs"})
-        job = self._start("chatcmpl", prompts, params, log, loggable(messages), embeds=embeds)
+        job = self._start("chatcmpl", prompts, params, log, loggable(messages), embeds=[embeds])
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return Stream(self._chat_chunks(job, params, usage), job.cancel)
@@ -271,18 +271,17 @@ class Serving:
                                         usage=s.Usage(**job.usage()))
 
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None):
-        """([prompt ids], [media rows or None], forced opening) of a conversation; bad messages or media are 4xx."""
+        """LLM.chat_prompt's (prompt ids, forced opening, media rows or None) of a conversation, rendered off the
+        event loop when it is long, has media or offers tools; bad messages or media are 4xx."""
         from seekmoe.media import MediaError
 
+        size = text_length(messages) if tools is None else LONG_TEXT + 1
         try:
-            if not has_media(messages) and tools is None and self.llm.encoders is None:
-                return [await self._offload(self.llm.chat_ids, messages, text_length(messages))], [None]
-            ids, forced, embeds = await asyncio.to_thread(self.llm.chat_prompt, messages, tools, tool_choice)
+            return await self._offload(lambda m: self.llm.chat_prompt(m, tools, tool_choice), messages, size)
         except MediaError as e:
             raise APIError(e.status, str(e), param="messages") from None
         except ValueError as e:  # ChatError, and media placeholders that do not pair with the media
             raise APIError(400, str(e), param="messages") from None
-        return ([ids], [embeds], forced) if tools is not None else ([ids], [embeds])
 
     # ---- requests to the engine ---------------------------------------------------------------------------
 
@@ -450,10 +449,6 @@ def _content(content: str | list | None) -> str | list[dict]:
     return [part.model_dump(exclude_none=True) for part in content]
 
 
-def has_media(messages: list[dict]) -> bool:
-    return any(isinstance(m["content"], list) for m in messages)
-
-
 def loggable(messages: list[dict]) -> list[dict]:
     """Messages for the access log: media as [image] / [audio], not their base64."""
     names = {"text": "", "image_url": "[image]", "input_audio": "[audio]"}
@@ -465,6 +460,7 @@ def loggable(messages: list[dict]) -> list[dict]:
 
 
 def text_length(messages: list[dict]) -> int:
+    """Characters to render; a message with media counts as long (decoding and encoding media is work)."""
     return sum(len(m["content"]) if isinstance(m["content"], str) else 1 << 20 for m in messages)
 
 

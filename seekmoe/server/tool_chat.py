@@ -85,8 +85,7 @@ async def start_round(serving, body: s.ChatCompletionRequest, turn: ToolTurn, lo
     from seekmoe.server.serving import loggable
 
     choice = turn.tool_choice if round_ == 0 else "auto"  # a forced call is forced once
-    prompts, embeds, forced = await serving.chat_prompt(turn.messages, turn.offered, choice)
-    ids = prompts[0]
+    ids, forced, embeds = await serving.chat_prompt(turn.messages, turn.offered, choice)
     room = serving.context - len(ids)
     if round_ and room < 1:
         return None
@@ -94,7 +93,7 @@ async def start_round(serving, body: s.ChatCompletionRequest, turn: ToolTurn, lo
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = serving._params(body, [ids], "messages", limit, n=turn.n, renames={"max_tokens": field})
     turn.job = serving._start("chatcmpl", [ids], params, log, loggable(turn.messages), keep_special_tokens=MARKERS,
-                              embeds=embeds)
+                              embeds=[embeds])
     if turn.job_id is None:
         turn.job_id, turn.created = turn.job.id, turn.job.created
     return turn.job, forced
