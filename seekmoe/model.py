@@ -33,6 +33,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one call, the same arithmetic
         # normalise in float32: bf16 squares lose the small components
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -248,6 +250,17 @@ class RoutedExperts(nn.Module):
         self.gate_proj = nn.Parameter(torch.empty(n_experts, inter_dim, dim))  # w1_EFD
         self.up_proj = nn.Parameter(torch.empty(n_experts, inter_dim, dim))  # w3_EFD
         self.down_proj = nn.Parameter(torch.empty(n_experts, dim, inter_dim))  # w2_EDF
+        # (E, 2F, D) once fuse_gate_up() has run; a buffer so that .to() moves it, never saved
+        self.register_buffer("gate_up", None, persistent=False)
+
+    @torch.no_grad()
+    def fuse_gate_up(self) -> None:
+        """Inference layout: each expert's gate and up rows side by side in one (E, 2F, D) tensor, so one matrix
+        product computes both; gate_proj and up_proj become views into it (same values, no second copy)."""
+        if self.gate_up is None:
+            f = self.gate_proj.shape[1]
+            self.gate_up = torch.cat([self.gate_proj, self.up_proj], dim=1)  # (E, 2F, D)
+            self.gate_proj.data, self.up_proj.data = self.gate_up[:, :f], self.gate_up[:, f:]
 
     def forward(
         self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
@@ -258,27 +271,57 @@ class RoutedExperts(nn.Module):
         out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
         return torch.zeros_like(x_ND).index_add_(0, token_of, out)
 
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e's SwiGLU over rows x (M, D) -> (M, D)."""
+        if self.gate_up is not None:
+            g, u = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)  # (M, F) each
+        else:
+            g, u = F.linear(x, self.gate_proj[e]), F.linear(x, self.up_proj[e])
+        return F.linear(F.silu(g) * u, self.down_proj[e])
+
     def compute(self, x_sorted: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """Each expert's SwiGLU over its slice of x_sorted (rows grouped by expert, counts_E rows each)."""
         if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16) and len(x_sorted) >= 2 * len(counts_E):
             # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead. Not for a
             # handful of tokens (decoding): the CPU kernel visits every expert, used or not
             offs = counts_E.cumsum(0).to(torch.int32)
-            h = F.silu(torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)) * torch._grouped_mm(
-                x_sorted, self.up_proj.transpose(1, 2), offs=offs)  # (N*K, F)
-            return torch._grouped_mm(h, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
+            if self.gate_up is not None:
+                g, u = torch._grouped_mm(x_sorted, self.gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+            else:
+                g = torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)
+                u = torch._grouped_mm(x_sorted, self.up_proj.transpose(1, 2), offs=offs)
+            return torch._grouped_mm(F.silu(g) * u, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
         outs, start = [], 0
         for e, count in enumerate(counts_E.tolist()):
             if count == 0:
                 continue  # an idle expert costs nothing
-            h = x_sorted[start:start + count]
-            h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (count, F)
-            outs.append(h @ self.down_proj[e].T)
+            outs.append(self.expert(e, x_sorted[start:start + count]))  # (count, D)
             start += count
         # concatenated, not written into slices: autograd would copy the whole buffer once per slice. No row at all
         # (under expert parallel, every token chose other ranks' experts): an empty output that still depends on
         # x_sorted, or this rank would skip the backward all_to_all the others wait in
         return torch.cat(outs) if outs else x_sorted * 0
+
+
+@torch.inference_mode()
+def few_tokens(experts: nn.Module, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor,
+               kept_NK: torch.Tensor | None = None) -> torch.Tensor:
+    """The routed experts' output for a handful of tokens (decoding), inference only: only the experts in use run,
+    one at a time through `experts.expert(e, rows)`, each output added into place with its weight."""
+    y_ND = torch.zeros_like(x_ND)
+    if x_ND.shape[0] == 1 and kept_NK is None:  # one token: no grouping to do
+        for e, w in zip(idx_NK[0].tolist(), weight_NK[0].tolist(), strict=True):
+            y_ND.add_(experts.expert(e, x_ND), alpha=w)
+        return y_ND
+    order, token_of = sort_by_expert(idx_NK, kept_NK)
+    used, counts = torch.unique_consecutive(idx_NK.flatten()[order], return_counts=True)
+    weight_P1 = weight_NK.flatten()[order].unsqueeze(-1).to(x_ND.dtype)  # (N*K, 1) in expert order
+    start = 0
+    for e, count in zip(used.tolist(), counts.tolist(), strict=True):
+        rows = token_of[start:start + count]
+        y_ND.index_add_(0, rows, experts.expert(e, x_ND[rows]) * weight_P1[start:start + count])
+        start += count
+    return y_ND
 
 
 def capacity_mask(idx_NK: torch.Tensor, weight_NK: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ from torch import nn
 from seekmoe import checkpoint as ckpt
 from seekmoe.checkpoint import CheckpointError, hf_tensors
 from seekmoe.config import ModelConfig
-from seekmoe.model import CausalLM, Gate, RotaryEmbedding, RoutedExperts, sort_by_expert
+from seekmoe.model import CausalLM, Gate, RotaryEmbedding, RoutedExperts, few_tokens
 
 QUANT_METHOD = "seekmoe-int8"
 # fnmatch patterns over module names: what stays float
@@ -45,6 +45,7 @@ KERNEL_MAX_ROWS = 32
 # without AVX2/AVX-512 torch runs the kernel's scalar loop, slower than dequantizing
 _HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm") and torch.backends.cpu.get_cpu_capability() in (
     "AVX2", "AVX512")
+_UNIT: dict[int, torch.Tensor] = {}  # bfloat16 ones per output width, the kernel's scales
 _EXPERT_SCALE = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)_scale$")
 _EXPERT_SCALE_KEY = re.compile(
     r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight_scale$")
@@ -73,8 +74,10 @@ def int8_linear(x: torch.Tensor, q_OI: torch.Tensor, scale_O: torch.Tensor) -> t
         xb = x_NI.to(torch.bfloat16).contiguous()
         if xb.data_ptr() % 64:
             xb = xb.clone()  # the kernel's aligned loads need an aligned row start
-        unit = torch.ones(q_OI.shape[0], dtype=torch.bfloat16)  # the scale is applied in float32 below
-        out = (torch._weight_int8pack_mm(xb, q_OI, unit).float() * scale_O.float()).to(x.dtype)
+        unit = _UNIT.get(q_OI.shape[0])
+        if unit is None:  # the scale is applied in float32 below: the kernel gets ones
+            unit = _UNIT[q_OI.shape[0]] = torch.ones(q_OI.shape[0], dtype=torch.bfloat16)
+        out = torch.mul(torch._weight_int8pack_mm(xb, q_OI, unit), scale_O.float()).to(x.dtype)  # float32 product
     else:
         out = F.linear(x_NI, (q_OI * scale_O.float()[:, None]).to(x.dtype))
     return out.view(*shape[:-1], q_OI.shape[0])  # (..., O)
@@ -115,6 +118,8 @@ class Int8RoutedExperts(nn.Module):
             # (E, F, D), (E, F, D), (E, D, F) and their scales (E, F), (E, F), (E, D)
             self.register_buffer(name, torch.empty(n_experts, *shape, dtype=torch.int8))
             self.register_buffer(f"{name}_scale", torch.empty(n_experts, shape[0], dtype=torch.float32))
+        self.register_buffer("gate_up", None, persistent=False)  # (E, 2F, D) once fuse_gate_up() has run
+        self.register_buffer("gate_up_scale", None, persistent=False)  # (E, 2F)
 
     @classmethod
     @torch.no_grad()
@@ -127,22 +132,29 @@ class Int8RoutedExperts(nn.Module):
                 q[e], s[e] = quantize_rows(w)
         return m
 
+    @torch.no_grad()
+    def fuse_gate_up(self) -> None:
+        """As RoutedExperts.fuse_gate_up: gate and up rows (and their scales) side by side, one kernel call for both."""
+        if self.gate_up is None:
+            f = self.gate_proj.shape[1]
+            self.gate_up = torch.cat([self.gate_proj, self.up_proj], dim=1)  # (E, 2F, D)
+            self.gate_up_scale = torch.cat([self.gate_proj_scale, self.up_proj_scale], dim=1)  # (E, 2F)
+            self.gate_proj, self.up_proj = self.gate_up[:, :f], self.gate_up[:, f:]
+            self.gate_proj_scale, self.up_proj_scale = self.gate_up_scale[:, :f], self.gate_up_scale[:, f:]
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e's SwiGLU over rows x (M, D) -> (M, D)."""
+        if self.gate_up is not None:
+            g, u = int8_linear(x, self.gate_up[e], self.gate_up_scale[e]).chunk(2, dim=-1)  # (M, F) each
+        else:
+            g = int8_linear(x, self.gate_proj[e], self.gate_proj_scale[e])
+            u = int8_linear(x, self.up_proj[e], self.up_proj_scale[e])
+        return int8_linear(F.silu(g) * u, self.down_proj[e], self.down_proj_scale[e])
+
     def forward(
         self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
     ) -> torch.Tensor:
-        order, token_of = sort_by_expert(idx_NK, kept_NK)
-        experts, counts = torch.unique_consecutive(idx_NK.flatten()[order], return_counts=True)
-        x_sorted = x_ND[token_of]  # (N*K, D)
-        outs, start = [], 0
-        for e, count in zip(experts.tolist(), counts.tolist(), strict=True):  # only the experts in use
-            h = x_sorted[start:start + count]
-            h = F.silu(int8_linear(h, self.gate_proj[e], self.gate_proj_scale[e])) * int8_linear(
-                h, self.up_proj[e], self.up_proj_scale[e])  # (count, F)
-            outs.append(int8_linear(h, self.down_proj[e], self.down_proj_scale[e]))
-            start += count
-        out = torch.cat(outs) if outs else x_sorted.new_zeros(0, x_ND.shape[1])  # (N*K, D)
-        out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
-        return torch.zeros_like(x_ND).index_add_(0, token_of, out)
+        return few_tokens(self, x_ND, idx_NK, weight_NK, kept_NK)  # only the experts in use, at any token count
 
 
 # ---- converting a model -----------------------------------------------------------------------------------------

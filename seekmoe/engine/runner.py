@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
-from seekmoe.model import MLA, CausalLM, MoE
+from seekmoe.model import MLA, MLP, CausalLM, MoE, few_tokens
 
 
 @dataclass
@@ -36,25 +37,42 @@ class Segment:
 
 
 class Absorbed:
-    """W_UK and W_UV of one MLA layer, split per head from kv_b_proj, for the absorbed path."""
+    """W_UK and W_UV of one MLA layer, split per head from kv_b_proj, for the absorbed path. W_UK carries the
+    softmax scale, so the scores need no scaling of their own."""
 
     def __init__(self, attn: MLA):
         h, n, v, lat = attn.n_heads, attn.nope_dim, attn.v_dim, attn.kv_lora_rank
         w = attn.kv_b_proj.weight.detach().view(h, n + v, lat)  # (H, n + v, L)
-        self.w_uk = w[:, :n]  # (H, n, L): q_nope @ w_uk gives the query in latent space
+        self.w_uk = (w[:, :n] * attn.softmax_scale).contiguous()  # (H, n, L): q_nope @ w_uk is the latent query
         self.w_uv_t = w[:, n:].transpose(1, 2)  # (H, L, v): latent output @ w_uv_t gives per-head values
 
 
+def rope_matrices(cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """apply_rope as one matrix per token: x (N, ..., R) @ m (N, R, R) rotates x by its token's position, with
+    model.apply_rope's output layout (pair members as halves). Built once per step, used by every layer."""
+    n, half = cos.shape
+    m = cos.new_zeros(n, 2 * half, 2 * half)
+    first = torch.arange(0, 2 * half, 2) if interleave else torch.arange(half)  # where each pair's members sit
+    second = first + 1 if interleave else first + half
+    out = torch.arange(half)
+    m[:, first, out], m[:, second, out] = cos, -sin  # out[j] = x1 cos - x2 sin
+    m[:, second, out + half], m[:, first, out + half] = cos, sin  # out[j + R/2] = x2 cos + x1 sin
+    return m
+
+
 class ModelRunner:
-    """Runs `model`'s weights step by step against a LatentCache. The model itself is not changed."""
+    """Runs `model`'s weights step by step against a LatentCache. The model's values are not changed; its weights
+    are laid out for decoding (layout.prepare: fused projections, the faster storage order)."""
 
     def __init__(self, model: CausalLM, cache: LatentCache, absorb: bool = True):
         self.model, self.cache, self.absorb = model, cache, absorb
         self.cfg = model.config
+        self.layers = layout.prepare(model)
         self.absorbed = [Absorbed(layer.self_attn) for layer in model.model.layers]
         # tokens routed to each expert of each MoE layer since start, for monitoring: {layer index: (E,) int64}
         self.expert_counts = {i: torch.zeros(self.cfg.n_routed_experts, dtype=torch.long)
                               for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)}
+        self._one = torch.ones((), dtype=torch.long)
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment],
@@ -62,37 +80,52 @@ class ModelRunner:
         """token_ids, positions (N,): the step's new tokens, segment after segment. spliced: (indices (M,), rows
         (M, D)) that replace those tokens' embeddings (media). Returns (S, vocab) float32 logits for the segments
         that want them, in order."""
-        m = self.model.model
+        m, cfg = self.model.model, self.cfg
         # the slot each new token writes: the last `length` rows of its segment's slots
         write = torch.cat([s.slots[s.start:s.start + s.length] for s in segments])  # (N,)
-        cos, sin = m.rotary_emb(positions[None])  # (1, N, R/2)
-        x = m.embed_tokens(token_ids)[None]  # (1, N, D)
+        x = m.embed_tokens(token_ids)  # (N, D)
         if spliced is not None:
-            x[0, spliced[0]] = spliced[1].to(x.dtype)
-        for i, layer in enumerate(m.layers):
+            x[spliced[0]] = spliced[1].to(x.dtype)
+        cos, sin = m.rotary_emb(positions)  # (N, R/2)
+        rot = rope_matrices(cos, sin, cfg.rope_interleave).to(x.dtype)  # (N, R, R)
+        lat, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
+        for i, (layer, fused) in enumerate(zip(m.layers, self.layers, strict=True)):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q_nope, q_pe = attn.queries(h, cos, sin)  # (1, N, H, n), (1, N, H, R)
-            c_kv, k_pe = attn.latent(h, cos, sin)  # (1, N, L), (1, N, R)
+            q, c_kv, k_pe = fused.attn_in(layer.input_layernorm(x)).split([fused.q_width, lat, r], dim=-1)
+            if attn.q_lora_rank is not None:
+                q = attn.q_b_proj(attn.q_a_layernorm(q))
+            q_nope, q_pe = q.view(len(x), attn.n_heads, attn.qk_dim).split([attn.nope_dim, r], dim=-1)
+            q_pe = torch.bmm(q_pe, rot)  # (N, H, R)
+            k_pe = torch.bmm(k_pe[:, None], rot)[:, 0]  # (N, R)
             kv = self.cache.kv[i]
-            kv[write] = torch.cat([c_kv[0], k_pe[0]], dim=-1).to(kv.dtype)
-            out = self._attend(i, attn, kv, q_nope[0], q_pe[0], segments)  # (N, H * v)
-            x = x + attn.o_proj(out[None])
+            kv[write] = torch.cat([attn.kv_a_layernorm(c_kv), k_pe], dim=-1).to(kv.dtype)
+            x = x + attn.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments))  # (N, D)
             h = layer.post_attention_layernorm(x)
-            if isinstance(layer.mlp, MoE):
-                y, routing = layer.mlp(h)
-                counts = self.expert_counts[i]
-                counts += torch.bincount(routing.topk_idx.flatten(), minlength=len(counts))
+            mlp = layer.mlp
+            if isinstance(mlp, MoE):
+                routing = mlp.gate(h)
+                self.expert_counts[i].index_put_((routing.topk_idx.flatten(),), self._one, accumulate=True)
+                if len(x) * cfg.num_experts_per_tok < 2 * cfg.n_routed_experts:  # fewer pairs than experts to visit
+                    y = few_tokens(mlp.experts, h, routing.topk_idx, routing.topk_weight)
+                else:
+                    y = mlp.experts(h, routing.topk_idx, routing.topk_weight)
+                if mlp.shared_experts is not None:
+                    y = y + self._swiglu(fused, mlp.shared_experts, h)
                 x = x + y
             else:
-                x = x + layer.mlp(h)
+                x = x + self._swiglu(fused, mlp, h)
         ends = [0]
         for s in segments:
             ends.append(ends[-1] + s.length)
         last = torch.tensor([ends[j + 1] - 1 for j, s in enumerate(segments) if s.logits], dtype=torch.long)
         if last.numel() == 0:
-            return x.new_zeros(0, self.cfg.vocab_size, dtype=torch.float32)
-        return self.model.lm_head(m.norm(x[0, last])).float()  # logits only where a token will be sampled
+            return x.new_zeros(0, cfg.vocab_size, dtype=torch.float32)
+        return self.model.lm_head(m.norm(x[last])).float()  # logits only where a token will be sampled
+
+    @staticmethod
+    def _swiglu(fused: layout.DecodeLayer, mlp: MLP, h: torch.Tensor) -> torch.Tensor:
+        g, u = fused.gate_up(h).chunk(2, dim=-1)
+        return mlp.down_proj(F.silu(g) * u)
 
     def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
                 segments: list[Segment]) -> torch.Tensor:
@@ -129,8 +162,8 @@ class ModelRunner:
         """B sequences, one new token each, attending over their cached latents; W_UK, W_UV folded in."""
         ab, lat = self.absorbed[i], attn.kv_lora_rank
         b = len(segments)
-        q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
-        q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
+        q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L), scaled
+        q = torch.cat([q_lat.transpose(0, 1), q_pe * attn.softmax_scale], dim=-1)  # (B, H, L + R)
         lengths = [s.start + 1 for s in segments]
         t = max(lengths)
         if b == 1:
@@ -141,7 +174,7 @@ class ModelRunner:
             ctx = kv[rows]  # (B, T, L + R)
             mask = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]  # (B, T): padding
         ctx = ctx.to(q.dtype)
-        scores = torch.bmm(q, ctx.transpose(1, 2)) * attn.softmax_scale  # (B, H, T)
+        scores = torch.bmm(q, ctx.transpose(1, 2))  # (B, H, T)
         if mask is not None:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         p = scores.float().softmax(dim=-1).to(q.dtype)

@@ -1,0 +1,110 @@
+"""Decode layout: fused projections and storage order change no value; the rope matrices and the few-token expert
+loop equal the model's own arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seekmoe.engine import layout
+from seekmoe.engine.quant import quantize_int8
+from seekmoe.engine.runner import rope_matrices
+from seekmoe.model import MoE, RotaryEmbedding, apply_rope, few_tokens
+from tests.conftest import tiny_config, tiny_model
+
+IDS = torch.randint(0, 97, (3, 13), generator=torch.Generator().manual_seed(0))
+MODELS = {
+    "low-rank q": {},
+    "full-rank q, tied head": dict(q_lora_rank=None, tie_word_embeddings=True),
+    "v3 sigmoid": dict(model_type="deepseek_v3", topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True),
+}
+
+
+def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+@pytest.mark.parametrize("name", MODELS)
+def test_laying_out_changes_no_output(name, int8):
+    model = tiny_model(**MODELS[name])
+    if int8:
+        quantize_int8(model)
+    with torch.no_grad():
+        want = model(IDS)
+        layers = layout.prepare(model)
+        torch.testing.assert_close(model(IDS), want, rtol=1e-5, atol=1e-5)
+        layout.prepare(model)  # a second engine over the same model lays it out again: still the same values
+        torch.testing.assert_close(model(IDS), want, rtol=1e-5, atol=1e-5)
+    assert len(layers) == model.config.num_hidden_layers
+
+
+def test_fused_weights_are_views_of_one_tensor_not_copies():
+    model = tiny_model(q_lora_rank=None)
+    layers = layout.prepare(model)
+    attn, moe = model.model.layers[1].self_attn, model.model.layers[1].mlp
+    assert isinstance(moe, MoE)
+    assert same_storage(attn.q_proj.weight, layers[1].attn_in.weight)
+    assert same_storage(attn.kv_a_proj_with_mqa.weight, layers[1].attn_in.weight)
+    assert same_storage(moe.shared_experts.gate_proj.weight, layers[1].gate_up.weight)
+    assert same_storage(moe.experts.gate_proj, moe.experts.gate_up)
+    assert same_storage(moe.experts.up_proj, moe.experts.gate_up)
+    assert moe.experts.gate_up.shape == (8, 2 * 16, 32)
+    # storage order by shape: a wide output (32 from 16) is stored column by column, a square one row by row
+    d = moe.experts.down_proj  # (E, D=32, F=16)
+    assert d.stride()[1:] == (1, 32)
+    assert attn.o_proj.weight.stride() == (1, 32)  # (32, 24): wider out than in
+    assert layers[1].attn_in.weight.shape == (48 + 20, 32) and layers[1].attn_in.weight.t().is_contiguous()
+    assert model.model.layers[0].mlp.gate_proj.weight.is_contiguous() is False  # dense (64, 32) of (128, 32)
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_rope_matrices_rotate_as_apply_rope(interleave):
+    cfg = tiny_config(qk_rope_head_dim=8, rope_scaling={"type": "yarn", "factor": 4.0, "mscale": 1.0,
+                                                        "mscale_all_dim": 0.5,
+                                                        "original_max_position_embeddings": 32})
+    positions = torch.tensor([0, 3, 17, 100])
+    cos, sin = RotaryEmbedding(cfg)(positions)  # (N, R/2)
+    x = torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(1))  # (N, heads, R)
+    want = apply_rope(x[None], cos[None], sin[None], interleave)[0]
+    torch.testing.assert_close(torch.bmm(x, rope_matrices(cos, sin, interleave)), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_few_token_experts_equal_the_batched_dispatch(tokens, int8, fused):
+    model = tiny_model()
+    moe = model.model.layers[1].mlp
+    x_ND = torch.randn(tokens, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        routing = moe.gate(x_ND)
+        want = moe.experts(x_ND, routing.topk_idx, routing.topk_weight)  # float, grouped or looped
+        if int8:
+            quantize_int8(model)
+            want = moe.experts(x_ND, routing.topk_idx, routing.topk_weight)
+        if fused:
+            moe.experts.fuse_gate_up()
+            torch.testing.assert_close(moe.experts(x_ND, routing.topk_idx, routing.topk_weight), want)
+        got = few_tokens(moe.experts, x_ND, routing.topk_idx, routing.topk_weight)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_few_token_experts_read_only_the_chosen_experts():
+    moe = tiny_model().model.layers[1].mlp
+    moe.experts.fuse_gate_up()
+    x_ND = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+    idx_NK, weight_NK = torch.tensor([[2, 5], [5, 7]]), torch.tensor([[0.6, 0.4], [0.5, 0.5]])
+    want = few_tokens(moe.experts, x_ND, idx_NK, weight_NK)
+    with torch.no_grad():
+        for e in {0, 1, 3, 4, 6}:  # poison every unused expert: reading one would show as nan
+            moe.experts.gate_up[e] = float("nan")
+            moe.experts.down_proj[e] = float("nan")
+    assert torch.equal(few_tokens(moe.experts, x_ND, idx_NK, weight_NK), want)
+
+
+def test_fusing_what_cannot_be_fused_is_refused():
+    model = tiny_model()
+    attn = model.model.layers[0].self_attn
+    with pytest.raises(TypeError, match="cannot fuse"):
+        layout.fuse(attn.q_a_proj, attn.q_a_layernorm)
