@@ -59,7 +59,7 @@ def test_absorbed_and_expanded_decoding_match_the_model(variant):
     tokens = prompts([40])[0]
     with torch.no_grad():
         full = model(torch.tensor([tokens]))[0]
-    chunks = [9, 7] + [1] * 24
+    chunks = [17, 7] + [1] * 16  # a chunk past ROPE_MATRIX_TOKENS, one below it, then decoding
     absorbed, expanded = run_chunks(model, tokens, chunks, True), run_chunks(model, tokens, chunks, False)
     for pos, logits in absorbed.items():
         assert (logits - full[pos]).abs().max() <= 1e-4

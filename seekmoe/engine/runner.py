@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
-from seekmoe.model import MLA, MLP, CausalLM, MoE, few_tokens
+from seekmoe.model import MLA, MLP, CausalLM, MoE, apply_rope, few_tokens
+
+ROPE_MATRIX_TOKENS = 16
 
 
 @dataclass
@@ -87,7 +89,8 @@ class ModelRunner:
         if spliced is not None:
             x[spliced[0]] = spliced[1].to(x.dtype)
         cos, sin = m.rotary_emb(positions)  # (N, R/2)
-        rot = rope_matrices(cos, sin, cfg.rope_interleave).to(x.dtype)  # (N, R, R)
+        # a few tokens: rope as one small matrix product per layer; many: elementwise, cheaper than N tiny products
+        rot = rope_matrices(cos, sin, cfg.rope_interleave).to(x.dtype) if len(x) <= ROPE_MATRIX_TOKENS else None
         lat, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
         for i, (layer, fused) in enumerate(zip(m.layers, self.layers, strict=True)):
             attn = layer.self_attn
@@ -95,8 +98,11 @@ class ModelRunner:
             if attn.q_lora_rank is not None:
                 q = attn.q_b_proj(attn.q_a_layernorm(q))
             q_nope, q_pe = q.view(len(x), attn.n_heads, attn.qk_dim).split([attn.nope_dim, r], dim=-1)
-            q_pe = torch.bmm(q_pe, rot)  # (N, H, R)
-            k_pe = torch.bmm(k_pe[:, None], rot)[:, 0]  # (N, R)
+            if rot is not None:
+                q_pe, k_pe = torch.bmm(q_pe, rot), torch.bmm(k_pe[:, None], rot)[:, 0]  # (N, H, R), (N, R)
+            else:
+                q_pe = apply_rope(q_pe[None], cos[None], sin[None], cfg.rope_interleave)[0]
+                k_pe = apply_rope(k_pe[None, :, None], cos[None], sin[None], cfg.rope_interleave)[0, :, 0]
             kv = self.cache.kv[i]
             kv[write] = torch.cat([attn.kv_a_layernorm(c_kv), k_pe], dim=-1).to(kv.dtype)
             x = x + attn.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments))  # (N, D)
