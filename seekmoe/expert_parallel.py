@@ -41,6 +41,7 @@ class ParallelExperts(RoutedExperts):
         lo = rank * self.local
         for name in WEIGHTS:  # the same order as in RoutedExperts: the optimizer numbers parameters by it
             setattr(self, name, nn.Parameter(getattr(whole, name).detach()[lo:lo + self.local].clone()))
+        self.register_buffer("gate_up", None, persistent=False)  # training: gate and up stay apart (RoutedExperts)
 
     def forward(
         self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
