@@ -108,3 +108,18 @@ def test_fusing_what_cannot_be_fused_is_refused():
     attn = model.model.layers[0].self_attn
     with pytest.raises(TypeError, match="cannot fuse"):
         layout.fuse(attn.q_a_proj, attn.q_a_layernorm)
+
+
+def test_a_bfloat16_model_decodes_through_the_engine_as_through_the_model():
+    from seekmoe.engine.engine import Engine
+    from seekmoe.engine.sampling import SamplingParams
+    from tests.test_engine import prompts, reference_greedy
+
+    model = tiny_model().to(torch.bfloat16)
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.gate.float()  # the router stays float32, as load_model keeps it
+    prompt = prompts([12])[0]
+    got = Engine(model, cache_tokens=256).generate([prompt], SamplingParams(max_tokens=8, temperature=0,
+                                                                            ignore_eos=True))[0][0]
+    assert got == reference_greedy(model, prompt, 8)
