@@ -3,7 +3,10 @@
 Quantized: the attention projections except kv_b_proj (the absorbed MLA path reads its float weight), dense MLPs,
 shared and routed experts, and an untied lm_head. Float: the embedding table, routers (Gate), norms, kv_b_proj.
 
-Two matmul paths, both computing x @ (q * s).T:
+Three matmul paths, all computing x @ (q * s).T:
+- up to GEMV_MAX_ROWS float32 rows (decode): seekmoe's own AVX2 kernel (kernels.py, int8_gemv.c), which widens the
+  int8 weights to float32 as it streams them: float32 activations, float32 accumulation, no rounding but the sums'.
+  Where it cannot be built or used, the next path takes these rows too.
 - few rows (decode, <= KERNEL_MAX_ROWS): torch's int8-weight kernel, which streams the int8 weight once. On the CPU
   it is fast only for bfloat16 activations (float32 ones take a scalar loop, 5-40x slower), so x and the
   output are rounded to bfloat16 (~0.4% relative, under the int8 rounding itself); the float32 scale is applied
@@ -35,11 +38,14 @@ from torch import nn
 from seekmoe import checkpoint as ckpt
 from seekmoe.checkpoint import CheckpointError, hf_tensors
 from seekmoe.config import ModelConfig
+from seekmoe.engine import kernels
 from seekmoe.model import CausalLM, Gate, RotaryEmbedding, RoutedExperts, few_tokens
 
 QUANT_METHOD = "seekmoe-int8"
 # fnmatch patterns over module names: what stays float
 FLOAT_MODULES = ["model.embed_tokens", "model.layers.*.self_attn.kv_b_proj", "model.layers.*.mlp.gate", "*norm"]
+# seekmoe's own kernel (kernels.py) for up to this many float32 rows: 2-3x torch's for one row, even from four
+GEMV_MAX_ROWS = 4
 # the bf16 kernel's cost grows with the rows; past ~32 the shared dequantization wins (measured on an AVX-512 EPYC)
 KERNEL_MAX_ROWS = 32
 # without AVX2/AVX-512 torch runs the kernel's scalar loop, slower than dequantizing
@@ -68,9 +74,15 @@ def _kernel_fits(x_NI: torch.Tensor, q_OI: torch.Tensor) -> bool:
 
 def int8_linear(x: torch.Tensor, q_OI: torch.Tensor, scale_O: torch.Tensor) -> torch.Tensor:
     """x (..., I) @ (q * scale).T -> (..., O) in x's dtype. Inference only: the kernel path has no gradient."""
+    if (x.dtype == torch.float32 and x.dim() == 2 and 0 < len(x) <= GEMV_MAX_ROWS and x.is_contiguous()
+            and q_OI.is_contiguous() and (gemv := kernels.int8_gemv()) is not None):
+        return gemv(x, q_OI, scale_O)  # the decode steps' case, kept short: this runs ~100 times a token
     shape = x.shape
     x_NI = x.reshape(-1, shape[-1])  # (N, I)
-    if _kernel_fits(x_NI, q_OI):
+    if (x.dtype == torch.float32 and 0 < x_NI.shape[0] <= GEMV_MAX_ROWS and q_OI.is_contiguous()
+            and (gemv := kernels.int8_gemv()) is not None):
+        out = gemv(x_NI.contiguous(), q_OI, scale_O.float().contiguous())
+    elif _kernel_fits(x_NI, q_OI):
         xb = x_NI.to(torch.bfloat16).contiguous()
         if xb.data_ptr() % 64:
             xb = xb.clone()  # the kernel's aligned loads need an aligned row start

@@ -1,0 +1,80 @@
+/* y (M, O) = x (M, I) @ (q (O, I) int8 * scale (O)).T, float32 activations and output, AVX2 + FMA.
+ *
+ * The int8 weight-only product for a few rows (decoding). Each weight row is read from memory once: 32 weights at
+ * a time are widened to float32 and multiplied into up to four rows of x, so the rows share the widening. The
+ * activations stay float32 (no bfloat16 rounding) and the scale is applied once per output.
+ * Built by seekmoe/engine/kernels.py with the system C compiler; any build failure falls back to torch.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 int8 weights from w, widened to float32 in four registers */
+#define WIDEN32(w, w0, w1, w2, w3)                                                           \
+    __m256i raw = _mm256_loadu_si256((const __m256i *)(w));                                  \
+    __m128i lo = _mm256_castsi256_si128(raw), hi = _mm256_extracti128_si256(raw, 1);         \
+    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));                                \
+    __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));             \
+    __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));                                \
+    __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))
+
+/* one row of x against weight row w, length n: four accumulators, so the multiply-adds do not wait on each other */
+static inline float dot1(const float *x, const int8_t *w, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        WIDEN32(w + i, w0, w1, w2, w3);
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + i + 24), a3);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += (float)w[i] * x[i];
+    return s;
+}
+
+/* nm <= 4 rows of x (stride n) against weight row w: the rows share each widening */
+static inline void dot4(const float *x, int nm, const int8_t *w, int64_t n, float *out) {
+    __m256 acc[4][2];
+    for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        WIDEN32(w + i, w0, w1, w2, w3);
+        for (int m = 0; m < nm; m++) {
+            const float *xm = x + m * n + i;
+            acc[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xm), acc[m][0]);
+            acc[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xm + 8), acc[m][1]);
+            acc[m][0] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xm + 16), acc[m][0]);
+            acc[m][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xm + 24), acc[m][1]);
+        }
+    }
+    for (int m = 0; m < nm; m++) {
+        float s = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+        for (int64_t j = i; j < n; j++) s += (float)w[j] * x[m * n + j];
+        out[m] = s;
+    }
+}
+
+void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
+                       int64_t n_out) {
+    float part[4];
+    for (int64_t o = 0; o < n_out; o++) {
+        const int8_t *w = q + o * n_in;
+        if (m_rows == 1) {
+            y[o] = dot1(x, w, n_in) * scale[o];
+            continue;
+        }
+        for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows of x */
+            int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
+            dot4(x + m0 * n_in, nm, w, n_in, part);
+            for (int m = 0; m < nm; m++) y[(m0 + m) * n_out + o] = part[m] * scale[o];
+        }
+    }
+}

@@ -1,0 +1,85 @@
+"""seekmoe's own int8 kernel: equal to the dequantized product in float32, refused inputs, and torch's kernel
+whenever it cannot be built or used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seekmoe.engine import kernels
+from seekmoe.engine.quant import int8_linear, quantize_rows
+
+gemv = kernels.int8_gemv()
+needs_gemv = pytest.mark.skipif(gemv is None, reason="the kernel cannot be built here (no C compiler or no AVX2)")
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@needs_gemv
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("shape", [(48, 64), (7, 45), (130, 1024)])  # (O, I): tails of both loops
+def test_the_kernel_equals_the_dequantized_product(shape, rows):
+    q, scale = quantize_rows(randn(*shape, seed=1))
+    x = randn(rows, shape[1], seed=2)
+    want = x.double() @ (q.double() * scale.double()[:, None]).T
+    torch.testing.assert_close(gemv(x, q, scale), want.float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_gemv
+def test_int8_linear_takes_the_kernel_for_a_few_float32_rows_only(monkeypatch):
+    q, scale = quantize_rows(randn(48, 64, seed=1))
+    calls = []
+    monkeypatch.setattr(kernels, "_loaded", {"int8_gemv": lambda *a: calls.append(a[0].shape) or gemv(*a)})
+    x = randn(2, 3, 64, seed=2)  # any leading shape
+    out = int8_linear(x[:, :1], q, scale)  # 2 rows
+    assert calls == [(2, 64)] and out.shape == (2, 1, 48)
+    torch.testing.assert_close(out, x[:, :1] @ (q.float() * scale[:, None]).T, rtol=1e-5, atol=1e-5)
+    int8_linear(x, q, scale)  # 6 rows: past GEMV_MAX_ROWS
+    int8_linear(x[0, :1].bfloat16(), q, scale)  # bfloat16 rows
+    assert calls == [(2, 64)]
+
+
+@needs_gemv
+@pytest.mark.parametrize("bad", ["x float64", "q float", "x strided", "scale short"])
+def test_the_kernel_refuses_what_it_cannot_read(bad):
+    q, scale = quantize_rows(randn(8, 32, seed=1))
+    x = randn(2, 32, seed=2)
+    args = {"x float64": (x.double(), q, scale), "q float": (x, q.float(), scale),
+            "x strided": (randn(2, 64)[:, ::2], q, scale), "scale short": (x, q, scale[:4])}[bad]
+    with pytest.raises(ValueError, match="int8_gemv needs"):
+        gemv(*args)
+
+
+@pytest.mark.parametrize("how", ["no compiler", "compiler fails", "turned off"])
+def test_without_the_kernel_int8_falls_back_to_torch(how, monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))  # nothing cached: it must build
+    if how == "no compiler":
+        monkeypatch.setenv("PATH", str(tmp_path))
+        monkeypatch.delenv("CC", raising=False)
+    elif how == "compiler fails":
+        monkeypatch.setenv("CC", "false")
+    else:
+        monkeypatch.setenv("SEEKMOE_KERNELS", "0")
+    assert kernels.int8_gemv() is None
+    assert not list(tmp_path.rglob("*.tmp"))  # a failed build leaves nothing behind
+    q, scale = quantize_rows(randn(48, 64, seed=1))
+    x = randn(1, 64, seed=2)
+    out = int8_linear(x, q, scale)  # torch's kernel (bfloat16 rounding) or the dequantized product
+    torch.testing.assert_close(out, x @ (q.float() * scale[:, None]).T, rtol=0.02, atol=0.02)
+
+
+@needs_gemv
+def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))
+    assert kernels.int8_gemv() is not None
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("CC", "false")  # a second process finds it built: no compiler needed
+    assert kernels.int8_gemv() is not None
+    assert built[0].stat().st_mtime_ns == stamp
