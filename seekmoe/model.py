@@ -308,6 +308,10 @@ def few_tokens(experts: nn.Module, x_ND: torch.Tensor, idx_NK: torch.Tensor, wei
                kept_NK: torch.Tensor | None = None) -> torch.Tensor:
     """The routed experts' output for a handful of tokens (decoding), inference only: only the experts in use run,
     one at a time through `experts.expert(e, rows)`, each output added into place with its weight."""
+    if x_ND.shape[0] == 1 and kept_NK is None and hasattr(experts, "one_token"):
+        y_D = experts.one_token(x_ND[0], idx_NK[0], weight_NK[0])  # a kernel for the whole block, where there is one
+        if y_D is not None:
+            return y_D[None]
     y_ND = torch.zeros_like(x_ND)
     if x_ND.shape[0] == 1 and kept_NK is None:  # one token: no grouping to do
         for e, w in zip(idx_NK[0].tolist(), weight_NK[0].tolist(), strict=True):

@@ -83,3 +83,33 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a second process finds it built: no compiler needed
     assert kernels.int8_gemv() is not None
     assert built[0].stat().st_mtime_ns == stamp
+
+
+def int8_expert_weights(e: int = 5, d: int = 40, f: int = 12):
+    gate_up, gate_up_scale = quantize_rows(randn(e, 2 * f, d, seed=3) * 0.3)
+    down, down_scale = quantize_rows(randn(e, d, f, seed=4) * 0.3)
+    return gate_up, gate_up_scale, down, down_scale
+
+
+@needs_gemv
+def test_one_token_through_int8_experts_equals_the_dequantized_swiglus():
+    gate_up, gus, down, ds = int8_expert_weights()
+    x = randn(40, seed=5)
+    idx, weight = torch.tensor([3, 0, 4]), torch.tensor([0.5, 0.3, 0.2])
+    want = torch.zeros(40, dtype=torch.float64)
+    for e, w in zip(idx.tolist(), weight.tolist(), strict=True):
+        g, u = (gate_up[e].double() * gus[e].double()[:, None] @ x.double()).chunk(2)
+        want += w * (down[e].double() * ds[e].double()[:, None]) @ (torch.nn.functional.silu(g) * u)
+    got = kernels.int8_experts()(x, gate_up, gus, down, ds, idx, weight)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_gemv
+@pytest.mark.parametrize("bad", ["index past the end", "negative index", "int32 indices", "strided x", "wrong width"])
+def test_int8_experts_refuses_what_it_cannot_read(bad):
+    gate_up, gus, down, ds = int8_expert_weights()
+    x, idx, weight = randn(40, seed=5), torch.tensor([1, 2]), torch.tensor([0.5, 0.5])
+    args = {"index past the end": (x, idx + 4), "negative index": (x, idx - 2), "int32 indices": (x, idx.int()),
+            "strided x": (randn(80)[::2], idx), "wrong width": (randn(41), idx)}[bad]
+    with pytest.raises(ValueError, match="int8_experts"):
+        kernels.int8_experts()(args[0], gate_up, gus, down, ds, args[1], weight)

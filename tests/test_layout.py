@@ -123,3 +123,18 @@ def test_a_bfloat16_model_decodes_through_the_engine_as_through_the_model():
     got = Engine(model, cache_tokens=256).generate([prompt], SamplingParams(max_tokens=8, temperature=0,
                                                                             ignore_eos=True))[0][0]
     assert got == reference_greedy(model, prompt, 8)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_the_fused_swiglu_equals_the_modules_own(int8):
+    """Dense MLP and shared experts through DecodeLayer.swiglu (for one int8 token: the experts kernel)."""
+    model = tiny_model()
+    if int8:
+        quantize_int8(model)
+    layers = layout.prepare(model)
+    for rows in (1, 3):
+        h = torch.randn(rows, 32, generator=torch.Generator().manual_seed(rows))
+        for fused, layer in zip(layers, model.model.layers, strict=True):
+            mlp = layer.mlp.shared_experts if isinstance(layer.mlp, MoE) else layer.mlp
+            with torch.no_grad():
+                torch.testing.assert_close(fused.swiglu(mlp, h), mlp(h), rtol=1e-5, atol=1e-5)

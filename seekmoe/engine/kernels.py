@@ -1,8 +1,11 @@
 """Hand-written CPU kernels, built on first use with the system C compiler and called through ctypes.
 
-One so far: `int8_gemv` (int8_gemv.c), the int8 weight-only product for a few float32 rows. torch's int8 kernel
-(`_weight_int8pack_mm`) is compute-bound on AVX2 for one row: 5-7 GB/s of int8 weight on one core here, where
-this kernel streams 11-15 GB/s (bench/decode.py's `small` shapes); from four rows on the two are even.
+Both in int8_gemv.c, for int8 weight-only decoding:
+- `int8_gemv`, the product of a few float32 rows with an int8 weight. torch's int8 kernel (`_weight_int8pack_mm`)
+  is compute-bound on AVX2 for one row: 5-7 GB/s of int8 weight on one core here, where this one streams 11-15
+  GB/s (bench/decode.py's `small` shapes); from four rows on the two are even.
+- `int8_experts`, one token through its chosen SwiGLU experts in one call: a decode step's routed experts
+  otherwise cost a handful of PyTorch calls per expert.
 
 The library is compiled once per source version into the user's cache folder (`$XDG_CACHE_HOME/seekmoe` or
 ~/.cache/seekmoe; SEEKMOE_CACHE overrides), written to a temporary name and renamed into place. Without a compiler,
@@ -63,7 +66,8 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                             timeout=120)
         if res.returncode != 0:
             raise OSError(f"{cc} failed: {res.stderr.strip()[-500:]}")
         os.replace(tmp, target)  # another process may have built it meanwhile: the same bytes either way
@@ -73,26 +77,32 @@ def _build() -> Path:
     return target
 
 
+def _library() -> ctypes.CDLL | None:
+    """The compiled library, loaded once; None where it cannot be built or used (the reason is logged once)."""
+    if "lib" not in _loaded:
+        with _lock:
+            if "lib" not in _loaded:
+                why = _usable()
+                lib = None
+                if why is None:
+                    try:
+                        lib = ctypes.CDLL(str(_build()))
+                    except (OSError, subprocess.SubprocessError) as e:
+                        why = str(e)
+                if lib is None:
+                    log.info("int8 decode uses torch's kernel: the seekmoe kernels are not available (%s)", why)
+                _loaded["lib"] = lib
+    return _loaded["lib"]
+
+
 def int8_gemv() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """`f(x (M, I) float32, q (O, I) int8, scale (O,) float32) -> (M, O) float32`, all contiguous, or None when
-    the kernel cannot be built or used here (the reason is logged once)."""
+    the kernels cannot be built or used here."""
     if "int8_gemv" in _loaded:
         return _loaded["int8_gemv"]
-    with _lock:
-        if "int8_gemv" not in _loaded:
-            _loaded["int8_gemv"] = _load()
-    return _loaded["int8_gemv"]
-
-
-def _load() -> Callable | None:
-    why = _usable()
-    if why is None:
-        try:
-            lib = ctypes.CDLL(str(_build()))
-        except (OSError, subprocess.SubprocessError) as e:
-            why = str(e)
-    if why is not None:
-        log.info("int8 decode uses torch's kernel: the seekmoe kernel is not available (%s)", why)
+    lib = _library()
+    if lib is None:
+        _loaded["int8_gemv"] = None
         return None
     fn = lib.seekmoe_int8_gemv
     fn.restype = None
@@ -110,4 +120,43 @@ def _load() -> Callable | None:
         fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), m, i, o)  # ctypes drops the GIL meanwhile
         return y
 
+    _loaded["int8_gemv"] = gemv
     return gemv
+
+
+def int8_experts() -> Callable[..., torch.Tensor] | None:
+    """`f(x (D,), gate_up (E, 2F, D) int8, gate_up_scale (E, 2F), down (E, D, F) int8, down_scale (E, D), idx (K,)
+    int64, weight (K,) float32) -> (D,)`: one token's output of its K chosen SwiGLU experts, weighted and summed;
+    all contiguous CPU tensors, float32 where not int8. None when the kernels cannot be built or used here."""
+    if "int8_experts" in _loaded:
+        return _loaded["int8_experts"]
+    lib = _library()
+    if lib is None:
+        _loaded["int8_experts"] = None
+        return None
+    fn = lib.seekmoe_int8_experts
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 6 + [
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+
+    def experts(x: torch.Tensor, gate_up: torch.Tensor, gate_up_scale: torch.Tensor, down: torch.Tensor,
+                down_scale: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        e, f2, d = gate_up.shape
+        f, k = f2 // 2, idx.shape[0]
+        tensors = (x, gate_up, gate_up_scale, down, down_scale, idx, weight)
+        if not (x.shape == (d,) and f2 % 2 == 0 and gate_up_scale.shape == (e, f2) and down.shape == (e, d, f)
+                and down_scale.shape == (e, d) and idx.shape == weight.shape == (k,)
+                and gate_up.dtype == down.dtype == torch.int8 and idx.dtype == torch.int64
+                and x.dtype == gate_up_scale.dtype == down_scale.dtype == weight.dtype == torch.float32
+                and all(t.is_contiguous() and t.device.type == "cpu" for t in tensors)):
+            raise ValueError("int8_experts needs contiguous CPU tensors: x (D,), gate_up (E, 2F, D) int8, "
+                             "gate_up_scale (E, 2F), down (E, D, F) int8, down_scale (E, D), idx (K,) int64, "
+                             f"weight (K,); got {', '.join(f'{tuple(t.shape)} {t.dtype}' for t in tensors)}")
+        y, h = torch.zeros(d, dtype=torch.float32), torch.empty(f2, dtype=torch.float32)
+        if fn(x.data_ptr(), d, f, e, gate_up.data_ptr(), gate_up_scale.data_ptr(), down.data_ptr(),
+              down_scale.data_ptr(), idx.data_ptr(), weight.data_ptr(), k, y.data_ptr(), h.data_ptr()):
+            raise ValueError(f"int8_experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
+        return y
+
+    _loaded["int8_experts"] = experts
+    return experts

@@ -24,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seekmoe.engine import kernels
 from seekmoe.engine.quant import Int8Linear, Int8RoutedExperts, int8_linear
 from seekmoe.model import MLA, MLP, CausalLM, MoE, RoutedExperts
+
+_FIRST, _WHOLE = torch.zeros(1, dtype=torch.long), torch.ones(1)  # expert 0 with weight 1: a plain SwiGLU
 
 
 def columns_first(out_features: int, in_features: int) -> bool:
@@ -104,6 +107,17 @@ class DecodeLayer:
             relayout(swiglu.down_proj)
         if isinstance(mlp, MoE) and isinstance(mlp.experts, (RoutedExperts, Int8RoutedExperts)):
             relayout_experts(mlp.experts)
+
+    def swiglu(self, mlp: MLP, h: torch.Tensor) -> torch.Tensor:
+        """The dense MLP or the shared experts over h (N, D), through the fused gate and up; one int8 token goes
+        through the int8 experts kernel as a single expert (one call instead of four)."""
+        if (self.gate_up.scale is not None and h.shape[0] == 1 and h.dtype == torch.float32
+                and isinstance(mlp.down_proj, Int8Linear) and (fn := kernels.int8_experts()) is not None):
+            down = mlp.down_proj
+            return fn(h[0], self.gate_up.weight[None], self.gate_up.scale[None], down.weight[None],
+                      down.weight_scale[None], _FIRST, _WHOLE)[None]
+        g, u = self.gate_up(h).chunk(2, dim=-1)
+        return mlp.down_proj(F.silu(g) * u)
 
 
 def prepare(model: CausalLM) -> list[DecodeLayer]:

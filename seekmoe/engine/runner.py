@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
-from seekmoe.model import MLA, MLP, CausalLM, MoE, apply_rope, few_tokens
+from seekmoe.model import MLA, CausalLM, MoE, apply_rope, few_tokens
 
 ROPE_MATRIX_TOKENS = 16
 
@@ -116,10 +116,10 @@ class ModelRunner:
                 else:
                     y = mlp.experts(h, routing.topk_idx, routing.topk_weight)
                 if mlp.shared_experts is not None:
-                    y = y + self._swiglu(fused, mlp.shared_experts, h)
+                    y = y + fused.swiglu(mlp.shared_experts, h)
                 x = x + y
             else:
-                x = x + self._swiglu(fused, mlp, h)
+                x = x + fused.swiglu(mlp, h)
         ends = [0]
         for s in segments:
             ends.append(ends[-1] + s.length)
@@ -127,11 +127,6 @@ class ModelRunner:
         if last.numel() == 0:
             return x.new_zeros(0, cfg.vocab_size, dtype=torch.float32)
         return self.model.lm_head(m.norm(x[last])).float()  # logits only where a token will be sampled
-
-    @staticmethod
-    def _swiglu(fused: layout.DecodeLayer, mlp: MLP, h: torch.Tensor) -> torch.Tensor:
-        g, u = fused.gate_up(h).chunk(2, dim=-1)
-        return mlp.down_proj(F.silu(g) * u)
 
     def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
                 segments: list[Segment]) -> torch.Tensor:
