@@ -271,6 +271,17 @@ class RoutedExperts(nn.Module):
         out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
         return torch.zeros_like(x_ND).index_add_(0, token_of, out)
 
+    def one_token(self, x_D: torch.Tensor, idx_K: torch.Tensor, weight_K: torch.Tensor) -> torch.Tensor | None:
+        """One float32 token through its chosen experts in one kernel call (engine.kernels.experts), or None where
+        that kernel is not available or the weights are not laid out for it (engine/layout.py)."""
+        if not (self.gate_up is not None and x_D.dtype == self.gate_up.dtype == torch.float32
+                and self.down_proj.transpose(1, 2).is_contiguous()):
+            return None
+        from seekmoe.engine import kernels  # the model does not need the engine otherwise
+
+        fn = kernels.experts()
+        return None if fn is None else fn(x_D, self.gate_up, None, self.down_proj, None, idx_K, weight_K.float())
+
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e's SwiGLU over rows x (M, D) -> (M, D)."""
         if self.gate_up is not None:

@@ -100,7 +100,7 @@ def test_one_token_through_int8_experts_equals_the_dequantized_swiglus():
     for e, w in zip(idx.tolist(), weight.tolist(), strict=True):
         g, u = (gate_up[e].double() * gus[e].double()[:, None] @ x.double()).chunk(2)
         want += w * (down[e].double() * ds[e].double()[:, None]) @ (torch.nn.functional.silu(g) * u)
-    got = kernels.int8_experts()(x, gate_up, gus, down, ds, idx, weight)
+    got = kernels.experts()(x, gate_up, gus, down, ds, idx, weight)
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
 
 
@@ -111,5 +111,37 @@ def test_int8_experts_refuses_what_it_cannot_read(bad):
     x, idx, weight = randn(40, seed=5), torch.tensor([1, 2]), torch.tensor([0.5, 0.5])
     args = {"index past the end": (x, idx + 4), "negative index": (x, idx - 2), "int32 indices": (x, idx.int()),
             "strided x": (randn(80)[::2], idx), "wrong width": (randn(41), idx)}[bad]
-    with pytest.raises(ValueError, match="int8_experts"):
-        kernels.int8_experts()(args[0], gate_up, gus, down, ds, args[1], weight)
+    with pytest.raises(ValueError, match=r"kernels\.experts"):
+        kernels.experts()(args[0], gate_up, gus, down, ds, args[1], weight)
+
+
+@needs_gemv
+def test_one_token_through_float32_experts_equals_the_swiglus():
+    gate_up, down = randn(5, 24, 40, seed=3) * 0.3, randn(5, 40, 12, seed=4) * 0.3
+    down_t = down.transpose(1, 2).contiguous().transpose(1, 2)  # stored transposed, as layout.py stores it
+    x = randn(40, seed=5)
+    idx, weight = torch.tensor([3, 0, 4]), torch.tensor([0.5, 0.3, 0.2])
+    want = torch.zeros(40, dtype=torch.float64)
+    for e, w in zip(idx.tolist(), weight.tolist(), strict=True):
+        g, u = (gate_up[e].double() @ x.double()).chunk(2)
+        want += w * down[e].double() @ (torch.nn.functional.silu(g) * u)
+    got = kernels.experts()(x, gate_up, None, down_t, None, idx, weight)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"kernels\.experts"):  # stored row by row: not what the kernel reads
+        kernels.experts()(x, gate_up, None, down, None, idx, weight)
+
+
+def test_a_decode_token_through_laid_out_experts_equals_the_model(monkeypatch):
+    from seekmoe.engine import layout
+    from seekmoe.model import few_tokens
+    from tests.conftest import tiny_model
+
+    moe = tiny_model().model.layers[1].mlp
+    x = randn(1, 32, seed=6)
+    with torch.no_grad():
+        r = moe.gate(x)
+        want = moe.experts(x, r.topk_idx, r.topk_weight)
+        layout.relayout_experts(moe.experts)
+        assert moe.experts.one_token(x[0], r.topk_idx[0], r.topk_weight[0]) is not None or gemv is None
+        torch.testing.assert_close(few_tokens(moe.experts, x, r.topk_idx, r.topk_weight), want, rtol=1e-5,
+                                   atol=1e-5)

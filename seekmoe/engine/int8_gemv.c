@@ -98,3 +98,53 @@ int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts
     }
     return 0;
 }
+
+/* ---- float32 experts ------------------------------------------------------------------------------------------ */
+
+static inline float dot1_f32(const float *x, const float *w, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+/* y (n) += sum over r < nr of a[r] * rows[r] (rows of length n, stride n): four rows per pass over y */
+static inline void axpy4(float *y, const float *a, const float *rows, int nr, int64_t n) {
+    __m256 c[4];
+    for (int r = 0; r < 4; r++) c[r] = _mm256_set1_ps(r < nr ? a[r] : 0.0f);
+    const float *r0 = rows, *r1 = rows + (nr > 1 ? n : 0), *r2 = rows + (nr > 2 ? 2 * n : 0),
+                *r3 = rows + (nr > 3 ? 3 * n : 0);  /* missing rows read row 0 with a zero coefficient */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_loadu_ps(y + i);
+        acc = _mm256_fmadd_ps(c[0], _mm256_loadu_ps(r0 + i), acc);
+        acc = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(r1 + i), acc);
+        acc = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(r2 + i), acc);
+        acc = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(r3 + i), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++)
+        for (int r = 0; r < nr; r++) y[i] += a[r] * rows[r * n + i];
+}
+
+/* As seekmoe_int8_experts for float32 weights: gate and up (E, 2F, D) row by row, the down projection stored
+ * transposed as (E, F, D) so that it streams as scaled rows added into y. `h` is scratch for 2F floats. */
+int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
+                        const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
+    for (int64_t j = 0; j < k; j++)
+        if (idx[j] < 0 || idx[j] >= n_experts) return -1;
+    for (int64_t j = 0; j < k; j++) {
+        const float *gu = gate_up + idx[j] * 2 * f * d, *dt = down_t + idx[j] * f * d;
+        for (int64_t o = 0; o < 2 * f; o++) h[o] = dot1_f32(x, gu + o * d, d);
+        for (int64_t o = 0; o < f; o++) h[o] = h[o] / (1.0f + expf(-h[o])) * h[f + o] * weight[j];
+        for (int64_t o = 0; o < f; o += 4) axpy4(y, h + o, dt + o * d, f - o < 4 ? (int)(f - o) : 4, d);
+    }
+    return 0;
+}

@@ -1,11 +1,11 @@
 """Hand-written CPU kernels, built on first use with the system C compiler and called through ctypes.
 
-Both in int8_gemv.c, for int8 weight-only decoding:
+Both in int8_gemv.c, for decoding:
 - `int8_gemv`, the product of a few float32 rows with an int8 weight. torch's int8 kernel (`_weight_int8pack_mm`)
   is compute-bound on AVX2 for one row: 5-7 GB/s of int8 weight on one core here, where this one streams 11-15
   GB/s (bench/decode.py's `small` shapes); from four rows on the two are even.
-- `int8_experts`, one token through its chosen SwiGLU experts in one call: a decode step's routed experts
-  otherwise cost a handful of PyTorch calls per expert.
+- `experts`, one token through its chosen SwiGLU experts in one call, int8 or float32 weights: a decode step's
+  routed experts otherwise cost a handful of PyTorch calls per expert.
 
 The library is compiled once per source version into the user's cache folder (`$XDG_CACHE_HOME/seekmoe` or
 ~/.cache/seekmoe; SEEKMOE_CACHE overrides), written to a temporary name and renamed into place. Without a compiler,
@@ -124,39 +124,55 @@ def int8_gemv() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
     return gemv
 
 
-def int8_experts() -> Callable[..., torch.Tensor] | None:
-    """`f(x (D,), gate_up (E, 2F, D) int8, gate_up_scale (E, 2F), down (E, D, F) int8, down_scale (E, D), idx (K,)
-    int64, weight (K,) float32) -> (D,)`: one token's output of its K chosen SwiGLU experts, weighted and summed;
-    all contiguous CPU tensors, float32 where not int8. None when the kernels cannot be built or used here."""
-    if "int8_experts" in _loaded:
-        return _loaded["int8_experts"]
+def experts() -> Callable[..., torch.Tensor] | None:
+    """`f(x (D,), gate_up (E, 2F, D), gate_up_scale, down (E, D, F), down_scale, idx (K,) int64, weight (K,))
+    -> (D,)`: one float32 token's output of its K chosen SwiGLU experts, weighted and summed. Either int8 weights
+    with float32 scales (E, 2F) and (E, D), or float32 weights and no scales (None), the down projection then stored
+    transposed (`down.transpose(1, 2)` contiguous, as layout.py lays it out). None when the kernels cannot be built
+    or used here."""
+    if "experts" in _loaded:
+        return _loaded["experts"]
     lib = _library()
     if lib is None:
-        _loaded["int8_experts"] = None
+        _loaded["experts"] = None
         return None
-    fn = lib.seekmoe_int8_experts
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 6 + [
-        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    i8, f32 = lib.seekmoe_int8_experts, lib.seekmoe_f32_experts
+    i8.restype = f32.restype = ctypes.c_int
+    sizes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    i8.argtypes = sizes + [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    f32.argtypes = sizes + [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
 
-    def experts(x: torch.Tensor, gate_up: torch.Tensor, gate_up_scale: torch.Tensor, down: torch.Tensor,
-                down_scale: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, gate_up: torch.Tensor, gate_up_scale: torch.Tensor | None, down: torch.Tensor,
+            down_scale: torch.Tensor | None, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         e, f2, d = gate_up.shape
         f, k = f2 // 2, idx.shape[0]
-        tensors = (x, gate_up, gate_up_scale, down, down_scale, idx, weight)
-        if not (x.shape == (d,) and f2 % 2 == 0 and gate_up_scale.shape == (e, f2) and down.shape == (e, d, f)
-                and down_scale.shape == (e, d) and idx.shape == weight.shape == (k,)
-                and gate_up.dtype == down.dtype == torch.int8 and idx.dtype == torch.int64
-                and x.dtype == gate_up_scale.dtype == down_scale.dtype == weight.dtype == torch.float32
-                and all(t.is_contiguous() and t.device.type == "cpu" for t in tensors)):
-            raise ValueError("int8_experts needs contiguous CPU tensors: x (D,), gate_up (E, 2F, D) int8, "
-                             "gate_up_scale (E, 2F), down (E, D, F) int8, down_scale (E, D), idx (K,) int64, "
-                             f"weight (K,); got {', '.join(f'{tuple(t.shape)} {t.dtype}' for t in tensors)}")
+        int8 = gate_up.dtype == torch.int8
+        stored = down if int8 else down.transpose(1, 2)  # the order the kernel reads
+        tensors = [x, gate_up, stored, idx, weight] + ([gate_up_scale, down_scale] if int8 else [])
+        ok = (x.shape == (d,) and f2 % 2 == 0 and down.shape == (e, d, f) and idx.shape == weight.shape == (k,)
+              and idx.dtype == torch.int64 and x.dtype == weight.dtype == torch.float32
+              and all(t is not None and t.is_contiguous() and t.device.type == "cpu" for t in tensors))
+        if ok and int8:
+            ok = (down.dtype == torch.int8 and gate_up_scale.shape == (e, f2) and down_scale.shape == (e, d)
+                  and gate_up_scale.dtype == down_scale.dtype == torch.float32)
+        elif ok:
+            ok = gate_up.dtype == down.dtype == torch.float32 and gate_up_scale is None and down_scale is None
+        if not ok:
+            raise ValueError("kernels.experts needs contiguous CPU tensors: x (D,) float32, gate_up (E, 2F, D) and "
+                             "down (E, D, F) int8 with float32 scales (E, 2F), (E, D), or float32 with down stored "
+                             "transposed and no scales, idx (K,) int64, weight (K,) float32; got "
+                             + ", ".join("None" if t is None else f"{tuple(t.shape)} {t.dtype}" for t in
+                                         (x, gate_up, gate_up_scale, down, down_scale, idx, weight)))
         y, h = torch.zeros(d, dtype=torch.float32), torch.empty(f2, dtype=torch.float32)
-        if fn(x.data_ptr(), d, f, e, gate_up.data_ptr(), gate_up_scale.data_ptr(), down.data_ptr(),
-              down_scale.data_ptr(), idx.data_ptr(), weight.data_ptr(), k, y.data_ptr(), h.data_ptr()):
-            raise ValueError(f"int8_experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
+        if int8:
+            status = i8(x.data_ptr(), d, f, e, gate_up.data_ptr(), gate_up_scale.data_ptr(), down.data_ptr(),
+                        down_scale.data_ptr(), idx.data_ptr(), weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
+        else:
+            status = f32(x.data_ptr(), d, f, e, gate_up.data_ptr(), down.data_ptr(), idx.data_ptr(),
+                         weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
+        if status:
+            raise ValueError(f"kernels.experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
         return y
 
-    _loaded["int8_experts"] = experts
-    return experts
+    _loaded["experts"] = run
+    return run

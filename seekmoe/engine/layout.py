@@ -112,7 +112,7 @@ class DecodeLayer:
         """The dense MLP or the shared experts over h (N, D), through the fused gate and up; one int8 token goes
         through the int8 experts kernel as a single expert (one call instead of four)."""
         if (self.gate_up.scale is not None and h.shape[0] == 1 and h.dtype == torch.float32
-                and isinstance(mlp.down_proj, Int8Linear) and (fn := kernels.int8_experts()) is not None):
+                and isinstance(mlp.down_proj, Int8Linear) and (fn := kernels.experts()) is not None):
             down = mlp.down_proj
             return fn(h[0], self.gate_up.weight[None], self.gate_up.scale[None], down.weight[None],
                       down.weight_scale[None], _FIRST, _WHOLE)[None]

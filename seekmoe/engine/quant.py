@@ -164,9 +164,9 @@ class Int8RoutedExperts(nn.Module):
         return int8_linear(F.silu(g) * u, self.down_proj[e], self.down_proj_scale[e])
 
     def one_token(self, x_D: torch.Tensor, idx_K: torch.Tensor, weight_K: torch.Tensor) -> torch.Tensor | None:
-        """One float32 token through its chosen experts in one kernel call (kernels.int8_experts), or None where
+        """One float32 token through its chosen experts in one kernel call (kernels.experts), or None where
         that kernel is not available or the layout is not the fused one."""
-        fn = kernels.int8_experts() if self.gate_up is not None and x_D.dtype == torch.float32 else None
+        fn = kernels.experts() if self.gate_up is not None and x_D.dtype == torch.float32 else None
         if fn is None:
             return None
         return fn(x_D, self.gate_up, self.gate_up_scale, self.down_proj, self.down_proj_scale, idx_K,
