@@ -32,7 +32,7 @@ def test_laying_out_changes_no_output(name, int8):
         quantize_int8(model)
     with torch.no_grad():
         want = model(IDS)
-        layers = layout.prepare(model)
+        layers, _ = layout.prepare(model)
         torch.testing.assert_close(model(IDS), want, rtol=1e-5, atol=1e-5)
         layout.prepare(model)  # a second engine over the same model lays it out again: still the same values
         torch.testing.assert_close(model(IDS), want, rtol=1e-5, atol=1e-5)
@@ -41,7 +41,7 @@ def test_laying_out_changes_no_output(name, int8):
 
 def test_fused_weights_are_views_of_one_tensor_not_copies():
     model = tiny_model(q_lora_rank=None)
-    layers = layout.prepare(model)
+    layers, _ = layout.prepare(model)
     attn, moe = model.model.layers[1].self_attn, model.model.layers[1].mlp
     assert isinstance(moe, MoE)
     assert same_storage(attn.q_proj.weight, layers[1].attn_in.weight)
@@ -50,12 +50,26 @@ def test_fused_weights_are_views_of_one_tensor_not_copies():
     assert same_storage(moe.experts.gate_proj, moe.experts.gate_up)
     assert same_storage(moe.experts.up_proj, moe.experts.gate_up)
     assert moe.experts.gate_up.shape == (8, 2 * 16, 32)
-    # storage order by shape: a wide output (32 from 16) is stored column by column, a square one row by row
-    d = moe.experts.down_proj  # (E, D=32, F=16)
-    assert d.stride()[1:] == (1, 32)
-    assert attn.o_proj.weight.stride() == (1, 32)  # (32, 24): wider out than in
-    assert layers[1].attn_in.weight.shape == (48 + 20, 32) and layers[1].attn_in.weight.t().is_contiguous()
-    assert model.model.layers[0].mlp.gate_proj.weight.is_contiguous() is False  # dense (64, 32) of (128, 32)
+    # the down projections are stored transposed (the experts kernel adds scaled rows; torch streams this shape
+    # faster so too); the other matrices row by row with the kernels, by shape without them
+    assert moe.experts.down_proj.stride()[1:] == (1, 32)
+    assert moe.shared_experts.down_proj.weight.stride() == (1, 32)
+    assert (attn.o_proj.weight.stride() == (1, 32)) == layout.columns_first(32, 24)
+    assert layers[1].attn_in.weight.shape == (48 + 20, 32)
+    assert layers[1].attn_in.weight.t().is_contiguous() == layout.columns_first(68, 32)
+
+
+def test_without_the_kernels_the_order_follows_the_shape(monkeypatch):
+    monkeypatch.setattr(layout.kernels, "available", lambda: False)
+    monkeypatch.setattr(layout.kernels, "_loaded", {"lib": None})
+    model = tiny_model(q_lora_rank=None)
+    with torch.no_grad():
+        want = model(IDS)
+        layers, head = layout.prepare(model)
+        torch.testing.assert_close(model(IDS), want, rtol=1e-5, atol=1e-5)
+    assert layers[1].attn_in.weight.t().is_contiguous()  # (68, 32): wider out than in
+    assert model.model.layers[1].self_attn.o_proj.weight.stride() == (1, 32)  # (32, 24)
+    assert head.gemv is None and model.lm_head.weight.stride() == (1, 97)  # (97, 32)
 
 
 @pytest.mark.parametrize("interleave", [True, False])
@@ -131,10 +145,10 @@ def test_the_fused_swiglu_equals_the_modules_own(int8):
     model = tiny_model()
     if int8:
         quantize_int8(model)
-    layers = layout.prepare(model)
+    layers, _ = layout.prepare(model)
     for rows in (1, 3):
         h = torch.randn(rows, 32, generator=torch.Generator().manual_seed(rows))
         for fused, layer in zip(layers, model.model.layers, strict=True):
             mlp = layer.mlp.shared_experts if isinstance(layer.mlp, MoE) else layer.mlp
             with torch.no_grad():
-                torch.testing.assert_close(fused.swiglu(mlp, h), mlp(h), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(fused.swiglu(h), mlp(h), rtol=1e-5, atol=1e-5)

@@ -148,3 +148,14 @@ int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts,
     }
     return 0;
 }
+
+/* y (O) = W x for one float32 row x (I): W stored (O, I) row by row (transposed == 0) or as (I, O) (transposed ==
+ * 1), streamed the way it is stored: dot products of rows, or scaled rows added into y. */
+void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t n_in, int64_t n_out, int transposed) {
+    if (!transposed) {
+        for (int64_t o = 0; o < n_out; o++) y[o] = dot1_f32(x, w + o * n_in, n_in);
+        return;
+    }
+    for (int64_t o = 0; o < n_out; o++) y[o] = 0.0f;
+    for (int64_t i = 0; i < n_in; i += 4) axpy4(y, x + i, w + i * n_out, n_in - i < 4 ? (int)(n_in - i) : 4, n_out);
+}

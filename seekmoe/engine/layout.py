@@ -32,7 +32,10 @@ _FIRST, _WHOLE = torch.zeros(1, dtype=torch.long), torch.ones(1)  # expert 0 wit
 
 
 def columns_first(out_features: int, in_features: int) -> bool:
-    """Whether a matrix streams faster stored transposed (I, O): outputs wider than inputs, or wide anyway."""
+    """Whether a matrix streams faster through torch stored transposed (I, O): outputs wider than inputs, or wide
+    anyway. With seekmoe's kernels every plain matrix is stored row by row (they stream rows fastest)."""
+    if kernels.available():
+        return False
     return out_features > in_features or out_features >= 768
 
 
@@ -43,22 +46,37 @@ def laid_out(w_OI: torch.Tensor) -> torch.Tensor:
     return w_OI.contiguous()
 
 
+def down_laid_out(w_DF: torch.Tensor) -> torch.Tensor:
+    """A SwiGLU's down projection (D, F), or a stack of them (E, D, F): stored transposed whenever the experts kernel
+    runs it (it adds scaled rows of (F, D)) or torch streams it faster that way."""
+    if kernels.available() or columns_first(*w_DF.shape[-2:]):
+        return w_DF.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return w_DF.contiguous()
+
+
 class Proj:
     """x (..., I) -> (..., O) by one weight: float (any storage order) or int8 with per-row scales."""
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor | None = None):
         self.weight, self.scale = weight, scale
+        self.gemv = kernels.f32_gemv() if scale is None and weight.dtype == torch.float32 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight) if self.scale is None else int8_linear(x, self.weight, self.scale)
+        if self.scale is not None:
+            return int8_linear(x, self.weight, self.scale)
+        if self.gemv is not None and x.shape[0] == 1 and x.dim() == 2 and x.is_contiguous():
+            return self.gemv(x, self.weight)  # one token: seekmoe's kernel
+        return F.linear(x, self.weight)
 
 
 @torch.no_grad()
-def fuse(*modules: nn.Module) -> Proj:
+def fuse(*modules: nn.Module, rows: bool = False) -> Proj:
     """One projection over the stacked rows of bias-free nn.Linear or Int8Linear modules that read the same input;
-    each module's weight (and scale) becomes a view of its rows."""
+    each module's weight (and scale) becomes a view of its rows. rows: store row by row whatever the shape (for
+    the experts kernel)."""
     if all(type(m) is nn.Linear and m.bias is None for m in modules):
-        stacked = laid_out(torch.cat([m.weight for m in modules]))  # (sum of O, I)
+        stacked = torch.cat([m.weight for m in modules])  # (sum of O, I)
+        stacked = stacked if rows else laid_out(stacked)
         start = 0
         for m in modules:
             m.weight.data = stacked[start:start + m.out_features]
@@ -76,53 +94,61 @@ def fuse(*modules: nn.Module) -> Proj:
 
 
 @torch.no_grad()
-def relayout(linear: nn.Module) -> None:
-    """A float nn.Linear's weight in its faster order, in place (int8 and other modules are left as they are)."""
+def relayout(linear: nn.Module, down: bool = False) -> Proj:
+    """A float nn.Linear's weight in its faster order (down: as a SwiGLU's down projection), in place; the module
+    as a Proj. int8 modules keep their order."""
     if type(linear) is nn.Linear:
-        linear.weight.data = laid_out(linear.weight)
+        linear.weight.data = down_laid_out(linear.weight) if down else laid_out(linear.weight)
+        return Proj(linear.weight)
+    if isinstance(linear, Int8Linear):
+        return Proj(linear.weight, linear.weight_scale)
+    raise TypeError(f"cannot lay out {type(linear).__name__}: nn.Linear or Int8Linear only")
 
 
 @torch.no_grad()
 def relayout_experts(experts: nn.Module) -> None:
-    """Gate and up fused per expert; a float down projection (E, D, F) stored per expert in its faster order."""
+    """Gate and up fused per expert; a float down projection (E, D, F) stored in its faster order."""
     experts.fuse_gate_up()
-    if isinstance(experts, RoutedExperts) and columns_first(*experts.down_proj.shape[1:]):
-        experts.down_proj.data = experts.down_proj.transpose(1, 2).contiguous().transpose(1, 2)
+    if isinstance(experts, RoutedExperts):
+        experts.down_proj.data = down_laid_out(experts.down_proj)
 
 
 class DecodeLayer:
-    """One layer's fused projections: the attention input and, for a dense MLP or shared experts, gate + up."""
+    """One layer's projections for the runner: the fused attention input, the attention output (and low-rank query
+    up-projection), and, for a dense MLP or shared experts, the fused gate + up."""
 
     def __init__(self, attn: MLA, mlp: nn.Module):
         first = attn.q_proj if attn.q_lora_rank is None else attn.q_a_proj
         self.attn_in = fuse(first, attn.kv_a_proj_with_mqa)  # h -> [q or q_a | c_KV | k_rope]
         self.q_width = first.out_features
-        relayout(attn.o_proj)
-        if attn.q_lora_rank is not None:
-            relayout(attn.q_b_proj)
+        self.o_proj = relayout(attn.o_proj)
+        self.q_b_proj = relayout(attn.q_b_proj) if attn.q_lora_rank is not None else None
         swiglu = mlp.shared_experts if isinstance(mlp, MoE) else mlp
-        self.gate_up = None
+        self.gate_up = self.down = None
         if isinstance(swiglu, MLP):
-            self.gate_up = fuse(swiglu.gate_proj, swiglu.up_proj)
-            relayout(swiglu.down_proj)
+            self.gate_up = fuse(swiglu.gate_proj, swiglu.up_proj, rows=kernels.available())
+            self.down = relayout(swiglu.down_proj, down=True)
         if isinstance(mlp, MoE) and isinstance(mlp.experts, (RoutedExperts, Int8RoutedExperts)):
             relayout_experts(mlp.experts)
 
-    def swiglu(self, mlp: MLP, h: torch.Tensor) -> torch.Tensor:
-        """The dense MLP or the shared experts over h (N, D), through the fused gate and up; one int8 token goes
-        through the int8 experts kernel as a single expert (one call instead of four)."""
-        if (self.gate_up.scale is not None and h.shape[0] == 1 and h.dtype == torch.float32
-                and isinstance(mlp.down_proj, Int8Linear) and (fn := kernels.experts()) is not None):
-            down = mlp.down_proj
-            return fn(h[0], self.gate_up.weight[None], self.gate_up.scale[None], down.weight[None],
-                      down.weight_scale[None], _FIRST, _WHOLE)[None]
+    def swiglu(self, h: torch.Tensor) -> torch.Tensor:
+        """The dense MLP or the shared experts over h (N, D), through the fused gate and up; one float32 token goes
+        through the experts kernel as a single expert (one call instead of four)."""
+        if h.shape[0] == 1 and h.dtype == torch.float32 and (fn := kernels.experts()) is not None:
+            g, d = self.gate_up, self.down
+            if g.scale is not None and d.scale is not None:
+                return fn(h[0], g.weight[None], g.scale[None], d.weight[None], d.scale[None], _FIRST, _WHOLE)[None]
+            if (g.scale is None and d.scale is None and g.weight.is_contiguous()
+                    and d.weight.t().is_contiguous()):
+                return fn(h[0], g.weight[None], None, d.weight[None], None, _FIRST, _WHOLE)[None]
         g, u = self.gate_up(h).chunk(2, dim=-1)
-        return mlp.down_proj(F.silu(g) * u)
+        return self.down(F.silu(g) * u)
 
 
-def prepare(model: CausalLM) -> list[DecodeLayer]:
-    """Lay out every layer of `model` for decoding, in place (values unchanged); the per-layer fused projections."""
+def prepare(model: CausalLM) -> tuple[list[DecodeLayer], Proj]:
+    """Lay out every layer of `model` for decoding, in place (values unchanged): the per-layer projections and the
+    output head."""
     layers = [DecodeLayer(layer.self_attn, layer.mlp) for layer in model.model.layers]
     if model.lm_head.weight is not model.model.embed_tokens.weight:  # a tied head is the embedding table: left alone
-        relayout(model.lm_head)
-    return layers
+        return layers, relayout(model.lm_head)
+    return layers, Proj(model.lm_head.weight)

@@ -69,7 +69,7 @@ class ModelRunner:
     def __init__(self, model: CausalLM, cache: LatentCache, absorb: bool = True):
         self.model, self.cache, self.absorb = model, cache, absorb
         self.cfg = model.config
-        self.layers = layout.prepare(model)
+        self.layers, self.lm_head = layout.prepare(model)
         self.absorbed = [Absorbed(layer.self_attn) for layer in model.model.layers]
         # tokens routed to each expert of each MoE layer since start, for monitoring: {layer index: (E,) int64}
         self.expert_counts = {i: torch.zeros(self.cfg.n_routed_experts, dtype=torch.long)
@@ -96,7 +96,7 @@ class ModelRunner:
             attn = layer.self_attn
             q, c_kv, k_pe = fused.attn_in(layer.input_layernorm(x)).split([fused.q_width, lat, r], dim=-1)
             if attn.q_lora_rank is not None:
-                q = attn.q_b_proj(attn.q_a_layernorm(q))
+                q = fused.q_b_proj(attn.q_a_layernorm(q))
             q_nope, q_pe = q.view(len(x), attn.n_heads, attn.qk_dim).split([attn.nope_dim, r], dim=-1)
             if rot is not None:
                 q_pe, k_pe = torch.bmm(q_pe, rot), torch.bmm(k_pe[:, None], rot)[:, 0]  # (N, H, R), (N, R)
@@ -105,7 +105,7 @@ class ModelRunner:
                 k_pe = apply_rope(k_pe[None, :, None], cos[None], sin[None], cfg.rope_interleave)[0, :, 0]
             kv = self.cache.kv[i]
             kv[write] = torch.cat([attn.kv_a_layernorm(c_kv), k_pe], dim=-1).to(kv.dtype)
-            x = x + attn.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments))  # (N, D)
+            x = x + fused.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments))  # (N, D)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
             if isinstance(mlp, MoE):
@@ -116,17 +116,17 @@ class ModelRunner:
                 else:
                     y = mlp.experts(h, routing.topk_idx, routing.topk_weight)
                 if mlp.shared_experts is not None:
-                    y = y + fused.swiglu(mlp.shared_experts, h)
+                    y = y + fused.swiglu(h)
                 x = x + y
             else:
-                x = x + fused.swiglu(mlp, h)
+                x = x + fused.swiglu(h)
         ends = [0]
         for s in segments:
             ends.append(ends[-1] + s.length)
         last = torch.tensor([ends[j + 1] - 1 for j, s in enumerate(segments) if s.logits], dtype=torch.long)
         if last.numel() == 0:
             return x.new_zeros(0, cfg.vocab_size, dtype=torch.float32)
-        return self.model.lm_head(m.norm(x[last])).float()  # logits only where a token will be sampled
+        return self.lm_head(m.norm(x[last])).float()  # logits only where a token will be sampled
 
     def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
                 segments: list[Segment]) -> torch.Tensor:
