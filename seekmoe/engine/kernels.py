@@ -1,6 +1,6 @@
 """Hand-written CPU kernels, built on first use with the system C compiler and called through ctypes.
 
-All in int8_gemv.c, for decoding one token at a time:
+All in kernels.c, for decoding one token at a time:
 - `int8_gemv`, the product of a few float32 rows with an int8 weight. torch's int8 kernel (`_weight_int8pack_mm`)
   is compute-bound on AVX2 for one row: 5-7 GB/s of int8 weight on one core here, where this one streams 11-15
   GB/s (bench/decode.py's `small` shapes); from four rows on the two are even.
@@ -12,7 +12,7 @@ All in int8_gemv.c, for decoding one token at a time:
 
 The library is compiled once per source version into the user's cache folder (`$XDG_CACHE_HOME/seekmoe` or
 ~/.cache/seekmoe; SEEKMOE_CACHE overrides), written to a temporary name and renamed into place. Without a compiler,
-on a CPU without AVX2 and FMA, or with SEEKMOE_KERNELS=0, `int8_gemv()` returns None and callers use torch.
+on a CPU without AVX2 and FMA, or with SEEKMOE_KERNELS=0, each accessor returns None and callers use torch.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("int8_gemv.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _loaded: dict[str, Callable | None] = {}
@@ -59,7 +59,7 @@ def _build() -> Path:
     """The compiled library for this source and these flags, compiling it if the cache does not hold it."""
     text = SOURCE.read_bytes()
     digest = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"int8_gemv-{digest}.so"
+    target = cache_dir() / f"seekmoe-kernels-{digest}.so"
     if target.exists():
         return target
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")

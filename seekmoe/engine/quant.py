@@ -4,7 +4,7 @@ Quantized: the attention projections except kv_b_proj (the absorbed MLA path rea
 shared and routed experts, and an untied lm_head. Float: the embedding table, routers (Gate), norms, kv_b_proj.
 
 Three matmul paths, all computing x @ (q * s).T:
-- up to GEMV_MAX_ROWS float32 rows (decode): seekmoe's own AVX2 kernel (kernels.py, int8_gemv.c), which widens the
+- up to GEMV_MAX_ROWS float32 rows (decode): seekmoe's own AVX2 kernel (kernels.py, kernels.c), which widens the
   int8 weights to float32 as it streams them: float32 activations, float32 accumulation, no rounding but the sums'.
   Where it cannot be built or used, the next path takes these rows too.
 - few rows (decode, <= KERNEL_MAX_ROWS): torch's int8-weight kernel, which streams the int8 weight once. On the CPU

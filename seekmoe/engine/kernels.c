@@ -1,8 +1,5 @@
-/* y (M, O) = x (M, I) @ (q (O, I) int8 * scale (O)).T, float32 activations and output, AVX2 + FMA.
- *
- * The int8 weight-only product for a few rows (decoding). Each weight row is read from memory once: 32 weights at
- * a time are widened to float32 and multiplied into up to four rows of x, so the rows share the widening. The
- * activations stay float32 (no bfloat16 rounding) and the scale is applied once per output.
+/* Decode kernels (AVX2 + FMA): matrix-vector products that stream weights row by row with independent
+ * accumulators, in float32 or int8 widened to float32, and one token's SwiGLU experts in one call.
  * Built by seekmoe/engine/kernels.py with the system C compiler; any build failure falls back to torch.
  */
 #include <immintrin.h>
@@ -63,6 +60,9 @@ static inline void dot4(const float *x, int nm, const int8_t *w, int64_t n, floa
     }
 }
 
+/* y (M, O) = x (M, I) @ (q (O, I) int8 * scale (O)).T for a few rows: each weight row is read from memory once, 32
+ * weights at a time widened to float32 and multiplied into up to four rows of x, so the rows share the widening.
+ * The activations stay float32 (no bfloat16 rounding) and the scale is applied once per output. */
 void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
                        int64_t n_out) {
     float part[4];
