@@ -314,15 +314,20 @@ class RoutedExperts(nn.Module):
         return torch.cat(outs) if outs else x_sorted * 0
 
 
+ONE_TOKEN_ROWS = 4  # steps of up to this many tokens run the experts token by token when a kernel can
+
+
 @torch.inference_mode()
 def few_tokens(experts: nn.Module, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor,
                kept_NK: torch.Tensor | None = None) -> torch.Tensor:
     """The routed experts' output for a handful of tokens (decoding), inference only: only the experts in use run,
     one at a time through `experts.expert(e, rows)`, each output added into place with its weight."""
-    if x_ND.shape[0] == 1 and kept_NK is None and hasattr(experts, "one_token"):
-        y_D = experts.one_token(x_ND[0], idx_NK[0], weight_NK[0])  # a kernel for the whole block, where there is one
-        if y_D is not None:
-            return y_D[None]
+    if x_ND.shape[0] <= ONE_TOKEN_ROWS and kept_NK is None and hasattr(experts, "one_token"):
+        # a kernel for the whole block, where there is one: token by token (an expert two tokens share is read
+        # twice, still cheaper than a handful of calls per expert)
+        ys = [experts.one_token(x_ND[i], idx_NK[i], weight_NK[i]) for i in range(x_ND.shape[0])]
+        if all(y is not None for y in ys):
+            return torch.stack(ys)
     y_ND = torch.zeros_like(x_ND)
     if x_ND.shape[0] == 1 and kept_NK is None:  # one token: no grouping to do
         for e, w in zip(idx_NK[0].tolist(), weight_NK[0].tolist(), strict=True):

@@ -131,13 +131,14 @@ def test_one_token_through_float32_experts_equals_the_swiglus():
         kernels.experts()(x, gate_up, None, down, None, idx, weight)
 
 
-def test_a_decode_token_through_laid_out_experts_equals_the_model(monkeypatch):
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_decode_tokens_through_laid_out_experts_equal_the_model(tokens):
     from seekmoe.engine import layout
     from seekmoe.model import few_tokens
     from tests.conftest import tiny_model
 
     moe = tiny_model().model.layers[1].mlp
-    x = randn(1, 32, seed=6)
+    x = randn(tokens, 32, seed=6)
     with torch.no_grad():
         r = moe.gate(x)
         want = moe.experts(x, r.topk_idx, r.topk_weight)
@@ -145,3 +146,24 @@ def test_a_decode_token_through_laid_out_experts_equals_the_model(monkeypatch):
         assert moe.experts.one_token(x[0], r.topk_idx[0], r.topk_weight[0]) is not None or gemv is None
         torch.testing.assert_close(few_tokens(moe.experts, x, r.topk_idx, r.topk_weight), want, rtol=1e-5,
                                    atol=1e-5)
+
+
+@needs_gemv
+@pytest.mark.parametrize("stored", ["rows", "transposed"])
+@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+@pytest.mark.parametrize("shape", [(48, 64), (7, 45), (33, 1030)])  # (O, I): tails of every loop
+def test_the_float32_kernel_equals_the_product(shape, rows, stored):
+    w = randn(*shape, seed=1)
+    w = w if stored == "rows" else w.t().contiguous().t()
+    x = randn(rows, shape[1], seed=2)
+    want = (x.double() @ w.double().T).float()
+    # float32 sums of up to 1,030 unit-sized products: a few 1e-5 of rounding, whatever the order
+    torch.testing.assert_close(kernels.f32_gemv()(x, w), want, rtol=1e-5, atol=1e-4)
+
+
+@needs_gemv
+def test_the_float32_kernel_refuses_what_it_cannot_read():
+    w, x = randn(8, 16, seed=1), randn(2, 16, seed=2)
+    for bad in ((x.double(), w), (x, w[:, ::2]), (randn(2, 32)[:, ::2], w), (x[:, :15], w)):
+        with pytest.raises(ValueError, match="f32_gemv needs"):
+            kernels.f32_gemv()(*bad)

@@ -86,7 +86,7 @@ def test_rope_matrices_rotate_as_apply_rope(interleave):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
 @pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
-@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("tokens", [1, 3, 5])  # one token, token by token (kernel), grouped by expert
 def test_few_token_experts_equal_the_batched_dispatch(tokens, int8, fused):
     model = tiny_model()
     moe = model.model.layers[1].mlp

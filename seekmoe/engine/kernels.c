@@ -149,13 +149,46 @@ int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts,
     return 0;
 }
 
-/* y (O) = W x for one float32 row x (I): W stored (O, I) row by row (transposed == 0) or as (I, O) (transposed ==
- * 1), streamed the way it is stored: dot products of rows, or scaled rows added into y. */
-void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t n_in, int64_t n_out, int transposed) {
+/* nm <= 4 float32 rows of x (stride n) against weight row w: the rows share each load of the weights */
+static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, float *out) {
+    __m256 acc[4][2];
+    for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
+        for (int m = 0; m < nm; m++) {
+            acc[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * n + i), acc[m][0]);
+            acc[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * n + i + 8), acc[m][1]);
+        }
+    }
+    for (int m = 0; m < nm; m++) {
+        float s = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+        for (int64_t j = i; j < n; j++) s += w[j] * x[m * n + j];
+        out[m] = s;
+    }
+}
+
+/* y (M, O) = x (M, I) W.T for a few float32 rows: W stored (O, I) row by row (transposed == 0) or as (I, O)
+ * (transposed == 1), streamed once the way it is stored: dot products of rows, or scaled rows added into y. */
+void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, int64_t n_in, int64_t n_out,
+                      int transposed) {
     if (!transposed) {
-        for (int64_t o = 0; o < n_out; o++) y[o] = dot1_f32(x, w + o * n_in, n_in);
+        if (m_rows == 1) {
+            for (int64_t o = 0; o < n_out; o++) y[o] = dot1_f32(x, w + o * n_in, n_in);
+            return;
+        }
+        float part[4];
+        for (int64_t o = 0; o < n_out; o++)
+            for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows */
+                int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
+                dot4_f32(x + m0 * n_in, nm, w + o * n_in, n_in, part);
+                for (int m = 0; m < nm; m++) y[(m0 + m) * n_out + o] = part[m];
+            }
         return;
     }
-    for (int64_t o = 0; o < n_out; o++) y[o] = 0.0f;
-    for (int64_t i = 0; i < n_in; i += 4) axpy4(y, x + i, w + i * n_out, n_in - i < 4 ? (int)(n_in - i) : 4, n_out);
+    for (int64_t j = 0; j < m_rows * n_out; j++) y[j] = 0.0f;
+    for (int64_t i = 0; i < n_in; i += 4) {  /* four weight rows, then every row of x against them (from cache) */
+        int nr = n_in - i < 4 ? (int)(n_in - i) : 4;
+        for (int64_t m = 0; m < m_rows; m++) axpy4(y + m * n_out, x + m * n_in + i, w + i * n_out, nr, n_out);
+    }
 }

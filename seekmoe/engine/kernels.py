@@ -7,8 +7,9 @@ All in kernels.c, for decoding one token at a time:
 - `experts`, one token through its chosen SwiGLU experts in one call, int8 or float32 weights: a decode step's
   routed experts otherwise cost a handful of PyTorch calls per expert. Dense MLPs and shared experts go through it
   as a single expert.
-- `f32_gemv`, one float32 row times a float32 weight. Streaming rows with four independent accumulators, it reads
-  18-22 GB/s on one core here, where torch's (MKL) matrix-vector products read 12-17 GB/s for the same shapes.
+- `f32_gemv`, a few float32 rows times a float32 weight. Streaming rows with four independent accumulators, it
+  reads 18-22 GB/s on one core here for one row, where torch's (MKL) matrix-vector products read 12-17 GB/s for
+  the same shapes; a few rows share each read of the weight.
 
 The library is compiled once per source version into the user's cache folder (`$XDG_CACHE_HOME/seekmoe` or
 ~/.cache/seekmoe; SEEKMOE_CACHE overrides), written to a temporary name and renamed into place. Without a compiler,
@@ -133,8 +134,8 @@ def available() -> bool:
 
 
 def f32_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """`f(x (1, I) float32, w (O, I) float32) -> (1, O)`: one row times a weight stored either row by row or
-    transposed (`w.t()` contiguous), streamed in its own order. None when the kernels cannot be used here."""
+    """`f(x (M, I) float32, w (O, I) float32) -> (M, O)`: a few rows times a weight stored either row by row or
+    transposed (`w.t()` contiguous), streamed once in its own order. None when the kernels cannot be used here."""
     if "f32_gemv" in _loaded:
         return _loaded["f32_gemv"]
     lib = _library()
@@ -143,18 +144,18 @@ def f32_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         return None
     fn = lib.seekmoe_f32_gemv
     fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
 
     def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         o, i = w.shape
         rows = w.is_contiguous()
-        if not (x.shape == (1, i) and x.dtype == w.dtype == torch.float32 and x.is_contiguous()
+        if not (x.dim() == 2 and x.shape[1] == i and x.dtype == w.dtype == torch.float32 and x.is_contiguous()
                 and (rows or w.t().is_contiguous()) and x.device.type == w.device.type == "cpu"):
-            raise ValueError("f32_gemv needs CPU float32 tensors: x (1, I) contiguous, w (O, I) stored row by row "
+            raise ValueError("f32_gemv needs CPU float32 tensors: x (M, I) contiguous, w (O, I) stored row by row "
                              f"or transposed; got {tuple(x.shape)} {x.dtype}, {tuple(w.shape)} {w.dtype} strides "
                              f"{w.stride()}")
-        y = torch.empty(1, o, dtype=torch.float32)
-        fn(x.data_ptr(), w.data_ptr(), y.data_ptr(), i, o, 0 if rows else 1)
+        y = torch.empty(x.shape[0], o, dtype=torch.float32)
+        fn(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], i, o, 0 if rows else 1)
         return y
 
     _loaded["f32_gemv"] = gemv
