@@ -73,13 +73,11 @@ class Proj:
 
 
 @torch.no_grad()
-def fuse(*modules: nn.Module, rows: bool = False) -> Proj:
+def fuse(*modules: nn.Module) -> Proj:
     """One projection over the stacked rows of bias-free nn.Linear or Int8Linear modules that read the same input;
-    each module's weight (and scale) becomes a view of its rows. rows: store row by row whatever the shape (for
-    the experts kernel)."""
+    each module's weight (and scale) becomes a view of its rows."""
     if all(type(m) is nn.Linear and m.bias is None for m in modules):
-        stacked = torch.cat([m.weight for m in modules])  # (sum of O, I)
-        stacked = stacked if rows else laid_out(stacked)
+        stacked = laid_out(torch.cat([m.weight for m in modules]))  # (sum of O, I)
         start = 0
         for m in modules:
             m.weight.data = stacked[start:start + m.out_features]
@@ -129,7 +127,7 @@ class DecodeLayer:
         swiglu = mlp.shared_experts if isinstance(mlp, MoE) else mlp
         self.gate_up = self.down = None
         if isinstance(swiglu, MLP):
-            self.gate_up = fuse(swiglu.gate_proj, swiglu.up_proj, rows=kernels.available())
+            self.gate_up = fuse(swiglu.gate_proj, swiglu.up_proj)
             self.down = relayout(swiglu.down_proj, down=True)
         if isinstance(mlp, MoE) and isinstance(mlp.experts, (RoutedExperts, Int8RoutedExperts)):
             relayout_experts(mlp.experts)
