@@ -99,15 +99,21 @@ def _library() -> ctypes.CDLL | None:
     return _loaded["lib"]
 
 
+def _bound(name: str, bind: Callable[[ctypes.CDLL], Callable]) -> Callable | None:
+    """The Python wrapper `bind` makes around the library, made once; None without the library."""
+    if name not in _loaded:
+        lib = _library()
+        _loaded[name] = None if lib is None else bind(lib)
+    return _loaded[name]
+
+
 def int8_gemv() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """`f(x (M, I) float32, q (O, I) int8, scale (O,) float32) -> (M, O) float32`, all contiguous, or None when
     the kernels cannot be built or used here."""
-    if "int8_gemv" in _loaded:
-        return _loaded["int8_gemv"]
-    lib = _library()
-    if lib is None:
-        _loaded["int8_gemv"] = None
-        return None
+    return _bound("int8_gemv", _int8_gemv)
+
+
+def _int8_gemv(lib: ctypes.CDLL) -> Callable:
     fn = lib.seekmoe_int8_gemv
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
@@ -124,7 +130,6 @@ def int8_gemv() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
         fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), m, i, o)  # ctypes drops the GIL meanwhile
         return y
 
-    _loaded["int8_gemv"] = gemv
     return gemv
 
 
@@ -136,12 +141,10 @@ def available() -> bool:
 def f32_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """`f(x (M, I) float32, w (O, I) float32) -> (M, O)`: a few rows times a weight stored either row by row or
     transposed (`w.t()` contiguous), streamed once in its own order. None when the kernels cannot be used here."""
-    if "f32_gemv" in _loaded:
-        return _loaded["f32_gemv"]
-    lib = _library()
-    if lib is None:
-        _loaded["f32_gemv"] = None
-        return None
+    return _bound("f32_gemv", _f32_gemv)
+
+
+def _f32_gemv(lib: ctypes.CDLL) -> Callable:
     fn = lib.seekmoe_f32_gemv
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
@@ -158,7 +161,6 @@ def f32_gemv() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         fn(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], i, o, 0 if rows else 1)
         return y
 
-    _loaded["f32_gemv"] = gemv
     return gemv
 
 
@@ -168,12 +170,10 @@ def experts() -> Callable[..., torch.Tensor] | None:
     with float32 scales (E, 2F) and (E, D), or float32 weights and no scales (None), the down projection then stored
     transposed (`down.transpose(1, 2)` contiguous, as layout.py lays it out). None when the kernels cannot be built
     or used here."""
-    if "experts" in _loaded:
-        return _loaded["experts"]
-    lib = _library()
-    if lib is None:
-        _loaded["experts"] = None
-        return None
+    return _bound("experts", _experts)
+
+
+def _experts(lib: ctypes.CDLL) -> Callable:
     i8, f32 = lib.seekmoe_int8_experts, lib.seekmoe_f32_experts
     i8.restype = f32.restype = ctypes.c_int
     sizes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
@@ -212,5 +212,4 @@ def experts() -> Callable[..., torch.Tensor] | None:
             raise ValueError(f"kernels.experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
         return y
 
-    _loaded["experts"] = run
     return run
