@@ -74,15 +74,13 @@ def _kernel_fits(x_NI: torch.Tensor, q_OI: torch.Tensor) -> bool:
 
 def int8_linear(x: torch.Tensor, q_OI: torch.Tensor, scale_O: torch.Tensor) -> torch.Tensor:
     """x (..., I) @ (q * scale).T -> (..., O) in x's dtype. Inference only: the kernel path has no gradient."""
-    if (x.dtype == torch.float32 and x.dim() == 2 and 0 < len(x) <= GEMV_MAX_ROWS and x.is_contiguous()
-            and q_OI.is_contiguous() and (gemv := kernels.int8_gemv()) is not None):
-        return gemv(x, q_OI, scale_O)  # the decode steps' case, kept short: this runs ~100 times a token
     shape = x.shape
-    x_NI = x.reshape(-1, shape[-1])  # (N, I)
+    x_NI = x if x.dim() == 2 else x.reshape(-1, shape[-1])  # (N, I)
     if (x.dtype == torch.float32 and 0 < x_NI.shape[0] <= GEMV_MAX_ROWS and q_OI.is_contiguous()
             and (gemv := kernels.int8_gemv()) is not None):
         out = gemv(x_NI.contiguous(), q_OI, scale_O.float().contiguous())
-    elif _kernel_fits(x_NI, q_OI):
+        return out if x.dim() == 2 else out.view(*shape[:-1], q_OI.shape[0])  # decode's case: ~100 calls a token
+    if _kernel_fits(x_NI, q_OI):
         xb = x_NI.to(torch.bfloat16).contiguous()
         if xb.data_ptr() % 64:
             xb = xb.clone()  # the kernel's aligned loads need an aligned row start

@@ -39,13 +39,12 @@ class Segment:
 
 
 class Absorbed:
-    """W_UK and W_UV of one MLA layer, split per head from kv_b_proj, for the absorbed path. W_UK carries the
-    softmax scale, so the scores need no scaling of their own."""
+    """W_UK and W_UV of one MLA layer, split per head from kv_b_proj, for the absorbed path."""
 
     def __init__(self, attn: MLA):
         h, n, v, lat = attn.n_heads, attn.nope_dim, attn.v_dim, attn.kv_lora_rank
         w = attn.kv_b_proj.weight.detach().view(h, n + v, lat)  # (H, n + v, L)
-        self.w_uk = (w[:, :n] * attn.softmax_scale).contiguous()  # (H, n, L): q_nope @ w_uk is the latent query
+        self.w_uk = w[:, :n]  # (H, n, L): q_nope @ w_uk gives the query in latent space
         self.w_uv_t = w[:, n:].transpose(1, 2)  # (H, L, v): latent output @ w_uv_t gives per-head values
 
 
@@ -163,8 +162,8 @@ class ModelRunner:
         """B sequences, one new token each, attending over their cached latents; W_UK, W_UV folded in."""
         ab, lat = self.absorbed[i], attn.kv_lora_rank
         b = len(segments)
-        q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L), scaled
-        q = torch.cat([q_lat.transpose(0, 1), q_pe * attn.softmax_scale], dim=-1)  # (B, H, L + R)
+        q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
+        q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
         lengths = [s.start + 1 for s in segments]
         t = max(lengths)
         if b == 1:
@@ -175,7 +174,7 @@ class ModelRunner:
             ctx = kv[rows]  # (B, T, L + R)
             mask = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]  # (B, T): padding
         ctx = ctx.to(q.dtype)
-        scores = torch.bmm(q, ctx.transpose(1, 2))  # (B, H, T)
+        scores = torch.bmm(q, ctx.transpose(1, 2)) * attn.softmax_scale  # (B, H, T)
         if mask is not None:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         p = scores.float().softmax(dim=-1).to(q.dtype)
