@@ -36,7 +36,7 @@ def test_int8_linear_takes_the_kernel_for_a_few_float32_rows_only(monkeypatch):
     out = int8_linear(x[:, :1], q, scale)  # 2 rows
     assert calls == [(2, 64)] and out.shape == (2, 1, 48)
     torch.testing.assert_close(out, x[:, :1] @ (q.float() * scale[:, None]).T, rtol=1e-5, atol=1e-5)
-    int8_linear(x, q, scale)  # 6 rows: past GEMV_MAX_ROWS
+    int8_linear(x, q, scale)  # 6 rows: past kernels.MAX_ROWS
     int8_linear(x[0, :1].bfloat16(), q, scale)  # bfloat16 rows
     assert calls == [(2, 64)]
 

@@ -82,7 +82,7 @@ def test_int8_linear_equals_the_dequantized_reference_on_the_float_path():
 
 @needs_kernel
 def test_int8_linear_kernel_path_rounds_only_to_bfloat16(monkeypatch):
-    monkeypatch.setattr(quant, "GEMV_MAX_ROWS", 0)  # torch's kernel, not seekmoe's float32 one (test_kernels.py)
+    monkeypatch.setattr(quant.kernels, "MAX_ROWS", 0)  # torch's kernel, not seekmoe's float32 one (test_kernels.py)
     q = Int8Linear.from_linear(linear(64, 48))
     x = randn(3, 64, seed=1)
     assert quant._kernel_fits(x, q.weight)

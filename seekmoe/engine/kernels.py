@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+# the products take up to this many rows (decode steps): each weight read serves them all; past it torch's GEMMs win
+MAX_ROWS = 4
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
 _lock = threading.Lock()

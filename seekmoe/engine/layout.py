@@ -30,7 +30,6 @@ from seekmoe.engine import kernels
 from seekmoe.engine.quant import Int8Linear, Int8RoutedExperts, int8_linear
 from seekmoe.model import MLA, MLP, CausalLM, MoE, RoutedExperts
 
-GEMV_MAX_ROWS = 4  # float32 steps of up to this many tokens go through seekmoe's matrix-vector kernel
 _FIRST, _WHOLE = torch.zeros(1, dtype=torch.long), torch.ones(1)  # expert 0 with weight 1: a plain SwiGLU
 
 
@@ -67,7 +66,7 @@ class Proj:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale is not None:
             return int8_linear(x, self.weight, self.scale)
-        if self.gemv is not None and x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS and x.is_contiguous():
+        if self.gemv is not None and x.dim() == 2 and x.shape[0] <= kernels.MAX_ROWS and x.is_contiguous():
             return self.gemv(x, self.weight)  # a few tokens: seekmoe's kernel
         return F.linear(x, self.weight)
 

@@ -4,7 +4,7 @@ Quantized: the attention projections except kv_b_proj (the absorbed MLA path rea
 shared and routed experts, and an untied lm_head. Float: the embedding table, routers (Gate), norms, kv_b_proj.
 
 Three matmul paths, all computing x @ (q * s).T:
-- up to GEMV_MAX_ROWS float32 rows (decode): seekmoe's own AVX2 kernel (kernels.py, kernels.c), which widens the
+- up to kernels.MAX_ROWS float32 rows (decode): seekmoe's own AVX2 kernel (kernels.py, kernels.c), which widens the
   int8 weights to float32 as it streams them: float32 activations, float32 accumulation, no rounding but the sums'.
   Where it cannot be built or used, the next path takes these rows too.
 - few rows (decode, <= KERNEL_MAX_ROWS): torch's int8-weight kernel, which streams the int8 weight once. On the CPU
@@ -44,8 +44,6 @@ from seekmoe.model import CausalLM, Gate, RotaryEmbedding, RoutedExperts, few_to
 QUANT_METHOD = "seekmoe-int8"
 # fnmatch patterns over module names: what stays float
 FLOAT_MODULES = ["model.embed_tokens", "model.layers.*.self_attn.kv_b_proj", "model.layers.*.mlp.gate", "*norm"]
-# seekmoe's own kernel (kernels.py) for up to this many float32 rows: 2-3x torch's for one row, even from four
-GEMV_MAX_ROWS = 4
 # the bf16 kernel's cost grows with the rows; past ~32 the shared dequantization wins (measured on an AVX-512 EPYC)
 KERNEL_MAX_ROWS = 32
 # without AVX2/AVX-512 torch runs the kernel's scalar loop, slower than dequantizing
@@ -76,7 +74,7 @@ def int8_linear(x: torch.Tensor, q_OI: torch.Tensor, scale_O: torch.Tensor) -> t
     """x (..., I) @ (q * scale).T -> (..., O) in x's dtype. Inference only: the kernel path has no gradient."""
     shape = x.shape
     x_NI = x if x.dim() == 2 else x.reshape(-1, shape[-1])  # (N, I)
-    if (x.dtype == torch.float32 and 0 < x_NI.shape[0] <= GEMV_MAX_ROWS and q_OI.is_contiguous()
+    if (x.dtype == torch.float32 and 0 < x_NI.shape[0] <= kernels.MAX_ROWS and q_OI.is_contiguous()
             and (gemv := kernels.int8_gemv()) is not None):
         out = gemv(x_NI.contiguous(), q_OI, scale_O.float().contiguous())
         return out if x.dim() == 2 else out.view(*shape[:-1], q_OI.shape[0])  # decode's case: ~100 calls a token
