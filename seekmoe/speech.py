@@ -3,18 +3,30 @@
 espeak-ng is a formant synthesiser: robotic, but small, fast, offline and in every distribution. It is also what
 the multimodal data uses to make spoken digits (`seekmoe.mm_data`), so a voice the model hears in training is a
 voice this module can speak.
+
+The audio is held in memory, so its length is bounded while espeak-ng writes it, not after: espeak-ng is stopped
+once its output passes `max_seconds` (MAX_SECONDS unless given), a SpeechError. MAX_CHARS of text can otherwise
+be an hour of audio: 4,096 characters of Chinese at the slowest speed are 3,100 s, a 138 MB WAV.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import selectors
 import shutil
 import struct
 import subprocess
+import time
 import wave
 
 MAX_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
+# seconds of audio one request may produce: 4,096 characters of English at the slowest speed (80 words per minute)
+# take 600 s, a 26 MB WAV; Chinese takes longer, ~1,700 characters at 1.0
+MAX_SECONDS = 600.0
+WAV_BYTES_PER_SECOND = 22_050 * 2  # espeak-ng's mono 16-bit samples at 22,050 Hz
+TIMEOUT = 60.0  # seconds espeak-ng may take (600 s of audio take it about a second)
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5")
 LANGUAGES = {"en": "en-us", "zh": "cmn"}  # our language codes -> espeak-ng voices
 _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -45,11 +57,12 @@ def language_of(text: str) -> str:
 
 
 def synthesize(text: str, language: str | None = None, variant: str | None = None, speed: int = 175,
-               pitch: int = 50) -> bytes:
+               pitch: int = 50, max_seconds: float = MAX_SECONDS) -> bytes:
     """A WAV file (mono, 16-bit, espeak-ng's 22,050 Hz) of `text` spoken.
 
     language: 'en' or 'zh' (None: from the text); variant: one of VARIANTS (male m*, female f*); speed in words per
-    minute (80..450); pitch 0..99.
+    minute (80..450); pitch 0..99; max_seconds: longer audio is a SpeechError (param 'text'), espeak-ng stopped as
+    soon as its output passes it.
     """
     data = _utf8(text, "text")
     language = language or language_of(text)
@@ -61,19 +74,63 @@ def synthesize(text: str, language: str | None = None, variant: str | None = Non
         raise SpeechError(f"speed must be an int in [80, 450] words per minute, got {speed!r}", "speed")
     if not isinstance(pitch, int) or isinstance(pitch, bool) or not 0 <= pitch <= 99:
         raise SpeechError(f"pitch must be an int in [0, 99], got {pitch!r}", "pitch")
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise SpeechUnavailable("espeak-ng is not installed on this machine (Debian/Ubuntu: apt-get install espeak-ng)")
     voice = LANGUAGES[language] + (f"+{variant}" if variant else "")
     # the text goes on stdin, never argv: a text starting with '-' is not an option
-    try:
-        done = subprocess.run([exe, "--stdout", "-v", voice, "-s", str(speed), "-p", str(pitch)], input=data,
-                              capture_output=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        raise SpeechUnavailable("espeak-ng took longer than 60 s") from None
-    if done.returncode != 0 or not done.stdout.startswith(b"RIFF") or len(done.stdout) < 44:
-        raise SpeechUnavailable(f"espeak-ng failed: {done.stderr.decode(errors='replace').strip()[:200]}")
-    return _with_sizes(done.stdout)
+    code, wav, err = _run_capped([exe, "--stdout", "-v", voice, "-s", str(speed), "-p", str(pitch)], data,
+                                 44 + int(max_seconds * WAV_BYTES_PER_SECOND))
+    if code is None:
+        raise SpeechError(f"the speech would be longer than {max_seconds:g} s, this server's limit: give less text "
+                          f"or a higher speed", "text")
+    if code != 0 or not wav.startswith(b"RIFF") or len(wav) < 44:
+        raise SpeechUnavailable(f"espeak-ng failed: {err.decode(errors='replace').strip()[:200]}")
+    return _with_sizes(wav)
+
+
+def _run_capped(command: list[str], data: bytes, max_bytes: int) -> tuple[int | None, bytes, bytes]:
+    """(exit status, stdout, the start of stderr) of `command` fed `data`; status None when stdout passed
+    `max_bytes`, the process then killed at once. SpeechUnavailable past TIMEOUT. The process is always reaped."""
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + TIMEOUT
+    with (subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc,
+          selectors.DefaultSelector() as selector):
+        try:  # one loop over the three pipes, so none fills up while another is waited on
+            os.set_blocking(proc.stdin.fileno(), False)
+            selector.register(proc.stdin, selectors.EVENT_WRITE)
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            selector.register(proc.stderr, selectors.EVENT_READ)
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SpeechUnavailable(f"espeak-ng took longer than {TIMEOUT:g} s")
+                for key, _ in selector.select(left):
+                    if key.fileobj is proc.stdin:
+                        try:
+                            data = data[os.write(key.fd, data[:65536]):]
+                        except BrokenPipeError:  # it exited without reading everything: its status says why
+                            data = b""
+                        if not data:
+                            selector.unregister(proc.stdin)
+                            proc.stdin.close()
+                        continue
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is proc.stdout:
+                        out += chunk
+                        if len(out) > max_bytes:
+                            return None, b"", bytes(err)
+                    elif len(err) < 4096:  # enough for the message; the rest is read and dropped
+                        err += chunk
+            return proc.wait(max(deadline - time.monotonic(), 0.1)), bytes(out), bytes(err)
+        except subprocess.TimeoutExpired:
+            raise SpeechUnavailable(f"espeak-ng took longer than {TIMEOUT:g} s") from None
+        finally:
+            proc.kill()  # a no-op once it has exited; Popen's exit then closes the pipes and reaps it
 
 
 def _utf8(text: object, param: str) -> bytes:
@@ -134,14 +191,21 @@ def to_pcm(wav: bytes, rate: int = PCM_RATE) -> bytes:
     return soxr.resample(samples, source, rate).astype("<i2").tobytes()
 
 
-def speak(text: str, voice: str, speed: float = 1.0, response_format: str = "wav") -> tuple[bytes, str]:
+def speak(text: str, voice: str, speed: float = 1.0, response_format: str = "wav",
+          max_seconds: float = MAX_SECONDS) -> tuple[bytes, str]:
     """OpenAI's /v1/audio/speech: (the audio, its media type). The language comes from the text; a SpeechError's
-    param names the field at fault; SpeechUnavailable is the machine's fault."""
+    param names the field at fault (audio longer than `max_seconds`: 'input'); SpeechUnavailable is the machine's
+    fault."""
     _utf8(text, "input")
     language, variant = voice_of(voice)
     wpm = words_per_minute(speed)
     if response_format not in FORMATS:
         raise SpeechError(f"response_format {response_format!r} is not supported: this server writes only "
                           f"{' and '.join(map(repr, FORMATS))}", "response_format")
-    wav = synthesize(text, language, variant, wpm)
+    try:
+        wav = synthesize(text, language, variant, wpm, max_seconds=max_seconds)
+    except SpeechError as e:
+        if e.param == "text":  # synthesize's name for OpenAI's input
+            raise SpeechError(str(e), "input") from None
+        raise
     return (wav if response_format == "wav" else to_pcm(wav)), FORMATS[response_format]

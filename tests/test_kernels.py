@@ -1,7 +1,13 @@
-"""seekmoe's own int8 kernel: equal to the dequantized product in float32, refused inputs, and torch's kernel
-whenever it cannot be built or used."""
+"""seekmoe's own int8 kernel: equal to the dequantized product in float32, refused inputs, torch's kernel
+whenever it cannot be built or used, and a cache that loads only what it checked."""
 
 from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import subprocess
 
 import pytest
 import torch
@@ -72,17 +78,76 @@ def test_without_the_kernel_int8_falls_back_to_torch(how, monkeypatch, tmp_path)
 
 
 @needs_gemv
-def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+def test_the_library_is_built_once_into_a_private_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))
     assert kernels.int8_gemv() is not None
-    built = list((tmp_path / "kernels").iterdir())
-    assert len(built) == 1 and built[0].suffix == ".so"
-    stamp = built[0].stat().st_mtime_ns
+    folder = tmp_path / "kernels"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    so, digest = sorted(folder.iterdir())  # the library and its sha256, nothing else (the loaded copy is gone)
+    assert so.suffix == ".so" and digest.name == so.name + ".sha256"
+    assert digest.read_text().strip() == hashlib.sha256(so.read_bytes()).hexdigest()
+    stamp = so.stat().st_mtime_ns
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv("CC", "false")  # a second process finds it built: no compiler needed
     assert kernels.int8_gemv() is not None
-    assert built[0].stat().st_mtime_ns == stamp
+    assert so.stat().st_mtime_ns == stamp
+
+
+STUB = """void seekmoe_int8_gemv(void) {}
+void seekmoe_f32_gemv(void) {}
+int seekmoe_int8_experts(void) { return 0; }
+int seekmoe_f32_experts(void) { return 0; }
+"""
+
+
+def check_gemv() -> None:
+    q, scale = quantize_rows(randn(48, 64, seed=1))
+    x = randn(2, 64, seed=2)
+    torch.testing.assert_close(kernels.int8_gemv()(x, q, scale), x @ (q.float() * scale[:, None]).T, rtol=1e-5,
+                               atol=1e-5)
+
+
+@needs_gemv
+@pytest.mark.parametrize("tampered", ["junk", "another library"])
+def test_a_tampered_cached_library_is_rebuilt_not_loaded(tampered, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))
+    assert kernels.int8_gemv() is not None
+    so = next((tmp_path / "kernels").glob("*.so"))
+    good = so.read_bytes()
+    if tampered == "junk":
+        so.write_bytes(b"\x7fELF" + b"\0" * 100)
+    else:  # a library with the kernels' names that computes nothing
+        (tmp_path / "stub.c").write_text(STUB)
+        subprocess.run(["cc", "-shared", "-fPIC", str(tmp_path / "stub.c"), "-o", str(so)], check=True)
+    monkeypatch.setattr(kernels, "_loaded", {})
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        check_gemv()
+    assert "do not match the sha256 recorded beside them: rebuilding" in caplog.text
+    assert so.read_bytes() == good
+
+
+@needs_gemv
+@pytest.mark.parametrize("how", ["world-writable", "group-writable", "another user's", "a symlink"])
+def test_a_cache_folder_others_control_is_not_used(how, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))
+    folder = tmp_path / "kernels"
+    if how == "a symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    else:
+        folder.mkdir()
+        folder.chmod({"world-writable": 0o777, "group-writable": 0o770, "another user's": 0o700}[how])
+    if how == "another user's":
+        if os.getuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        os.chown(folder, 12345, 12345)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        check_gemv()  # compiled into a private temporary folder instead
+    assert "not using" in caplog.text and "compiling them into a private temporary folder" in caplog.text
+    assert not list(folder.iterdir())
 
 
 def int8_expert_weights(e: int = 5, d: int = 40, f: int = 12):

@@ -1,10 +1,12 @@
-"""Plugins: validation, discovery through entry points, selection, and call() isolating misbehaving plugins."""
+"""Plugins: validation, discovery through entry points, selection, and call() isolating misbehaving plugins: JSON
+both ways between server and worker, the worker under memory and CPU limits."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import json
+import os
 import threading
 import time
 
@@ -12,9 +14,14 @@ import pytest
 
 from seekmoe.plugins import (
     MAX_RESULT_CHARS,
+    MEMORY_LIMIT,
+    START_TIMEOUT,
     Plugin,
     PluginError,
     WorkerPool,
+    _import_name,
+    _Worker,
+    _WorkerFailed,
     add_arguments,
     call,
     discover,
@@ -194,10 +201,64 @@ def test_a_long_result_is_capped(pool):
     assert r.content.endswith("[truncated: 20,000 characters in all]")
 
 
-def test_a_run_function_that_cannot_be_pickled_is_an_error_result():
+def test_a_run_function_that_cannot_be_imported_by_name_is_an_error_result():
     plugin = Plugin("local", "defined in a test", {"type": "object"}, lambda: 1)
     r = call(plugin, {})
-    assert not r.ok and "cannot be sent to a worker process" in r.content
+    assert not r.ok and "cannot be sent to a worker process" in r.content and "<lambda>" in r.content
+    r = call(fx.ECHO, {"a": object()})  # arguments from Python code travel as JSON too
+    assert not r.ok and "arguments must be JSON data" in r.content
+
+
+# ------------------------------------------------------------------------------------------ JSON from the worker
+
+def test_a_worker_sending_a_pickle_runs_nothing_in_the_server(tmp_path):
+    marker = tmp_path / "unpickled"
+    r = call(fx.SENDS_PICKLE, {"marker": str(marker)})
+    assert not r.ok and "sent a reply that is not JSON" in r.content and "process was stopped" in r.content, r.content
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("plugin, message", [
+    (fx.SENDS_TOO_MUCH, "sent a reply longer than"),
+    (fx.SENDS_WRONG_JSON, 'sent a reply that is not JSON of the form {"ok": bool, "content": str}'),
+])
+def test_a_worker_sending_anything_but_a_reply_is_stopped(pool, plugin, message):
+    start = time.perf_counter()
+    r = call(plugin, {}, pool=pool)
+    assert not r.ok and message in r.content and "process was stopped" in r.content, r.content
+    assert time.perf_counter() - start < 10  # 50 MB refused unread
+    assert call(plugin, {}, pool=pool).content == r.content  # a fresh worker each time
+    assert call(fx.ECHO, {"a": 1}, pool=pool).content == '{"a": 1}'
+
+
+# ------------------------------------------------------------------------------------------- the worker's limits
+
+def test_a_plugin_past_its_memory_limit_is_an_error_result_and_its_worker_is_replaced(pool):
+    first = json.loads(call(fx.HOG, {}, pool=pool).content)["pid"]
+    r = call(fx.HOG, {"gib": 8}, pool=pool)
+    assert not r.ok and "MemoryError: the plugin went past its memory limit (1 GiB more" in r.content, r.content
+    r = call(fx.HOG, {"gib": 0.25}, pool=pool)  # within the limit, in a fresh worker
+    assert r.ok and json.loads(r.content)["pid"] != first
+    with pytest.raises(ValueError, match="memory_limit must be > 0 bytes or None, got 0"):
+        WorkerPool(memory_limit=0)
+
+
+def test_a_busy_loop_is_killed_at_the_timeout(pool, tmp_path):
+    pid_file = tmp_path / "pid"
+    r = call(fx.SPIN, {"pid_file": str(pid_file)}, timeout=1.0, pool=pool)
+    assert not r.ok and "did not finish within 1 s" in r.content
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_worker_past_its_cpu_time_dies_by_itself(tmp_path):
+    """What stops a plugin's threads together, or a worker whose server died: call() passes timeout + CPU_GRACE."""
+    worker = _Worker(fx.SPIN, _import_name(fx.SPIN), START_TIMEOUT, MEMORY_LIMIT)
+    try:
+        with pytest.raises(_WorkerFailed, match="killed by SIGXCPU: it used up its CPU-time limit of 1 s"):
+            worker.call({"pid_file": str(tmp_path / "pid")}, timeout=30, cpu_seconds=1)
+    finally:
+        worker.stop()
 
 
 def test_concurrent_calls_each_get_a_worker(pool):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import sys
 import threading
+import time
+import tracemalloc
 import types
 import wave
 
@@ -152,10 +155,10 @@ def test_espeak_runs_off_the_event_loop(url, monkeypatch):
     entered, release = threading.Event(), threading.Event()
     real = speech.synthesize
 
-    def slow(*args):
+    def slow(*args, **kwargs):
         entered.set()
         release.wait(10)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(speech, "synthesize", slow)
     answers = []
@@ -181,6 +184,18 @@ def test_without_espeak_ng_the_answer_says_so(url, monkeypatch):
     assert "espeak-ng is not installed" in r.json()["error"]["message"]
 
 
+LONG_CHINESE = ("今天天气很好，我们一起去公园散步吧。春天来了，花儿都开了，小鸟在树上唱歌。" * 200)[:4096]
+
+
+def test_speech_past_the_limit_is_a_400(url):
+    start = time.perf_counter()
+    r = say(url, input=LONG_CHINESE, speed=0.25)  # 12 KB of text: 3,100 s, a 138 MB WAV, were it spoken whole
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "input" and f"longer than {speech.MAX_SECONDS:g} s" in error["message"], error
+    assert time.perf_counter() - start < 20  # espeak-ng stopped at the limit, not run to the end
+
+
 def test_without_soxr_pcm_says_so(url, monkeypatch):
     monkeypatch.setitem(sys.modules, "soxr", None)  # import soxr raises ImportError
     r = say(url, input="Hello", response_format="pcm")
@@ -196,6 +211,36 @@ def test_synthesize(monkeypatch):
     assert synthesize("Hello world", variant="f3") != en
     assert seconds(synthesize("Hello world", speed=350)) < seconds(synthesize("Hello world", speed=100))
     assert synthesize("Hello world", pitch=10) != synthesize("Hello world", pitch=90)
+
+
+def test_espeak_is_stopped_once_its_audio_passes_the_limit():
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpeechError, match=r"speech would be longer than 2 s, this server's limit") as e:
+            synthesize(LONG_CHINESE[:300], speed=80, max_seconds=2)  # ~230 s, 10 MB, were it spoken whole
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert e.value.param == "text" and not isinstance(e.value, SpeechUnavailable)
+    assert peak < 1_000_000  # 2 s of audio are 88 KB: what was read before the kill, not what espeak-ng had left
+    with pytest.raises(SpeechError, match="longer than 2 s") as e:
+        speak(LONG_CHINESE[:300], "nova", 0.25, max_seconds=2)
+    assert e.value.param == "input"
+    assert 0.2 < seconds(synthesize("Hello world", max_seconds=2)) < 2
+
+
+def test_a_hanging_espeak_is_killed_at_the_timeout(monkeypatch, tmp_path):
+    fake = tmp_path / "espeak-ng"
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(speech, "shutil", types.SimpleNamespace(which=lambda name: str(fake)))
+    monkeypatch.setattr(speech, "TIMEOUT", 0.5)
+    start = time.perf_counter()
+    with pytest.raises(SpeechUnavailable, match=r"espeak-ng took longer than 0\.5 s"):
+        synthesize("Hello")
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(int((tmp_path / "pid").read_text()), 0)
 
 
 @pytest.mark.parametrize("kwargs, param, needle", [

@@ -11,9 +11,15 @@ All in kernels.c, for decoding one token at a time:
   reads 18-22 GB/s on one core here for one row, where torch's (MKL) matrix-vector products read 12-17 GB/s for
   the same shapes; a few rows share each read of the weight.
 
-The library is compiled once per source version into the user's cache folder (`$XDG_CACHE_HOME/seekmoe` or
-~/.cache/seekmoe; SEEKMOE_CACHE overrides), written to a temporary name and renamed into place. Without a compiler,
-on a CPU without AVX2 and FMA, or with SEEKMOE_KERNELS=0, each accessor returns None and callers use torch.
+The library is compiled once per source version and flags into the user's cache folder
+(`$XDG_CACHE_HOME/seekmoe/kernels` or ~/.cache/seekmoe/kernels; SEEKMOE_CACHE overrides the part before
+`kernels`), written to a temporary name and renamed into place, with the sha256 of its bytes beside it
+(`NAME.so.sha256`). Native code runs with the server's rights, so what is loaded is checked: the folder is made
+private (0o700), and one that is not a folder owned by this user, or is writable by others, is not used (the
+library is then compiled into a private temporary folder for this process, with a warning). A cached library whose
+bytes do not match their sha256 is rebuilt, not loaded, and the bytes verified are the bytes loaded: they are
+copied to a fresh private file, loaded from there, and that file removed. Without a compiler, on a CPU without AVX2
+and FMA, or with SEEKMOE_KERNELS=0, each accessor returns None and callers use torch.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -58,29 +65,94 @@ def _usable() -> str | None:
     return None
 
 
-def _build() -> Path:
-    """The compiled library for this source and these flags, compiling it if the cache does not hold it."""
-    text = SOURCE.read_bytes()
-    digest = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"seekmoe-kernels-{digest}.so"
-    if target.exists():
-        return target
+def _private_folder(folder: Path) -> str | None:
+    """Why `folder` (created 0o700 if missing) must not hold code we load, or None when it may."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError as e:
+        return f"cannot create it: {e}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a folder (a symlink?)"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"it belongs to user id {st.st_uid}, not to this user ({os.getuid()})"
+    if st.st_mode & 0o022:
+        return (f"others may write to it (mode {stat.S_IMODE(st.st_mode):o}; expected no write bits for group and "
+                f"others, e.g. 700)")
+    return None
+
+
+def _compile(folder: Path) -> bytes:
+    """The library's bytes, compiled in `folder` (a temporary file, removed)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise OSError("no C compiler (cc or gcc) on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
     os.close(fd)
     try:
         res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                              timeout=120)
         if res.returncode != 0:
             raise OSError(f"{cc} failed: {res.stderr.strip()[-500:]}")
-        os.replace(tmp, target)  # another process may have built it meanwhile: the same bytes either way
+        return Path(tmp).read_bytes()
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        os.unlink(tmp)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """`data` into `path` whole or not at all: written to a temporary name and renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # another process may have built it meanwhile: the same bytes either way
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _cached(path: Path) -> bytes | None:
+    """The cached library's bytes when they match the sha256 recorded beside them; None (rebuild) otherwise."""
+    try:
+        data = path.read_bytes()
+        want = path.with_name(path.name + ".sha256").read_text().strip()
+    except FileNotFoundError:
+        return None
+    if hashlib.sha256(data).hexdigest() != want:
+        log.warning("the cached seekmoe kernels %s do not match the sha256 recorded beside them: rebuilding", path)
+        return None
+    return data
+
+
+def _load(folder: Path, data: bytes) -> ctypes.CDLL:
+    """Load `data` from a fresh file of our own in `folder`, then remove it: what was checked is what runs (the
+    cached file could change between a check and dlopen reading it by name)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return ctypes.CDLL(tmp)  # mapped now: the file can go
+    finally:
+        os.unlink(tmp)
+
+
+def _open() -> ctypes.CDLL:
+    """The library for this source and these flags: from the cache when its bytes check out, compiled otherwise."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    folder = cache_dir()
+    why = _private_folder(folder)
+    if why is not None:
+        log.warning("not using %s for the seekmoe kernels (%s): compiling them into a private temporary folder",
+                    folder, why)
+        with tempfile.TemporaryDirectory(prefix="seekmoe-kernels-") as tmp:  # created 0o700
+            return _load(Path(tmp), _compile(Path(tmp)))
+    target = folder / f"seekmoe-kernels-{digest}.so"
+    data = _cached(target)
+    if data is None:
+        data = _compile(folder)
+        _write(target, data)
+        _write(target.with_name(target.name + ".sha256"), hashlib.sha256(data).hexdigest().encode() + b"\n")
+    return _load(folder, data)
 
 
 def _library() -> ctypes.CDLL | None:
@@ -92,7 +164,7 @@ def _library() -> ctypes.CDLL | None:
                 lib = None
                 if why is None:
                     try:
-                        lib = ctypes.CDLL(str(_build()))
+                        lib = _open()
                     except (OSError, subprocess.SubprocessError) as e:
                         why = str(e)
                 if lib is None:

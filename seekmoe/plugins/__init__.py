@@ -8,13 +8,21 @@ the plugin in a separate process (spawned, never forked: the server has threads)
 timeout and a crash cannot take the server down. Every way a plugin can misbehave comes back as
 `ToolResult(ok=False, content="error: ...")`, text the model can read, never as an exception. A `WorkerPool` keeps
 warm processes per plugin, so a call costs a pipe round trip instead of a process start.
+
+Everything between the server and a worker is JSON, both ways: the worker imports the plugin's run function by
+its name (module:qualname), and the server never unpickles what a worker sends, so a compromised worker cannot run
+code in the server through its replies. On Linux a worker runs under resource limits set once its plugin is
+imported: MEMORY_LIMIT bytes of address space past what it then holds (a MemoryError is an error result and the
+worker is replaced), CPU time a little past each call's timeout (a worker whose server died does not spin on),
+no core files, files of at most MAX_FILE_BYTES and at most MAX_OPEN_FILES descriptors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import multiprocessing
-import pickle
 import re
 import signal
 import sys
@@ -29,6 +37,14 @@ ENTRY_POINT_GROUP = "seekmoe.plugins"
 MAX_RESULT_CHARS = 8_000  # a tool result goes back into the model's context; more would crowd out the conversation
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # OpenAI's rule for function names
 START_TIMEOUT = 60.0  # seconds for a worker to start and import its plugin; not part of a call's timeout
+# a reply is at most ~MAX_RESULT_CHARS characters, each JSON-escaped to at most 12 bytes (an astral \\uXXXX pair)
+MAX_REPLY_BYTES = 12 * MAX_RESULT_CHARS + 4096
+MEMORY_LIMIT = 1 << 30  # bytes of address space a worker may add to what it holds once its plugin is imported
+# CPU seconds a call may use past its timeout: the wall clock stops a single thread first; this stops a plugin's
+# threads together, and a worker left spinning by a server that died
+CPU_GRACE = 2.0
+MAX_FILE_BYTES = 64 << 20  # the largest file a plugin may write
+MAX_OPEN_FILES = 256
 DESCRIPTION = ("Plugins are tools a served model may call (seekmoe serve --tools NAME,...). They come from "
                "installed packages (entry-point group 'seekmoe.plugins'); 'math', symbolic math on sympy, is "
                "built in.")
@@ -45,7 +61,7 @@ class Plugin:
     name: str
     description: str
     parameters: dict  # a JSON Schema with "type": "object"; its properties are `run`'s keyword arguments
-    run: Callable[..., object]  # must be importable by name (a module-level function): it is pickled to a worker
+    run: Callable[..., object]  # must be importable by name (a module-level function): a worker imports it
     source: str = field(default="", compare=False)  # where discover() found it, for `seekmoe plugins list`
 
     def __post_init__(self):
@@ -152,6 +168,10 @@ def parse_arguments(plugin: Plugin, arguments: str | dict) -> dict:
             raise PluginError(f"arguments are not valid JSON: {e}") from None
     if not isinstance(arguments, dict):
         raise PluginError(f"arguments must be a JSON object, got {type(arguments).__name__}")
+    try:
+        json.dumps(arguments)  # a dict from Python code goes to the worker as JSON
+    except (TypeError, ValueError, RecursionError) as e:
+        raise PluginError(f"arguments must be JSON data: {e}") from None
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(plugin.parameters)
@@ -170,46 +190,128 @@ def _cap(text: str) -> str:
     return text[:MAX_RESULT_CHARS] + f"... [truncated: {len(text):,} characters in all]"
 
 
-def _run_one(run: Callable[..., object], kwargs: dict) -> tuple[bool, str]:
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):g} GiB"
+
+
+def _import_name(plugin: Plugin) -> str:
+    """The name "module:qualname" a worker imports the plugin's run function by; PluginError if it has none."""
+    run = plugin.run
+    module, qualname = getattr(run, "__module__", None), getattr(run, "__qualname__", None)
+    try:
+        found = _resolve(f"{module}:{qualname}") if module and qualname and "<" not in qualname else None
+    except (ImportError, AttributeError):
+        found = None
+    if found is not run:
+        raise PluginError(f"plugin {plugin.name!r} cannot be sent to a worker process: its run function must be "
+                          f"importable by name, e.g. defined at module level; {module}:{qualname} is not it")
+    return f"{module}:{qualname}"
+
+
+def _resolve(name: str) -> object:
+    module, _, qualname = name.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _limit_process(memory_limit: int | None) -> None:
+    """The worker's own limits, set once its plugin is imported (Linux; elsewhere only the timeout holds)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    limits = [(resource.RLIMIT_CORE, 0),  # SIGXCPU would dump a core
+              (resource.RLIMIT_FSIZE, MAX_FILE_BYTES),  # past it a write fails with EFBIG
+              (resource.RLIMIT_NOFILE, MAX_OPEN_FILES)]
+    if memory_limit is not None:
+        try:
+            with open("/proc/self/statm") as f:  # the address space held now: the interpreter, the imports
+                limits.append((resource.RLIMIT_AS, int(f.read().split()[0]) * resource.getpagesize() + memory_limit))
+        except OSError:  # no /proc (macOS)
+            pass
+    for which, value in limits:
+        _, hard = resource.getrlimit(which)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        with contextlib.suppress(OSError, ValueError):  # a limit the system refuses
+            resource.setrlimit(which, (value, value))
+
+
+def _limit_cpu(seconds: float) -> None:
+    """Raise SIGXCPU (which kills) once this call has used `seconds` of CPU time; reset before each call."""
+    try:
+        import resource
+    except ImportError:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(usage.ru_utime + usage.ru_stime + seconds) + 1  # whole seconds, rounded up
+    with contextlib.suppress(OSError, ValueError):  # the soft limit only: a hard one could not be raised again
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _run_one(run: Callable[..., object], kwargs: dict, memory_limit: int | None) -> tuple[bool, str, bool]:
+    """(ok, content, retire): retire when the worker ran out of memory and should not be trusted with more calls."""
     try:
         result = run(**kwargs)
+        if isinstance(result, str):
+            return True, result, False
+        try:
+            return True, json.dumps(result, ensure_ascii=False, allow_nan=False), False
+        except (TypeError, ValueError, RecursionError) as e:
+            return False, (f"the plugin returned a {type(result).__name__}, which is not JSON-serialisable "
+                           f"({e})"), False
+    except MemoryError:
+        limit = (f"went past its memory limit ({_gib(memory_limit)} more than its process held at start)"
+                 if memory_limit else "ran out of memory")
+        return False, f"MemoryError: the plugin {limit}; its process was replaced", True
     except BaseException as e:  # SystemExit too: a plugin calling sys.exit() is an error, not a dead worker
-        return False, f"{type(e).__name__}: {e}"
-    if isinstance(result, str):
-        return True, _cap(result)
-    try:
-        return True, _cap(json.dumps(result, ensure_ascii=False, allow_nan=False))
-    except (TypeError, ValueError, RecursionError) as e:
-        return False, f"the plugin returned a {type(result).__name__}, which is not JSON-serialisable ({e})"
+        return False, f"{type(e).__name__}: {e}", False
+
+
+def _send(conn, ok: bool, content: str, retire: bool = False) -> None:
+    """A reply to the server, capped (error messages too)."""
+    conn.send_bytes(json.dumps({"ok": ok, "content": _cap(content), "retire": retire}).encode())
 
 
 def _worker_main(conn) -> None:
-    """A worker process: load the plugin's run function once, then run one call per message until EOF."""
+    """A worker process: import the plugin's run function, limit the process, then run one call per message until
+    EOF. Messages both ways are JSON."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the caller stops us
     sys.stdout = sys.stderr  # a plugin's print() must not mix into the caller's stdout (`seekmoe chat`)
     try:
-        run = pickle.loads(conn.recv_bytes())
+        start = json.loads(conn.recv_bytes())
+        run, memory_limit = _resolve(start["run"]), start["memory_limit"]
     except BaseException as e:
-        conn.send((False, f"cannot load the plugin in its process: {type(e).__name__}: {e}"))
+        _send(conn, False, f"cannot load the plugin in its process: {type(e).__name__}: {e}")
         return
-    conn.send((True, "ready"))
+    _limit_process(memory_limit)
+    _send(conn, True, "ready")
     while True:
         try:
-            kwargs = conn.recv()
+            message = json.loads(conn.recv_bytes())
         except (EOFError, OSError):  # the caller closed the pipe, or died
             return
-        conn.send(_run_one(run, kwargs))
+        _limit_cpu(message["cpu_seconds"])
+        ok, content, retire = _run_one(run, message["arguments"], memory_limit)
+        _send(conn, ok, content, retire)
+        if retire:
+            return
 
 
 class _WorkerFailed(Exception):
-    """The worker could not start or died; the message is for the model."""
+    """The worker could not start, died or sent something other than a reply; the message is for the model."""
 
 
-def _exit_reason(process) -> str:
+def _exit_reason(process, cpu_seconds: float | None = None) -> str:
     process.join(timeout=1.0)
     code = process.exitcode
     if code is None:
         return "did not exit"
+    if code == -signal.SIGXCPU:
+        limit = f" of {cpu_seconds:g} s" if cpu_seconds is not None else ""
+        return f"killed by SIGXCPU: it used up its CPU-time limit{limit}"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -221,8 +323,9 @@ def _exit_reason(process) -> str:
 class _Worker:
     """One spawned process bound to one plugin; used by one call at a time."""
 
-    def __init__(self, plugin: Plugin, run_bytes: bytes, start_timeout: float):
+    def __init__(self, plugin: Plugin, name: str, start_timeout: float, memory_limit: int | None):
         self.name, self.run = plugin.name, plugin.run
+        self.retired = False  # it ran out of memory: stop it rather than reuse it
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         # daemon: the interpreter's exit kills forgotten workers instead of waiting for them
@@ -231,10 +334,9 @@ class _Worker:
         self.process.start()
         child.close()
         try:
-            self.conn.send_bytes(run_bytes)
+            self.conn.send_bytes(json.dumps({"run": name, "memory_limit": memory_limit}).encode())
             if not self.conn.poll(start_timeout):
                 raise _WorkerFailed(f"plugin {self.name!r} did not start within {start_timeout:g} s")
-            ok, message = self.conn.recv()
         except (EOFError, OSError):
             self.stop()
             raise _WorkerFailed(f"plugin {self.name!r} process died while starting "
@@ -242,6 +344,7 @@ class _Worker:
         except _WorkerFailed:
             self.stop()
             raise
+        ok, message = self._reply(" while starting")
         if not ok:
             self.stop()
             raise _WorkerFailed(message)
@@ -249,19 +352,44 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.is_alive() and not self.conn.closed
 
-    def call(self, kwargs: dict, timeout: float) -> tuple[bool, str]:
-        """Run once; _WorkerFailed (after stopping the process) on a timeout or a dead process."""
+    def call(self, kwargs: dict, timeout: float, cpu_seconds: float) -> tuple[bool, str]:
+        """Run once; _WorkerFailed (after stopping the process) on a timeout, a dead process or a bad reply."""
         try:
-            self.conn.send(kwargs)
+            self.conn.send_bytes(json.dumps({"arguments": kwargs, "cpu_seconds": cpu_seconds}).encode())
             if not self.conn.poll(timeout):
                 self.stop()
                 raise _WorkerFailed(f"plugin {self.name!r} did not finish within {timeout:g} s; its process was "
                                     f"stopped")
-            ok, content = self.conn.recv()
         except (EOFError, OSError):
             self.stop()
-            raise _WorkerFailed(f"plugin {self.name!r} process died ({_exit_reason(self.process)})") from None
-        return ok, content  # capped by the worker already
+            raise _WorkerFailed(f"plugin {self.name!r} process died "
+                                f"({_exit_reason(self.process, cpu_seconds)})") from None
+        return self._reply("", cpu_seconds)
+
+    def _reply(self, when: str, cpu_seconds: float | None = None) -> tuple[bool, str]:
+        """The worker's next message, read as JSON and never unpickled: whoever runs in the worker cannot run code
+        here. _WorkerFailed (after stopping the process) when it died or sent anything but a reply."""
+        try:
+            data = self.conn.recv_bytes(MAX_REPLY_BYTES)
+        except (EOFError, OSError) as e:
+            self.stop()
+            if str(e) == "bad message length":  # what recv_bytes says of a message past maxlength
+                raise _WorkerFailed(f"plugin {self.name!r} process sent a reply longer than {MAX_REPLY_BYTES:,} "
+                                    f"bytes{when}; its process was stopped") from None
+            raise _WorkerFailed(f"plugin {self.name!r} process died{when} "
+                                f"({_exit_reason(self.process, cpu_seconds)})") from None
+        try:
+            reply = json.loads(data)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            reply = None
+        if not (isinstance(reply, dict) and isinstance(reply.get("ok"), bool)
+                and isinstance(reply.get("content"), str)):
+            self.stop()
+            raise _WorkerFailed(f"plugin {self.name!r} process sent a reply that is not JSON of the form "
+                                f"{{\"ok\": bool, \"content\": str}}{when}; its process was stopped")
+        self.retired = reply.get("retire") is True
+        content = reply["content"]  # capped by the worker, but trust nothing from it
+        return reply["ok"], content if len(content) <= MAX_RESULT_CHARS + 100 else _cap(content)
 
     def stop(self) -> None:
         self.conn.close()
@@ -274,18 +402,22 @@ class WorkerPool:
     """Warm worker processes per plugin: a call then costs a pipe round trip, not a process start (~0.3 s).
 
     Each call takes an idle worker of its plugin or starts one, and gives it back afterwards unless it timed out
-    or died (then the next call starts a fresh one). Thread-safe; close() stops every worker.
+    or died (then the next call starts a fresh one). Thread-safe; close() stops every worker. memory_limit: bytes
+    of address space each worker may add to what it holds once its plugin is imported (None: no limit).
     """
 
-    def __init__(self, idle_per_plugin: int = 2, start_timeout: float = START_TIMEOUT):
+    def __init__(self, idle_per_plugin: int = 2, start_timeout: float = START_TIMEOUT,
+                 memory_limit: int | None = MEMORY_LIMIT):
         if idle_per_plugin < 0:
             raise ValueError(f"idle_per_plugin must be >= 0, got {idle_per_plugin}")
-        self.idle_per_plugin, self.start_timeout = idle_per_plugin, start_timeout
+        if memory_limit is not None and not memory_limit > 0:
+            raise ValueError(f"memory_limit must be > 0 bytes or None, got {memory_limit}")
+        self.idle_per_plugin, self.start_timeout, self.memory_limit = idle_per_plugin, start_timeout, memory_limit
         self._idle: dict[tuple[str, int], list[_Worker]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def _take(self, plugin: Plugin, run_bytes: bytes) -> _Worker:
+    def _take(self, plugin: Plugin, name: str) -> _Worker:
         with self._lock:
             idle = self._idle.get((plugin.name, id(plugin.run)), [])
             while idle:
@@ -293,12 +425,12 @@ class WorkerPool:
                 if worker.alive() and worker.run is plugin.run:
                     return worker
                 worker.stop()
-        return _Worker(plugin, run_bytes, self.start_timeout)
+        return _Worker(plugin, name, self.start_timeout, self.memory_limit)
 
     def _give_back(self, plugin: Plugin, worker: _Worker) -> None:
         with self._lock:
             idle = self._idle.setdefault((plugin.name, id(plugin.run)), [])
-            if not self._closed and len(idle) < self.idle_per_plugin:
+            if not self._closed and not worker.retired and len(idle) < self.idle_per_plugin:
                 idle.append(worker)
                 return
         worker.stop()
@@ -306,8 +438,8 @@ class WorkerPool:
     def warm(self, plugin: Plugin) -> None:
         """Start a worker now, so the first call does not wait for a process start and the plugin's imports."""
         try:
-            worker = _Worker(plugin, pickle.dumps(plugin.run), self.start_timeout)
-        except (_WorkerFailed, pickle.PicklingError, TypeError, AttributeError) as e:
+            worker = _Worker(plugin, _import_name(plugin), self.start_timeout, self.memory_limit)
+        except (_WorkerFailed, PluginError) as e:
             raise PluginError(f"cannot start a worker for plugin {plugin.name!r}: {e}") from None
         self._give_back(plugin, worker)
 
@@ -329,7 +461,8 @@ class WorkerPool:
 def call(plugin: Plugin, arguments: str | dict, timeout: float = 10.0, pool: WorkerPool | None = None) -> ToolResult:
     """Run the plugin on the model's arguments in a separate process; never raises for plugin misbehaviour.
 
-    Without a pool each call spawns a process and stops it afterwards (about 0.3 s plus the plugin's imports).
+    Without a pool each call spawns a process, with MEMORY_LIMIT, and stops it afterwards (about 0.3 s plus the
+    plugin's imports). The call may use `timeout + CPU_GRACE` seconds of CPU time.
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -343,13 +476,13 @@ def call(plugin: Plugin, arguments: str | dict, timeout: float = 10.0, pool: Wor
     except PluginError as e:
         return result(False, str(e))
     try:
-        run_bytes = pickle.dumps(plugin.run)
-    except Exception as e:
-        return result(False, f"plugin {plugin.name!r} cannot be sent to a worker process (its run function must "
-                             f"be importable, e.g. defined at module level): {type(e).__name__}: {e}")
+        name = _import_name(plugin)
+    except PluginError as e:
+        return result(False, str(e))
     try:
-        worker = pool._take(plugin, run_bytes) if pool is not None else _Worker(plugin, run_bytes, START_TIMEOUT)
-        ok, content = worker.call(kwargs, timeout)
+        worker = (pool._take(plugin, name) if pool is not None
+                  else _Worker(plugin, name, START_TIMEOUT, MEMORY_LIMIT))
+        ok, content = worker.call(kwargs, timeout, timeout + CPU_GRACE)
     except _WorkerFailed as e:
         return result(False, str(e))
     if pool is not None:
