@@ -6,7 +6,9 @@ summary keeps (at most max_length tokens) is checked with whatever tokenizer the
 
 Long inputs stay linear: a piece of text is counted once and chunk sizes are sums of piece counts (a chunk is
 recounted once, to catch tokens merging across a join); sentence similarity is never computed over more than
-MAX_RANK_SENTENCES sentences at a time.
+MAX_RANK_SENTENCES sentences at a time; no regular expression here backtracks over a run of one character.
+A caller that may lose interest (a server whose client left) passes `cancelled`, asked between model batches,
+map-reduce rounds, sections and ranking blocks.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import numpy as np
 
 CountTokens = Callable[[str], int]
 Generate = Callable[[list[str], int], list[str]]
+Cancelled = Callable[[], bool]  # True once the summary is no longer wanted
 
 STYLES = ("bullets", "paragraph", "sections")
 METHODS = ("abstractive", "extractive")
 
 # similarity is an (n, n) matrix: sentences are ranked in blocks of this many, winners ranked again
 MAX_RANK_SENTENCES = 400
+SHARED_COLUMNS = 4096  # words multiplied at a time for the shared-word counts: memory n * this, whatever the text
 BLOCK_WINNERS = 100  # kept per full block for the next level: each level is 4x smaller, so few levels
 DAMPING = 0.85  # PageRank's
 MIN_FEATURES = 3  # distinct words (or Chinese bigrams) a sentence needs to be ranked
@@ -58,7 +62,11 @@ _NOT_ABBREVIATION = "".join(rf"(?<!\b{a})" for a in ("Mr", "Mrs", "Ms", "Dr", "S
 # English ends need whitespace after ("3.14", "e.g.x" stay whole); Chinese ones do not. Closing quotes and
 # brackets stay with their sentence. Chinese is not wrapped, so a line break after a CJK character ends a
 # sentence too (a poem's title, its author, each line), and so does the line before a list item.
-_SENTENCE_END = re.compile(rf"{_NOT_ABBREVIATION}[.!?]+[\"'’”)\]»]*(?=\s|$)"
+# Linear on runs of punctuation: a search tries every position, so an English end is tried only where a run of
+# [.!?] starts (or one further on, when an abbreviation stops it there, "Mr.. Next"), and the possessive *+ / ++
+# never give back what they took (giving back could not help: a shorter run is followed by [.!?], not space).
+# Each position of a run trying its rest made "a" + "." * 40_000 + "x" take 38 s.
+_SENTENCE_END = re.compile(rf"(?:(?<![.!?]){_NOT_ABBREVIATION}|(?<=(?<![.!?])[.!?]))[.!?]++[\"'’”)\]»]*+(?=\s|$)"
                            rf"|[。！？；…]+[\"'’”」』）》】)\]]*|(?<=[{_CJK}])(?=\n)"
                            r"|(?=\n[ \t]*(?:[-*+•·]|\d{1,3}[.)])[ \t])")
 _WORDS = re.compile(rf"[{_CJK_IDEOGRAPHS}]+|[^\W_{_CJK_IDEOGRAPHS}]+")
@@ -78,6 +86,17 @@ STOPWORDS = frozenset(_STOPWORDS.split())
 
 class SummaryError(ValueError):
     """A bad argument to split_text, extractive_summary or summarize."""
+
+
+class SummaryCancelled(Exception):
+    """summarize() or extractive_summary() stopped early because `cancelled()` said True.
+
+    Not a SummaryError: nothing was wrong with the arguments (a server must not answer it with a 400)."""
+
+
+def _check_cancelled(cancelled: Cancelled | None) -> None:
+    if cancelled is not None and cancelled():
+        raise SummaryCancelled("the summary was cancelled")
 
 
 def approx_tokens(text: str) -> int:
@@ -103,6 +122,12 @@ def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SummaryError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def _check_cancel_hook(cancelled: object) -> Cancelled | None:
+    if cancelled is not None and not callable(cancelled):
+        raise SummaryError(f"cancelled must be None or a callable () -> bool, got {type(cancelled).__name__}")
+    return cancelled  # type: ignore[return-value]
 
 
 # ---- spans: paragraphs, sentences, token-bounded prefixes -------------------------------------------------------
@@ -267,11 +292,12 @@ def _prose_sentences(text: str) -> list[str]:
 
 
 def _join_sentences(sentences: list[str]) -> str:
-    out = ""
+    out, last = [], ""  # last: the last character written so far
     for s in sentences:
-        glue = "" if not out or (_CJK_EDGE.match(out[-1]) and _CJK_EDGE.match(s)) else " "
-        out += glue + s
-    return out
+        piece = s if not last or (_CJK_EDGE.match(last) and _CJK_EDGE.match(s)) else " " + s
+        out.append(piece)
+        last = piece[-1:] or last
+    return "".join(out)
 
 
 Part = tuple[str, str]  # ("heading" | "sentence", text): the units a summary is built from and trimmed by
@@ -339,19 +365,43 @@ def _features(sentence: str) -> set[str]:
     return out
 
 
-def _textrank(features: list[set[str]]) -> np.ndarray:
-    """PageRank scores over sentences, edges weighted by shared words / (log|a| + log|b|) as in TextRank."""
+def _shared_words(features: list[set[str]]) -> np.ndarray:
+    """(n, n) float32: how many words (features) each two sentences share, the diagonal their own counts.
+
+    Only words in two or more sentences can be shared; their (n, V) incidence goes through the product
+    SHARED_COLUMNS words at a time, so a block of long sentences of rare words never makes an (n, V) matrix of
+    hundreds of MB. The sums are small integers, exact in float32 in any order.
+    """
     n = len(features)
-    vocab: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for f in features:
+        for w in f:
+            seen[w] = seen.get(w, 0) + 1
+    vocab = {w: j for j, w in enumerate(w for w, k in seen.items() if k > 1)}
     rows, cols = [], []
     for i, f in enumerate(features):
         for w in f:
-            rows.append(i)
-            cols.append(vocab.setdefault(w, len(vocab)))
-    incidence = np.zeros((n, max(len(vocab), 1)), np.float32)  # (n, V)
-    incidence[rows, cols] = 1.0
-    shared = incidence @ incidence.T  # (n, n)
-    logs = np.log1p(incidence.sum(1))  # log1p: a one-word sentence still has a nonzero denominator
+            j = vocab.get(w)
+            if j is not None:
+                rows.append(i)
+                cols.append(j)
+    order = np.argsort(np.asarray(cols, np.int64), kind="stable")  # by column: a block of columns is a slice
+    rows, cols = np.asarray(rows, np.int64)[order], np.asarray(cols, np.int64)[order]
+    shared = np.zeros((n, n), np.float32)
+    for c in range(0, len(vocab), SHARED_COLUMNS):
+        lo, hi = np.searchsorted(cols, [c, c + SHARED_COLUMNS])
+        incidence = np.zeros((n, min(SHARED_COLUMNS, len(vocab) - c)), np.float32)  # (n, C)
+        incidence[rows[lo:hi], cols[lo:hi] - c] = 1.0
+        shared += incidence @ incidence.T  # (n, n)
+    shared[np.diag_indices(n)] = [len(f) for f in features]
+    return shared
+
+
+def _textrank(features: list[set[str]]) -> np.ndarray:
+    """PageRank scores over sentences, edges weighted by shared words / (log|a| + log|b|) as in TextRank."""
+    n = len(features)
+    shared = _shared_words(features)  # (n, n)
+    logs = np.log1p(np.diagonal(shared))  # log1p: a one-word sentence still has a nonzero denominator
     sim = shared / (logs[:, None] + logs[None, :] + 1e-9)
     np.fill_diagonal(sim, 0.0)
     out_weight = sim.sum(1, keepdims=True)
@@ -365,9 +415,10 @@ def _textrank(features: list[set[str]]) -> np.ndarray:
     return score
 
 
-def _ranked(sentences: list[str]) -> list[int]:
+def _ranked(sentences: list[str], cancelled: Cancelled | None = None) -> list[int]:
     """Indices of at most MAX_RANK_SENTENCES sentences, best first; blockwise, then the winners again."""
     features = [_features(s) for s in sentences]
+    _check_cancelled(cancelled)
     # too few words to share ("(正旦唱)。", underlines, stray code) would rank high on the log-length norm
     idx = [i for i, f in enumerate(features) if len(f) >= MIN_FEATURES] or [i for i, f in enumerate(features) if f]
     if not idx:
@@ -375,6 +426,7 @@ def _ranked(sentences: list[str]) -> list[int]:
     while len(idx) > MAX_RANK_SENTENCES:
         winners = []
         for b in range(0, len(idx), MAX_RANK_SENTENCES):
+            _check_cancelled(cancelled)
             block = idx[b:b + MAX_RANK_SENTENCES]
             scores = _textrank([features[i] for i in block])
             keep = max(1, len(block) * BLOCK_WINNERS // MAX_RANK_SENTENCES)  # a short last block, fewer winners
@@ -384,7 +436,8 @@ def _ranked(sentences: list[str]) -> list[int]:
     return [idx[j] for j in np.argsort(-scores, kind="stable")]
 
 
-def _extract(text: str, count: CountTokens, prose_only: bool = False) -> list[tuple[int, str, int]]:
+def _extract(text: str, count: CountTokens, prose_only: bool = False,
+             cancelled: Cancelled | None = None) -> list[tuple[int, str, int]]:
     """(position, sentence, tokens) of the ranked candidates, best first (the caller picks within its budget).
 
     Code and directives are left out while the text has prose; prose_only: always (a section's body)."""
@@ -392,7 +445,7 @@ def _extract(text: str, count: CountTokens, prose_only: bool = False) -> list[tu
     # repeated sentences (boilerplate, refrains) would rank high and fill the summary with copies
     sentences = _prose_sentences(text) or ([] if prose_only else _sentences(text))
     sentences = [t for t in sentences if not (t in seen or seen.add(t))]
-    return [(i, sentences[i], count(sentences[i])) for i in _ranked(sentences)]
+    return [(i, sentences[i], count(sentences[i])) for i in _ranked(sentences, cancelled)]
 
 
 def _pick(candidates: list[tuple[int, str, int]], budget: int, overhead: int = 1) -> list[Part]:
@@ -411,17 +464,21 @@ def _overhead(style: str) -> int:
     return 2 if style == "bullets" else 1  # "- " and the newline, or the space between sentences
 
 
-def extractive_summary(text: str, max_tokens: int, count_tokens: CountTokens, style: str = "bullets") -> str:
-    """The document's own highest-ranked sentences (TextRank), in document order, within max_tokens tokens."""
+def extractive_summary(text: str, max_tokens: int, count_tokens: CountTokens, style: str = "bullets",
+                       cancelled: Cancelled | None = None) -> str:
+    """The document's own highest-ranked sentences (TextRank), in document order, within max_tokens tokens.
+
+    cancelled: asked between sections and ranking blocks; once it says True, SummaryCancelled is raised."""
     text = _check_text(text)
     _check_positive("max_tokens", max_tokens)
     _check_choice("style", style, STYLES)
+    cancelled = _check_cancel_hook(cancelled)
     if not text.strip():
         return ""
     if style == "sections":
         return _sections_summary(text, max_tokens, count_tokens,
-                                 lambda body, budget: _extract(body, count_tokens, prose_only=True))
-    parts = _pick(_extract(text, count_tokens), max_tokens, _overhead(style))
+                                 lambda body, budget: _extract(body, count_tokens, True, cancelled), cancelled)
+    parts = _pick(_extract(text, count_tokens, cancelled=cancelled), max_tokens, _overhead(style))
     return _fit(style, parts, max_tokens, count_tokens)
 
 
@@ -468,7 +525,8 @@ def split_sections(text: str) -> list[tuple[str | None, str]]:
 Summarizer = Callable[[str, int], list[tuple[int, str, int]]]  # (body, budget) -> (position, sentence, tokens)
 
 
-def _sections_summary(text: str, max_tokens: int, count: CountTokens, summarize_body: Summarizer) -> str:
+def _sections_summary(text: str, max_tokens: int, count: CountTokens, summarize_body: Summarizer,
+                      cancelled: Cancelled | None = None) -> str:
     """Each heading, then its section's summary, in document order; headings count against the budget.
 
     Sections enter largest first, each with its heading and its best sentence, while the budget allows: a long
@@ -483,11 +541,12 @@ def _sections_summary(text: str, max_tokens: int, count: CountTokens, summarize_
     candidates: list[list[tuple[int, str, int]]] = [[] for _ in sections]
     chosen: list[list[tuple[int, str]]] = [[] for _ in sections]
     spent = [0] * len(sections)
-    entered: list[int] = []
+    entered: set[int] = set()
     used = 0
     for k in sorted(range(len(sections)), key=lambda k: -body_cost[k]):
         if not body_cost[k] or used + heading_cost[k] + 2 > max_tokens:
             continue  # summarize_body may be a model call: only for sections that can still enter
+        _check_cancelled(cancelled)
         ask = min(max_tokens, max(max_tokens * body_cost[k] // total_body, SECTION_FLOOR))
         candidates[k] = summarize_body(sections[k][1], ask)
         if not candidates[k]:  # all code or directives: a heading without a summary says nothing
@@ -497,11 +556,11 @@ def _sections_summary(text: str, max_tokens: int, count: CountTokens, summarize_
             chosen[k] = [candidates[k][0][:2]]
             spent[k] = cost
             used += cost
-            entered.append(k)
+            entered.add(k)
     for k in range(len(sections) - 2, -1, -1):  # a title right above an entered section: its parent
         if not body_cost[k] and k + 1 in entered and used + heading_cost[k] <= max_tokens:
             used += heading_cost[k]
-            entered.append(k)
+            entered.add(k)
 
     left, entered_body = max_tokens - used, max(sum(body_cost[k] for k in entered), 1)
     for k in sorted(entered):
@@ -523,12 +582,14 @@ def _sections_summary(text: str, max_tokens: int, count: CountTokens, summarize_
 
 # ---- abstractive: map-reduce -------------------------------------------------------------------------------------
 
-def _batched(generate: Generate, prompts: list[str], max_tokens: int, progress: bool, desc: str) -> list[str]:
+def _batched(generate: Generate, prompts: list[str], max_tokens: int, progress: bool, desc: str,
+             cancelled: Cancelled | None = None) -> list[str]:
     from tqdm import tqdm
 
     outs: list[str] = []
     with tqdm(total=len(prompts), unit="chunk", desc=desc, disable=not progress, file=sys.stderr) as bar:
         for b in range(0, len(prompts), MAP_BATCH):
+            _check_cancelled(cancelled)
             batch = prompts[b:b + MAP_BATCH]
             answers = list(generate(batch, max_tokens))
             if len(answers) != len(batch):
@@ -548,11 +609,12 @@ def _truncate(text: str, max_tokens: int, count: CountTokens) -> str:
 
 
 def _map_reduce(text: str, budget: int, style: str, generate: Generate, count: CountTokens, context_tokens: int,
-                progress: bool) -> list[Part]:
+                progress: bool, cancelled: Cancelled | None = None) -> list[Part]:
     """Summaries of chunks, then of the joined summaries, until they fit `budget`; extractive when one shrinks
     nothing (a weak model) or the rounds run out."""
     current = text
     for rounds in range(MAX_ROUNDS):
+        _check_cancelled(cancelled)
         n = count(current)
         if rounds and n <= budget:
             return _parse_summary(current)
@@ -562,14 +624,15 @@ def _map_reduce(text: str, budget: int, style: str, generate: Generate, count: C
             raise SummaryError(f"context_tokens={context_tokens} is too small: the {style} prompt alone needs "
                                f"{context_tokens - room} tokens and a chunk at least 8 more")
         if n + budget <= room:  # one call: the answer is the summary
-            outs = _batched(generate, [prompt.format(text=current)], budget, progress, "summarize")
+            outs = _batched(generate, [prompt.format(text=current)], budget, progress, "summarize", cancelled)
         else:
             answer = room // 4
             chunks = split_text(current, count, room - answer)
             outs = _batched(generate, [prompt.format(text=c) for c in chunks], answer, progress,
-                            "map" if rounds == 0 else f"reduce {rounds}")
+                            "map" if rounds == 0 else f"reduce {rounds}", cancelled)
             # an answer no shorter than its chunk is a model that failed at it: extract from the chunk instead
-            outs = [_truncate(o, answer, count) if count(o) < count(c) else extractive_summary(c, answer, count)
+            outs = [_truncate(o, answer, count) if count(o) < count(c)
+                    else extractive_summary(c, answer, count, cancelled=cancelled)
                     for o, c in zip(outs, chunks, strict=True)]
         joined = "\n".join(o.strip() for o in outs if o.strip())
         if not joined or count(joined) >= n:
@@ -578,40 +641,45 @@ def _map_reduce(text: str, budget: int, style: str, generate: Generate, count: C
     else:
         if count(current) <= budget:
             return _parse_summary(current)
-    return _pick(_extract(current, count), budget, _overhead(style))
+    return _pick(_extract(current, count, cancelled=cancelled), budget, _overhead(style))
 
 
 def _abstract_candidates(text: str, budget: int, generate: Generate, count: CountTokens, context_tokens: int,
-                         progress: bool) -> list[tuple[int, str, int]]:
+                         progress: bool, cancelled: Cancelled | None = None) -> list[tuple[int, str, int]]:
     """A section's model summary as candidates, in the model's order (its first sentence is kept first)."""
-    parts = _map_reduce(text, budget, "paragraph", generate, count, context_tokens, progress)
+    parts = _map_reduce(text, budget, "paragraph", generate, count, context_tokens, progress, cancelled)
     return [(i, s, count(s)) for i, (_, s) in enumerate(parts)]
 
 
 def summarize(text: str, max_length: int = 200, style: str = "bullets", method: str = "abstractive",
               generate: Generate | None = None, count_tokens: CountTokens | None = None,
-              context_tokens: int = 1024, progress: bool = False) -> str:
+              context_tokens: int = 1024, progress: bool = False, cancelled: Cancelled | None = None) -> str:
     """A summary of at most max_length tokens (by count_tokens) of a text of any length.
 
     style: "bullets" ("- " lines), "paragraph", or "sections" (the document's headings, each with a summary of
     its section). method: "abstractive" (map-reduce with generate(prompts, max_tokens) -> texts, falling back
     to extraction where the model does not shrink the text) or "extractive" (TextRank, no model).
     count_tokens None: approx_tokens, a whitespace/CJK-character estimate.
+    cancelled: a () -> bool asked before each generate() batch, map-reduce round, section and ranking block (e.g. a
+    threading.Event's is_set); once it says True, SummaryCancelled is raised. A generate() call in flight is not
+    interrupted: it is the caller's to cancel.
     """
     text = _check_text(text)
     _check_positive("max_length", max_length)
     _check_choice("style", style, STYLES)
     _check_choice("method", method, METHODS)
     _check_positive("context_tokens", context_tokens)
+    cancelled = _check_cancel_hook(cancelled)
     if not text.strip():
         return ""
     if method == "abstractive" and generate is None:
         raise SummaryError("generate is needed for method='abstractive' (or use method='extractive')")
+    _check_cancelled(cancelled)
     count = count_tokens if count_tokens is not None else approx_tokens
     if method == "extractive":
-        return extractive_summary(text, max_length, count, style)
+        return extractive_summary(text, max_length, count, style, cancelled)
     if style == "sections":
         return _sections_summary(text, max_length, count, lambda body, budget: _abstract_candidates(
-            body, budget, generate, count, context_tokens, progress))
-    parts = _map_reduce(text, max_length, style, generate, count, context_tokens, progress)
+            body, budget, generate, count, context_tokens, progress, cancelled), cancelled)
+    parts = _map_reduce(text, max_length, style, generate, count, context_tokens, progress, cancelled)
     return _fit(style, parts, max_length, count)

@@ -37,6 +37,7 @@ BAD = [  # (field, value, what the message must say about the valid range)
     ("frequency_penalty", True, "[-2, 2]"),
     ("stop", [""], "non-empty"), ("stop", "", "non-empty"), ("stop", [1], "non-empty"), ("stop", 5, "str"),
     ("stop", ["x"] * 17, "at most 16"),
+    ("stop", ["ok", "x" * 1001], "at most 1000 characters, got 1001 in stop[1]"),
     ("stop_token_ids", [-1], ">= 0"), ("stop_token_ids", [True], ">= 0"), ("stop_token_ids", [1.0], ">= 0"),
     ("stop_token_ids", 7, ">= 0"),
     ("ignore_eos", 1, "bool"), ("ignore_eos", "yes", "bool"),
@@ -69,6 +70,7 @@ def test_good_values_are_normalised():
     assert p.top_k == 0 and p.stop == ("###",) and p.stop_token_ids == (3, 4)
     assert SamplingParams(stop=["a", "b"]).stop == ("a", "b")
     assert SamplingParams(stop=["x"] * 16, n=16, logprobs=20, min_p=1, top_p=1e-9, repetition_penalty=2).n == 16
+    assert SamplingParams(stop="x" * 1000).stop == ("x" * 1000,)  # MAX_STOP_CHARS itself is allowed
     hash(p)  # frozen and hashable: the engine may key caches on it
 
 

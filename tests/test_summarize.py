@@ -10,7 +10,10 @@ import argparse
 import io
 import json
 import re
+import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +21,9 @@ import pytest
 
 from seekmoe.summarize import (
     MAP_PROMPTS,
+    MAX_RANK_SENTENCES,
     STYLES,
+    SummaryCancelled,
     SummaryError,
     approx_tokens,
     extractive_summary,
@@ -199,6 +204,76 @@ def test_million_character_document_extractive(english, chinese, count):
     assert time.perf_counter() - start < 30
 
 
+# ---- adversarial inputs -----------------------------------------------------------------------------------------
+
+# Runs of one character (or a short unit) around a sentence end, a list marker, a title underline, a heading.
+RUNS = [".", "!", "?", "…", "。", '"', ")", " ", "\n", "\t", "\n ", "=", "-", "#", "1", "1.", "\n1.", "\n- ", "Mr.",
+        "中", "中\n", "```\n", "T\n===\n"]
+RUN_CHARS = 100_000
+
+
+def test_runs_of_punctuation_take_linear_time():
+    # The sentence end tried every position of a run of "." and scanned the rest of the run from each: quadratic,
+    # "a" + "." * 40_000 + "x" took 38 s in the server (27 s here). At RUN_CHARS one such call took the old code about
+    # 3 minutes, and this whole test well over 10; linear code does all of it in a few seconds. So a generous timeout
+    # on a child process (killed wherever it is stuck) tells them apart, and nothing is timed.
+    code = textwrap.dedent(f"""
+        from seekmoe.summarize import approx_tokens, extractive_summary, split_sections, split_text
+        for run in {RUNS!r}:
+            body = run * ({RUN_CHARS} // len(run))
+            for text in ("a." + body + "x", body + "x. y"):  # after a word, and at the start of a line
+                approx_tokens(text)
+                split_sections(text)
+                split_text(text, approx_tokens, 64)
+                for style in ("bullets", "sections"):
+                    extractive_summary(text, 50, approx_tokens, style)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---- summarize: cancellation ------------------------------------------------------------------------------------
+
+def cancel_after(calls: int):
+    """A cancelled() that says True from its calls-th call on, and counts them."""
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) >= calls
+
+    return cancelled, asked
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_extractive_stops_when_cancelled(english, count, style):
+    text = english + "\n\n# More\n\n" + english
+    assert len(re.findall(r"[.!?]\s", text)) > 2 * MAX_RANK_SENTENCES  # ranked in several blocks
+    expected = summarize(text, 100, style, "extractive", count_tokens=count)
+    assert summarize(text, 100, style, "extractive", count_tokens=count, cancelled=lambda: False) == expected
+    assert extractive_summary(text, 100, count, style, cancelled=threading.Event().is_set) == expected
+    for calls in (1, 2, 3):  # asked at the start, then between blocks and sections
+        cancelled, asked = cancel_after(calls)
+        with pytest.raises(SummaryCancelled):
+            summarize(text, 100, style, "extractive", count_tokens=count, cancelled=cancelled)
+        assert len(asked) == calls  # nothing asked it again: it stopped at once
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_abstractive_stops_between_batches_when_cancelled(english, count, style):
+    calls: list = []
+    event = threading.Event()
+
+    def generate(prompts: list[str], max_tokens: int) -> list[str]:
+        event.set()  # the client leaves while the first batch runs: it finishes, no other starts
+        return first_sentence_fake(calls)(prompts, max_tokens)
+
+    with pytest.raises(SummaryCancelled):
+        summarize(english + "\n\n# Part two\n\n" + english, 100, style, generate=generate, count_tokens=count,
+                  context_tokens=512, cancelled=event.is_set)
+    assert len(calls) == 1
+    assert not issubclass(SummaryCancelled, SummaryError)  # no bad argument: a server must not answer it with a 400
+
+
 # ---- summarize: bounds ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lang", ["english", "chinese"])
@@ -350,6 +425,7 @@ def test_sections_within_a_small_budget(count):
     ({"context_tokens": 0}, "context_tokens"),
     ({"context_tokens": 20}, "context_tokens"),
     ({"generate": None}, "generate"),
+    ({"cancelled": True}, "cancelled"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, name):
     args = {"generate": first_sentence_fake(), **kwargs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,65 @@ def test_one_stop_string_cuts_at_its_first_occurrence(tok, text, data):
     stream, pieces = stream_all(tok, ids, expected, stop=[stop], skip_special_tokens=False)
     assert "".join(pieces) == expected
     assert stream.stopped == (stop if stop in full else None)
+
+
+def reference_emitted(text: str, stop: list[str]) -> tuple[str, str | None]:
+    """What TextStream must have emitted once `text` is decoded (not finished), by brute force: cut at the earliest
+    stop string, the first listed on a tie; else hold back the longest suffix that is a proper prefix of one."""
+    found = [(text.find(s), j) for j, s in enumerate(stop) if s in text]
+    if found:
+        start, j = min(found)
+        return text[:start], stop[j]
+    held = max((k for k in range(1, len(text) + 1) for s in stop if len(s) > k and s.startswith(text[-k:])), default=0)
+    return text[:len(text) - held], None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text("ab ", max_size=40), st.lists(st.text("ab ", min_size=1, max_size=6), min_size=1, max_size=4))
+def test_several_stops_held_and_cut_as_brute_force(tok, text, stop):
+    # a two-letter alphabet makes stop strings overlap themselves and each other (KMP fall-backs, shared prefixes);
+    # multi-character tokens complete several at once
+    ids = tok.encode(text)
+    stream = TextStream(tok, stop=stop)
+    expected = ("", None)
+    for k, i in enumerate(ids, 1):
+        stream.push(i)
+        if expected[1] is None:  # once stopped, nothing changes
+            expected = reference_emitted(tok.decode(ids[:k]), stop)
+        assert (stream.text, stream.stopped) == expected, k
+    if stream.stopped is None:
+        assert stream.text + stream.finish() == text
+
+
+def test_long_stop_strings_take_memory_linear_in_their_length(tok):
+    # A table of every prefix of every stop string took O(length**2): 2.3 MB for these four (454 MB for one of 30,000
+    # characters). Now a few bytes a character; tracemalloc counts bytes, so this is no timing test.
+    stop = [c * 999 + "b" for c in "fghi"]  # allocated before tracing starts; used by no other test (tables are cached)
+    TextStream(tok, stop=["x"])  # first use of the tokenizer caches a few things: keep them out of the count
+    tracemalloc.start()
+    try:
+        stream = TextStream(tok, stop=stop)
+        size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = sum(map(len, stop))
+    assert peak < 16 * total, (size, peak, total)
+    assert stream.stopped is None
+
+
+def test_adversarial_stop_string_is_held_then_released_or_cut(tok):
+    # "a" * 999 + "b" against a run of "a": the held text is always a prefix of the stop string, each "a" falls back
+    # one step, and the held 999 characters are released or cut exactly
+    stop = "a" * 999 + "b"
+    a, b, c = (tok.encode(x)[0] for x in "abc")
+    stream = TextStream(tok, stop=[stop, "zz"])
+    out = [stream.push(a) for _ in range(3000)]
+    assert out == [""] * 999 + ["a"] * 2001
+    assert (stream.push(b), stream.stopped, stream.text) == ("", stop, "a" * 2001)
+    stream = TextStream(tok, stop=[stop])
+    assert "".join(stream.push(a) for _ in range(1500)) == "a" * 501
+    assert stream.push(c) == "a" * 999 + "c" and stream.stopped is None
+    assert stream.finish() == "" and stream.text == "a" * 1500 + "c"
 
 
 def test_stop_spanning_tokens_is_never_partly_emitted(tok):

@@ -16,6 +16,11 @@ import torch
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOP = 16
+# Characters in one stop string. Real ones are short (OpenAI takes up to 4 stop sequences; clients of vLLM and
+# llama.cpp send markers like "\n\nUser:" or "</tool_call>"), and text is held back from the stream while it could
+# still be the start of one, so a long one delays every choice's output by up to its length: 1,000 leaves room for
+# any marker or template line and keeps the stop-matching state small (see TextStream).
+MAX_STOP_CHARS = 1000
 MAX_SEED = 2**63
 
 # name: (low, high, low excluded); errors show the interval, e.g. (0, 2] for repetition_penalty
@@ -83,8 +88,11 @@ class SamplingParams:
         _require(isinstance(stop, list | tuple), "stop", "a str or a list of str", self.stop)
         if len(stop) > MAX_STOP:
             raise SamplingError(f"stop must be at most {MAX_STOP} strings, got {len(stop)}", param="stop")
-        for s in stop:
+        for i, s in enumerate(stop):
             _require(isinstance(s, str) and s != "", "stop", "a list of non-empty str", s)
+            if len(s) > MAX_STOP_CHARS:  # the message leaves the string out: it can be long
+                raise SamplingError(f"stop must be strings of at most {MAX_STOP_CHARS} characters, got "
+                                    f"{len(s)} in stop[{i}]", param="stop")
         object.__setattr__(self, "stop", tuple(stop))
         ids = self.stop_token_ids
         _require(isinstance(ids, list | tuple), "stop_token_ids", "a list of ints >= 0", ids)
