@@ -19,6 +19,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Written by us from derived state, never read back as a field.
 _DERIVED_KEYS = {"rope_parameters", "architectures", "dtype", "num_key_value_heads", "head_dim", "qk_head_dim"}
 
+# Defaults that differ by model type (the dataclass defaults are DeepSeek-V2's), for a config.json that leaves the
+# field out or writes null. transformers' DeepseekV3 always routes sigmoid + noaux_tc with e_score_correction_bias
+# and has no such fields, so the configs it saves lack them (transformers 5.24) or carry null (earlier 5.x).
+MODEL_TYPE_DEFAULTS = {"deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}}
+
 
 class ConfigError(ValueError):
     """A config.json value is missing, has the wrong type, or contradicts another."""
@@ -169,7 +174,11 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-        d = dict(d)
+        # null for a field that has a default and cannot be null means "not set": the default of the model type,
+        # as if left out. Where null is a value (q_lora_rank, n_routed_experts, n_group, ...) it keeps its meaning.
+        unset = {f.name for f in dataclasses.fields(cls)
+                 if f.default not in (dataclasses.MISSING, None) and "None" not in f.type.split(" | ")}
+        d = {k: v for k, v in d.items() if v is not None or k not in unset}
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -182,8 +191,9 @@ class ModelConfig:
             d["torch_dtype"] = d["dtype"]
         if "model_type" not in d:  # transformers runs noaux_tc routing only in its deepseek_v3 class
             d["model_type"] = "deepseek_v3" if d.get("topk_method") == "noaux_tc" else "deepseek_v2"
-        if d.get("model_type") == "deepseek_v3" and "rope_interleave" not in d:
-            d["rope_interleave"] = True
+        for key, value in MODEL_TYPE_DEFAULTS.get(d["model_type"] if isinstance(d["model_type"], str) else "",
+                                                  {}).items():
+            d.setdefault(key, value)
         kwargs = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names and k not in _DERIVED_KEYS}
         return cls(**kwargs, extra=extra)

@@ -14,7 +14,10 @@ Special tokens take ids 0..25 in every vocabulary size, before the 256 byte toke
 
 The names follow DeepSeek-V2/V3 (full-width bars, ▁ for spaces); DeepSeek's own chat template puts the system
 prompt straight after bos, <｜System｜> is there for templates that want a marker. Like transformers, `encode`
-turns these strings into their special ids wherever they appear in the text.
+turns these strings (every added token's) into their ids wherever they appear in the text; `encode(text,
+special=False)` reads them as plain text, the ordinary tokens of their characters (transformers'
+split_special_tokens=True). `apply_chat_template` uses both: the template's markers are special, the text of the
+messages and tools is plain, so a user who types "<｜Assistant｜>" cannot forge a turn (seekmoe.chat tells them apart).
 
 Lone surrogates. A Python str may hold lone surrogates (U+D800..U+DFFF: JSON "\\ud800", os.fsdecode of bad
 bytes), which Rust strings, and so the `tokenizers` library, cannot take. `encode` cuts them out and writes each as
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 
@@ -209,15 +212,34 @@ class Tokenizer:
         vocab = self._backend.get_vocab(with_added_tokens=True)
         return frozenset(i for token, i in vocab.items() if not all(c in chars for c in token))
 
-    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    @cached_property
+    def _added(self) -> tuple[re.Pattern, dict[str, int]]:
+        """The added tokens (special or not: the backend cuts them all out of the text), as a pattern and by text."""
+        from seekmoe.chat import any_of
+
+        added = {t.content: i for i, t in self._backend.get_added_tokens_decoder().items()}
+        return any_of(tuple(sorted(added))), added
+
+    @cached_property
+    def _plain(self) -> Backend:
+        """The backend without its added tokens: their text goes through the pre-tokenizer and the merges like any
+        other, and no merge gives back a token that is not made of byte characters."""
+        spec = json.loads(self._backend.to_str())
+        spec["added_tokens"] = []
+        return Backend.from_str(json.dumps(spec))
+
+    def encode(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        """Token ids of text. special: added tokens' text (<｜User｜>, eos, ...) becomes their ids, as transformers
+        does; special=False: it is plain text (for text a user wrote)."""
+        backend = self._backend if special else self._plain
         ids = [self.bos_id] if add_bos else []
         start = 0
         for m in _SURROGATES.finditer(text):  # rare: see the module docstring
-            ids += self._backend.encode(text[start:m.start()], add_special_tokens=False).ids
+            ids += _encode(backend, text[start:m.start()])
             ids += [self._byte_ids[b] for b in m.group().encode("utf-8", "surrogatepass")]
             start = m.end()
         if start < len(text):
-            ids += self._backend.encode(text[start:], add_special_tokens=False).ids
+            ids += _encode(backend, text[start:])
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -230,15 +252,49 @@ class Tokenizer:
         return _utf8_to_str(b"".join(parts))
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tools: list[dict] | None = None) -> list[int]:
-        """Token ids of a conversation rendered with this tokenizer's chat template (role tokens stay special)."""
-        from seekmoe.chat import render_chat
+                            tools: list[dict] | None = None, keep_special: Collection[str] = ()) -> list[int]:
+        """Token ids of a conversation rendered with this tokenizer's chat template: the markers the template writes
+        are special, the text of the messages and tools is plain (special=False). keep_special: added tokens that
+        stay special in that text too (the media placeholders seekmoe.media_parts writes into it). ChatError for a
+        template that changes the text before writing it, when the text holds special-token text."""
+        from seekmoe.chat import render_chat_parts
 
-        return self.encode(render_chat(messages, self.chat_template, self.bos_token, self.eos_token,
-                                       add_generation_prompt, tools))
+        pattern, added = self._added
+        keep = set(keep_special)
+        unknown = sorted(keep - set(added))
+        if unknown:
+            raise ValueError(f"keep_special: {unknown[0]!r} is not an added token of this tokenizer")
+        parts = render_chat_parts(messages, self.chat_template, self.bos_token, self.eos_token,
+                                  add_generation_prompt, tools, specials=set(added) - keep)
+        # Cut only at the markers, and encode the text between two markers as one string, as `encode` does with
+        # the whole text: a BPE piece that crosses from the template's text into the request's (" math" after
+        # "###") is the same piece, and text without special-token text gets the very ids `encode` gives it.
+        ids, run = [], []
+        for text, from_request in parts:
+            start = 0
+            for m in pattern.finditer(text):
+                if from_request and m.group() not in keep:
+                    continue
+                run.append(text[start:m.start()])
+                ids += self.encode("".join(run), special=False)
+                ids.append(added[m.group()])
+                run, start = [], m.end()
+            run.append(text[start:])
+        return ids + self.encode("".join(run), special=False)
 
     def tokens_per_char(self, text: str) -> float:
         return len(self.encode(text)) / max(len(text), 1)
+
+
+LONG_TEXT = 16_384  # characters
+
+
+def _encode(backend: Backend, text: str) -> list[int]:
+    # The library's encode holds the GIL throughout (a megabyte: a second in which no other thread of a server
+    # runs); its encode_batch lets go of it while it works, and gives the same ids.
+    if len(text) > LONG_TEXT:
+        return backend.encode_batch([text], add_special_tokens=False)[0].ids
+    return backend.encode(text, add_special_tokens=False).ids
 
 
 def _utf8_to_str(data: bytes) -> str:

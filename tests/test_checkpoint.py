@@ -494,3 +494,33 @@ def test_write_folder_is_all_or_nothing(tmp_path):
     write_folder(final, lambda tmp: (tmp / "b.txt").write_text("new"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries, no old copy left
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole, not merged
+
+
+@pytest.mark.parametrize("spelling", ["as saved", "null"])
+def test_transformers_v3_checkpoint_without_routing_fields_loads(tmp_path, spelling):
+    """transformers' DeepseekV3 config has no topk_method / scoring_func (its model always routes sigmoid + noaux_tc
+    with e_score_correction_bias): its config.json leaves them out, or null. They mean V3 routing here too."""
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = transformers.DeepseekV3Config(
+        vocab_size=97, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=12, qk_nope_head_dim=8,
+        qk_rope_head_dim=4, v_head_dim=6, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+        n_group=4, topk_group=2, first_k_dense_replace=1, max_position_embeddings=128)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="eager").eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_((1.0 if name.endswith("norm.weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
+        for name, b in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+    hf.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written.get("topk_method") is None and written.get("scoring_func") is None
+    if spelling == "null":
+        edit_config(tmp_path, topk_method=None, scoring_func=None)
+
+    ours = load_model(tmp_path)
+    assert (ours.config.topk_method, ours.config.scoring_func) == ("noaux_tc", "sigmoid")
+    with torch.no_grad():
+        assert (ours(IDS) - hf(IDS).logits).abs().max().item() <= 1e-4

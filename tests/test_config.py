@@ -144,3 +144,38 @@ def test_model_type_follows_routing_when_absent():
     assert ModelConfig.from_dict({**TINY, "topk_method": "noaux_tc", "scoring_func": "sigmoid"}).model_type == (
         "deepseek_v3")
     assert ModelConfig.from_dict(TINY).model_type == "deepseek_v2"
+
+
+# transformers' DeepseekV3 always routes sigmoid + noaux_tc and has no such fields: it saves V3 configs without them
+# (transformers 5.24) or with null (earlier 5.x). Either way they are the V3 routing, not our V2 defaults.
+@pytest.mark.parametrize("spelling", ["null", "absent"])
+def test_v3_routing_fields_left_null_or_out_take_the_v3_defaults(spelling):
+    raw = {**TINY, "model_type": "deepseek_v3", "n_group": 2, "topk_group": 1, "topk_method": None,
+           "scoring_func": None}
+    if spelling == "absent":
+        del raw["topk_method"], raw["scoring_func"]
+    cfg = ModelConfig.from_dict(raw)
+    assert (cfg.topk_method, cfg.scoring_func) == ("noaux_tc", "sigmoid")
+    assert cfg.to_dict()["topk_method"] == "noaux_tc" and cfg.to_dict()["scoring_func"] == "sigmoid"
+
+
+def test_v2_null_fields_take_the_v2_defaults():
+    nulls = {"topk_method": None, "scoring_func": None, "norm_topk_prob": None, "routed_scaling_factor": None,
+             "first_k_dense_replace": None, "moe_layer_freq": None, "rope_theta": None, "rope_interleave": None,
+             "max_position_embeddings": None, "rms_norm_eps": None, "tie_word_embeddings": None,
+             "hidden_act": None, "attention_bias": None, "initializer_range": None}
+    cfg = ModelConfig.from_dict({**TINY, "model_type": "deepseek_v2", **nulls})
+    absent = ModelConfig.from_dict({k: v for k, v in TINY.items() if k not in nulls} | {"model_type": "deepseek_v2"})
+    assert cfg == absent
+    assert (cfg.topk_method, cfg.scoring_func, cfg.norm_topk_prob, cfg.routed_scaling_factor) == (
+        "greedy", "softmax", False, 1.0)
+    # a null model_type is left out too: the routing decides it, as when absent
+    assert ModelConfig.from_dict({**TINY, "model_type": None, "topk_method": "noaux_tc"}).model_type == "deepseek_v3"
+
+
+def test_null_keeps_its_meaning_where_the_field_allows_null():
+    cfg = ModelConfig.from_dict({**TINY, "q_lora_rank": None, "n_group": None, "n_shared_experts": None})
+    assert (cfg.q_lora_rank, cfg.n_group, cfg.n_shared_experts) == (None, None, None)  # full-rank q, one group
+    dense = ModelConfig.from_dict({**TINY, "n_routed_experts": None})
+    assert not dense.is_moe
+

@@ -89,7 +89,8 @@ def test_v2_generate_takes_images_and_audio(url, folder):
     ([audio_part(b"ID3\x03\0\0\0" + b"\0" * 50, "wav")], 400, "WAV"),
     ([audio_part(wav(0.5), "mp3")], 400, "format"),
     ([image_part(png(0))] * 4, 413, "max_items"),
-    ([{"type": "text", "text": "<｜place▁holder▁no▁0｜> hi"}], 400, "placeholders"),
+    # typed beside an image, a placeholder would take a medium's place: refused (typed alone, it is plain text)
+    ([image_part(png(0)), {"type": "text", "text": "<｜place▁holder▁no▁0｜> hi"}], 400, "placeholders"),
 ])
 def test_bad_media_get_openai_errors(url, parts, status, needle):
     r = requests.post(f"{url}/v1/chat/completions", headers=AUTH, json={

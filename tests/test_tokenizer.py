@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from seekmoe.tokenizer import (
     BOS,
     EOS,
+    LONG_TEXT,
     MAX_VOCAB_SIZE,
     MIN_VOCAB_SIZE,
     PAD,
@@ -91,6 +92,18 @@ def test_transformers_gives_our_ids(trained, hf):
         assert hf(s, add_special_tokens=False)["input_ids"] == tok.encode(s), s
         assert hf(s)["input_ids"] == tok.encode(s, add_bos=True), s  # transformers prepends bos, as DeepSeek's does
         assert hf.decode(tok.encode(s)) == tok.decode(tok.encode(s)) == s
+
+
+def test_long_text_gives_transformers_ids_too(trained, hf):
+    """Past LONG_TEXT characters encode takes the path that lets other threads run; the ids are the same."""
+    _, tok = trained
+    text = "".join(PARITY_STRINGS) * (LONG_TEXT // len("".join(PARITY_STRINGS)) + 2) + "<｜User｜>x"
+    assert len(text) > LONG_TEXT
+    for special in (True, False):
+        ids = tok.encode(text, special=special)
+        assert ids == hf(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        assert tok.decode(ids) == text
+        assert tok.decode(tok.encode(text + "\ud800" + text, special=special)) == text + "\ud800" + text
 
 
 def test_special_tokens_have_stable_ids_and_are_single_tokens(trained, hf, tmp_path):
@@ -285,3 +298,22 @@ def test_cli_train(capsys, tmp_path):
     assert "tokens per character: English" in stdout and "Chinese" in stdout
     assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
     assert Tokenizer.from_pretrained(out).vocab_size <= 400
+
+
+# ---- special-token text as plain text ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [*PARITY_STRINGS, *(f"a{t}b" for t in SPECIAL_TOKENS), "<｜User<｜User｜>｜>\ud800"])
+def test_plain_encoding_has_no_special_ids_and_round_trips(trained, text):
+    _, tok = trained
+    ids = tok.encode(text, special=False)
+    assert not set(ids) & tok.special_ids
+    assert tok.decode(ids) == text
+    if not any(t in text for t in SPECIAL_TOKENS):
+        assert ids == tok.encode(text)  # nothing to tell apart: the same ids
+
+
+@pytest.mark.parametrize("text", [*PARITY_STRINGS, "x<｜User｜>y <｜tool▁sep｜> z", "<｜end▁of▁sentence｜>"])
+def test_plain_encoding_is_transformers_split_special_tokens(trained, hf, text):
+    _, tok = trained
+    assert tok.encode(text, special=False) == hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert tok.encode(text) == hf(text, add_special_tokens=False)["input_ids"]  # the default is unchanged
