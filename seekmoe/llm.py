@@ -12,7 +12,7 @@ text: a sequence that writes one is ended at once and nothing of the stop string
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from seekmoe.engine.loop import EngineLoop, RequestStream
 from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.text_stream import TextStream
 from seekmoe.tokenizer import Tokenizer
-from seekmoe.tool_calls import MARKERS, ToolCall, check_tool_choice, parse_tool_calls, tool_names
+from seekmoe.tool_calls import CALL_BEGIN, MARKERS, SEP, ToolCall, check_tool_choice, parse_tool_calls, tool_names
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "seekmoe-tiny-chat"  # what every command uses when given none
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -230,11 +230,13 @@ class LLM:
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
                request_id: str | None = None, skip_special_tokens: bool = True,
-               keep_special_tokens: tuple[str, ...] = (), embeds: PromptEmbeds | None = None) -> TextRequest:
+               keep_special_tokens: tuple[str, ...] = (), embeds: PromptEmbeds | None = None,
+               cache_salt: str | None = None) -> TextRequest:
         """keep_special_tokens: special tokens kept in the text even when skipping the others (tool-call markers).
-        embeds: the media rows of a multimodal prompt (chat_prompt makes them)."""
+        embeds: the media rows of a multimodal prompt (chat_prompt makes them). cache_salt: cached prompt prefixes
+        are shared only between requests with the same salt (None: with every request without one)."""
         params = params if params is not None else SamplingParams()
-        stream = self._loop.submit(prompt_token_ids, params, request_id, embeds)
+        stream = self._loop.submit(prompt_token_ids, params, request_id, embeds, cache_salt)
         return TextRequest(self, stream, params, skip_special_tokens, keep_special_tokens)
 
     # ---- the friendly calls ---------------------------------------------------------------------------------
@@ -280,8 +282,12 @@ class LLM:
         finally:
             req.cancel()  # a consumer that stops early frees the sequence
 
-    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None,
+                 keep_special: tuple[str, ...] = ()) -> list[int]:
+        """The prompt ids of a conversation: its text plain, so no typed marker forges a turn (keep_special: the
+        media placeholders media_parts writes into it)."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools,
+                                                  keep_special=keep_special)
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
                     tool_choice: object = None) -> tuple[list[int], str | None, PromptEmbeds | None]:
@@ -296,9 +302,18 @@ class LLM:
         if forced == "":  # tool_choice "none": the model is not told of the tools
             tools, forced = None, None
         messages, media = self._split_media(messages)
-        ids, embeds = self.media_embeds(self.chat_ids(messages, tools), media)
-        ids = ids + self.tokenizer.encode(forced) if forced else ids
+        keep = tuple({m.token for m in media})  # the placeholders split_media wrote; typed ones stay plain
+        ids, embeds = self.media_embeds(self.chat_ids(messages, tools, keep), media)
+        ids = ids + self._forced_ids(forced) if forced else ids
         return ids, (forced if tools else None), embeds
+
+    def _forced_ids(self, forced: str) -> list[int]:
+        """The forced opening of a call: its markers special, the function name (the client's text) plain."""
+        head, sep, name = forced.rpartition(CALL_BEGIN)
+        if not sep or not name.endswith(SEP):
+            return self.tokenizer.encode(forced)
+        return (self.tokenizer.encode(head + sep) + self.tokenizer.encode(name[:-len(SEP)], special=False)
+                + self.tokenizer.encode(SEP))
 
     def _split_media(self, messages):
         if not isinstance(messages, list) or not any(
@@ -372,10 +387,12 @@ class LLM:
         return done, trace
 
     def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
-                         method: str = "abstractive", progress: bool = False) -> str:
+                         method: str = "abstractive", progress: bool = False,
+                         cancelled: Callable[[], bool] | None = None) -> str:
         """A summary of a text of any length, within max_length tokens: the model summarises chunks, then their
         summaries (map-reduce), falling back to the central sentences (TextRank) where it does not shorten;
-        method="extractive" uses only those. style: bullets, paragraph, or sections (the document's headings)."""
+        method="extractive" uses only those. style: bullets, paragraph, or sections (the document's headings).
+        cancelled: asked between steps; once it says True, SummaryCancelled is raised (a server's client left)."""
         from seekmoe.summarize import summarize
         from seekmoe.summarize_cli import make_generate
 
@@ -383,7 +400,7 @@ class LLM:
         return summarize(text, max_length=max_length, style=style, method=method,
                          generate=make_generate(self, context) if method == "abstractive" else None,
                          count_tokens=lambda s: len(self.tokenizer.encode(s)), context_tokens=context,
-                         progress=progress)
+                         progress=progress, cancelled=cancelled)
 
     def close(self) -> None:
         self._loop.close()

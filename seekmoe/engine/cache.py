@@ -36,6 +36,11 @@ def mha_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.float32) ->
     return cfg.num_hidden_layers * per_layer * torch.finfo(dtype).bits // 8
 
 
+def salt_hash(salt: str) -> bytes:
+    """What a cache salt starts a prefix's hash chain with (LatentCache.match_prefix's salt)."""
+    return hashlib.blake2b(salt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def _block_hash(parent: bytes, tokens: list[int]) -> bytes:
     return hashlib.blake2b(parent + b"|" + ",".join(map(str, tokens)).encode(), digest_size=16).digest()
 
@@ -139,13 +144,14 @@ class LatentCache:
 
     # ---- prefix reuse ---------------------------------------------------------------------------------------
 
-    def match_prefix(self, table: BlockTable, token_ids: list[int]) -> int:
+    def match_prefix(self, table: BlockTable, token_ids: list[int], salt: bytes = b"") -> int:
         """Map the longest run of cached full blocks that starts `token_ids`; returns how many tokens it covers.
 
-        Never the whole prompt: its last token must be computed to give logits for the first new token.
+        Never the whole prompt: its last token must be computed to give logits for the first new token. salt starts
+        the hash chain: blocks are shared only between sequences with the same salt (one API key's requests).
         """
         assert not table.blocks, "match_prefix starts a sequence"
-        bs, parent = self.block_size, b""
+        bs, parent = self.block_size, salt
         for start in range(0, len(token_ids) - 1 - bs + 1, bs):
             h = _block_hash(parent, token_ids[start:start + bs])
             block = self._by_hash.get(h)
@@ -160,11 +166,12 @@ class LatentCache:
         table.num_tokens = len(table.blocks) * bs
         return table.num_tokens
 
-    def register_full_blocks(self, table: BlockTable, token_ids: list[int]) -> None:
-        """Remember the sequence's newly completed blocks (token_ids: every token whose slot is written)."""
+    def register_full_blocks(self, table: BlockTable, token_ids: list[int], salt: bytes = b"") -> None:
+        """Remember the sequence's newly completed blocks (token_ids: every token whose slot is written; salt: as
+        match_prefix's)."""
         bs = self.block_size
         for i in range(len(table.hashes), table.num_tokens // bs):
-            parent = table.hashes[-1] if table.hashes else b""
+            parent = table.hashes[-1] if table.hashes else salt
             h = _block_hash(parent, token_ids[i * bs:(i + 1) * bs])
             table.hashes.append(h)
             block = table.blocks[i]

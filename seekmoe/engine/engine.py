@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from seekmoe.engine.cache import BlockTable, LatentCache
+from seekmoe.engine.cache import BlockTable, LatentCache, salt_hash
 from seekmoe.engine.runner import ModelRunner, Segment
 from seekmoe.engine.sampling import SamplingParams, SeqSampler, sample
 from seekmoe.model import CausalLM
@@ -74,6 +74,7 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     embeds: PromptEmbeds | None = None
     prompt_keys: list[int | str] | None = None  # prompt_ids with embedded positions made unique, for cache hashes
+    cache_salt: bytes = b""  # starts the prefix cache's hash chain: only requests with the same salt share blocks
 
     @property
     def num_prompt(self) -> int:
@@ -120,9 +121,11 @@ class Engine:
     # ---- requests -------------------------------------------------------------------------------------------
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, embeds: PromptEmbeds | None = None) -> Request:
+                    request_id: str | None = None, embeds: PromptEmbeds | None = None,
+                    cache_salt: str | None = None) -> Request:
         """Queue a request; raises EngineError when it can never run. embeds: rows that replace the embeddings of
-        some prompt positions (images, audio)."""
+        some prompt positions (images, audio). cache_salt: cached prompt prefixes are shared only between requests
+        with the same salt (a server gives each API key its own, so no tenant can time another's prompts)."""
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise EngineError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -142,6 +145,10 @@ class Engine:
         if rid in self.requests:
             raise EngineError(f"request id {rid!r} is already running")
         req = Request(rid, prompt, params, next(self._arrivals), embeds=embeds)
+        if cache_salt is not None:
+            if not isinstance(cache_salt, str):
+                raise EngineError(f"cache_salt must be a str or None, got {type(cache_salt).__name__}")
+            req.cache_salt = salt_hash(cache_salt)
         if embeds is not None:
             req.prompt_keys = list(prompt)
             for j, p in enumerate(embeds.positions):
@@ -226,7 +233,7 @@ class Engine:
         logits = self.runner.forward(torch.tensor(ids), torch.tensor(pos), segments, spliced)
         for seq, n in plan:
             seq.table.num_tokens += n
-            self.cache.register_full_blocks(seq.table, seq.request.cache_keys(seq.tokens))
+            self.cache.register_full_blocks(seq.table, seq.request.cache_keys(seq.tokens), seq.request.cache_salt)
         sampling = [seq for (seq, _), s in zip(plan, segments, strict=True) if s.logits]
         events = []
         for seq, drawn in zip(sampling, sample(logits, [s.sampler for s in sampling]), strict=True):
@@ -283,7 +290,7 @@ class Engine:
         while self.waiting and budget() > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not seq.table.blocks:
-                self.cache.match_prefix(seq.table, seq.request.cache_keys(seq.tokens))
+                self.cache.match_prefix(seq.table, seq.request.cache_keys(seq.tokens), seq.request.cache_salt)
             n = min(len(seq.tokens) - seq.table.num_tokens, budget())
             if not self.cache.reserve(seq.table, seq.table.num_tokens + n):
                 # first come, first served: it waits for blocks to come back, holding none meanwhile (a waiting

@@ -109,11 +109,13 @@ class EngineLoop:
             self._cond.release()
 
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None,
-               request_id: str | None = None, embeds: PromptEmbeds | None = None) -> RequestStream:
+               request_id: str | None = None, embeds: PromptEmbeds | None = None,
+               cache_salt: str | None = None) -> RequestStream:
         with self._engine_lock():
             if self._closed or self._error is not None:
                 raise EngineError(f"the engine is not running{f' ({self._error})' if self._error else ''}")
-            stream = RequestStream(self, self.engine.add_request(prompt_ids, params, request_id, embeds))
+            stream = RequestStream(self, self.engine.add_request(prompt_ids, params, request_id, embeds,
+                                                                      cache_salt))
             self._streams[stream.id] = stream
             self._cond.notify_all()
         return stream

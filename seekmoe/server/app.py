@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -35,6 +37,8 @@ log = logging.getLogger("seekmoe.server")
 
 STATIC = Path(__file__).parent / "static"  # the chat page: plain files, no build step
 PUBLIC = ("/health", "/")  # and everything under /static/
+ADMIN = ("/metrics", "/v2/expert_load")  # every tenant's activity: with admin keys set, only they may read these
+SPEECH_WORKERS = 2  # espeak-ng runs at once; more requests wait their turn (each one's audio is bounded)
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
              "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
@@ -56,9 +60,7 @@ class State:
                 from seekmoe.plugins import select
 
                 tools = select(list(self.config.tools))
-            name = self.config.served_model_name or llm.path.name
-            serving = Serving(llm, name, self.metrics, self.config.max_queue, self.config.log_prompts, tools,
-                              self.config.tool_timeout)  # starts the tools' worker processes
+            serving = Serving(llm, self.config, self.metrics, tools)  # starts the tools' worker processes
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model failed to load: %s", self.error)
@@ -67,7 +69,8 @@ class State:
             return
         self.metrics.engine = llm.engine
         self.serving = serving
-        log.info("ready: serving %s as %r, context %d tokens%s", llm.path, name, llm.engine.max_model_len,
+        log.info("ready: serving %s as %r, context %d tokens%s", llm.path, serving.model_name,
+                 llm.engine.max_model_len,
                  f"; running tools {', '.join(tools)}" if tools else "")
 
     def ready(self) -> Serving:
@@ -86,12 +89,14 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     """The app; `load` builds the LLM (on a thread, after the server starts listening)."""
     metrics = Metrics()
     state = State(config, metrics)
+    speakers = ThreadPoolExecutor(SPEECH_WORKERS, thread_name_prefix="seekmoe-speech")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         threading.Thread(target=state.load, args=(load, on_fatal), name="seekmoe-load", daemon=True).start()
         yield
         state.close()
+        speakers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="seekmoe", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None)
@@ -145,9 +150,9 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
               responses={200: {"content": {t: {} for t in FORMATS.values()}}, **ERRORS})
     async def audio_speech(body: s.SpeechRequest) -> Response:
         """Text to speech by espeak-ng; needs no model (answers while it loads). espeak-ng missing or failing: 503."""
-        try:  # on a thread: espeak-ng takes up to a second for a long text
-            audio, media_type = await asyncio.to_thread(speak, body.input, body.voice, body.speed,
-                                                        body.response_format)
+        try:  # on a thread of its own pool: espeak-ng takes seconds for a long text, and never starves the others
+            audio, media_type = await asyncio.get_running_loop().run_in_executor(
+                speakers, speak, body.input, body.voice, body.speed, body.response_format)
         except SpeechUnavailable as e:
             raise APIError(503, str(e), type="service_unavailable", code="speech_unavailable") from e
         except SpeechError as e:
@@ -162,13 +167,15 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     app.add_exception_handler(Exception, internal_error)
     # the last added runs first: the access log sees every answer, keys are checked before the body is read
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(Keys, keys=config.api_keys)
+    app.add_middleware(Keys, keys=config.api_keys, admin_keys=config.admin_keys)
     app.add_middleware(AccessLog, metrics=metrics, log_prompts=config.log_prompts)
     return app
 
 
 def request_log(request: Request) -> RequestLog:
-    return request.scope["state"]["log"]  # put there by AccessLog
+    record = request.scope["state"]["log"]  # put there by AccessLog
+    record.key = request.scope["state"].get("key")  # by Keys, when keys are set
+    return record
 
 
 async def respond(request: Request, work: Awaitable):
@@ -256,27 +263,41 @@ async def send_json(send: Send, status: int, body: dict, headers: dict[str, str]
 # ---- middleware (plain ASGI: they also see streamed answers to their end) ---------------------------------------
 
 class Keys:
-    """Every path outside PUBLIC needs `Authorization: Bearer <key>`, compared in constant time."""
+    """Every path outside PUBLIC needs `Authorization: Bearer <key>`, compared in constant time; with admin keys set,
+    the ADMIN paths need one of those. The request's state gets which key it was ("2", "admin-1"), never the key."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
-        self.app, self.keys = app, [k.encode() for k in keys]
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], admin_keys: tuple[str, ...] = ()):
+        self.app = app
+        self.keys = [(str(i + 1), k.encode()) for i, k in enumerate(keys)]
+        self.keys += [(f"admin-{i + 1}", k.encode()) for i, k in enumerate(admin_keys)]
+        self.admin, self.open = bool(admin_keys), not keys  # open: no API keys, only the ADMIN paths need a key
 
-    def allowed(self, scope: Scope) -> bool:
-        if not self.keys or scope["path"] in PUBLIC or scope["path"].startswith("/static/"):
-            return True
+    def key_of(self, scope: Scope) -> str | None:
+        """The name of the key the request sent, or None."""
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
-        ok = False
-        for key in self.keys:  # every key compared, so the time says nothing of which one nearly matched
-            ok |= hmac.compare_digest(given.strip(), key)
-        return ok and scheme.lower() == b"bearer"
+        found = None
+        for name, key in self.keys:  # every key compared, so the time says nothing of which one nearly matched
+            if hmac.compare_digest(given.strip(), key):
+                found = name
+        return found if scheme.lower() == b"bearer" else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.allowed(scope):
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or not self.keys or path in PUBLIC or path.startswith("/static/")
+                or (self.open and path not in ADMIN)):
             return await self.app(scope, receive, send)
-        await send_json(send, 401, error_body("missing or wrong API key: send the header Authorization: Bearer "
-                                              "<key>", "invalid_request_error", None, "invalid_api_key"),
-                        {"WWW-Authenticate": "Bearer"})
+        key = self.key_of(scope)
+        if key is None:
+            return await send_json(send, 401, error_body(
+                "missing or wrong API key: send the header Authorization: Bearer <key>", "authentication_error",
+                None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"})
+        if self.admin and path in ADMIN and not key.startswith("admin-"):
+            return await send_json(send, 403, error_body(
+                f"{path} shows every user's activity: it needs an admin key (seekmoe serve --admin-key)",
+                "permission_error", None, "admin_key_required"))
+        scope.setdefault("state", {})["key"] = key
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -345,13 +366,23 @@ class AccessLog:
             path = scope["path"]
             self.metrics.requests.labels(path if path in ENDPOINTS else "other", str(status[0])).inc()
             client = scope.get("client") or ("-", 0)
-            line = f'{client[0]} "{scope["method"]} {path}" {status[0]} {time.perf_counter() - start:.3f}s'
+            # the path is the client's text, URL-decoded: escaped, so "%0a" cannot start a forged log line
+            line = (f'{client[0]} "{printable(scope["method"])} {printable(path)}" {status[0]} '
+                    f'{time.perf_counter() - start:.3f}s')
+            key = scope["state"].get("key")  # put there by Keys
+            if key is not None:
+                line += f" key={key}"
             if record.id is not None:
                 line += (f" id={record.id} prompt_tokens={record.prompt_tokens} completion_tokens="
                          f"{record.completion_tokens} finish={record.finish_reason}")
             if record.prompt is not None:
                 line += f" prompt={record.prompt!r}"
             log.info(line)
+
+
+def printable(text: str) -> str:
+    """text with control characters, quotes, backslashes and non-ASCII escaped as in JSON: one log line, one field."""
+    return json.dumps(text)[1:-1]
 
 
 def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0):

@@ -48,6 +48,8 @@ ENV = {
     "model": ("SEEKMOE_MODEL", str), "adapter": ("SEEKMOE_ADAPTER", str), "host": ("SEEKMOE_HOST", str),
     "port": ("SEEKMOE_PORT", int),
     "api_key": ("SEEKMOE_API_KEY", _keys), "api_key_file": ("SEEKMOE_API_KEY_FILE", str),
+    "admin_key": ("SEEKMOE_ADMIN_KEY", _keys), "share_prefix_cache": ("SEEKMOE_SHARE_PREFIX_CACHE", _bool),
+    "max_summary_chars": ("SEEKMOE_MAX_SUMMARY_CHARS", int),
     "served_model_name": ("SEEKMOE_SERVED_MODEL_NAME", str), "dtype": ("SEEKMOE_DTYPE", str),
     "int8": ("SEEKMOE_INT8", _bool), "max_num_seqs": ("SEEKMOE_MAX_NUM_SEQS", int),
     "max_queue": ("SEEKMOE_MAX_QUEUE", int), "cache_tokens": ("SEEKMOE_CACHE_TOKENS", int),
@@ -83,6 +85,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="PATH",
                    help="a file of API keys, one a line (blank lines and lines starting with # are skipped) "
                         "[SEEKMOE_API_KEY_FILE]")
+    p.add_argument("--admin-key", action="append", metavar="KEY",
+                   help="a key that may also read /metrics and /v2/expert_load, which show every user's activity; "
+                        "with admin keys set, API keys get 403 there; repeat for several [SEEKMOE_ADMIN_KEY, "
+                        "comma-separated]")
+    p.add_argument("--share-prefix-cache", action="store_true", default=None,
+                   help="let requests with different API keys share cached prompt prefixes (faster for a common "
+                        "system prompt, but one key holder can then tell by timing whether another sent a prompt; "
+                        "off by default) [SEEKMOE_SHARE_PREFIX_CACHE=1]")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve on a non-loopback address without API keys (anyone who reaches it may use it)")
     p.add_argument("--served-model-name", metavar="NAME",
@@ -116,6 +126,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-media-items", type=int, metavar="N",
                    help=f"most images and audio files in one request (default {d.max_media_items}) "
                         "[SEEKMOE_MAX_MEDIA_ITEMS]")
+    p.add_argument("--max-summary-chars", type=int, metavar="N",
+                   help=f"longest text /v2/summarize takes; longer gets 413 (default {d.max_summary_chars:,}) "
+                        "[SEEKMOE_MAX_SUMMARY_CHARS]")
     p.add_argument("--tools", metavar="NAME,...",
                    help="plugins the server runs itself when the model calls them (seekmoe plugins list shows "
                         "what is installed; math is built in) [SEEKMOE_TOOLS]")
@@ -169,8 +182,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
               "cache_tokens": given["cache_tokens"], "cache_bytes": given["cache_memory"],
               "max_body_bytes": given["max_body"], "log_prompts": given["log_prompts"],
               "max_media_bytes": given["max_media"], "max_image_pixels": given["max_image_pixels"],
-              "max_audio_seconds": given["max_audio_seconds"], "max_media_items": given["max_media_items"]}
+              "max_audio_seconds": given["max_audio_seconds"], "max_media_items": given["max_media_items"],
+              "share_prefix_cache": given["share_prefix_cache"], "max_summary_chars": given["max_summary_chars"]}
     config = ServeConfig(**{k: v for k, v in fields.items() if v is not None}, api_keys=tuple(dict.fromkeys(keys)),
+                         admin_keys=tuple(dict.fromkeys(given["admin_key"] or [])),
                          allow_unauthenticated=args.allow_unauthenticated)
     try:
         config.check()
@@ -217,6 +232,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port = server.servers[0].sockets[0].getsockname()[1]
             host = f"[{config.host}]" if ":" in config.host else config.host
             auth = f"{len(config.api_keys)} API key(s)" if config.api_keys else "no API key"
+            auth += f", {len(config.admin_keys)} admin key(s)" if config.admin_keys else ""
             print(f"seekmoe serve: http://{host}:{port}/ (chat page; API at /v1 and /v2/generate; {auth}); "
                   "loading the model, /health says 200 when ready", file=sys.stderr, flush=True)
 

@@ -26,6 +26,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()  # set: /metrics and /v2/expert_load (every tenant's activity) need one of these
+    share_prefix_cache: bool = False  # False: each API key's prompts are cached apart (no timing across tenants)
     allow_unauthenticated: bool = False  # bind beyond loopback without keys
     served_model_name: str | None = None  # the `model` clients send; None: the model folder's name
     # engine
@@ -42,15 +44,19 @@ class ServeConfig:
     max_image_pixels: int = 4096 * 4096
     max_audio_seconds: float = 30.0
     max_media_items: int = 8  # media in one request
+    # summaries: text refused past this before any work, threads of their own, a bounded queue for them
+    max_summary_chars: int = 1_000_000
+    max_waiting_summaries: int = 8
     log_prompts: bool = False
     # tools the server runs itself (plugins, by name), and how long one call may take
     tools: tuple[str, ...] = ()
     tool_timeout: float = 10.0
 
     def check(self) -> None:
-        for name in ("port", "max_num_seqs", "max_queue", "cache_tokens", "cache_bytes", "max_body_bytes"):
+        for name in ("port", "max_num_seqs", "max_queue", "cache_tokens", "cache_bytes", "max_body_bytes",
+                     "max_summary_chars", "max_waiting_summaries"):
             value = getattr(self, name)
-            low = 0 if name == "port" else 1
+            low = 0 if name in ("port", "max_waiting_summaries") else 1
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ServeConfigError(f"{name} must be an int >= {low}, got {value!r}")
         if not 0 <= self.port <= 65535:
@@ -65,10 +71,17 @@ class ServeConfig:
             raise ServeConfigError(f"tool_timeout must be in (0, 3600] seconds, got {self.tool_timeout!r}")
         if self.cache_tokens is not None and self.cache_bytes is not None:
             raise ServeConfigError("give the cache budget in tokens or in bytes, not both")
-        for i, key in enumerate(self.api_keys):
-            if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
-                raise ServeConfigError(f"API key {i + 1} must be printable ASCII without spaces (HTTP headers carry "
-                                       "it), and not empty")
+        for kind, keys in (("API key", self.api_keys), ("admin key", self.admin_keys)):
+            for i, key in enumerate(keys):
+                if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+                    raise ServeConfigError(f"{kind} {i + 1} must be printable ASCII without spaces (HTTP headers "
+                                           "carry it), and not empty")
+        if set(self.api_keys) & set(self.admin_keys):
+            raise ServeConfigError("a key is both an API key and an admin key: an admin key already works as an API "
+                                   "key, give it once, as --admin-key")
+        if self.admin_keys and not self.api_keys and not self.allow_unauthenticated:
+            raise ServeConfigError("admin keys are set but no API key: the API would answer anyone; give API keys "
+                                   "too, or --allow-unauthenticated")
         if not self.api_keys and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ServeConfigError(f"host {self.host} is reachable from other machines and no API key is set: give "
                                    "keys (--api-key, --api-key-file, SEEKMOE_API_KEY), or --allow-unauthenticated "

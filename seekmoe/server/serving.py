@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 
 from seekmoe.engine.engine import EngineError, QueueFull
@@ -19,11 +22,13 @@ from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.llm import LLM, Completion, Delta, TextRequest, TokenLogprob
 from seekmoe.server import schemas as s
 from seekmoe.server import tool_chat
+from seekmoe.server.config import ServeConfig
 from seekmoe.server.metrics import Metrics
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
             "stop", "seed", "ignore_eos")
 LONG_TEXT = 4096  # characters; longer prompts are tokenised off the event loop, so other streams keep flowing
+SUMMARY_WORKERS = 2  # summaries run on threads of their own, never on the pool that renders chats and decodes media
 
 
 class APIError(Exception):
@@ -64,6 +69,7 @@ class RequestLog:
     completion_tokens: int = 0
     finish_reason: str | None = None
     prompt: str | None = None  # only with --log-prompts
+    key: str | None = None  # which API key sent it ("1": the first configured, "admin-1"), never the key itself
 
 
 @dataclass
@@ -154,11 +160,11 @@ class Job:
 class Serving:
     """One model behind the native and the OpenAI-compatible API."""
 
-    def __init__(self, llm: LLM, model_name: str, metrics: Metrics, max_queue: int, log_prompts: bool = False,
-                 tools: dict | None = None, tool_timeout: float = 10.0):
-        self.llm, self.model_name, self.metrics = llm, model_name, metrics
-        self.max_queue, self.log_prompts = max_queue, log_prompts
-        self.tools, self.tool_timeout = tools or {}, tool_timeout  # name -> Plugin the server runs itself
+    def __init__(self, llm: LLM, config: ServeConfig, metrics: Metrics, tools: dict | None = None):
+        self.llm, self.config, self.metrics = llm, config, metrics
+        self.model_name = config.served_model_name or llm.path.name
+        self.max_queue, self.log_prompts = config.max_queue, config.log_prompts
+        self.tools, self.tool_timeout = tools or {}, config.tool_timeout  # name -> Plugin the server runs itself
         self.tool_pool = None
         if self.tools:
             from seekmoe.plugins import WorkerPool
@@ -166,11 +172,19 @@ class Serving:
             self.tool_pool = WorkerPool()  # warm worker processes: a call does not pay for a process start
             for plugin in self.tools.values():
                 self.tool_pool.warm(plugin)  # while the model loads anyway: the first request does not wait
+        self.summaries = ThreadPoolExecutor(SUMMARY_WORKERS, thread_name_prefix="seekmoe-summary")
+        self.summaries_waiting = 0  # submitted to those threads and not done
+        self._summaries_lock = threading.Lock()
         self.created = int(time.time())
         self.context = llm.engine.max_model_len
+        # No text of more characters than this fits the context, whatever it holds: every token stands for at most
+        # the bytes of the longest one, and every character for at least one byte. Longer text is refused before
+        # it is tokenized (a multi-megabyte prompt would hold a thread and memory for seconds to be refused anyway).
+        self.max_prompt_chars = self.context * _longest_token(llm.tokenizer)
 
     def close(self) -> None:
         self.llm.close()
+        self.summaries.shutdown(wait=False, cancel_futures=True)
         if self.tool_pool is not None:
             self.tool_pool.close()
 
@@ -203,13 +217,37 @@ class Serving:
                                   usage=s.GenerateUsage(**job.usage()))
 
     async def summarize(self, body: s.SummarizeRequest) -> s.SummarizeResponse:
-        """A summary within max_length tokens; long documents go map-reduce over the engine, in a thread."""
-        from seekmoe.summarize import SummaryError
+        """A summary within max_length tokens; long documents go map-reduce over the engine, on a summary thread that
+        stops when the client leaves."""
+        from seekmoe.summarize import SummaryCancelled, SummaryError
 
         self._check_model(body.model)
+        limit = self.config.max_summary_chars
+        if len(body.text) > limit:
+            raise APIError(413, f"text is {len(body.text)} characters; this server summarises at most {limit} "
+                                "(seekmoe serve --max-summary-chars)", param="text", code="text_too_long")
+        if self.summaries_waiting >= SUMMARY_WORKERS + self.config.max_waiting_summaries:
+            raise APIError(429, f"the server is busy: {self.summaries_waiting} summaries are running or waiting; "
+                                "retry shortly", type="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "1"})
+        cancelled = threading.Event()
+
+        def run() -> str:
+            if cancelled.is_set():  # its client left while it waited for a thread
+                raise SummaryCancelled("the client went away")
+            return self.llm.generate_summary(body.text, body.max_length, body.style, body.method,
+                                             cancelled=cancelled.is_set)
+
+        with self._summaries_lock:
+            self.summaries_waiting += 1  # until its thread is done with it, not until its client stops waiting
+        future = self.summaries.submit(run)
+        future.add_done_callback(self._summary_done)
         try:
-            summary = await asyncio.to_thread(self.llm.generate_summary, body.text, body.max_length, body.style,
-                                              body.method)
+            summary = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancelled.set()  # the thread stops at its next check, before its next batch of generation
+            future.cancel()  # one still waiting for a thread never starts
+            raise
         except SummaryError as e:
             raise APIError(400, str(e)) from None
         except QueueFull as e:
@@ -218,12 +256,19 @@ class Serving:
         tokens = len(self.llm.tokenizer.encode(summary))
         return s.SummarizeResponse(summary=summary, summary_tokens=tokens, style=body.style, method=body.method)
 
+    def _summary_done(self, future) -> None:
+        with self._summaries_lock:
+            self.summaries_waiting -= 1
+
     async def completion(self, body: s.CompletionRequest, log: RequestLog) -> s.CompletionResponse | Stream:
         self._check_model(body.model)
         for name, unsupported in (("echo", body.echo), ("suffix", body.suffix), ("logit_bias", body.logit_bias),
                                   ("best_of", body.best_of not in (None, 1, body.n))):
             if unsupported:
                 raise APIError(400, f"{name} is not supported by this server", param=name)
+        count = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and isinstance(
+            body.prompt[0], str | list) else 1
+        self._check_sequences(count * body.n, body.n)  # before any prompt is tokenized: 300,000 prompts cost nothing
         prompts = await self._completion_prompts(body.prompt)
         params = self._params(body, prompts, "prompt", body.max_tokens, n=body.n, logprobs=body.logprobs,
                               default_max=16)
@@ -275,6 +320,7 @@ class Serving:
         event loop when it is long, has media or offers tools; bad messages or media are 4xx."""
         from seekmoe.media import MediaError
 
+        self._check_chars(text_chars(messages), "messages")
         size = text_length(messages) if tools is None else LONG_TEXT + 1
         try:
             return await self._offload(lambda m: self.llm.chat_prompt(m, tools, tool_choice), messages, size)
@@ -294,7 +340,20 @@ class Serving:
         return await asyncio.to_thread(fn, arg) if size > LONG_TEXT else fn(arg)
 
     async def _encode(self, text: str) -> list[int]:
+        self._check_chars(len(text), "prompt")
         return await self._offload(self.llm.encode, text, len(text))
+
+    def _check_chars(self, chars: int, field: str) -> None:
+        """Refuse, before tokenizing it, text that cannot fit the context whatever its tokens."""
+        if chars > self.max_prompt_chars:
+            raise APIError(400, f"{field} holds {chars} characters, more than the model's context of {self.context} "
+                                f"tokens can hold (at most {self.max_prompt_chars})", param=field,
+                           code="context_length_exceeded")
+
+    def _check_sequences(self, sequences: int, n: int) -> None:
+        if sequences > self.max_queue:
+            raise APIError(400, f"the request asks for {sequences} sequences (prompts × n), but the queue holds at "
+                                f"most {self.max_queue}", param="n" if n > 1 else "prompt")
 
     async def _completion_prompts(self, prompt: str | list) -> list[list[int]]:
         if isinstance(prompt, str):
@@ -346,16 +405,16 @@ class Serving:
                prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None) -> Job:
         start = time.perf_counter()
         job_id = f"{kind}-{uuid.uuid4().hex}"
-        sequences = len(prompts) * params.n
-        if sequences > self.max_queue:
-            raise APIError(400, f"the request asks for {sequences} sequences (prompts × n), but the queue holds at "
-                                f"most {self.max_queue}", param="n" if params.n > 1 else "prompt")
+        self._check_sequences(len(prompts) * params.n, params.n)
+        # Each API key's prompts get their own prefix cache: a shared one tells by timing whether another tenant
+        # sent a prompt. One salt for all requests without a key (or with --share-prefix-cache).
+        salt = None if self.config.share_prefix_cache or log.key is None else log.key
         reqs: list[TextRequest] = []
         try:
             for i, ids in enumerate(prompts):
                 reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}",
                                             keep_special_tokens=keep_special_tokens,
-                                            embeds=embeds[i] if embeds else None))
+                                            embeds=embeds[i] if embeds else None, cache_salt=salt))
         except QueueFull as e:
             for r in reqs:
                 r.cancel()
@@ -431,6 +490,15 @@ class Serving:
         yield DONE
 
 
+def _longest_token(tokenizer) -> int:
+    """Bytes of the longest token: the most text one token can stand for."""
+    longest = 1
+    for i in range(tokenizer.vocab_size):
+        with suppress(ValueError):  # an id the vocabulary skips
+            longest = max(longest, len(tokenizer.token_bytes(i)))
+    return longest
+
+
 def _message(m: s.ChatMessage) -> dict:
     out = {"role": "system" if m.role == "developer" else m.role, "content": _content(m.content)}
     if m.tool_calls:
@@ -457,6 +525,18 @@ def loggable(messages: list[dict]) -> list[dict]:
         return content if not isinstance(content, list) else "".join(p.get("text", names[p["type"]]) for p in content)
 
     return [{**m, "content": text(m["content"])} for m in messages]
+
+
+def text_chars(messages: list[dict]) -> int:
+    """Characters of text in the messages (their media not counted)."""
+    total = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return total
 
 
 def text_length(messages: list[dict]) -> int:
