@@ -8,12 +8,20 @@ save_sharded / load_sharded write and read each rank's shards with torch.distrib
 
 A collective that gets no answer within the timeout (a rank died, exited early or stalls) raises TrainError
 naming the operation and the rank, instead of hanging: the loop's ranks all make the same calls in the same order.
+
+`shutdown` must really end the process group: gloo runs it on C++ threads, and one still alive when Python exits
+frees a tensor without the interpreter and aborts the process ("terminate called without an active exception",
+SIGABRT). Nothing may keep the group referenced past destroy_process_group, hence the imports in `init` and the
+errors raised outside their except blocks (`checked`).
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
+import importlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -40,6 +48,10 @@ def init(timeout_s: float = 300.0) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    # torch.distributed.nn.functional binds group.WORLD into its functions' default arguments when imported (FSDP
+    # imports it; is_sharded imports FSDP in every run): imported after the group exists, it holds the group past
+    # shutdown, and its threads until Python exits (see the module docstring). Imported now, it binds None.
+    importlib.import_module("torch.distributed.nn")
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
@@ -62,31 +74,39 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def failed(op: str, e: Exception) -> TrainError:
-    return TrainError(f"rank {rank()}: {op} across {world()} ranks failed: another rank exited, crashed or did not "
-                      f"answer within dist_timeout_s ({e})")
+def checked(what: str, collective, /, *args, **kwargs):
+    """collective(*args, **kwargs), or TrainError naming `what` when another rank does not answer.
+
+    Raised after the except block, not inside it: there the backend's error would become the TrainError's
+    __context__ (`from None` only hides it), and its traceback's frames hold the process group past shutdown.
+    """
+    try:
+        return collective(*args, **kwargs)
+    except RuntimeError as e:  # gloo and nccl raise DistBackendError, a RuntimeError
+        error = TrainError(f"rank {rank()}: {what} across {world()} ranks failed: another rank exited, crashed or did "
+                           f"not answer within dist_timeout_s ({e})")
+    raise error
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over the ranks, in place; returns it."""
     if world() > 1:
-        try:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        except RuntimeError as e:  # gloo and nccl raise DistBackendError, a RuntimeError
-            raise failed("all_reduce", e) from None
+        checked("all_reduce", dist.all_reduce, tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def barrier() -> None:
     if world() > 1:
-        try:
-            dist.barrier()
-        except RuntimeError as e:
-            raise failed("barrier", e) from None
+        checked("barrier", dist.barrier)
 
 
 def shutdown() -> None:
+    """Leave the process group; its backend's threads end here if nothing else holds it (a sharded model does)."""
     if dist.is_initialized():
+        redistribute = sys.modules.get("torch.distributed.tensor._redistribute")  # imported by FSDP2
+        if redistribute is not None:
+            redistribute.clear_redistribute_planner_cache()  # its plans hold the device mesh, the mesh the group
+        gc.collect()  # a sharded model's parameters and mesh, in reference cycles
         dist.destroy_process_group()
 
 
@@ -178,10 +198,7 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every rank takes part; rank 0 gets the whole state dict on the CPU, the others an empty one."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    try:
-        return get_model_state_dict(model, options=_full_options(cpu_offload=True))
-    except RuntimeError as e:
-        raise failed("gathering the model", e) from None
+    return checked("gathering the model", get_model_state_dict, model, options=_full_options(cpu_offload=True))
 
 
 def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
@@ -189,10 +206,8 @@ def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
     rank 0; None on the others. Every rank takes part."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    try:
-        state = get_optimizer_state_dict(model, opt, options=_full_options(cpu_offload=True))
-    except RuntimeError as e:
-        raise failed("gathering the optimizer state", e) from None
+    state = checked("gathering the optimizer state", get_optimizer_state_dict, model, opt,
+                     options=_full_options(cpu_offload=True))
     if rank() != 0:
         return None
     index = {n: i for i, n in enumerate(param_names(model, opt))}
@@ -241,11 +256,8 @@ def save_sharded(model: torch.nn.Module, opt: torch.optim.Optimizer, folder) -> 
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
     flat, groups = _flat_state(model, opt)
-    try:
-        dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=world() > 1),
-                 no_dist=world() == 1)
-    except RuntimeError as e:
-        raise failed("saving the sharded checkpoint", e) from None
+    checked("saving the sharded checkpoint", dcp.save, flat,
+             storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=world() > 1), no_dist=world() == 1)
     return groups
 
 

@@ -66,10 +66,7 @@ class ParallelExperts(RoutedExperts):
 
 
 def _all_to_all(out: torch.Tensor, inp: torch.Tensor) -> None:
-    try:
-        dist.all_to_all_single(out, inp.contiguous())
-    except RuntimeError as e:
-        raise distributed.failed("all_to_all", e) from None
+    distributed.checked("all_to_all", dist.all_to_all_single, out, inp.contiguous())
 
 
 def split(model: CausalLM, rank: int, world: int) -> None:
@@ -94,10 +91,7 @@ def local_names(model: nn.Module) -> set[str]:
 def _gather(t: torch.Tensor) -> torch.Tensor:
     """The experts of every rank, concatenated along dim 0 in rank order (every rank takes part)."""
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    try:
-        dist.all_gather(parts, t.detach().contiguous())
-    except RuntimeError as e:
-        raise distributed.failed("all_gather", e) from None
+    distributed.checked("all_gather", dist.all_gather, parts, t.detach().contiguous())
     return torch.cat(parts)
 
 

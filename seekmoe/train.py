@@ -417,9 +417,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
         if distributed.is_main():
             (log or _stderr)(f"seekmoe: expert parallel: each of {distributed.world()} ranks holds "
                              f"{model.config.n_routed_experts // distributed.world()} routed experts per MoE layer")
+    trainee = full_trainee(model)
+    del model
     try:
-        return run(cfg, full_trainee(model), train_data, val_data, progress, log or _stderr)
+        return run(cfg, trainee, train_data, val_data, progress, log or _stderr)
     finally:
+        del trainee  # a sharded model holds the process group through its device mesh: let it go first
         distributed.shutdown()
 
 

@@ -101,9 +101,10 @@ def running_server(config, load, wait: bool = True):
     app = create_app(config, load)
     server, thread, url = serve_in_thread(app)
     try:
-        deadline = time.monotonic() + 30
-        while wait and requests.get(f"{url}/health", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "the model did not load in 30 s"
+        # a tiny model loads in a second; beside other busy processes it can take many (only a hang takes 120)
+        deadline = time.monotonic() + 120
+        while wait and requests.get(f"{url}/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the model did not load in 120 s"
             time.sleep(0.02)
         yield url, app
     finally:

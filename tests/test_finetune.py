@@ -196,7 +196,9 @@ def test_adapter_save_then_merge_gives_the_same_logits(tmp_path, targets):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     merged = apply_adapter(copy.deepcopy(base), tmp_path / "adapter")
     assert type(merged) is type(base)
-    torch.testing.assert_close(merged(x), expected, atol=1e-5, rtol=1e-5)
+    # the merged weights round once more than the adapter's separate product: logits ~1e-6 of their size apart
+    # (measured); a merge that lost or mis-scaled the adapter misses its whole effect on them (2 to 5, here)
+    torch.testing.assert_close(merged(x), expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
 
 
 def test_lora_settings_errors():

@@ -30,7 +30,8 @@ def test_the_kernel_equals_the_dequantized_product(shape, rows):
     q, scale = quantize_rows(randn(*shape, seed=1))
     x = randn(rows, shape[1], seed=2)
     want = x.double() @ (q.double() * scale.double()[:, None]).T
-    torch.testing.assert_close(gemv(x, q, scale), want.float(), rtol=1e-5, atol=1e-5)
+    # float32 sums of up to 1,024 unit-sized products: a few 1e-5 of rounding (1.7e-5 measured), whatever the order
+    torch.testing.assert_close(gemv(x, q, scale), want.float(), rtol=1e-5, atol=1e-4)
 
 
 @needs_gemv

@@ -181,10 +181,10 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text, message", HOSTILE)
 def test_hostile_input_is_refused_fast(text, message):
-    start = time.perf_counter()
+    start = time.thread_time()  # this thread's CPU time: other processes on a busy machine do not count
     with pytest.raises(MathError, match=message):
         run("evaluate", text)
-    assert time.perf_counter() - start < 0.5
+    assert time.thread_time() - start < 0.5
 
 
 def test_hostile_input_in_other_fields_is_refused():

@@ -230,18 +230,30 @@ def wait_idle(engine, seconds: float) -> float:
     return time.monotonic() - start
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_sequence(server):
+def test_a_client_that_disconnects_mid_stream_frees_its_sequence(server, monkeypatch):
     url, engine = server
+    # what the engine's cancels ended while it still ran: nothing, were the 900 tokens run to the end (3 s alone,
+    # longer on a busy machine; a clock would confuse the two there)
+    ended, cancel = [], engine.cancel
+
+    def recording_cancel(*args, **kwargs):
+        events = cancel(*args, **kwargs)
+        ended.extend(events)
+        return events
+
+    monkeypatch.setattr(engine, "cancel", recording_cancel)
     body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 900, "ignore_eos": True,
             "stream": True}
     with httpx.Client(timeout=30, headers=AUTH) as client, \
             client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         events = read_events(r, 4)
         assert engine.running and next(events)  # generating while we read
-    assert wait_idle(engine, 1.0) < 1.0  # the connection closed: cancelled and freed within a second
+    wait_idle(engine, 60)
+    assert [e.finish_reason for e in ended] == ["cancelled"]  # the connection closed: cancelled and freed
     with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=0.5, headers=AUTH) as client:  # not streamed
         client.post(f"{url}/v2/generate", json={"prompt": "x", "max_tokens": 900, "ignore_eos": True})
-    assert wait_idle(engine, 1.0) < 1.0
+    wait_idle(engine, 60)
+    assert [e.finish_reason for e in ended] == ["cancelled"] * 2
 
 
 def test_bad_clients_do_not_disturb_a_stream(url):
@@ -287,7 +299,7 @@ def test_health_is_503_until_the_model_has_loaded(tmp_path):
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and error_of(r)["code"] == "model_loading"
         assert requests.post(f"{url}/v2/generate", json={"prompt": "x"}).status_code == 503
         release.set()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while requests.get(f"{url}/health").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -297,9 +309,11 @@ def test_health_is_503_until_the_model_has_loaded(tmp_path):
         raise OSError("no weights here")
 
     with running_server(ServeConfig(), broken, wait=False) as (url, _):
-        time.sleep(0.2)
-        r = requests.get(f"{url}/health")
-        assert r.status_code == 503 and "no weights here" in error_of(r)["message"]
+        deadline = time.monotonic() + 60  # the loader fails at once; a busy machine may run its thread late
+        while "no weights here" not in error_of(r := requests.get(f"{url}/health"))["message"]:
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
+            time.sleep(0.02)
+        assert r.status_code == 503
 
 
 def test_metrics(url):
@@ -326,7 +340,7 @@ def test_access_log_keeps_prompts_out_unless_asked(url, small, caplog):
     with caplog.at_level("INFO", logger="seekmoe.server"):
         requests.post(f"{url}/v2/generate", headers=AUTH, json={"prompt": "SECRET-ONE", "max_tokens": 2})
         requests.post(f"{small}/v2/generate", json={"prompt": "SECRET-TWO", "max_tokens": 2})
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # each line is written when its answer ends, on the server's thread
         while sum("/v2/generate" in r.getMessage() for r in caplog.records) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
     lines = [r.getMessage() for r in caplog.records if "/v2/generate" in r.getMessage()]

@@ -166,9 +166,9 @@ def test_split_text_many_blank_lines(count):
 
 def test_split_text_million_characters_is_fast(english, count):
     text = (english * (1_000_000 // len(english) + 1))[:1_000_000]
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other work on the machine does not count
     chunks = split_text(text, count, 500)
-    assert time.perf_counter() - start < 15
+    assert time.process_time() - start < 15
     assert max(count(c) for c in chunks) <= 500
     assert _squeeze("".join(chunks)) == _squeeze(text)
 
@@ -197,11 +197,11 @@ def test_extractive_ranks_the_central_sentence_first(count):
 
 def test_million_character_document_extractive(english, chinese, count):
     text = ((english + "\n\n" + chinese) * 10)[:1_000_000]
-    start = time.perf_counter()
+    start = time.process_time()
     for style in STYLES:
         out = summarize(text, 200, style=style, method="extractive", count_tokens=count)
         assert 0 < count(out) <= 200
-    assert time.perf_counter() - start < 30
+    assert time.process_time() - start < 30
 
 
 # ---- adversarial inputs -----------------------------------------------------------------------------------------

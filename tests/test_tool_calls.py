@@ -272,7 +272,8 @@ def test_a_hanging_tool_becomes_an_error_result_and_the_server_stays_up(tool_ser
         body = {"messages": weather_chat("Paris")[:1], "temperature": 0, "max_tokens": 30, "tool_trace": True}
         reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
         run = reply["tool_trace"][0]
-        assert not run["ok"] and "did not finish within 2 s" in run["result"] and run["seconds"] < 10
-        assert requests.get(f"{url}/health", timeout=5).status_code == 200
+        # stopped at its timeout (the plugin sleeps an hour), however slowly a loaded machine then kills it
+        assert not run["ok"] and "did not finish within 2 s" in run["result"] and run["seconds"] < 120
+        assert requests.get(f"{url}/health", timeout=30).status_code == 200
     finally:
         serving.tools = {"get_weather": plugin_fixtures.WEATHER}
