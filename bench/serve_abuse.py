@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 
 KEY, ADMIN = "sk-bench-tenant", "sk-bench-admin"
+CHINESE = ("今天天气很好，我们一起去公园散步吧。" * 300)[:4096]  # 12 KB: 3,100 s of audio at speed 0.25
+OTHERS = [f"sk-bench-other-{i}" for i in range(5)]  # other tenants
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 PROSE = ("The keeper climbed the stairs of the old lighthouse every evening, lit the lamp, and wrote the weather "
          "in his book. Ships passed in the night, and some of them signalled back. ")
@@ -109,15 +111,22 @@ def attacks(url: str) -> dict[str, tuple[str, Callable[[], str]]]:
         return f"{got}; then a chat: {chat} in {time.perf_counter() - start:.1f} s"
 
     def prefix_timing() -> str:
+        """Tenant one sends a long prompt; then each other key, once, the same prompt with a new ending (a hit in a
+        shared cache) and one that differs from its first token (a miss anywhere); tenant one too, for the hit."""
         system = PROSE * 6
-        other = {"Authorization": f"Bearer {ADMIN}"}  # another key
-        post(url, "/v1/completions", {"prompt": system + "Q1", "max_tokens": 1})  # tenant one sends a prompt
-        times = {}
-        for name, prompt in (("seen", system + "Q2"), ("unseen", PROSE[::-1] * 6 + "Q2")):
+
+        def ms(key: str, prompt: str) -> float:
             start = time.perf_counter()
-            post(url, "/v1/completions", {"prompt": prompt, "max_tokens": 1}, headers=other)
-            times[name] = 1000 * (time.perf_counter() - start)
-        return f"200; other key: seen prompt {times['seen']:.0f} ms, unseen {times['unseen']:.0f} ms"
+            post(url, "/v1/completions", {"prompt": prompt, "max_tokens": 1},
+                 headers={"Authorization": f"Bearer {key}"})
+            return 1000 * (time.perf_counter() - start)
+
+        ms(KEY, system + "Q0")
+        own = sorted(ms(KEY, system + f"Q{i}") for i in range(1, 6))
+        seen = sorted(ms(k, system + "Q9") for k in OTHERS)
+        unseen = sorted(ms(k, f"{i}" + system[1:] + "Q9") for i, k in enumerate(OTHERS))
+        return (f"200; median ms: own key, its prompt {own[2]:.0f}; {len(OTHERS)} other keys, that prompt "
+                f"{seen[len(seen) // 2]:.0f}, a new one {unseen[len(unseen) // 2]:.0f}")
 
     return {
         "stop": ("30,000-char stop string, n 4, /v1/completions",
@@ -138,9 +147,13 @@ def attacks(url: str) -> dict[str, tuple[str, Callable[[], str]]]:
                                    {"messages": [{"role": "user", "content": "y" * 10_000_000}]})),
         "summaries-abandoned": ("6 summaries of 100k chars, clients gone after 2 s",
                                 summaries_abandoned),
-        "speech": ("/v1/audio/speech, 6 at once, 4,096 chars of '9,'",
+        "speech": ("/v1/audio/speech, 6 at once, 4,096 Chinese characters at speed 0.25",
                    lambda: together(6, lambda: post(url, "/v1/audio/speech", {
-                       "model": "tts-1", "voice": "alloy", "input": "9," * 2048}))),
+                       "model": "tts-1", "voice": "alloy", "input": CHINESE,
+                       "speed": 0.25}))),
+        "speech-ok": ("/v1/audio/speech, 6 at once, 4,096 chars of '9,' (just under the limit)",
+                      lambda: together(6, lambda: post(url, "/v1/audio/speech", {
+                          "model": "tts-1", "voice": "alloy", "input": "9," * 2048}))),
         "log": ("GET /x%0a<forged line> (no key)",
                 lambda: str(httpx.get(f"{url}/x%0a127.0.0.1%20%22GET%20/admin%22%20200").status_code)),
         "metrics": ("GET /metrics with a tenant's key",
@@ -151,7 +164,7 @@ def attacks(url: str) -> dict[str, tuple[str, Callable[[], str]]]:
 
 def start_server(model: str | None, log: Path) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "seekmoe", "serve", *([model] if model else []), "--port", "0",
-           "--api-key", KEY, "--admin-key", ADMIN]
+           "--api-key", KEY, *(f"--api-key={k}" for k in OTHERS), "--admin-key", ADMIN]
     out = log.open("w")
     proc = subprocess.Popen(cmd, stderr=out, stdout=out, env={**os.environ})
     deadline = time.monotonic() + 180
