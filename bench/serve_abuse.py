@@ -13,9 +13,7 @@ before the attack. Every request's cost should be bounded by a setting before th
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from serve_process import start_server
 
 KEY, ADMIN = "sk-bench-tenant", "sk-bench-admin"
 CHINESE = ("今天天气很好，我们一起去公园散步吧。" * 300)[:4096]  # 12 KB: 3,100 s of audio at speed 0.25
@@ -162,26 +161,6 @@ def attacks(url: str) -> dict[str, tuple[str, Callable[[], str]]]:
     }
 
 
-def start_server(model: str | None, log: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "seekmoe", "serve", *([model] if model else []), "--port", "0",
-           "--api-key", KEY, *(f"--api-key={k}" for k in OTHERS), "--admin-key", ADMIN]
-    out = log.open("w")
-    proc = subprocess.Popen(cmd, stderr=out, stdout=out, env={**os.environ})
-    deadline = time.monotonic() + 180
-    while True:
-        found = re.search(r"http://[\d.]+:\d+", log.read_text())
-        if found:
-            try:
-                if httpx.get(f"{found[0]}/health").status_code == 200:
-                    return proc, found[0]
-            except httpx.HTTPError:
-                pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"the server did not come up; its log:\n{log.read_text()}")
-        time.sleep(0.1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder to serve (default: the bundled model)")
@@ -190,7 +169,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
-        proc, url = start_server(a.model, log)
+        keys = ["--api-key", KEY, *(f"--api-key={k}" for k in OTHERS), "--admin-key", ADMIN]
+        proc, url = start_server([*([a.model] if a.model else []), *keys], log)
         try:
             for name, (what, attack) in attacks(url).items():
                 if a.only and name not in a.only:

@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from serve_process import start_server
 
 PROMPT = "The old lighthouse keeper climbed the stairs and"
 
@@ -130,27 +128,6 @@ def random_model(folder: Path) -> Path:
     return folder
 
 
-def start_server(model: Path, clients: int, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "seekmoe", "serve", str(model), "--port", "0", "--max-num-seqs",
-           str(max(clients, 1)), "--max-queue", str(max(4 * clients, 16)), *extra]
-    out = log.open("w")
-    proc = subprocess.Popen(cmd, stderr=out, stdout=out, env={**os.environ})
-    deadline = time.monotonic() + 120
-    while True:
-        found = re.search(r"http://[\d.]+:\d+", log.read_text())
-        if found:
-            url = found[0]
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"the server did not come up; its log:\n{log.read_text()}")
-        time.sleep(0.1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=64, help="concurrent streaming clients (default 64)")
@@ -171,7 +148,9 @@ def main() -> None:
         url = a.url
         if url is None:
             model = Path(a.model) if a.model else random_model(Path(tmp) / "model")
-            proc, url = start_server(model, a.clients, Path(tmp) / "server.log", a.server_arg)
+            args = [str(model), "--max-num-seqs", str(max(a.clients, 1)), "--max-queue", str(max(4 * a.clients, 16)),
+                    *a.server_arg]
+            proc, url = start_server(args, Path(tmp) / "server.log", wait_s=120)
             print(f"server: {url}, model {model}", file=sys.stderr)
         try:
             name = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {a.api_key}"} if a.api_key
