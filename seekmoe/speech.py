@@ -20,6 +20,7 @@ import struct
 import subprocess
 import time
 import wave
+from collections.abc import Callable
 
 MAX_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 # seconds of audio one request may produce: 4,096 characters of English at the slowest speed (80 words per minute)
@@ -47,6 +48,10 @@ class SpeechError(ValueError):
         self.param = param
 
 
+class SpeechCancelled(Exception):
+    """The caller stopped wanting the speech (a server's client left): espeak-ng was stopped."""
+
+
 class SpeechUnavailable(SpeechError):
     """espeak-ng (or soxr, for pcm) is not installed, or espeak-ng failed: the machine's fault, not the request's."""
 
@@ -57,12 +62,13 @@ def language_of(text: str) -> str:
 
 
 def synthesize(text: str, language: str | None = None, variant: str | None = None, speed: int = 175,
-               pitch: int = 50, max_seconds: float = MAX_SECONDS) -> bytes:
+               pitch: int = 50, max_seconds: float = MAX_SECONDS, cancelled: Callable[[], bool] | None = None) -> bytes:
     """A WAV file (mono, 16-bit, espeak-ng's 22,050 Hz) of `text` spoken.
 
     language: 'en' or 'zh' (None: from the text); variant: one of VARIANTS (male m*, female f*); speed in words per
     minute (80..450); pitch 0..99; max_seconds: longer audio is a SpeechError (param 'text'), espeak-ng stopped as
-    soon as its output passes it.
+    soon as its output passes it; cancelled: asked every tenth of a second while espeak-ng runs, True stops it
+    (SpeechCancelled).
     """
     data = _utf8(text, "text")
     language = language or language_of(text)
@@ -82,7 +88,7 @@ def synthesize(text: str, language: str | None = None, variant: str | None = Non
     voice = LANGUAGES[language] + (f"+{variant}" if variant else "")
     # the text goes on stdin, never argv: a text starting with '-' is not an option
     code, wav, err = _run_capped([exe, "--stdout", "-v", voice, "-s", str(speed), "-p", str(pitch)], data,
-                                 44 + int(max_seconds * WAV_BYTES_PER_SECOND))
+                                 44 + int(max_seconds * WAV_BYTES_PER_SECOND), cancelled)
     if code is None:
         raise SpeechError(f"the speech would be longer than {max_seconds:g} s, this server's limit: give less text "
                           f"or a higher speed", "text")
@@ -91,9 +97,11 @@ def synthesize(text: str, language: str | None = None, variant: str | None = Non
     return _with_sizes(wav)
 
 
-def _run_capped(command: list[str], data: bytes, max_bytes: int) -> tuple[int | None, bytes, bytes]:
+def _run_capped(command: list[str], data: bytes, max_bytes: int,
+                cancelled: Callable[[], bool] | None = None) -> tuple[int | None, bytes, bytes]:
     """(exit status, stdout, the start of stderr) of `command` fed `data`; status None when stdout passed
-    `max_bytes`, the process then killed at once. SpeechUnavailable past TIMEOUT. The process is always reaped."""
+    `max_bytes`, the process then killed at once. SpeechUnavailable past TIMEOUT, SpeechCancelled once `cancelled`
+    says so. The process is always reaped."""
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + TIMEOUT
     with (subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc,
@@ -107,7 +115,9 @@ def _run_capped(command: list[str], data: bytes, max_bytes: int) -> tuple[int | 
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SpeechUnavailable(f"espeak-ng took longer than {TIMEOUT:g} s")
-                for key, _ in selector.select(left):
+                if cancelled is not None and cancelled():
+                    raise SpeechCancelled("the speech was cancelled")
+                for key, _ in selector.select(min(left, 0.1)):
                     if key.fileobj is proc.stdin:
                         try:
                             data = data[os.write(key.fd, data[:65536]):]
@@ -192,7 +202,7 @@ def to_pcm(wav: bytes, rate: int = PCM_RATE) -> bytes:
 
 
 def speak(text: str, voice: str, speed: float = 1.0, response_format: str = "wav",
-          max_seconds: float = MAX_SECONDS) -> tuple[bytes, str]:
+          max_seconds: float = MAX_SECONDS, cancelled: Callable[[], bool] | None = None) -> tuple[bytes, str]:
     """OpenAI's /v1/audio/speech: (the audio, its media type). The language comes from the text; a SpeechError's
     param names the field at fault (audio longer than `max_seconds`: 'input'); SpeechUnavailable is the machine's
     fault."""
@@ -203,7 +213,7 @@ def speak(text: str, voice: str, speed: float = 1.0, response_format: str = "wav
         raise SpeechError(f"response_format {response_format!r} is not supported: this server writes only "
                           f"{' and '.join(map(repr, FORMATS))}", "response_format")
     try:
-        wav = synthesize(text, language, variant, wpm, max_seconds=max_seconds)
+        wav = synthesize(text, language, variant, wpm, max_seconds=max_seconds, cancelled=cancelled)
     except SpeechError as e:
         if e.param == "text":  # synthesize's name for OpenAI's input
             raise SpeechError(str(e), "input") from None

@@ -242,6 +242,46 @@ def test_a_hanging_espeak_is_killed_at_the_timeout(monkeypatch, tmp_path):
         os.kill(int((tmp_path / "pid").read_text()), 0)
 
 
+def hanging_espeak(monkeypatch, tmp_path):
+    """An espeak-ng that writes its pid and sleeps 150 s (the timeout raised past that): what gone() waits for, two
+    and a half times over, and no worse where a failing test leaves it to end by itself."""
+    fake = tmp_path / "espeak-ng"
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}.tmp\nmv {tmp_path / 'pid'}.tmp {tmp_path / 'pid'}\n"
+                    "exec sleep 150\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(speech, "shutil", types.SimpleNamespace(which=lambda name: str(fake)))
+    monkeypatch.setattr(speech, "TIMEOUT", 300)
+    return tmp_path / "pid"
+
+
+def gone(pid_file, seconds: float = 60) -> bool:
+    """Whether the process in pid_file has ended (been killed and reaped) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cancelled_speech_stops_espeak(monkeypatch, tmp_path):
+    pid = hanging_espeak(monkeypatch, tmp_path)
+    asked = []
+    with pytest.raises(speech.SpeechCancelled):
+        speak("Hello", "alloy", cancelled=lambda: asked.append(1) or (len(asked) > 3 and pid.exists()))
+    assert len(asked) > 3 and gone(pid)  # asked while espeak-ng ran, which is killed and reaped
+
+
+def test_speech_stops_when_its_client_leaves(url, monkeypatch, tmp_path):
+    pid = hanging_espeak(monkeypatch, tmp_path)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{url}/v1/audio/speech", headers=AUTH, json={"input": "Hello", "voice": "alloy"}, timeout=1)
+    assert gone(pid), "espeak-ng ran on after its client left"  # else it sleeps on for 150 s
+
+
 @pytest.mark.parametrize("kwargs, param, needle", [
     ({"text": ""}, "text", "empty"),
     ({"text": " \t"}, "text", "empty"),

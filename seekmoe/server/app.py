@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -148,16 +149,25 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
 
     @app.post("/v1/audio/speech", response_class=Response,
               responses={200: {"content": {t: {} for t in FORMATS.values()}}, **ERRORS})
-    async def audio_speech(body: s.SpeechRequest) -> Response:
+    async def audio_speech(body: s.SpeechRequest, request: Request) -> Response:
         """Text to speech by espeak-ng; needs no model (answers while it loads). espeak-ng missing or failing: 503."""
-        try:  # on a thread of its own pool: espeak-ng takes seconds for a long text, and never starves the others
-            audio, media_type = await asyncio.get_running_loop().run_in_executor(
-                speakers, speak, body.input, body.voice, body.speed, body.response_format)
-        except SpeechUnavailable as e:
-            raise APIError(503, str(e), type="service_unavailable", code="speech_unavailable") from e
-        except SpeechError as e:
-            raise APIError(400, str(e), param=e.param) from e
-        return Response(audio, media_type=media_type)
+        cancelled = threading.Event()
+
+        async def work() -> Response:
+            try:  # on a thread of its own pool: espeak-ng takes seconds for a long text, and never starves the others
+                audio, media_type = await asyncio.get_running_loop().run_in_executor(
+                    speakers, partial(speak, body.input, body.voice, body.speed, body.response_format,
+                                      cancelled=cancelled.is_set))
+            except asyncio.CancelledError:
+                cancelled.set()  # the client left: espeak-ng is stopped within a tenth of a second
+                raise
+            except SpeechUnavailable as e:
+                raise APIError(503, str(e), type="service_unavailable", code="speech_unavailable") from e
+            except SpeechError as e:
+                raise APIError(400, str(e), param=e.param) from e
+            return Response(audio, media_type=media_type)
+
+        return await until_disconnect(request, work())
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
