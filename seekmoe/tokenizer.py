@@ -205,6 +205,12 @@ class Tokenizer:
         return piece
 
     @cached_property
+    def max_token_bytes(self) -> int:
+        """Bytes of the longest token: the most text one token stands for (so a text of more characters than
+        n * this cannot fit n tokens)."""
+        return max(len(b) for b in self._id_bytes if b is not None)
+
+    @cached_property
     def special_ids(self) -> frozenset[int]:
         """Ids of the tokens not made of byte-alphabet characters (bos, eos, pad, chat roles, ...): `decode` writes
         them as their own text, transformers' decode(skip_special_tokens=True) drops them."""

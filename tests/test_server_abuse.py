@@ -68,8 +68,9 @@ def test_many_prompts_are_refused_before_any_is_tokenized(server, spy):
     r = requests.post(f"{url}/v1/completions", headers=auth(KEY), json={"prompt": ["a"] * 300_000, "max_tokens": 1},
                       timeout=120)
     assert r.status_code == 400 and error_of(r)["param"] == "prompt" and "300000 sequences" in error_of(r)["message"]
-    r = requests.post(f"{url}/v1/completions", headers=auth(KEY),
-                      json={"prompt": ["a"] * 100, "n": serving.max_queue // 100 + 1, "max_tokens": 1}, timeout=60)
+    n = serving.config.max_queue // 100 + 1
+    r = requests.post(f"{url}/v1/completions", headers=auth(KEY), json={"prompt": ["a"] * 100, "n": n, "max_tokens": 1},
+                      timeout=60)
     assert r.status_code == 400 and error_of(r)["param"] == "n"
     assert spy == []
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -31,7 +30,7 @@ from seekmoe.llm import LLM
 from seekmoe.server import schemas as s
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.metrics import Metrics
-from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_body
+from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_body, on_thread
 from seekmoe.speech import FORMATS, SpeechError, SpeechUnavailable, speak
 
 log = logging.getLogger("seekmoe.server")
@@ -151,16 +150,10 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
               responses={200: {"content": {t: {} for t in FORMATS.values()}}, **ERRORS})
     async def audio_speech(body: s.SpeechRequest, request: Request) -> Response:
         """Text to speech by espeak-ng; needs no model (answers while it loads). espeak-ng missing or failing: 503."""
-        cancelled = threading.Event()
-
         async def work() -> Response:
             try:  # on a thread of its own pool: espeak-ng takes seconds for a long text, and never starves the others
-                audio, media_type = await asyncio.get_running_loop().run_in_executor(
-                    speakers, partial(speak, body.input, body.voice, body.speed, body.response_format,
-                                      cancelled=cancelled.is_set))
-            except asyncio.CancelledError:
-                cancelled.set()  # the client left: espeak-ng is stopped within a tenth of a second
-                raise
+                audio, media_type = await on_thread(speakers, lambda cancelled: speak(
+                    body.input, body.voice, body.speed, body.response_format, cancelled=cancelled))
             except SpeechUnavailable as e:
                 raise APIError(503, str(e), type="service_unavailable", code="speech_unavailable") from e
             except SpeechError as e:

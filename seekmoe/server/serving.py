@@ -13,9 +13,9 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import SamplingError, SamplingParams
@@ -28,6 +28,7 @@ from seekmoe.server.metrics import Metrics
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
             "stop", "seed", "ignore_eos")
 LONG_TEXT = 4096  # characters; longer prompts are tokenised off the event loop, so other streams keep flowing
+T = TypeVar("T")
 SUMMARY_WORKERS = 2  # summaries run on threads of their own, never on the pool that renders chats and decodes media
 
 
@@ -46,6 +47,23 @@ class APIError(Exception):
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+async def on_thread(pool: ThreadPoolExecutor, fn: Callable[[Callable[[], bool]], T],
+                    done: Callable[[Future], None] | None = None) -> T:
+    """fn(cancelled) on one of pool's threads. When the awaiting task is cancelled (its client left), cancelled()
+    turns True, for fn to stop at its next check, and a call still waiting for a thread never starts. done: called
+    when the thread is done with it (or it is dropped unstarted)."""
+    cancelled = threading.Event()
+    future = pool.submit(fn, cancelled.is_set)
+    if done is not None:
+        future.add_done_callback(done)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        cancelled.set()
+        future.cancel()
+        raise
 
 
 def sse(obj: object) -> str:
@@ -163,8 +181,7 @@ class Serving:
     def __init__(self, llm: LLM, config: ServeConfig, metrics: Metrics, tools: dict | None = None):
         self.llm, self.config, self.metrics = llm, config, metrics
         self.model_name = config.served_model_name or llm.path.name
-        self.max_queue, self.log_prompts = config.max_queue, config.log_prompts
-        self.tools, self.tool_timeout = tools or {}, config.tool_timeout  # name -> Plugin the server runs itself
+        self.tools = tools or {}  # name -> Plugin the server runs itself
         self.tool_pool = None
         if self.tools:
             from seekmoe.plugins import WorkerPool
@@ -180,7 +197,7 @@ class Serving:
         # No text of more characters than this fits the context, whatever it holds: every token stands for at most
         # the bytes of the longest one, and every character for at least one byte. Longer text is refused before
         # it is tokenized (a multi-megabyte prompt would hold a thread and memory for seconds to be refused anyway).
-        self.max_prompt_chars = self.context * _longest_token(llm.tokenizer)
+        self.max_prompt_chars = self.context * llm.tokenizer.max_token_bytes
 
     def close(self) -> None:
         self.llm.close()
@@ -219,7 +236,7 @@ class Serving:
     async def summarize(self, body: s.SummarizeRequest) -> s.SummarizeResponse:
         """A summary within max_length tokens; long documents go map-reduce over the engine, on a summary thread that
         stops when the client leaves."""
-        from seekmoe.summarize import SummaryCancelled, SummaryError
+        from seekmoe.summarize import SummaryError
 
         self._check_model(body.model)
         limit = self.config.max_summary_chars
@@ -230,24 +247,11 @@ class Serving:
             raise APIError(429, f"the server is busy: {self.summaries_waiting} summaries are running or waiting; "
                                 "retry shortly", type="rate_limit_error", code="queue_full",
                            headers={"Retry-After": "1"})
-        cancelled = threading.Event()
-
-        def run() -> str:
-            if cancelled.is_set():  # its client left while it waited for a thread
-                raise SummaryCancelled("the client went away")
-            return self.llm.generate_summary(body.text, body.max_length, body.style, body.method,
-                                             cancelled=cancelled.is_set)
-
         with self._summaries_lock:
             self.summaries_waiting += 1  # until its thread is done with it, not until its client stops waiting
-        future = self.summaries.submit(run)
-        future.add_done_callback(self._summary_done)
         try:
-            summary = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            cancelled.set()  # the thread stops at its next check, before its next batch of generation
-            future.cancel()  # one still waiting for a thread never starts
-            raise
+            summary = await on_thread(self.summaries, lambda cancelled: self.llm.generate_summary(
+                body.text, body.max_length, body.style, body.method, cancelled=cancelled), done=self._summary_done)
         except SummaryError as e:
             raise APIError(400, str(e)) from None
         except QueueFull as e:
@@ -351,9 +355,9 @@ class Serving:
                            code="context_length_exceeded")
 
     def _check_sequences(self, sequences: int, n: int) -> None:
-        if sequences > self.max_queue:
+        if sequences > self.config.max_queue:
             raise APIError(400, f"the request asks for {sequences} sequences (prompts × n), but the queue holds at "
-                                f"most {self.max_queue}", param="n" if n > 1 else "prompt")
+                                f"most {self.config.max_queue}", param="n" if n > 1 else "prompt")
 
     async def _completion_prompts(self, prompt: str | list) -> list[list[int]]:
         if isinstance(prompt, str):
@@ -426,7 +430,7 @@ class Serving:
             raise APIError(400, str(e)) from None
         job = Job(job_id, reqs, self.metrics, log, start)
         log.id, log.prompt_tokens = job_id, job.prompt_tokens
-        if self.log_prompts:
+        if self.config.log_prompts:
             log.prompt = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
         self.metrics.prompt_tokens.inc(job.prompt_tokens)
         return job
@@ -490,15 +494,6 @@ class Serving:
         yield DONE
 
 
-def _longest_token(tokenizer) -> int:
-    """Bytes of the longest token: the most text one token can stand for."""
-    longest = 1
-    for i in range(tokenizer.vocab_size):
-        with suppress(ValueError):  # an id the vocabulary skips
-            longest = max(longest, len(tokenizer.token_bytes(i)))
-    return longest
-
-
 def _message(m: s.ChatMessage) -> dict:
     out = {"role": "system" if m.role == "developer" else m.role, "content": _content(m.content)}
     if m.tool_calls:
@@ -541,7 +536,7 @@ def text_chars(messages: list[dict]) -> int:
 
 def text_length(messages: list[dict]) -> int:
     """Characters to render; a message with media counts as long (decoding and encoding media is work)."""
-    return sum(len(m["content"]) if isinstance(m["content"], str) else 1 << 20 for m in messages)
+    return text_chars(messages) + sum(1 << 20 for m in messages if isinstance(m["content"], list))
 
 
 def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> s.CompletionLogprobs:

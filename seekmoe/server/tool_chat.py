@@ -152,7 +152,7 @@ async def run_calls(serving, turn: ToolTurn, content: str, calls: list[ToolCall]
     from seekmoe.plugins import call
 
     results = await asyncio.gather(*(asyncio.to_thread(call, turn.server[c.name], c.arguments,
-                                                       serving.tool_timeout, serving.tool_pool) for c in calls))
+                                                       serving.config.tool_timeout, serving.tool_pool) for c in calls))
     turn.messages.append({"role": "assistant", "content": content, "tool_calls": [c.to_openai() for c in calls]})
     for c, r in zip(calls, results, strict=True):
         turn.messages.append({"role": "tool", "tool_call_id": c.id, "content": r.content})
