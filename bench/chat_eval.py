@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from seekmoe.checkpoint import load_model
 from seekmoe.llm import LLM
-from seekmoe.sft import SFTData, data_files, read_conversations
-from seekmoe.train import evaluate
-from seekmoe.train_config import FinetuneConfig
+from seekmoe.model.checkpoint import load_model
+from seekmoe.train.config import FinetuneConfig
+from seekmoe.train.loop import evaluate
+from seekmoe.train.sft import SFTData, data_files, read_conversations
 
 MODELS = Path(__file__).resolve().parents[1] / "seekmoe" / "models"
 ANSWER = re.compile(r"(?:answer is|答案是)\s*(-?\d+)")
@@ -37,7 +37,7 @@ def read_jsonl(path: Path, limit: int | None) -> list[dict]:
 
 
 def val_losses(model_path: Path, data: Path, seq_len: int) -> dict[str, float]:
-    from seekmoe.tokenizer import Tokenizer
+    from seekmoe.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(model_path)
     model = load_model(model_path)

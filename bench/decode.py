@@ -74,7 +74,7 @@ def work_build(name: str, folder: Path, int8: bool) -> dict:
 
     from seekmoe import CausalLM, ModelConfig, save_model
     from seekmoe.engine.cache import bytes_per_token, mha_bytes_per_token
-    from seekmoe.engine.quant import quantize_int8, save_quantized
+    from seekmoe.model.quant import quantize_int8, save_quantized
 
     cfg = ModelConfig.from_dict(CONFIGS[name])
     with torch.device("meta"):

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from seekmoe.checkpoint import load_model
 from seekmoe.engine.engine import Engine
-from seekmoe.engine.quant import quantize_int8
 from seekmoe.engine.sampling import SamplingParams
 from seekmoe.llm import DEFAULT_MODEL
-from seekmoe.tokenizer import Tokenizer, corpus_files, read_corpus
+from seekmoe.model.checkpoint import load_model
+from seekmoe.model.quant import quantize_int8
+from seekmoe.text.tokenizer import Tokenizer, corpus_files, read_corpus
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus_sample"
 
@@ -31,7 +31,7 @@ def windows(args) -> tuple[torch.Tensor, str]:
     """(W, T + 1) token windows to score, and where they came from."""
     n, t = args.windows, args.seq_len
     if args.data and Path(args.data).is_dir():
-        from seekmoe.data import TokenShards
+        from seekmoe.train.data import TokenShards
 
         val = TokenShards(args.data, "val", shuffle=False)
         x, y = val.batch(0, n, t)

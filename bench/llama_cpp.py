@@ -101,7 +101,7 @@ def main() -> int:
 
     from seekmoe.export import export_gguf
     from seekmoe.llm import DEFAULT_MODEL
-    from seekmoe.tokenizer import Tokenizer
+    from seekmoe.text.tokenizer import Tokenizer
 
     model = Path(args.model) if args.model else DEFAULT_MODEL
     ids = Tokenizer.from_pretrained(model).encode(PROMPT, add_bos=True)

@@ -56,7 +56,6 @@ def child(loader: str, folder: str, dtype: str) -> None:
 
     if loader == "seekmoe":
         from seekmoe import load_model
-
         def load():
             return load_model(folder, dtype=dtype)
     else:

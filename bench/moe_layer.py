@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from seekmoe.config import ModelConfig
-from seekmoe.model import MoE
+from seekmoe.model.config import ModelConfig
+from seekmoe.model.model import MoE
 
 SHAPES = {  # name -> (hidden, expert width, routed experts, top-k, shared)
     "tiny-default": (256, 128, 16, 4, 1),

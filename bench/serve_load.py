@@ -115,11 +115,11 @@ def random_model(folder: Path) -> Path:
     """Random weights with the bundled seekmoe-tiny config, and the bundled tokenizer."""
     import torch
 
-    from seekmoe.checkpoint import save_model
-    from seekmoe.config import resolve_config
     from seekmoe.llm import DEFAULT_MODEL
-    from seekmoe.model import CausalLM
-    from seekmoe.tokenizer import Tokenizer
+    from seekmoe.model.checkpoint import save_model
+    from seekmoe.model.config import resolve_config
+    from seekmoe.model.model import CausalLM
+    from seekmoe.text.tokenizer import Tokenizer
 
     model = CausalLM(resolve_config("seekmoe-tiny"))
     model.init_weights(torch.Generator().manual_seed(0))

@@ -17,9 +17,9 @@ import argparse
 import numpy as np
 import torch
 
-from seekmoe.balance import expert_counts
-from seekmoe.checkpoint import load_model
-from seekmoe.data import TokenShards
+from seekmoe.model.checkpoint import load_model
+from seekmoe.train.balance import expert_counts
+from seekmoe.train.data import TokenShards
 
 
 def utilisation(counts: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from seekmoe.plots import read_metrics
+from seekmoe.train.plots import read_metrics
 
 ORDER = ["none", "aux", "loss_free", "loss_free_cal", "loss_free_u0.01", "loss_free_prop", "loss_free_lr",
          "loss_free_prop_lr", "dense"]

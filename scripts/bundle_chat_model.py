@@ -15,9 +15,9 @@ import json
 import shutil
 from pathlib import Path
 
-from seekmoe.checkpoint import load_model, save_model
-from seekmoe.inspect import inspect_config
-from seekmoe.plots import read_metrics
+from seekmoe.model.checkpoint import load_model, save_model
+from seekmoe.model.inspect import inspect_config
+from seekmoe.train.plots import read_metrics
 
 
 def _pct(x: float) -> str:

@@ -14,10 +14,10 @@ import json
 import shutil
 from pathlib import Path
 
-from seekmoe.checkpoint import load_model, save_model
-from seekmoe.inspect import inspect_config
-from seekmoe.plots import read_metrics
-from seekmoe.train import latest_checkpoint
+from seekmoe.model.checkpoint import load_model, save_model
+from seekmoe.model.inspect import inspect_config
+from seekmoe.train.loop import latest_checkpoint
+from seekmoe.train.plots import read_metrics
 
 
 def card(name: str, run: Path, ckpt: Path, train_cfg: dict, manifest: dict, metrics: list[dict], model) -> str:

@@ -9,22 +9,23 @@ __version__ = "0.1.0"
 
 # imported on first use, so `seekmoe inspect` and other torch-free commands start fast
 _LAZY = {
-    "ModelConfig": "seekmoe.config", "ConfigError": "seekmoe.config",
-    "CausalLM": "seekmoe.model",
+    "ModelConfig": "seekmoe.model.config", "ConfigError": "seekmoe.model.config",
+    "CausalLM": "seekmoe.model.model",
     "LLM": "seekmoe.llm", "SamplingParams": "seekmoe.engine.sampling", "Completion": "seekmoe.llm",
     "Client": "seekmoe.client", "AsyncClient": "seekmoe.client", "APIError": "seekmoe.client",
-    "load_model": "seekmoe.checkpoint", "save_model": "seekmoe.checkpoint", "CheckpointError": "seekmoe.checkpoint",
+    "load_model": "seekmoe.model.checkpoint", "save_model": "seekmoe.model.checkpoint",
+    "CheckpointError": "seekmoe.model.checkpoint",
 }
 __all__ = ["LLM", "APIError", "AsyncClient", "CausalLM", "CheckpointError", "Client", "Completion", "ConfigError",
            "ModelConfig", "SamplingParams", "load_model", "save_model"]
 
 if TYPE_CHECKING:
-    from seekmoe.checkpoint import CheckpointError, load_model, save_model
     from seekmoe.client import APIError, AsyncClient, Client
-    from seekmoe.config import ConfigError, ModelConfig
     from seekmoe.engine.sampling import SamplingParams
     from seekmoe.llm import LLM, Completion
-    from seekmoe.model import CausalLM
+    from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
+    from seekmoe.model.config import ConfigError, ModelConfig
+    from seekmoe.model.model import CausalLM
 
 
 def __getattr__(name: str):

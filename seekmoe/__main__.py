@@ -2,7 +2,7 @@
 
 import sys
 
-from seekmoe.cli import main
+from seekmoe.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

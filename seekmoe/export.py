@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seekmoe.config import ConfigError, ModelConfig
+from seekmoe.model.config import ConfigError, ModelConfig
 
 QUANTS = ("f32", "f16", "q8_0")
 GGUF_ARCH = "deepseek2"
@@ -68,8 +68,8 @@ def _read_model_folder(model_dir: str | os.PathLike) -> tuple[Path, ModelConfig]
 
 def _load(path: Path, cfg: ModelConfig):
     """The model in its checkpoint's dtype, and its tokenizer."""
-    from seekmoe.checkpoint import CheckpointError, load_model
-    from seekmoe.tokenizer import Tokenizer, TokenizerError
+    from seekmoe.model.checkpoint import CheckpointError, load_model
+    from seekmoe.text.tokenizer import Tokenizer, TokenizerError
 
     try:
         model = load_model(path, dtype=cfg.torch_dtype or "float32")
@@ -91,7 +91,8 @@ def _output_parent(out: Path) -> None:
 
 def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A folder transformers, vLLM and SGLang load natively; written beside out_dir, then renamed into place."""
-    from seekmoe.checkpoint import CheckpointError, save_model, write_folder
+    from seekmoe.files import write_folder
+    from seekmoe.model.checkpoint import CheckpointError, save_model
 
     path, cfg = _read_model_folder(model_dir)
     out = Path(out_dir)
@@ -396,7 +397,7 @@ def add_arguments(parser) -> None:
 
 
 def run_from_args(args) -> int:
-    from seekmoe.cli import CLIError
+    from seekmoe.errors import CLIError
 
     try:
         if args.export_format == "hf":

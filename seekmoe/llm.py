@@ -19,11 +19,11 @@ from pathlib import Path
 from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds
 from seekmoe.engine.loop import EngineLoop, RequestStream
 from seekmoe.engine.sampling import SamplingError, SamplingParams
-from seekmoe.text_stream import TextStream
-from seekmoe.tokenizer import Tokenizer
-from seekmoe.tool_calls import CALL_BEGIN, MARKERS, SEP, ToolCall, check_tool_choice, parse_tool_calls, tool_names
+from seekmoe.model.checkpoint import DEFAULT_MODEL
+from seekmoe.text.stream import TextStream
+from seekmoe.text.tokenizer import Tokenizer
+from seekmoe.text.tool_calls import CALL_BEGIN, MARKERS, SEP, ToolCall, check_tool_choice, parse_tool_calls, tool_names
 
-DEFAULT_MODEL = Path(__file__).parent / "models" / "seekmoe-tiny-chat"  # what every command uses when given none
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
 
@@ -180,7 +180,7 @@ class LLM:
     def __init__(self, path: str | Path | None = None, dtype: str = "float32", quantize: str | None = None, *,
                  adapter: str | Path | None = None, cache_tokens: int | None = None, cache_bytes: int | None = None,
                  max_num_seqs: int = 64, max_step_tokens: int = 256, max_waiting: int | None = None):
-        from seekmoe.checkpoint import cast_model, load_model
+        from seekmoe.model.checkpoint import cast_model, load_model
 
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -188,17 +188,17 @@ class LLM:
         if adapter is None:
             self.model = load_model(self.path, dtype=dtype)
         else:
-            from seekmoe.lora import apply_adapter
+            from seekmoe.model.lora import apply_adapter
 
             # merged in float32, then cast: the update is added to the weights before any rounding
             self.model = cast_model(apply_adapter(load_model(self.path), adapter), dtype)
         self.adapter = Path(adapter) if adapter is not None else None
         if quantize == "int8" and "quantization_config" not in self.model.config.extra:
-            from seekmoe.engine.quant import quantize_int8
+            from seekmoe.model.quant import quantize_int8
 
             quantize_int8(self.model)
-        from seekmoe.media import MediaLimits
-        from seekmoe.multimodal import load_encoders
+        from seekmoe.multimodal.media import MediaLimits
+        from seekmoe.multimodal.model import load_encoders
 
         self.encoders = load_encoders(self.path, self.model)  # None for a text-only model
         self.media_limits = MediaLimits()
@@ -295,7 +295,7 @@ class LLM:
         (tool_choice "required" or a named function: the opening of a call; None when the model decides alone),
         and the rows of its images and audio (None without media). ValueError (ChatError, MediaError) for bad
         messages, media, tools or tool_choice."""
-        from seekmoe.chat import check_tools
+        from seekmoe.text.chat import check_tools
 
         tools = check_tools(tools)
         forced = check_tool_choice(tool_choice, tool_names(tools))
@@ -319,7 +319,7 @@ class LLM:
         if not isinstance(messages, list) or not any(
                 isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages):
             return messages, []
-        from seekmoe.media_parts import split_media
+        from seekmoe.multimodal.parts import split_media
 
         return split_media(messages, self.encoders.config if self.encoders else None, self.media_limits)
 
@@ -329,7 +329,7 @@ class LLM:
         token that no medium fills, even one typed as text."""
         import torch
 
-        from seekmoe.multimodal import encode, expand, media_key
+        from seekmoe.multimodal.model import encode, expand, media_key
 
         if self.encoders is None:
             return ids, None
@@ -393,12 +393,11 @@ class LLM:
         summaries (map-reduce), falling back to the central sentences (TextRank) where it does not shorten;
         method="extractive" uses only those. style: bullets, paragraph, or sections (the document's headings).
         cancelled: asked between steps; once it says True, SummaryCancelled is raised (a server's client left)."""
-        from seekmoe.summarize import summarize
-        from seekmoe.summarize_cli import make_generate
+        from seekmoe.text.summarize import chat_generate, summarize
 
         context = self.engine.max_model_len
         return summarize(text, max_length=max_length, style=style, method=method,
-                         generate=make_generate(self, context) if method == "abstractive" else None,
+                         generate=chat_generate(self, context) if method == "abstractive" else None,
                          count_tokens=lambda s: len(self.tokenizer.encode(s)), context_tokens=context,
                          progress=progress, cancelled=cancelled)
 

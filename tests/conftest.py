@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seekmoe.config import ModelConfig
-from seekmoe.model import CausalLM
+from seekmoe.model.config import ModelConfig
+from seekmoe.model.model import CausalLM
 
 TINY = dict(
     vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -46,7 +46,7 @@ def model() -> CausalLM:
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """`seekmoe ARGV...` in this process: (exit code, stdout, stderr)."""
-    from seekmoe.cli import main
+    from seekmoe.cli.main import main
 
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -64,9 +64,9 @@ def assert_usage_error(rc: int, err: str, *needles: str) -> None:
 
 def tiny_model_folder(folder, seed: int = 0, **overrides):
     """A tiny random model saved with the bundled tokenizer: a model folder `seekmoe serve` and LLM() load."""
-    from seekmoe.checkpoint import save_model
     from seekmoe.llm import DEFAULT_MODEL
-    from seekmoe.tokenizer import Tokenizer
+    from seekmoe.model.checkpoint import save_model
+    from seekmoe.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(DEFAULT_MODEL)
     save_model(tiny_model(seed, **{"vocab_size": tok.vocab_size, **overrides}), folder)
@@ -79,8 +79,8 @@ MM_SMALL = dict(image_size=14, patch_size=7, width=16, layers=1, heads=2)  # tin
 
 def tiny_multimodal_folder(folder, seed: int = 0):
     """tiny_model_folder plus tiny random image and audio encoders: a multimodal model folder LLM() loads."""
-    from seekmoe.checkpoint import load_model
-    from seekmoe.multimodal import MultimodalConfig, attach, save_multimodal
+    from seekmoe.model.checkpoint import load_model
+    from seekmoe.multimodal.model import MultimodalConfig, attach, save_multimodal
 
     folder = tiny_model_folder(folder, seed, max_position_embeddings=256)
     model = attach(load_model(folder), MultimodalConfig(image_token_id=18, audio_token_id=19, **MM_SMALL), seed)
@@ -130,8 +130,8 @@ def weather_chat(city: str, answer: bool = True) -> list[dict]:
 def tool_model(tmp_path_factory):
     """A tiny model fine-tuned (for real, in seconds) to call get_weather when asked about the weather, and to
     answer from the tool's result: real model output for the tool-call parsing tests."""
-    from seekmoe.finetune import finetune
-    from seekmoe.train_config import FinetuneConfig
+    from seekmoe.train.config import FinetuneConfig
+    from seekmoe.train.finetune import finetune
 
     folder = tmp_path_factory.mktemp("tool-model")
     tiny_model_folder(folder / "base", max_position_embeddings=256)
@@ -159,8 +159,8 @@ TRAIN_MODEL = {  # a tiny MoE with the loss-free bias, for training runs
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Token shards of the committed sample, with a small tokenizer trained on it."""
-    from seekmoe.data import prepare
-    from seekmoe.tokenizer import corpus_files, train_tokenizer
+    from seekmoe.text.tokenizer import corpus_files, train_tokenizer
+    from seekmoe.train.data import prepare
 
     root = tmp_path_factory.mktemp("corpus")
     train_tokenizer(corpus_files([SAMPLE]), root / "tok", vocab_size=512, show_progress=False)

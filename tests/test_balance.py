@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seekmoe.balance import (
+from seekmoe.model.model import Gate, Routing
+from seekmoe.train.balance import (
     BalanceConfig,
     balance_loss,
     calibrate_bias,
@@ -17,7 +18,6 @@ from seekmoe.balance import (
     sequence_balance_loss,
     update_bias,
 )
-from seekmoe.model import Gate, Routing
 from tests.conftest import tiny_config, tiny_model
 
 

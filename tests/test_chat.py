@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer as Backend
 
-from seekmoe.chat import DEFAULT_CHAT_TEMPLATE, ChatError, render_chat
 from seekmoe.llm import DEFAULT_MODEL
-from seekmoe.tokenizer import Tokenizer
+from seekmoe.text.chat import DEFAULT_CHAT_TEMPLATE, ChatError, render_chat
+from seekmoe.text.tokenizer import Tokenizer
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],

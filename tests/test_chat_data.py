@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import seekmoe.chat_data as chat_data
-from seekmoe.chat_data import (
+import seekmoe.train.chat_data as chat_data
+from seekmoe.train.chat_data import (
     SETS,
     ChatDataError,
     MissingSourceError,
@@ -74,7 +74,7 @@ def test_every_line_is_a_well_formed_chat(built):
 def check_tool_example(ex: dict) -> None:
     """The problem, a call of the math tool with the problem's expression, its real result, and the answer."""
     from seekmoe.plugins.math import run
-    from seekmoe.sft import parse_example
+    from seekmoe.train.sft import parse_example
 
     chat = parse_example(ex)  # what fine-tuning reads: the format holds
     assert [t["function"]["name"] for t in chat.tools] == ["math"]

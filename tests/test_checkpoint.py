@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import seekmoe.checkpoint as ckpt
+import seekmoe.model.checkpoint as ckpt
 from seekmoe import CausalLM, CheckpointError, ConfigError, load_model, save_model
-from seekmoe.checkpoint import INDEX_FILE, SINGLE_FILE, hf_tensors
+from seekmoe.model.weights import INDEX_FILE, SINGLE_FILE, hf_tensors
 from tests.conftest import tiny_config, tiny_model
 
 IDS = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(0))
@@ -478,7 +478,7 @@ def test_saved_files_are_readable_by_others(tmp_path):
 
 
 def test_write_folder_is_all_or_nothing(tmp_path):
-    from seekmoe.checkpoint import write_folder
+    from seekmoe.files import write_folder
 
     final = tmp_path / "out"
     write_folder(final, lambda tmp: (tmp / "a.txt").write_text("old"))

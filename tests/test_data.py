@@ -1,4 +1,4 @@
-"""seekmoe.data: prepare token shards from the committed corpus sample and small files; read them back."""
+"""seekmoe.train.data: prepare token shards from the committed corpus sample and small files; read them back."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from seekmoe.cli import main
-from seekmoe.data import DataError, TokenShards, prepare, token_dtype
+from seekmoe.cli.main import main
+from seekmoe.train.data import DataError, TokenShards, prepare, token_dtype
 
 SAMPLE = Path(__file__).parent / "data" / "corpus_sample"
 EOS = "<|endoftext|>"
@@ -198,7 +198,7 @@ def test_reader_errors(prepared, tmp_path):
 MEMORY_SCRIPT = r"""
 import random, resource, sys
 from pathlib import Path
-from seekmoe.data import prepare
+from seekmoe.train.data import prepare
 
 tmp, tok = Path(sys.argv[1]), sys.argv[2]
 rng = random.Random(0)
@@ -239,7 +239,7 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
 # --- atomic output ------------------------------------------------------------------------------------------------
 
 def test_a_failed_prepare_leaves_the_old_output_alone(tmp_path, bpe, monkeypatch):
-    import seekmoe.data
+    import seekmoe.train.data
 
     out = tmp_path / "out"
     first = prepare([SAMPLE], bpe, out, shard_tokens=50_000)
@@ -248,7 +248,7 @@ def test_a_failed_prepare_leaves_the_old_output_alone(tmp_path, bpe, monkeypatch
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(seekmoe.data, "_tokenise", killed)
+    monkeypatch.setattr(seekmoe.train.data, "_tokenise", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare([SAMPLE], bpe, out, seed=1, shard_tokens=1000, overwrite=True)
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before  # no partial folder, old data intact
@@ -336,7 +336,7 @@ def test_cli_prepare(tmp_path, bpe, capsys):
 
 
 def test_cli_flags_all_have_help():
-    from seekmoe.cli import build_parser
+    from seekmoe.cli.main import build_parser
 
     parser = build_parser()
     data = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "data")[1]

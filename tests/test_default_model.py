@@ -29,7 +29,7 @@ def test_bundled_model_is_small_and_complete(folder):
 @pytest.mark.parametrize("folder", [bundled(f) for f in BUNDLED])
 def test_bundled_model_matches_transformers(folder):
     transformers = pytest.importorskip("transformers")
-    from seekmoe.tokenizer import Tokenizer
+    from seekmoe.text.tokenizer import Tokenizer
 
     ours = seekmoe.load_model(folder, dtype="float32")
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

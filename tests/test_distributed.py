@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seekmoe.train import build_model, train
+from seekmoe.train.loop import build_model, train
 from tests.test_train import config, train_losses
 
 BIAS = "model.layers.1.mlp.gate.e_score_correction_bias"
@@ -83,14 +83,14 @@ def test_a_rank_that_exits_or_stalls_fails_the_other_within_the_timeout(corpus, 
     (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))
     port = str(free_port())
     # rank 1 joins the group, then leaves (or sleeps far longer than anything here) before the first all-reduce
-    script = (f"from seekmoe import distributed; print('ready', flush=True); distributed.init({HANG_S})"
+    script = (f"from seekmoe.train import distributed; print('ready', flush=True); distributed.init({HANG_S})"
               + (f"; import time; time.sleep(10 * {HANG_S})" if leaves == "stalls" else ""))
     rank1 = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              env=env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_PORT=port))
     rank0 = None
     try:
         assert rank1.stdout.readline() == "ready\n"
-        rank0 = subprocess.Popen([sys.executable, "-m", "seekmoe.train", str(tmp_path / "train.json"),
+        rank0 = subprocess.Popen([sys.executable, "-m", "seekmoe", "train", str(tmp_path / "train.json"),
                                   "--no-progress"], env=env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_PORT=port),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, stderr = rank0.communicate(timeout=HANG_S)  # a rank 0 that hangs fails here
@@ -114,8 +114,8 @@ def test_shutdown_ends_the_process_group_threads():
         pytest.skip("thread names are read from /proc")
     script = f"""
 import os, torch
-from seekmoe import distributed
-from seekmoe.train_config import TrainError
+from seekmoe.train import distributed
+from seekmoe.train.config import TrainError
 
 def threads():
     return sorted(open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task"))
@@ -158,7 +158,7 @@ else:
 def torchrun(cfg, tmp_path: Path) -> subprocess.CompletedProcess:
     (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "seekmoe.train", str(tmp_path / "train.json"), "--no-progress"]
+           "--master-port", str(free_port()), "-m", "seekmoe", "train", str(tmp_path / "train.json"), "--no-progress"]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=RUN_S)
     assert done.returncode == 0, done.stderr
     return done
@@ -263,10 +263,10 @@ def test_expert_parallel_matches_ddp_and_one_process_and_checkpoints_move_betwee
 
 
 def test_expert_parallel_refuses_what_it_cannot_split(corpus):
-    from seekmoe.config import ModelConfig
-    from seekmoe.expert_parallel import split
-    from seekmoe.model import CausalLM
-    from seekmoe.train_config import TrainError
+    from seekmoe.model.config import ModelConfig
+    from seekmoe.model.model import CausalLM
+    from seekmoe.train.config import TrainError
+    from seekmoe.train.expert_parallel import split
 
     cfg = json.loads((corpus / "model.json").read_text())
     with pytest.raises(TrainError, match=r"n_routed_experts \(4\) must be divisible by the number of ranks \(3\)"):
@@ -291,7 +291,7 @@ def test_sharded_checkpoints_each_rank_writes_its_own_and_they_resume_anywhere(c
     assert not list((tmp_path / "sharded/checkpoints").glob(".*"))  # no staging folder left behind
     # read whole in one process: the same weights as the whole checkpoint rank 0 gathered. Exact: the two runs
     # computed the same steps by the same code on the same machine, and only wrote their checkpoints differently
-    from seekmoe.checkpoint import load_model
+    from seekmoe.model.checkpoint import load_model
 
     ours = load_model(step8).state_dict()
     theirs = load_model(tmp_path / "whole/checkpoints/step-00000008").state_dict()
@@ -309,7 +309,7 @@ def test_sharded_checkpoints_each_rank_writes_its_own_and_they_resume_anywhere(c
     # a shard that does not match its checksum: that step is skipped, the one before used
     victim = sorted((step8 / "shards").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:-8] + b"garbage!")
-    from seekmoe.train import latest_checkpoint
+    from seekmoe.train.loop import latest_checkpoint
 
     said = []
     assert latest_checkpoint(tmp_path / "sharded/checkpoints", said.append).name == "step-00000004"
@@ -317,7 +317,7 @@ def test_sharded_checkpoints_each_rank_writes_its_own_and_they_resume_anywhere(c
 
 
 def test_sharded_checkpoints_need_fsdp(corpus, tmp_path):
-    from seekmoe.train_config import TrainError
+    from seekmoe.train.config import TrainError
 
     with pytest.raises(TrainError, match="checkpoint_format 'sharded' needs parallel 'fsdp'"):
         config(corpus, tmp_path / "x", checkpoint_format="sharded")

@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # before any group exists, as seekmoe.distributed.init does (see there)
+import torch.distributed.nn  # before any group exists, as seekmoe.train.distributed.init does (see there)
 import torch.multiprocessing as mp
 
-from seekmoe.model import RoutedExperts
+from seekmoe.model.model import RoutedExperts
 from tests.test_distributed import HANG_S, free_port
 
 E, D, F, N, K = 4, 8, 12, 10, 2  # widths in multiples of 16 bytes, as grouped_mm needs
@@ -54,7 +54,7 @@ def worker(rank: int, port: int, only_second_half: bool, results) -> None:
     # gloo's default timeout is 30 minutes: a rank that is lost fails the other within HANG_S instead
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=HANG_S))
     try:
-        from seekmoe.expert_parallel import ParallelExperts
+        from seekmoe.train.expert_parallel import ParallelExperts
 
         experts = ParallelExperts(whole_experts(), rank, 2)
         x, idx, w = inputs(rank, only_second_half)

@@ -24,7 +24,7 @@ from seekmoe.export import (
     run_from_args,
 )
 from seekmoe.llm import DEFAULT_MODEL
-from seekmoe.tokenizer import SAMPLE_CHINESE, SAMPLE_ENGLISH, Tokenizer
+from seekmoe.text.tokenizer import SAMPLE_CHINESE, SAMPLE_ENGLISH, Tokenizer
 from tests.conftest import tiny_model_folder
 
 try:
@@ -107,7 +107,6 @@ def test_hf_export_keeps_bfloat16_and_drops_remote_code(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     model = load_model(folder, dtype="bfloat16")
     from seekmoe import save_model
-
     save_model(model, folder)  # config.json rewritten by save_model keeps auto_map in extra
     out = json.loads((export_hf(folder, tmp_path / "hf") / "config.json").read_text())
     assert out["torch_dtype"] == "bfloat16" and "auto_map" not in out
@@ -403,7 +402,7 @@ def test_failed_gguf_write_keeps_the_old_file_and_leaves_no_temporary(folders, t
 
 @needs_gguf
 def test_command_line(folders, tmp_path, capsys):
-    from seekmoe.cli import CLIError
+    from seekmoe.errors import CLIError
 
     parser = argparse.ArgumentParser(prog="seekmoe export")
     add_arguments(parser)

@@ -8,11 +8,14 @@ import json
 import pytest
 import torch
 
-from seekmoe.checkpoint import load_model
-from seekmoe.finetune import finetune, merge_adapter
 from seekmoe.llm import DEFAULT_MODEL
-from seekmoe.lora import AdapterError, add_adapter, apply_adapter, lora_config, save_adapter
-from seekmoe.sft import (
+from seekmoe.model.checkpoint import load_model
+from seekmoe.model.lora import AdapterError, add_adapter, apply_adapter, lora_config, save_adapter
+from seekmoe.text.tokenizer import Tokenizer
+from seekmoe.train.config import FinetuneConfig, TrainError
+from seekmoe.train.finetune import finetune, merge_adapter
+from seekmoe.train.loop import _lm_loss
+from seekmoe.train.sft import (
     IGNORE,
     LoadReport,
     SFTData,
@@ -23,9 +26,6 @@ from seekmoe.sft import (
     read_conversations,
     tokenize_conversation,
 )
-from seekmoe.tokenizer import Tokenizer
-from seekmoe.train import _lm_loss
-from seekmoe.train_config import FinetuneConfig, TrainError
 from tests.conftest import assert_usage_error, run_cli, tiny_model, tiny_model_folder
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -269,7 +269,7 @@ def test_lora_run_writes_an_adapter_that_merges_to_what_it_trained(tmp_path):
     merged_model = load_model(merged)
     assert not torch.allclose(merged_model(x), base(x), atol=1e-4)  # the run changed something
     # the latest checkpoint holds the same adapter: resuming from it restores exactly what was trained
-    from seekmoe.train import latest_checkpoint
+    from seekmoe.train.loop import latest_checkpoint
 
     ckpt = latest_checkpoint(out / "checkpoints")
     torch.testing.assert_close(apply_adapter(load_model(tmp_path / "base"), ckpt)(x), merged_model(x))

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from seekmoe.llm import DEFAULT_MODEL, LLM
-from seekmoe.media import MediaLimits
+from seekmoe.multimodal.media import MediaLimits
 from tests.conftest import assert_usage_error, run_cli, tiny_multimodal_folder
 from tests.test_multimodal import png, wav
 

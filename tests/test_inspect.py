@@ -1,4 +1,4 @@
-"""seekmoe.inspect: parameter counts, layout and KV-cache bytes from a config alone."""
+"""seekmoe.model.inspect: parameter counts, layout and KV-cache bytes from a config alone."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import seekmoe.inspect as inspect_mod
-from seekmoe.config import ModelConfig
-from seekmoe.inspect import binary_bytes, format_report, human, inspect_config, layer_layout
+import seekmoe.model.inspect as inspect_mod
+from seekmoe.model.config import ModelConfig
+from seekmoe.model.inspect import binary_bytes, format_report, human, inspect_config, layer_layout
 from tests.conftest import run_cli
 
 # Published (total, active) parameter counts: DeepSeek-V2 paper (V2, V2-Lite), DeepSeek-V3 report.
@@ -121,7 +121,7 @@ def test_q_lora_rank_changes_attention_as_the_shapes_say():
 
 def test_counts_match_the_model():
     """The real model's stored tensors, so the shapes above are the model's and not only ours."""
-    from seekmoe.model import CausalLM
+    from seekmoe.model.model import CausalLM
 
     for overrides in ({}, {"q_lora_rank": None, "tie_word_embeddings": True}):
         cfg = tiny(**overrides)

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 import torch
 
-from seekmoe.engine import kernels
-from seekmoe.engine.quant import int8_linear, quantize_rows
+from seekmoe.model import kernels
+from seekmoe.model.quant import int8_linear, quantize_rows
 
 gemv = kernels.int8_gemv()
 needs_gemv = pytest.mark.skipif(gemv is None, reason="the kernel cannot be built here (no C compiler or no AVX2)")
@@ -200,7 +200,7 @@ def test_one_token_through_float32_experts_equals_the_swiglus():
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_decode_tokens_through_laid_out_experts_equal_the_model(tokens):
     from seekmoe.engine import layout
-    from seekmoe.model import few_tokens
+    from seekmoe.model.model import few_tokens
     from tests.conftest import tiny_model
 
     moe = tiny_model().model.layers[1].mlp

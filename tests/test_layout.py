@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from seekmoe.engine import layout
-from seekmoe.engine.quant import quantize_int8
 from seekmoe.engine.runner import rope_matrices
-from seekmoe.model import MoE, RotaryEmbedding, apply_rope, few_tokens
+from seekmoe.model.model import MoE, RotaryEmbedding, apply_rope, few_tokens
+from seekmoe.model.quant import quantize_int8
 from tests.conftest import tiny_config, tiny_model
 
 IDS = torch.randint(0, 97, (3, 13), generator=torch.Generator().manual_seed(0))

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from seekmoe.media import (
+from seekmoe.multimodal.media import (
     SAMPLE_RATE,
     MediaError,
     MediaLimits,
@@ -162,7 +162,7 @@ def test_flac_and_many_channels():
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_espeak_wav_with_placeholder_header_sizes():
-    from seekmoe.speech import synthesize
+    from seekmoe.multimodal.speech import synthesize
 
     data = synthesize("seven")
     assert data[36:40] == b"data"  # a plain 44-byte header

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import seekmoe.mm_data as mm
-from seekmoe.mm_data import (
+import seekmoe.multimodal.data as mm
+from seekmoe.multimodal.data import (
     DIGIT_NAMES,
     FASHION_CLASSES,
     PHRASES,

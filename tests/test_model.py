@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seekmoe.model import MoE, Routing, capacity_mask
+from seekmoe.model.model import MoE, Routing, capacity_mask
 from tests.conftest import tiny_model
 
 
@@ -38,9 +38,9 @@ ROUTERS = {
 @pytest.mark.parametrize("grouped_mm", [True, False], ids=["grouped-gemm", "loop"])
 @pytest.mark.parametrize("name", list(ROUTERS))
 def test_grouped_dispatch_equals_dense_reference(name, grouped_mm, monkeypatch):
-    import seekmoe.model
+    import seekmoe.model.model
 
-    monkeypatch.setattr(seekmoe.model, "_HAS_GROUPED_MM", grouped_mm and seekmoe.model._HAS_GROUPED_MM)
+    monkeypatch.setattr(seekmoe.model.model, "_HAS_GROUPED_MM", grouped_mm and seekmoe.model.model._HAS_GROUPED_MM)
     model = tiny_model(**ROUTERS[name])
     moe = model.model.layers[1].mlp
     assert isinstance(moe, MoE)
@@ -96,9 +96,9 @@ def test_group_limited_routing_stays_in_chosen_groups():
 @pytest.mark.parametrize("grouped_mm", [True, False], ids=["grouped-gemm", "loop"])
 def test_idle_experts_are_never_computed(grouped_mm, monkeypatch):
     """Poison one expert with NaN and make sure no token routes to it: the output stays finite."""
-    import seekmoe.model
+    import seekmoe.model.model
 
-    monkeypatch.setattr(seekmoe.model, "_HAS_GROUPED_MM", grouped_mm and seekmoe.model._HAS_GROUPED_MM)
+    monkeypatch.setattr(seekmoe.model.model, "_HAS_GROUPED_MM", grouped_mm and seekmoe.model.model._HAS_GROUPED_MM)
     model = tiny_model(topk_method="noaux_tc", scoring_func="sigmoid", n_group=1, topk_group=1)
     moe = model.model.layers[1].mlp
     with torch.no_grad():
@@ -177,9 +177,9 @@ def test_token_dropping_matches_reference_and_reports_what_it_kept():
 
 @pytest.mark.parametrize("grouped_mm", [True, False], ids=["grouped-gemm", "loop"])
 def test_expert_gradients_match_the_reference(grouped_mm, monkeypatch):
-    import seekmoe.model
+    import seekmoe.model.model
 
-    monkeypatch.setattr(seekmoe.model, "_HAS_GROUPED_MM", grouped_mm and seekmoe.model._HAS_GROUPED_MM)
+    monkeypatch.setattr(seekmoe.model.model, "_HAS_GROUPED_MM", grouped_mm and seekmoe.model.model._HAS_GROUPED_MM)
     model = tiny_model()
     moe = model.model.layers[1].mlp
     x = torch.randn(2, 9, model.config.hidden_size, generator=torch.Generator().manual_seed(0))

@@ -11,13 +11,13 @@ import soundfile
 import torch
 from PIL import Image
 
-from seekmoe.checkpoint import CheckpointError, load_model
 from seekmoe.engine.cache import BlockTable
 from seekmoe.engine.engine import Engine, PromptEmbeds
 from seekmoe.engine.sampling import SamplingParams
 from seekmoe.llm import LLM
-from seekmoe.media import MediaError
-from seekmoe.multimodal import (
+from seekmoe.model.checkpoint import CheckpointError, load_model
+from seekmoe.multimodal.media import MediaError
+from seekmoe.multimodal.model import (
     AUDIO_TOKEN,
     IMAGE_TOKEN,
     WEIGHTS_FILE,
@@ -73,7 +73,7 @@ def test_encoder_shapes(llm):
 
 
 def test_placeholders_expand_to_one_token_a_row_and_must_pair_with_the_media(llm):
-    from seekmoe.media_parts import split_media
+    from seekmoe.multimodal.parts import split_media
 
     cfg = llm.encoders.config
     messages, media = split_media([*ask("image", png()), {"role": "assistant", "content": "ok"},
@@ -247,7 +247,7 @@ def test_damaged_encoder_weights_are_refused(mm_folder, tmp_path):
 def test_a_batch_trains_the_encoders_through_the_frozen_model(mm_folder):
     mm = load_multimodal(mm_folder)
     mm.lm.requires_grad_(False)
-    from seekmoe.media_parts import split_media
+    from seekmoe.multimodal.parts import split_media
 
     _, media = split_media(ask("image", png()) + ask("audio", wav(0.5)), mm.encoders.config)
     n_audio = audio_rows(media[1].data.shape[0])
@@ -275,7 +275,7 @@ def write_set(folder, name: str, split: str, kind: str, items: list[tuple[bytes,
 
 
 def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
-    from seekmoe.mm_train import Settings, train
+    from seekmoe.train.multimodal import Settings, train
 
     base = tiny_model_folder(tmp_path / "base", max_position_embeddings=256)
     data = tmp_path / "data"
@@ -311,8 +311,8 @@ def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
 
 
 def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, mm_folder, capsys):
-    mm_data = pytest.importorskip("seekmoe.mm_data")
-    from seekmoe.mm_eval import evaluate
+    mm_data = pytest.importorskip("seekmoe.multimodal.data")
+    from seekmoe.cli.eval_multimodal import evaluate
 
     try:
         mm_data.build(tmp_path / "data", sizes=mm_data.SMALL_SIZES, progress=False)
@@ -331,7 +331,7 @@ def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, 
         assert result["loads"][modality].shape == (moe_layers, 8)
     image_tokens = 4 * sum(n for key, n in asked.items() if key.split("/")[0] in ("digits", "mnist", "fashion_mnist"))
     assert (result["loads"]["image"].sum(1) == image_tokens * k).all()
-    from seekmoe.cli import main
+    from seekmoe.cli.main import main
 
     plot = tmp_path / "load.png"
     assert main(["eval-multimodal", str(mm_folder), "--data", str(tmp_path / "data"), "--plot", str(plot),

@@ -8,8 +8,8 @@ import openai
 import pytest
 import requests
 
+from seekmoe.cli.serve import load_llm
 from seekmoe.llm import LLM
-from seekmoe.server.cli import load_llm
 from seekmoe.server.config import ServeConfig
 from tests.conftest import running_server, tiny_model_folder, tiny_multimodal_folder
 from tests.test_multimodal import png, wav

@@ -11,11 +11,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import seekmoe.engine.quant as quant
+import seekmoe.model.quant as quant
 from seekmoe import CheckpointError, load_model, save_model
-from seekmoe.checkpoint import INDEX_FILE, SINGLE_FILE
-from seekmoe.engine.quant import Int8Linear, Int8RoutedExperts, quantize_int8, save_quantized
-from seekmoe.model import MLA, Gate, RMSNorm, RoutedExperts
+from seekmoe.model.model import MLA, Gate, RMSNorm, RoutedExperts
+from seekmoe.model.quant import Int8Linear, Int8RoutedExperts, quantize_int8, save_quantized
+from seekmoe.model.weights import INDEX_FILE, SINGLE_FILE
 from tests.conftest import tiny_model
 
 IDS = torch.randint(0, 97, (4, 9), generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from seekmoe.engine.cache import BlockTable, salt_hash
-from seekmoe.llm import DEFAULT_MODEL, LLM
+from seekmoe.llm import LLM
+from seekmoe.model.checkpoint import DEFAULT_MODEL
 from seekmoe.server.config import ServeConfig
 from tests.conftest import running_server
 

@@ -13,8 +13,9 @@ import time
 import pytest
 import requests
 
-from seekmoe.cli import CLIError, build_parser
-from seekmoe.server.cli import config_from_args, parse_size
+from seekmoe.cli.main import build_parser
+from seekmoe.cli.serve import config_from_args, parse_size
+from seekmoe.errors import CLIError
 from tests.conftest import assert_usage_error, run_cli, tiny_model_folder
 
 

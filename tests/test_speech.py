@@ -1,4 +1,5 @@
-"""Speech out: seekmoe.speech with the real espeak-ng, and POST /v1/audio/speech through the openai package."""
+"""Speech out: seekmoe.multimodal.speech with the real espeak-ng, and
+POST /v1/audio/speech through the openai package."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import pytest
 import requests
 import soundfile as sf
 
-from seekmoe import speech
+from seekmoe.multimodal import speech
+from seekmoe.multimodal.speech import SpeechError, SpeechUnavailable, speak, synthesize, voice_of, words_per_minute
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.schemas import SpeechRequest
-from seekmoe.speech import SpeechError, SpeechUnavailable, speak, synthesize, voice_of, words_per_minute
 from tests.conftest import running_server
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="no espeak-ng (apt-get install espeak-ng)")
@@ -202,7 +203,7 @@ def test_without_soxr_pcm_says_so(url, monkeypatch):
     assert say(url, input="Hello").status_code == 200  # wav needs no soxr
 
 
-# ---- seekmoe.speech ------------------------------------------------------------------------------------------------
+# ---- seekmoe.multimodal.speech ---------------------------------------------------------------------------------------
 
 def test_synthesize(monkeypatch):
     en = synthesize("Hello world")

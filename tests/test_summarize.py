@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from seekmoe.summarize import (
+from seekmoe.text.summarize import (
     MAP_PROMPTS,
     MAX_RANK_SENTENCES,
     STYLES,
@@ -40,8 +40,8 @@ MIN_CHARS = 100_000
 
 @pytest.fixture(scope="module")
 def tok():
-    from seekmoe.llm import DEFAULT_MODEL
-    from seekmoe.tokenizer import Tokenizer
+    from seekmoe.model.checkpoint import DEFAULT_MODEL
+    from seekmoe.text.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(DEFAULT_MODEL)
 
@@ -218,7 +218,7 @@ def test_runs_of_punctuation_take_linear_time():
     # 3 minutes, and this whole test well over 10; linear code does all of it in a few seconds. So a generous timeout
     # on a child process (killed wherever it is stuck) tells them apart, and nothing is timed.
     code = textwrap.dedent(f"""
-        from seekmoe.summarize import approx_tokens, extractive_summary, split_sections, split_text
+        from seekmoe.text.summarize import approx_tokens, extractive_summary, split_sections, split_text
         for run in {RUNS!r}:
             body = run * ({RUN_CHARS} // len(run))
             for text in ("a." + body + "x", body + "x. y"):  # after a word, and at the start of a line
@@ -463,7 +463,7 @@ class FakeLLM:
 
 
 def _cli(argv: list[str], tok, opened: list | None = None):
-    from seekmoe.summarize_cli import add_arguments, run_from_args
+    from seekmoe.cli.summarize import add_arguments, run_from_args
 
     parser = argparse.ArgumentParser(prog="seekmoe summarize")
     add_arguments(parser)
@@ -478,7 +478,7 @@ def _cli(argv: list[str], tok, opened: list | None = None):
 
 
 def test_cli_every_flag_has_help():
-    from seekmoe.summarize_cli import add_arguments
+    from seekmoe.cli.summarize import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -508,7 +508,7 @@ def test_cli_stdin(monkeypatch, tok, count, capsys):
 
 
 def test_cli_errors(tmp_path, tok, monkeypatch):
-    from seekmoe.cli import CLIError
+    from seekmoe.errors import CLIError
 
     with pytest.raises(CLIError, match=r"missing\.txt: no such file"):
         _cli([str(tmp_path / "missing.txt")], tok)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seekmoe.text_stream import TextStream
-from seekmoe.tokenizer import Tokenizer, byte_alphabet
+from seekmoe.text.stream import TextStream
+from seekmoe.text.tokenizer import Tokenizer, byte_alphabet
 
 TINY = Path(__file__).resolve().parents[1] / "seekmoe" / "models" / "seekmoe-tiny"
 CORPUS = Path(__file__).parent / "data" / "corpus_sample"

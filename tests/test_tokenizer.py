@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seekmoe.tokenizer import (
+from seekmoe.text.tokenizer import (
     BOS,
     EOS,
     LONG_TEXT,

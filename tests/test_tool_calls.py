@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from seekmoe.tool_calls import (
+from seekmoe.text.tool_calls import (
     CALL_BEGIN,
     CALL_END,
     CALLS_BEGIN,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seekmoe.train import TrainConfig, TrainError, latest_checkpoint, lr_at, train
+from seekmoe.train.loop import TrainConfig, TrainError, latest_checkpoint, lr_at, train
 from tests.conftest import TRAIN_MODEL as MODEL
 
 
@@ -46,7 +46,6 @@ def test_a_short_run_logs_plots_and_checkpoints(corpus, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
     # the checkpoint is an ordinary model folder
     from seekmoe import load_model
-
     model = load_model(run / "checkpoints" / "step-00000012")
     assert model(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 512)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from seekmoe.config import ModelConfig
+from seekmoe.model.config import ModelConfig
 
 
 class CacheError(ValueError):

@@ -18,7 +18,7 @@ import torch
 from seekmoe.engine.cache import BlockTable, LatentCache, salt_hash
 from seekmoe.engine.runner import ModelRunner, Segment
 from seekmoe.engine.sampling import SamplingParams, SeqSampler, sample
-from seekmoe.model import CausalLM
+from seekmoe.model.model import CausalLM
 
 SMALL_STEP_TOKENS = 16  # steps of at most this many tokens (decoding) run on one intra-op thread
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seekmoe.engine import kernels
-from seekmoe.engine.quant import Int8Linear, Int8RoutedExperts, int8_linear
-from seekmoe.model import MLA, MLP, CausalLM, MoE, RoutedExperts
+from seekmoe.model import kernels
+from seekmoe.model.model import MLA, MLP, CausalLM, MoE, RoutedExperts
+from seekmoe.model.quant import Int8Linear, Int8RoutedExperts, int8_linear
 
 _FIRST, _WHOLE = torch.zeros(1, dtype=torch.long), torch.ones(1)  # expert 0 with weight 1: a plain SwiGLU
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
-from seekmoe.model import MLA, CausalLM, MoE, apply_rope, few_tokens
+from seekmoe.model.model import MLA, CausalLM, MoE, apply_rope, few_tokens
 
 ROPE_MATRIX_TOKENS = 16
 

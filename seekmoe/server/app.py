@@ -27,11 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekmoe import __version__
 from seekmoe.llm import LLM
+from seekmoe.multimodal.speech import FORMATS, SpeechError, SpeechUnavailable, speak
 from seekmoe.server import schemas as s
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_body, on_thread
-from seekmoe.speech import FORMATS, SpeechError, SpeechUnavailable, speak
 
 log = logging.getLogger("seekmoe.server")
 

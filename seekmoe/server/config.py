@@ -88,7 +88,7 @@ class ServeConfig:
                                    "to serve without them")
 
     def media_limits(self):
-        from seekmoe.media import MediaLimits
+        from seekmoe.multimodal.media import MediaLimits
 
         return MediaLimits(max_image_bytes=self.max_media_bytes, max_image_pixels=self.max_image_pixels,
                            max_audio_bytes=self.max_media_bytes, max_audio_seconds=self.max_audio_seconds,

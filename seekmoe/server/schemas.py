@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from seekmoe import speech
 from seekmoe.engine.sampling import MAX_LOGPROBS, MAX_N, MAX_SEED
+from seekmoe.multimodal import speech
 
 
 class Request(BaseModel):
@@ -294,7 +294,8 @@ _LANGUAGE, _VOICE = "|".join(speech.LANGUAGES), "|".join([*speech.VOICES, *speec
 
 
 class SpeechRequest(Request):
-    """Spoken by espeak-ng: the schema documents the values, seekmoe.speech checks them (its messages everywhere)."""
+    """Spoken by espeak-ng: the schema documents the values, seekmoe.multimodal.speech checks them (its
+    messages everywhere)."""
 
     model: str | None = Field(None, description="accepted and ignored (tts-1, gpt-4o-mini-tts...): espeak-ng speaks")
     input: str = Field(description="the text; with Chinese characters it is spoken in Mandarin, else in English",

@@ -236,7 +236,7 @@ class Serving:
     async def summarize(self, body: s.SummarizeRequest) -> s.SummarizeResponse:
         """A summary within max_length tokens; long documents go map-reduce over the engine, on a summary thread that
         stops when the client leaves."""
-        from seekmoe.summarize import SummaryError
+        from seekmoe.text.summarize import SummaryError
 
         self._check_model(body.model)
         limit = self.config.max_summary_chars
@@ -322,7 +322,7 @@ class Serving:
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None):
         """LLM.chat_prompt's (prompt ids, forced opening, media rows or None) of a conversation, rendered off the
         event loop when it is long, has media or offers tools; bad messages or media are 4xx."""
-        from seekmoe.media import MediaError
+        from seekmoe.multimodal.media import MediaError
 
         self._check_chars(text_chars(messages), "messages")
         size = text_length(messages) if tools is None else LONG_TEXT + 1

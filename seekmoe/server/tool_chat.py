@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from seekmoe.server import schemas as s
-from seekmoe.tool_calls import MARKERS, ToolCall, ToolCallStream, check_tool_choice, tool_names
+from seekmoe.text.tool_calls import MARKERS, ToolCall, ToolCallStream, check_tool_choice, tool_names
 
 MAX_ROUNDS = 4  # server-run tool rounds per request; then the model's answer is returned as it is
 

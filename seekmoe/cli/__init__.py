@@ -1,0 +1,1 @@
+"""The `seekmoe` command: one module per group of subcommands."""

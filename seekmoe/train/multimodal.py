@@ -1,0 +1,222 @@
+"""`seekmoe train-multimodal`: teach a chat model to see and hear, in two stages.
+
+Stage 1 trains the new encoders and projectors with the language model frozen (its routing bias too), so the
+encoders learn to speak the embedding language the model already reads. Stage 2 fine-tunes everything together
+at a lower rate, the loss-free routing bias moving again. Both run train.run, the pretraining loop: the same
+progress bar, metrics.jsonl, plots, atomic checkpoints and exact resume, in OUT/stage1 and OUT/stage2; the result
+is OUT/model, a model folder (language model, multimodal.safetensors, tokenizer) that `seekmoe serve` serves.
+
+Examples are the chat records `seekmoe data multimodal` writes: the loss is on the assistant's answer only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from seekmoe.model.checkpoint import load_model
+from seekmoe.multimodal.data import SETS
+from seekmoe.multimodal.media import MediaError, MediaLimits
+from seekmoe.multimodal.model import (
+    AUDIO_TOKEN,
+    IMAGE_TOKEN,
+    Media,
+    MultimodalBatch,
+    MultimodalConfig,
+    MultimodalLM,
+    attach,
+    load_encoder_weights,
+    repeats,
+    save_into,
+    save_multimodal,
+)
+from seekmoe.multimodal.parts import split_media
+from seekmoe.text.tokenizer import Tokenizer
+from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
+from seekmoe.train.loop import Trainee, latest_checkpoint, run
+from seekmoe.train.sft import IGNORE, EpochOrder, tokenize_conversation
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+@dataclass
+class Example:
+    ids: np.ndarray  # (T,) int64, placeholders expanded
+    mask: np.ndarray  # (T,) bool: carries loss
+    media: list[Media]
+
+
+def load_examples(folder: Path, split: str, tok: Tokenizer, cfg: MultimodalConfig, sets: tuple[str, ...],
+                  max_tokens: int, progress: bool = True) -> list[Example]:
+    """Every record of the sets' split, tokenised and its media decoded; longer than max_tokens ones are dropped."""
+    records = []
+    for name in sets:
+        file = folder / f"{name}.{split}.jsonl"
+        if not file.is_file():
+            raise TrainError(f"{file}: missing (write the data with `seekmoe data multimodal --out {folder}`)")
+        with open(file, encoding="utf-8") as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    out, limits = [], MediaLimits()
+    for rec in tqdm(records, desc=f"reading {split}", disable=not progress, unit="ex"):
+        try:
+            messages, media = split_media(rec["messages"], cfg, limits, base=folder)
+        except MediaError as e:
+            raise TrainError(f"{folder}: {e}") from None
+        ids, mask = tokenize_conversation(tok, messages)
+        reps = repeats(ids, media, cfg)
+        if sum(reps) <= max_tokens:
+            out.append(Example(np.repeat(np.array(ids, np.int64), reps), np.repeat(np.array(mask), reps), media))
+    return out
+
+
+class MultimodalData:
+    """batch(i) is a pure function of i (exact resume): rows reshuffled each epoch, padded to the batch's longest."""
+
+    def __init__(self, examples: list[Example], vocab_size: int, pad_id: int, shuffle: bool = True, seed: int = 0):
+        if not examples:
+            raise TrainError("no multimodal example to train on")
+        self.examples, self.vocab_size, self.pad_id = examples, vocab_size, pad_id
+        self.shuffle = shuffle
+        self._row = EpochOrder(len(examples), shuffle, seed)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batch(self, step: int, batch_size: int, seq_len: int):
+        first = step * batch_size
+        if not self.shuffle and first < len(self) < first + batch_size:
+            batch_size = len(self) - first  # the last evaluation batch: every example once
+        rows = [self.examples[self._row(first + j)] for j in range(batch_size)]
+        t = max(len(r.ids) for r in rows)
+        tokens = np.full((len(rows), t), self.pad_id, np.int64)
+        mask = np.zeros((len(rows), t), bool)
+        for j, r in enumerate(rows):
+            tokens[j, :len(r.ids)], mask[j, :len(r.ids)] = r.ids, r.mask
+        target = np.where(mask[:, 1:], tokens[:, 1:], IGNORE)
+        # a placeholder is never the last token of an example, so dropping the last column keeps every medium
+        batch = MultimodalBatch(torch.from_numpy(tokens[:, :-1].copy()), [m for r in rows for m in r.media])
+        return batch, torch.from_numpy(target)
+
+    def eval_steps(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+
+def trainee(model: MultimodalLM, stage: int) -> Trainee:
+    """Stage 1: the encoders only; stage 2: everything. Checkpoints are whole model folders either way."""
+    model.lm.requires_grad_(stage == 2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Trainee(model, params, lambda path: save_into(model, path), lambda path: load_encoder_weights(model, path))
+
+
+@dataclass
+class Settings:
+    model: str | None = None  # a chat model folder; None: the bundled one
+    data: str = "data/mm"
+    out: str = "runs/mm"
+    sets: tuple[str, ...] = SETS
+    stage1_steps: int = 400
+    stage2_steps: int = 2400
+    batch_size: int = 32
+    max_tokens: int = 256
+    lr1: float = 2e-3
+    lr2: float = 6e-4
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 200
+    seed: int = 0
+    encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids
+
+
+def stage_config(s: Settings, stage: int) -> TrainConfig:
+    steps = s.stage1_steps if stage == 1 else s.stage2_steps
+    return TrainConfig(
+        model=s.model or "", data=s.data, out=str(Path(s.out) / f"stage{stage}"), steps=steps,
+        batch_size=s.batch_size, seq_len=s.max_tokens, lr=s.lr1 if stage == 1 else s.lr2,
+        min_lr=(s.lr1 if stage == 1 else s.lr2) / 10, warmup_steps=min(20, steps // 10), weight_decay=0.0,
+        log_every=10, eval_every=s.eval_every, eval_batches=s.eval_batches, save_every=s.save_every,
+        keep_checkpoints=2, seed=s.seed,
+        # stage 1 leaves the language model exactly as it was, routing bias included
+        balance=BalanceConfig(mode="none" if stage == 1 else "auto"))
+
+
+def train(s: Settings, progress: bool = True, log=print) -> Path:
+    from seekmoe.model.checkpoint import DEFAULT_MODEL
+
+    base = Path(s.model) if s.model else DEFAULT_MODEL
+    tok = Tokenizer.from_pretrained(base)
+    lm = load_model(base)
+    ids = {name: tok.encode(token) for name, token in (("image", IMAGE_TOKEN), ("audio", AUDIO_TOKEN))}
+    if any(len(v) != 1 for v in ids.values()):
+        raise TrainError(f"{base}: the tokenizer has no single-token {IMAGE_TOKEN} / {AUDIO_TOKEN}")
+    cfg = MultimodalConfig(image_token_id=ids["image"][0], audio_token_id=ids["audio"][0], **s.encoder)
+    torch.manual_seed(s.seed)
+    model = attach(lm, cfg, s.seed)
+    folder = Path(s.data)
+    train_data = MultimodalData(load_examples(folder, "train", tok, cfg, s.sets, s.max_tokens, progress),
+                                tok.vocab_size, tok.pad_id, seed=s.seed)
+    # shuffled once, with its own seed: eval_batches batches then sample every set, not the first file's head
+    val_data = MultimodalData(load_examples(folder, "test", tok, cfg, s.sets, s.max_tokens, progress),
+                              tok.vocab_size, tok.pad_id, seed=s.seed + 1)
+    log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
+    for stage in (1, 2):
+        cfg_s = stage_config(s, stage)
+        t = trainee(model, stage)
+        if stage == 2 and latest_checkpoint(Path(cfg_s.out) / "checkpoints", log) is None:
+            last = latest_checkpoint(out / "stage1" / "checkpoints", log)
+            if last is not None:
+                t.load(last)  # stage 2 starts where stage 1 ended
+        log(f"seekmoe: stage {stage} ({'encoders, language model frozen' if stage == 1 else 'everything'}), "
+            f"{cfg_s.steps} steps")
+        run(cfg_s, t, train_data, val_data, progress)
+    files = {name: (base / name).read_bytes() for name in TOKENIZER_FILES if (base / name).is_file()}
+    final = save_multimodal(model, out / "model", files)
+    log(f"seekmoe: wrote {final}")
+    return final
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = Settings()
+    p.add_argument("--model", help="the chat model to extend (default: the bundled seekmoe-tiny-chat)")
+    p.add_argument("--data", default=d.data, help=f"folder written by `seekmoe data multimodal` (default {d.data})")
+    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out}); an interrupted run resumes")
+    p.add_argument("--sets", default=",".join(d.sets), help="comma list of the sets to train on")
+    for name in ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches",
+                 "save_every", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), metavar="N",
+                       help=f"default {getattr(d, name)}")
+    p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
+    p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    sets = tuple(x.strip() for x in args.sets.split(",") if x.strip())
+    unknown = sorted(set(sets) - set(SETS))
+    if unknown or not sets:
+        print(f"seekmoe: error: --sets: unknown set {unknown[0] if unknown else '(none)'}; known: "
+              f"{', '.join(SETS)}", file=sys.stderr)
+        return 2
+    s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2,
+                 **{k: getattr(args, k) for k in ("stage1_steps", "stage2_steps", "batch_size", "max_tokens",
+                                                  "eval_every", "eval_batches", "save_every", "seed")})
+    for name in ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches",
+                 "save_every"):
+        if getattr(s, name) < 1:
+            print(f"seekmoe: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        train(s, log=lambda m: print(m, file=sys.stderr))
+    except (TrainError, ValueError, OSError) as e:
+        print(f"seekmoe: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
