@@ -10,7 +10,9 @@ serve:
 test:
 	@bash scripts/setup.sh test
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 	OMP_NUM_THREADS=1 .venv/bin/pytest
 
 lint:
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports

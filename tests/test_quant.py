@@ -20,7 +20,7 @@ from tests.conftest import tiny_model
 
 IDS = torch.randint(0, 97, (4, 9), generator=torch.Generator().manual_seed(0))
 BF16_ULP = 2**-7  # relative spacing of bfloat16 numbers at the bottom of a binade
-needs_kernel = pytest.mark.skipif(not quant._HAS_INT8_KERNEL, reason="torch has no _weight_int8pack_mm")
+needs_kernel = pytest.mark.skipif(not quant.HAS_INT8_KERNEL, reason="torch has no _weight_int8pack_mm")
 
 
 def randn(*shape: int, seed: int = 0, std: float = 1.0) -> torch.Tensor:
@@ -76,7 +76,7 @@ def test_int8_linear_equals_the_dequantized_reference_on_the_float_path():
     # an input width the kernel cannot take (not a multiple of 16) uses the float path for one row too
     q12 = Int8Linear.from_linear(linear(12, 8))
     x12 = randn(1, 12, seed=2)
-    assert not quant._kernel_fits(x12, q12.weight)
+    assert not quant.kernel_fits(x12, q12.weight)
     torch.testing.assert_close(q12(x12), x12 @ dequantized(q12.weight, q12.weight_scale).T, rtol=0, atol=1e-5)
 
 
@@ -85,7 +85,7 @@ def test_int8_linear_kernel_path_rounds_only_to_bfloat16(monkeypatch):
     monkeypatch.setattr(quant.kernels, "MAX_ROWS", 0)  # torch's kernel, not seekmoe's float32 one (test_kernels.py)
     q = Int8Linear.from_linear(linear(64, 48))
     x = randn(3, 64, seed=1)
-    assert quant._kernel_fits(x, q.weight)
+    assert quant.kernel_fits(x, q.weight)
     # the kernel: bf16 activations, float32 accumulation, a bf16 product, then the float32 scale
     unscaled = (x.bfloat16().float() @ q.weight.float().T).bfloat16().float()
     torch.testing.assert_close(q(x), unscaled * q.weight_scale, rtol=BF16_ULP, atol=1e-6)

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from seekmoe.errors import SeekmoeError
 from seekmoe.model.config import ModelConfig
 
 
-class CacheError(ValueError):
+class CacheError(SeekmoeError, ValueError):
     """The cache cannot be built as asked (a budget too small for one block, an unknown dtype)."""
 
 

@@ -18,12 +18,13 @@ import torch
 from seekmoe.engine.cache import BlockTable, LatentCache, salt_hash
 from seekmoe.engine.runner import ModelRunner, Segment
 from seekmoe.engine.sampling import SamplingParams, SeqSampler, sample
+from seekmoe.errors import SeekmoeError
 from seekmoe.model.model import CausalLM
 
 SMALL_STEP_TOKENS = 16  # steps of at most this many tokens (decoding) run on one intra-op thread
 
 
-class EngineError(ValueError):
+class EngineError(SeekmoeError, ValueError):
     """A request the engine refuses: bad prompt, too long for the context or the cache, queue full."""
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from seekmoe.errors import SeekmoeError
+
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOP = 16
@@ -34,7 +36,7 @@ _REALS = {
 }
 
 
-class SamplingError(ValueError):
+class SamplingError(SeekmoeError, ValueError):
     """A sampling parameter, prompt or logits tensor has the wrong type, shape or value.
 
     `param` names the SamplingParams field at fault (the message starts with it), None for anything else, so

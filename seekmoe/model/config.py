@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seekmoe.errors import SeekmoeError
+
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 SCORING_FUNCS = ("softmax", "sigmoid")
 YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
@@ -25,7 +27,7 @@ _DERIVED_KEYS = {"rope_parameters", "architectures", "dtype", "num_key_value_hea
 MODEL_TYPE_DEFAULTS = {"deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}}
 
 
-class ConfigError(ValueError):
+class ConfigError(SeekmoeError, ValueError):
     """A config.json value is missing, has the wrong type, or contradicts another."""
 
 

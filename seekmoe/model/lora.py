@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from seekmoe.errors import SeekmoeError
 from seekmoe.model.model import CausalLM
 from seekmoe.model.weights import save_tensors
 
@@ -34,7 +35,7 @@ BIAS_FILE = "routing_bias.safetensors"
 BIAS_SUFFIX = "e_score_correction_bias"
 
 
-class AdapterError(ValueError):
+class AdapterError(SeekmoeError, ValueError):
     """An adapter that cannot be made, read or applied; the message names the file or setting."""
 
 

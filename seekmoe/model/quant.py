@@ -45,7 +45,7 @@ FLOAT_MODULES = ["model.embed_tokens", "model.layers.*.self_attn.kv_b_proj", "mo
 # the bf16 kernel's cost grows with the rows; past ~32 the shared dequantization wins (measured on an AVX-512 EPYC)
 KERNEL_MAX_ROWS = 32
 # without AVX2/AVX-512 torch runs the kernel's scalar loop, slower than dequantizing
-_HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm") and torch.backends.cpu.get_cpu_capability() in (
+HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm") and torch.backends.cpu.get_cpu_capability() in (
     "AVX2", "AVX512")
 _UNIT: dict[int, torch.Tensor] = {}  # bfloat16 ones per output width, the kernel's scales
 _EXPERT_SCALE = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)_scale$")
@@ -63,8 +63,8 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / safe.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scale
 
 
-def _kernel_fits(x_NI: torch.Tensor, q_OI: torch.Tensor) -> bool:
-    return (_HAS_INT8_KERNEL and x_NI.device.type == "cpu" and 0 < x_NI.shape[0] <= KERNEL_MAX_ROWS
+def kernel_fits(x_NI: torch.Tensor, q_OI: torch.Tensor) -> bool:
+    return (HAS_INT8_KERNEL and x_NI.device.type == "cpu" and 0 < x_NI.shape[0] <= KERNEL_MAX_ROWS
             and q_OI.shape[1] % 16 == 0 and q_OI.is_contiguous() and q_OI.data_ptr() % 16 == 0)
 
 
@@ -76,7 +76,7 @@ def int8_linear(x: torch.Tensor, q_OI: torch.Tensor, scale_O: torch.Tensor) -> t
             and (gemv := kernels.int8_gemv()) is not None):
         out = gemv(x_NI.contiguous(), q_OI, scale_O.float().contiguous())
         return out if x.dim() == 2 else out.view(*shape[:-1], q_OI.shape[0])  # decode's case: ~100 calls a token
-    if _kernel_fits(x_NI, q_OI):
+    if kernel_fits(x_NI, q_OI):
         xb = x_NI.to(torch.bfloat16).contiguous()
         if xb.data_ptr() % 64:
             xb = xb.clone()  # the kernel's aligned loads need an aligned row start

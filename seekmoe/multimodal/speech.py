@@ -22,6 +22,8 @@ import time
 import wave
 from collections.abc import Callable
 
+from seekmoe.errors import SeekmoeError
+
 MAX_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 # seconds of audio one request may produce: 4,096 characters of English at the slowest speed (80 words per minute)
 # take 600 s, a 26 MB WAV; Chinese takes longer, ~1,700 characters at 1.0
@@ -40,7 +42,7 @@ FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}  # response_format -> media t
 PCM_RATE = 24_000  # OpenAI's pcm: raw 16-bit little-endian mono samples at 24 kHz
 
 
-class SpeechError(ValueError):
+class SpeechError(SeekmoeError, ValueError):
     """Text, voice or settings espeak-ng cannot speak; `param` names the setting at fault (OpenAI's name)."""
 
     def __init__(self, message: str, param: str | None = None):
@@ -48,7 +50,7 @@ class SpeechError(ValueError):
         self.param = param
 
 
-class SpeechCancelled(Exception):
+class SpeechCancelled(SeekmoeError):
     """The caller stopped wanting the speech (a server's client left): espeak-ng was stopped."""
 
 

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 
+from seekmoe.errors import SeekmoeError
+
 ENTRY_POINT_GROUP = "seekmoe.plugins"
 MAX_RESULT_CHARS = 8_000  # a tool result goes back into the model's context; more would crowd out the conversation
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # OpenAI's rule for function names
@@ -50,7 +52,7 @@ DESCRIPTION = ("Plugins are tools a served model may call (seekmoe serve --tools
                "built in.")
 
 
-class PluginError(ValueError):
+class PluginError(SeekmoeError, ValueError):
     """A plugin that is malformed, unknown, or given arguments it cannot take."""
 
 
@@ -194,7 +196,7 @@ def _gib(n: int) -> str:
     return f"{n / (1 << 30):g} GiB"
 
 
-def _import_name(plugin: Plugin) -> str:
+def import_name(plugin: Plugin) -> str:
     """The name "module:qualname" a worker imports the plugin's run function by; PluginError if it has none."""
     run = plugin.run
     module, qualname = getattr(run, "__module__", None), getattr(run, "__qualname__", None)
@@ -300,7 +302,7 @@ def _worker_main(conn) -> None:
             return
 
 
-class _WorkerFailed(Exception):
+class WorkerFailed(Exception):
     """The worker could not start, died or sent something other than a reply; the message is for the model."""
 
 
@@ -320,7 +322,7 @@ def _exit_reason(process, cpu_seconds: float | None = None) -> str:
     return f"exit code {code}"
 
 
-class _Worker:
+class Worker:
     """One spawned process bound to one plugin; used by one call at a time."""
 
     def __init__(self, plugin: Plugin, name: str, start_timeout: float, memory_limit: int | None):
@@ -336,47 +338,47 @@ class _Worker:
         try:
             self.conn.send_bytes(json.dumps({"run": name, "memory_limit": memory_limit}).encode())
             if not self.conn.poll(start_timeout):
-                raise _WorkerFailed(f"plugin {self.name!r} did not start within {start_timeout:g} s")
+                raise WorkerFailed(f"plugin {self.name!r} did not start within {start_timeout:g} s")
         except (EOFError, OSError):
             self.stop()
-            raise _WorkerFailed(f"plugin {self.name!r} process died while starting "
+            raise WorkerFailed(f"plugin {self.name!r} process died while starting "
                                 f"({_exit_reason(self.process)})") from None
-        except _WorkerFailed:
+        except WorkerFailed:
             self.stop()
             raise
         ok, message = self._reply(" while starting")
         if not ok:
             self.stop()
-            raise _WorkerFailed(message)
+            raise WorkerFailed(message)
 
     def alive(self) -> bool:
         return self.process.is_alive() and not self.conn.closed
 
     def call(self, kwargs: dict, timeout: float, cpu_seconds: float) -> tuple[bool, str]:
-        """Run once; _WorkerFailed (after stopping the process) on a timeout, a dead process or a bad reply."""
+        """Run once; WorkerFailed (after stopping the process) on a timeout, a dead process or a bad reply."""
         try:
             self.conn.send_bytes(json.dumps({"arguments": kwargs, "cpu_seconds": cpu_seconds}).encode())
             if not self.conn.poll(timeout):
                 self.stop()
-                raise _WorkerFailed(f"plugin {self.name!r} did not finish within {timeout:g} s; its process was "
+                raise WorkerFailed(f"plugin {self.name!r} did not finish within {timeout:g} s; its process was "
                                     f"stopped")
         except (EOFError, OSError):
             self.stop()
-            raise _WorkerFailed(f"plugin {self.name!r} process died "
+            raise WorkerFailed(f"plugin {self.name!r} process died "
                                 f"({_exit_reason(self.process, cpu_seconds)})") from None
         return self._reply("", cpu_seconds)
 
     def _reply(self, when: str, cpu_seconds: float | None = None) -> tuple[bool, str]:
         """The worker's next message, read as JSON and never unpickled: whoever runs in the worker cannot run code
-        here. _WorkerFailed (after stopping the process) when it died or sent anything but a reply."""
+        here. WorkerFailed (after stopping the process) when it died or sent anything but a reply."""
         try:
             data = self.conn.recv_bytes(MAX_REPLY_BYTES)
         except (EOFError, OSError) as e:
             self.stop()
             if str(e) == "bad message length":  # what recv_bytes says of a message past maxlength
-                raise _WorkerFailed(f"plugin {self.name!r} process sent a reply longer than {MAX_REPLY_BYTES:,} "
+                raise WorkerFailed(f"plugin {self.name!r} process sent a reply longer than {MAX_REPLY_BYTES:,} "
                                     f"bytes{when}; its process was stopped") from None
-            raise _WorkerFailed(f"plugin {self.name!r} process died{when} "
+            raise WorkerFailed(f"plugin {self.name!r} process died{when} "
                                 f"({_exit_reason(self.process, cpu_seconds)})") from None
         try:
             reply = json.loads(data)
@@ -385,7 +387,7 @@ class _Worker:
         if not (isinstance(reply, dict) and isinstance(reply.get("ok"), bool)
                 and isinstance(reply.get("content"), str)):
             self.stop()
-            raise _WorkerFailed(f"plugin {self.name!r} process sent a reply that is not JSON of the form "
+            raise WorkerFailed(f"plugin {self.name!r} process sent a reply that is not JSON of the form "
                                 f"{{\"ok\": bool, \"content\": str}}{when}; its process was stopped")
         self.retired = reply.get("retire") is True
         content = reply["content"]  # capped by the worker, but trust nothing from it
@@ -413,11 +415,11 @@ class WorkerPool:
         if memory_limit is not None and not memory_limit > 0:
             raise ValueError(f"memory_limit must be > 0 bytes or None, got {memory_limit}")
         self.idle_per_plugin, self.start_timeout, self.memory_limit = idle_per_plugin, start_timeout, memory_limit
-        self._idle: dict[tuple[str, int], list[_Worker]] = {}
+        self._idle: dict[tuple[str, int], list[Worker]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def _take(self, plugin: Plugin, name: str) -> _Worker:
+    def _take(self, plugin: Plugin, name: str) -> Worker:
         with self._lock:
             idle = self._idle.get((plugin.name, id(plugin.run)), [])
             while idle:
@@ -425,9 +427,9 @@ class WorkerPool:
                 if worker.alive() and worker.run is plugin.run:
                     return worker
                 worker.stop()
-        return _Worker(plugin, name, self.start_timeout, self.memory_limit)
+        return Worker(plugin, name, self.start_timeout, self.memory_limit)
 
-    def _give_back(self, plugin: Plugin, worker: _Worker) -> None:
+    def _give_back(self, plugin: Plugin, worker: Worker) -> None:
         with self._lock:
             idle = self._idle.setdefault((plugin.name, id(plugin.run)), [])
             if not self._closed and not worker.retired and len(idle) < self.idle_per_plugin:
@@ -438,8 +440,8 @@ class WorkerPool:
     def warm(self, plugin: Plugin) -> None:
         """Start a worker now, so the first call does not wait for a process start and the plugin's imports."""
         try:
-            worker = _Worker(plugin, _import_name(plugin), self.start_timeout, self.memory_limit)
-        except (_WorkerFailed, PluginError) as e:
+            worker = Worker(plugin, import_name(plugin), self.start_timeout, self.memory_limit)
+        except (WorkerFailed, PluginError) as e:
             raise PluginError(f"cannot start a worker for plugin {plugin.name!r}: {e}") from None
         self._give_back(plugin, worker)
 
@@ -476,14 +478,14 @@ def call(plugin: Plugin, arguments: str | dict, timeout: float = 10.0, pool: Wor
     except PluginError as e:
         return result(False, str(e))
     try:
-        name = _import_name(plugin)
+        name = import_name(plugin)
     except PluginError as e:
         return result(False, str(e))
     try:
         worker = (pool._take(plugin, name) if pool is not None
-                  else _Worker(plugin, name, START_TIMEOUT, MEMORY_LIMIT))
+                  else Worker(plugin, name, START_TIMEOUT, MEMORY_LIMIT))
         ok, content = worker.call(kwargs, timeout, timeout + CPU_GRACE)
-    except _WorkerFailed as e:
+    except WorkerFailed as e:
         return result(False, str(e))
     if pool is not None:
         pool._give_back(plugin, worker)

@@ -26,6 +26,7 @@ import mpmath
 import sympy
 from sympy.integrals.manualintegrate import integral_steps
 
+from seekmoe.errors import SeekmoeError
 from seekmoe.plugins import Plugin
 
 MAX_CHARS = 2_000
@@ -40,7 +41,7 @@ MAX_FACTOR_DIGITS = 40  # integer factorisation beyond this may run for hours
 OPERATIONS = ("evaluate", "simplify", "expand", "factor", "solve", "diff", "integrate", "limit")
 
 
-class MathError(ValueError):
+class MathError(SeekmoeError, ValueError):
     """Input the math plugin refuses or cannot handle; the message says what and why."""
 
 

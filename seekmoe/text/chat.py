@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from functools import lru_cache
 
+from seekmoe.errors import SeekmoeError
+
 TOOLS_HEADER = (
     "## Tools\nYou can call these tools. To call one, write <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME"
     "<｜tool▁sep｜>ARGUMENTS AS JSON<｜tool▁call▁end｜><｜tool▁calls▁end｜>; its result comes back as a tool output."
@@ -69,7 +71,7 @@ MAX_MESSAGES = 10_000
 MAX_TOOLS = 128
 
 
-class ChatError(ValueError):
+class ChatError(SeekmoeError, ValueError):
     """Messages that cannot be rendered: wrong shape, unknown role, a template that fails."""
 
 

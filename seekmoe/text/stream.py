@@ -10,7 +10,7 @@ import operator
 from array import array
 from collections.abc import Sequence
 
-from seekmoe.text.tokenizer import Tokenizer, _utf8_to_str
+from seekmoe.text.tokenizer import Tokenizer, utf8_to_str
 
 # Second-byte range of a multi-byte UTF-8 lead byte, where it is narrower than 80..BF (Unicode's table of well-formed
 # sequences). ED is not here: decode lets surrogates (ED A0..BF xx) through, so ED takes all of 80..BF.
@@ -115,14 +115,14 @@ class TextStream:
         data = self._pending + data
         cut = len(data) - _incomplete_tail(data)
         self._pending = data[cut:]
-        return self._release(_utf8_to_str(data[:cut]) if cut else "", final=False)
+        return self._release(utf8_to_str(data[:cut]) if cut else "", final=False)
 
     def finish(self) -> str:
         """Generation ended (length, eos, cancel): return what was held; incomplete bytes become U+FFFD as in decode."""
         if self._stopped is not None or self._finished:
             return ""
         self._finished = True
-        tail, self._pending = _utf8_to_str(self._pending), b""
+        tail, self._pending = utf8_to_str(self._pending), b""
         return self._release(tail, final=True)
 
     @property

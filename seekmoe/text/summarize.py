@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from seekmoe.errors import SeekmoeError
+
 CountTokens = Callable[[str], int]
 Generate = Callable[[list[str], int], list[str]]
 Cancelled = Callable[[], bool]  # True once the summary is no longer wanted
@@ -85,11 +87,11 @@ _STOPWORDS = (
 STOPWORDS = frozenset(_STOPWORDS.split())
 
 
-class SummaryError(ValueError):
+class SummaryError(SeekmoeError, ValueError):
     """A bad argument to split_text, extractive_summary or summarize."""
 
 
-class SummaryCancelled(Exception):
+class SummaryCancelled(SeekmoeError):
     """summarize() or extractive_summary() stopped early because `cancelled()` said True.
 
     Not a SummaryError: nothing was wrong with the arguments (a server must not answer it with a 400)."""

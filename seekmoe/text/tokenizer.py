@@ -40,6 +40,7 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
+from seekmoe.errors import SeekmoeError
 from seekmoe.text.chat import DEFAULT_CHAT_TEMPLATE
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -83,7 +84,7 @@ _SURROGATES = re.compile("[\ud800-\udfff]+")
 _TEXT_CHUNK = 1 << 16  # characters per piece handed to the trainer; it buffers a few hundred pieces
 
 
-class TokenizerError(ValueError):
+class TokenizerError(SeekmoeError, ValueError):
     """A tokenizer folder, a corpus or a training setting that is wrong; the message names it."""
 
 
@@ -256,7 +257,7 @@ class Tokenizer:
             if piece is None:
                 raise ValueError(f"token id {i} is not in the vocabulary (0..{len(self._id_bytes) - 1})")
             parts.append(piece)
-        return _utf8_to_str(b"".join(parts))
+        return utf8_to_str(b"".join(parts))
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             tools: list[dict] | None = None, keep_special: Collection[str] = ()) -> list[int]:
@@ -304,7 +305,7 @@ def _encode(backend: Backend, text: str) -> list[int]:
     return backend.encode(text, add_special_tokens=False).ids
 
 
-def _utf8_to_str(data: bytes) -> str:
+def utf8_to_str(data: bytes) -> str:
     """UTF-8 with surrogates allowed; bytes that are not UTF-8 become U+FFFD, one per maximal bad run, like Rust."""
     parts, pos = [], 0
     while True:
