@@ -22,7 +22,17 @@ from seekmoe.engine.sampling import SamplingError, SamplingParams
 from seekmoe.model.checkpoint import DEFAULT_MODEL
 from seekmoe.text.stream import TextStream
 from seekmoe.text.tokenizer import Tokenizer
-from seekmoe.text.tool_calls import CALL_BEGIN, MARKERS, SEP, ToolCall, check_tool_choice, parse_tool_calls, tool_names
+from seekmoe.text.tool_calls import (
+    CALL_BEGIN,
+    MARKERS,
+    MAX_ROUNDS,
+    SEP,
+    ToolCall,
+    ToolLoop,
+    check_tool_choice,
+    parse_tool_calls,
+    tool_names,
+)
 
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
@@ -90,6 +100,17 @@ class Completion:
     @property
     def logprobs(self) -> list[TokenLogprob] | None:
         return self.choices[0].logprobs
+
+
+@dataclass
+class EngineStats:
+    """What the engine is doing (LLM.stats): for metrics and the expert-load heatmap."""
+
+    waiting: int  # sequences waiting for a place in the batch
+    running: int  # sequences in the running batch
+    cache_blocks: int  # KV-cache blocks in all
+    free_cache_blocks: int
+    expert_counts: dict[int, list[int]]  # MoE layer -> tokens routed to each of its routed experts since start
 
 
 class TextRequest:
@@ -239,6 +260,25 @@ class LLM:
         stream = self._loop.submit(prompt_token_ids, params, request_id, embeds, cache_salt)
         return TextRequest(self, stream, params, skip_special_tokens, keep_special_tokens)
 
+    # ---- what a server reads -------------------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> int:
+        """Tokens of prompt and output one sequence may hold."""
+        return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's token ids are [0, vocab_size)."""
+        return self.model.config.vocab_size
+
+    def stats(self) -> EngineStats:
+        """The engine's load now, read without its lock: each value one length or one copy, at worst a step old."""
+        engine = self.engine
+        return EngineStats(waiting=len(engine.waiting), running=len(engine.running),
+                           cache_blocks=engine.cache.num_blocks, free_cache_blocks=engine.cache.free_blocks,
+                           expert_counts={layer: c.tolist() for layer, c in list(engine.runner.expert_counts.items())})
+
     # ---- the friendly calls ---------------------------------------------------------------------------------
 
     def generate(self, prompts: str | list[str] | None = None, *, prompt_token_ids: list[int] | list[list[int]] |
@@ -365,25 +405,42 @@ class LLM:
                 choice.finish_reason = "tool_calls"
         return done
 
-    def chat_with_tools(self, messages: list[dict], plugins: dict, *, max_rounds: int = 4, timeout: float = 10.0,
-                        pool=None, **kwargs) -> tuple[Completion, list[dict]]:
+    def chat_with_tools(self, messages: list[dict], plugins: dict, *, max_rounds: int = MAX_ROUNDS,
+                        timeout: float = 10.0, pool=None, tool_choice: object = None,
+                        params: SamplingParams | None = None, **kwargs) -> tuple[Completion, list[dict]]:
         """Answer a conversation, running the plugins ({name: Plugin}) the model calls and feeding their results
-        back, up to max_rounds times: (the final Completion, what ran: [{"name", "arguments", "ok", "result"}])."""
+        back, up to max_rounds times: (the final Completion, what ran: [{"name", "arguments", "ok", "result"}]).
+        A tool_choice that forces a call forces the first round's only. The server runs the same ToolLoop."""
         from seekmoe.plugins import call, openai_tool
 
-        messages, trace = list(messages), []
-        tools = [openai_tool(p) for p in plugins.values()]
-        done = self.chat(messages, tools=tools, **kwargs)
-        for _ in range(max_rounds):
-            calls = done.choices[0].tool_calls
-            if not calls or any(c.name not in plugins for c in calls):
+        params = self.params(params, **kwargs)
+        loop = ToolLoop(list(messages), [openai_tool(p) for p in plugins.values()], plugins, tool_choice, params.n,
+                        max_rounds)
+        while True:
+            ids, forced, embeds = self.chat_prompt(loop.messages, loop.tools, loop.tool_choice)
+            keep = () if loop.tool_choice == "none" else MARKERS
+            req = self.submit(ids, params, keep_special_tokens=keep, embeds=embeds)
+            loop.begin(forced)
+            deltas = []
+            try:
+                for d in req:
+                    deltas.append(d)
+                    loop.feed(d)  # the events are for streaming; the choices are read from the loop below
+            except BaseException:
+                req.cancel()
+                raise
+            calls = loop.end_round()
+            if not calls:
                 break
-            messages.append({"role": "assistant", "content": done.text, "tool_calls": [c.to_openai() for c in calls]})
-            for c in calls:
-                result = call(plugins[c.name], c.arguments, timeout, pool)
-                messages.append({"role": "tool", "tool_call_id": c.id, "content": result.content})
-                trace.append({"name": c.name, "arguments": c.arguments, "ok": result.ok, "result": result.content})
-            done = self.chat(messages, tools=tools, **kwargs)
+            loop.add_results(calls, [call(loop.runnable[c.name], c.arguments, timeout, pool) for c in calls])
+        done = req.collect(deltas)
+        for end in loop.finish():
+            if end.kind == "end":
+                choice = done.choices[end.index]
+                choice.text, choice.tool_calls = loop.said[end.index], loop.calls[end.index]
+                choice.finish_reason = end.finish_reason
+        trace = [{"name": r.call.name, "arguments": r.call.arguments, "ok": r.ok, "result": r.result}
+                 for r in loop.trace]
         return done, trace
 
     def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
@@ -411,5 +468,5 @@ class LLM:
         self.close()
 
 
-__all__ = ["LLM", "Choice", "Completion", "Delta", "EngineError", "SamplingError", "SamplingParams", "TextRequest",
-           "TokenLogprob", "ToolCall", "Usage"]
+__all__ = ["LLM", "Choice", "Completion", "Delta", "EngineError", "EngineStats", "SamplingError", "SamplingParams",
+           "TextRequest", "TokenLogprob", "ToolCall", "Usage"]

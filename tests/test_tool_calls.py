@@ -14,6 +14,7 @@ from seekmoe.text.tool_calls import (
     CALLS_END,
     SEP,
     ToolCallStream,
+    ToolLoop,
     check_tool_choice,
     parse_tool_calls,
 )
@@ -101,6 +102,46 @@ def test_tool_choice():
         check_tool_choice("always", NAMES)
     with pytest.raises(ValueError, match="needs tools"):
         check_tool_choice("required", set())
+
+
+def test_tool_loop_runs_its_calls_then_answers_and_stops_at_max_rounds():
+    """The rounds without a model: deltas in, events out; calls it may run are held back and fed back."""
+    from types import SimpleNamespace
+
+    def delta(text, finish=None):
+        return SimpleNamespace(index=0, text=text, finish_reason=finish)
+
+    def result(content):
+        return SimpleNamespace(ok=True, content=content, seconds=0.01)
+
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    call = block(("get_weather", '{"city": "Oslo"}'))
+    loop = ToolLoop([{"role": "user", "content": "Weather?"}], tools, {"get_weather": "plugin"},
+                    tool_choice="required", max_rounds=1)
+    assert loop.tool_choice == "required"
+    loop.begin()
+    assert [e.kind for e in loop.feed(delta("Looking. " + call, "stop"))] == ["text"]  # the call is held
+    (ran,) = loop.end_round()
+    loop.add_results([ran], [result("sunny")])
+    assert [m["role"] for m in loop.messages] == ["user", "assistant", "tool"]
+    assert loop.messages[1]["content"] == "Looking. " and loop.messages[2]["content"] == "sunny"
+    assert loop.tool_choice == "auto"  # a forced call is forced once
+    loop.begin()
+    assert loop.feed(delta(call, "stop")) == []
+    assert loop.end_round() == []  # max_rounds reached: this answer is the last, its call goes to the client
+    assert [(e.kind, e.finish_reason) for e in loop.finish()] == [("call", None), ("end", "tool_calls")]
+    assert [(r.call.name, r.result) for r in loop.trace] == [("get_weather", "sunny")]
+
+
+def test_tool_loop_returns_calls_it_does_not_run_as_they_come():
+    from types import SimpleNamespace
+
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    loop = ToolLoop([], tools)
+    loop.begin()
+    events = loop.feed(SimpleNamespace(index=0, text=block(("get_weather", "{}")), finish_reason="stop"))
+    assert [e.kind for e in events] == ["call"] and loop.end_round() == []
+    assert [(e.kind, e.finish_reason) for e in loop.finish()] == [("end", "tool_calls")]
 
 
 # ---- a real (tiny, fine-tuned) model -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ MAX_STOP_CHARS = 1000
 MAX_SEED = 2**63
 
 # name: (low, high, low excluded); errors show the interval, e.g. (0, 2] for repetition_penalty
-_REALS = {
+RANGES = {
     "temperature": (0.0, 2.0, False),
     "top_p": (0.0, 1.0, True),
     "min_p": (0.0, 1.0, False),
@@ -77,7 +77,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         _require(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens", "an int >= 1", self.max_tokens)
-        for name, (lo, hi, lo_open) in _REALS.items():
+        for name, (lo, hi, lo_open) in RANGES.items():
             value = getattr(self, name)
             interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
             is_real = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -3,7 +3,8 @@
 It guards against remote URLs (the server fetches nothing), base64 strings too long to decode, formats outside a short
 list (each image/audio parser is attack surface), decompression bombs (pixel count and duration are checked from the
 header before any pixel or sample is decoded), channel counts and sample rates that would blow up memory or the
-resampler, and corrupt or truncated files. Every failure is a `MediaError` carrying the HTTP status to answer with.
+resampler, and corrupt or truncated files. Every failure is a `MediaError`; one over a limit is a `MediaTooLarge`.
+Which HTTP status each gets is the server's choice (seekmoe/server/errors.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import soxr
 import torch
 from PIL import Image
 
+from seekmoe.errors import SeekmoeError
+
 SAMPLE_RATE = 16000
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF")
 AUDIO_FORMATS = ("WAV", "FLAC")
@@ -28,12 +31,16 @@ _RATES = (1000, 384_000)  # Hz; far above this soxr takes seconds per second of 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # base64 never holds ':', so a match is a URL
 
 
-class MediaError(ValueError):
-    """Media the server refuses; `status` is the HTTP status to answer with (400 bad input, 413 over a limit)."""
+class MediaError(SeekmoeError, ValueError):
+    """Media refused: not a file of an accepted format, corrupt or truncated, a remote URL, a malformed part."""
 
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+    status = 400  # what the HTTP API answers (server/errors.py maps the class; this says it to Python callers)
+
+
+class MediaTooLarge(MediaError):
+    """Media over one of the MediaLimits: bytes, pixels, seconds, or items in one request."""
+
+    status = 413
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,8 @@ class MediaLimits:
                 raise ValueError(f"{f.name} must be a positive number, got {value!r}")
 
 
-def _too_large(what: str, size: str, limit: float, setting: str) -> MediaError:
-    return MediaError(f"the {what} is {size}; the limit is {limit:,} ({setting})", 413)
+def _too_large(what: str, size: str, limit: float, setting: str) -> MediaTooLarge:
+    return MediaTooLarge(f"the {what} is {size}; the limit is {limit:,} ({setting})")
 
 
 def _check_bytes(data: bytes, kind: str, limit: int) -> None:
@@ -108,8 +115,8 @@ def load_image(data: bytes, limits: MediaLimits = MediaLimits()) -> Image.Image:
     try:  # reads the header only; formats= keeps Pillow's other parsers away from untrusted bytes
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError:  # Pillow's own cap, only reached when max_image_pixels is above it
-        raise MediaError(f"the image has too many pixels; the limit is {limits.max_image_pixels:,} "
-                         "(max_image_pixels)", 413) from None
+        raise MediaTooLarge(f"the image has too many pixels; the limit is {limits.max_image_pixels:,} "
+                            "(max_image_pixels)") from None
     except Exception:  # Pillow raises many types on hostile input: OSError, SyntaxError, struct.error, ...
         raise MediaError(f"the image must be a {', '.join(IMAGE_FORMATS)} file; could not read it as one") from None
     with image:

@@ -49,7 +49,7 @@ def _bytes_of(part: dict, kind: str, limits: m.MediaLimits, base: Path | None) -
         except OSError as e:
             raise m.MediaError(f"cannot read {path}: {e.strerror}") from None
         if len(data) > max_bytes:
-            raise m.MediaError(f"{path} is over the limit of {max_bytes:,} bytes", 413)
+            raise m.MediaTooLarge(f"{path} is over the limit of {max_bytes:,} bytes")
         return data
     raise m.MediaError(f"an {kind} part needs 'data' (bytes) or 'path'")
 
@@ -92,7 +92,7 @@ def split_media(messages: list[dict], cfg: MultimodalConfig | None, limits: m.Me
             if cfg is None:
                 raise m.MediaError(f"this model reads text only: it has no {kind} encoder")
             if len(media) >= limits.max_items:
-                raise m.MediaError(f"more than {limits.max_items} media in one request (max_items)", 413)
+                raise m.MediaTooLarge(f"more than {limits.max_items} media in one request (max_items)")
             media.append(decode(kind, _bytes_of(part, kind, limits, base), cfg, limits))
             text.append(media[-1].token + "\n")
         out.append({**msg, "content": "".join(text)})

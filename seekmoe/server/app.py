@@ -27,11 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekmoe import __version__
 from seekmoe.llm import LLM
-from seekmoe.multimodal.speech import FORMATS, SpeechError, SpeechUnavailable, speak
+from seekmoe.multimodal.speech import FORMATS, SpeechError, speak
+from seekmoe.server import errors
 from seekmoe.server import schemas as s
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.metrics import Metrics
-from seekmoe.server.serving import APIError, RequestLog, Serving, Stream, error_body, on_thread
+from seekmoe.server.serving import Serving, on_thread
+from seekmoe.server.streams import RequestLog, Stream
 
 log = logging.getLogger("seekmoe.server")
 
@@ -41,7 +43,7 @@ ADMIN = ("/metrics", "/v2/expert_load")  # every tenant's activity: with admin k
 SPEECH_WORKERS = 2  # espeak-ng runs at once; more requests wait their turn (each one's audio is bounded)
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
              "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
-ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+ERRORS = {status: {"model": s.ErrorResponse} for status in errors.DOCUMENTED}
 
 
 class State:
@@ -67,17 +69,15 @@ class State:
             if on_fatal is not None:
                 on_fatal(self.error)
             return
-        self.metrics.engine = llm.engine
+        self.metrics.llm = llm
         self.serving = serving
-        log.info("ready: serving %s as %r, context %d tokens%s", llm.path, serving.model_name,
-                 llm.engine.max_model_len,
+        log.info("ready: serving %s as %r, context %d tokens%s", llm.path, serving.model_name, llm.context_length,
                  f"; running tools {', '.join(tools)}" if tools else "")
 
     def ready(self) -> Serving:
         if self.serving is None:
             message = f"the model failed to load: {self.error}" if self.error else "the model is loading"
-            raise APIError(503, message, type="service_unavailable", code="model_loading",
-                           headers={"Retry-After": "1"})
+            raise errors.loading(message)
         return self.serving
 
     def close(self) -> None:
@@ -149,24 +149,23 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     @app.post("/v1/audio/speech", response_class=Response,
               responses={200: {"content": {t: {} for t in FORMATS.values()}}, **ERRORS})
     async def audio_speech(body: s.SpeechRequest, request: Request) -> Response:
-        """Text to speech by espeak-ng; needs no model (answers while it loads). espeak-ng missing or failing: 503."""
+        """Text to speech by espeak-ng; needs no model (answers while it loads). espeak-ng missing or failing: 503
+        (SpeechUnavailable)."""
         async def work() -> Response:
             try:  # on a thread of its own pool: espeak-ng takes seconds for a long text, and never starves the others
                 audio, media_type = await on_thread(speakers, lambda cancelled: speak(
                     body.input, body.voice, body.speed, body.response_format, cancelled=cancelled))
-            except SpeechUnavailable as e:
-                raise APIError(503, str(e), type="service_unavailable", code="speech_unavailable") from e
             except SpeechError as e:
-                raise APIError(400, str(e), param=e.param) from e
+                raise errors.http_error(e, param=e.param) from e
             return Response(audio, media_type=media_type)
 
         return await until_disconnect(request, work())
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(errors.HTTPError, error_response)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(HTTPException, routing_error)
     app.add_exception_handler(Exception, internal_error)
     # the last added runs first: the access log sees every answer, keys are checked before the body is read
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
@@ -205,7 +204,7 @@ async def until_disconnect(request: Request, work: Awaitable):
         return await task
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled():
-            return Response(status_code=499)  # nobody reads it: the access log's "client closed request"
+            return Response(status_code=errors.CLIENT_CLOSED)  # nobody reads it: the access log's status
         raise
     finally:
         watcher.cancel()
@@ -213,7 +212,7 @@ async def until_disconnect(request: Request, work: Awaitable):
 
 # ---- errors in OpenAI's shape ------------------------------------------------------------------------------------
 
-def api_error(request: Request, e: APIError) -> JSONResponse:
+def error_response(request: Request, e: errors.HTTPError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
@@ -234,7 +233,7 @@ def validation_error(request: Request, e: RequestValidationError) -> JSONRespons
         message = f"{param}: {err.get('msg', 'invalid value')}"
         if len(path) < len(loc):  # a union: no one member's complaint is the answer
             message = f"{param}: {_json_type(err.get('input'))} is not one of the accepted types"
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+    return error_response(request, errors.invalid(message, param))
 
 
 def _json_type(value: object) -> str:
@@ -243,23 +242,22 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def http_error(request: Request, e: HTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+def routing_error(request: Request, e: HTTPException) -> JSONResponse:
     message = f"{request.method} {request.url.path}: {e.detail}"
-    return JSONResponse(error_body(message, "invalid_request_error", None, code), status_code=e.status_code,
-                        headers=getattr(e, "headers", None))
+    return error_response(request, errors.routing(e.status_code, message, getattr(e, "headers", None)))
 
 
 def internal_error(request: Request, e: Exception) -> JSONResponse:
     log.exception("internal error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body(f"internal error: {type(e).__name__}", "server_error"), status_code=500)
+    return error_response(request, errors.internal(e))
 
 
-async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-    data = JSONResponse(body).body
+async def send_error(send: Send, e: errors.HTTPError) -> None:
+    """Answer with e from plain ASGI middleware (no exception handlers there)."""
+    data = JSONResponse(e.body()).body
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+    raw += [(k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()]
+    await send({"type": "http.response.start", "status": e.status, "headers": raw})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -292,13 +290,11 @@ class Keys:
             return await self.app(scope, receive, send)
         key = self.key_of(scope)
         if key is None:
-            return await send_json(send, 401, error_body(
-                "missing or wrong API key: send the header Authorization: Bearer <key>", "authentication_error",
-                None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"})
+            return await send_error(send, errors.unauthorized(
+                "missing or wrong API key: send the header Authorization: Bearer <key>"))
         if self.admin and path in ADMIN and not key.startswith("admin-"):
-            return await send_json(send, 403, error_body(
-                f"{path} shows every user's activity: it needs an admin key (seekmoe serve --admin-key)",
-                "permission_error", None, "admin_key_required"))
+            return await send_error(send, errors.forbidden(
+                f"{path} shows every user's activity: it needs an admin key (seekmoe serve --admin-key)"))
         scope.setdefault("state", {})["key"] = key
         await self.app(scope, receive, send)
 
@@ -316,12 +312,13 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        error = error_body(f"the request body is larger than the limit of {self.limit} bytes",
-                           "invalid_request_error", None, "request_too_large")
+        error = errors.too_large(f"the request body is larger than the limit of {self.limit} bytes",
+                                 code="request_too_large")
         length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.limit:
-            return await send_json(send, 413 if length.isdigit() else 400, error if length.isdigit() else
-                                   error_body("Content-Length must be a number", "invalid_request_error"))
+        if not length.isdigit():
+            return await send_error(send, errors.invalid("Content-Length must be a number"))
+        if int(length) > self.limit:
+            return await send_error(send, error)
         seen, answered = 0, False
 
         async def limited_receive() -> Message:
@@ -331,7 +328,7 @@ class BodyLimit:
             if seen > self.limit:
                 if not answered:
                     answered = True
-                    await send_json(send, 413, error)
+                    await send_error(send, error)
                 raise BodyTooLarge  # whatever the app answers to this is dropped below
             return message
 
@@ -352,7 +349,7 @@ class AccessLog:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status, record = time.perf_counter(), [500], RequestLog()
+        start, status, record = time.perf_counter(), [errors.NO_ANSWER], RequestLog()
         scope.setdefault("state", {})["log"] = record
 
         async def send_status(message: Message) -> None:
@@ -363,7 +360,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_status)
         except BaseException:
-            status[0] = 499 if status[0] == 500 else status[0]
+            status[0] = errors.CLIENT_CLOSED if status[0] == errors.NO_ANSWER else status[0]
             raise
         finally:
             path = scope["path"]

@@ -1,12 +1,15 @@
-"""What `seekmoe serve` runs with: one dataclass, filled from flags and environment variables (cli.py)."""
+"""What `seekmoe serve` runs with: one dataclass, filled from flags and environment variables (seekmoe/cli/serve.py)."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
+from seekmoe.errors import SeekmoeError
+from seekmoe.model.config import DTYPES
 
-class ServeConfigError(ValueError):
+
+class ServeConfigError(SeekmoeError, ValueError):
     """A setting the server cannot start with; the message names it."""
 
 
@@ -61,8 +64,8 @@ class ServeConfig:
                 raise ServeConfigError(f"{name} must be an int >= {low}, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise ServeConfigError(f"port must be in [0, 65535], got {self.port}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ServeConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ServeConfigError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {self.dtype!r}")
         try:
             self.media_limits()
         except ValueError as e:

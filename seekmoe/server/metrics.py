@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from seekmoe.engine.engine import Engine
+    from seekmoe.llm import LLM
 
 # seconds; a CPU decode step of a small model is milliseconds, a queued request may wait for seconds
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -19,25 +19,24 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 class EngineCollector:
     """Queue depth, running sequences, cache blocks and per-layer expert load, read from the engine when scraped."""
 
-    def __init__(self, engine: Callable[[], Engine | None]):
-        self._engine = engine
+    def __init__(self, llm: Callable[[], LLM | None]):
+        self._llm = llm
 
     def collect(self) -> Iterator[Metric]:
-        engine = self._engine()
-        if engine is None:  # still loading
+        llm = self._llm()
+        if llm is None:  # still loading
             return
-        # read without the engine's lock: each value is one length or one copy, at worst a step old
+        stats = llm.stats()  # read without the engine's lock: at worst a step old
         yield GaugeMetricFamily("seekmoe_queue_depth", "sequences waiting for a place in the batch",
-                                value=len(engine.waiting))
-        yield GaugeMetricFamily("seekmoe_running_sequences", "sequences in the running batch",
-                                value=len(engine.running))
-        yield GaugeMetricFamily("seekmoe_cache_blocks", "KV-cache blocks in total", value=engine.cache.num_blocks)
+                                value=stats.waiting)
+        yield GaugeMetricFamily("seekmoe_running_sequences", "sequences in the running batch", value=stats.running)
+        yield GaugeMetricFamily("seekmoe_cache_blocks", "KV-cache blocks in total", value=stats.cache_blocks)
         yield GaugeMetricFamily("seekmoe_cache_free_blocks", "KV-cache blocks free now",
-                                value=engine.cache.free_blocks)
+                                value=stats.free_cache_blocks)
         experts = CounterMetricFamily("seekmoe_expert_tokens", "tokens routed to each expert since start",
                                       labels=["layer", "expert"])
-        for layer, counts in list(engine.runner.expert_counts.items()):
-            for expert, n in enumerate(counts.tolist()):
+        for layer, counts in stats.expert_counts.items():
+            for expert, n in enumerate(counts):
                 experts.add_metric([str(layer), str(expert)], n)
         yield experts
 
@@ -54,8 +53,8 @@ class Metrics:
                               buckets=TTFT_BUCKETS, registry=r)
         self.itl = Histogram("seekmoe_inter_token_latency_seconds", "between two tokens of one sequence",
                              buckets=ITL_BUCKETS, registry=r)
-        self.engine: Engine | None = None
-        r.register(EngineCollector(lambda: self.engine))
+        self.llm: LLM | None = None  # set once the model has loaded
+        r.register(EngineCollector(lambda: self.llm))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

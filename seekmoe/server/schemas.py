@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from seekmoe.engine.sampling import MAX_LOGPROBS, MAX_N, MAX_SEED
+from seekmoe.engine.sampling import MAX_LOGPROBS, MAX_N, MAX_SEED, MAX_STOP, RANGES
 from seekmoe.multimodal import speech
 
 
@@ -25,18 +25,24 @@ def _field(description: str, default: object = None, **bounds: float) -> object:
     return Field(default, description=description, json_schema_extra=bounds or None)
 
 
+def _real(name: str, description: str) -> object:
+    """A float field of SamplingParams, its interval documented as SamplingParams checks it."""
+    low, high, low_excluded = RANGES[name]
+    return _field(description, **{"exclusiveMinimum" if low_excluded else "minimum": low, "maximum": high})
+
+
 class Sampling(Request):
     """Fields all three generation endpoints share; None keeps the default."""
 
     max_tokens: int | None = _field("most tokens to write; the prompt and these must fit the context", minimum=1)
-    temperature: float | None = _field("randomness; 0 picks the likeliest token (default 1)", minimum=0, maximum=2)
-    top_p: float | None = _field("nucleus sampling (default 1: off)", exclusiveMinimum=0, maximum=1)
+    temperature: float | None = _real("temperature", "randomness; 0 picks the likeliest token (default 1)")
+    top_p: float | None = _real("top_p", "nucleus sampling (default 1: off)")
     top_k: int | None = _field("sample from the k likeliest tokens; 0 or -1: off", minimum=-1)
-    min_p: float | None = _field("drop tokens less likely than min_p times the likeliest", minimum=0, maximum=1)
-    repetition_penalty: float | None = _field("above 1 repeats less", exclusiveMinimum=0, maximum=2)
-    presence_penalty: float | None = _field("subtracted from tokens already written", minimum=-2, maximum=2)
-    frequency_penalty: float | None = _field("times their count, subtracted", minimum=-2, maximum=2)
-    stop: str | list[str] | None = _field("end where the text holds one of these (not returned); up to 16")
+    min_p: float | None = _real("min_p", "drop tokens less likely than min_p times the likeliest")
+    repetition_penalty: float | None = _real("repetition_penalty", "above 1 repeats less")
+    presence_penalty: float | None = _real("presence_penalty", "subtracted from tokens already written")
+    frequency_penalty: float | None = _real("frequency_penalty", "times their count, subtracted")
+    stop: str | list[str] | None = _field(f"end where the text holds one of these (not returned); up to {MAX_STOP}")
     seed: int | None = _field("for repeatable sampling", minimum=0, maximum=MAX_SEED - 1)
     ignore_eos: bool | None = _field("keep writing past the end-of-sequence token (benchmarks)")
     stream: bool = _field("send the text as server-sent events as it is written", False)

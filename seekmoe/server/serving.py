@@ -1,7 +1,7 @@
 """The serving class: a request body -> SamplingParams -> `llm.submit` -> a response, or server-sent event chunks.
 
 It knows the request and response shapes and nothing of HTTP routing: routes (app.py) hand it parsed bodies and
-send what it returns. Every refusal is an APIError carrying OpenAI's error shape and its status code.
+send what it returns. Every refusal is an HTTPError (seekmoe/server/errors.py, where its status is chosen).
 """
 
 from __future__ import annotations
@@ -14,39 +14,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import SamplingError, SamplingParams
-from seekmoe.llm import LLM, Completion, Delta, TextRequest, TokenLogprob
+from seekmoe.llm import LLM, TextRequest, TokenLogprob
 from seekmoe.server import schemas as s
 from seekmoe.server import tool_chat
 from seekmoe.server.config import ServeConfig
+from seekmoe.server.errors import HTTPError, http_error, invalid, not_found, too_large
 from seekmoe.server.metrics import Metrics
+from seekmoe.server.streams import DONE, Job, RequestLog, Stream, loggable, sse
+from seekmoe.text.summarize import SummaryError
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
             "stop", "seed", "ignore_eos")
 LONG_TEXT = 4096  # characters; longer prompts are tokenised off the event loop, so other streams keep flowing
 T = TypeVar("T")
 SUMMARY_WORKERS = 2  # summaries run on threads of their own, never on the pool that renders chats and decodes media
-
-
-class APIError(Exception):
-    """A request refused (4xx) or failed (5xx), with OpenAI's error fields."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
-
-    def body(self) -> dict:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 async def on_thread(pool: ThreadPoolExecutor, fn: Callable[[Callable[[], bool]], T],
@@ -66,113 +51,9 @@ async def on_thread(pool: ThreadPoolExecutor, fn: Callable[[Callable[[], bool]],
         raise
 
 
-def sse(obj: object) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-DONE = "data: [DONE]\n\n"
-
-
 def _finite(x: float | None) -> float:
     """JSON has no NaN or infinity; OpenAI-compatible servers report -9999 for a token the model rules out."""
     return x if x is not None and math.isfinite(x) else -9999.0
-
-
-@dataclass
-class RequestLog:
-    """What the access log line says about a generation request; the serving class fills it in."""
-
-    id: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    prompt: str | None = None  # only with --log-prompts
-    key: str | None = None  # which API key sent it ("1": the first configured, "admin-1"), never the key itself
-
-
-@dataclass
-class Stream:
-    """A streaming answer: its SSE chunks, and how to stop its generation (the route calls it when done)."""
-
-    chunks: AsyncIterator[str]
-    cancel: Callable[[], None]
-
-
-class Job:
-    """The engine requests of one HTTP request (one per prompt): their deltas merged, timed and counted."""
-
-    def __init__(self, id: str, reqs: list[TextRequest], metrics: Metrics, log: RequestLog, start: float):
-        self.id, self.reqs, self.metrics, self.log, self.start = id, reqs, metrics, log, start
-        self.created = int(time.time())
-        self.prompt_tokens = sum(len(r.prompt_token_ids) for r in reqs)
-        self.completion_tokens = 0
-
-    def cancel(self) -> None:
-        for r in self.reqs:
-            r.cancel()
-
-    def usage(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
-
-    async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
-        """(prompt index, delta) until every sequence ends; leaving early (or being cancelled) stops them all."""
-        last: dict[tuple[int, int], float] = {}
-        try:
-            async for i, d in self._merged():
-                if d.token_ids:
-                    now, key = time.perf_counter(), (i, d.index)
-                    if key in last:
-                        self.metrics.itl.observe(now - last[key])
-                    else:
-                        self.metrics.ttft.observe(now - self.start)
-                    last[key] = now
-                    self.completion_tokens += len(d.token_ids)
-                    self.log.completion_tokens = self.completion_tokens
-                    self.metrics.generation_tokens.inc(len(d.token_ids))
-                if d.finish_reason is not None:
-                    self.log.finish_reason = d.finish_reason
-                yield i, d
-        except EngineError as e:  # the engine thread died under us
-            raise APIError(500, str(e)) from e
-        finally:
-            self.cancel()
-
-    async def _merged(self) -> AsyncIterator[tuple[int, Delta]]:
-        if len(self.reqs) == 1:
-            async for d in self.reqs[0]:
-                yield 0, d
-            return
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i: int, req: TextRequest) -> None:
-            try:
-                async for d in req:
-                    queue.put_nowait((i, d))
-            except Exception as e:
-                queue.put_nowait((i, e))
-            queue.put_nowait((i, None))
-
-        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(self.reqs)]
-        try:
-            open_ = len(tasks)
-            while open_:
-                i, item = await queue.get()
-                if item is None:
-                    open_ -= 1
-                elif isinstance(item, Exception):
-                    raise item
-                else:
-                    yield i, item
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def collect(self) -> list[Completion]:
-        per: list[list[Delta]] = [[] for _ in self.reqs]
-        async for i, d in self.deltas():
-            per[i].append(d)
-        return [r.collect(ds) for r, ds in zip(self.reqs, per, strict=True)]
 
 
 class Serving:
@@ -193,7 +74,7 @@ class Serving:
         self.summaries_waiting = 0  # submitted to those threads and not done
         self._summaries_lock = threading.Lock()
         self.created = int(time.time())
-        self.context = llm.engine.max_model_len
+        self.context = llm.context_length
         # No text of more characters than this fits the context, whatever it holds: every token stands for at most
         # the bytes of the longest one, and every character for at least one byte. Longer text is refused before
         # it is tokenized (a multi-megabyte prompt would hold a thread and memory for seconds to be refused anyway).
@@ -213,8 +94,8 @@ class Serving:
     def expert_load(self) -> s.ExpertLoad:
         """Tokens routed to each expert of each MoE layer since the server started (read without the engine's lock:
         at worst a step old)."""
-        counts = self.llm.engine.runner.expert_counts
-        return s.ExpertLoad(layers=[s.LayerLoad(layer=i, counts=c.tolist()) for i, c in list(counts.items())])
+        counts = self.llm.stats().expert_counts
+        return s.ExpertLoad(layers=[s.LayerLoad(layer=i, counts=c) for i, c in counts.items()])
 
     async def generate(self, body: s.GenerateRequest, log: RequestLog) -> s.GenerateResponse | Stream:
         self._check_model(body.model)
@@ -225,8 +106,8 @@ class Serving:
                 *parts, {"type": "text", "text": body.prompt}]}])
         else:
             ids, embeds = await self._encode(body.prompt), None
-        params = self._params(body, [ids], "prompt", body.max_tokens, default_max=128)
-        job = self._start("gen", [ids], params, log, body.prompt, embeds=[embeds])
+        params = self.params(body, [ids], "prompt", body.max_tokens, default_max=128)
+        job = self.start("gen", [ids], params, log, body.prompt, embeds=[embeds])
         if body.stream:
             return Stream(self._generate_chunks(job), job.cancel)
         c = (await job.collect())[0]
@@ -236,27 +117,20 @@ class Serving:
     async def summarize(self, body: s.SummarizeRequest) -> s.SummarizeResponse:
         """A summary within max_length tokens; long documents go map-reduce over the engine, on a summary thread that
         stops when the client leaves."""
-        from seekmoe.text.summarize import SummaryError
-
         self._check_model(body.model)
         limit = self.config.max_summary_chars
         if len(body.text) > limit:
-            raise APIError(413, f"text is {len(body.text)} characters; this server summarises at most {limit} "
-                                "(seekmoe serve --max-summary-chars)", param="text", code="text_too_long")
+            raise too_large(f"text is {len(body.text)} characters; this server summarises at most {limit} "
+                            "(seekmoe serve --max-summary-chars)", param="text", code="text_too_long")
         if self.summaries_waiting >= SUMMARY_WORKERS + self.config.max_waiting_summaries:
-            raise APIError(429, f"the server is busy: {self.summaries_waiting} summaries are running or waiting; "
-                                "retry shortly", type="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": "1"})
+            raise http_error(QueueFull(f"{self.summaries_waiting} summaries are running or waiting"))
         with self._summaries_lock:
             self.summaries_waiting += 1  # until its thread is done with it, not until its client stops waiting
         try:
             summary = await on_thread(self.summaries, lambda cancelled: self.llm.generate_summary(
                 body.text, body.max_length, body.style, body.method, cancelled=cancelled), done=self._summary_done)
-        except SummaryError as e:
-            raise APIError(400, str(e)) from None
-        except QueueFull as e:
-            raise APIError(429, f"the server is busy: {e}; retry shortly", type="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
+        except (SummaryError, QueueFull) as e:
+            raise http_error(e) from None
         tokens = len(self.llm.tokenizer.encode(summary))
         return s.SummarizeResponse(summary=summary, summary_tokens=tokens, style=body.style, method=body.method)
 
@@ -269,14 +143,14 @@ class Serving:
         for name, unsupported in (("echo", body.echo), ("suffix", body.suffix), ("logit_bias", body.logit_bias),
                                   ("best_of", body.best_of not in (None, 1, body.n))):
             if unsupported:
-                raise APIError(400, f"{name} is not supported by this server", param=name)
+                raise invalid(f"{name} is not supported by this server", param=name)
         count = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and isinstance(
             body.prompt[0], str | list) else 1
         self._check_sequences(count * body.n, body.n)  # before any prompt is tokenized: 300,000 prompts cost nothing
         prompts = await self._completion_prompts(body.prompt)
-        params = self._params(body, prompts, "prompt", body.max_tokens, n=body.n, logprobs=body.logprobs,
-                              default_max=16)
-        job = self._start("cmpl", prompts, params, log, body.prompt)
+        params = self.params(body, prompts, "prompt", body.max_tokens, n=body.n, logprobs=body.logprobs,
+                             default_max=16)
+        job = self.start("cmpl", prompts, params, log, body.prompt)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return Stream(self._completion_chunks(job, params, usage), job.cancel)
@@ -292,9 +166,9 @@ class Serving:
     async def chat(self, body: s.ChatCompletionRequest, log: RequestLog) -> s.ChatCompletionResponse | Stream:
         self._check_model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
-            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+            raise invalid("top_logprobs needs logprobs: true", param="top_logprobs")
         if body.logit_bias:
-            raise APIError(400, "logit_bias is not supported by this server", param="logit_bias")
+            raise invalid("logit_bias is not supported by this server", param="logit_bias")
         messages = [_message(m) for m in body.messages]
         turn = tool_chat.plan(self, body, messages)
         if turn is not None:
@@ -306,9 +180,9 @@ class Serving:
         limit, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                         else (body.max_tokens, "max_tokens"))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        params = self._params(body, prompts, "messages", limit, n=body.n, logprobs=logprobs,
-                              renames={"max_tokens": field, "logprobs": "top_logprobs"})
-        job = self._start("chatcmpl", prompts, params, log, loggable(messages), embeds=[embeds])
+        params = self.params(body, prompts, "messages", limit, n=body.n, logprobs=logprobs,
+                             renames={"max_tokens": field, "logprobs": "top_logprobs"})
+        job = self.start("chatcmpl", prompts, params, log, loggable(messages), embeds=[embeds])
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return Stream(self._chat_chunks(job, params, usage), job.cancel)
@@ -322,23 +196,19 @@ class Serving:
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None):
         """LLM.chat_prompt's (prompt ids, forced opening, media rows or None) of a conversation, rendered off the
         event loop when it is long, has media or offers tools; bad messages or media are 4xx."""
-        from seekmoe.multimodal.media import MediaError
-
         self._check_chars(text_chars(messages), "messages")
         size = text_length(messages) if tools is None else LONG_TEXT + 1
         try:
             return await self._offload(lambda m: self.llm.chat_prompt(m, tools, tool_choice), messages, size)
-        except MediaError as e:
-            raise APIError(e.status, str(e), param="messages") from None
-        except ValueError as e:  # ChatError, and media placeholders that do not pair with the media
-            raise APIError(400, str(e), param="messages") from None
+        except ValueError as e:  # ChatError, MediaError, and media placeholders that do not pair with the media
+            raise http_error(e, param="messages") from None
 
     # ---- requests to the engine ---------------------------------------------------------------------------
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
-            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
-                           param="model", code="model_not_found")
+            raise not_found(f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+                            param="model", code="model_not_found")
 
     async def _offload(self, fn: Callable, arg: object, size: int):
         return await asyncio.to_thread(fn, arg) if size > LONG_TEXT else fn(arg)
@@ -350,51 +220,51 @@ class Serving:
     def _check_chars(self, chars: int, field: str) -> None:
         """Refuse, before tokenizing it, text that cannot fit the context whatever its tokens."""
         if chars > self.max_prompt_chars:
-            raise APIError(400, f"{field} holds {chars} characters, more than the model's context of {self.context} "
-                                f"tokens can hold (at most {self.max_prompt_chars})", param=field,
-                           code="context_length_exceeded")
+            raise invalid(f"{field} holds {chars} characters, more than the model's context of {self.context} "
+                          f"tokens can hold (at most {self.max_prompt_chars})", param=field,
+                          code="context_length_exceeded")
 
     def _check_sequences(self, sequences: int, n: int) -> None:
         if sequences > self.config.max_queue:
-            raise APIError(400, f"the request asks for {sequences} sequences (prompts × n), but the queue holds at "
-                                f"most {self.config.max_queue}", param="n" if n > 1 else "prompt")
+            raise invalid(f"the request asks for {sequences} sequences (prompts × n), but the queue holds at "
+                          f"most {self.config.max_queue}", param="n" if n > 1 else "prompt")
 
     async def _completion_prompts(self, prompt: str | list) -> list[list[int]]:
         if isinstance(prompt, str):
             return [await self._encode(prompt)]
         if not prompt:
-            raise APIError(400, "prompt must not be empty", param="prompt")
+            raise invalid("prompt must not be empty", param="prompt")
         if isinstance(prompt[0], str):
             return [await self._encode(p) for p in prompt]
         batch = [prompt] if isinstance(prompt[0], int) else prompt
-        vocab = self.llm.model.config.vocab_size
+        vocab = self.llm.vocab_size
         for ids in batch:
             if not ids:
-                raise APIError(400, "prompt must not hold an empty list of token ids", param="prompt")
+                raise invalid("prompt must not hold an empty list of token ids", param="prompt")
             bad = next((t for t in ids if not 0 <= t < vocab), None)
             if bad is not None:
-                raise APIError(400, f"prompt token {bad} is not a token id in [0, {vocab})", param="prompt")
+                raise invalid(f"prompt token {bad} is not a token id in [0, {vocab})", param="prompt")
         return [list(ids) for ids in batch]
 
-    def _params(self, body: s.Sampling, prompts: list[list[int]], prompt_field: str, max_tokens: int | None, *,
-                n: int = 1, logprobs: int | None = None, default_max: int | None = None,
-                renames: dict[str, str] | None = None) -> SamplingParams:
+    def params(self, body: s.Sampling, prompts: list[list[int]], prompt_field: str, max_tokens: int | None, *,
+               n: int = 1, logprobs: int | None = None, default_max: int | None = None,
+               renames: dict[str, str] | None = None) -> SamplingParams:
         """SamplingParams for these prompts; max_tokens None: default_max, or all the room the context leaves.
         renames: SamplingParams field -> the request field its errors should name."""
         renames = renames or {}
         longest = max(len(p) for p in prompts)
         if longest >= self.context:
-            raise APIError(400, f"{prompt_field} holds {longest} tokens, but the model's context is {self.context} "
-                                "tokens, which must also hold at least one new token", param=prompt_field,
-                           code="context_length_exceeded")
+            raise invalid(f"{prompt_field} holds {longest} tokens, but the model's context is {self.context} "
+                          "tokens, which must also hold at least one new token", param=prompt_field,
+                          code="context_length_exceeded")
         room = self.context - longest
         if max_tokens is None:
             max_tokens = min(default_max, room) if default_max is not None else room
         elif max_tokens > room:
             field = renames.get("max_tokens", "max_tokens")
-            raise APIError(400, f"{field} is {max_tokens}, but the model's context of {self.context} tokens leaves "
-                                f"room for {room} after the {longest} tokens of {prompt_field}", param=field,
-                           code="context_length_exceeded")
+            raise invalid(f"{field} is {max_tokens}, but the model's context of {self.context} tokens leaves "
+                          f"room for {room} after the {longest} tokens of {prompt_field}", param=field,
+                          code="context_length_exceeded")
         given = {name: getattr(body, name) for name in SAMPLING if getattr(body, name) is not None}
         try:
             return SamplingParams(**given, max_tokens=max_tokens, n=n, logprobs=logprobs)
@@ -403,10 +273,12 @@ class Serving:
             if field in renames:
                 message = renames[field] + message[len(field):]
             known = field in given or field in ("max_tokens", "n", "logprobs")
-            raise APIError(400, message, param=renames.get(field, field) if known else None) from None
+            raise http_error(e, param=renames.get(field, field) if known else None, message=message) from None
 
-    def _start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
-               prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None) -> Job:
+    def start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
+              prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None) -> Job:
+        """Submit the prompts (one engine request each) as one Job; a full queue or a prompt the engine refuses is an
+        HTTPError. prompt: what the access log shows with --log-prompts."""
         start = time.perf_counter()
         job_id = f"{kind}-{uuid.uuid4().hex}"
         self._check_sequences(len(prompts) * params.n, params.n)
@@ -419,15 +291,10 @@ class Serving:
                 reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}",
                                             keep_special_tokens=keep_special_tokens,
                                             embeds=embeds[i] if embeds else None, cache_salt=salt))
-        except QueueFull as e:
+        except EngineError as e:  # QueueFull among them
             for r in reqs:
                 r.cancel()
-            raise APIError(429, f"the server is busy: {e}; retry shortly", type="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
-        except EngineError as e:
-            for r in reqs:
-                r.cancel()
-            raise APIError(400, str(e)) from None
+            raise http_error(e) from None
         job = Job(job_id, reqs, self.metrics, log, start)
         log.id, log.prompt_tokens = job_id, job.prompt_tokens
         if self.config.log_prompts:
@@ -448,7 +315,7 @@ class Serving:
                 if d.finish_reason is not None:
                     chunk |= {"generated_text": "".join(text), "usage": job.usage()}
                 yield sse(chunk)
-        except APIError as e:
+        except HTTPError as e:
             yield sse(e.body())
         yield DONE
 
@@ -468,7 +335,7 @@ class Serving:
                 yield sse(base | {"choices": [choice]} | ({"usage": None} if usage else {}))
             if usage:
                 yield sse(base | {"choices": [], "usage": job.usage()})
-        except APIError as e:
+        except HTTPError as e:
             yield sse(e.body())
         yield DONE
 
@@ -489,7 +356,7 @@ class Serving:
                 yield sse(base | {"choices": [choice]} | tail)
             if usage:
                 yield sse(base | {"choices": [], "usage": job.usage()})
-        except APIError as e:
+        except HTTPError as e:
             yield sse(e.body())
         yield DONE
 
@@ -510,16 +377,6 @@ def _content(content: str | list | None) -> str | list[dict]:
     if all(part.type == "text" for part in content):
         return "".join(part.text for part in content)
     return [part.model_dump(exclude_none=True) for part in content]
-
-
-def loggable(messages: list[dict]) -> list[dict]:
-    """Messages for the access log: media as [image] / [audio], not their base64."""
-    names = {"text": "", "image_url": "[image]", "input_audio": "[audio]"}
-
-    def text(content):
-        return content if not isinstance(content, list) else "".join(p.get("text", names[p["type"]]) for p in content)
-
-    return [{**m, "content": text(m["content"])} for m in messages]
 
 
 def text_chars(messages: list[dict]) -> int:

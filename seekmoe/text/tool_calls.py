@@ -4,12 +4,17 @@ The chat template asks for `<｜tool▁calls▁begin｜>` then, per call, `<｜t
 <｜tool▁call▁end｜>`, then `<｜tool▁calls▁end｜>`. Text before the block is the message's content. A call counts only
 when its name is one of the offered tools and its arguments are a JSON object; output that does not parse is
 handed back as plain text (what it says is kept; it is never an error), and `tool_calls` is then empty.
+
+ToolLoop holds the rounds of a chat whose tools run on our side (plugins): generate, read the calls, run them,
+append the calls and their results to the conversation, generate again. LLM.chat_with_tools and the server both
+drive it.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
@@ -18,6 +23,7 @@ CALL_BEGIN = "<｜tool▁call▁begin｜>"
 CALL_END = "<｜tool▁call▁end｜>"
 SEP = "<｜tool▁sep｜>"
 MARKERS = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEP)
+MAX_ROUNDS = 4  # rounds of calls run for one answer; then the model's answer is returned as it is
 
 
 @dataclass
@@ -157,3 +163,116 @@ def check_tool_choice(tool_choice: object, names: set[str]) -> str | None:
 
 def tool_names(tools: list[dict] | None) -> set[str]:
     return {t["function"]["name"] for t in tools or []}
+
+
+# ---- the tool loop ------------------------------------------------------------------------------------------------
+
+@dataclass
+class ToolEvent:
+    """What a round adds to the answer: text, a whole call, or the end of a choice."""
+
+    kind: str  # "text", "call" or "end"
+    index: int  # the choice
+    text: str = ""
+    call: ToolCall | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class ToolRun:
+    """One call run on our side, and what it gave back."""
+
+    call: ToolCall
+    ok: bool
+    result: str
+    seconds: float
+
+
+class ToolLoop:
+    """The rounds of one chat whose tools may run on our side: generate, read the calls, run them, append the
+    calls and their results to the conversation, generate again, until an answer calls something not ours or
+    max_rounds rounds of calls have run (that answer is then returned as it is).
+
+    It does no I/O, so one loop serves a thread (LLM.chat_with_tools) and asyncio (the server, which streams). Per
+    round the driver renders `messages` with `tools` and `tool_choice`, generates, and calls begin(forced), then
+    feed(delta) for each delta (the events to send now), then end_round(): the calls to run, whose results go to
+    add_results() before the next round, or none, and finish() gives the answer's last events. While tools may
+    run here, calls are held back until the answer is final; text goes out as it comes.
+    """
+
+    def __init__(self, messages: list[dict], tools: list[dict], runnable: Mapping[str, object] | None = None,
+                 tool_choice: object = None, n: int = 1, max_rounds: int = MAX_ROUNDS):
+        self.messages = messages  # the conversation, grown in place by each round of calls
+        self.tools = tools  # the OpenAI definitions offered
+        self.runnable = runnable or {}  # the tools run on our side: name -> what runs it (a Plugin)
+        self.first_choice, self.n, self.max_rounds = tool_choice, n, max_rounds
+        self.names = tool_names(tools)
+        self.rounds = 0  # begun so far
+        self.trace: list[ToolRun] = []
+        self._start()
+
+    @property
+    def tool_choice(self) -> object:
+        """The tool_choice of the next round: a forced call is forced once."""
+        return self.first_choice if self.rounds == 0 else "auto"
+
+    def _start(self) -> None:
+        self.parsers = [ToolCallStream(self.names) for _ in range(self.n)]
+        self.said = [""] * self.n  # each choice's text this round
+        self.calls: list[list[ToolCall]] = [[] for _ in range(self.n)]  # each choice's calls this round
+        self.ends: dict[int, str | None] = {}
+        self.held: list[ToolEvent] = []
+
+    def begin(self, forced: str | None = None) -> None:
+        """A round starts; forced: the opening its prompt forces (a call's markers), read before the model's part."""
+        self.rounds += 1
+        self._start()
+        for parser in self.parsers:
+            parser.feed(forced or "")  # a forced call completes only with what the model writes
+
+    def feed(self, delta) -> list[ToolEvent]:
+        """The events one delta (index, text, finish_reason) of the round gives now."""
+        parser = self.parsers[delta.index]
+        items = parser.feed(delta.text) if delta.text else []
+        if delta.finish_reason is not None:
+            items += parser.finish()
+            self.ends[delta.index] = delta.finish_reason
+        out = []
+        for item in items:
+            if isinstance(item, ToolCall):
+                self.calls[delta.index].append(item)
+                event = ToolEvent("call", delta.index, call=item)
+            else:
+                self.said[delta.index] += item
+                event = ToolEvent("text", delta.index, text=item)
+            if event.kind == "call" and self.runnable:
+                self.held.append(event)  # sent only if the answer is final
+            else:
+                out.append(event)
+        return out
+
+    def end_round(self) -> list[ToolCall]:
+        """The calls to run before the next round: the first choice's, when they are all ours and rounds are
+        left; [] when this round's answer is the final one."""
+        calls = self.calls[0]
+        ours = bool(calls) and all(c.name in self.runnable for c in calls)
+        return list(calls) if ours and self.rounds <= self.max_rounds else []
+
+    def finish(self) -> list[ToolEvent]:
+        """The final answer's last events: the calls held back, then each choice's end."""
+        ends = [ToolEvent("end", i, finish_reason="tool_calls" if self.calls[i] else self.ends.get(i))
+                for i in range(self.n)]
+        return self.held + ends
+
+    def out_of_room(self) -> list[ToolEvent]:
+        """The end of an answer that has no room left in the context for another round."""
+        return [ToolEvent("end", i, finish_reason="length") for i in range(self.n)]
+
+    def add_results(self, calls: list[ToolCall], results: list) -> None:
+        """Append the first choice's calls and their results (each with ok, content and seconds, as
+        seekmoe.plugins.call returns them) to the conversation."""
+        self.messages.append({"role": "assistant", "content": self.said[0],
+                              "tool_calls": [c.to_openai() for c in calls]})
+        for c, r in zip(calls, results, strict=True):
+            self.messages.append({"role": "tool", "tool_call_id": c.id, "content": r.content})
+            self.trace.append(ToolRun(c, r.ok, r.content, r.seconds))
