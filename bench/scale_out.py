@@ -34,10 +34,10 @@ def run(config: dict, ranks: int, folder: Path) -> tuple[dict[int, float], float
     path = folder / "train.json"
     path.write_text(json.dumps(config))
     if ranks == 1:
-        cmd = [sys.executable, "-m", "seekmoe.train.loop", str(path), "--no-progress"]
+        cmd = [sys.executable, "-m", "seekmoe", "train", str(path), "--no-progress"]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), "-m", "seekmoe.train.loop", str(path), "--no-progress"]
+               "127.0.0.1", "--master-port", str(free_port()), "-m", "seekmoe", "train", str(path), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // ranks))}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

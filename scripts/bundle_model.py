@@ -16,7 +16,7 @@ from pathlib import Path
 
 from seekmoe.model.checkpoint import load_model, save_model
 from seekmoe.model.inspect import inspect_config
-from seekmoe.train.loop import latest_checkpoint
+from seekmoe.train.checkpoints import latest_checkpoint
 from seekmoe.train.plots import read_metrics
 
 

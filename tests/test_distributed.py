@@ -309,7 +309,7 @@ def test_sharded_checkpoints_each_rank_writes_its_own_and_they_resume_anywhere(c
     # a shard that does not match its checksum: that step is skipped, the one before used
     victim = sorted((step8 / "shards").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:-8] + b"garbage!")
-    from seekmoe.train.loop import latest_checkpoint
+    from seekmoe.train.checkpoints import latest_checkpoint
 
     said = []
     assert latest_checkpoint(tmp_path / "sharded/checkpoints", said.append).name == "step-00000004"

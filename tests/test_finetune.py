@@ -14,7 +14,7 @@ from seekmoe.model.lora import AdapterError, add_adapter, apply_adapter, lora_co
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.config import FinetuneConfig, TrainError
 from seekmoe.train.finetune import finetune, merge_adapter
-from seekmoe.train.loop import _lm_loss
+from seekmoe.train.loop import lm_loss
 from seekmoe.train.sft import (
     IGNORE,
     LoadReport,
@@ -168,8 +168,8 @@ def test_loss_counts_only_targets():
     logits = torch.randn(1, 4, 10)
     y = torch.tensor([[IGNORE, 3, IGNORE, 7]])
     expected = torch.nn.functional.cross_entropy(logits[0, [1, 3]], torch.tensor([3, 7]))
-    assert torch.allclose(_lm_loss(logits, y), expected)
-    assert _lm_loss(logits, torch.full((1, 4), IGNORE)).item() == 0.0
+    assert torch.allclose(lm_loss(logits, y), expected)
+    assert lm_loss(logits, torch.full((1, 4), IGNORE)).item() == 0.0
 
 
 # ---- LoRA ------------------------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_lora_run_writes_an_adapter_that_merges_to_what_it_trained(tmp_path):
     merged_model = load_model(merged)
     assert not torch.allclose(merged_model(x), base(x), atol=1e-4)  # the run changed something
     # the latest checkpoint holds the same adapter: resuming from it restores exactly what was trained
-    from seekmoe.train.loop import latest_checkpoint
+    from seekmoe.train.checkpoints import latest_checkpoint
 
     ckpt = latest_checkpoint(out / "checkpoints")
     torch.testing.assert_close(apply_adapter(load_model(tmp_path / "base"), ckpt)(x), merged_model(x))

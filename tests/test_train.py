@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seekmoe.train.loop import TrainConfig, TrainError, latest_checkpoint, lr_at, train
+from seekmoe.train.checkpoints import latest_checkpoint
+from seekmoe.train.loop import TrainConfig, TrainError, lr_at, train
 from tests.conftest import TRAIN_MODEL as MODEL
 
 

@@ -17,6 +17,8 @@ SCORING_FUNCS = ("softmax", "sigmoid")
 YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 DTYPES = ("float32", "bfloat16", "float16")
+# the parts of the model a LoRA adapter can adapt (model/lora.py; --lora-targets)
+LORA_TARGETS = ("attention", "shared_experts", "dense_mlp", "routed_experts")
 
 # Written by us from derived state, never read back as a field.
 _DERIVED_KEYS = {"rope_parameters", "architectures", "dtype", "num_key_value_heads", "head_dim", "qk_head_dim"}

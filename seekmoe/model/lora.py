@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from seekmoe.errors import SeekmoeError
+from seekmoe.model.config import LORA_TARGETS
 from seekmoe.model.model import CausalLM
 from seekmoe.model.weights import save_tensors
 
@@ -30,7 +31,6 @@ LINEAR_TARGETS = {
     "dense_mlp": r"mlp\.(gate_proj|up_proj|down_proj)",
 }
 ROUTED_EXPERTS = ("experts.gate_proj", "experts.up_proj", "experts.down_proj")
-TARGETS = ("attention", "shared_experts", "dense_mlp", "routed_experts")  # what --lora-targets names
 BIAS_FILE = "routing_bias.safetensors"
 BIAS_SUFFIX = "e_score_correction_bias"
 
@@ -42,9 +42,9 @@ class AdapterError(SeekmoeError, ValueError):
 def parse_targets(targets: str | list[str]) -> list[str]:
     names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
     names = [t for t in names if t]
-    unknown = [t for t in names if t not in TARGETS]
+    unknown = [t for t in names if t not in LORA_TARGETS]
     if unknown or not names:
-        raise AdapterError(f"LoRA targets must be a comma-separated list of {', '.join(TARGETS)}, got {targets!r}")
+        raise AdapterError(f"LoRA targets must be a comma-separated list of {', '.join(LORA_TARGETS)}, got {targets!r}")
     return names
 
 

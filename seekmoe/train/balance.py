@@ -1,7 +1,7 @@
 """Expert load balancing: DeepSeek-V2's auxiliary losses, DeepSeek-V3's sequence-wise loss and its
 auxiliary-loss-free bias, and the load statistics that show whether experts are used evenly.
 
-All functions take the `Routing` a MoE layer returns (model.py); none of them touch the model's weights except
+All functions take the `Routing` a MoE layer returns (model/model.py); none of them touch the model's weights except
 `update_bias`, which moves the routing bias that steers selection only.
 
 Shape legend: N tokens (B*T flattened), B sequences, T tokens per sequence, E routed experts, K experts per

@@ -1,5 +1,6 @@
-"""Training settings: TrainConfig (with its BalanceConfig), FinetuneConfig (with its LoraSettings), and the
-`seekmoe train` / `seekmoe finetune` flags made from them.
+"""Training settings: RunSettings, the base of every training command's settings; TrainConfig (with its
+BalanceConfig), FinetuneConfig (with its LoraSettings), and the `seekmoe train` / `seekmoe finetune` flags made from
+them. The multimodal training's Settings (seekmoe/train/multimodal.py) build on RunSettings too.
 
 Kept free of torch so that building the command line stays fast.
 """
@@ -13,9 +14,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from seekmoe.model.lora import TARGETS
+from seekmoe.errors import SeekmoeError
+from seekmoe.model.config import LORA_TARGETS
 
 MODES = ("none", "aux", "loss_free", "auto")
 BIAS_RULES = ("sign", "proportional")
@@ -55,78 +57,43 @@ class BalanceConfig:
             raise ValueError(f"calibrate_tokens must be an int >= 0, got {self.calibrate_tokens!r}")
 
 
-
-class TrainError(ValueError):
+class TrainError(SeekmoeError, ValueError):
     """A training setting or file is wrong; the message names it."""
 
 
 @dataclass
-class TrainConfig:
-    model: str  # a config.json, a bundled config name, or a checkpoint folder to continue from
-    data: str  # a folder written by `seekmoe data prepare`
-    out: str = "runs/default"
-    # optimisation
-    steps: int = 1000
+class RunSettings:
+    """What every training command is set by (TrainConfig, FinetuneConfig, the multimodal Settings): the model, the
+    data and the run folder, the batch, how often to validate and checkpoint, the seed. Read from a JSON or TOML
+    file with flags over it, written back as JSON; each command's class adds its own fields and defaults."""
+    model: str | None  # what the run starts from; each command says what it takes, and its default
+    data: str
+    out: str = "runs/default"  # the run folder: metrics.jsonl, plots, checkpoints/; an existing run resumes
     batch_size: int = 16
-    seq_len: int = 128
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    bf16: bool = False  # bfloat16 autocast on the CPU
-    # bookkeeping
-    log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 8
     save_every: int = 100
-    keep_checkpoints: int = 3
     seed: int = 0
-    # data parallel (torchrun): the global batch is batch_size x ranks x grad_accum sequences
-    dist_timeout_s: float = 300.0  # a collective with no answer for this long (a rank died) fails the run
-    # ddp: whole model on every rank | fsdp: FSDP2 shards weights, grads and optimizer state | expert: each rank
-    # holds E / ranks routed experts per layer, tokens exchanged with all_to_all, the rest as ddp
-    parallel: str = "ddp"
-    # whole: rank 0 writes whole tensors in the Hugging Face layout | sharded (fsdp): torch.distributed.checkpoint,
-    # every rank its own safetensors shard
-    checkpoint_format: str = "whole"
-    balance: BalanceConfig = field(default_factory=BalanceConfig)
 
-    SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}  # nested: "balance.mode" on the command line
-    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data")
+    COUNTS: ClassVar[tuple[str, ...]] = ("batch_size", "eval_every", "eval_batches", "save_every")  # integers >= 1
+    SECTIONS: ClassVar[dict[str, type]] = {}  # nested settings: "balance.mode" on the command line
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in self.SECTIONS and isinstance(value, dict):  # from a file: over this config's defaults
                 setattr(self, f.name, dataclasses.replace(f.default_factory(), **value))
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every", "eval_batches",
-                     "save_every", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise TrainError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise TrainError(f"warmup_steps must be between 0 and steps ({self.steps}), got {self.warmup_steps}")
-        if not (0 < self.lr < 1 and 0 <= self.min_lr <= self.lr):
-            raise TrainError(f"need 0 < lr < 1 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise TrainError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.parallel not in PARALLEL:
-            raise TrainError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
-        if self.checkpoint_format not in ("whole", "sharded"):
-            raise TrainError(f"checkpoint_format must be 'whole' or 'sharded', got {self.checkpoint_format!r}")
-        if self.checkpoint_format == "sharded" and self.parallel != "fsdp":
-            raise TrainError("checkpoint_format 'sharded' needs parallel 'fsdp' (the shards are FSDP's)")
-        if not (isinstance(self.dist_timeout_s, int | float) and self.dist_timeout_s > 0):
-            raise TrainError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s!r}")
-        if not (self.grad_clip > 0 and self.weight_decay >= 0):
-            raise TrainError(f"grad_clip must be > 0 and weight_decay >= 0, got {self.grad_clip}, "
-                             f"{self.weight_decay}")
+        if (name := self.bad_count(vars(self))) is not None:
+            raise TrainError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    def bad_count(cls, values: dict[str, Any]) -> str | None:
+        """The first of COUNTS that is not an integer >= 1 in `values` (the fields, or the parsed flags), or None."""
+        return next((name for name in cls.COUNTS if not isinstance(values[name], int) or values[name] < 1), None)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Self:
         """A JSON or TOML file; `overrides` (from flags) replace its values, 'balance.mode' style for nesting."""
         path = Path(path)
         try:
@@ -144,7 +111,7 @@ class TrainConfig:
         return cls.from_dict(data, overrides)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Self:
         data = {**data}
         for name in cls.SECTIONS:
             section = data.get(name) or {}
@@ -173,7 +140,7 @@ class TrainConfig:
             raise TrainError(str(e)) from None
 
     @classmethod
-    def from_args(cls, args) -> TrainConfig:
+    def from_args(cls, args) -> Self:
         """The settings file given on the command line (if any), with every flag given overriding it."""
         overrides = {k: v for k, v in vars(args).items()
                      if v is not None and k not in ("config", "no_progress", "func", "command")}
@@ -183,7 +150,61 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-LORA_TARGETS = TARGETS
+@dataclass
+class TrainConfig(RunSettings):
+    model: str  # a config.json, a bundled config name, or a checkpoint folder to continue from
+    data: str  # a folder written by `seekmoe data prepare`
+    # optimisation (batch_size: sequences per micro-batch on each rank)
+    steps: int = 1000
+    seq_len: int = 128
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    bf16: bool = False  # bfloat16 autocast on the CPU
+    # bookkeeping, besides the evaluation and checkpoint cadence
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    # data parallel (torchrun): the global batch is batch_size x ranks x grad_accum sequences
+    dist_timeout_s: float = 300.0  # a collective with no answer for this long (a rank died) fails the run
+    # ddp: whole model on every rank | fsdp: FSDP2 shards weights, grads and optimizer state | expert: each rank
+    # holds E / ranks routed experts per layer, tokens exchanged with all_to_all, the rest as ddp
+    parallel: str = "ddp"
+    # whole: rank 0 writes whole tensors in the Hugging Face layout | sharded (fsdp): torch.distributed.checkpoint,
+    # every rank its own safetensors shard
+    checkpoint_format: str = "whole"
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+
+    COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "steps", "seq_len", "grad_accum", "log_every",
+                                         "keep_checkpoints")
+    SECTIONS: ClassVar[dict[str, type]] = {"balance": BalanceConfig}
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise TrainError(f"warmup_steps must be between 0 and steps ({self.steps}), got {self.warmup_steps}")
+        if not (0 < self.lr < 1 and 0 <= self.min_lr <= self.lr):
+            raise TrainError(f"need 0 < lr < 1 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise TrainError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.parallel not in PARALLEL:
+            raise TrainError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.checkpoint_format not in ("whole", "sharded"):
+            raise TrainError(f"checkpoint_format must be 'whole' or 'sharded', got {self.checkpoint_format!r}")
+        if self.checkpoint_format == "sharded" and self.parallel != "fsdp":
+            raise TrainError("checkpoint_format 'sharded' needs parallel 'fsdp' (the shards are FSDP's)")
+        if not (isinstance(self.dist_timeout_s, int | float) and self.dist_timeout_s > 0):
+            raise TrainError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s!r}")
+        if not (self.grad_clip > 0 and self.weight_decay >= 0):
+            raise TrainError(f"grad_clip must be > 0 and weight_decay >= 0, got {self.grad_clip}, "
+                             f"{self.weight_decay}")
+
+
 
 
 @dataclass

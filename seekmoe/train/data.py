@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+from seekmoe.errors import SeekmoeError
+from seekmoe.files import atomic_write
+
 FORMAT = "seekmoe-token-shards"
 SPLITS = ("train", "val")
 FOLDER_SUFFIXES = (".txt", ".md", ".rst", ".jsonl")
@@ -52,7 +55,7 @@ RECORD = np.dtype([("key", "<u8"), ("h1", "<u8"), ("h2", "<u8"), ("offset", "<u8
                    ("file", "<u4")])
 
 
-class DataError(ValueError):
+class DataError(SeekmoeError, ValueError):
     """Bad input data or arguments; the message names the file (and line) and what was expected."""
 
 
@@ -281,12 +284,6 @@ class _ShardWriter:
         return self.shards
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
@@ -470,7 +467,7 @@ def prepare(inputs: Sequence[str | os.PathLike], tokenizer: str | os.PathLike, o
         for s in SPLITS:
             for shard in shards[s]:
                 os.replace(work / shard["file"], out / shard["file"])
-        _atomic_json(out / "manifest.json", manifest)
+        atomic_write(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
         return manifest
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -238,3 +238,8 @@ def save_sharded(model: torch.nn.Module, opt: torch.optim.Optimizer, folder) -> 
     return checked("saving the sharded checkpoint", sharded.save_sharded, model, opt, folder)
 
 
+def load_sharded(model: torch.nn.Module, opt: torch.optim.Optimizer | None, folder, param_groups: list) -> None:
+    """The inverse of save_sharded, on any number of ranks (each reads the parts of its own shards)."""
+    sharded.load_sharded(model, opt, folder, param_groups)
+
+

@@ -23,8 +23,9 @@ from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
 from seekmoe.model.lora import AdapterError, add_adapter, load_adapter_weights, lora_config, save_adapter
 from seekmoe.text.tokenizer import Tokenizer, TokenizerError
 from seekmoe.train.config import FinetuneConfig, TrainError
-from seekmoe.train.loop import Trainee, full_trainee, run
+from seekmoe.train.loop import run
 from seekmoe.train.sft import SFTData, SFTError, data_files, read_conversations
+from seekmoe.train.trainee import Trainee, full_trainee
 
 
 def _stderr(msg: str) -> None:

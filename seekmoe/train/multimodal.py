@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from seekmoe.files import atomic_write
 from seekmoe.model.checkpoint import load_model
 from seekmoe.multimodal.data import SETS
 from seekmoe.multimodal.media import MediaError, MediaLimits
@@ -39,9 +41,11 @@ from seekmoe.multimodal.model import (
 )
 from seekmoe.multimodal.parts import split_media
 from seekmoe.text.tokenizer import Tokenizer
-from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
-from seekmoe.train.loop import Trainee, latest_checkpoint, run
+from seekmoe.train.checkpoints import latest_checkpoint
+from seekmoe.train.config import BalanceConfig, RunSettings, TrainConfig, TrainError
+from seekmoe.train.loop import run
 from seekmoe.train.sft import IGNORE, EpochOrder, tokenize_conversation
+from seekmoe.train.trainee import Trainee
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
@@ -116,22 +120,24 @@ def trainee(model: MultimodalLM, stage: int) -> Trainee:
 
 
 @dataclass
-class Settings:
+class Settings(RunSettings):
+    """The run settings (RunSettings: batch_size, evaluation and checkpoint cadence, seed...) with this command's
+    defaults, the sets to read, and each stage's steps and peak learning rate."""
     model: str | None = None  # a chat model folder; None: the bundled one
     data: str = "data/mm"
     out: str = "runs/mm"
+    batch_size: int = 32
+    eval_every: int = 200
+    save_every: int = 200
     sets: tuple[str, ...] = SETS
     stage1_steps: int = 400
     stage2_steps: int = 2400
-    batch_size: int = 32
     max_tokens: int = 256
     lr1: float = 2e-3
     lr2: float = 6e-4
-    eval_every: int = 200
-    eval_batches: int = 8
-    save_every: int = 200
-    seed: int = 0
     encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids
+
+    COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens")
 
 
 def stage_config(s: Settings, stage: int) -> TrainConfig:
@@ -167,7 +173,7 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
+    atomic_write(out / "settings.json", json.dumps(s.to_dict(), indent=2).encode())
     for stage in (1, 2):
         cfg_s = stage_config(s, stage)
         t = trainee(model, stage)
@@ -184,14 +190,17 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     return final
 
 
+INT_FLAGS = ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches", "save_every",
+             "seed")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument("--model", help="the chat model to extend (default: the bundled seekmoe-tiny-chat)")
     p.add_argument("--data", default=d.data, help=f"folder written by `seekmoe data multimodal` (default {d.data})")
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out}); an interrupted run resumes")
     p.add_argument("--sets", default=",".join(d.sets), help="comma list of the sets to train on")
-    for name in ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches",
-                 "save_every", "seed"):
+    for name in INT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), metavar="N",
                        help=f"default {getattr(d, name)}")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
@@ -205,18 +214,14 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"seekmoe: error: --sets: unknown set {unknown[0] if unknown else '(none)'}; known: "
               f"{', '.join(SETS)}", file=sys.stderr)
         return 2
+    if (name := Settings.bad_count(vars(args))) is not None:  # what Settings would refuse, named as its flag
+        print(f"seekmoe: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+        return 2
     s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2,
-                 **{k: getattr(args, k) for k in ("stage1_steps", "stage2_steps", "batch_size", "max_tokens",
-                                                  "eval_every", "eval_batches", "save_every", "seed")})
-    for name in ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches",
-                 "save_every"):
-        if getattr(s, name) < 1:
-            print(f"seekmoe: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+                 **{k: getattr(args, k) for k in INT_FLAGS})
     try:
         train(s, log=lambda m: print(m, file=sys.stderr))
     except (TrainError, ValueError, OSError) as e:
         print(f"seekmoe: error: {e}", file=sys.stderr)
         return 2
     return 0
-

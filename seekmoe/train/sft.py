@@ -29,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from seekmoe.errors import SeekmoeError
 from seekmoe.text.chat import ChatError, check_messages, check_tools, render_chat
 from seekmoe.text.tokenizer import Tokenizer
+from seekmoe.train.config import SFT_FORMATS
 
-FORMATS = ("auto", "messages", "alpaca")
 IGNORE = -100  # the target of a token without loss (F.cross_entropy's ignore_index)
 MAX_LINE_BYTES = 4 << 20  # one JSONL line; a longer one is a broken file, not a conversation
 
 
-class SFTError(ValueError):
+class SFTError(SeekmoeError, ValueError):
     """Bad fine-tuning data: the message names the file and line."""
 
 
@@ -110,8 +111,8 @@ def parse_example(record: object, fmt: str = "auto") -> Chat:
 
 def read_conversations(files: Iterable[Path], fmt: str = "auto", skip_bad: bool = False,
                        report: LoadReport | None = None, log: Callable[[str], None] = print) -> list[list[dict]]:
-    if fmt not in FORMATS:
-        raise SFTError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in SFT_FORMATS:
+        raise SFTError(f"format must be one of {', '.join(SFT_FORMATS)}, got {fmt!r}")
     report = report if report is not None else LoadReport()
     out = []
     for path in files:

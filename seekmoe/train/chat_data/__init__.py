@@ -12,6 +12,8 @@ import random
 import sys
 from pathlib import Path
 
+from seekmoe.errors import SeekmoeError
+
 SETS = ("chatterbot", "python_faq", "arithmetic", "arithmetic_tools", "intents", "dialogues")
 # generated sets: (train, val) examples; a dialogue is under 1,000 characters, so these keep the folder at a few MB
 SIZES = {"arithmetic": (2000, 200), "arithmetic_tools": (1200, 200), "intents": (3000, 600), "dialogues": (2000, 300)}
@@ -21,7 +23,7 @@ DESCRIPTION = ("Write the chat fine-tuning sets as JSONL (train and val for each
                "problems, support intents and multi-turn support dialogues.")
 
 
-class ChatDataError(ValueError):
+class ChatDataError(SeekmoeError, ValueError):
     """A source is missing or malformed, or a request cannot be met; the message says what to do."""
 
 
