@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seekmoe.errors import SeekmoeError
+from seekmoe.files import atomic_write
 from seekmoe.model.config import ConfigError, ModelConfig
 
 QUANTS = ("f32", "f16", "q8_0")
@@ -43,7 +44,7 @@ GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95}
 _DROPPED_CONFIG_KEYS = ("auto_map",)
 
 
-class ExportError(ValueError):
+class ExportError(SeekmoeError, ValueError):
     """A model folder, output path or option that export cannot use; the message names it."""
 
 
@@ -344,70 +345,25 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, quant
         w.add_tensor_info(name, stored_shape, np.dtype(np_dtype), nbytes, raw_dtype=qtype)
         plan.append((tensor, qtype))
 
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        w.write_header_to_file(path=tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        with torch.no_grad():
-            for tensor, qtype in tqdm(plan, desc=f"gguf {quant}", unit="tensor", disable=not progress):
-                data = tensor.detach().float().contiguous().numpy()
-                w.write_tensor_data(gguf.quants.quantize(data, qtype))
-        w.close()
+    def write(tmp: Path) -> None:
+        try:
+            w.write_header_to_file(path=tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            with torch.no_grad():
+                for tensor, qtype in tqdm(plan, desc=f"gguf {quant}", unit="tensor", disable=not progress):
+                    data = tensor.detach().float().contiguous().numpy()
+                    w.write_tensor_data(gguf.quants.quantize(data, qtype))
+        finally:
+            if w.fout is not None:
+                w.close()
         os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+
+    try:
+        atomic_write(out, write)
     except OSError as e:
         raise ExportError(f"{out}: cannot write the GGUF file ({e})") from None
-    finally:
-        if w.fout is not None:
-            w.close()
-        tmp.unlink(missing_ok=True)
     return out
-
-
-# ---- command line --------------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    """`seekmoe export {hf,gguf} MODEL OUT [--quant f32|f16|q8_0]`, under the `export` parser."""
-    if parser.description is None:
-        parser.description = ("Export a model folder for other engines: a Hugging Face folder (transformers, "
-                              "vLLM, SGLang) or a GGUF file for llama.cpp.")
-    actions = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
-
-    def add_model(p) -> None:
-        p.add_argument("model", metavar="MODEL", help="the model folder to export (config.json, safetensors, "
-                                                      "tokenizer.json)")
-
-    p = actions.add_parser("hf", help="a folder transformers, vLLM and SGLang load as DeepseekV2/V3ForCausalLM",
-                           description="Write config.json, safetensors, the tokenizer with its chat template and "
-                                       "generation_config.json into OUT, a new folder, all at once.")
-    add_model(p)
-    p.add_argument("out", metavar="OUT", help="the folder to write; must not exist, or be empty")
-    p.set_defaults(func=run_from_args)
-    p = actions.add_parser("gguf", help="one GGUF file for llama.cpp (architecture deepseek2)",
-                           description="Write MODEL as a GGUF file of llama.cpp's deepseek2 architecture, with its "
-                                       "tokenizer and chat template; the file is replaced only once fully written.")
-    add_model(p)
-    p.add_argument("out", metavar="OUT", help="the .gguf file to write (replaced if it exists)")
-    p.add_argument("--quant", choices=QUANTS, default="f32",
-                   help="type of the weight matrices: f32, f16 or q8_0 (norms and router stay f32; default f32)")
-    p.set_defaults(func=run_from_args)
-
-
-def run_from_args(args) -> int:
-    from seekmoe.errors import CLIError
-
-    try:
-        if args.export_format == "hf":
-            out = export_hf(args.model, args.out)
-        else:
-            out = export_gguf(args.model, args.out, quant=args.quant)
-    except ExportError as e:
-        raise CLIError(str(e)) from None
-    print(f"wrote {out}")
-    return 0
 
 
 __all__ = ["QUANTS", "ExportError", "export_gguf", "export_hf", "gguf_tensors", "gguf_type"]

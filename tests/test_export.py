@@ -14,15 +14,8 @@ import pytest
 import torch
 
 from seekmoe import load_model
-from seekmoe.export import (
-    GGUF_PRE_TOKENIZER,
-    QUANTS,
-    ExportError,
-    add_arguments,
-    export_gguf,
-    export_hf,
-    run_from_args,
-)
+from seekmoe.cli.export import add_arguments, run_from_args
+from seekmoe.export import GGUF_PRE_TOKENIZER, QUANTS, ExportError, export_gguf, export_hf
 from seekmoe.llm import DEFAULT_MODEL
 from seekmoe.text.tokenizer import SAMPLE_CHINESE, SAMPLE_ENGLISH, Tokenizer
 from tests.conftest import tiny_model_folder

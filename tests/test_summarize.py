@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from seekmoe.llm import LLM
 from seekmoe.text.summarize import (
     MAP_PROMPTS,
     MAX_RANK_SENTENCES,
@@ -450,7 +451,11 @@ def test_bad_text_and_allowed_values_in_message(count):
 # ---- the CLI ----------------------------------------------------------------------------------------------------
 
 class FakeLLM:
-    """The bundled tokenizer and a generate() that echoes the first sentence of each prompt's text."""
+    """The bundled tokenizer and a generate() that echoes the first sentence of each prompt's text, under the real
+    LLM.generate_summary (the CLI's way to summarise, as the API's and the server's)."""
+
+    generate_summary = LLM.generate_summary
+    engine = argparse.Namespace(max_model_len=1024)  # the bundled model's context
 
     def __init__(self, tok):
         self.tokenizer, self.calls = tok, []

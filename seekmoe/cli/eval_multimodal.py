@@ -13,12 +13,13 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
+from seekmoe.cli.model_flags import load_llm
 from seekmoe.multimodal.data import SETS, score
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODALITIES = ("image", "audio", "text")
 
@@ -26,12 +27,12 @@ MODALITIES = ("image", "audio", "text")
 def evaluate(model_path: str | Path, data: str | Path, sets: tuple[str, ...] = SETS, limit: int | None = None,
              batch: int = 16, progress: bool = True) -> dict:
     """{"accuracy": {set/lang: (correct, total)}, "loads": {modality: (layers, experts) counts}}."""
-    from seekmoe.llm import LLM
+    from tqdm import tqdm
 
     data = Path(data)
     correct: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     loads: dict[str, np.ndarray] = {}
-    with LLM(model_path) as llm:
+    with load_llm(str(model_path)) as llm:
         if llm.encoders is None:
             raise ValueError(f"{model_path}: a text-only model (no multimodal section in config.json)")
         cfg = llm.encoders.config
@@ -66,23 +67,26 @@ def _with_base(message: dict, base: Path) -> dict:
     return {**message, "content": [{**p, "path": str(base / p["path"])} if "path" in p else p for p in content]}
 
 
-@torch.inference_mode()
 def _count_routing(model, ids: list[int], embeds, cfg, loads: dict[str, np.ndarray]) -> None:
-    x = torch.tensor([ids])
-    e = model.model.embed_tokens(x)
-    if embeds is not None:
-        e[0, embeds.positions] = embeds.rows.to(e.dtype)
-    routing = model(x, return_routing=True, inputs_embeds=e).routing
-    kind = np.array(["image" if t == cfg.image_token_id else "audio" if t == cfg.audio_token_id else "text"
-                     for t in ids])
-    n_experts = model.config.n_routed_experts
-    for modality in MODALITIES:
-        rows = torch.from_numpy(np.flatnonzero(kind == modality))
-        if rows.numel() == 0:
-            continue
-        counts = np.stack([torch.bincount(r.topk_idx[rows].flatten(), minlength=n_experts).numpy()
-                           for r in routing])  # (layers, experts)
-        loads[modality] = loads.get(modality, 0) + counts
+    import numpy as np
+    import torch
+
+    with torch.inference_mode():
+        x = torch.tensor([ids])
+        e = model.model.embed_tokens(x)
+        if embeds is not None:
+            e[0, embeds.positions] = embeds.rows.to(e.dtype)
+        routing = model(x, return_routing=True, inputs_embeds=e).routing
+        kind = np.array(["image" if t == cfg.image_token_id else "audio" if t == cfg.audio_token_id else "text"
+                         for t in ids])
+        n_experts = model.config.n_routed_experts
+        for modality in MODALITIES:
+            rows = torch.from_numpy(np.flatnonzero(kind == modality))
+            if rows.numel() == 0:
+                continue
+            counts = np.stack([torch.bincount(r.topk_idx[rows].flatten(), minlength=n_experts).numpy()
+                               for r in routing])  # (layers, experts)
+            loads[modality] = loads.get(modality, 0) + counts
 
 
 def table(result: dict) -> str:
@@ -96,6 +100,8 @@ def table(result: dict) -> str:
 def specialisation(loads: dict[str, np.ndarray]) -> str:
     """Per MoE layer, how far each modality's expert distribution is from the text tokens': total variation
     distance, 0 when they use the experts alike, 1 when they share none."""
+    import numpy as np
+
     if "text" not in loads:
         return ""
     text = loads["text"] / loads["text"].sum(1, keepdims=True)

@@ -1,6 +1,7 @@
 """`seekmoe generate` and `seekmoe chat`: the LLM API on the command line.
 
-Free of torch at import, like cli.py: the parser is built for every command; the model loads inside the command.
+Free of torch at import, like cli/main.py: the parser is built for every command; the model loads inside the command
+(through cli/model_flags.py, as for every command that loads one).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from seekmoe.cli.model_flags import add_model_arguments, open_llm_from_args
 from seekmoe.errors import CLIError
 
 if TYPE_CHECKING:
@@ -41,19 +43,6 @@ Ctrl-C during an answer stops it; that exchange is then not kept."""
 
 
 # ---- flags ---------------------------------------------------------------------------------------------------
-
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="a checkpoint folder (config.json, safetensors weights, tokenizer.json); default: the "
-                        "bundled seekmoe-tiny-chat")
-    p.add_argument("--adapter", metavar="DIR",
-                   help="a LoRA adapter folder (seekmoe finetune --method lora) merged into MODEL's weights at load")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="dtype of the weights and the compute (default float32)")
-    p.add_argument("--int8", action="store_true",
-                   help="quantize the projections to int8 after loading (weight-only, per-channel scales): less "
-                        "memory, slightly different output")
-
 
 def _add_sampling_arguments(p: argparse.ArgumentParser, several: bool) -> None:
     """Defaults None: SamplingParams keeps its own, and checks every value given."""
@@ -89,7 +78,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, several: bool) -> None:
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    _add_model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("prompt", metavar="PROMPT",
                    help="the text to continue, or - to read it from stdin (its final newline dropped)")
     _add_sampling_arguments(p, several=True)
@@ -102,7 +91,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_chat_arguments(p: argparse.ArgumentParser) -> None:
-    _add_model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--system", metavar="TEXT", help="system prompt, kept at the start of the conversation")
     _add_sampling_arguments(p, several=False)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -120,23 +109,6 @@ def sampling_params(args: argparse.Namespace, names: Iterable[str]) -> SamplingP
         if e.param in FLAGS:
             message = FLAGS[e.param] + message[len(e.param):]
         raise CLIError(message) from None
-
-
-def open_llm(args: argparse.Namespace) -> LLM:
-    from seekmoe.llm import LLM
-
-    if args.model is not None and not Path(args.model).is_dir():
-        raise CLIError(f"{args.model}: no such model folder (expected a checkpoint folder holding config.json, "
-                       "safetensors weights and tokenizer.json)")
-    try:
-        return LLM(args.model, dtype=args.dtype, quantize="int8" if args.int8 else None, adapter=args.adapter)
-    except (ValueError, OSError) as e:  # CheckpointError, ConfigError, TokenizerError, a vocabulary mismatch
-        raise CLIError(str(e)) from None
-
-
-def context_tokens(llm: LLM) -> int:
-    """The most tokens one sequence may hold: prompt and answer together."""
-    return min(llm.engine.max_model_len, llm.engine.cache.capacity_tokens)
 
 
 def summary(completion: Completion, seconds: float, what: str = "completion") -> str:
@@ -189,7 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if params.logprobs is not None and not args.json:
         raise CLIError("--logprobs needs --json (text output has no place for them)")
     try:
-        llm = open_llm(args)
+        llm = open_llm_from_args(args)
     except KeyboardInterrupt:
         return 130
     try:
@@ -235,7 +207,7 @@ def fit(llm: LLM, messages: list[dict], params: SamplingParams) -> tuple[list[in
     """The conversation's prompt ids and media rows, after dropping its oldest exchanges, media and all (the system
     prompt stays), until the prompt and max_tokens fit the context and its media the model's max_items; (None, None,
     0), history untouched, when not even the last message fits. MediaError for media the model cannot read."""
-    room, most = context_tokens(llm) - params.max_tokens, llm.media_limits.max_items
+    room, most = llm.engine.max_model_len - params.max_tokens, llm.media_limits.max_items
     if media_count(messages) <= most:
         ids, _, embeds = llm.chat_prompt(messages)
         if len(ids) <= room:
@@ -265,7 +237,7 @@ def answer(llm: LLM, messages: list[dict], params: SamplingParams, verbose: bool
     except MediaError as e:
         print(f"(not sent: {e})", file=err)
         return None
-    limit = context_tokens(llm)
+    limit = llm.engine.max_model_len
     if ids is None:
         print(f"(that message does not fit: with the system prompt and --max-tokens {params.max_tokens} it needs "
               f"more than the {limit}-token context; send a shorter one)", file=err)
@@ -382,13 +354,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.system == "":
         raise CLIError("--system is empty: give the system prompt's text, or leave the flag out")
     try:
-        llm = open_llm(args)
+        llm = open_llm_from_args(args)
     except KeyboardInterrupt:
         return 130
     try:
-        if params.max_tokens >= context_tokens(llm):
+        context = llm.engine.max_model_len  # the engine's default KV cache holds several such sequences
+        if params.max_tokens >= context:
             raise CLIError(f"--max-tokens {params.max_tokens} leaves no room for the conversation in the "
-                           f"{context_tokens(llm)}-token context")
+                           f"{context}-token context")
         return chat(llm, params, args.system, args.verbose, sys.stdin, sys.stdout, sys.stderr)
     except (ChatError, EngineError) as e:
         raise CLIError(str(e)) from None

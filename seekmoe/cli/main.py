@@ -82,7 +82,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from seekmoe.train.loop import TrainError, run_from_args
+    from seekmoe.train.config import TrainError
+    from seekmoe.train.loop import run_from_args
 
     try:
         return run_from_args(args)
@@ -111,22 +112,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     print(f"wrote {out}: {args.base} with {args.adapter} merged in")
     return 0
-
-
-def cmd_summarize(args: argparse.Namespace) -> int:
-    from seekmoe.cli.summarize import run_from_args
-
-    def open_llm(model: str | None):
-        from seekmoe.llm import LLM
-
-        if model is not None and not Path(model).is_dir():
-            raise CLIError(f"{model}: no such model folder")
-        try:
-            return LLM(model)
-        except (ValueError, OSError) as e:
-            raise CLIError(str(e)) from None
-
-    return run_from_args(args, open_llm)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="the merged model folder to write (replaced if it exists)")
     p.set_defaults(func=cmd_merge)
 
-    from seekmoe.export import add_arguments as add_export_arguments
+    from seekmoe.cli.export import add_arguments as add_export_arguments
 
     p = sub.add_parser("export", help="export a model for other engines: a Hugging Face folder or a llama.cpp GGUF")
     add_export_arguments(p)
@@ -275,15 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    from seekmoe.cli.summarize import add_arguments as add_summarize_arguments
+    from seekmoe.cli import summarize
 
     p = sub.add_parser("summarize", help="summarize a text of any length (map-reduce over the model, or extractive)",
                        description="Summarize FILE (or standard input) within --max-length tokens: the model "
                                    "summarizes chunks that fit its context, then their summaries, until the result "
                                    "fits; --method extractive picks the most central sentences instead (TextRank), "
                                    "no generation.")
-    add_summarize_arguments(p)
-    p.set_defaults(func=cmd_summarize)
+    summarize.add_arguments(p)
+    p.set_defaults(func=summarize.run_from_args)
 
     from seekmoe.plugins import DESCRIPTION as PLUGINS_DESCRIPTION
     from seekmoe.plugins import add_arguments as add_plugins_arguments

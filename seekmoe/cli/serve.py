@@ -1,6 +1,6 @@
 """`seekmoe serve [MODEL]`: flags, their environment variables, and uvicorn.
 
-Free of torch and fastapi at import, like cli.py: they load inside the command.
+Free of torch and fastapi at import, like cli/main.py: they load inside the command.
 """
 
 from __future__ import annotations
@@ -13,9 +13,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from seekmoe.cli import model_flags
 from seekmoe.errors import CLIError
 from seekmoe.server.config import ServeConfig, ServeConfigError
+
+if TYPE_CHECKING:
+    from seekmoe.llm import LLM
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b?)", re.IGNORECASE)
 
@@ -70,12 +75,7 @@ def _size(text: str) -> int:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeConfig()
-    p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="a checkpoint folder (config.json, safetensors weights, tokenizer.json); default: the "
-                        "bundled seekmoe-tiny-chat [SEEKMOE_MODEL]")
-    p.add_argument("--adapter", metavar="DIR",
-                   help="a LoRA adapter folder (seekmoe finetune --method lora) merged into MODEL's weights at load "
-                        "[SEEKMOE_ADAPTER]")
+    model_flags.add_model_arguments(p, env={dest: var for dest, (var, _) in ENV.items()})
     p.add_argument("--host", help=f"address to listen on (default {d.host}); anything but loopback needs API keys "
                                   "or --allow-unauthenticated [SEEKMOE_HOST]")
     p.add_argument("--port", type=int, help=f"TCP port (default {d.port}; 0: any free port) [SEEKMOE_PORT]")
@@ -98,11 +98,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the model name clients send and /v1/models lists (default: the model folder's name) "
                         "[SEEKMOE_SERVED_MODEL_NAME]")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help=f"dtype of the weights and the compute (default {d.dtype}) [SEEKMOE_DTYPE]")
-    p.add_argument("--int8", action="store_true", default=None,
-                   help="quantize the projections to int8 after loading (weight-only): less memory, slightly "
-                        "different output [SEEKMOE_INT8=1]")
     p.add_argument("--max-num-seqs", type=int, metavar="N",
                    help=f"most sequences decoded together (default {d.max_num_seqs}) [SEEKMOE_MAX_NUM_SEQS]")
     p.add_argument("--max-queue", type=int, metavar="N",
@@ -160,12 +155,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not keys:
             raise CLIError(f"--api-key-file: {given['api_key_file']} holds no key")
-    if given["model"] is not None and not Path(given["model"]).is_dir():
-        raise CLIError(f"{given['model']}: no such model folder (expected a checkpoint folder holding config.json, "
-                       "safetensors weights and tokenizer.json)")
-    if given["adapter"] is not None and not (Path(given["adapter"]) / "adapter_config.json").is_file():
-        raise CLIError(f"{given['adapter']}: not an adapter folder (expected adapter_config.json and "
-                       "adapter_model.safetensors, as seekmoe finetune --method lora writes)")
+    model_flags.check_model_folders(given["model"], given["adapter"])
     tools: tuple[str, ...] = ()
     if given["tools"]:
         from seekmoe.plugins import PluginError, select
@@ -194,12 +184,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     return config
 
 
-def load_llm(config: ServeConfig):
-    from seekmoe.llm import LLM
-
-    llm = LLM(config.model, dtype=config.dtype, quantize="int8" if config.int8 else None, adapter=config.adapter,
-              cache_tokens=config.cache_tokens, cache_bytes=config.cache_bytes, max_num_seqs=config.max_num_seqs,
-              max_waiting=config.max_queue)
+def load_llm(config: ServeConfig) -> LLM:
+    llm = model_flags.load_llm(config.model, dtype=config.dtype, int8=config.int8, adapter=config.adapter,
+                               cache_tokens=config.cache_tokens, cache_bytes=config.cache_bytes,
+                               max_num_seqs=config.max_num_seqs, max_waiting=config.max_queue)
     llm.media_limits = config.media_limits()
     return llm
 

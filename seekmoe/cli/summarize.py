@@ -1,6 +1,7 @@
 """`seekmoe summarize FILE`: a summary of a UTF-8 text of any length (or of stdin), printed to stdout.
 
-Free of torch at import, like cli.py: the model comes from `open_llm`, a callable the caller hands in.
+The summary is LLM.generate_summary's, as in the Python API and the server's /v2/summarize. Free of torch at import,
+like cli/main.py: the model loads inside the command.
 """
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-from seekmoe.text.summarize import METHODS, STYLES, SummaryError, chat_generate, summarize
+from seekmoe.cli import model_flags
+from seekmoe.errors import CLIError
+from seekmoe.text.summarize import METHODS, STYLES, SummaryError
 
-DEFAULT_CONTEXT = 1024  # when the model does not say its own
+if TYPE_CHECKING:
+    from seekmoe.llm import LLM
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,8 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_text(name: str) -> str:
     """The text of a file, or of stdin for "-", as UTF-8 (a byte-order mark is dropped)."""
-    from seekmoe.errors import CLIError
-
     label = "standard input" if name == "-" else name
     try:
         if name == "-":
@@ -59,29 +61,15 @@ def read_text(name: str) -> str:
                        f"expected UTF-8 text") from None
 
 
-def context_tokens(llm: Any) -> int:
-    """The model's context length, or DEFAULT_CONTEXT when the object does not carry a config."""
-    n = getattr(getattr(getattr(llm, "model", None), "config", None), "max_position_embeddings", None)
-    return n if isinstance(n, int) and n > 0 else DEFAULT_CONTEXT
-
-
-def run_from_args(args: argparse.Namespace, open_llm: Callable[[str | None], Any]) -> int:
-    from seekmoe.errors import CLIError
-
+def run_from_args(args: argparse.Namespace, open_llm: Callable[[str | None], LLM] = model_flags.open_llm) -> int:
+    """open_llm(--model): the model; the terminal's own (cli/model_flags.py) unless a caller hands in another."""
     if args.max_length < 1:
         raise CLIError(f"--max-length must be >= 1, got {args.max_length}")
     text = read_text(args.file)
     llm = open_llm(args.model)
-    context = context_tokens(llm)
-
-    def count_tokens(s: str) -> int:
-        return len(llm.tokenizer.encode(s))
-
-    generate = chat_generate(llm, context) if args.method == "abstractive" else None
     try:
-        summary = summarize(text, max_length=args.max_length, style=args.style, method=args.method,
-                            generate=generate, count_tokens=count_tokens, context_tokens=context,
-                            progress=sys.stderr.isatty())
+        summary = llm.generate_summary(text, max_length=args.max_length, style=args.style, method=args.method,
+                                       progress=sys.stderr.isatty())
     except SummaryError as e:
         raise CLIError(str(e)) from None
     print(summary)

@@ -43,13 +43,13 @@ import re
 import shutil
 import sys
 import unicodedata
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from seekmoe.errors import SeekmoeError
+from seekmoe.files import write_folder
 
 SETS = ("digits", "mnist", "fashion_mnist", "speech_digits", "speech_phrases")
 SPLITS = ("train", "test")
@@ -466,17 +466,8 @@ def build(out: Path, seed: int = 0, sizes: dict | None = None, overwrite: bool =
     out = Path(out).resolve()
     _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
-    tmp, old = out.with_name(f".{out.name}.{tag}.tmp"), out.with_name(f".{out.name}.{tag}.old")
-    tmp.mkdir()
-    try:
-        sources = _build_into(tmp, seed, sizes, progress, workers)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    sources: dict = {}
+    write_folder(out, lambda tmp: sources.update(_build_into(tmp, seed, sizes, progress, workers)))
     return sources
 
 
