@@ -13,7 +13,7 @@ AVX2 machine, one thread, matrices read from DRAM (bench/decode.py's `small` sha
   low-rank query) projection with kv_a_proj_with_mqa; each SwiGLU's gate and up. The modules' weights become
   views into the stacked tensor, so nothing is stored twice.
 
-With seekmoe's own kernels (kernels.py), which stream every matrix fastest row by row, plain matrices are stored
+With seekmoe's own kernels (model/kernels.py), which stream every matrix fastest row by row, plain matrices are stored
 (O, I) and SwiGLU down projections transposed, the order the experts kernel adds them in; `columns_first` only
 decides when the kernels cannot be used. int8 weights keep their (O, I) order and are only fused.
 
