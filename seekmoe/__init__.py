@@ -14,14 +14,15 @@ _LAZY = {
     "LLM": "seekmoe.llm", "SamplingParams": "seekmoe.engine.sampling", "Completion": "seekmoe.llm",
     "Client": "seekmoe.client", "AsyncClient": "seekmoe.client", "APIError": "seekmoe.client",
     "load_model": "seekmoe.model.checkpoint", "save_model": "seekmoe.model.checkpoint",
-    "CheckpointError": "seekmoe.model.checkpoint",
+    "CheckpointError": "seekmoe.model.checkpoint", "SeekmoeError": "seekmoe.errors",
 }
 __all__ = ["LLM", "APIError", "AsyncClient", "CausalLM", "CheckpointError", "Client", "Completion", "ConfigError",
-           "ModelConfig", "SamplingParams", "load_model", "save_model"]
+           "ModelConfig", "SamplingParams", "SeekmoeError", "load_model", "save_model"]
 
 if TYPE_CHECKING:
     from seekmoe.client import APIError, AsyncClient, Client
     from seekmoe.engine.sampling import SamplingParams
+    from seekmoe.errors import SeekmoeError
     from seekmoe.llm import LLM, Completion
     from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
     from seekmoe.model.config import ConfigError, ModelConfig

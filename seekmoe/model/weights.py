@@ -18,13 +18,14 @@ from safetensors.torch import save_file
 
 from seekmoe.errors import SeekmoeError
 from seekmoe.files import Content, fsync_dir, replace_files
+from seekmoe.model import config
 from seekmoe.model.config import ModelConfig
 from seekmoe.model.model import CausalLM
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 64 * 2**20  # DeepSeek-V3's index is 9 MB; anything far larger is not an index
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in config.DTYPES}  # the dtypes a model loads and saves in
 # safetensors dtypes we convert from, and their sizes; fp8/int weights need their scales and are refused
 FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 # map at most this much of a file at once: unmapping drops the pages it touched from our resident set
