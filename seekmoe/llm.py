@@ -444,17 +444,19 @@ class LLM:
         return done, trace
 
     def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
-                         method: str = "abstractive", progress: bool = False,
+                         method: str = "hybrid", progress: bool = False,
                          cancelled: Callable[[], bool] | None = None) -> str:
-        """A summary of a text of any length, within max_length tokens: the model summarises chunks, then their
-        summaries (map-reduce), falling back to the central sentences (TextRank) where it does not shorten;
-        method="extractive" uses only those. style: bullets, paragraph, or sections (the document's headings).
+        """A summary of a text of any length, within max_length tokens. method "hybrid" (the default): the
+        sentences that state the conclusions, the opening one and the central ones (TextRank), each shortened by
+        the model only where its facts survive; "abstractive": the model summarises chunks, then their summaries
+        (map-reduce), falling back to the central sentences where it does not shorten; "extractive": only those.
+        style: bullets, paragraph, or sections (the document's headings).
         cancelled: asked between steps; once it says True, SummaryCancelled is raised (a server's client left)."""
         from seekmoe.text.summarize import chat_generate, summarize
 
         context = self.engine.max_model_len
         return summarize(text, max_length=max_length, style=style, method=method,
-                         generate=chat_generate(self, context) if method == "abstractive" else None,
+                         generate=chat_generate(self, context) if method != "extractive" else None,
                          count_tokens=lambda s: len(self.tokenizer.encode(s)), context_tokens=context,
                          progress=progress, cancelled=cancelled)
 

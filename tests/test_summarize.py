@@ -278,7 +278,7 @@ def test_abstractive_stops_between_batches_when_cancelled(english, count, style)
 # ---- summarize: bounds ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lang", ["english", "chinese"])
-@pytest.mark.parametrize("method", ["extractive", "abstractive"])
+@pytest.mark.parametrize("method", ["extractive", "abstractive", "hybrid"])
 @pytest.mark.parametrize("style", STYLES)
 def test_summarize_never_exceeds_max_length(lang, method, style, count, request):
     text = request.getfixturevalue(lang)
@@ -396,7 +396,7 @@ def test_split_sections_finds_markdown_and_rest_headings():
     assert split_sections("no headings here.\n\nJust text.") == [(None, "no headings here.\n\nJust text.")]
 
 
-@pytest.mark.parametrize("method", ["extractive", "abstractive"])
+@pytest.mark.parametrize("method", ["extractive", "abstractive", "hybrid"])
 @pytest.mark.parametrize("doc", [MARKDOWN, REST])
 def test_sections_keep_headings_in_order(doc, method, count):
     headings = [h for h, _ in split_sections(doc) if h is not None]
@@ -528,3 +528,78 @@ def test_cli_errors(tmp_path, tok, monkeypatch):
         _cli([str(bad), "--max-length", "0"], tok)
     with pytest.raises(CLIError, match="is a directory"):
         _cli([str(tmp_path)], tok)
+
+
+# ---- hybrid: the stated conclusion, the opening, the centre without repeats ----------------------------------------
+
+FILLER_EN = ["The team recorded {} every week and kept the raw logs for later checks.",
+             "During week {}, overtime moved a little while staffing stayed the same.",
+             "Weather, holidays and a short strike in month {} all affected the figures.",
+             "Interviews with {} staff members gave a mixed picture of the change."]
+FILLER_ZH = ["团队每周记录一次第{}组的加班时长，原始日志全部保留。", "第{}周，排队长度有所变化，而人员配置没有调整。",
+             "天气、节假日以及第{}个月的短暂停工都影响了数据。", "对{}名员工的访谈显示，大家的感受不一。"]
+
+
+def report(lang: str, conclusion: str, early: bool = False) -> str:
+    """A long report whose point is stated once, among many sentences that are central but say little."""
+    filler = FILLER_EN if lang == "en" else FILLER_ZH
+    join = " " if lang == "en" else ""
+    intro = ("This report describes a year-long study of heat pumps in council housing." if lang == "en"
+             else "本报告介绍了在市政住房为期一年的热泵改造研究。")
+    body = [join.join(filler[(i + j) % 4].format(i * 7 + j) for j in range(5)) for i in range(120)]
+    closing = ("## Conclusion" if lang == "en" else "## 结论")
+    return "\n\n".join(["# Heat pumps", intro + (join + conclusion if early else ""), *body, closing,
+                        ("The figures come with caveats." if lang == "en" else "以上数据附有注意事项。")
+                        + ("" if early else join + conclusion)])
+
+
+@pytest.mark.parametrize(("lang", "conclusion"), [
+    ("en", "In conclusion, the heat-pump retrofit lowers heating bills by 22% in the council's housing stock."),
+    ("en", "Our central result: the retrofit lowers heating bills by 22%."),  # no cue phrase: the closing section
+    ("zh", "关键结论：热泵改造可使市政住房的供暖费用降低22%。"),
+    ("zh", "总之，热泵改造让供暖费用降低了22%。"),
+])
+@pytest.mark.parametrize("early", [False, True])
+def test_hybrid_keeps_the_stated_conclusion_that_textrank_loses(lang, conclusion, early, count):
+    if early and "central result" in conclusion:
+        pytest.skip("without a cue phrase, only the closing section marks the conclusion")
+    text = report(lang, conclusion, early)
+    assert len(text) > 10_000
+    hybrid = summarize(text, 120, method="hybrid", count_tokens=count)
+    assert conclusion in hybrid and count(hybrid) <= 120
+    assert hybrid.splitlines()[0].startswith(("- This report", "- 本报告"))  # the opening says what it is about
+    assert conclusion not in summarize(text, 120, method="extractive", count_tokens=count)
+
+
+def test_hybrid_leaves_out_sentences_that_repeat_one_already_in(count):
+    text = report("en", "In conclusion, it works.")
+    lines = [line[2:] for line in summarize(text, 200, method="hybrid", count_tokens=count).splitlines()]
+    templates = [next(i for i, f in enumerate(FILLER_EN) if f.split("{}")[0] in line) for line in lines
+                 if not line.startswith(("This report", "In conclusion", "The figures"))]
+    assert len(templates) == len(set(templates)) >= 2  # each filler template at most once
+    extractive = summarize(text, 200, method="extractive", count_tokens=count).splitlines()
+    assert len(extractive) > len({line.split(" ")[1] for line in extractive})  # TextRank alone repeats them
+
+
+def test_hybrid_takes_the_models_shorter_sentence_only_where_the_facts_survive(count):
+    conclusion = "In conclusion, the heat-pump retrofit lowers heating bills by 22% in the council's housing stock."
+    text = report("en", conclusion)
+    short = "In conclusion, the heat-pump retrofit lowers heating bills by 22% in council housing."
+    prompts: list[str] = []
+
+    def faithful(batch: list[str], max_tokens: int) -> list[str]:
+        prompts.extend(batch)
+        return [short if conclusion in p else p.rsplit("Text:\n", 1)[1].split("\n\nSummary:")[0] for p in batch]
+
+    out = summarize(text, 120, method="hybrid", generate=faithful, count_tokens=count)
+    assert short in out and conclusion not in out and len(prompts) == len(out.splitlines())
+
+    def drops_the_figure(batch: list[str], max_tokens: int) -> list[str]:
+        return ["The retrofit lowers heating bills." for _ in batch]
+
+    def writes_nothing_shorter(batch: list[str], max_tokens: int) -> list[str]:
+        return [p + " and more" for p in batch]
+
+    for model in (drops_the_figure, writes_nothing_shorter):
+        assert summarize(text, 120, method="hybrid", generate=model, count_tokens=count) == summarize(
+            text, 120, method="hybrid", count_tokens=count)

@@ -27,10 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bullets: '- ' lines; paragraph: one paragraph; sections: the document's own headings "
                         "(Markdown #, underlined reST titles), each with a summary of its section "
                         "(default bullets)")
-    p.add_argument("--method", choices=METHODS, default="abstractive",
-                   help="abstractive: the model summarizes chunks, then their summaries (map-reduce); "
-                        "extractive: the document's most central sentences (TextRank), no generation "
-                        "(default abstractive)")
+    p.add_argument("--method", choices=METHODS, default="hybrid",
+                   help="hybrid: the sentences that state the document's conclusions, its opening and its most "
+                        "central ones, shortened by the model only where every figure and most words survive; "
+                        "abstractive: the model summarizes chunks, then their summaries (map-reduce); "
+                        "extractive: the most central sentences (TextRank), no generation (default hybrid)")
     p.add_argument("--model", metavar="DIR",
                    help="a checkpoint folder (config.json, weights, tokenizer.json); default: the bundled "
                         "seekmoe-tiny-chat. Extractive summaries use only its tokenizer, to count")

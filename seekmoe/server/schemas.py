@@ -80,8 +80,10 @@ class SummarizeRequest(Request):
     max_length: int = Field(200, ge=1, le=100_000, description="most tokens in the summary")
     style: Literal["bullets", "paragraph", "sections"] = Field(
         "bullets", description="sections keeps the document's own headings")
-    method: Literal["abstractive", "extractive"] = Field(
-        "abstractive", description="abstractive: the model, map-reduce; extractive: the central sentences, no model")
+    method: Literal["hybrid", "abstractive", "extractive"] = Field(
+        "hybrid", description="hybrid: the sentences that state the conclusions, the opening and the central ones, "
+                              "shortened by the model only where every fact survives; abstractive: the model, "
+                              "map-reduce; extractive: the central sentences, no model")
     model: str | None = None
 
 
