@@ -5,8 +5,18 @@ For each model: the validation loss (nats per assistant token) on every data/cha
 support dialogues, the answer to the last turn contains the fact the customer gave in the first); arithmetic
 accuracy (the final answer of a worked word problem), without tools and with the math plugin offered (the model
 calls it, the plugin runs, the model answers from its result). Answers are greedy, through the engine.
+Plain continuation: 4 samples (temperature 0.8) of each held-out beginning of ordinary text (data/eval/
+continuation.jsonl, English and Chinese) through /v2/generate's path: the share that are at least 20 characters,
+in the prompt's language and not a loop (a proxy for "on topic" a program can check). Intent is also asked with
+three paraphrased router instructions listing the same labels; recall is also counted on the dialogues with at
+least 5 turns after the fact; with the math tool offered, the share of chats that need no math (support
+messages) in which no tool is called.
+Summaries: held-out 100,000-character reports, English and Chinese (bench/summary_docs.py), each stating one key
+conclusion; per method of LLM.generate_summary (max_length 200), the share of summaries that keep it (its figure
+and measure in one sentence) and ROUGE-L (rouge-score, words and CJK characters) against the summary we wrote.
 
     .venv/bin/python bench/chat_eval.py [MODEL ...] [--data data/chat] [--limit N] [--json OUT.json]
+        [--summary-docs 20] [--summary-methods hybrid,extractive,abstractive] [--abstractive-docs 6]
 
 Without MODEL: the bundled seekmoe-tiny (before fine-tuning) and seekmoe-tiny-chat (after), when both exist.
 """
@@ -28,6 +38,7 @@ from seekmoe.train.loop import evaluate
 from seekmoe.train.sft import SFTData, data_files, read_conversations
 
 MODELS = Path(__file__).resolve().parents[1] / "seekmoe" / "models"
+CJK_OR_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[^\W_\u3400-\u4dbf\u4e00-\u9fff]+")
 ANSWER = re.compile(r"(?:answer is|答案是)\s*(-?\d+)")
 
 
@@ -79,7 +90,80 @@ def with_tool(llm: LLM, problems: list[dict]) -> tuple[float, list[dict]]:
     return sum(right) / len(problems), examples
 
 
-def score(model_path: Path, data: Path, limit: int | None, seq_len: int) -> dict:
+class RougeTokens:
+    """rouge-score's own tokenizer drops every non-ASCII character, so Chinese would score nothing."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return CJK_OR_WORD.findall(text.lower())
+
+
+def summaries(llm: LLM, n_docs: int, methods: list[str], abstractive_docs: int) -> dict[str, dict]:
+    """Per method: the share of held-out reports whose summary keeps the stated conclusion, mean ROUGE-L F1."""
+    from rouge_score.rouge_scorer import RougeScorer
+    from summary_docs import documents, keeps_conclusion
+
+    scorer = RougeScorer(["rougeL"], tokenizer=RougeTokens())
+    docs = documents(n_docs)
+    out = {}
+    for method in methods:
+        some = docs[:abstractive_docs] if method == "abstractive" else docs  # a minute or more a document
+        kept, rouge, t0, first = 0, 0.0, time.perf_counter(), ""
+        for doc in some:
+            summary = llm.generate_summary(doc.text, max_length=200, method=method)
+            kept += keeps_conclusion(summary, doc)
+            rouge += scorer.score(doc.reference, summary)["rougeL"].fmeasure
+            first = first or summary
+        out[method] = {"kept": kept / len(some), "rouge_l": rouge / len(some), "docs": len(some),
+                       "seconds_per_doc": (time.perf_counter() - t0) / len(some), "example": first}
+    return out
+
+
+EVAL = Path(__file__).resolve().parents[1] / "data" / "eval"
+LABELS = "order_status, refund, address_change, complaint, product_question, greeting"
+ROUTER_PARAPHRASES = [  # held out: written for this benchmark, never in training
+    f"Classify the customer's message. Answer with one of these labels and nothing else: {LABELS}.",
+    "Which intent fits this support message best? Options: greeting, complaint, refund, order_status, "
+    "product_question, address_change. Give only the label.",
+    f"Route the message below to a team. Possible labels: {LABELS}. Output the label only.",
+]
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+LATIN = re.compile(r"[A-Za-z]")
+
+
+def readable(text: str, lang: str) -> bool:
+    """At least 20 characters, mostly in the prompt's script, and not one phrase over and over."""
+    text = text.strip()
+    cjk, latin = len(CJK.findall(text)), len(LATIN.findall(text))
+    units = list(text) if lang == "zh" else text.split()
+    same_language = cjk > 2 * latin if lang == "zh" else latin > 4 * cjk
+    return len(text) >= 20 and same_language and len(set(units)) >= 0.5 * len(units)
+
+
+def continuation(llm: LLM, samples: int = 4) -> tuple[dict[str, float], list[dict]]:
+    prompts = read_jsonl(EVAL / "continuation.jsonl", None)
+    ok: dict[str, list[bool]] = {}
+    examples = []
+    for k in range(samples):
+        done = llm.generate([p["prompt"] for p in prompts], max_tokens=48, temperature=0.8, top_p=0.95, seed=k)
+        for p, c in zip(prompts, done, strict=True):
+            ok.setdefault(p["lang"], []).append(readable(c.text, p["lang"]))
+            if k == 0 and len(examples) < 4 and p["lang"] == ("en", "zh")[len(examples) % 2]:
+                examples.append({"asked": p["prompt"], "said": c.text})
+    return {lang: sum(v) / len(v) for lang, v in ok.items()}, examples
+
+
+def no_tool_when_not_needed(llm: LLM, chats: list[list[dict]]) -> float:
+    """With the math tool offered, the share of chats that need no math in which nothing is called."""
+    from seekmoe.plugins import WorkerPool
+    from seekmoe.plugins.math import plugin
+
+    with WorkerPool() as pool:
+        quiet = [not llm.chat_with_tools(c, {"math": plugin}, pool=pool, max_tokens=32, temperature=0.0)[1]
+                 for c in chats]
+    return sum(quiet) / len(chats)
+
+
+def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary_args: tuple) -> dict:
     t0 = time.perf_counter()
     result: dict = {"model": str(model_path), "val_loss": val_losses(model_path, data, seq_len)}
     llm = LLM(model_path)
@@ -88,12 +172,20 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int) -> dict
         said = answers(llm, intents, 8)
         result["intent_accuracy"] = sum(a == ex["meta"]["intent"] for a, ex in zip(said, intents, strict=True)) / len(
             intents)
+        for k, instruction in enumerate(ROUTER_PARAPHRASES):
+            asked = [{**ex, "messages": [{"role": "system", "content": instruction}, *ex["messages"][1:]]}
+                     for ex in intents]
+            said_k = answers(llm, asked, 8)
+            result[f"intent_accuracy_paraphrase_{k}"] = sum(
+                a == ex["meta"]["intent"] for a, ex in zip(said_k, intents, strict=True)) / len(intents)
         result["intent_examples"] = [{"asked": ex["messages"][-2]["content"], "label": ex["meta"]["intent"],
                                       "said": a} for ex, a in list(zip(intents, said, strict=True))[:3]]
         dialogues = read_jsonl(data / "dialogues.val.jsonl", limit)
         said = answers(llm, dialogues, 32)
         result["multi_turn_recall"] = sum(ex["meta"]["fact"] in a for a, ex in zip(said, dialogues, strict=True)) / len(
             dialogues)
+        late = [(a, ex) for a, ex in zip(said, dialogues, strict=True) if ex["meta"]["turns"] >= 6]
+        result["recall_after_5_turns"] = sum(ex["meta"]["fact"] in a for a, ex in late) / max(len(late), 1)
         result["dialogue_examples"] = [{"asked": ex["messages"][-2]["content"], "fact": ex["meta"]["fact"],
                                         "said": a} for ex, a in list(zip(dialogues, said, strict=True))[:3]]
         problems = read_jsonl(data / "arithmetic.val.jsonl", limit)
@@ -102,23 +194,47 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int) -> dict
         result["arithmetic_accuracy"] = sum(m is not None and int(m[1]) == ex["meta"]["answer"]
                                             for m, ex in zip(found, problems, strict=True)) / len(problems)
         result["arithmetic_tool_accuracy"], result["tool_examples"] = with_tool(llm, problems)
+        chats = [ex["messages"][1:2] for ex in intents[:25]] + [ex["messages"][:2] for ex in dialogues[:25]]
+        result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
+        result["continuation"], result["continuation_examples"] = continuation(llm)
+        result["reads_media"] = llm.encoders is not None
         result["counts"] = {"intents": len(intents), "dialogues": len(dialogues), "arithmetic": len(problems)}
+        result["summaries"] = summaries(llm, *summary_args) if summary_args[0] else {}
     finally:
         llm.close()
     result["seconds"] = time.perf_counter() - t0
     return result
 
 
+def paraphrased(r: dict) -> float:
+    return sum(r[f"intent_accuracy_paraphrase_{k}"] for k in range(len(ROUTER_PARAPHRASES))) / len(ROUTER_PARAPHRASES)
+
+
 def table(results: list[dict]) -> str:
     sets = sorted({name for r in results for name in r["val_loss"]})
-    head = ["model", *(f"val loss {s}" for s in sets), "intent acc", "multi-turn recall", "arithmetic acc",
-            "arithmetic acc, math tool"]
+    head = ["model", *(f"val loss {s}" for s in sets), "intent acc", "intent acc, paraphrased instruction",
+            "multi-turn recall", "recall after >= 5 turns", "arithmetic acc", "arithmetic acc, math tool",
+            "no tool call without math", "continuation en / zh", "reads images and speech"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [Path(r["model"]).name, *(f"{r['val_loss'].get(s, float('nan')):.3f}" for s in sets),
-                 f"{r['intent_accuracy']:.1%}", f"{r['multi_turn_recall']:.1%}", f"{r['arithmetic_accuracy']:.1%}",
-                 f"{r['arithmetic_tool_accuracy']:.1%}"]
+                 f"{r['intent_accuracy']:.1%}",
+                 f"{paraphrased(r):.1%}",
+                 f"{r['multi_turn_recall']:.1%}", f"{r['recall_after_5_turns']:.1%}",
+                 f"{r['arithmetic_accuracy']:.1%}", f"{r['arithmetic_tool_accuracy']:.1%}",
+                 f"{r['no_tool_without_math']:.1%}",
+                 f"{r['continuation'].get('en', 0):.1%} / {r['continuation'].get('zh', 0):.1%}",
+                 "yes" if r["reads_media"] else "no"]
         rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def summary_table(results: list[dict]) -> str:
+    rows = ["| model | method | reports | conclusion kept | ROUGE-L F1 | s / report |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for method, s in r["summaries"].items():
+            rows.append(f"| {Path(r['model']).name} | {method} | {s['docs']} | {s['kept']:.0%} | {s['rouge_l']:.3f} "
+                        f"| {s['seconds_per_doc']:.1f} |")
     return "\n".join(rows)
 
 
@@ -129,15 +245,24 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="at most N examples of each generation task")
     p.add_argument("--seq-len", type=int, default=1024, help="rows of the validation-loss pass (default 1024)")
     p.add_argument("--json", help="also write the results (with a few example answers) here")
+    p.add_argument("--summary-docs", type=int, default=20, help="held-out reports to summarise (0: none)")
+    p.add_argument("--summary-methods", default="hybrid,extractive,abstractive",
+                   help="methods of LLM.generate_summary to compare (comma-separated)")
+    p.add_argument("--abstractive-docs", type=int, default=6,
+                   help="of those reports, how many the abstractive method summarises (a minute or more each)")
     args = p.parse_args()
     models = [Path(m) for m in args.models] or [m for m in (MODELS / "seekmoe-tiny", MODELS / "seekmoe-tiny-chat")
                                                 if m.is_dir()]
     torch.manual_seed(0)
-    results = [score(m, Path(args.data), args.limit, args.seq_len) for m in models]
+    summary_args = (args.summary_docs, args.summary_methods.split(","), args.abstractive_docs)
+    results = [score(m, Path(args.data), args.limit, args.seq_len, summary_args) for m in models]
     print(table(results))
+    if args.summary_docs:
+        print("\nSummaries of held-out 100,000-character reports (bench/summary_docs.py), max_length 200:\n")
+        print(summary_table(results))
     for r in results:
         print(f"\n{Path(r['model']).name} ({r['seconds']:.0f} s): {r['counts']}")
-        for ex in r["intent_examples"] + r["dialogue_examples"]:
+        for ex in r["intent_examples"] + r["dialogue_examples"] + r["continuation_examples"]:
             print(f"  {ex['asked']!r} -> {ex['said']!r}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
