@@ -262,11 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from seekmoe.cli import summarize
 
-    p = sub.add_parser("summarize", help="summarize a text of any length (map-reduce over the model, or extractive)",
-                       description="Summarize FILE (or standard input) within --max-length tokens: the model "
-                                   "summarizes chunks that fit its context, then their summaries, until the result "
-                                   "fits; --method extractive picks the most central sentences instead (TextRank), "
-                                   "no generation.")
+    p = sub.add_parser("summarize", help="summarize a text of any length (its stated conclusions and central "
+                                         "sentences, or map-reduce over the model)",
+                       description="Summarize FILE (or standard input) within --max-length tokens: by default the "
+                                   "sentences that state its conclusions, its opening and its most central ones, "
+                                   "shortened by the model only where every fact survives; --method abstractive "
+                                   "has the model summarize chunks, then their summaries; --method extractive "
+                                   "picks the most central sentences (TextRank), no generation.")
     summarize.add_arguments(p)
     p.set_defaults(func=summarize.run_from_args)
 
