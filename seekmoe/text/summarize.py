@@ -546,17 +546,20 @@ def _facts_survive(original: str, short: str) -> bool:
             and len(words & kept) * 2 >= len(words) and bool(short.strip()))
 
 
-def _compress(parts: list[Part], generate: Generate, count: CountTokens, progress: bool,
+def _compress(parts: list[Part], generate: Generate, count: CountTokens, context_tokens: int, progress: bool,
               cancelled: Cancelled | None = None) -> list[Part]:
-    """Each sentence as the model shortens it, where the result is shorter and keeps the facts; else as it was."""
-    sentences = [s for kind, s in parts if kind == "sentence"]
+    """Each sentence as the model shortens it, where the result is shorter and keeps the facts; else as it was.
+    A sentence whose prompt and answer would not fit in context_tokens is kept as written, not sent."""
+    prompt_cost = count(COMPRESS_PROMPT.format(text="")) + TEMPLATE_MARGIN
+    fits = [kind == "sentence" and prompt_cost + 2 * count(s) <= context_tokens for kind, s in parts]
+    sentences = [s for (_, s), ok in zip(parts, fits, strict=True) if ok]
     if not sentences:
         return parts
     outs = iter(_batched(generate, [COMPRESS_PROMPT.format(text=s) for s in sentences],
                          max(count(s) for s in sentences), progress, "compress", cancelled))
     out: list[Part] = []
-    for kind, s in parts:
-        if kind == "sentence":
+    for (kind, s), ok in zip(parts, fits, strict=True):
+        if ok:
             short = " ".join(next(outs).split())
             if count(short) < count(s) and _facts_survive(s, short):
                 s = short
@@ -771,24 +774,32 @@ def summarize(text: str, max_length: int = 200, style: str = "bullets", method: 
                                      lambda body, budget: _hybrid_candidates(body, count, cancelled), cancelled)
         parts = _pick(_hybrid_candidates(text, count, cancelled), max_length, _overhead(style))
         if generate is not None:
-            parts = _compress(parts, generate, count, progress, cancelled)
+            parts = _compress(parts, generate, count, context_tokens, progress, cancelled)
         return _fit(style, parts, max_length, count)
     if style == "sections":
         return _sections_summary(text, max_length, count, lambda body, budget: _abstract_candidates(
             body, budget, generate, count, context_tokens, progress, cancelled), cancelled)
     parts = _map_reduce(text, max_length, style, generate, count, context_tokens, progress, cancelled)
     return _fit(style, parts, max_length, count)
+
+
 def chat_generate(llm: Any, context: int) -> Generate:
     """generate(prompts, max_tokens) for summarize() from an LLM (anything with .tokenizer and .generate): each
     prompt a user message in the chat template, answered greedily within `context` tokens."""
     def generate(prompts: list[str], max_tokens: int) -> list[str]:
-        if not prompts:
-            return []
         ids = [llm.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
-        # summarize() leaves TEMPLATE_MARGIN tokens for the template; should one need more, the answer gives way
-        room = context - max(len(i) for i in ids)
-        outs = llm.generate(prompt_token_ids=ids, max_tokens=max(1, min(max_tokens, room)), temperature=0.0)
-        return [o.text for o in outs]
+        # summarize() leaves TEMPLATE_MARGIN tokens for the template; should one need more, the answer gives way,
+        # and a prompt with no room left at all gets an empty answer, which summarize() treats as no shorter
+        fit = [i for i, p in enumerate(ids) if len(p) < context]
+        if not fit:
+            return [""] * len(prompts)
+        room = context - max(len(ids[i]) for i in fit)
+        outs = llm.generate(prompt_token_ids=[ids[i] for i in fit], max_tokens=min(max_tokens, room),
+                            temperature=0.0)
+        answers = [""] * len(prompts)
+        for i, o in zip(fit, outs, strict=True):
+            answers[i] = o.text
+        return answers
 
     return generate
 
