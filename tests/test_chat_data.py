@@ -104,14 +104,40 @@ def test_same_seed_writes_byte_identical_files(tmp_path, built):
         assert (built / f"{name}.train.jsonl").read_bytes() != (tmp_path / "other" / f"{name}.train.jsonl").read_bytes()
 
 
+def test_val_sets_do_not_change_when_the_train_sets_grow(tmp_path, built):
+    # the held-out sets are what bench/chat_eval.py compares models on: more training data must leave them alone
+    bigger = {name: (2 * train, val) for name, (train, val) in SMALL.items()}
+    build_all(tmp_path, seed=0, sizes=bigger, progress=False, skip_missing=True)
+    for name in SMALL:
+        assert (built / f"{name}.val.jsonl").read_bytes() == (tmp_path / f"{name}.val.jsonl").read_bytes(), name
+
+
+def test_extra_phrasings_and_router_wordings_share_nothing_with_the_held_out_ones():
+    held = [t for templates in customer_service.INTENT_TEMPLATES.values()
+            for t in (templates[i] for i in customer_service.split_ids(len(templates), held_out=True))]
+    extra = [t for templates in customer_service.EXTRA_TRAIN_TEMPLATES.values() for t in templates]
+    assert set(customer_service.EXTRA_TRAIN_TEMPLATES) == set(customer_service.INTENTS)
+    assert not set(extra) & set(held)
+    assert customer_service.INTENT_PROMPT not in customer_service.ROUTER_INSTRUCTIONS_TRAIN
+    for wording in customer_service.ROUTER_INSTRUCTIONS_TRAIN:
+        assert wording.count("{labels}") == 1, wording
+
+
 def test_intent_val_uses_only_held_out_templates(built):
     train, val = load(built, "intents", "train"), load(built, "intents", "val")
     train_ids = {ex["meta"]["template"] for ex in train}
     val_ids = {ex["meta"]["template"] for ex in val}
     assert not train_ids & val_ids
+    for ex in val:  # the held-out set asks with the documented instruction only
+        assert ex["messages"][0] == {"role": "system", "content": customer_service.INTENT_PROMPT}
+    instructions = [ex["messages"][0]["content"] for ex in train]
+    assert 0.3 < instructions.count(customer_service.INTENT_PROMPT) / len(train) < 0.7
+    for text in instructions:  # every other wording still lists all six labels
+        assert all(label in text for label in customer_service.INTENTS), text
+    assert sum(ex["meta"]["template"].split("/")[1].startswith("extra") for ex in train) > len(train) / 4
     for ex in train + val:
         assert ex["meta"]["task"] == "intent"
-        assert ex["messages"][0] == {"role": "system", "content": customer_service.INTENT_PROMPT}
+        assert ex["messages"][0]["role"] == "system"
         assert ex["messages"][-1]["content"] == ex["meta"]["intent"] in customer_service.INTENTS
         assert ex["meta"]["template"].startswith(ex["meta"]["intent"] + "/")
     for split in (train, val):

@@ -20,6 +20,7 @@ from seekmoe.train.sft import (
     LoadReport,
     SFTData,
     SFTError,
+    Text,
     fit_conversation,
     pack,
     parse_example,
@@ -65,7 +66,9 @@ def test_messages_keep_extra_keys_out():
 @pytest.mark.parametrize(("line", "needle"), [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
-    ('{"text": "plain"}', "neither 'messages'"),
+    ('{"prompt": "plain"}', "neither 'messages'"),
+    ('{"text": ""}', "text must be a non-empty string"),
+    ('{"text": 5}', "text must be a non-empty string"),
     ('{"messages": []}', "non-empty list"),
     ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant message"),
     ('{"messages": [{"role": "wizard", "content": "x"}]}', "role must be one of"),
@@ -105,6 +108,24 @@ def test_format_forced_to_alpaca_rejects_chat_lines(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"messages": chat("a", "b")}])
     with pytest.raises(SFTError, match=r"d\.jsonl:1: instruction is empty"):
         read_conversations([tmp_path / "d.jsonl"], fmt="alpaca")
+
+
+def test_plain_text_lines_are_learned_whole(tmp_path, tok):
+    write_jsonl(tmp_path / "d.jsonl", [{"messages": chat("a", "b")}, {"text": "Call me Ishmael. Some years ago"}])
+    conversation, text = read_conversations([tmp_path / "d.jsonl"])
+    assert conversation == chat("a", "b")
+    assert isinstance(text, Text) and text == "Call me Ishmael. Some years ago"
+    ids, mask, truncated = fit_conversation(tok, text, 100)
+    assert ids == [tok.bos_id, *tok.encode(text), tok.eos_id] and not truncated
+    assert mask == [False] + [True] * (len(ids) - 1)  # every token but the begin-of-sentence is a target
+    ids, mask, truncated = fit_conversation(tok, Text("word " * 300), 64)
+    assert len(ids) == len(mask) == 64 and truncated and ids[-1] != tok.eos_id  # cut text does not end
+    # a chat-template token written in plain text stays plain text
+    ids, _, _ = fit_conversation(tok, Text(tok.eos_token), 100)
+    assert ids.count(tok.eos_id) == 1
+    with pytest.raises(SFTError, match="text must be"):
+        write_jsonl(tmp_path / "e.jsonl", [{"messages": chat("a", "b")}])
+        read_conversations([tmp_path / "e.jsonl"], fmt="text")
 
 
 # ---- masking, truncation, packing ------------------------------------------------------------------------

@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                "SOURCES.json", description=mm_data.DESCRIPTION)
     mm_data.add_arguments(p)
     p.set_defaults(func=mm_data.run_from_args)
+    from seekmoe.train import copy_text
+    p = data_sub.add_parser("copy", help="write pretraining text that teaches copying from context (JSONL)",
+                            description=copy_text.DESCRIPTION)
+    copy_text.add_arguments(p)
+    p.set_defaults(func=copy_text.run_from_args)
     p = data_sub.add_parser(
         "prepare", help="deduplicate, shuffle and tokenise text into train/val token shards",
         description="Tokenise text into shuffled train/val token shards with manifest.json, deduplicating exact "

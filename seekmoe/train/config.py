@@ -231,7 +231,7 @@ class LoraSettings:
 
 
 FINETUNE_METHODS = ("full", "lora")
-SFT_FORMATS = ("auto", "messages", "alpaca")
+SFT_FORMATS = ("auto", "messages", "alpaca", "text")
 
 
 @dataclass

@@ -4,6 +4,8 @@ Two line formats, chosen per line when `fmt` is "auto":
 - OpenAI-style chat: {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}, with
   "tools" (OpenAI's list) when the conversation offers tools and assistant messages carry "tool_calls"
 - Alpaca: {"instruction": "...", "input": "..." (optional), "output": "...", "system": "..." (optional)}
+- Plain text: {"text": "..."}, learned whole as in pretraining (a begin-of-sentence, the text, an end-of-sentence
+  when it fits), so a chat model mixed with some keeps continuing ordinary text instead of ending it at once
 Other keys (a "meta" object, ids) are ignored. A malformed line is reported as `file:line: reason`; it stops the load
 unless `skip_bad` is set, in which case it is counted and logged.
 
@@ -48,6 +50,10 @@ class Chat(list):
     tools: list[dict] | None = None
 
 
+class Text(str):
+    """A plain-text record: every token carries loss, no chat template."""
+
+
 @dataclass
 class LoadReport:
     """What reading and tokenising the data did, for the log and the run's metrics."""
@@ -82,10 +88,15 @@ def data_files(source: str | os.PathLike, split: str = "train") -> list[Path]:
     return files
 
 
-def parse_example(record: object, fmt: str = "auto") -> Chat:
-    """One JSONL record as a conversation; ValueError (ChatError) saying what is wrong."""
+def parse_example(record: object, fmt: str = "auto") -> Chat | Text:
+    """One JSONL record as a conversation (or plain text); ValueError (ChatError) saying what is wrong."""
     if not isinstance(record, dict):
         raise ChatError(f"expected a JSON object, got {type(record).__name__}")
+    if fmt == "text" or (fmt == "auto" and "text" in record and "messages" not in record):
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ChatError(f"text must be a non-empty string, got {text!r:.60}")
+        return Text(text)
     if fmt == "messages" or (fmt == "auto" and "messages" in record):
         messages = check_messages(record.get("messages"))
     elif fmt == "alpaca" or (fmt == "auto" and "instruction" in record):
@@ -101,7 +112,7 @@ def parse_example(record: object, fmt: str = "auto") -> Chat:
         messages = ([{"role": "system", "content": fields["system"]}] if fields["system"] else []) + [
             {"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
     else:
-        raise ChatError("neither 'messages' (chat format) nor 'instruction' (Alpaca format) is present")
+        raise ChatError("neither 'messages' (chat format), 'instruction' (Alpaca format) nor 'text' is present")
     if not any(m["role"] == "assistant" for m in messages):
         raise ChatError("no assistant message: nothing to learn")
     chat = Chat(messages)
@@ -175,9 +186,14 @@ def tokenize_conversation(tok: Tokenizer, messages: list[dict], tools: list[dict
     return ids, mask
 
 
-def fit_conversation(tok: Tokenizer, messages: list[dict], limit: int):
+def fit_conversation(tok: Tokenizer, messages: list[dict] | Text, limit: int):
     """(ids, mask, truncated) for the longest suffix of whole exchanges that fits in `limit` tokens, the system
-    prompt (and the tools) kept; None when even the last exchange does not fit."""
+    prompt (and the tools) kept; None when even the last exchange does not fit. Plain text is cut to `limit`
+    tokens from its start, and ends with end-of-sentence only where it ends within the limit."""
+    if isinstance(messages, Text):
+        ids = [*tok.encode(messages, add_bos=True, special=False), tok.eos_id]
+        kept = ids[:limit]
+        return kept, [False] + [True] * (len(kept) - 1), len(kept) < len(ids)  # bos is never a target
     tools = getattr(messages, "tools", None)
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]

@@ -123,6 +123,49 @@ INTENT_TEMPLATES = {
         "Good afternoon, {name} here.",
     ],
 }
+# training only, never held out: more ways customers say each thing, so the router learns the intent, not the words
+EXTRA_TRAIN_TEMPLATES = {
+    "order_status": ["Any update on {order}?", "my {product} isnt here yet", "Still no parcel. Order {order}.",
+                     "Did you send out the {product} I bought on {date}?", "status of {order} please",
+                     "Where's my stuff? Ordered on {date}.", "Tracking says nothing for {order}. Is it lost?",
+                     "What's happening with my delivery to {city}?", "Is order {order} already with the courier?",
+                     "I need to know when the {product} arrives."],
+    "refund": ["Money back for {order}, please.", "refund the {product} pls", "I'd like to be reimbursed.",
+               "You billed me for something I returned. Refund it.", "Can I get reimbursed for order {order}?",
+               "When do I get my money for the returned {product}?", "Cancel and refund {order}.",
+               "The {product} was faulty, I want a full refund.", "Please pay back what I spent on order {order}.",
+               "Where is the refund you promised on {date}?"],
+    "address_change": ["New address for {order}: {address}.", "update my address to {address} pls",
+                       "I'm moving on {date}, deliver to {address}.", "Send the {product} to {city} instead.",
+                       "The street on order {order} is wrong.", "Change shipping details for {order}, please.",
+                       "Can you reroute my parcel to {address}?", "deliver to my work address: {address}",
+                       "Please correct the delivery address of order {order}.",
+                       "Ship order {order} to my parents in {city}."],
+    "complaint": ["This is ridiculous, the {product} is useless.", "worst shopping experience ever",
+                  "I am extremely annoyed with your company.", "The {product} stopped working and nobody cares.",
+                  "Your service has gone downhill.", "Order {order} was a disaster from start to finish.",
+                  "I'm angry: the courier threw the parcel over the fence.", "so disappointed with this shop",
+                  "Nobody picks up the phone. Shameful.", "The {product} smells awful and looks cheap."],
+    "product_question": ["Is there a {product} in a bigger size?", "how big is the {product}",
+                         "Does the {product} work without a cable?", "What colours does the {product} come in?",
+                         "Is the {product} waterproof?", "Can I wash the {product}?",
+                         "How long is the warranty on the {product}?", "Where is the {product} produced?",
+                         "do you have the {product} in stock", "What's the difference between the two {product}s?"],
+    "greeting": ["Hiya!", "Morning!", "Hello there, {name} speaking.", "hey", "Hi team!", "Greetings!",
+                 "Hello, anyone there?", "Hey, good to reach you.", "Hi, it's {name}.", "Evening!"],
+}
+# training only: other wordings of the router instruction, with the labels in any order; bench/chat_eval.py asks
+# with its own held-out wordings, so the router must read the instruction, not recognise it
+ROUTER_INSTRUCTIONS_TRAIN = [
+    "Label the intent of the next message. Labels: {labels}. Reply with the label alone.",
+    "You sort incoming support messages. Choose one of: {labels}. Say nothing but the label.",
+    "Pick the category of this customer message from {labels}. Only the category, please.",
+    "Intent detection. Allowed answers: {labels}. Write just one of them.",
+    "Read the customer's text and tag it with one label ({labels}). No other words.",
+    "Decide what the customer wants. Respond with a single label from this list: {labels}.",
+    "Support triage: answer {labels}, whichever fits, and nothing more.",
+    "Tag the message. Valid tags are {labels}. Return exactly one tag.",
+]
 # a greeting in front of another intent: the label is still what the customer wants
 GREETING_PREFIXES = ["Hi, ", "Hello, ", "Good morning, ", "Hey, "]
 
@@ -234,7 +277,12 @@ def slots(rng: random.Random) -> dict[str, str]:
 
 def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str, str]:
     """(template id, customer message), with the casual variation real chat messages show."""
-    i, template = pick(rng, INTENT_TEMPLATES[intent], held_out)
+    if not held_out and rng.random() < 0.5:
+        i = rng.randrange(len(EXTRA_TRAIN_TEMPLATES[intent]))
+        template_id, template = f"{intent}/extra{i}", EXTRA_TRAIN_TEMPLATES[intent][i]
+    else:
+        i, template = pick(rng, INTENT_TEMPLATES[intent], held_out)
+        template_id = f"{intent}/{i}"
     text = template.format(**slots(rng))
     if intent != "greeting" and rng.random() < 0.15:
         text = rng.choice(GREETING_PREFIXES) + text[0].lower() + text[1:]
@@ -242,7 +290,15 @@ def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str
         text = text[0].lower() + text[1:]
     if rng.random() < 0.15 and text[-1] in ".!":
         text = text[:-1]
-    return f"{intent}/{i}", text
+    return template_id, text
+
+
+def router_instruction(rng: random.Random, held_out: bool) -> str:
+    """The documented INTENT_PROMPT, or (in training, half the time) another wording with the labels shuffled."""
+    if held_out or rng.random() < 0.5:
+        return INTENT_PROMPT
+    labels = rng.sample(INTENTS, len(INTENTS))
+    return rng.choice(ROUTER_INSTRUCTIONS_TRAIN).format(labels=", ".join(labels))
 
 
 def intent_examples(n: int, rng: random.Random, held_out: bool) -> list[dict]:
@@ -251,7 +307,7 @@ def intent_examples(n: int, rng: random.Random, held_out: bool) -> list[dict]:
     for k in range(n):
         intent = INTENTS[k % len(INTENTS)]
         template_id, text = intent_message(rng, intent, held_out)
-        examples.append(example([("system", INTENT_PROMPT), ("user", text), ("assistant", intent)],
+        examples.append(example([("system", router_instruction(rng, held_out)), ("user", text), ("assistant", intent)],
                                 {"task": "intent", "intent": intent, "template": template_id}))
     return examples
 

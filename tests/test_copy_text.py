@@ -1,0 +1,141 @@
+"""Pretraining text that teaches copying (seekmoe.train.copy_text): every answer is in the document before it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from seekmoe.train import copy_text
+from seekmoe.train.chat_data import customer_service
+from tests.conftest import assert_usage_error, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def docs_of(kind: str, lang: str, n: int = 200, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [copy_text.MAKERS[kind](rng, lang, ["Filler paragraph one, long enough.", "Another filler one."])
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_answer_of_a_record_is_in_its_form(lang):
+    answer = re.compile(r"^(?:A: |答：)(.+)$", re.M)
+    for doc in docs_of("record", lang):
+        form, _, rest = doc.partition("\n\n")
+        answers = answer.findall(rest)
+        assert answers, doc
+        for a in answers:
+            assert re.search(rf"(?::|：) ?{re.escape(a)}$", form, re.M), (a, doc)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_transcript_asks_back_the_fact_of_its_first_line(lang):
+    for doc in docs_of("transcript", lang):
+        lines = doc.splitlines()
+        fact = lines[-1].split("：" if lang == "zh" else ": ", 1)[1]
+        assert fact in lines[0] and all(fact not in line for line in lines[1:-1]), doc
+        assert len(lines) >= 8  # at least two exchanges of small talk between the fact and the question
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_numbers_are_written_out_again_and_the_expression_is_right(lang):
+    for doc in docs_of("numbers", lang):
+        told, listed, expression = doc.splitlines()
+        numbers = re.findall(r"\d+", listed)
+        assert re.findall(r"(?:were |有)(\d+)", told) == numbers
+        left, right = expression.split("：" if lang == "zh" else ": ", 1)[1].split(" = ")
+        assert re.findall(r"\d+", left) == numbers
+        assert int(right) == eval(left)  # digits and + - * only, written by the test's own generator
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_run_of_invented_words_comes_back_verbatim(lang):
+    for doc in docs_of("repeat", lang):
+        lines = doc.split("\n")
+        assert lines[0] == lines[-1] and doc.count(lines[0]) >= 2
+
+
+@given(st.lists(st.integers(0, 999), min_size=1, max_size=6), st.data())
+def test_eval_int_agrees_with_python(numbers, data):
+    ops = [data.draw(st.sampled_from("+-*")) for _ in numbers[1:]]
+    expression = " ".join(x for pair in zip(map(str, numbers), [*ops, ""], strict=True) for x in pair).strip()
+    assert copy_text.eval_int(expression) == eval(expression)
+
+
+def test_documents_are_seeded_and_mix_kinds_and_languages():
+    docs = copy_text.documents(400, seed=3, paragraphs=[])
+    assert docs == copy_text.documents(400, seed=3, paragraphs=[])
+    assert docs != copy_text.documents(400, seed=4, paragraphs=[])
+    chinese = sum(bool(re.search(r"[\u4e00-\u9fff]", d)) for d in docs)
+    assert 0.2 < chinese / len(docs) < 0.4
+    assert len(set(docs)) == len(docs)
+
+
+def held_out_sentences() -> list[str]:
+    """The phrasings bench/chat_eval.py measures on: customer_service's held-out templates, chat_eval's own."""
+    held = []
+    for table in (customer_service.INTENT_TEMPLATES, customer_service.FIRST_TURNS, customer_service.FINAL_QUESTIONS):
+        for templates in table.values():
+            held += [templates[i] for i in customer_service.split_ids(len(templates), held_out=True)]
+    for questions, _ in customer_service.MIDDLE_TOPICS.values():
+        held += [questions[i] for i in customer_service.split_ids(len(questions), held_out=True)]
+    spec = importlib.util.spec_from_file_location("chat_eval", ROOT / "bench" / "chat_eval.py")
+    chat_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chat_eval)
+    return held + chat_eval.ROUTER_PARAPHRASES
+
+
+def four_grams(text: str) -> set[tuple[str, ...]]:
+    words = re.sub(r"[^\w{} ]", "", text.lower().replace("{fact}", "{v}")).split()
+    return {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+
+
+def test_no_phrasing_shares_four_words_in_a_row_with_a_held_out_one():
+    held = set().union(*map(four_grams, held_out_sentences()))
+    ours = [q for field in copy_text.FIELDS.values() for q in field[2]]
+    for states, asks, _, _ in copy_text.STATE.values():
+        ours += states + asks
+    ours += [q for q, _ in copy_text.SMALL_TALK]
+    ours += [t for ts in customer_service.EXTRA_TRAIN_TEMPLATES.values() for t in ts]
+    ours += customer_service.ROUTER_INSTRUCTIONS_TRAIN
+    assert [t for t in ours if four_grams(t) & held] == []
+
+
+def test_cli_writes_documents_and_sources(capsys, tmp_path):
+    filler = tmp_path / "corpus"
+    filler.mkdir()
+    (filler / "a.txt").write_text("A paragraph of ordinary English prose for filler.\n\n短\n", encoding="utf-8")
+    rc, out, err = run_cli(capsys, "data", "copy", "--out", str(tmp_path / "out"), "--docs", "40",
+                           "--filler", str(filler))
+    assert rc == 0, err
+    assert "wrote 40 documents" in out
+    lines = (tmp_path / "out" / "copy.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 40 and all(json.loads(line)["text"].strip() for line in lines)
+    sources = json.loads((tmp_path / "out" / "SOURCES.json").read_text())
+    assert sources["sources"][0]["files"] == ["copy.jsonl"] and sources["sources"][0]["documents"] == 40
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--docs", "0"], "between 1 and"),
+    (["--docs", "99999999999"], "between 1 and"),
+    (["--docs", "-5"], "between 1 and"),
+    (["--filler", "/no/such/folder"], "no such folder"),
+])
+def test_cli_bad_input(capsys, tmp_path, args, message):
+    rc, _, err = run_cli(capsys, "data", "copy", "--out", str(tmp_path / "out"), *args)
+    assert_usage_error(rc, err, message)
+    assert not (tmp_path / "out" / "copy.jsonl").exists()
+
+
+def test_out_that_is_a_file_is_a_clear_error(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    rc, _, err = run_cli(capsys, "data", "copy", "--out", str(tmp_path / "file"), "--docs", "3")
+    assert_usage_error(rc, err, "file")
