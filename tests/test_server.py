@@ -170,7 +170,7 @@ def test_openai_async_clients_run_together(url):
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content", []),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role", ["user"]),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", []),
-    ("/v2/generate", {"prompt": "word " * 1500}, 400, "prompt", ["1024 tokens", "prompt holds"]),
+    ("/v2/generate", {"prompt": "word " * 1500}, 400, "prompt", ["context length is 1024 tokens", "in the prompt"]),
     ("/v2/generate", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens", [">= 1"]),
     ("/v2/generate", {"prompt": "x", "max_tokens": -3}, 400, "max_tokens", []),
     ("/v2/generate", {"prompt": "x", "max_tokens": 5000}, 400, "max_tokens", ["5000", "1024"]),

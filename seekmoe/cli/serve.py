@@ -44,7 +44,7 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, got {text!r}")
 
 
-def _keys(text: str) -> list[str]:
+def _csv(text: str) -> list[str]:
     return [k.strip() for k in text.split(",") if k.strip()]
 
 
@@ -52,9 +52,10 @@ def _keys(text: str) -> list[str]:
 ENV = {
     "model": ("SEEKMOE_MODEL", str), "adapter": ("SEEKMOE_ADAPTER", str), "host": ("SEEKMOE_HOST", str),
     "port": ("SEEKMOE_PORT", int),
-    "api_key": ("SEEKMOE_API_KEY", _keys), "api_key_file": ("SEEKMOE_API_KEY_FILE", str),
-    "admin_key": ("SEEKMOE_ADMIN_KEY", _keys), "share_prefix_cache": ("SEEKMOE_SHARE_PREFIX_CACHE", _bool),
+    "api_key": ("SEEKMOE_API_KEY", _csv), "api_key_file": ("SEEKMOE_API_KEY_FILE", str),
+    "admin_key": ("SEEKMOE_ADMIN_KEY", _csv), "share_prefix_cache": ("SEEKMOE_SHARE_PREFIX_CACHE", _bool),
     "max_summary_chars": ("SEEKMOE_MAX_SUMMARY_CHARS", int),
+    "allowed_origins": ("SEEKMOE_ALLOWED_ORIGINS", _csv),
     "served_model_name": ("SEEKMOE_SERVED_MODEL_NAME", str), "dtype": ("SEEKMOE_DTYPE", str),
     "int8": ("SEEKMOE_INT8", _bool), "max_num_seqs": ("SEEKMOE_MAX_NUM_SEQS", int),
     "max_queue": ("SEEKMOE_MAX_QUEUE", int), "cache_tokens": ("SEEKMOE_CACHE_TOKENS", int),
@@ -98,6 +99,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the model name clients send and /v1/models lists (default: the model folder's name) "
                         "[SEEKMOE_SERVED_MODEL_NAME]")
+    p.add_argument("--allowed-origins", nargs="+", action="extend", metavar="ORIGIN",
+                   help="web pages that may call the API from a browser (CORS), as their Origin, e.g. "
+                        "http://localhost:3000, or * for any; they still need an API key when keys are set. Put "
+                        "MODEL before this flag (default: none, no CORS headers) [SEEKMOE_ALLOWED_ORIGINS, "
+                        "comma-separated]")
     p.add_argument("--max-num-seqs", type=int, metavar="N",
                    help=f"most sequences decoded together (default {d.max_num_seqs}) [SEEKMOE_MAX_NUM_SEQS]")
     p.add_argument("--max-queue", type=int, metavar="N",
@@ -176,6 +182,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
               "share_prefix_cache": given["share_prefix_cache"], "max_summary_chars": given["max_summary_chars"]}
     config = ServeConfig(**{k: v for k, v in fields.items() if v is not None}, api_keys=tuple(dict.fromkeys(keys)),
                          admin_keys=tuple(dict.fromkeys(given["admin_key"] or [])),
+                         allowed_origins=tuple(dict.fromkeys(given["allowed_origins"] or [])),
                          allow_unauthenticated=args.allow_unauthenticated)
     try:
         config.check()

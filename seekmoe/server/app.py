@@ -1,4 +1,5 @@
-"""The FastAPI app: thin routes over the Serving class, keys, a body limit, the access log, errors in OpenAI's shape.
+"""The FastAPI app: thin routes over the Serving class, keys, CORS, a body limit, the access log and request ids,
+errors in OpenAI's shape.
 
 The app answers as soon as it listens: the model loads on a thread meanwhile, /health says 503 until it is ready
 (as llama.cpp's server does) and the API answers 503 with Retry-After.
@@ -12,6 +13,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
@@ -44,6 +47,8 @@ SPEECH_WORKERS = 2  # espeak-ng runs at once; more requests wait their turn (eac
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
              "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
 ERRORS = {status: {"model": s.ErrorResponse} for status in errors.DOCUMENTED}
+REQUEST_ID = "x-request-id"  # on every answer: the client's own when it sent a sane one, else a new one
+MAX_REQUEST_ID = 128
 
 
 class State:
@@ -170,6 +175,11 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     # the last added runs first: the access log sees every answer, keys are checked before the body is read
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(Keys, keys=config.api_keys, admin_keys=config.admin_keys)
+    if config.allowed_origins:  # outside Keys: a browser's preflight carries no key, and a 401 must be readable
+        # Any request header: openai-node also sends X-Stainless-*; with no cookies allowed, a header grants
+        # nothing, the API key does.
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=[REQUEST_ID, "Retry-After"])
     app.add_middleware(AccessLog, metrics=metrics, log_prompts=config.log_prompts)
     return app
 
@@ -249,7 +259,10 @@ def routing_error(request: Request, e: HTTPException) -> JSONResponse:
 
 def internal_error(request: Request, e: Exception) -> JSONResponse:
     log.exception("internal error on %s %s", request.method, request.url.path)
-    return error_response(request, errors.internal(e))
+    response = error_response(request, errors.internal(e))
+    # starlette answers this outside every middleware, so the access log could not add the request's id
+    response.headers[REQUEST_ID] = request.scope["state"].get("request_id") or uuid.uuid4().hex
+    return response
 
 
 async def send_error(send: Send, e: errors.HTTPError) -> None:
@@ -341,7 +354,8 @@ class BodyLimit:
 
 
 class AccessLog:
-    """One line per request when its answer ends (a stream's too); counts requests by endpoint and status."""
+    """One line per request when its answer ends (a stream's too); counts requests by endpoint and status; gives
+    every answer the request's id (x-request-id), which its line shows."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, log_prompts: bool):
         self.app, self.metrics, self.log_prompts = app, metrics, log_prompts
@@ -351,10 +365,13 @@ class AccessLog:
             return await self.app(scope, receive, send)
         start, status, record = time.perf_counter(), [errors.NO_ANSWER], RequestLog()
         scope.setdefault("state", {})["log"] = record
+        request_id = scope["state"]["request_id"] = request_id_of(scope)
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                headers = [*message.get("headers", ()), (REQUEST_ID.encode(), request_id.encode())]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -368,7 +385,7 @@ class AccessLog:
             client = scope.get("client") or ("-", 0)
             # the path is the client's text, URL-decoded: escaped, so "%0a" cannot start a forged log line
             line = (f'{client[0]} "{printable(scope["method"])} {printable(path)}" {status[0]} '
-                    f'{time.perf_counter() - start:.3f}s')
+                    f'{time.perf_counter() - start:.3f}s request_id={printable(request_id)}')
             key = scope["state"].get("key")  # put there by Keys
             if key is not None:
                 line += f" key={key}"
@@ -378,6 +395,15 @@ class AccessLog:
             if record.prompt is not None:
                 line += f" prompt={record.prompt!r}"
             log.info(line)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's x-request-id if it is visible ASCII (no spaces: one field of a log line) of at most
+    MAX_REQUEST_ID characters, so it is safe to send back and to log; else a new one."""
+    given = next((v for k, v in scope["headers"] if k == REQUEST_ID.encode()), b"")
+    if 0 < len(given) <= MAX_REQUEST_ID and all(0x21 <= c <= 0x7E for c in given):
+        return given.decode("ascii")
+    return uuid.uuid4().hex
 
 
 def printable(text: str) -> str:

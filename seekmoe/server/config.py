@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from seekmoe.errors import SeekmoeError
 from seekmoe.model.config import DTYPES
+
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+", re.IGNORECASE)  # as a browser sends it: no path, no slash
 
 
 class ServeConfigError(SeekmoeError, ValueError):
@@ -33,6 +36,7 @@ class ServeConfig:
     share_prefix_cache: bool = False  # False: each API key's prompts are cached apart (no timing across tenants)
     allow_unauthenticated: bool = False  # bind beyond loopback without keys
     served_model_name: str | None = None  # the `model` clients send; None: the model folder's name
+    allowed_origins: tuple[str, ...] = ()  # web pages that may call the API from a browser (CORS); "*": any
     # engine
     dtype: str = "float32"
     int8: bool = False
@@ -79,6 +83,11 @@ class ServeConfig:
                 if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
                     raise ServeConfigError(f"{kind} {i + 1} must be printable ASCII without spaces (HTTP headers "
                                            "carry it), and not empty")
+        for origin in self.allowed_origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ServeConfigError(f"allowed origin {origin!r} must be * or scheme://host[:port] as a browser "
+                                       "sends it in Origin, without a path or a trailing slash "
+                                       "(http://localhost:3000)")
         if set(self.api_keys) & set(self.admin_keys):
             raise ServeConfigError("a key is both an API key and an admin key: an admin key already works as an API "
                                    "key, give it once, as --admin-key")

@@ -21,6 +21,7 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": the access log's status 
 NO_ANSWER = 500  # what a request that ended before any answer was sent is logged as
 DOCUMENTED = (400, 401, 404, 413, 429, 503)  # the statuses the OpenAPI schema lists for the API routes
 RETRY_SOON = {"Retry-After": "1"}
+CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's code for a request longer than the context
 
 
 class HTTPError(Exception):
@@ -86,6 +87,23 @@ def http_error(e: Exception, param: str | None = None, *, message: str | None = 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> HTTPError:
     """A request the server itself refuses as sent."""
     return HTTPError(400, message, "invalid_request_error", param, code)
+
+
+def context_exceeded(context: int, field: str, prompt_tokens: int, completion_tokens: int,
+                     param: str) -> HTTPError:
+    """A prompt and completion the context cannot hold, in OpenAI's words: clients (litellm, LangChain...) match on
+    "maximum context length" and the code to shorten the conversation and retry."""
+    total = prompt_tokens + completion_tokens
+    return invalid(f"This model's maximum context length is {context} tokens. However, you requested {total} tokens "
+                   f"({prompt_tokens} in the {field}, {completion_tokens} in the completion). Please reduce the length "
+                   f"of the {field} or completion.", param, CONTEXT_EXCEEDED)
+
+
+def text_exceeds_context(context: int, field: str, chars: int, max_chars: int) -> HTTPError:
+    """Text refused before it is tokenized: no token count to give, but the same opening words and code."""
+    return invalid(f"This model's maximum context length is {context} tokens. However, you sent {chars} characters "
+                   f"in the {field}, more than {context} tokens can hold (at most {max_chars}). Please reduce the "
+                   f"length of the {field}.", field, CONTEXT_EXCEEDED)
 
 
 def too_large(message: str, param: str | None = None, code: str | None = None) -> HTTPError:

@@ -1,22 +1,35 @@
 """Request and response bodies: the native API (/v2/generate) and OpenAI's (/v1), as pydantic models.
 
 Requests are strict about types (OpenAI answers "5" for an integer with a 400, not a guess) and ignore fields
-they do not know, as OpenAI-compatible servers do: new client versions send new optional fields. Value ranges
-are checked once, by SamplingParams, so the messages are the same from the CLI, the Python API and HTTP.
+they do not know, as OpenAI-compatible servers do: new client versions send new optional fields. An optional field
+sent as null gets its default (openai-python and others send null for a parameter left unset). Value ranges are
+checked once, by SamplingParams, so the messages are the same from the CLI, the Python API and HTTP.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from seekmoe.engine.sampling import MAX_LOGPROBS, MAX_N, MAX_SEED, MAX_STOP, RANGES
+from seekmoe.engine.sampling import MAX_LOGPROBS, MAX_N, MAX_STOP, RANGES
 from seekmoe.multimodal import speech
+
+INT64 = (-2**63, 2**63 - 1)  # OpenAI's seed: any int64
 
 
 class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: object) -> object:
+        """Drop the optional fields sent as null, so they get their defaults ("n": null is n = 1, not a 400);
+        a required field sent as null stays, to be refused."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
 
 
 def _field(description: str, default: object = None, **bounds: float) -> object:
@@ -43,7 +56,7 @@ class Sampling(Request):
     presence_penalty: float | None = _real("presence_penalty", "subtracted from tokens already written")
     frequency_penalty: float | None = _real("frequency_penalty", "times their count, subtracted")
     stop: str | list[str] | None = _field(f"end where the text holds one of these (not returned); up to {MAX_STOP}")
-    seed: int | None = _field("for repeatable sampling", minimum=0, maximum=MAX_SEED - 1)
+    seed: int | None = _field("for repeatable sampling; any int64", minimum=INT64[0], maximum=INT64[1])
     ignore_eos: bool | None = _field("keep writing past the end-of-sequence token (benchmarks)")
     stream: bool = _field("send the text as server-sent events as it is written", False)
 

@@ -17,12 +17,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from seekmoe.engine.engine import EngineError, QueueFull
-from seekmoe.engine.sampling import SamplingError, SamplingParams
+from seekmoe.engine.sampling import MAX_SEED, SamplingError, SamplingParams
 from seekmoe.llm import LLM, TextRequest, TokenLogprob
 from seekmoe.server import schemas as s
 from seekmoe.server import tool_chat
 from seekmoe.server.config import ServeConfig
-from seekmoe.server.errors import HTTPError, http_error, invalid, not_found, too_large
+from seekmoe.server.errors import (
+    HTTPError,
+    context_exceeded,
+    http_error,
+    invalid,
+    not_found,
+    text_exceeds_context,
+    too_large,
+)
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.streams import DONE, Job, RequestLog, Stream, loggable, sse
 from seekmoe.text.summarize import SummaryError
@@ -49,6 +57,16 @@ async def on_thread(pool: ThreadPoolExecutor, fn: Callable[[Callable[[], bool]],
         cancelled.set()
         future.cancel()
         raise
+
+
+def _sampler_seed(seed: int) -> int:
+    """OpenAI's seed is any int64, the sampler's is in [0, 2**63): a negative seed wraps (-1 samples as 2**63 - 1
+    does), so each seed still gives the same text, and one >= 0 the same as `seekmoe generate --seed`."""
+    low, high = s.INT64
+    if not low <= seed <= high:
+        shown = seed if seed.bit_length() <= 128 else f"a number of {len(str(abs(seed)))} digits"
+        raise invalid(f"seed must be an int64, in [-2**63, 2**63 - 1], got {shown}", param="seed")
+    return seed % MAX_SEED
 
 
 def _finite(x: float | None) -> float:
@@ -220,9 +238,7 @@ class Serving:
     def _check_chars(self, chars: int, field: str) -> None:
         """Refuse, before tokenizing it, text that cannot fit the context whatever its tokens."""
         if chars > self.max_prompt_chars:
-            raise invalid(f"{field} holds {chars} characters, more than the model's context of {self.context} "
-                          f"tokens can hold (at most {self.max_prompt_chars})", param=field,
-                          code="context_length_exceeded")
+            raise text_exceeds_context(self.context, field, chars, self.max_prompt_chars)
 
     def _check_sequences(self, sequences: int, n: int) -> None:
         if sequences > self.config.max_queue:
@@ -253,19 +269,17 @@ class Serving:
         renames: SamplingParams field -> the request field its errors should name."""
         renames = renames or {}
         longest = max(len(p) for p in prompts)
-        if longest >= self.context:
-            raise invalid(f"{prompt_field} holds {longest} tokens, but the model's context is {self.context} "
-                          "tokens, which must also hold at least one new token", param=prompt_field,
-                          code="context_length_exceeded")
+        if longest >= self.context:  # the context must also hold one new token
+            raise context_exceeded(self.context, prompt_field, longest, max(max_tokens or 1, 1), param=prompt_field)
         room = self.context - longest
         if max_tokens is None:
             max_tokens = min(default_max, room) if default_max is not None else room
         elif max_tokens > room:
             field = renames.get("max_tokens", "max_tokens")
-            raise invalid(f"{field} is {max_tokens}, but the model's context of {self.context} tokens leaves "
-                          f"room for {room} after the {longest} tokens of {prompt_field}", param=field,
-                          code="context_length_exceeded")
+            raise context_exceeded(self.context, prompt_field, longest, max_tokens, param=field)
         given = {name: getattr(body, name) for name in SAMPLING if getattr(body, name) is not None}
+        if "seed" in given:
+            given["seed"] = _sampler_seed(given["seed"])
         try:
             return SamplingParams(**given, max_tokens=max_tokens, n=n, logprobs=logprobs)
         except SamplingError as e:  # "top_p must be in (0, 1], got 0.0": e.param is the field
