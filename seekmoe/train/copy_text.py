@@ -11,7 +11,8 @@ Kinds (one JSONL record each, {"text": ...}, for `seekmoe data prepare`):
 - record: a form of fields, filler text, then questions about fields in other words and their answers;
 - transcript: a support conversation as plain text whose customer states a fact early and asks for it late;
 - numbers: sentences with numbers, then the numbers (or the expression they form) written out again;
-- repeat: a run of invented words, filler, then the run again (the plain induction pattern).
+- repeat: a run of invented words, then, once to three times, filler and the run again (the plain induction
+  pattern).
 
 The phrasings here are our own and share no template with the held-out chat evaluation sets
 (seekmoe/train/chat_data keeps its val templates apart; bench/chat_eval.py reads only those).
@@ -162,7 +163,10 @@ def repeat(rng: random.Random, lang: str, paragraphs: list[str]) -> str:
     run = (" " if lang == "en" else "").join(
         (word(rng, (1, 3)) if lang == "en" else "".join(rng.choices(HANZI, k=2))) for _ in range(rng.randint(5, 30)))
     again = "Once more:" if lang == "en" else "再说一遍："
-    return f"{run}\n\n{filler(rng, lang, paragraphs, rng.randint(0, 3))}\n\n{again}\n{run}"
+    doc = run
+    for _ in range(rng.randint(1, 3)):  # each repeat after the first is another chance to learn the copy
+        doc += f"\n\n{filler(rng, lang, paragraphs, rng.randint(0, 2))}\n\n{again}\n{run}"
+    return doc
 
 
 MAKERS = {"record": record, "transcript": transcript, "numbers": numbers, "repeat": repeat}

@@ -16,7 +16,7 @@ from seekmoe.errors import SeekmoeError
 
 SETS = ("chatterbot", "python_faq", "arithmetic", "arithmetic_tools", "intents", "dialogues")
 # generated sets: (train, val) examples; a dialogue is under 1,000 characters, so these keep the folder at a few MB
-SIZES = {"arithmetic": (2000, 200), "arithmetic_tools": (3000, 200), "intents": (6000, 600), "dialogues": (5000, 300)}
+SIZES = {"arithmetic": (2000, 200), "arithmetic_tools": (2000, 200), "intents": (6000, 600), "dialogues": (5000, 300)}
 VAL_FRACTION = 0.05  # of the real sets, which are small: a 5 % val set still holds a few dozen examples
 DESCRIPTION = ("Write the chat fine-tuning sets as JSONL (train and val for each) plus SOURCES.json: ChatterBot "
                "conversations and Python FAQ answers where those packages are installed, and generated arithmetic "
