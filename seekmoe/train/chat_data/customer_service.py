@@ -247,7 +247,10 @@ MIDDLE_TOPICS = {
                 "Alright, thanks for explaining.", "Cool, thank you."],
                ["You're welcome! Anything else I can help with?", "Happy to help. Is there anything else?"]),
 }
-MIN_TURNS, MAX_TURNS = 5, 8  # user turns per dialogue, the first and the last included
+MIN_TURNS, MAX_TURNS = 5, 8
+# training dialogues without the system prompt: the chat page and most clients send none, and the model should
+# still answer as the shop's assistant (the held-out dialogues always have it, as bench/chat_eval.py asks)
+NO_SYSTEM_SHARE = 0.3  # user turns per dialogue, the first and the last included
 
 
 def split_ids(n: int, held_out: bool) -> list[int]:
@@ -333,6 +336,8 @@ def dialogue(rng: random.Random, held_out: bool) -> dict:
 
     i, first = pick(rng, FIRST_TURNS[kind], held_out)
     turns = [("system", SUPPORT_PROMPT), ("user", first.format(fact=fact)), ("assistant", rng.choice(ACKNOWLEDGEMENTS))]
+    if not held_out and rng.random() < NO_SYSTEM_SHARE:
+        turns = turns[1:]
     template_ids = [f"first/{kind}/{i}"]
     # distinct topics: asking the same thing twice would invite the model to answer it differently
     topics = rng.sample(list(MIDDLE_TOPICS), n_turns - 2)
