@@ -63,6 +63,19 @@ def test_a_run_of_invented_words_comes_back_verbatim(lang):
         assert lines[0] == lines[-1] and doc.count(lines[0]) >= 2
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_drill_line_is_one_run_written_three_to_five_times(lang):
+    for doc in docs_of("drill", lang):
+        for line in doc.splitlines():
+            runs = line.split(" | ")
+            assert 3 <= len(runs) <= 5 and len(set(runs)) == 1, line
+
+
+def test_documents_of_chosen_kinds_only():
+    docs = copy_text.documents(20, seed=0, paragraphs=[], kinds=("drill",))
+    assert all(" | " in d and "\n\n" not in d for d in docs)
+
+
 @given(st.lists(st.integers(0, 999), min_size=1, max_size=6), st.data())
 def test_eval_int_agrees_with_python(numbers, data):
     ops = [data.draw(st.sampled_from("+-*")) for _ in numbers[1:]]
@@ -128,6 +141,8 @@ def test_cli_writes_documents_and_sources(capsys, tmp_path):
     (["--docs", "99999999999"], "between 1 and"),
     (["--docs", "-5"], "between 1 and"),
     (["--filler", "/no/such/folder"], "no such folder"),
+    (["--kinds", "drill,nonsense"], "kinds must be some of"),
+    (["--kinds", ","], "kinds must be some of"),
 ])
 def test_cli_bad_input(capsys, tmp_path, args, message):
     rc, _, err = run_cli(capsys, "data", "copy", "--out", str(tmp_path / "out"), *args)
