@@ -1,0 +1,70 @@
+"""The fine-tuning mixture of the bundled chat model: the chat sets, plus plain text so the model keeps continuing
+ordinary text (a chat-only fine-tune learns to end everything at once), plus copy documents so it keeps the
+copying it learned in pretraining.
+
+    .venv/bin/python scripts/sft_mix.py --chat data/chat --corpus data/corpus --copy data/copy/copy.jsonl \
+        --out runs/sft-mix [--text 4000] [--copy-docs 3000] [--seed 0]
+
+OUT gets a link to every *.jsonl of --chat, text.train.jsonl / text.val.jsonl (paragraphs of the corpus, a quarter
+of them Chinese) and copy.train.jsonl ({"text": ...} lines: `seekmoe finetune` learns them whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+
+def paragraphs(corpus: Path, chinese: bool) -> list[str]:
+    """Blocks of 200 to 1,500 characters of the corpus's .txt files, English or Chinese."""
+    out = []
+    for f in sorted(corpus.rglob("*.txt")):
+        for block in f.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            block = block.strip()
+            if 200 <= len(block) <= 1500 and block.isascii() != chinese:
+                out.append(block)
+    return out
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--chat", type=Path, default=Path("data/chat"))
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    p.add_argument("--copy", type=Path, default=Path("data/copy/copy.jsonl"))
+    p.add_argument("--out", type=Path, default=Path("runs/sft-mix"))
+    p.add_argument("--text", type=int, default=4000, help="plain-text rows for training (val: a tenth more)")
+    p.add_argument("--copy-docs", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    for need in (args.chat, args.corpus, args.copy):
+        if not need.exists():
+            raise SystemExit(f"{need}: missing (scripts/get_corpus.sh; seekmoe data chat / copy)")
+    rng = random.Random(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(args.chat.glob("*.jsonl")):
+        link = args.out / f.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(f.resolve())
+    n_zh = args.text // 4
+    en, zh = paragraphs(args.corpus, False), paragraphs(args.corpus, True)
+    rng.shuffle(en)
+    rng.shuffle(zh)
+    n_val = max(1, args.text // 10)
+    train = en[:args.text - n_zh] + zh[:n_zh]
+    val = en[args.text - n_zh:args.text - n_zh + n_val - n_val // 4] + zh[n_zh:n_zh + n_val // 4]
+    rng.shuffle(train)
+    write_jsonl(args.out / "text.train.jsonl", train)
+    write_jsonl(args.out / "text.val.jsonl", val)
+    copies = args.copy.read_text(encoding="utf-8").splitlines()
+    (args.out / "copy.train.jsonl").write_text("\n".join(rng.sample(copies, args.copy_docs)) + "\n", encoding="utf-8")
+    print(f"{args.out}: chat sets linked, text {len(train):,} train / {len(val):,} val, copy {args.copy_docs:,}")
+
+
+if __name__ == "__main__":
+    main()
