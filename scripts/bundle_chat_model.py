@@ -29,7 +29,7 @@ def stages(run: Path) -> list[Path]:
     """The run and the runs its base model came from, oldest first."""
     chain = [run]
     while True:
-        base = Path(json.loads((chain[0] / "config.json").read_text())["model"])
+        base = Path(run_config(chain[0])["model"])
         if base.name == "model":
             parent = base.parent
         elif base.parent.name == "checkpoints":  # a pretraining run continued from another's checkpoint
@@ -42,11 +42,15 @@ def stages(run: Path) -> list[Path]:
 
 
 def is_pretraining(run: Path) -> bool:
-    return "method" not in json.loads((run / "config.json").read_text())  # `seekmoe train`, not `seekmoe finetune`
+    return "method" not in run_config(run)  # `seekmoe train`, not `seekmoe finetune`
+
+
+def run_config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
 
 
 def stage_text(run: Path) -> str:
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = run_config(run)
     metrics = read_metrics(run / "metrics.jsonl")
     val = [r for r in metrics if r["split"] == "val"]
     train = [r for r in metrics if r["split"] == "train"]
@@ -59,7 +63,7 @@ def stage_text(run: Path) -> str:
                 f"Validation loss {val[-1]['val_loss']:.3f}, last training loss {train[-1]['loss']:.3f}.")
     if step < cfg["steps"]:
         schedule = f"Stopped by hand at step {step} of the {cfg['steps']} its schedule was set for: " + schedule
-    if is_pretraining(run):
+    if "method" not in cfg:  # pretraining
         manifest = json.loads((Path(cfg["data"]) / "manifest.json").read_text())
         sources = ", ".join(s["name"] for s in manifest.get("sources", []))
         return (f"- `{run}` (`seekmoe train`, continued from `{cfg['model']}`): {step} steps, {tokens:,} tokens seen "

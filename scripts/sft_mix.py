@@ -16,16 +16,7 @@ import json
 import random
 from pathlib import Path
 
-
-def paragraphs(corpus: Path, chinese: bool) -> list[str]:
-    """Blocks of 200 to 1,500 characters of the corpus's .txt files, English or Chinese."""
-    out = []
-    for f in sorted(corpus.rglob("*.txt")):
-        for block in f.read_text(encoding="utf-8", errors="replace").split("\n\n"):
-            block = block.strip()
-            if 200 <= len(block) <= 1500 and block.isascii() != chinese:
-                out.append(block)
-    return out
+from seekmoe.train.copy_text import corpus_paragraphs
 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
@@ -52,7 +43,8 @@ def main() -> None:
         link.unlink(missing_ok=True)
         link.symlink_to(f.resolve())
     n_zh = args.text // 4
-    en, zh = paragraphs(args.corpus, False), paragraphs(args.corpus, True)
+    # blocks of 200 to 1,500 characters: a few sentences of prose, a poem or two
+    en, zh = corpus_paragraphs(args.corpus, 200, 1500, True), corpus_paragraphs(args.corpus, 200, 1500, False)
     rng.shuffle(en)
     rng.shuffle(zh)
     n_val = max(1, args.text // 10)
