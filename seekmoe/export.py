@@ -83,21 +83,27 @@ def _load(path: Path, cfg: ModelConfig):
     return model, tokenizer
 
 
-def _output_parent(out: Path) -> None:
-    if not out.parent.is_dir():
-        raise ExportError(f"{out.parent}: no such folder (the output's parent must exist)")
+def _make_parent(out: Path) -> None:
+    """Create the folders above out, as `mkdir -p` would: called once the export is known to be possible."""
+    nearest = next(p for p in out.parents if p.exists())  # the root, at worst
+    if not nearest.is_dir():
+        raise ExportError(f"{nearest}: is a file, where the output needs a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission
+        raise ExportError(f"{out.parent}: cannot create the output's folder ({e.strerror or e})") from None
 
 
 # ---- Hugging Face --------------------------------------------------------------------------------------------
 
 def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """A folder transformers, vLLM and SGLang load natively; written beside out_dir, then renamed into place."""
+    """A folder transformers, vLLM and SGLang load natively; written beside out_dir (its parents created if
+    missing), then renamed into place."""
     from seekmoe.files import write_folder
     from seekmoe.model.checkpoint import CheckpointError, save_model
 
     path, cfg = _read_model_folder(model_dir)
     out = Path(out_dir)
-    _output_parent(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out}: already exists and is not an empty folder; remove it or choose another")
     model, tokenizer = _load(path, cfg)
@@ -114,6 +120,7 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         tokenizer.save_pretrained(tmp)
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
 
+    _make_parent(out)
     try:
         return write_folder(out, write)  # an empty out_dir is replaced too
     except (CheckpointError, OSError) as e:
@@ -307,7 +314,8 @@ def _write_vocab(w, folder: Path, tokenizer, cfg: ModelConfig) -> None:
 
 def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, quant: str = "f32",
                 progress: bool = True) -> Path:
-    """One GGUF file of llama.cpp's deepseek2 architecture; quant is f32, f16 or q8_0 for the weight matrices."""
+    """One GGUF file of llama.cpp's deepseek2 architecture; quant is f32, f16 or q8_0 for the weight matrices. The
+    file is written beside out_path (its parents created if missing), then renamed into place."""
     if quant not in QUANTS:
         raise ExportError(f"quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     try:
@@ -320,7 +328,6 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, quant
 
     path, cfg = _read_model_folder(model_dir)
     out = Path(out_path)
-    _output_parent(out)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the path of the .gguf file to write")
     _check_llama_cpp_can_run(cfg, path)
@@ -359,6 +366,7 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, quant
                 w.close()
         os.chmod(tmp, 0o644)
 
+    _make_parent(out)
     try:
         atomic_write(out, write)
     except OSError as e:

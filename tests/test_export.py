@@ -18,7 +18,7 @@ from seekmoe.cli.export import add_arguments, run_from_args
 from seekmoe.export import GGUF_PRE_TOKENIZER, QUANTS, ExportError, export_gguf, export_hf
 from seekmoe.llm import DEFAULT_MODEL
 from seekmoe.text.tokenizer import SAMPLE_CHINESE, SAMPLE_ENGLISH, Tokenizer
-from tests.conftest import tiny_model_folder
+from tests.conftest import run_cli, tiny_model_folder
 
 try:
     import gguf
@@ -359,10 +359,11 @@ def test_errors_name_the_problem(folders, tmp_path):
         export_hf(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ExportError, match="quant must be one of f32, f16, q8_0, got 'q4_0'"):
         export_gguf(folder, tmp_path / "x.gguf", "q4_0")
-    with pytest.raises(ExportError, match="missing-dir: no such folder"):
-        export_gguf(folder, tmp_path / "missing-dir" / "x.gguf")
-    with pytest.raises(ExportError, match="missing-dir: no such folder"):
-        export_hf(folder, tmp_path / "missing-dir" / "hf")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ExportError, match="a-file: is a file, where the output needs a folder"):
+        export_gguf(folder, tmp_path / "a-file" / "sub" / "x.gguf")
+    with pytest.raises(ExportError, match="a-file: is a file, where the output needs a folder"):
+        export_hf(folder, tmp_path / "a-file" / "hf")
     with pytest.raises(ExportError, match="is a folder"):
         export_gguf(folder, tmp_path)
     (tmp_path / "full").mkdir()
@@ -376,7 +377,7 @@ def test_errors_name_the_problem(folders, tmp_path):
     (notok / "tokenizer.json").unlink()
     with pytest.raises(ExportError, match=r"no tokenizer\.json"):
         export_gguf(notok, tmp_path / "x.gguf")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "freq", "full", "notok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty", "freq", "full", "notok"]
 
 
 @needs_gguf
@@ -411,3 +412,18 @@ def test_command_line(folders, tmp_path, capsys):
         parser.parse_args(["gguf", folder, "x.gguf", "--quant", "q4_0"])
     for action in parser._subparsers._group_actions[0].choices.values():
         assert all(a.help for a in action._actions)
+
+
+@needs_gguf
+def test_command_line_creates_the_output_folders(folders, tmp_path, capsys):
+    """`seekmoe export gguf MODEL out/new/m.gguf` as llama.cpp's and transformers' writers: parents made as needed,
+    the file or folder itself still written beside its place and renamed in."""
+    folder = str(folders["v2 full-rank q"])
+    gguf_out, hf_out = tmp_path / "out" / "new" / "m.gguf", tmp_path / "deep" / "er" / "hf"
+    rc, out, err = run_cli(capsys, "export", "gguf", folder, str(gguf_out), "--quant", "f16")
+    assert rc == 0 and f"wrote {gguf_out}" in out and "Traceback" not in err
+    rc, out, err = run_cli(capsys, "export", "hf", folder, str(hf_out))
+    assert rc == 0 and f"wrote {hf_out}" in out
+    assert os.listdir(gguf_out.parent) == ["m.gguf"] and os.listdir(hf_out.parent) == ["hf"]  # no temporaries
+    assert field(gguf.GGUFReader(gguf_out), "general.file_type") == 1
+    assert (hf_out / "config.json").is_file()

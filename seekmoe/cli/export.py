@@ -23,13 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            description="Write config.json, safetensors, the tokenizer with its chat template and "
                                        "generation_config.json into OUT, a new folder, all at once.")
     add_model(p)
-    p.add_argument("out", metavar="OUT", help="the folder to write; must not exist, or be empty")
+    p.add_argument("out", metavar="OUT",
+                   help="the folder to write; must not exist, or be empty (missing parent folders are created)")
     p.set_defaults(func=run_from_args)
     p = actions.add_parser("gguf", help="one GGUF file for llama.cpp (architecture deepseek2)",
                            description="Write MODEL as a GGUF file of llama.cpp's deepseek2 architecture, with its "
                                        "tokenizer and chat template; the file is replaced only once fully written.")
     add_model(p)
-    p.add_argument("out", metavar="OUT", help="the .gguf file to write (replaced if it exists)")
+    p.add_argument("out", metavar="OUT",
+                   help="the .gguf file to write (replaced if it exists; missing parent folders are created)")
     p.add_argument("--quant", choices=QUANTS, default="f32",
                    help="type of the weight matrices: f32, f16 or q8_0 (norms and router stay f32; default f32)")
     p.set_defaults(func=run_from_args)

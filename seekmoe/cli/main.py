@@ -6,10 +6,13 @@ Subcommands import what they need inside their function, so `seekmoe inspect` ne
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
+from seekmoe.cli.parser import Parser
 from seekmoe.errors import CLIError
 from seekmoe.model.config import ConfigError, ModelConfig, bundled_configs, resolve_config
 
@@ -81,6 +84,39 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# pyproject.toml's optional dependencies: import name -> (the extra that installs it, its name on PyPI)
+EXTRAS = {
+    "chatterbot_corpus": ("data", "chatterbot-corpus"), "yaml": ("data", "pyyaml"),
+    "sklearn": ("multimodal", "scikit-learn"), "mlxtend": ("multimodal", "mlxtend"),
+}
+
+
+def pip_command(extra: str) -> str:
+    """The command that installs `extra` into this seekmoe: from its folder when run from a source checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():  # an installed wheel has no pyproject.toml beside the package
+        return f"pip install -e '{root}[{extra}]'"
+    return f"pip install 'seekmoe[{extra}]'"
+
+
+def missing_extra(module: str, command: str) -> str:
+    """What to say when `command` cannot import `module` of an optional extra."""
+    extra, package = EXTRAS[module]
+    return f"{command} needs {package}, of seekmoe's optional '{extra}' dependencies: {pip_command(extra)}"
+
+
+def cmd_data_chat(args: argparse.Namespace) -> int:
+    """`seekmoe data chat` as seekmoe.train.chat_data runs it, once the 'data' extra is known to be installed."""
+    from seekmoe.train.chat_data import run_from_args
+
+    if not args.skip_missing:
+        for module, (extra, _) in EXTRAS.items():
+            if extra == "data" and importlib.util.find_spec(module) is None:
+                raise CLIError(missing_extra(module, "seekmoe data chat")
+                               + " (or pass --skip-missing to leave the chatterbot set out)")
+    return run_from_args(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from seekmoe.train.config import TrainError
     from seekmoe.train.loop import run_from_args
@@ -114,8 +150,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
+def build_parser() -> Parser:
+    parser = Parser(prog="seekmoe", description="DeepSeek-V2/V3 MoE models on your own machines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="parameter counts, layer layout, KV-cache and memory sizes of a config, "
@@ -152,13 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="training data: token shards from text, and the chat fine-tuning sets",
                        description="Training data: token shards for pretraining, JSONL sets for fine-tuning.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    from seekmoe.train.chat_data import DESCRIPTION, run_from_args
+    from seekmoe.train.chat_data import DESCRIPTION
     from seekmoe.train.chat_data import add_arguments as add_chat_data_arguments
 
     p = data_sub.add_parser("chat", help="write the chat fine-tuning sets we ship (JSONL) and SOURCES.json",
                             description=DESCRIPTION)
     add_chat_data_arguments(p)
-    p.set_defaults(func=run_from_args)
+    p.set_defaults(func=cmd_data_chat)
     from seekmoe.multimodal import data as mm_data
     p = data_sub.add_parser("multimodal", help="write the image and speech chat sets (JSONL, PNG, WAV) and "
                                                "SOURCES.json", description=mm_data.DESCRIPTION)
@@ -243,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="continue a prompt with a model, streaming the text",
                        description="Continue PROMPT with a model (plain completion, no chat template): the text "
                                    "streams to stdout, a summary line goes to stderr. MODEL may be left out: "
-                                   "`seekmoe generate PROMPT` uses the bundled model.")
+                                   "`seekmoe generate PROMPT` uses the bundled model. Flags may come before, "
+                                   "between or after MODEL and PROMPT; a PROMPT starting with - goes after --.")
     add_generate_arguments(p)
     p.set_defaults(func=cmd_generate)
 
@@ -286,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -297,3 +334,27 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"seekmoe: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional dependency a command imports without checking first
+        module = (e.name or "").split(".")[0]
+        if module not in EXTRAS:
+            raise
+        print(f"seekmoe: error: {missing_extra(module, parser.chosen(args).prog)}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = run(argv)
+        sys.stdout.flush()  # a reader gone early shows here, not in Python's last flush at exit
+        return code
+    except BrokenPipeError:
+        # `seekmoe inspect --json | head`: stop quietly with 141, the status coreutils end with there (killed by
+        # SIGPIPE, 128 + 13), which `set -o pipefail` reports; stdout goes to /dev/null so that Python's final
+        # flush of the text left in its buffer raises nothing
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout is no file (an embedding program replaced it)
+            pass
+        return 141
