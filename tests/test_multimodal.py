@@ -310,6 +310,56 @@ def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
         assert torch.equal(x, y), n
 
 
+def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
+    from seekmoe.text.tokenizer import Tokenizer
+    from seekmoe.train.multimodal import MixedData, MultimodalData, Settings, load_examples, train
+    from seekmoe.train.sft import SFTData
+
+    base = tiny_model_folder(tmp_path / "base", max_position_embeddings=256)
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        write_set(data, "digits", split, "images", [(png(i), f"It is {i}.") for i in range(5)])
+    chats = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
+             for w in ("alpha", "beta", "gamma", "delta")]
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    tok = Tokenizer.from_pretrained(base)
+    mm = load_multimodal(tiny_multimodal_folder(tmp_path / "mm"))
+    media = MultimodalData(load_examples(data, "train", tok, mm.encoders.config, ("digits",), 64, False),
+                           tok.vocab_size, tok.pad_id)
+    text = SFTData.from_conversations([c["messages"] for c in chats], tok, 16, packing=False)
+    mixed = MixedData(media, text, 3, 2)
+    media_rows = []
+    for step in range(9):
+        batch, target = mixed.batch(step, 2, 64)
+        if step % 3 == 2:  # a text batch: its own size and length, no media
+            assert batch.ids.shape == (2, 16) and batch.media == []
+            assert torch.equal(target, text.batch(step // 3, 2, 16)[1])
+        else:
+            assert len(batch.media) == 2
+            media_rows.append(target)
+    # the media batches are media batches 0..5 in order: none skipped, none repeated
+    for i, target in enumerate(media_rows):
+        assert torch.equal(target, media.batch(i, 2, 64)[1])
+    s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,
+                 stage2_steps=3, batch_size=2, eval_every=3, eval_batches=1, save_every=3, encoder=SMALL,
+                 text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=32)
+    logs = []
+    final = train(s, progress=False, log=logs.append)
+    assert any("4 text chats" in m and "one stage 2 step in 2" in m for m in logs)
+    # a model that sees already goes on from its own encoders: no stage 1, nothing drawn anew
+    again = Settings(**{**vars(s), "model": str(final), "out": str(tmp_path / "again"), "stage2_steps": 1,
+                        "lr2": 1e-9})
+    logs = []
+    before = load_multimodal(final).encoders.state_dict()
+    after = load_multimodal(train(again, progress=False, log=logs.append)).encoders.state_dict()
+    assert not (tmp_path / "again" / "stage1").exists() and not any("stage 1" in m for m in logs)
+    for name, t in before.items():
+        assert torch.allclose(t, after[name], atol=1e-6), name
+    with pytest.raises(ValueError, match="text_every must be >= 2"):
+        train(Settings(**{**vars(s), "text_every": 1, "out": str(tmp_path / "run1")}), progress=False,
+              log=lambda m: None)
+
+
 def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, mm_folder, capsys):
     mm_data = pytest.importorskip("seekmoe.multimodal.data")
     from seekmoe.cli.eval_multimodal import evaluate

@@ -6,7 +6,10 @@ at a lower rate, the loss-free routing bias moving again. Both run train.run, th
 progress bar, metrics.jsonl, plots, atomic checkpoints and exact resume, in OUT/stage1 and OUT/stage2; the result
 is OUT/model, a model folder (language model, multimodal.safetensors, tokenizer) that `seekmoe serve` serves.
 
-Examples are the chat records `seekmoe data multimodal` writes: the loss is on the assistant's answer only.
+Examples are the chat records `seekmoe data multimodal` writes: the loss is on the assistant's answer only. With
+`--text FOLDER` (fine-tuning chats, `seekmoe finetune`'s format) every `--text-every`-th stage 2 step is a packed
+batch of those instead, so the language model keeps the chat skills it had while it learns to see and hear. A
+model that has encoders already goes on from them: stage 2 only.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from seekmoe.multimodal.model import (
     MultimodalConfig,
     MultimodalLM,
     attach,
+    config_of,
     load_encoder_weights,
+    load_multimodal,
     repeats,
     save_into,
     save_multimodal,
@@ -44,7 +49,7 @@ from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.checkpoints import latest_checkpoint
 from seekmoe.train.config import BalanceConfig, RunSettings, TrainConfig, TrainError
 from seekmoe.train.loop import run
-from seekmoe.train.sft import IGNORE, EpochOrder, tokenize_conversation
+from seekmoe.train.sft import IGNORE, EpochOrder, SFTData, data_files, tokenize_conversation
 from seekmoe.train.trainee import Trainee
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -112,6 +117,22 @@ class MultimodalData:
         return -(-len(self) // batch_size)
 
 
+class MixedData:
+    """Stage 2 with text chats mixed in: step i is text batch i // every when i % every == every - 1, otherwise the
+    next media batch; still a pure function of i (exact resume). Text rows have their own batch size and length."""
+
+    def __init__(self, media: MultimodalData, text: SFTData, every: int, batch_size: int):
+        self.media, self.text, self.every, self.text_batch_size = media, text, every, batch_size
+        self.vocab_size = max(media.vocab_size, text.vocab_size)
+
+    def batch(self, step: int, batch_size: int, seq_len: int):
+        k, r = divmod(step, self.every)
+        if r == self.every - 1:
+            ids, target = self.text.batch(k, self.text_batch_size, self.text.seq_len)
+            return MultimodalBatch(ids, []), target
+        return self.media.batch(step - (step + 1) // self.every, batch_size, seq_len)
+
+
 def trainee(model: MultimodalLM, stage: int) -> Trainee:
     """Stage 1: the encoders only; stage 2: everything. Checkpoints are whole model folders either way."""
     model.lm.requires_grad_(stage == 2)
@@ -136,8 +157,13 @@ class Settings(RunSettings):
     lr1: float = 2e-3
     lr2: float = 6e-4
     encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids
+    text: str | None = None  # fine-tuning chats mixed into stage 2; None: media only
+    text_every: int = 4
+    text_batch_size: int = 4
+    text_seq_len: int = 1024
 
-    COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens")
+    COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens",
+                                         "text_every", "text_batch_size", "text_seq_len")
 
 
 def stage_config(s: Settings, stage: int) -> TrainConfig:
@@ -161,9 +187,13 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     ids = {name: tok.encode(token) for name, token in (("image", IMAGE_TOKEN), ("audio", AUDIO_TOKEN))}
     if any(len(v) != 1 for v in ids.values()):
         raise TrainError(f"{base}: the tokenizer has no single-token {IMAGE_TOKEN} / {AUDIO_TOKEN}")
-    cfg = MultimodalConfig(image_token_id=ids["image"][0], audio_token_id=ids["audio"][0], **s.encoder)
-    torch.manual_seed(s.seed)
-    model = attach(lm, cfg, s.seed)
+    if config_of(lm) is not None:  # it sees and hears already: its own encoders go on learning, in stage 2 only
+        model, stages = load_multimodal(base), (2,)
+        cfg = model.encoders.config
+    else:
+        cfg = MultimodalConfig(image_token_id=ids["image"][0], audio_token_id=ids["audio"][0], **s.encoder)
+        torch.manual_seed(s.seed)
+        model, stages = attach(lm, cfg, s.seed), (1, 2)
     folder = Path(s.data)
     train_data = MultimodalData(load_examples(folder, "train", tok, cfg, s.sets, s.max_tokens, progress),
                                 tok.vocab_size, tok.pad_id, seed=s.seed)
@@ -171,10 +201,19 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     val_data = MultimodalData(load_examples(folder, "test", tok, cfg, s.sets, s.max_tokens, progress),
                               tok.vocab_size, tok.pad_id, seed=s.seed + 1)
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
+    stage2_data = train_data
+    if s.text:
+        if s.text_every < 2:
+            raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
+        text = SFTData.from_files(data_files(s.text), tok, s.text_seq_len, seed=s.seed, log=log)
+        r = text.report
+        log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
+            f"one stage 2 step in {s.text_every}")
+        stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "settings.json", json.dumps(s.to_dict(), indent=2).encode())
-    for stage in (1, 2):
+    for stage in stages:
         cfg_s = stage_config(s, stage)
         t = trainee(model, stage)
         if stage == 2 and latest_checkpoint(Path(cfg_s.out) / "checkpoints", log) is None:
@@ -183,7 +222,7 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
                 t.load(last)  # stage 2 starts where stage 1 ended
         log(f"seekmoe: stage {stage} ({'encoders, language model frozen' if stage == 1 else 'everything'}), "
             f"{cfg_s.steps} steps")
-        run(cfg_s, t, train_data, val_data, progress)
+        run(cfg_s, t, train_data if stage == 1 else stage2_data, val_data, progress)
     files = {name: (base / name).read_bytes() for name in TOKENIZER_FILES if (base / name).is_file()}
     final = save_multimodal(model, out / "model", files)
     log(f"seekmoe: wrote {final}")
@@ -191,7 +230,7 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
 
 
 INT_FLAGS = ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches", "save_every",
-             "seed")
+             "seed", "text_every", "text_batch_size", "text_seq_len")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,6 +242,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in INT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), metavar="N",
                        help=f"default {getattr(d, name)}")
+    p.add_argument("--text", help="fine-tuning chats (a folder of *.train.jsonl or a file, `seekmoe finetune`'s "
+                   "format) mixed into stage 2 so the model keeps its chat skills; --text-every N makes every N-th "
+                   "step a batch of --text-batch-size rows of --text-seq-len tokens")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
 
@@ -217,7 +259,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if (name := Settings.bad_count(vars(args))) is not None:  # what Settings would refuse, named as its flag
         print(f"seekmoe: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
         return 2
-    s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2,
+    s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2, text=args.text,
                  **{k: getattr(args, k) for k in INT_FLAGS})
     try:
         train(s, log=lambda m: print(m, file=sys.stderr))
