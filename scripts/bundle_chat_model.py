@@ -1,12 +1,16 @@
 """Bundle a fine-tuned chat model: RUN/model in bfloat16 (router float32), its tokenizer, and a model card written
 from the run's own records and bench/chat_eval.py's before/after results.
 
-    .venv/bin/python scripts/bundle_chat_model.py RUN EVAL_JSON OUT [--name seekmoe-tiny-chat]
+    .venv/bin/python scripts/bundle_chat_model.py RUN EVAL_JSON OUT [--name seekmoe-tiny-chat] \
+        [--media-eval AFTER.json [--media-before BEFORE.json]]
 
-RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/); when
-its base model is itself a run's model/ folder (a fine-tune, or a `seekmoe train` continued pretraining), that run
-is described as the stage before. EVAL_JSON is `bench/chat_eval.py BEFORE RUN/model --json EVAL_JSON`: the model
-compared against first (the chat model bundled before), this one last; the card shows issue 19's goals for both.
+RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/) or a
+`seekmoe train-multimodal` one (settings.json, stage1/, stage2/, model/ with its encoders); when its base model is
+itself a run's model/ folder (a fine-tune, or a `seekmoe train` continued pretraining), that run is described as the
+stage before. EVAL_JSON is `bench/chat_eval.py BEFORE RUN/model --json EVAL_JSON`: the model compared against first
+(the chat model bundled before), this one last; the card shows issue 19's goals for both. --media-eval is
+`seekmoe eval-multimodal RUN/model --json` (and --media-before the same for the model to compare with): the card
+shows the held-out media accuracy.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 from seekmoe.model.checkpoint import load_model, save_model
@@ -36,7 +41,7 @@ def stages(run: Path) -> list[Path]:
             parent = base.parent.parent
         else:
             return chain
-        if not (parent / "config.json").is_file():
+        if not ((parent / "config.json").is_file() or is_multimodal(parent)):
             return chain
         chain.insert(0, parent)
 
@@ -45,11 +50,56 @@ def is_pretraining(run: Path) -> bool:
     return "method" not in run_config(run)  # `seekmoe train`, not `seekmoe finetune`
 
 
+def is_multimodal(run: Path) -> bool:
+    return (run / "settings.json").is_file() and (run / "stage2" / "config.json").is_file()
+
+
 def run_config(run: Path) -> dict:
-    return json.loads((run / "config.json").read_text())
+    return json.loads((run / ("settings.json" if is_multimodal(run) else "config.json")).read_text())
+
+
+def command(run: Path) -> str:
+    """The command that made a run."""
+    if not is_multimodal(run):
+        return f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
+    s = run_config(run)
+    text = f" --text {s['text']} --text-every {s['text_every']}" if s.get("text") else ""
+    return (f".venv/bin/seekmoe train-multimodal --model {s['model']} --data {s['data']} --out {run} "
+            f"--stage1-steps {s['stage1_steps']} --stage2-steps {s['stage2_steps']}{text}")
+
+
+def multimodal_text(run: Path) -> str:
+    s = run_config(run)
+
+    def val(stage: int) -> str:
+        losses = [r["val_loss"] for r in read_metrics(run / f"stage{stage}" / "metrics.jsonl") if r["split"] == "val"]
+        return f"{losses[0]:.3f} → {losses[-1]:.3f}"
+
+    text = ""
+    if s.get("text"):
+        text = (f"; every {s['text_every']}th step is instead {s['text_batch_size']} rows of {s['text_seq_len']} "
+                f"tokens of the chat mixture `{s['text']}`, so the chat skills stay")
+    return (f"- `{run}` (`seekmoe train-multimodal` from `{s['model']}`): image and audio encoders on "
+            f"`{s['data']}` ({', '.join(s['sets'])}). Stage 1: {s['stage1_steps']} steps at lr {s['lr1']}, the "
+            f"language model frozen (validation loss on held-out media {val(1)}). Stage 2: {s['stage2_steps']} steps "
+            f"at lr {s['lr2']}, everything trained, batches of {s['batch_size']} media questions{text} (validation "
+            f"loss on held-out media {val(2)}).")
+
+
+def media_table(after: dict, before: dict | None) -> str:
+    def pct(r: dict | None, key: str) -> str:
+        return f"{r[key]['correct'] / r[key]['asked']:.1%}" if r and key in r else "–"
+
+    head = "| set | language | before | after |\n|---|---|---:|---:|" if before else \
+        "| set | language | accuracy |\n|---|---|---:|"
+    rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | " + (f"{pct(before, k)} | " if before else "")
+            + f"{pct(after, k)} ({after[k]['correct']} / {after[k]['asked']}) |" for k in after]
+    return "\n".join([head, *rows])
 
 
 def stage_text(run: Path) -> str:
+    if is_multimodal(run):
+        return multimodal_text(run)
     cfg = run_config(run)
     metrics = read_metrics(run / "metrics.jsonl")
     val = [r for r in metrics if r["split"] == "val"]
@@ -111,11 +161,21 @@ def paraphrased(r: dict) -> float:
     return sum(r[k] for k in keys) / max(len(keys), 1)
 
 
-def card(name: str, run: Path, sources: dict, before: dict, after: dict, model) -> str:
+def card(name: str, run: Path, sources: dict, before: dict, after: dict, model,
+         media: tuple[dict, dict | None] | None = None) -> str:
+    """media: eval-multimodal's accuracy of this model and of the one compared with (or None)."""
     report = inspect_config(model.config)
     chain = stages(run)
-    recipes = "\n".join(f".venv/bin/seekmoe {'train' if is_pretraining(r) else 'finetune'} recipes/{r.name}.json"
-                        for r in chain)
+    recipes = "\n".join(command(r) for r in chain)
+    sees = any(is_multimodal(r) for r in chain)
+    media_section = ""
+    if media:
+        media_section = f"""
+Held-out media, asked through the chat interface (`seekmoe eval-multimodal`, greedy; the speech test voices never
+spoke in training){"; before: the multimodal model of issue 9, not bundled" if media[1] else ""}:
+
+{media_table(*media)}
+"""
     sets = sorted(set(after["val_loss"]) & set(before["val_loss"]))
     loss_rows = "\n".join(f"| {s} | {before['val_loss'][s]:.3f} | {after['val_loss'][s]:.3f} |" for s in sets)
     source_rows = "\n".join(
@@ -132,24 +192,32 @@ def card(name: str, run: Path, sources: dict, before: dict, after: dict, model) 
     for ex in after.get("tool_examples", [])[:2]:
         calls = ", ".join(f"{c['name']} {c['arguments']}" for c in ex["calls"])
         examples += f"\n- *{ex['asked']}* → calls {calls} → `{ex['said']}`"
+    mixes = ("\n.venv/bin/python scripts/sft_mix.py --out runs/sft-mix2"
+             "\n.venv/bin/seekmoe data multimodal --out data/mm") if sees else ""
+    seeing = (", then taught to see and hear (image and audio encoders, `seekmoe train-multimodal`)", " It names "
+              "the digit or garment in an attached picture and what an attached recording says (digits, everyday "
+              "phrases).") if sees else ("", "")
+    intro = (f"seekmoe-tiny ({report.total / 1e6:.1f}M parameters, {report.active / 1e6:.1f}M active per token) "
+             f"taught to copy from its context by continued pretraining, then fine-tuned to chat by `seekmoe "
+             f"finetune`{seeing[0]}, on CPU ({len(chain)} stages, below). It is the model every seekmoe command "
+             f"(`serve`, `chat`, `generate`, `summarize`) uses when none is given. It follows the chat template and "
+             f"the tool format: it labels shop-support messages with their intent, answers support questions in the "
+             f"shape it was taught, continues plain text, writes worked arithmetic answers in English and Chinese, "
+             f"and calls the math tool and answers from its result.{seeing[1]}")
+    limits = (f"Goals it does not reach yet (measured below): {missed}. It is a working part for demos and for "
+              f"testing the stack (serving, tools, fine-tuning), not an assistant.")
     return f"""# {name}
 
-seekmoe-tiny ({report.total / 1e6:.1f}M parameters, {report.active / 1e6:.1f}M active per token) taught to copy from
-its context by continued pretraining, then fine-tuned to chat by `seekmoe finetune`, on CPU ({len(chain)} stages,
-below). It is the model every seekmoe command (`serve`, `chat`, `generate`, `summarize`) uses when none is given.
-It follows the chat template and the tool format: it labels shop-support messages with their intent, answers
-support questions in the shape it was taught, continues plain text, writes worked arithmetic answers in English
-and Chinese, and calls the math tool and answers from its result.
+{textwrap.fill(intro, 116)}
 
-Goals it does not reach yet (measured below): {missed}. It is a working part for demos and for testing the stack
-(serving, tools, fine-tuning), not an assistant.
+{textwrap.fill(limits, 116)}
 
 ## Results on held-out data
 Measured by `bench/chat_eval.py` (greedy answers through the engine, continuations sampled at temperature 0.8;
 the intent, dialogue and continuation sets use phrasings and texts that never occur in training).
 
 {results}
-
+{media_section}
 Validation loss, nats per assistant token:
 
 | set | before | after |
@@ -180,7 +248,7 @@ scripts/get_corpus.sh
 .venv/bin/seekmoe data prepare data/corpus/{{austen,moby_dick,python_docs,shakespeare,sotu,web}} \\
     data/corpus/chinese_poetry/{{lunyu,shijing,song_ci,yuan_qu}}.txt data/copy \\
     --tokenizer seekmoe/models/seekmoe-tiny --out runs/shards-copy
-.venv/bin/python scripts/sft_mix.py --out runs/sft-mix
+.venv/bin/python scripts/sft_mix.py --out runs/sft-mix --no-tool 0{mixes}
 {recipes}
 .venv/bin/python bench/chat_eval.py {before['model']} {run}/model --summary-methods hybrid --json {run}/eval.json
 .venv/bin/python scripts/bundle_chat_model.py {run} {run}/eval.json seekmoe/models/{name}
@@ -194,15 +262,22 @@ def main() -> None:
     parser.add_argument("eval", type=Path, help="bench/chat_eval.py --json output: the base model, then the run's")
     parser.add_argument("out", type=Path, help="the model folder to write")
     parser.add_argument("--name", default="seekmoe-tiny-chat", help="model name in the card")
+    parser.add_argument("--media-eval", type=Path, help="seekmoe eval-multimodal RUN/model --json output")
+    parser.add_argument("--media-before", type=Path, help="the same for the model to compare with")
     args = parser.parse_args()
     results = json.loads(args.eval.read_text())
     before, after = results[0], results[-1]
     sources = json.loads((Path("data/chat") / "SOURCES.json").read_text())
     model = load_model(args.run / "model", dtype="bfloat16")
     save_model(model, args.out)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(args.run / "model" / f, args.out / f)
-    text = card(args.name, args.run, sources, before, after, model)
+    for f in ("tokenizer.json", "tokenizer_config.json", "multimodal.safetensors"):
+        if (args.run / "model" / f).is_file():
+            shutil.copyfile(args.run / "model" / f, args.out / f)
+    media = None
+    if args.media_eval:
+        media = (json.loads(args.media_eval.read_text()),
+                 json.loads(args.media_before.read_text()) if args.media_before else None)
+    text = card(args.name, args.run, sources, before, after, model, media)
     (args.out / "README.md").write_text(text, encoding="utf-8")
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
