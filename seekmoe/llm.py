@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds
 from seekmoe.engine.loop import EngineLoop, RequestStream
@@ -33,6 +35,9 @@ from seekmoe.text.tool_calls import (
     parse_tool_calls,
     tool_names,
 )
+
+if TYPE_CHECKING:
+    from seekmoe.text.grammar import Grammar, Grammars
 
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
@@ -252,13 +257,42 @@ class LLM:
     def submit(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
                request_id: str | None = None, skip_special_tokens: bool = True,
                keep_special_tokens: tuple[str, ...] = (), embeds: PromptEmbeds | None = None,
-               cache_salt: str | None = None) -> TextRequest:
+               cache_salt: str | None = None, grammar: Grammar | None = None) -> TextRequest:
         """keep_special_tokens: special tokens kept in the text even when skipping the others (tool-call markers).
         embeds: the media rows of a multimodal prompt (chat_prompt makes them). cache_salt: cached prompt prefixes
-        are shared only between requests with the same salt (None: with every request without one)."""
+        are shared only between requests with the same salt (None: with every request without one). grammar: what
+        the output must follow (from `grammars`); its sequences end with "stop" once the grammar is complete."""
         params = params if params is not None else SamplingParams()
-        stream = self._loop.submit(prompt_token_ids, params, request_id, embeds, cache_salt)
+        constraint = grammar.matcher() if grammar is not None else None
+        stream = self._loop.submit(prompt_token_ids, params, request_id, embeds, cache_salt, constraint)
         return TextRequest(self, stream, params, skip_special_tokens, keep_special_tokens)
+
+    # ---- constrained decoding ------------------------------------------------------------------------------
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Compiles the grammars of constrained decoding against this model's tokenizer (made on first use)."""
+        from seekmoe.text.grammar import Grammars
+
+        eos = self.engine.eos_token_id
+        return Grammars(self.tokenizer, self.vocab_size, eos if eos is not None else self.tokenizer.eos_id)
+
+    def grammar(self, json_schema: dict | None = None, grammar: str | None = None) -> Grammar | None:
+        """The grammar of a JSON Schema ({"type": "object"}: any JSON object) or of a Lark grammar (llguidance's
+        dialect); None without either. GrammarError (a ValueError) for one that does not compile."""
+        if json_schema is not None and grammar is not None:
+            raise TypeError("give json_schema or grammar, not both")
+        if json_schema is not None:
+            return self.grammars.json(json_schema)
+        return self.grammars.lark(grammar) if grammar is not None else None
+
+    def chat_grammar(self, tools: list[dict] | None, forced: str | None, json_schema: dict | None = None, *,
+                     strict: bool = True, parallel: bool = True) -> Grammar | None:
+        """What a chat answer must follow (Grammars.chat: a forced call's arguments, strict tools' calls, a JSON
+        answer); None, without building the compiler, when nothing constrains it."""
+        if json_schema is None and not forced and not any(t["function"].get("strict") for t in tools or []):
+            return None
+        return self.grammars.chat(tools, forced, parallel=parallel, json_schema=json_schema, strict=strict)
 
     # ---- what a server reads -------------------------------------------------------------------------------
 
@@ -282,9 +316,12 @@ class LLM:
     # ---- the friendly calls ---------------------------------------------------------------------------------
 
     def generate(self, prompts: str | list[str] | None = None, *, prompt_token_ids: list[int] | list[list[int]] |
-                 None = None, params: SamplingParams | None = None, **kwargs) -> Completion | list[Completion]:
-        """Complete one prompt (a Completion) or a list of them (a list, run as one batch)."""
+                 None = None, params: SamplingParams | None = None, json_schema: dict | None = None,
+                 grammar: str | None = None, **kwargs) -> Completion | list[Completion]:
+        """Complete one prompt (a Completion) or a list of them (a list, run as one batch). json_schema or grammar
+        (Lark): what each completion must follow (see `grammar`)."""
         params = self.params(params, **kwargs)
+        constrained = self.grammar(json_schema, grammar)
         if (prompts is None) == (prompt_token_ids is None):
             raise TypeError("give prompts or prompt_token_ids (exactly one)")
         if prompts is not None:
@@ -298,7 +335,7 @@ class LLM:
         requests = []
         try:
             for ids in batch:  # all in the engine before any is awaited: they run as one batch
-                requests.append(self.submit(ids, params))
+                requests.append(self.submit(ids, params, grammar=constrained))
             results = [r.result() for r in requests]
         except BaseException:
             for r in requests:
@@ -383,14 +420,19 @@ class LLM:
         return ids, PromptEmbeds(positions, rows, media_key(media))
 
     def chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: object = None,
-             params: SamplingParams | None = None, **kwargs) -> Completion:
+             json_schema: dict | None = None, parallel_tool_calls: bool = True, params: SamplingParams | None = None,
+             **kwargs) -> Completion:
         """Answer a conversation ([{"role": "system"|"user"|"assistant"|"tool", "content": ...}, ...]). With
         tools (OpenAI's list), each choice's tool_calls holds the calls its answer makes, its text what it says
-        besides, and its finish_reason is "tool_calls" when there are any."""
+        besides, and its finish_reason is "tool_calls" when there are any. A tool_choice that forces a call
+        ("required", or a named function) gets one whose arguments follow the function's parameters schema, as do
+        the calls of tools marked "strict": true. json_schema: the answer is JSON following it ({"type": "object"}:
+        any JSON object)."""
         params = self.params(params, **kwargs)
         ids, forced, embeds = self.chat_prompt(messages, tools, tool_choice)
         plain = tools is None or tool_choice == "none"
-        req = self.submit(ids, params, keep_special_tokens=() if plain else MARKERS, embeds=embeds)
+        grammar = self.chat_grammar(None if plain else tools, forced, json_schema, parallel=parallel_tool_calls)
+        req = self.submit(ids, params, keep_special_tokens=() if plain else MARKERS, embeds=embeds, grammar=grammar)
         try:
             done = req.result()
         except BaseException:
@@ -419,7 +461,8 @@ class LLM:
         while True:
             ids, forced, embeds = self.chat_prompt(loop.messages, loop.tools, loop.tool_choice)
             keep = () if loop.tool_choice == "none" else MARKERS
-            req = self.submit(ids, params, keep_special_tokens=keep, embeds=embeds)
+            grammar = self.chat_grammar(loop.tools if keep else None, forced)
+            req = self.submit(ids, params, keep_special_tokens=keep, embeds=embeds, grammar=grammar)
             loop.begin(forced)
             deltas = []
             try:

@@ -17,7 +17,7 @@ import torch
 
 from seekmoe.engine.cache import BlockTable, LatentCache, salt_hash
 from seekmoe.engine.runner import ModelRunner, Segment
-from seekmoe.engine.sampling import SamplingParams, SeqSampler, sample
+from seekmoe.engine.sampling import SamplingParams, SeqSampler, TokenConstraint, sample
 from seekmoe.errors import SeekmoeError
 from seekmoe.model.model import CausalLM
 
@@ -123,13 +123,17 @@ class Engine:
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, embeds: PromptEmbeds | None = None,
-                    cache_salt: str | None = None) -> Request:
+                    cache_salt: str | None = None, constraint: TokenConstraint | None = None) -> Request:
         """Queue a request; raises EngineError when it can never run. embeds: rows that replace the embeddings of
         some prompt positions (images, audio). cache_salt: cached prompt prefixes are shared only between requests
-        with the same salt (a server gives each API key its own, so no tenant can time another's prompts)."""
+        with the same salt (a server gives each API key its own, so no tenant can time another's prompts).
+        constraint: the tokens each sequence may write (a grammar's matcher, fresh; forked for n > 1); a sequence
+        whose grammar is complete ends with "stop"."""
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise EngineError(f"params must be SamplingParams, got {type(params).__name__}")
+        if constraint is not None and not isinstance(constraint, TokenConstraint):
+            raise EngineError(f"constraint must be a TokenConstraint or None, got {type(constraint).__name__}")
         prompt = self._check_prompt(prompt_ids)
         if embeds is not None:
             self._check_embeds(embeds, len(prompt))
@@ -156,7 +160,8 @@ class Engine:
                 req.prompt_keys[p] = f"{embeds.key}.{j}"
         vocab = self.config.vocab_size
         for i in range(params.n):
-            seq = Sequence(req, i, SeqSampler(params, prompt, vocab, seed_offset=i), list(prompt))
+            own = constraint if i == 0 or constraint is None else constraint.fork()
+            seq = Sequence(req, i, SeqSampler(params, prompt, vocab, seed_offset=i, constraint=own), list(prompt))
             req.seqs.append(seq)
             self.waiting.append(seq)
         self.requests[rid] = req
@@ -250,6 +255,8 @@ class Engine:
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.request.params
         if (token == self.eos_token_id and not p.ignore_eos) or token in p.stop_token_ids:
+            return "stop"
+        if seq.sampler.constraint is not None and seq.sampler.constraint.done:  # a whole answer: only eos may follow
             return "stop"
         if seq.num_output >= p.max_tokens or len(seq.tokens) >= self.max_model_len:
             return "length"

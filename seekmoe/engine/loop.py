@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds, Request
-from seekmoe.engine.sampling import SamplingParams
+from seekmoe.engine.sampling import SamplingParams, TokenConstraint
 
 
 class RequestStream:
@@ -110,12 +110,12 @@ class EngineLoop:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None,
                request_id: str | None = None, embeds: PromptEmbeds | None = None,
-               cache_salt: str | None = None) -> RequestStream:
+               cache_salt: str | None = None, constraint: TokenConstraint | None = None) -> RequestStream:
         with self._engine_lock():
             if self._closed or self._error is not None:
                 raise EngineError(f"the engine is not running{f' ({self._error})' if self._error else ''}")
             stream = RequestStream(self, self.engine.add_request(prompt_ids, params, request_id, embeds,
-                                                                      cache_salt))
+                                                                      cache_salt, constraint))
             self._streams[stream.id] = stream
             self._cond.notify_all()
         return stream

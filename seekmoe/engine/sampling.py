@@ -1,6 +1,12 @@
 """Sampling: a request's parameters, each sequence's generator and token counts, one batched draw per decode step.
 
-Shapes: B rows in the batch, V vocabulary, S rows that draw (not greedy), R rows with a given penalty on, K top tokens.
+A sequence may also carry a TokenConstraint (constrained decoding: JSON, a JSON Schema, a grammar): it says which
+tokens may come next, as a bitmask. The constraint is built above the engine, where the text and the tokenizer are
+known (seekmoe.text.grammar); here it is only asked for its mask and told the token drawn. Rows without one cost
+nothing extra.
+
+Shapes: B rows in the batch, V vocabulary, S rows that draw (not greedy), R rows with a given penalty (or a
+constraint) on, K top tokens, W 32-bit words of a token bitmask (ceil(V / 32)).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -114,6 +121,26 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
 
+@runtime_checkable
+class TokenConstraint(Protocol):
+    """What one sequence may write next: a grammar's matcher, opaque to the engine. `fill_bitmask` always allows at
+    least one token (a finished or broken grammar allows end-of-sequence)."""
+
+    def fill_bitmask(self, out_W: torch.Tensor) -> None:
+        """Write the allowed tokens into a contiguous int32 CPU tensor of W words: token t is bit t % 32 of word
+        t // 32."""
+
+    def advance(self, token_id: int) -> None:
+        """Take the token drawn (always one the last mask allowed)."""
+
+    @property
+    def done(self) -> bool:
+        """The grammar is complete: nothing but end-of-sequence may follow, so the sequence ends here."""
+
+    def fork(self) -> TokenConstraint:
+        """An independent copy in the same state (one for each of a request's n sequences)."""
+
+
 def _derive_seed(seed: int, offset: int) -> int:
     """The generator seed of sample `offset` of a request: hashed, as seed + offset would make (s, 1) == (s + 1, 0)."""
     digest = hashlib.blake2b(f"{seed}:{offset}".encode(), digest_size=8).digest()
@@ -127,12 +154,16 @@ class SeqSampler:
     The generator and counts move to the logits' device on first use, so the engine builds these without knowing it.
     """
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], vocab_size: int, seed_offset: int = 0):
+    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], vocab_size: int, seed_offset: int = 0,
+                 constraint: TokenConstraint | None = None):
         _require(isinstance(params, SamplingParams), "params", "a SamplingParams", params)
+        _require(constraint is None or isinstance(constraint, TokenConstraint), "constraint",
+                 "None or a TokenConstraint", constraint)
         _require(_is_int(vocab_size) and vocab_size >= 1, "vocab_size", "an int >= 1", vocab_size)
         _require(_is_int(seed_offset) and seed_offset >= 0, "seed_offset", "an int >= 0", seed_offset)
         self.params = params
         self.vocab_size = vocab_size
+        self.constraint = constraint
         self.seed = _derive_seed(params.seed if params.seed is not None else secrets.randbits(63), seed_offset)
         self._generator: torch.Generator | None = None  # made on the logits' device at the first draw
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)
@@ -149,9 +180,11 @@ class SeqSampler:
             self._counts = torch.zeros(vocab_size, dtype=torch.int32)
 
     def append(self, token_id: int) -> None:
-        """Record an output token (updates the counts penalties read)."""
+        """Record an output token (updates the counts penalties read, and moves the constraint on)."""
         _require(_is_int(token_id) and 0 <= token_id < self.vocab_size, "token_id", f"an int in [0, {self.vocab_size})",
                  token_id)
+        if self.constraint is not None:
+            self.constraint.advance(token_id)
         if self._seen is not None:
             self._seen[token_id] = True
         if self._counts is not None:
@@ -222,6 +255,28 @@ def apply_penalties(logits: torch.Tensor, samplers: Sequence[SeqSampler]) -> tor
     return x_BV
 
 
+# what each byte of a token bitmask adds to the logits of its 8 tokens: 0 where a bit is set, -inf where not; a
+# read-only table, so masking is one lookup and one add (cheaper than unpacking bits, then a masked fill)
+_BYTE_BIAS = torch.where((torch.arange(256)[:, None] >> torch.arange(8)) & 1 == 1, 0.0, -math.inf)  # (256, 8)
+
+
+def apply_constraints(x_BV: torch.Tensor, samplers: Sequence[SeqSampler]) -> None:
+    """Set the logits of the tokens each constrained row's grammar forbids to -inf, in place; other rows untouched."""
+    rows = [i for i, s in enumerate(samplers) if s.constraint is not None]
+    if not rows:
+        return
+    V = x_BV.shape[1]
+    mask_RW = torch.empty(len(rows), (V + 31) // 32, dtype=torch.int32)
+    for j, i in enumerate(rows):
+        samplers[i].constraint.fill_bitmask(mask_RW[j])
+    # the words' bytes in memory order (little-endian) hold token t at bit t % 8 of byte t // 8
+    bias_RV = _BYTE_BIAS[mask_RW.view(torch.uint8).long()].view(len(rows), -1)[:, :V].to(x_BV.device)  # (R, V)
+    if len(rows) == len(samplers):
+        x_BV.add_(bias_RV)
+    else:
+        x_BV[rows] += bias_RV
+
+
 def _filter(x_SV: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Temperature, then top_k, top_p and min_p (removed tokens become -inf), each skipped when no row uses it."""
     if any(p.temperature != 1.0 for p in params):
@@ -253,9 +308,11 @@ def _drawing_rows(samplers: Sequence[SeqSampler]) -> list[int]:
 
 
 def process_logits(logits: torch.Tensor, samplers: Sequence[SeqSampler]) -> torch.Tensor:
-    """The (B, V) logits each row picks from: penalties for every row; for rows that draw, then temperature, top_k,
-    top_p and min_p, with removed tokens at -inf (greedy rows take the argmax of their penalised logits)."""
+    """The (B, V) logits each row picks from: penalties for every row, then each constraint's mask; for rows that
+    draw, then temperature, top_k, top_p and min_p, with removed tokens at -inf (greedy rows take the argmax of their
+    penalised, masked logits). The filters see only the tokens the grammar allows: top_p keeps a share of those."""
     x_BV = apply_penalties(logits, samplers)
+    apply_constraints(x_BV, samplers)
     rows = _drawing_rows(samplers)
     if rows:
         at = _select(rows, len(samplers))

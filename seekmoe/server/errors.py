@@ -15,6 +15,7 @@ from seekmoe.engine.sampling import SamplingError
 from seekmoe.multimodal.media import MediaError, MediaTooLarge
 from seekmoe.multimodal.speech import SpeechError, SpeechUnavailable
 from seekmoe.text.chat import ChatError
+from seekmoe.text.grammar import GrammarError
 from seekmoe.text.summarize import SummaryError
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": the access log's status for a client that left
@@ -60,6 +61,7 @@ ANSWERS: dict[type[Exception], Answer] = {
     ChatError: Answer(400),
     MediaError: Answer(400),
     SummaryError: Answer(400),
+    GrammarError: Answer(400),  # a JSON Schema or grammar that does not compile
     SpeechError: Answer(400),
     ValueError: Answer(400),  # input the layers below refuse without a class of their own (unpaired media tokens)
     # it is over a limit

@@ -73,6 +73,11 @@ class GenerateRequest(Sampling):
     model: str | None = None
     images: list[str] | None = Field(None, description="images (PNG, JPEG, GIF), base64 or data: URLs")
     audio: list[str] | None = Field(None, description="audio (WAV, FLAC), base64 or data: URLs")
+    json_schema: dict[str, Any] | None = Field(
+        None, description='the text is one JSON value following this JSON Schema ({"type": "object"}: any JSON '
+                          'object); cut short by max_tokens, it ends mid-value with finish_reason "length"')
+    grammar: str | None = Field(None, description="the text follows this Lark grammar (llguidance's dialect); not "
+                                                  "with json_schema")
 
 
 class GenerateUsage(BaseModel):
@@ -235,6 +240,21 @@ class NamedTool(Request):
     function: dict[str, str] = Field(description='{"name": ...}')
 
 
+class JSONSchemaFormat(Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="the JSON Schema (none: any object)")
+    strict: bool | None = Field(None, description="true: a schema keyword the grammar compiler lacks is a 400; "
+                                                  "otherwise it is ignored")
+
+
+class ResponseFormat(Request):
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description='json_object: the answer is a JSON object; json_schema: JSON following json_schema.schema (cut '
+                    'short by max_tokens, it ends mid-value with finish_reason "length")')
+    json_schema: JSONSchemaFormat | None = Field(None, description="with type json_schema")
+
+
 class ChatCompletionRequest(Sampling):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -249,6 +269,7 @@ class ChatCompletionRequest(Sampling):
     tools: list[ToolDefinition] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     tool_trace: bool = Field(False, description="seekmoe: also return the calls the server ran itself, with results")
 
 

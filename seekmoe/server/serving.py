@@ -33,6 +33,7 @@ from seekmoe.server.errors import (
 )
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.streams import DONE, Job, RequestLog, Stream, loggable, sse
+from seekmoe.text.grammar import ANY_OBJECT, Grammar, GrammarError
 from seekmoe.text.summarize import SummaryError
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
@@ -125,7 +126,8 @@ class Serving:
         else:
             ids, embeds = await self._encode(body.prompt), None
         params = self.params(body, [ids], "prompt", body.max_tokens, default_max=128)
-        job = self.start("gen", [ids], params, log, body.prompt, embeds=[embeds])
+        grammar = await self._generate_grammar(body)
+        job = self.start("gen", [ids], params, log, body.prompt, embeds=[embeds], grammar=grammar)
         if body.stream:
             return Stream(self._generate_chunks(job), job.cancel)
         c = (await job.collect())[0]
@@ -194,13 +196,14 @@ class Serving:
                 return await tool_chat.stream(self, body, turn, log)
             return await tool_chat.respond(self, body, turn, log)
         ids, _, embeds = await self.chat_prompt(messages)
+        grammar = await self.chat_grammar(body, None, None)
         prompts = [ids]
         limit, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                         else (body.max_tokens, "max_tokens"))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = self.params(body, prompts, "messages", limit, n=body.n, logprobs=logprobs,
                              renames={"max_tokens": field, "logprobs": "top_logprobs"})
-        job = self.start("chatcmpl", prompts, params, log, loggable(messages), embeds=[embeds])
+        job = self.start("chatcmpl", prompts, params, log, loggable(messages), embeds=[embeds], grammar=grammar)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return Stream(self._chat_chunks(job, params, usage), job.cancel)
@@ -220,6 +223,49 @@ class Serving:
             return await self._offload(lambda m: self.llm.chat_prompt(m, tools, tool_choice), messages, size)
         except ValueError as e:  # ChatError, MediaError, and media placeholders that do not pair with the media
             raise http_error(e, param="messages") from None
+
+    async def chat_grammar(self, body: s.ChatCompletionRequest, tools: list[dict] | None,
+                           forced: str | None) -> Grammar | None:
+        """What the answer must follow: its response_format, a forced call's arguments, strict tools' calls
+        (LLM.chat_grammar), compiled off the event loop; a schema that cannot be is a 400 in OpenAI's words."""
+        rf = body.response_format
+        schema, strict = None, True
+        if rf is not None and rf.type == "json_object":
+            schema = ANY_OBJECT
+        elif rf is not None and rf.type == "json_schema":
+            if rf.json_schema is None:
+                raise invalid("Missing required parameter: 'response_format.json_schema'.",
+                              param="response_format.json_schema", code="missing_required_parameter")
+            schema, strict = rf.json_schema.schema_ or ANY_OBJECT, bool(rf.json_schema.strict)
+        if schema is None and not forced and not any(t["function"].get("strict") for t in tools or []):
+            return None  # nothing to compile: no trip to a thread
+        parallel = body.parallel_tool_calls is not False
+        try:
+            return await asyncio.to_thread(self.llm.chat_grammar, tools, forced, schema, strict=strict,
+                                           parallel=parallel)
+        except GrammarError as e:
+            if e.tool is None and rf is not None and rf.type == "json_schema":
+                raise invalid(f"Invalid schema for response_format '{rf.json_schema.name}': {e}",
+                              param="response_format", code="invalid_json_schema") from None
+            if e.tool is None:  # a tokenizer without the tool-call markers
+                raise http_error(e) from None
+            name = tools[e.tool]["function"]["name"]
+            param = f"tools[{e.tool}].function.parameters" if e.tool < len(body.tools or []) else None
+            raise invalid(f"Invalid schema for function '{name}': {e}", param=param,
+                          code="invalid_function_parameters") from None
+
+    async def _generate_grammar(self, body: s.GenerateRequest) -> Grammar | None:
+        if body.json_schema is not None and body.grammar is not None:
+            raise invalid("give json_schema or grammar, not both", param="grammar")
+        if body.json_schema is None and body.grammar is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.llm.grammar, body.json_schema, body.grammar)
+        except GrammarError as e:
+            if body.json_schema is not None:
+                raise invalid(f"Invalid schema for json_schema: {e}", param="json_schema",
+                              code="invalid_json_schema") from None
+            raise invalid(f"Invalid grammar: {e}", param="grammar", code="invalid_grammar") from None
 
     # ---- requests to the engine ---------------------------------------------------------------------------
 
@@ -290,9 +336,10 @@ class Serving:
             raise http_error(e, param=renames.get(field, field) if known else None, message=message) from None
 
     def start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
-              prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None) -> Job:
+              prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None,
+              grammar: Grammar | None = None) -> Job:
         """Submit the prompts (one engine request each) as one Job; a full queue or a prompt the engine refuses is an
-        HTTPError. prompt: what the access log shows with --log-prompts."""
+        HTTPError. prompt: what the access log shows with --log-prompts. grammar: what every output must follow."""
         start = time.perf_counter()
         job_id = f"{kind}-{uuid.uuid4().hex}"
         self._check_sequences(len(prompts) * params.n, params.n)
@@ -304,7 +351,7 @@ class Serving:
             for i, ids in enumerate(prompts):
                 reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}",
                                             keep_special_tokens=keep_special_tokens,
-                                            embeds=embeds[i] if embeds else None, cache_salt=salt))
+                                            embeds=embeds[i] if embeds else None, cache_salt=salt, grammar=grammar))
         except EngineError as e:  # QueueFull among them
             for r in reqs:
                 r.cancel()

@@ -82,8 +82,9 @@ async def start_round(serving, body: s.ChatCompletionRequest, turn: ToolTurn, lo
     limit = turn.limit if first or turn.limit is None else min(turn.limit, room)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = serving.params(body, [ids], "messages", limit, n=loop.n, renames={"max_tokens": field})
+    grammar = await serving.chat_grammar(body, loop.tools, forced)
     turn.job = serving.start("chatcmpl", [ids], params, log, loggable(loop.messages), keep_special_tokens=MARKERS,
-                             embeds=[embeds])
+                             embeds=[embeds], grammar=grammar)
     if turn.job_id is None:
         turn.job_id, turn.created = turn.job.id, turn.job.created
     return turn.job, forced

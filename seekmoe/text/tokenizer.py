@@ -199,6 +199,10 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
+    def to_json(self) -> str:
+        """tokenizer.json's text: what other libraries (the grammar compiler) read the vocabulary from."""
+        return self._backend.to_str()
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes an id stands for in `decode`: a special token gives its own UTF-8."""
         piece = self._id_bytes[token_id] if 0 <= token_id < len(self._id_bytes) else None
