@@ -62,10 +62,14 @@ def command(run: Path) -> str:
     """The command that made a run."""
     if not is_multimodal(run):
         return f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
-    s = run_config(run)
-    text = f" --text {s['text']} --text-every {s['text_every']}" if s.get("text") else ""
+    from seekmoe.train.multimodal import Settings
+
+    s, default = run_config(run), Settings()
+    flags = [f"--{k.replace('_', '-')} {s[k]}" for k in ("stage1_steps", "stage2_steps", "lr1", "lr2", "text",
+                                                         "text_every", "text_batch_size", "text_seq_len")
+             if s.get(k) is not None and s[k] != getattr(default, k)]
     return (f".venv/bin/seekmoe train-multimodal --model {s['model']} --data {s['data']} --out {run} "
-            f"--stage1-steps {s['stage1_steps']} --stage2-steps {s['stage2_steps']}{text}")
+            + " ".join(flags))
 
 
 def multimodal_text(run: Path) -> str:
@@ -77,13 +81,15 @@ def multimodal_text(run: Path) -> str:
 
     text = ""
     if s.get("text"):
-        text = (f"; every {s['text_every']}th step is instead {s['text_batch_size']} rows of {s['text_seq_len']} "
+        text = (f"; one step in {s['text_every']} is instead {s['text_batch_size']} rows of {s['text_seq_len']} "
                 f"tokens of the chat mixture `{s['text']}`, so the chat skills stay")
+    stage1 = (f"Stage 1: {s['stage1_steps']} steps at lr {s['lr1']}, the language model frozen (validation loss on "
+              f"held-out media {val(1)})." if (run / "stage1").is_dir() else "Its encoders went on learning (no "
+              "stage 1).")
     return (f"- `{run}` (`seekmoe train-multimodal` from `{s['model']}`): image and audio encoders on "
-            f"`{s['data']}` ({', '.join(s['sets'])}). Stage 1: {s['stage1_steps']} steps at lr {s['lr1']}, the "
-            f"language model frozen (validation loss on held-out media {val(1)}). Stage 2: {s['stage2_steps']} steps "
-            f"at lr {s['lr2']}, everything trained, batches of {s['batch_size']} media questions{text} (validation "
-            f"loss on held-out media {val(2)}).")
+            f"`{s['data']}` ({', '.join(s['sets'])}). {stage1} Stage 2: {s['stage2_steps']} steps at lr {s['lr2']}, "
+            f"everything trained, batches of {s['batch_size']} media questions{text} (validation loss on held-out "
+            f"media {val(2)}).")
 
 
 def media_table(after: dict, before: dict | None) -> str:
