@@ -56,7 +56,7 @@ ENV = {
     "admin_key": ("SEEKMOE_ADMIN_KEY", _csv), "share_prefix_cache": ("SEEKMOE_SHARE_PREFIX_CACHE", _bool),
     "max_summary_chars": ("SEEKMOE_MAX_SUMMARY_CHARS", int),
     "allowed_origins": ("SEEKMOE_ALLOWED_ORIGINS", _csv),
-    "served_model_name": ("SEEKMOE_SERVED_MODEL_NAME", str), "dtype": ("SEEKMOE_DTYPE", str),
+    "served_model_name": ("SEEKMOE_SERVED_MODEL_NAME", _csv), "dtype": ("SEEKMOE_DTYPE", str),
     "int8": ("SEEKMOE_INT8", _bool), "max_num_seqs": ("SEEKMOE_MAX_NUM_SEQS", int),
     "max_queue": ("SEEKMOE_MAX_QUEUE", int), "cache_tokens": ("SEEKMOE_CACHE_TOKENS", int),
     "cache_memory": ("SEEKMOE_CACHE_MEMORY", parse_size), "max_body": ("SEEKMOE_MAX_BODY", parse_size),
@@ -96,9 +96,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "off by default) [SEEKMOE_SHARE_PREFIX_CACHE=1]")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve on a non-loopback address without API keys (anyone who reaches it may use it)")
-    p.add_argument("--served-model-name", metavar="NAME",
-                   help="the model name clients send and /v1/models lists (default: the model folder's name) "
-                        "[SEEKMOE_SERVED_MODEL_NAME]")
+    p.add_argument("--served-model-name", nargs="+", action="extend", metavar="NAME",
+                   help="the model name(s) clients may send and /v1/models lists; answers report the first "
+                        "(default: the model folder's name). Put MODEL before this flag "
+                        "[SEEKMOE_SERVED_MODEL_NAME, comma-separated]")
     p.add_argument("--allowed-origins", nargs="+", action="extend", metavar="ORIGIN",
                    help="web pages that may call the API from a browser (CORS), as their Origin, e.g. "
                         "http://localhost:3000, or * for any; they still need an API key when keys are set. Put "
@@ -170,10 +171,12 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
             tools = tuple(select(given["tools"]))
         except PluginError as e:
             raise CLIError(f"--tools: {e}") from None
+    names = list(dict.fromkeys(given["served_model_name"] or []))
     fields = {"model": given["model"], "adapter": given["adapter"], "host": given["host"], "port": given["port"],
               "tools": tools, "tool_timeout": given["tool_timeout"],
               "dtype": given["dtype"],
-              "served_model_name": given["served_model_name"], "int8": given["int8"],
+              "served_model_name": names[0] if names else None, "served_model_aliases": tuple(names[1:]),
+              "int8": given["int8"],
               "max_num_seqs": given["max_num_seqs"], "max_queue": given["max_queue"],
               "cache_tokens": given["cache_tokens"], "cache_bytes": given["cache_memory"],
               "max_body_bytes": given["max_body"], "log_prompts": given["log_prompts"],

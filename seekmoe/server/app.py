@@ -44,8 +44,9 @@ STATIC = Path(__file__).parent / "static"  # the chat page: plain files, no buil
 PUBLIC = ("/health", "/")  # and everything under /static/
 ADMIN = ("/metrics", "/v2/expert_load")  # every tenant's activity: with admin keys set, only they may read these
 SPEECH_WORKERS = 2  # espeak-ng runs at once; more requests wait their turn (each one's audio is bounded)
-ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions",
-             "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
+MODEL = "/v1/models/{model}"  # one metrics label for every model's path: the client chooses the name
+ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", MODEL, "/v1/completions",
+             "/v1/chat/completions", "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
 ERRORS = {status: {"model": s.ErrorResponse} for status in errors.DOCUMENTED}
 REQUEST_ID = "x-request-id"  # on every answer: the client's own when it sent a sane one, else a new one
 MAX_REQUEST_ID = 128
@@ -129,6 +130,11 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     @app.get("/v1/models", response_model=s.ModelList, responses=ERRORS)
     async def models() -> s.ModelList:
         return state.ready().models()
+
+    @app.get("/v1/models/{model:path}", response_model=s.ModelCard, responses=ERRORS)
+    async def model(model: str) -> s.ModelCard:
+        """One served model, by any of its names (they may hold slashes: org/name)."""
+        return state.ready().model(model)
 
     @app.get("/v2/expert_load", response_model=s.ExpertLoad, responses=ERRORS)
     async def expert_load() -> s.ExpertLoad:
@@ -381,7 +387,8 @@ class AccessLog:
             raise
         finally:
             path = scope["path"]
-            self.metrics.requests.labels(path if path in ENDPOINTS else "other", str(status[0])).inc()
+            endpoint = path if path in ENDPOINTS else MODEL if path.startswith("/v1/models/") else "other"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
             client = scope.get("client") or ("-", 0)
             # the path is the client's text, URL-decoded: escaped, so "%0a" cannot start a forged log line
             line = (f'{client[0]} "{printable(scope["method"])} {printable(path)}" {status[0]} '

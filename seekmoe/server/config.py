@@ -35,7 +35,8 @@ class ServeConfig:
     admin_keys: tuple[str, ...] = ()  # set: /metrics and /v2/expert_load (every tenant's activity) need one of these
     share_prefix_cache: bool = False  # False: each API key's prompts are cached apart (no timing across tenants)
     allow_unauthenticated: bool = False  # bind beyond loopback without keys
-    served_model_name: str | None = None  # the `model` clients send; None: the model folder's name
+    served_model_name: str | None = None  # the `model` answers report and clients send; None: the folder's name
+    served_model_aliases: tuple[str, ...] = ()  # more names a request's `model` may give (and /v1/models lists)
     allowed_origins: tuple[str, ...] = ()  # web pages that may call the API from a browser (CORS); "*": any
     # engine
     dtype: str = "float32"
@@ -88,6 +89,12 @@ class ServeConfig:
                 raise ServeConfigError(f"allowed origin {origin!r} must be * or scheme://host[:port] as a browser "
                                        "sends it in Origin, without a path or a trailing slash "
                                        "(http://localhost:3000)")
+        names = [self.served_model_name, *self.served_model_aliases] if self.served_model_name is not None else []
+        if self.served_model_aliases and self.served_model_name is None:
+            raise ServeConfigError("served_model_aliases need a served_model_name, the name answers report")
+        for name in names:
+            if not isinstance(name, str) or not name.strip() or not name.isprintable():
+                raise ServeConfigError(f"a served model name must be printable and not blank, got {name!r}")
         if set(self.api_keys) & set(self.admin_keys):
             raise ServeConfigError("a key is both an API key and an admin key: an admin key already works as an API "
                                    "key, give it once, as --admin-key")

@@ -215,12 +215,13 @@ class ToolCall(Request):
 
 
 class ChatMessage(Request):
-    role: Literal["system", "user", "assistant", "developer", "tool"] = Field(
-        description="developer is read as system; tool carries a tool's result")
+    role: Literal["system", "user", "assistant", "developer", "tool", "function"] = Field(
+        description="developer is read as system; tool carries a tool's result (function: the deprecated form)")
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="an assistant message's calls")
     tool_call_id: str | None = Field(None, description="a tool message: the call it answers")
+    function_call: FunctionCall | None = Field(None, description="deprecated: an assistant message's one call")
 
 
 class FunctionDefinition(Request):
@@ -238,6 +239,10 @@ class ToolDefinition(Request):
 class NamedTool(Request):
     type: Literal["function"] = "function"
     function: dict[str, str] = Field(description='{"name": ...}')
+
+
+class NamedFunction(Request):
+    name: str
 
 
 class JSONSchemaFormat(Request):
@@ -271,6 +276,15 @@ class ChatCompletionRequest(Sampling):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     tool_trace: bool = Field(False, description="seekmoe: also return the calls the server ran itself, with results")
+    # OpenAI's deprecated forms of tools and tool_choice, which older clients still send: read as those, and
+    # answered in the old shape (message.function_call, finish_reason "function_call")
+    functions: list[FunctionDefinition] | None = Field(None, max_length=128, description="deprecated: tools")
+    function_call: Literal["none", "auto"] | NamedFunction | None = Field(None, description="deprecated: tool_choice")
+
+    @property
+    def legacy(self) -> bool:
+        """Sent with functions or function_call: answered with function_call rather than tool_calls."""
+        return self.functions is not None or self.function_call is not None
 
 
 class TopLogprob(BaseModel):
@@ -302,6 +316,7 @@ class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
+    function_call: FunctionCallOut | None = Field(None, description="the answer to a request sent with functions")
 
 
 class ToolRun(BaseModel):

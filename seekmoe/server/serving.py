@@ -80,7 +80,9 @@ class Serving:
 
     def __init__(self, llm: LLM, config: ServeConfig, metrics: Metrics, tools: dict | None = None):
         self.llm, self.config, self.metrics = llm, config, metrics
-        self.model_name = config.served_model_name or llm.path.name
+        # the first name is the one answers report; a request may name any of them
+        self.model_names = (config.served_model_name or llm.path.name, *config.served_model_aliases)
+        self.model_name = self.model_names[0]
         self.tools = tools or {}  # name -> Plugin the server runs itself
         self.tool_pool = None
         if self.tools:
@@ -108,7 +110,12 @@ class Serving:
     # ---- endpoints ----------------------------------------------------------------------------------------
 
     def models(self) -> s.ModelList:
-        return s.ModelList(data=[s.ModelCard(id=self.model_name, created=self.created, max_model_len=self.context)])
+        return s.ModelList(data=[self.model(name) for name in self.model_names])
+
+    def model(self, name: str) -> s.ModelCard:
+        if name not in self.model_names:  # OpenAI's words: clients match on the code
+            raise not_found(f"The model '{name}' does not exist", param="model", code="model_not_found")
+        return s.ModelCard(id=name, created=self.created, max_model_len=self.context)
 
     def expert_load(self) -> s.ExpertLoad:
         """Tokens routed to each expert of each MoE layer since the server started (read without the engine's lock:
@@ -189,12 +196,18 @@ class Serving:
             raise invalid("top_logprobs needs logprobs: true", param="top_logprobs")
         if body.logit_bias:
             raise invalid("logit_bias is not supported by this server", param="logit_bias")
+        body = _tools_of_functions(body) if body.legacy else body
         messages = [_message(m) for m in body.messages]
-        turn = tool_chat.plan(self, body, messages)
-        if turn is not None:
-            if body.stream:
-                return await tool_chat.stream(self, body, turn, log)
-            return await tool_chat.respond(self, body, turn, log)
+        try:
+            turn = tool_chat.plan(self, body, messages)
+            if turn is not None:
+                if body.stream:
+                    return await tool_chat.stream(self, body, turn, log)
+                return await tool_chat.respond(self, body, turn, log)
+        except HTTPError as e:
+            if body.legacy:  # name the fields the client sent
+                e.param = _legacy_param(e.param)
+            raise
         ids, _, embeds = await self.chat_prompt(messages)
         grammar = await self.chat_grammar(body, None, None)
         prompts = [ids]
@@ -270,8 +283,9 @@ class Serving:
     # ---- requests to the engine ---------------------------------------------------------------------------
 
     def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise not_found(f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+        if model is not None and model not in self.model_names:
+            served = ", ".join(repr(name) for name in self.model_names)
+            raise not_found(f"the model {model!r} does not exist; this server serves {served}",
                             param="model", code="model_not_found")
 
     async def _offload(self, fn: Callable, arg: object, size: int):
@@ -423,10 +437,41 @@ class Serving:
 
 
 def _message(m: s.ChatMessage) -> dict:
-    out = {"role": "system" if m.role == "developer" else m.role, "content": _content(m.content)}
-    if m.tool_calls:
-        out["tool_calls"] = [c.model_dump(exclude_none=True) for c in m.tool_calls]
+    role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
+    out = {"role": role, "content": _content(m.content)}
+    calls = m.tool_calls or ([s.ToolCall(function=m.function_call)] if m.function_call is not None else None)
+    if calls:
+        out["tool_calls"] = [c.model_dump(exclude_none=True) for c in calls]
     return out
+
+
+def _tools_of_functions(body: s.ChatCompletionRequest) -> s.ChatCompletionRequest:
+    """The request with OpenAI's deprecated functions and function_call read as tools and tool_choice; one call an
+    answer, as the old shape holds one."""
+    if body.functions is not None and body.tools is not None:
+        raise invalid("give functions or tools, not both (functions is the deprecated form of tools)",
+                      param="functions")
+    if body.function_call is not None and body.tool_choice is not None:
+        raise invalid("give function_call or tool_choice, not both (function_call is the deprecated form of "
+                      "tool_choice)", param="function_call")
+    update: dict = {"parallel_tool_calls": False}
+    if body.functions is not None:
+        update["tools"] = [s.ToolDefinition(function=f) for f in body.functions]
+    if isinstance(body.function_call, s.NamedFunction):
+        update["tool_choice"] = s.NamedTool(function={"name": body.function_call.name})
+    elif body.function_call is not None:
+        update["tool_choice"] = body.function_call
+    return body.model_copy(update=update)
+
+
+def _legacy_param(param: str | None) -> str | None:
+    """A tools field's name as the deprecated field the client sent: tools[0].function.parameters ->
+    functions[0].parameters, tool_choice -> function_call."""
+    if param == "tool_choice":
+        return "function_call"
+    if param is not None and param.startswith("tools["):
+        return "functions" + param.removeprefix("tools").replace(".function", "", 1)
+    return param
 
 
 def _content(content: str | list | None) -> str | list[dict]:

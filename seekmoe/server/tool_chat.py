@@ -135,9 +135,8 @@ async def respond(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
             calls[e.index].append(e.call)
         else:
             reasons[e.index] = e.finish_reason
-    choices = [s.ChatChoice(index=i, finish_reason=reasons[i], message=s.ChatMessageOut(
-        content=text[i] if text[i] or not calls[i] else None,
-        tool_calls=[s.ToolCallOut(**c.to_openai()) for c in calls[i]] or None)) for i in range(n)]
+    choices = [s.ChatChoice(index=i, finish_reason=_reason(body, reasons[i]), message=s.ChatMessageOut(
+        content=text[i] if text[i] or not calls[i] else None, **_calls(body, calls[i]))) for i in range(n)]
     usage = turn.usage | {"total_tokens": turn.usage["prompt_tokens"] + turn.usage["completion_tokens"]}
     return s.ChatCompletionResponse(id=turn.job_id, created=turn.created, model=serving.model_name, choices=choices,
                                     usage=s.Usage(**usage), tool_trace=turn.trace() if body.tool_trace else None)
@@ -169,12 +168,16 @@ async def chunks(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
         async for e in events:
             if e.kind == "text":
                 yield chunk(e.index, {"content": e.text})
+            elif e.kind == "call" and body.legacy:
+                if not counts[e.index]:  # the old shape holds one call
+                    yield chunk(e.index, {"function_call": e.call.to_openai()["function"]})
+                counts[e.index] += 1
             elif e.kind == "call":
                 delta = {"index": counts[e.index], **e.call.to_openai()}
                 counts[e.index] += 1
                 yield chunk(e.index, {"tool_calls": [delta]})
             else:
-                yield chunk(e.index, {}, e.finish_reason)
+                yield chunk(e.index, {}, _reason(body, e.finish_reason))
         if usage:
             total = turn.usage["prompt_tokens"] + turn.usage["completion_tokens"]
             yield sse(base | {"choices": [], "usage": turn.usage | {"total_tokens": total}})
@@ -183,3 +186,17 @@ async def chunks(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
     except HTTPError as e:
         yield sse(e.body())
     yield DONE
+
+
+def _calls(body: s.ChatCompletionRequest, calls: list[ToolCall]) -> dict:
+    """A message's calls: tool_calls, or for a request sent with the deprecated functions, its first call as
+    function_call (the old shape holds one; parallel_tool_calls is off for such requests)."""
+    if not calls:
+        return {}
+    if body.legacy:
+        return {"function_call": s.FunctionCallOut(**calls[0].to_openai()["function"])}
+    return {"tool_calls": [s.ToolCallOut(**c.to_openai()) for c in calls]}
+
+
+def _reason(body: s.ChatCompletionRequest, reason: str | None) -> str | None:
+    return "function_call" if reason == "tool_calls" and body.legacy else reason
