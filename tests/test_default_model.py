@@ -40,3 +40,27 @@ def test_bundled_model_matches_transformers(folder):
 
 def test_the_default_is_the_chat_model():
     assert MODELS / "seekmoe-tiny-chat" == DEFAULT_MODEL
+
+
+def test_the_default_model_reads_images_and_speech():
+    """The chat page's image and audio buttons work after `make serve`: the encoders ship in the bundled folder."""
+    import io
+
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    from seekmoe.llm import LLM
+
+    pixels = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
+    picture, sound = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(picture, "PNG")
+    soundfile.write(sound, 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000), 16000, format="WAV")
+    with LLM(DEFAULT_MODEL) as llm:
+        assert llm.encoders is not None
+        text_only = llm.chat([{"role": "user", "content": "What is this?"}], max_tokens=1).usage.prompt_tokens
+        for kind, data, rows in (("image", picture.getvalue(), 16), ("audio", sound.getvalue(), 6)):  # 0.5 s: 6
+            done = llm.chat([{"role": "user", "content": [{"type": kind, "data": data},
+                                                          {"type": "text", "text": "What is this?"}]}],
+                            max_tokens=8, temperature=0)
+            assert done.usage.completion_tokens >= 1 and done.usage.prompt_tokens >= text_only + rows, kind

@@ -14,7 +14,7 @@ import pytest
 
 from seekmoe.llm import DEFAULT_MODEL, LLM
 from seekmoe.multimodal.media import MediaLimits
-from tests.conftest import assert_usage_error, run_cli, tiny_multimodal_folder
+from tests.conftest import assert_usage_error, run_cli, tiny_model_folder, tiny_multimodal_folder
 from tests.test_multimodal import png, wav
 
 
@@ -409,9 +409,12 @@ def test_chat_drops_old_exchanges_for_the_media_limit(capsys, mm, monkeypatch, f
     assert "dropped the 2 oldest exchanges" in err
 
 
-def test_chat_on_a_text_model_attaches_nothing(capsys, spy, monkeypatch, files):
-    stdin(monkeypatch, f"/image {files / 'cat.png'}\n/audio {files / 'tone.wav'}\nHi\n")
-    rc, _, err = run_cli(capsys, *CHAT)
+def test_chat_on_a_text_model_attaches_nothing(capsys, monkeypatch, files, tmp_path):
+    folder = tiny_model_folder(tmp_path / "text")  # the bundled default reads images and speech
+    with LLM(folder) as text_llm:
+        spy = spy_on(text_llm, str(folder), monkeypatch)
+        stdin(monkeypatch, f"/image {files / 'cat.png'}\n/audio {files / 'tone.wav'}\nHi\n")
+        rc, _, err = run_cli(capsys, "chat", str(folder), "--max-tokens", "5", "--temperature", "0")
     assert rc == 0 and "this model reads text only: it has no image encoder" in err and "no audio encoder" in err
     assert "attached" not in err and spy.conversations == [[{"role": "user", "content": "Hi"}]]
 
