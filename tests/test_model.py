@@ -151,6 +151,20 @@ def test_init_weights_is_seeded_and_sane():
             assert 0.005 < pa.std() < 0.05, name
 
 
+def test_a_model_built_on_the_meta_device_initialises_whole():
+    from seekmoe.model.model import CausalLM
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    with torch.device("meta"):
+        meta = CausalLM(cfg)
+    model = meta.to_empty(device="cpu")
+    model.model.rotary_emb.inv_freq.fill_(float("nan"))  # what to_empty may leave there
+    model.init_weights(torch.Generator().manual_seed(0))
+    assert torch.equal(model.model.rotary_emb.inv_freq, CausalLM(cfg).model.rotary_emb.inv_freq)
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()
+
+
 def test_capacity_mask_keeps_each_experts_best_pairs():
     idx = torch.tensor([[0, 1], [0, 2], [0, 1], [2, 0]])
     weight = torch.tensor([[0.1, 0.9], [0.5, 0.2], [0.3, 0.8], [0.7, 0.4]])

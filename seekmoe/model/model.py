@@ -456,8 +456,11 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Random init as DeepSeek trains from: N(0, initializer_range) matrices, unit norms, zero routing bias."""
+        """Random init as DeepSeek trains from: N(0, initializer_range) matrices, unit norms, zero routing bias; the
+        rotary frequencies computed again, since a model built on the meta device and then `to_empty` has garbage
+        there."""
         std = self.config.initializer_range
+        self.model.rotary_emb.inv_freq.copy_(rope_frequencies(self.config)[0])
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
