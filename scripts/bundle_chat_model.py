@@ -82,7 +82,8 @@ def multimodal_text(run: Path) -> str:
     text = ""
     if s.get("text"):
         text = (f"; one step in {s['text_every']} is instead {s['text_batch_size']} rows of {s['text_seq_len']} "
-                f"tokens of the chat mixture `{s['text']}`, so the chat skills stay")
+                f"tokens of `{s['text']}` ({', '.join(sorted(p.name for p in Path(s['text']).glob('*.train.jsonl')))}"
+                f"), so the chat skills stay")
     stage1 = (f"Stage 1: {s['stage1_steps']} steps at lr {s['lr1']}, the language model frozen (validation loss on "
               f"held-out media {val(1)})." if (run / "stage1").is_dir() else "Its encoders went on learning (no "
               "stage 1).")
@@ -200,6 +201,11 @@ spoke in training){"; before: the multimodal model of issue 9, not bundled" if m
         examples += f"\n- *{ex['asked']}* → calls {calls} → `{ex['said']}`"
     mixes = ("\n.venv/bin/python scripts/sft_mix.py --out runs/sft-mix2"
              "\n.venv/bin/seekmoe data multimodal --out data/mm") if sees else ""
+    for r in chain:  # a text folder made of links to some of another's files: the command that makes it
+        text = Path(run_config(r).get("text") or "") if is_multimodal(r) else None
+        if text and text.is_dir() and all(f.is_symlink() for f in text.iterdir()) and "sft-mix" not in text.name:
+            sources = " ".join(f'"$PWD"/{f.resolve().relative_to(Path.cwd())}' for f in sorted(text.iterdir()))
+            mixes += f"\nmkdir -p {text} && ln -sf {sources} {text}/"
     seeing = (", then taught to see and hear (image and audio encoders, `seekmoe train-multimodal`)", " It names "
               "the digit or garment in an attached picture and what an attached recording says (digits, everyday "
               "phrases).") if sees else ("", "")
