@@ -203,7 +203,7 @@ spoke in training){"; before: the multimodal model of issue 9, not bundled" if m
              "\n.venv/bin/seekmoe data multimodal --out data/mm") if sees else ""
     for r in chain:  # a text folder made of links to some of another's files: the command that makes it
         text = Path(run_config(r).get("text") or "") if is_multimodal(r) else None
-        if text and text.is_dir() and all(f.is_symlink() for f in text.iterdir()) and "sft-mix" not in text.name:
+        if text and text.is_dir() and all(f.is_symlink() for f in text.iterdir()):
             sources = " ".join(f'"$PWD"/{f.resolve().relative_to(Path.cwd())}' for f in sorted(text.iterdir()))
             mixes += f"\nmkdir -p {text} && ln -sf {sources} {text}/"
     seeing = (", then taught to see and hear (image and audio encoders, `seekmoe train-multimodal`)", " It names "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from seekmoe.plugins import openai_tool
 from seekmoe.plugins.math import plugin
+from seekmoe.train.chat_data import write_jsonl as write_chats
 from seekmoe.train.copy_text import corpus_paragraphs
 
 
@@ -85,8 +86,7 @@ def main() -> None:
     quiet = no_tool_chats(args.chat, args.no_tool, rng)
     (args.out / "no_tool.train.jsonl").unlink(missing_ok=True)
     if quiet:
-        (args.out / "no_tool.train.jsonl").write_text(
-            "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in quiet), encoding="utf-8")
+        write_chats(args.out / "no_tool.train.jsonl", quiet)
     print(f"{args.out}: chat sets linked, text {len(train):,} train / {len(val):,} val, copy {args.copy_docs:,}, "
           f"no tool {len(quiet):,}")
 

@@ -44,22 +44,13 @@ def test_the_default_is_the_chat_model():
 
 def test_the_default_model_reads_images_and_speech():
     """The chat page's image and audio buttons work after `make serve`: the encoders ship in the bundled folder."""
-    import io
-
-    import numpy as np
-    import soundfile
-    from PIL import Image
-
     from seekmoe.llm import LLM
+    from tests.test_multimodal import png, wav
 
-    pixels = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
-    picture, sound = io.BytesIO(), io.BytesIO()
-    Image.fromarray(pixels).save(picture, "PNG")
-    soundfile.write(sound, 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000), 16000, format="WAV")
     with LLM(DEFAULT_MODEL) as llm:
         assert llm.encoders is not None
         text_only = llm.chat([{"role": "user", "content": "What is this?"}], max_tokens=1).usage.prompt_tokens
-        for kind, data, rows in (("image", picture.getvalue(), 16), ("audio", sound.getvalue(), 6)):  # 0.5 s: 6
+        for kind, data, rows in (("image", png(0), 16), ("audio", wav(0.5), 6)):  # 0.5 s: 6
             done = llm.chat([{"role": "user", "content": [{"type": kind, "data": data},
                                                           {"type": "text", "text": "What is this?"}]}],
                             max_tokens=8, temperature=0)

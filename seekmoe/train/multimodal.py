@@ -37,9 +37,8 @@ from seekmoe.multimodal.model import (
     MultimodalConfig,
     MultimodalLM,
     attach,
-    config_of,
     load_encoder_weights,
-    load_multimodal,
+    load_encoders,
     repeats,
     save_into,
     save_multimodal,
@@ -187,9 +186,9 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     ids = {name: tok.encode(token) for name, token in (("image", IMAGE_TOKEN), ("audio", AUDIO_TOKEN))}
     if any(len(v) != 1 for v in ids.values()):
         raise TrainError(f"{base}: the tokenizer has no single-token {IMAGE_TOKEN} / {AUDIO_TOKEN}")
-    if config_of(lm) is not None:  # it sees and hears already: its own encoders go on learning, in stage 2 only
-        model, stages = load_multimodal(base), (2,)
-        cfg = model.encoders.config
+    encoders = load_encoders(base, lm)
+    if encoders is not None:  # it sees and hears already: its own encoders go on learning, in stage 2 only
+        model, stages, cfg = MultimodalLM(lm, encoders), (2,), encoders.config
     else:
         cfg = MultimodalConfig(image_token_id=ids["image"][0], audio_token_id=ids["audio"][0], **s.encoder)
         torch.manual_seed(s.seed)
