@@ -290,7 +290,9 @@ class LLM:
                      strict: bool = True, parallel: bool = True) -> Grammar | None:
         """What a chat answer must follow (Grammars.chat: a forced call's arguments, strict tools' calls, a JSON
         answer); None, without building the compiler, when nothing constrains it."""
-        if json_schema is None and not forced and not any(t["function"].get("strict") for t in tools or []):
+        from seekmoe.text.grammar import constrains
+
+        if not constrains(tools, forced, json_schema):
             return None
         return self.grammars.chat(tools, forced, parallel=parallel, json_schema=json_schema, strict=strict)
 

@@ -33,7 +33,7 @@ from seekmoe.server.errors import (
 )
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.streams import DONE, Job, RequestLog, Stream, loggable, sse
-from seekmoe.text.grammar import ANY_OBJECT, Grammar, GrammarError
+from seekmoe.text.grammar import ANY_OBJECT, Grammar, GrammarError, constrains
 from seekmoe.text.summarize import SummaryError
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
@@ -250,7 +250,7 @@ class Serving:
                 raise invalid("Missing required parameter: 'response_format.json_schema'.",
                               param="response_format.json_schema", code="missing_required_parameter")
             schema, strict = rf.json_schema.schema_ or ANY_OBJECT, bool(rf.json_schema.strict)
-        if schema is None and not forced and not any(t["function"].get("strict") for t in tools or []):
+        if not constrains(tools, forced, schema):
             return None  # nothing to compile: no trip to a thread
         parallel = body.parallel_tool_calls is not False
         try:

@@ -27,6 +27,11 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 ANY_OBJECT = {"type": "object"}
 
 
+def constrains(tools: list[dict] | None, forced: str | None, json_schema: dict | None) -> bool:
+    """Whether a chat answer has a grammar to follow: a forced call, a JSON answer, or a strict tool."""
+    return bool(forced) or json_schema is not None or any(t["function"].get("strict") for t in tools or [])
+
+
 class GrammarError(SeekmoeError, ValueError):
     """A JSON Schema or grammar that cannot be compiled. tool: the index of the tool whose parameters are at fault
     (the tool-call grammars of `Grammars.chat`), else None."""
