@@ -166,6 +166,26 @@ def test_dialogue_ends_by_recalling_the_fact_from_the_first_turn(built):
             assert not any(fact in text for text in user[1:] + assistant[:-1])
 
 
+def test_training_dialogues_also_recall_made_up_facts_the_held_out_ones_never(built):
+    # a fact from a pool of twenty can be guessed; a made-up one has to be copied from the first turn
+    def pooled(meta: dict) -> bool:
+        fact, kind = meta["fact"], meta["fact_kind"]
+        if kind == "order_number":
+            return True
+        if kind == "city":
+            return fact in customer_service.CITIES
+        first, last = (fact.split("@")[0].split(".") if kind == "email" else fact.split(" "))
+        return (first.capitalize() in customer_service.FIRST_NAMES
+                and last.capitalize() in customer_service.LAST_NAMES)
+
+    val = [ex["meta"] for ex in load(built, "dialogues", "val")]
+    assert all(pooled(meta) for meta in val)
+    train = [ex["meta"] for ex in load(built, "dialogues", "train") if ex["meta"]["fact_kind"] != "order_number"]
+    invented = sum(not pooled(meta) for meta in train) / len(train)
+    assert abs(invented - customer_service.INVENTED_SHARE) < 0.15
+    assert len({meta["fact"] for meta in train}) > 0.6 * len(train)
+
+
 def test_some_training_dialogues_have_no_system_prompt(built):
     train = load(built, "dialogues", "train")
     share = sum(ex["messages"][0]["role"] == "user" for ex in train) / len(train)

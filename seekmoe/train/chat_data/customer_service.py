@@ -35,6 +35,13 @@ PRODUCTS = ["backpack", "desk lamp", "coffee mug", "rain jacket", "water bottle"
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 EMAIL_DOMAINS = ["example.com", "example.org", "example.net"]  # reserved for examples: never a real inbox
+# training dialogues only: names and towns made up from syllables. Twenty cities can be guessed without looking
+# back, and a small model learns to guess; a made-up town can only be copied from the first turn, which is the skill
+# the held-out dialogues (real pools, unseen phrasings) measure.
+SYLLABLES = ["ka", "lo", "ren", "mi", "ta", "vo", "sel", "dru", "an", "bek", "fi", "gar", "hul", "is", "jo", "kem",
+             "lin", "mar", "nor", "ol", "pra", "quin", "ros", "sun", "tor", "ul", "ves", "wen", "xa", "yor", "zel"]
+TOWN_ENDINGS = ["", "burg", "ton", "vik", "ora", "heim", "field", "stad", "mouth", "ville"]
+INVENTED_SHARE = 0.5
 
 # slots: {order} {product} {city} {address} {name} {date}
 INTENT_TEMPLATES = {
@@ -315,20 +322,29 @@ def intent_examples(n: int, rng: random.Random, held_out: bool) -> list[dict]:
     return examples
 
 
-def make_fact(rng: random.Random, kind: str) -> str:
+def invented_word(rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
+
+
+def make_fact(rng: random.Random, kind: str, held_out: bool) -> str:
     if kind == "order_number":
         return order_number(rng)
-    first, last = person(rng)
+    # held out: no draw, so the val sets stay what they were before invented facts existed
+    invented = not held_out and rng.random() < INVENTED_SHARE
+    if invented:
+        first, last = invented_word(rng, rng.randint(1, 2)), invented_word(rng, rng.randint(2, 3))
+    else:
+        first, last = person(rng)
     if kind == "name":
         return f"{first} {last}"
     if kind == "email":
         return f"{first.lower()}.{last.lower()}@{rng.choice(EMAIL_DOMAINS)}"
-    return rng.choice(CITIES)
+    return invented_word(rng, rng.randint(2, 3)) + rng.choice(TOWN_ENDINGS) if invented else rng.choice(CITIES)
 
 
 def dialogue(rng: random.Random, held_out: bool) -> dict:
     kind = rng.choice(FACT_KINDS)
-    fact = make_fact(rng, kind)
+    fact = make_fact(rng, kind, held_out)
     n_turns = rng.randint(MIN_TURNS, MAX_TURNS)
     shop = {"ship": rng.choice(["2 to 3", "3 to 5", "2 to 4"]), "ret": rng.choice([14, 30]),
             "open": rng.choice([8, 9, 10]), "close": rng.choice([17, 18, 20]), "free": rng.choice([30, 50]),
