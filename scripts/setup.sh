@@ -2,7 +2,7 @@
 # Create or update the virtual environment in .venv (or $SEEKMOE_VENV).
 #   scripts/setup.sh        what running seekmoe needs (and Debian's espeak-ng for /v1/audio/speech, installed with
 #                           apt-get when root)
-#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, and
+#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, lm-eval, and
 #                           Debian's chromium for the chat page's browser test, installed with apt-get when root)
 # torch is installed first as the CPU build 2.13.0, so no later requirement can pull a multi-GB CUDA build;
 # a torch already in the environment is kept.

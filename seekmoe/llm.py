@@ -60,6 +60,7 @@ class Delta:
     token_ids: list[int]
     logprobs: list[TokenLogprob]
     finish_reason: str | None = None  # "stop", "length" or "cancelled" on its last delta
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on its first delta, with params.prompt_logprobs
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Choice:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)  # chat with tools: the calls the answer makes
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # with prompt_logprobs: one a prompt token, None first
 
 
 @dataclass
@@ -105,6 +107,12 @@ class Completion:
     @property
     def logprobs(self) -> list[TokenLogprob] | None:
         return self.choices[0].logprobs
+
+    @property
+    def prompt_logprobs(self) -> list[TokenLogprob | None] | None:
+        """With prompt_logprobs (max_tokens=0 scores the prompt alone): each prompt token's logprob given the tokens
+        before it, and the likeliest tokens there; None for the first token, which nothing predicts."""
+        return self.choices[0].prompt_logprobs
 
 
 @dataclass
@@ -148,6 +156,10 @@ class TextRequest:
             if self.params.logprobs is not None:
                 logprobs.append(self._logprob(out.token_id, out.logprob, out.top_logprobs or []))
         reason = out.finish_reason
+        scored = None
+        if out.prompt_logprobs is not None:
+            scored = [self._logprob(lp.token_id, lp.logprob, lp.top_logprobs) if lp is not None else None
+                      for lp in out.prompt_logprobs]
         if text.stopped is not None:
             reason = "stop"
             self._stream.cancel(i, "stop")  # free its blocks now; its own final event is then dropped above
@@ -155,7 +167,7 @@ class TextRequest:
             piece += text.finish()
         if reason is not None:
             self._done[i] = True
-        return Delta(i, piece, ids, logprobs, reason)
+        return Delta(i, piece, ids, logprobs, reason, scored)
 
     def _logprob(self, token_id: int, logprob: float | None, top: list[tuple[int, float]]) -> TokenLogprob:
         tok = self.llm.tokenizer
@@ -191,6 +203,7 @@ class TextRequest:
             if c.logprobs is not None:
                 c.logprobs += d.logprobs
             c.finish_reason = d.finish_reason or c.finish_reason
+            c.prompt_logprobs = d.prompt_logprobs or c.prompt_logprobs
         used = sum(len(c.token_ids) for c in choices)
         return Completion(self.prompt_token_ids, choices, Usage(len(self.prompt_token_ids), used))
 

@@ -222,7 +222,7 @@ def test_a_sane_client_request_id_is_echoed(client, url):
     c = client.completions.create(model=None, prompt="x", max_tokens=1, extra_headers={"x-request-id": rid})
     assert c._request_id == rid  # the openai package reads it back
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=None, prompt="x", max_tokens=0, extra_headers={"x-request-id": "bad-1"})
+        client.completions.create(model=None, prompt="x", max_tokens=-1, extra_headers={"x-request-id": "bad-1"})
     assert e.value.request_id == "bad-1"
     stream = client.chat.completions.create(model=None, messages=USER, max_tokens=2, stream=True,
                                             extra_headers={"x-request-id": "stream-1"})

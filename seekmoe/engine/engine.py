@@ -17,7 +17,7 @@ import torch
 
 from seekmoe.engine.cache import BlockTable, LatentCache, salt_hash
 from seekmoe.engine.runner import ModelRunner, Segment
-from seekmoe.engine.sampling import SamplingParams, SeqSampler, TokenConstraint, sample
+from seekmoe.engine.sampling import Sample, SamplingParams, SeqSampler, TokenConstraint, sample, score
 from seekmoe.errors import SeekmoeError
 from seekmoe.model.model import CausalLM
 
@@ -41,6 +41,8 @@ class Output:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None  # "stop", "length" or "cancelled" on the sequence's last event
+    # on a sequence's first event, with params.prompt_logprobs: one entry a prompt token, None for the first
+    prompt_logprobs: list[Sample | None] | None = None
 
 
 @dataclass(eq=False)  # identity: two samples of one prompt may hold equal tokens
@@ -76,6 +78,8 @@ class Request:
     embeds: PromptEmbeds | None = None
     prompt_keys: list[int | str] | None = None  # prompt_ids with embedded positions made unique, for cache hashes
     cache_salt: bytes = b""  # starts the prefix cache's hash chain: only requests with the same salt share blocks
+    # with params.prompt_logprobs: the prompt's scores so far, [None] then one a token; sequence 0 makes them
+    prompt_logprobs: list[Sample | None] | None = None
 
     @property
     def num_prompt(self) -> int:
@@ -150,6 +154,8 @@ class Engine:
         if rid in self.requests:
             raise EngineError(f"request id {rid!r} is already running")
         req = Request(rid, prompt, params, next(self._arrivals), embeds=embeds)
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [None]  # nothing comes before the first token to predict it
         if cache_salt is not None:
             if not isinstance(cache_salt, str):
                 raise EngineError(f"cache_salt must be a str or None, got {type(cache_salt).__name__}")
@@ -228,7 +234,8 @@ class Engine:
             ids += seq.tokens[start:start + n]
             pos += range(start, start + n)
             done = start + n == len(seq.tokens)  # the last known token is read: a new one can be sampled
-            segments.append(Segment(self.cache.slots(seq.table, 0, start + n), start, n, done))
+            wanted = done and seq.request.params.max_tokens > 0
+            segments.append(Segment(self.cache.slots(seq.table, 0, start + n), start, n, wanted, self._scores(seq)))
         # a step of a few tokens is a chain of tiny matrix-vector products: a second OpenMP thread costs more than it
         # gives, above all on the engine loop's own thread (measured: decode 70 -> 139 tok/s on the bundled model);
         # prompt chunks are GEMMs that the other threads do speed up. The setting is this thread's (OpenMP, MKL)
@@ -240,6 +247,8 @@ class Engine:
         for seq, n in plan:
             seq.table.num_tokens += n
             self.cache.register_full_blocks(seq.table, seq.request.cache_keys(seq.tokens), seq.request.cache_salt)
+        if any(s.every for s in segments):
+            logits = self._score_prompts(logits, plan, segments)
         sampling = [seq for (seq, _), s in zip(plan, segments, strict=True) if s.logits]
         events = []
         for seq, drawn in zip(sampling, sample(logits, [s.sampler for s in sampling]), strict=True):
@@ -247,10 +256,46 @@ class Engine:
             seq.sampler.append(drawn.token_id)
             reason = self._stop_reason(seq, drawn.token_id)
             top = drawn.top_logprobs if seq.request.params.logprobs is not None else None
-            events.append((seq.request, Output(seq.index, drawn.token_id, drawn.logprob, top, reason)))
+            scored = seq.request.prompt_logprobs if seq.num_output == 1 else None
+            events.append((seq.request, Output(seq.index, drawn.token_id, drawn.logprob, top, reason, scored)))
             if reason is not None:
                 self._finish(seq, reason)
+        for (seq, _), s in zip(plan, segments, strict=True):
+            if s.start + s.length == len(seq.tokens) and seq.request.params.max_tokens == 0:  # prompt read: done
+                events.append((seq.request, Output(seq.index, None, finish_reason="length",
+                                                   prompt_logprobs=seq.request.prompt_logprobs)))
+                self._finish(seq, "length")
         return events
+
+    def _scores(self, seq: Sequence) -> bool:
+        """Whether this sequence's next chunk is scored: its request wants prompt logprobs not all made yet. Its
+        sequence 0 makes them (the others read the same prompt, and come no sooner: they are younger)."""
+        scored = seq.request.prompt_logprobs
+        return scored is not None and seq.index == 0 and len(scored) < seq.request.num_prompt
+
+    def _score_prompts(self, logits: torch.Tensor, plan: list[tuple[Sequence, int]],
+                       segments: list[Segment]) -> torch.Tensor:
+        """Add the scores of the prompt tokens the scored chunks predicted; returns the rows left to sample from.
+
+        A chunk at positions start..start+n-1 predicts tokens start+1..start+n; those past the prompt are output, and
+        those already scored (a preempted sequence reads its prompt again) are skipped."""
+        keep, row = [], 0
+        for (seq, _), s in zip(plan, segments, strict=True):
+            if s.every:
+                req = seq.request
+                first = len(req.prompt_logprobs)  # the next token to score
+                stop = min(s.start + s.length + 1, req.num_prompt)  # one past the last token this chunk predicts
+                if first < stop:
+                    rows = logits[row + first - 1 - s.start:row + stop - 1 - s.start]  # (stop - first, V)
+                    req.prompt_logprobs += score(rows, torch.tensor(req.prompt_ids[first:stop]),
+                                                 req.params.prompt_logprobs)
+                row += s.length
+                if s.logits:
+                    keep.append(row - 1)
+            elif s.logits:
+                keep.append(row)
+                row += 1
+        return logits[keep]
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.request.params
@@ -297,7 +342,7 @@ class Engine:
         # then admit waiting sequences in arrival order while there is room
         while self.waiting and budget() > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not seq.table.blocks:
+            if not seq.table.blocks and seq.request.prompt_logprobs is None:  # a cached prefix would go unscored
                 self.cache.match_prefix(seq.table, seq.request.cache_keys(seq.tokens), seq.request.cache_salt)
             n = min(len(seq.tokens) - seq.table.num_tokens, budget())
             if not self.cache.reserve(seq.table, seq.table.num_tokens + n):

@@ -36,6 +36,7 @@ class Segment:
     start: int  # position of the first new token (= tokens already in the cache)
     length: int  # new tokens
     logits: bool  # whether the last new token's logits are wanted
+    every: bool = False  # whether every new token's logits are wanted (prompt logprobs), not only the last's
 
 
 class Absorbed:
@@ -79,8 +80,8 @@ class ModelRunner:
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment],
                 spliced: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """token_ids, positions (N,): the step's new tokens, segment after segment. spliced: (indices (M,), rows
-        (M, D)) that replace those tokens' embeddings (media). Returns (S, vocab) float32 logits for the segments
-        that want them, in order."""
+        (M, D)) that replace those tokens' embeddings (media). Returns (S, vocab) float32 logits, in order: a row
+        for each segment that wants its last token's, `length` rows for each that wants every token's."""
         m, cfg = self.model.model, self.cfg
         # the slot each new token writes: the last `length` rows of its segment's slots
         write = torch.cat([s.slots[s.start:s.start + s.length] for s in segments])  # (N,)
@@ -119,13 +120,18 @@ class ModelRunner:
                 x = x + y
             else:
                 x = x + fused.swiglu(h)
-        ends = [0]
+        rows, end = [], 0
         for s in segments:
-            ends.append(ends[-1] + s.length)
-        last = torch.tensor([ends[j + 1] - 1 for j, s in enumerate(segments) if s.logits], dtype=torch.long)
-        if last.numel() == 0:
+            end += s.length
+            if s.every:
+                rows += range(end - s.length, end)
+            elif s.logits:
+                rows.append(end - 1)
+        if not rows:
             return x.new_zeros(0, cfg.vocab_size, dtype=torch.float32)
-        return self.lm_head(m.norm(x[last])).float()  # logits only where a token will be sampled
+        # logits only where a token will be sampled or a prompt token scored: the vocabulary projection is the
+        # model's widest matrix, and a scored chunk's (length, vocab) rows are bounded by max_step_tokens
+        return self.lm_head(m.norm(x[torch.tensor(rows, dtype=torch.long)])).float()
 
     def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
                 segments: list[Segment]) -> torch.Tensor:

@@ -67,7 +67,7 @@ def _require(ok: bool, name: str, expected: str, value: object) -> None:
 class SamplingParams:
     """How one request picks its tokens; every field is checked on construction."""
 
-    max_tokens: int = 128  # the engine checks the upper bound against the context length
+    max_tokens: int = 128  # the engine checks the upper bound against the context length; 0: only score the prompt
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: off (-1 is stored as 0)
@@ -80,10 +80,14 @@ class SamplingParams:
     ignore_eos: bool = False
     n: int = 1
     logprobs: int | None = None  # None: off; else how many top tokens to report (0: only the chosen one)
+    # None: off; else each prompt token's logprob (the first has none) and this many top tokens at its position
+    prompt_logprobs: int | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens", "an int >= 1", self.max_tokens)
+        low = 0 if self.prompt_logprobs is not None else 1  # writing nothing is only worth it to score the prompt
+        _require(_is_int(self.max_tokens) and self.max_tokens >= low, "max_tokens",
+                 "an int >= 1 (0 only with prompt_logprobs)" if low else "an int >= 0", self.max_tokens)
         for name, (lo, hi, lo_open) in RANGES.items():
             value = getattr(self, name)
             interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
@@ -110,9 +114,10 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(ids))
         _require(isinstance(self.ignore_eos, bool), "ignore_eos", "a bool", self.ignore_eos)
         _require(_is_int(self.n) and 1 <= self.n <= MAX_N, "n", f"an int in [1, {MAX_N}]", self.n)
-        lp = self.logprobs
-        _require(lp is None or (_is_int(lp) and 0 <= lp <= MAX_LOGPROBS), "logprobs",
-                 f"None or an int in [0, {MAX_LOGPROBS}]", lp)
+        for name in ("logprobs", "prompt_logprobs"):
+            lp = getattr(self, name)
+            _require(lp is None or (_is_int(lp) and 0 <= lp <= MAX_LOGPROBS), name,
+                     f"None or an int in [0, {MAX_LOGPROBS}]", lp)
         _require(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < MAX_SEED), "seed",
                  "None or an int in [0, 2**63)", self.seed)
 
@@ -209,7 +214,7 @@ class SeqSampler:
 
 @dataclass
 class Sample:
-    """One row's draw; logprobs are under the raw model distribution (see `sample`)."""
+    """One row's draw (or, from `score`, a token read); logprobs are under the raw model distribution (see `sample`)."""
 
     token_id: int
     logprob: float | None  # None when no row of the batch asked for logprobs (it costs a pass over the vocabulary)
@@ -355,3 +360,18 @@ def sample(logits: torch.Tensor, samplers: Sequence[SeqSampler]) -> list[Sample]
         n = s.params.logprobs or 0
         out.append(Sample(tok, lp, list(zip(top_ids[i][:n], top_lps[i][:n], strict=True))))
     return out
+
+
+def score(logits_CV: torch.Tensor, next_C: torch.Tensor, k: int) -> list[Sample]:
+    """What the model thought of tokens it read: for each row of logits (C, V), the logprob of the token that came
+    next (next_C) and the k likeliest, under the raw distribution as `sample` reports them (prompt logprobs)."""
+    x_CV = logits_CV.float()
+    lse_C1 = x_CV.logsumexp(dim=1, keepdim=True)
+    logprob_C = (x_CV.gather(1, next_C.unsqueeze(1)) - lse_C1).squeeze(1)
+    k = min(k, x_CV.shape[1])
+    if not k:
+        return [Sample(t, lp) for t, lp in zip(next_C.tolist(), logprob_C.tolist(), strict=True)]
+    top_CK = x_CV.topk(k, dim=1)
+    tops = [list(zip(ids, lps, strict=True)) for ids, lps in
+            zip(top_CK.indices.tolist(), (top_CK.values - lse_C1).tolist(), strict=True)]
+    return [Sample(t, lp, top) for t, lp, top in zip(next_C.tolist(), logprob_C.tolist(), tops, strict=True)]

@@ -133,10 +133,12 @@ class CompletionRequest(Sampling):
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
         description="text, texts, token ids, or lists of token ids")
+    max_tokens: int | None = _field("most tokens to write; the prompt and these must fit the context; 0: none (with "
+                                    "echo and logprobs: only score the prompt)", minimum=0)
     n: int = _field("completions per prompt", 1, minimum=1, maximum=MAX_N)
     logprobs: int | None = _field("the chosen token's logprob and this many alternatives", minimum=0,
                                   maximum=MAX_LOGPROBS)
-    echo: bool = False
+    echo: bool = _field("the text (and with logprobs, the logprobs) starts with the prompt's", False)
     best_of: int | None = None
     suffix: str | None = None
     logit_bias: dict[str, float] | None = None
@@ -146,8 +148,8 @@ class CompletionRequest(Sampling):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # with echo, the first prompt token's is null: nothing predicts it
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

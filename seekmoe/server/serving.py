@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate
 from typing import TypeVar
 
 from seekmoe.engine.engine import EngineError, QueueFull
@@ -34,6 +35,7 @@ from seekmoe.server.errors import (
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.streams import DONE, Job, RequestLog, Stream, loggable, sse
 from seekmoe.text.grammar import ANY_OBJECT, Grammar, GrammarError, constrains
+from seekmoe.text.stream import TextStream
 from seekmoe.text.summarize import SummaryError
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
@@ -166,26 +168,38 @@ class Serving:
             self.summaries_waiting -= 1
 
     async def completion(self, body: s.CompletionRequest, log: RequestLog) -> s.CompletionResponse | Stream:
+        """echo: each text starts with its prompt, and with logprobs so do the logprobs (the first token's are null):
+        with max_tokens 0 that scores a prompt, as lm-evaluation-harness's loglikelihood does."""
         self._check_model(body.model)
-        for name, unsupported in (("echo", body.echo), ("suffix", body.suffix), ("logit_bias", body.logit_bias),
+        for name, unsupported in (("suffix", body.suffix), ("logit_bias", body.logit_bias),
                                   ("best_of", body.best_of not in (None, 1, body.n))):
             if unsupported:
                 raise invalid(f"{name} is not supported by this server", param=name)
         count = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and isinstance(
             body.prompt[0], str | list) else 1
         self._check_sequences(count * body.n, body.n)  # before any prompt is tokenized: 300,000 prompts cost nothing
+        if body.max_tokens is not None and body.max_tokens < 0:  # SamplingParams would speak of prompt_logprobs
+            raise invalid(f"max_tokens must be an int >= 0, got {body.max_tokens}", param="max_tokens")
         prompts = await self._completion_prompts(body.prompt)
+        # to the engine, max_tokens 0 means scoring the prompt: without echoed logprobs the scores go unshown, a
+        # vocabulary projection per prompt token spent on a rare request to keep one path for all
+        scored = body.logprobs if body.echo and body.logprobs is not None else 0 if body.max_tokens == 0 else None
         params = self.params(body, prompts, "prompt", body.max_tokens, n=body.n, logprobs=body.logprobs,
-                             default_max=16)
+                             prompt_logprobs=scored, default_max=16)
         job = self.start("cmpl", prompts, params, log, body.prompt)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return Stream(self._completion_chunks(job, params, usage), job.cancel)
+            return Stream(self._completion_chunks(job, params, usage, body.echo), job.cancel)
         choices = []
         for i, c in enumerate(await job.collect()):
             for ch in c.choices:
-                lps = _completion_logprobs(ch.logprobs, 0) if ch.logprobs is not None else None
-                choices.append(s.CompletionChoice(index=i * params.n + ch.index, text=ch.text, logprobs=lps,
+                text, lps = "", _no_logprobs()
+                if body.echo:
+                    text, lps = self._echo(c.prompt_token_ids, ch.prompt_logprobs)
+                if ch.logprobs is not None:
+                    lps = _joined(lps, _completion_logprobs(ch.logprobs, len(text)))
+                choices.append(s.CompletionChoice(index=i * params.n + ch.index, text=text + ch.text,
+                                                  logprobs=lps if params.logprobs is not None else None,
                                                   finish_reason=ch.finish_reason))
         return s.CompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
                                     usage=s.Usage(**job.usage()))
@@ -323,13 +337,13 @@ class Serving:
         return [list(ids) for ids in batch]
 
     def params(self, body: s.Sampling, prompts: list[list[int]], prompt_field: str, max_tokens: int | None, *,
-               n: int = 1, logprobs: int | None = None, default_max: int | None = None,
-               renames: dict[str, str] | None = None) -> SamplingParams:
+               n: int = 1, logprobs: int | None = None, prompt_logprobs: int | None = None,
+               default_max: int | None = None, renames: dict[str, str] | None = None) -> SamplingParams:
         """SamplingParams for these prompts; max_tokens None: default_max, or all the room the context leaves.
         renames: SamplingParams field -> the request field its errors should name."""
         renames = renames or {}
         longest = max(len(p) for p in prompts)
-        if longest >= self.context:  # the context must also hold one new token
+        if longest + (max_tokens != 0) > self.context:  # the context must also hold one new token, if one is wanted
             raise context_exceeded(self.context, prompt_field, longest, max(max_tokens or 1, 1), param=prompt_field)
         room = self.context - longest
         if max_tokens is None:
@@ -341,7 +355,8 @@ class Serving:
         if "seed" in given:
             given["seed"] = _sampler_seed(given["seed"])
         try:
-            return SamplingParams(**given, max_tokens=max_tokens, n=n, logprobs=logprobs)
+            return SamplingParams(**given, max_tokens=max_tokens, n=n, logprobs=logprobs,
+                                  prompt_logprobs=prompt_logprobs)
         except SamplingError as e:  # "top_p must be in (0, 1], got 0.0": e.param is the field
             message, field = str(e), e.param
             if field in renames:
@@ -377,6 +392,22 @@ class Serving:
         self.metrics.prompt_tokens.inc(job.prompt_tokens)
         return job
 
+    def _echo(self, ids: list[int], scored: list[TokenLogprob | None] | None) -> tuple[str, s.CompletionLogprobs]:
+        """A prompt as echo writes it, its text with special tokens left out as in generated text, and its logprobs
+        (empty without scores): text_offset is where each token's text starts in that text."""
+        tok, stream = self.llm.tokenizer, TextStream(self.llm.tokenizer)
+        offsets, text = [], ""
+        for t in ids:
+            offsets.append(len(text))
+            text += stream.push(t)
+        text += stream.finish()
+        if scored is None:
+            return text, _no_logprobs()
+        return text, s.CompletionLogprobs(
+            tokens=[tok.decode([t]) for t in ids], text_offset=offsets,
+            token_logprobs=[_finite(lp.logprob) if lp is not None else None for lp in scored],
+            top_logprobs=[_top(lp) if lp is not None else None for lp in scored])
+
     # ---- streams ------------------------------------------------------------------------------------------
 
     async def _generate_chunks(self, job: Job) -> AsyncIterator[str]:
@@ -394,19 +425,27 @@ class Serving:
             yield sse(e.body())
         yield DONE
 
-    async def _completion_chunks(self, job: Job, params: SamplingParams, usage: bool) -> AsyncIterator[str]:
+    async def _completion_chunks(self, job: Job, params: SamplingParams, usage: bool,
+                                 echo: bool) -> AsyncIterator[str]:
+        """With echo, a choice's first chunk starts with its prompt (and its prompt's logprobs), as vLLM streams it:
+        the prompt's logprobs come from the engine with the first token."""
         base = {"id": job.id, "object": "text_completion", "created": job.created, "model": self.model_name}
         offsets: dict[int, int] = {}
         try:
             async for i, d in job.deltas():
                 index = i * params.n + d.index
-                if params.logprobs is None and not d.text and d.finish_reason is None:
+                head, lps = "", _no_logprobs()
+                if echo and index not in offsets:
+                    head, lps = self._echo(job.reqs[i].prompt_token_ids, d.prompt_logprobs)
+                    offsets[index] = len(head)
+                if params.logprobs is None and not head and not d.text and d.finish_reason is None:
                     continue
-                lps = None
                 if params.logprobs is not None:
-                    lps = _completion_logprobs(d.logprobs, offsets.get(index, 0)).model_dump()
+                    lps = _joined(lps, _completion_logprobs(d.logprobs, offsets.get(index, 0)))
                     offsets[index] = offsets.get(index, 0) + sum(len(lp.token) for lp in d.logprobs)
-                choice = {"index": index, "text": d.text, "logprobs": lps, "finish_reason": d.finish_reason}
+                choice = {"index": index, "text": head + d.text,
+                          "logprobs": lps.model_dump() if params.logprobs is not None else None,
+                          "finish_reason": d.finish_reason}
                 yield sse(base | {"choices": [choice]} | ({"usage": None} if usage else {}))
             if usage:
                 yield sse(base | {"choices": [], "usage": job.usage()})
@@ -502,16 +541,26 @@ def text_length(messages: list[dict]) -> int:
     return text_chars(messages) + sum(1 << 20 for m in messages if isinstance(m["content"], list))
 
 
+def _no_logprobs() -> s.CompletionLogprobs:
+    return s.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+
+
+def _top(lp: TokenLogprob) -> dict[str, float]:
+    """The token's own logprob and its alternatives', as OpenAI's top_logprobs holds them."""
+    return {lp.token: _finite(lp.logprob)} | {t.token: _finite(t.logprob) for t in lp.top_logprobs}
+
+
 def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> s.CompletionLogprobs:
-    out = s.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
-    for lp in lps:
-        out.tokens.append(lp.token)
-        out.token_logprobs.append(_finite(lp.logprob))
-        out.top_logprobs.append({lp.token: _finite(lp.logprob)} | {t.token: _finite(t.logprob)
-                                                                     for t in lp.top_logprobs})
-        out.text_offset.append(offset)
-        offset += len(lp.token)
-    return out
+    tokens = [lp.token for lp in lps]
+    return s.CompletionLogprobs(tokens=tokens, token_logprobs=[_finite(lp.logprob) for lp in lps],
+                                top_logprobs=[_top(lp) for lp in lps],
+                                text_offset=list(accumulate((len(t) for t in tokens), initial=offset))[:-1])
+
+
+def _joined(a: s.CompletionLogprobs, b: s.CompletionLogprobs) -> s.CompletionLogprobs:
+    """b's tokens after a's (an echoed prompt's, then the completion's)."""
+    return s.CompletionLogprobs(tokens=a.tokens + b.tokens, token_logprobs=a.token_logprobs + b.token_logprobs,
+                                top_logprobs=a.top_logprobs + b.top_logprobs, text_offset=a.text_offset + b.text_offset)
 
 
 def _chat_logprobs(lps: list[TokenLogprob]) -> s.ChoiceLogprobs:
