@@ -13,7 +13,7 @@ text: a sequence that writes one is ended at once and nothing of the stop string
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,8 @@ from seekmoe.text.stream import TextStream
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.text.tool_calls import (
     CALL_BEGIN,
+    CALLS_BEGIN,
+    CALLS_END,
     MARKERS,
     MAX_ROUNDS,
     SEP,
@@ -130,11 +132,13 @@ class TextRequest:
     """One submitted request as text deltas; iterate it once, sync or async; cancel() any time."""
 
     def __init__(self, llm: LLM, stream: RequestStream, params: SamplingParams, skip_special_tokens: bool = True,
-                 keep_special_tokens: tuple[str, ...] = ()):
+                 tool_calls: bool = False):
         self.llm, self.params, self._stream = llm, params, stream
         self.prompt_token_ids = stream.request.prompt_ids
-        self._text = [TextStream(llm.tokenizer, params.stop, skip_special_tokens, keep_special_tokens)
-                      for _ in range(params.n)]
+        block = (CALLS_BEGIN, CALLS_END) if tool_calls else None
+        opened = tool_calls and _ends_in_block(llm.tokenizer, self.prompt_token_ids)
+        self._text = [TextStream(llm.tokenizer, params.stop, skip_special_tokens, MARKERS if tool_calls else (),
+                                 block, opened) for _ in range(params.n)]
         self._done = [False] * params.n
 
     @property
@@ -208,6 +212,14 @@ class TextRequest:
         return Completion(self.prompt_token_ids, choices, Usage(len(self.prompt_token_ids), used))
 
 
+def _ends_in_block(tokenizer: Tokenizer, prompt_ids: list[int]) -> bool:
+    """Whether the prompt ends inside a tool-call block (a forced call's opening): its last calls marker opens one
+    (the calls of earlier turns are closed)."""
+    begin, end = tokenizer.token_to_id(CALLS_BEGIN), tokenizer.token_to_id(CALLS_END)
+    last = next((t for t in reversed(prompt_ids) if t in (begin, end)), None)
+    return last is not None and last == begin
+
+
 class LLM:
     """A model, its tokenizer and an engine running on a background thread.
 
@@ -268,17 +280,18 @@ class LLM:
         return self.tokenizer.encode(prompt, add_bos=True)
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
-               request_id: str | None = None, skip_special_tokens: bool = True,
-               keep_special_tokens: tuple[str, ...] = (), embeds: PromptEmbeds | None = None,
-               cache_salt: str | None = None, grammar: Grammar | None = None) -> TextRequest:
-        """keep_special_tokens: special tokens kept in the text even when skipping the others (tool-call markers).
+               request_id: str | None = None, skip_special_tokens: bool = True, tool_calls: bool = False,
+               embeds: PromptEmbeds | None = None, cache_salt: str | None = None,
+               grammar: Grammar | None = None) -> TextRequest:
+        """tool_calls: the output may hold tool calls: their markers stay in the text (for parse_tool_calls), and
+        stop strings apply only outside the calls, to what becomes the answer's content.
         embeds: the media rows of a multimodal prompt (chat_prompt makes them). cache_salt: cached prompt prefixes
         are shared only between requests with the same salt (None: with every request without one). grammar: what
         the output must follow (from `grammars`); its sequences end with "stop" once the grammar is complete."""
         params = params if params is not None else SamplingParams()
         constraint = grammar.matcher() if grammar is not None else None
         stream = self._loop.submit(prompt_token_ids, params, request_id, embeds, cache_salt, constraint)
-        return TextRequest(self, stream, params, skip_special_tokens, keep_special_tokens)
+        return TextRequest(self, stream, params, skip_special_tokens, tool_calls)
 
     # ---- constrained decoding ------------------------------------------------------------------------------
 
@@ -447,7 +460,7 @@ class LLM:
         ids, forced, embeds = self.chat_prompt(messages, tools, tool_choice)
         plain = tools is None or tool_choice == "none"
         grammar = self.chat_grammar(None if plain else tools, forced, json_schema, parallel=parallel_tool_calls)
-        req = self.submit(ids, params, keep_special_tokens=() if plain else MARKERS, embeds=embeds, grammar=grammar)
+        req = self.submit(ids, params, tool_calls=not plain, embeds=embeds, grammar=grammar)
         try:
             done = req.result()
         except BaseException:
@@ -466,40 +479,54 @@ class LLM:
                         timeout: float = 10.0, pool=None, tool_choice: object = None,
                         params: SamplingParams | None = None, **kwargs) -> tuple[Completion, list[dict]]:
         """Answer a conversation, running the plugins ({name: Plugin}) the model calls and feeding their results
-        back, up to max_rounds times: (the final Completion, what ran: [{"name", "arguments", "ok", "result"}]).
+        back, up to max_rounds times: (the final Completion, whose usage counts every round; what ran: [{"index",
+        "name", "arguments", "ok", "result"}], index being the choice). With n > 1 each choice runs its own rounds.
         A tool_choice that forces a call forces the first round's only. The server runs the same ToolLoop."""
         from seekmoe.plugins import call, openai_tool
 
         params = self.params(params, **kwargs)
-        loop = ToolLoop(list(messages), [openai_tool(p) for p in plugins.values()], plugins, tool_choice, params.n,
-                        max_rounds)
-        while True:
-            ids, forced, embeds = self.chat_prompt(loop.messages, loop.tools, loop.tool_choice)
-            keep = () if loop.tool_choice == "none" else MARKERS
-            grammar = self.chat_grammar(loop.tools if keep else None, forced)
-            req = self.submit(ids, params, keep_special_tokens=keep, embeds=embeds, grammar=grammar)
-            loop.begin(forced)
-            deltas = []
+        tools = [openai_tool(p) for p in plugins.values()]
+        loops = [ToolLoop(list(messages), tools, plugins, tool_choice, max_rounds, index=i) for i in range(params.n)]
+        one = replace(params, n=1)
+        going, finals, prompt_ids = loops, [Choice(i) for i in range(params.n)], None
+        usage = Usage(0, 0)  # every round's
+        while going:
+            # round 1: one prompt, a sequence per choice; later: a prompt per choice, each with its conversation
+            first = going[0].rounds == 0
+            keep = going[0].tool_choice != "none"
+            reqs = []
             try:
-                for d in req:
-                    deltas.append(d)
-                    loop.feed(d)  # the events are for streaming; the choices are read from the loop below
+                for loop in going[:1] if first else going:
+                    ids, forced, embeds = self.chat_prompt(loop.messages, loop.tools, loop.tool_choice)
+                    grammar = self.chat_grammar(loop.tools if keep else None, forced)
+                    reqs.append(self.submit(ids, params if first else one, tool_calls=keep, embeds=embeds,
+                                            grammar=grammar))
+                prompt_ids = prompt_ids or reqs[0].prompt_token_ids
+                for loop in going:
+                    loop.begin(forced)
+                for i, req in enumerate(reqs):
+                    deltas = list(req)
+                    usage.prompt_tokens += len(req.prompt_token_ids)
+                    usage.completion_tokens += sum(len(d.token_ids) for d in deltas)
+                    for d in deltas:
+                        going[i + d.index].feed(d.text, d.finish_reason, d.logprobs)
+                    for k, choice in enumerate(req.collect(deltas).choices):
+                        finals[going[i + k].index] = choice
             except BaseException:
-                req.cancel()
+                for req in reqs:
+                    req.cancel()
                 raise
-            calls = loop.end_round()
-            if not calls:
-                break
-            loop.add_results(calls, [call(loop.runnable[c.name], c.arguments, timeout, pool) for c in calls])
-        done = req.collect(deltas)
-        for end in loop.finish():
-            if end.kind == "end":
-                choice = done.choices[end.index]
-                choice.text, choice.tool_calls = loop.said[end.index], loop.calls[end.index]
-                choice.finish_reason = end.finish_reason
-        trace = [{"name": r.call.name, "arguments": r.call.arguments, "ok": r.ok, "result": r.result}
-                 for r in loop.trace]
-        return done, trace
+            ran = [(loop, loop.end_round()) for loop in going]
+            for loop, calls in ran:
+                if calls:
+                    loop.add_results(calls, [call(loop.runnable[c.name], c.arguments, timeout, pool) for c in calls])
+            going = [loop for loop, calls in ran if calls]
+        for loop, choice in zip(loops, finals, strict=True):
+            choice.index, choice.text, choice.tool_calls = loop.index, loop.said, loop.calls
+            choice.finish_reason = loop.finish()[-1].finish_reason
+        trace = [{"index": loop.index, "name": r.call.name, "arguments": r.call.arguments, "ok": r.ok,
+                  "result": r.result} for loop in loops for r in loop.trace]
+        return Completion(prompt_ids, finals, usage), trace
 
     def generate_summary(self, text: str, max_length: int = 200, style: str = "bullets",
                          method: str = "hybrid", progress: bool = False,

@@ -342,3 +342,22 @@ def test_long_output_is_not_decoded_again(tok, monkeypatch):
     stream = TextStream(tok, stop=["THE END OF IT ALL", "终于"])
     out = "".join(stream.push(i) for i in ids) + stream.finish()
     assert out == (expected[:expected.find("终于")] if "终于" in expected else expected)
+
+
+def test_stop_strings_are_not_looked_for_inside_a_block(tok):
+    """A tool-call block (its markers kept) is written out whole; stop strings apply before and after it."""
+    from seekmoe.text.tool_calls import CALLS_BEGIN, CALLS_END, MARKERS
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, special=False)
+
+    call = [tok.token_to_id(CALLS_BEGIN), *ids('go{"o": 1}'), tok.token_to_id(CALLS_END)]
+    stream, _ = stream_all(tok, [*ids("Yes"), *call, *ids(" ok")], f'Yes{CALLS_BEGIN}go{{"o": 1}}{CALLS_END} ',
+                                stop=["o"], keep=MARKERS, block=(CALLS_BEGIN, CALLS_END))
+    assert stream.stopped == "o" and stream.text == f'Yes{CALLS_BEGIN}go{{"o": 1}}{CALLS_END} '
+    # content held as a possible stop string goes out when the block opens; a forced call starts inside one
+    stream = TextStream(tok, stop=["Yes!"], keep=MARKERS, block=(CALLS_BEGIN, CALLS_END))
+    assert "".join(stream.push(i) for i in ids("Yes")) == "" and stream.push(call[0]) == "Yes" + CALLS_BEGIN
+    forced = TextStream(tok, stop=["o"], keep=MARKERS, block=(CALLS_BEGIN, CALLS_END), in_block=True)
+    assert "".join(forced.push(i) for i in call[1:]) + forced.finish() == f'go{{"o": 1}}{CALLS_END}'
+    assert forced.stopped is None

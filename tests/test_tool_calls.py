@@ -108,9 +108,6 @@ def test_tool_loop_runs_its_calls_then_answers_and_stops_at_max_rounds():
     """The rounds without a model: deltas in, events out; calls it may run are held back and fed back."""
     from types import SimpleNamespace
 
-    def delta(text, finish=None):
-        return SimpleNamespace(index=0, text=text, finish_reason=finish)
-
     def result(content):
         return SimpleNamespace(ok=True, content=content, seconds=0.01)
 
@@ -120,28 +117,49 @@ def test_tool_loop_runs_its_calls_then_answers_and_stops_at_max_rounds():
                     tool_choice="required", max_rounds=1)
     assert loop.tool_choice == "required"
     loop.begin()
-    assert [e.kind for e in loop.feed(delta("Looking. " + call, "stop"))] == ["text"]  # the call is held
+    assert [e.kind for e in loop.feed("Looking. " + call, "stop")] == ["text"]  # the call is held
     (ran,) = loop.end_round()
     loop.add_results([ran], [result("sunny")])
     assert [m["role"] for m in loop.messages] == ["user", "assistant", "tool"]
     assert loop.messages[1]["content"] == "Looking. " and loop.messages[2]["content"] == "sunny"
     assert loop.tool_choice == "auto"  # a forced call is forced once
     loop.begin()
-    assert loop.feed(delta(call, "stop")) == []
+    assert loop.feed(call, "stop") == []
     assert loop.end_round() == []  # max_rounds reached: this answer is the last, its call goes to the client
     assert [(e.kind, e.finish_reason) for e in loop.finish()] == [("call", None), ("end", "tool_calls")]
     assert [(r.call.name, r.result) for r in loop.trace] == [("get_weather", "sunny")]
 
 
 def test_tool_loop_returns_calls_it_does_not_run_as_they_come():
-    from types import SimpleNamespace
-
     tools = [{"type": "function", "function": {"name": "get_weather"}}]
     loop = ToolLoop([], tools)
     loop.begin()
-    events = loop.feed(SimpleNamespace(index=0, text=block(("get_weather", "{}")), finish_reason="stop"))
+    events = loop.feed(block(("get_weather", "{}")), "stop")
     assert [e.kind for e in events] == ["call"] and loop.end_round() == []
     assert [(e.kind, e.finish_reason) for e in loop.finish()] == [("end", "tool_calls")]
+
+
+def test_tool_loop_logprobs_follow_what_the_client_gets():
+    """Content tokens' logprobs go out with the text; a returned call's with the end, its markers never; those of a
+    call run on our side are dropped with it."""
+    from types import SimpleNamespace
+
+    def lps(*tokens):
+        return [SimpleNamespace(token=t) for t in tokens]
+
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    call = block(("f", "{}"))
+    tokens = lps("Hi", CALLS_BEGIN, CALL_BEGIN, "f", SEP, "{}", CALL_END, CALLS_END)
+    returned = ToolLoop([], tools)
+    returned.begin()
+    (text, called) = returned.feed("Hi" + call, None, tokens)
+    assert text.text == "Hi" and [lp.token for lp in text.logprobs] == ["Hi"] and called.logprobs == []
+    assert [lp.token for lp in returned.finish()[-1].logprobs] == ["f", "{}"]
+    ran = ToolLoop([], tools, {"f": "plugin"})
+    ran.begin()
+    ran.feed("Hi" + call, "stop", tokens)
+    ran.begin()  # the next round: the call ran, its tokens are not the client's
+    assert ran.feed("", "stop", lps("ok")) and ran.finish()[-1].logprobs == []
 
 
 # ---- a real (tiny, fine-tuned) model -----------------------------------------------------------------------
@@ -244,7 +262,6 @@ def test_no_calls_means_finish_reason_is_not_tool_calls(client):
 @pytest.mark.parametrize(("extra", "param"), [
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tool_choice": "required", "tools": None}, "tool_choice"),
-    ({"logprobs": True}, "logprobs"),
 ])
 def test_bad_tool_requests_are_400(client, extra, param):
     import openai
@@ -318,3 +335,102 @@ def test_a_hanging_tool_becomes_an_error_result_and_the_server_stays_up(tool_ser
         assert requests.get(f"{url}/health", timeout=30).status_code == 200
     finally:
         serving.tools = {"get_weather": plugin_fixtures.WEATHER}
+
+
+# ---- tools change nothing else: client tools win; n, logprobs and stop as without tools (issue 21) ----------------
+
+LOOKUP = {"type": "function", "function": {"name": "lookup", "description": "Look something up.", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}
+
+
+def sse_events(url: str, body: dict) -> list[dict]:
+    import requests
+
+    with requests.post(f"{url}/v1/chat/completions", json=body | {"stream": True}, stream=True, timeout=60) as r:
+        return [json.loads(line[6:]) for line in r.iter_lines(decode_unicode=True) if line.startswith("data: {")]
+
+
+def test_client_tools_win_over_the_servers(tool_server):
+    """A request with its own tools gets exactly those: its forced call comes back, the server's plugin never runs."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{tool_server[0]}/v1", api_key="unused", max_retries=0)
+    done = client.chat.completions.create(model="model", messages=weather_chat("Oslo")[:1], tools=[LOOKUP],
+                                          tool_choice="required", temperature=0, max_tokens=40,
+                                          extra_body={"tool_trace": True})
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls" and [c.function.name for c in choice.message.tool_calls] == ["lookup"]
+    assert "q" in json.loads(choice.message.tool_calls[0].function.arguments)
+    assert done.model_extra["tool_trace"] == []  # nothing ran on the server
+    # without tools of its own, the request gets the server's; tool_choice "none" turns them off
+    plain = client.chat.completions.create(model="model", messages=weather_chat("Oslo")[:1], tool_choice="none",
+                                           temperature=0, max_tokens=8, extra_body={"tool_trace": True})
+    assert plain.model_extra.get("tool_trace") is None and plain.choices[0].message.tool_calls is None
+
+
+def test_n_choices_each_run_their_own_rounds(tool_server):
+    import requests
+
+    url, _ = tool_server
+    body = {"messages": weather_chat("Oslo")[:1], "temperature": 0, "max_tokens": 40, "tool_trace": True}
+    one = requests.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    three = requests.post(f"{url}/v1/chat/completions", json=body | {"n": 3}, timeout=60).json()
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    for c in three["choices"]:  # greedy: each choice's rounds are the single request's
+        assert c["message"] == one["choices"][0]["message"] and c["finish_reason"] == "stop"
+    assert [(r["index"], r["name"], r["result"]) for r in three["tool_trace"]] == [
+        (i, "get_weather", "sunny") for i in range(3)]
+    # usage sums every round of every choice: the first prompt once, each choice's second round and its tokens
+    assert three["usage"]["completion_tokens"] == 3 * one["usage"]["completion_tokens"]
+    second_prompt = (three["usage"]["prompt_tokens"] - one["usage"]["prompt_tokens"]) / 2
+    assert second_prompt == int(second_prompt) and 0 < one["usage"]["prompt_tokens"] - second_prompt < second_prompt
+    events = sse_events(url, body | {"n": 2})
+    for i in range(2):
+        mine = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["index"] == i]
+        assert "".join(c["delta"].get("content", "") for c in mine) == one["choices"][0]["message"]["content"]
+        assert mine[-1]["finish_reason"] == "stop"
+
+
+def test_logprobs_are_those_of_the_message_the_client_gets(tool_server, client):
+    import requests
+
+    url, _ = tool_server
+    body = {"messages": weather_chat("Oslo")[:1], "temperature": 0, "max_tokens": 40, "logprobs": True,
+            "top_logprobs": 2}
+    reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    choice = reply["choices"][0]
+    content = choice["logprobs"]["content"]
+    # the final answer's tokens (its end of sentence too, as without tools), not those of the call the server ran
+    assert "".join(t["token"] for t in content) == choice["message"]["content"] + "<｜end▁of▁sentence｜>"
+    assert all(len(t["top_logprobs"]) == 2 and t["logprob"] <= 0 for t in content)
+    assert all(bytes(t["bytes"]).decode() == t["token"] for t in content)
+    streamed = [t for e in sse_events(url, body) if e["choices"] and e["choices"][0]["logprobs"]
+                for t in e["choices"][0]["logprobs"]["content"]]
+    assert [t["token"] for t in streamed] == [t["token"] for t in content]
+    assert [t["logprob"] for t in streamed] == pytest.approx([t["logprob"] for t in content], abs=1e-4)
+    # a client's call: the tokens of its name and arguments, not the call markers
+    done = client.chat.completions.create(model="model", messages=weather_chat("Paris")[:1], tools=[WEATHER_TOOL],
+                                          temperature=0, max_tokens=40, logprobs=True, top_logprobs=1)
+    (call,) = done.choices[0].message.tool_calls
+    tokens = "".join(t.token for t in done.choices[0].logprobs.content)
+    assert tokens.startswith(call.function.name) and "｜tool" not in tokens
+    assert json.loads(tokens[len(call.function.name):].removesuffix("<｜end▁of▁sentence｜>")) == json.loads(
+        call.function.arguments)
+
+
+def test_stop_strings_apply_to_content_never_inside_a_call(tool_server, client):
+    # "o" is in every call marker ("<｜tool▁calls▁begin｜>") and in the arguments the model writes ("Oslo")
+    done = client.chat.completions.create(model="model", messages=weather_chat("Paris")[:1], tools=[WEATHER_TOOL],
+                                          temperature=0, max_tokens=40, stop=["o", "tool", "city"])
+    assert done.choices[0].finish_reason == "tool_calls" and done.choices[0].message.tool_calls[0].function.name == (
+        "get_weather")
+    forced = client.chat.completions.create(model="model", messages=weather_chat("Oslo")[:1], tools=[WEATHER_TOOL],
+                                            tool_choice="required", temperature=0, max_tokens=40, stop=["o", "}"])
+    assert forced.choices[0].finish_reason == "tool_calls"  # generation starts inside the forced call's block
+    # the server runs the call whole; the answer's content is cut before its stop string, as without tools
+    import requests
+
+    body = {"messages": weather_chat("Lima")[:1], "temperature": 0, "max_tokens": 40, "stop": ["o", "sunny"],
+            "tool_trace": True}
+    reply = requests.post(f"{tool_server[0]}/v1/chat/completions", json=body, timeout=60).json()
+    assert [r["name"] for r in reply["tool_trace"]] == ["get_weather"]
+    assert reply["choices"][0]["message"]["content"] == "It is " and reply["choices"][0]["finish_reason"] == "stop"

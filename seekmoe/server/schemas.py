@@ -8,6 +8,7 @@ checked once, by SamplingParams, so the messages are the same from the CLI, the 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -289,6 +290,11 @@ class ChatCompletionRequest(Sampling):
         return self.functions is not None or self.function_call is not None
 
 
+def finite(x: float | None) -> float:
+    """JSON has no NaN or infinity; OpenAI-compatible servers report -9999 for a token the model rules out."""
+    return x if x is not None and math.isfinite(x) else -9999.0
+
+
 class TopLogprob(BaseModel):
     token: str
     logprob: float
@@ -301,6 +307,15 @@ class TokenLogprob(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
+
+    @classmethod
+    def of(cls, lps: list) -> ChoiceLogprobs:
+        """The engine's logprobs (seekmoe.llm.TokenLogprob) in OpenAI's shape."""
+        return cls(content=[
+            TokenLogprob(token=lp.token, logprob=finite(lp.logprob), bytes=lp.bytes,
+                         top_logprobs=[TopLogprob(token=t.token, logprob=finite(t.logprob), bytes=t.bytes)
+                                       for t in lp.top_logprobs])
+            for lp in lps])
 
 
 class FunctionCallOut(BaseModel):
@@ -323,6 +338,7 @@ class ChatMessageOut(BaseModel):
 
 class ToolRun(BaseModel):
     """One call the server ran itself (serve --tools), as tool_trace reports it."""
+    index: int  # the choice whose rounds ran it
     name: str
     arguments: str
     ok: bool

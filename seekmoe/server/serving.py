@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 import time
 import uuid
@@ -70,11 +69,6 @@ def _sampler_seed(seed: int) -> int:
         shown = seed if seed.bit_length() <= 128 else f"a number of {len(str(abs(seed)))} digits"
         raise invalid(f"seed must be an int64, in [-2**63, 2**63 - 1], got {shown}", param="seed")
     return seed % MAX_SEED
-
-
-def _finite(x: float | None) -> float:
-    """JSON has no NaN or infinity; OpenAI-compatible servers report -9999 for a token the model rules out."""
-    return x if x is not None and math.isfinite(x) else -9999.0
 
 
 class Serving:
@@ -236,7 +230,7 @@ class Serving:
             return Stream(self._chat_chunks(job, params, usage), job.cancel)
         c = (await job.collect())[0]
         choices = [s.ChatChoice(index=ch.index, message=s.ChatMessageOut(content=ch.text),
-                                logprobs=_chat_logprobs(ch.logprobs) if ch.logprobs is not None else None,
+                                logprobs=s.ChoiceLogprobs.of(ch.logprobs) if ch.logprobs is not None else None,
                                 finish_reason=ch.finish_reason) for ch in c.choices]
         return s.ChatCompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
                                         usage=s.Usage(**job.usage()))
@@ -365,10 +359,11 @@ class Serving:
             raise http_error(e, param=renames.get(field, field) if known else None, message=message) from None
 
     def start(self, kind: str, prompts: list[list[int]], params: SamplingParams, log: RequestLog,
-              prompt: object, keep_special_tokens: tuple[str, ...] = (), embeds: list | None = None,
+              prompt: object, tool_calls: bool = False, embeds: list | None = None,
               grammar: Grammar | None = None) -> Job:
         """Submit the prompts (one engine request each) as one Job; a full queue or a prompt the engine refuses is an
-        HTTPError. prompt: what the access log shows with --log-prompts. grammar: what every output must follow."""
+        HTTPError. prompt: what the access log shows with --log-prompts. tool_calls: LLM.submit's. grammar: what every
+        output must follow."""
         start = time.perf_counter()
         job_id = f"{kind}-{uuid.uuid4().hex}"
         self._check_sequences(len(prompts) * params.n, params.n)
@@ -379,7 +374,7 @@ class Serving:
         try:
             for i, ids in enumerate(prompts):
                 reqs.append(self.llm.submit(ids, params, request_id=f"{job_id}-{i}",
-                                            keep_special_tokens=keep_special_tokens,
+                                            tool_calls=tool_calls,
                                             embeds=embeds[i] if embeds else None, cache_salt=salt, grammar=grammar))
         except EngineError as e:  # QueueFull among them
             for r in reqs:
@@ -405,7 +400,7 @@ class Serving:
             return text, _no_logprobs()
         return text, s.CompletionLogprobs(
             tokens=[tok.decode([t]) for t in ids], text_offset=offsets,
-            token_logprobs=[_finite(lp.logprob) if lp is not None else None for lp in scored],
+            token_logprobs=[s.finite(lp.logprob) if lp is not None else None for lp in scored],
             top_logprobs=[_top(lp) if lp is not None else None for lp in scored])
 
     # ---- streams ------------------------------------------------------------------------------------------
@@ -464,7 +459,7 @@ class Serving:
             async for _, d in job.deltas():
                 if params.logprobs is None and not d.text and d.finish_reason is None:
                     continue
-                lps = _chat_logprobs(d.logprobs).model_dump() if params.logprobs is not None else None
+                lps = s.ChoiceLogprobs.of(d.logprobs).model_dump() if params.logprobs is not None else None
                 choice = {"index": d.index, "delta": {"content": d.text} if d.text else {}, "logprobs": lps,
                           "finish_reason": d.finish_reason}
                 yield sse(base | {"choices": [choice]} | tail)
@@ -547,12 +542,12 @@ def _no_logprobs() -> s.CompletionLogprobs:
 
 def _top(lp: TokenLogprob) -> dict[str, float]:
     """The token's own logprob and its alternatives', as OpenAI's top_logprobs holds them."""
-    return {lp.token: _finite(lp.logprob)} | {t.token: _finite(t.logprob) for t in lp.top_logprobs}
+    return {lp.token: s.finite(lp.logprob)} | {t.token: s.finite(t.logprob) for t in lp.top_logprobs}
 
 
 def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> s.CompletionLogprobs:
     tokens = [lp.token for lp in lps]
-    return s.CompletionLogprobs(tokens=tokens, token_logprobs=[_finite(lp.logprob) for lp in lps],
+    return s.CompletionLogprobs(tokens=tokens, token_logprobs=[s.finite(lp.logprob) for lp in lps],
                                 top_logprobs=[_top(lp) for lp in lps],
                                 text_offset=list(accumulate((len(t) for t in tokens), initial=offset))[:-1])
 
@@ -561,11 +556,3 @@ def _joined(a: s.CompletionLogprobs, b: s.CompletionLogprobs) -> s.CompletionLog
     """b's tokens after a's (an echoed prompt's, then the completion's)."""
     return s.CompletionLogprobs(tokens=a.tokens + b.tokens, token_logprobs=a.token_logprobs + b.token_logprobs,
                                 top_logprobs=a.top_logprobs + b.top_logprobs, text_offset=a.text_offset + b.text_offset)
-
-
-def _chat_logprobs(lps: list[TokenLogprob]) -> s.ChoiceLogprobs:
-    return s.ChoiceLogprobs(content=[
-        s.TokenLogprob(token=lp.token, logprob=_finite(lp.logprob), bytes=lp.bytes,
-                       top_logprobs=[s.TopLogprob(token=t.token, logprob=_finite(t.logprob), bytes=t.bytes)
-                                     for t in lp.top_logprobs])
-        for lp in lps])

@@ -80,8 +80,11 @@ class TextStream:
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special_tokens: bool = True,
-                 keep: Sequence[str] = ()):
-        """keep: special tokens written out even when skip_special_tokens (the tool-call markers)."""
+                 keep: Sequence[str] = (), block: tuple[str, str] | None = None, in_block: bool = False):
+        """keep: special tokens written out even when skip_special_tokens (the tool-call markers). block: the
+        (opening, closing) special tokens, both kept, of output that stop strings do not apply to (a tool-call block:
+        parsed into calls, never shown as content), written out as it comes: stop strings are looked for only outside
+        it. in_block: the output starts inside one (the prompt ends in a forced call's opening)."""
         if isinstance(stop, str):
             raise ValueError(f"stop must be a sequence of non-empty strings, got a str {stop!r} (write [{stop!r}])")
         if not isinstance(stop, Sequence):
@@ -96,6 +99,8 @@ class TextStream:
         self._matched = [0] * len(self._stop)
         kept = {tokenizer.token_to_id(t) for t in keep}
         self._skip = tokenizer.special_ids - kept if skip_special_tokens else frozenset()
+        self._open, self._close = (tokenizer.token_to_id(t) for t in block) if block else (None, None)
+        self._in_block = in_block
         self._pending = b""  # bytes of a character not yet complete
         self._held = ""  # decoded text that could be the start of a stop string
         self._pieces: list[str] = []  # everything emitted
@@ -115,7 +120,15 @@ class TextStream:
         data = self._pending + data
         cut = len(data) - _incomplete_tail(data)
         self._pending = data[cut:]
-        return self._release(utf8_to_str(data[:cut]) if cut else "", final=False)
+        new = utf8_to_str(data[:cut]) if cut else ""
+        if token_id == self._open and not self._in_block:
+            # content ends here: what it held can no longer complete a stop string
+            self._in_block, new, self._held = True, self._held + new, ""
+            self._matched = [0] * len(self._stop)
+        elif token_id == self._close and self._in_block:
+            self._in_block = False
+            return self._emit(new)  # stop strings are looked for from the next token on
+        return self._emit(new) if self._in_block else self._release(new, final=False)
 
     def finish(self) -> str:
         """Generation ended (length, eos, cancel): return what was held; incomplete bytes become U+FFFD as in decode."""
@@ -123,7 +136,7 @@ class TextStream:
             return ""
         self._finished = True
         tail, self._pending = utf8_to_str(self._pending), b""
-        return self._release(tail, final=True)
+        return self._emit(tail) if self._in_block else self._release(tail, final=True)
 
     @property
     def stopped(self) -> str | None:
@@ -151,6 +164,9 @@ class TextStream:
             # make a longer one
             keep = 0 if final else max(self._matched, default=0)
             out, self._held = text[:len(text) - keep], text[len(text) - keep:]
+        return self._emit(out)
+
+    def _emit(self, out: str) -> str:
         if out:
             self._pieces.append(out)
         return out

@@ -5,16 +5,16 @@ The chat template asks for `<｜tool▁calls▁begin｜>` then, per call, `<｜t
 when its name is one of the offered tools and its arguments are a JSON object; output that does not parse is
 handed back as plain text (what it says is kept; it is never an error), and `tool_calls` is then empty.
 
-ToolLoop holds the rounds of a chat whose tools run on our side (plugins): generate, read the calls, run them,
+ToolLoop holds the rounds of one answer whose tools run on our side (plugins): generate, read the calls, run them,
 append the calls and their results to the conversation, generate again. LLM.chat_with_tools and the server both
-drive it.
+drive it, one loop per choice.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
@@ -169,13 +169,15 @@ def tool_names(tools: list[dict] | None) -> set[str]:
 
 @dataclass
 class ToolEvent:
-    """What a round adds to the answer: text, a whole call, or the end of a choice."""
+    """What a round adds to a choice's answer: text, a whole call, or the end of the choice; logprobs: those of the
+    tokens it brings the client (see ToolLoop)."""
 
     kind: str  # "text", "call" or "end"
     index: int  # the choice
     text: str = ""
     call: ToolCall | None = None
     finish_reason: str | None = None
+    logprobs: list = field(default_factory=list)
 
 
 @dataclass
@@ -189,89 +191,100 @@ class ToolRun:
 
 
 class ToolLoop:
-    """The rounds of one chat whose tools may run on our side: generate, read the calls, run them, append the
-    calls and their results to the conversation, generate again, until an answer calls something not ours or
-    max_rounds rounds of calls have run (that answer is then returned as it is).
+    """The rounds of one answer (one choice of a request) whose tools may run on our side: generate, read the calls,
+    run them, append the calls and their results to its conversation, generate again, until an answer calls
+    something not ours or max_rounds rounds of calls have run (that answer is then returned as it is). A request
+    with n choices has n loops, each with its own conversation, calls, results and final answer.
 
     It does no I/O, so one loop serves a thread (LLM.chat_with_tools) and asyncio (the server, which streams). Per
     round the driver renders `messages` with `tools` and `tool_choice`, generates, and calls begin(forced), then
-    feed(delta) for each delta (the events to send now), then end_round(): the calls to run, whose results go to
+    feed() for each delta (the events to send now), then end_round(): the calls to run, whose results go to
     add_results() before the next round, or none, and finish() gives the answer's last events. While tools may
     run here, calls are held back until the answer is final; text goes out as it comes.
+
+    Logprobs, when the deltas carry them, are those of the tokens whose text the client gets: a content token's go
+    out with the text, as it comes; those of the final round's calls with the end (calls run here are not the
+    client's, nor are their tokens). The call markers have none: special tokens whose text is in no part of the
+    message (the call's name and arguments are, in tool_calls, and keep theirs).
     """
 
     def __init__(self, messages: list[dict], tools: list[dict], runnable: Mapping[str, object] | None = None,
-                 tool_choice: object = None, n: int = 1, max_rounds: int = MAX_ROUNDS):
+                 tool_choice: object = None, max_rounds: int = MAX_ROUNDS, index: int = 0):
         self.messages = messages  # the conversation, grown in place by each round of calls
         self.tools = tools  # the OpenAI definitions offered
         self.runnable = runnable or {}  # the tools run on our side: name -> what runs it (a Plugin)
-        self.first_choice, self.n, self.max_rounds = tool_choice, n, max_rounds
+        self.first_choice, self.max_rounds, self.index = tool_choice, max_rounds, index
         self.names = tool_names(tools)
         self.rounds = 0  # begun so far
         self.trace: list[ToolRun] = []
-        self._start()
 
     @property
     def tool_choice(self) -> object:
         """The tool_choice of the next round: a forced call is forced once."""
         return self.first_choice if self.rounds == 0 else "auto"
 
-    def _start(self) -> None:
-        self.parsers = [ToolCallStream(self.names) for _ in range(self.n)]
-        self.said = [""] * self.n  # each choice's text this round
-        self.calls: list[list[ToolCall]] = [[] for _ in range(self.n)]  # each choice's calls this round
-        self.ends: dict[int, str | None] = {}
-        self.held: list[ToolEvent] = []
-
     def begin(self, forced: str | None = None) -> None:
-        """A round starts; forced: the opening its prompt forces (a call's markers), read before the model's part."""
+        """A round starts (the round's state is set here); forced: the opening its prompt forces (a call's markers),
+        read before the model's part."""
         self.rounds += 1
-        self._start()
-        for parser in self.parsers:
-            parser.feed(forced or "")  # a forced call completes only with what the model writes
+        self.parser = ToolCallStream(self.names)
+        self.parser.feed(forced or "")  # a forced call completes only with what the model writes
+        self.said = ""  # the text of this round
+        self.calls: list[ToolCall] = []  # the calls of this round
+        self.end: str | None = None  # the round's finish_reason
+        self.held: list[ToolEvent] = []
+        self.in_block = bool(forced)  # past the calls marker: the tokens are those of calls
+        self.block_logprobs: list = []
 
-    def feed(self, delta) -> list[ToolEvent]:
-        """The events one delta (index, text, finish_reason) of the round gives now."""
-        parser = self.parsers[delta.index]
-        items = parser.feed(delta.text) if delta.text else []
-        if delta.finish_reason is not None:
-            items += parser.finish()
-            self.ends[delta.index] = delta.finish_reason
+    def feed(self, text: str, finish_reason: str | None = None, logprobs: Sequence = ()) -> list[ToolEvent]:
+        """The events one delta of this choice's round (its text, finish_reason and token logprobs) gives now."""
+        content = []
+        for lp in logprobs:
+            self.in_block = self.in_block or lp.token == CALLS_BEGIN
+            if lp.token not in MARKERS:
+                (self.block_logprobs if self.in_block else content).append(lp)
+        items = self.parser.feed(text) if text else []
+        if finish_reason is not None:
+            items += self.parser.finish()
+            self.end = finish_reason
         out = []
         for item in items:
             if isinstance(item, ToolCall):
-                self.calls[delta.index].append(item)
-                event = ToolEvent("call", delta.index, call=item)
+                self.calls.append(item)
+                event = ToolEvent("call", self.index, call=item)
             else:
-                self.said[delta.index] += item
-                event = ToolEvent("text", delta.index, text=item)
+                self.said += item
+                event = ToolEvent("text", self.index, text=item)
             if event.kind == "call" and self.runnable:
                 self.held.append(event)  # sent only if the answer is final
             else:
                 out.append(event)
+        if content:  # with the first text, or on their own while the text waits (part of a marker, a stop string)
+            first = next((e for e in out if e.kind == "text"), None)
+            if first is None:
+                out.insert(0, first := ToolEvent("text", self.index))
+            first.logprobs = content
         return out
 
     def end_round(self) -> list[ToolCall]:
-        """The calls to run before the next round: the first choice's, when they are all ours and rounds are
-        left; [] when this round's answer is the final one."""
-        calls = self.calls[0]
-        ours = bool(calls) and all(c.name in self.runnable for c in calls)
-        return list(calls) if ours and self.rounds <= self.max_rounds else []
+        """The calls to run before the next round: this round's, when they are all ours and rounds are left; []
+        when this round's answer is the final one."""
+        ours = bool(self.calls) and all(c.name in self.runnable for c in self.calls)
+        return list(self.calls) if ours and self.rounds <= self.max_rounds else []
 
     def finish(self) -> list[ToolEvent]:
-        """The final answer's last events: the calls held back, then each choice's end."""
-        ends = [ToolEvent("end", i, finish_reason="tool_calls" if self.calls[i] else self.ends.get(i))
-                for i in range(self.n)]
-        return self.held + ends
+        """The final answer's last events: the calls held back, then its end."""
+        reason = "tool_calls" if self.calls else self.end
+        return [*self.held, ToolEvent("end", self.index, finish_reason=reason, logprobs=self.block_logprobs)]
 
     def out_of_room(self) -> list[ToolEvent]:
         """The end of an answer that has no room left in the context for another round."""
-        return [ToolEvent("end", i, finish_reason="length") for i in range(self.n)]
+        return [ToolEvent("end", self.index, finish_reason="length")]
 
     def add_results(self, calls: list[ToolCall], results: list) -> None:
-        """Append the first choice's calls and their results (each with ok, content and seconds, as
-        seekmoe.plugins.call returns them) to the conversation."""
-        self.messages.append({"role": "assistant", "content": self.said[0],
+        """Append this round's calls and their results (each with ok, content and seconds, as seekmoe.plugins.call
+        returns them) to the conversation."""
+        self.messages.append({"role": "assistant", "content": self.said,
                               "tool_calls": [c.to_openai() for c in calls]})
         for c, r in zip(calls, results, strict=True):
             self.messages.append({"role": "tool", "tool_call_id": c.id, "content": r.content})
