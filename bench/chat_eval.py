@@ -9,8 +9,8 @@ Plain continuation: 4 samples (temperature 0.8) of each held-out beginning of or
 continuation.jsonl, English and Chinese) through /v2/generate's path: the share that are at least 20 characters,
 in the prompt's language and not a loop (a proxy for "on topic" a program can check). Intent is also asked with
 three paraphrased router instructions listing the same labels; recall is also counted on the dialogues with at
-least 5 turns after the fact; with the math tool offered, the share of chats that need no math (support
-messages) in which no tool is called.
+least 5 turns after the fact, and on the Chinese dialogues (dialogues_zh.val.jsonl, when it exists); with the math
+tool offered, the share of chats that need no math (support messages) in which no tool is called.
 Summaries: held-out 100,000-character reports, English and Chinese (bench/summary_docs.py), each stating one key
 conclusion; per method of LLM.generate_summary (max_length 200), the share of summaries that keep it (its figure
 and measure in one sentence) and ROUGE-L (rouge-score, words and CJK characters) against the summary we wrote.
@@ -182,12 +182,16 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
                                       "said": a} for ex, a in list(zip(intents, said, strict=True))[:3]]
         dialogues = read_jsonl(data / "dialogues.val.jsonl", limit)
         said = answers(llm, dialogues, 32)
-        result["multi_turn_recall"] = sum(ex["meta"]["fact"] in a for a, ex in zip(said, dialogues, strict=True)) / len(
-            dialogues)
-        late = [(a, ex) for a, ex in zip(said, dialogues, strict=True) if ex["meta"]["turns"] >= 6]
-        result["recall_after_5_turns"] = sum(ex["meta"]["fact"] in a for a, ex in late) / max(len(late), 1)
+        result["multi_turn_recall"], result["recall_after_5_turns"] = recall(said, dialogues)
         result["dialogue_examples"] = [{"asked": ex["messages"][-2]["content"], "fact": ex["meta"]["fact"],
                                         "said": a} for ex, a in list(zip(dialogues, said, strict=True))[:3]]
+        zh_path = data / "dialogues_zh.val.jsonl"
+        dialogues_zh = read_jsonl(zh_path, limit) if zh_path.exists() else []
+        if dialogues_zh:
+            said = answers(llm, dialogues_zh, 32)
+            result["multi_turn_recall_zh"], result["recall_after_5_turns_zh"] = recall(said, dialogues_zh)
+            result["dialogue_examples"] += [{"asked": ex["messages"][-2]["content"], "fact": ex["meta"]["fact"],
+                                             "said": a} for ex, a in list(zip(dialogues_zh, said, strict=True))[:2]]
         problems = read_jsonl(data / "arithmetic.val.jsonl", limit)
         said = answers(llm, problems, 64)
         found = [ANSWER.search(a) for a in said]
@@ -198,12 +202,20 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
         result["continuation"], result["continuation_examples"] = continuation(llm)
         result["reads_media"] = llm.encoders is not None
-        result["counts"] = {"intents": len(intents), "dialogues": len(dialogues), "arithmetic": len(problems)}
+        result["counts"] = {"intents": len(intents), "dialogues": len(dialogues), "dialogues_zh": len(dialogues_zh),
+                            "arithmetic": len(problems)}
         result["summaries"] = summaries(llm, *summary_args) if summary_args[0] else {}
     finally:
         llm.close()
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def recall(said: list[str], dialogues: list[dict]) -> tuple[float, float]:
+    """The share of answers holding the dialogue's fact: over all dialogues, and over those of 6 or more turns."""
+    right = [ex["meta"]["fact"] in a for a, ex in zip(said, dialogues, strict=True)]
+    late = [ok for ok, ex in zip(right, dialogues, strict=True) if ex["meta"]["turns"] >= 6]
+    return sum(right) / len(dialogues), sum(late) / max(len(late), 1)
 
 
 def paraphrased(r: dict) -> float:
@@ -213,7 +225,8 @@ def paraphrased(r: dict) -> float:
 def table(results: list[dict]) -> str:
     sets = sorted({name for r in results for name in r["val_loss"]})
     head = ["model", *(f"val loss {s}" for s in sets), "intent acc", "intent acc, paraphrased instruction",
-            "multi-turn recall", "recall after >= 5 turns", "arithmetic acc", "arithmetic acc, math tool",
+            "multi-turn recall", "recall after >= 5 turns", "multi-turn recall zh", "recall after >= 5 turns zh",
+            "arithmetic acc", "arithmetic acc, math tool",
             "no tool call without math", "continuation en / zh", "reads images and speech"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -221,6 +234,7 @@ def table(results: list[dict]) -> str:
                  f"{r['intent_accuracy']:.1%}",
                  f"{paraphrased(r):.1%}",
                  f"{r['multi_turn_recall']:.1%}", f"{r['recall_after_5_turns']:.1%}",
+                 *(f"{r[k]:.1%}" if k in r else "—" for k in ("multi_turn_recall_zh", "recall_after_5_turns_zh")),
                  f"{r['arithmetic_accuracy']:.1%}", f"{r['arithmetic_tool_accuracy']:.1%}",
                  f"{r['no_tool_without_math']:.1%}",
                  f"{r['continuation'].get('en', 0):.1%} / {r['continuation'].get('zh', 0):.1%}",

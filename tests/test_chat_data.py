@@ -21,11 +21,13 @@ from seekmoe.train.chat_data import (
     chatterbot,
     check_example,
     customer_service,
+    customer_service_zh,
     python_faq,
 )
 from tests.conftest import assert_usage_error, run_cli
 
-SMALL = {"arithmetic": (300, 60), "arithmetic_tools": (40, 20), "intents": (600, 300), "dialogues": (300, 120)}
+SMALL = {"arithmetic": (300, 60), "arithmetic_tools": (40, 20), "intents": (600, 300), "dialogues": (300, 120),
+         "dialogues_zh": (300, 120)}
 FAQ_DIR = python_faq.DEFAULT_DIR
 HAVE_FAQ = FAQ_DIR.is_dir()
 HAVE_CHATTERBOT = importlib.util.find_spec("chatterbot_corpus") is not None
@@ -100,7 +102,7 @@ def test_same_seed_writes_byte_identical_files(tmp_path, built):
         assert (built / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
     build_all(tmp_path / "other", seed=1, sizes=SMALL, progress=False, skip_missing=True)
-    for name in ("arithmetic", "intents", "dialogues"):
+    for name in ("arithmetic", "intents", "dialogues", "dialogues_zh"):
         assert (built / f"{name}.train.jsonl").read_bytes() != (tmp_path / "other" / f"{name}.train.jsonl").read_bytes()
 
 
@@ -149,14 +151,20 @@ def test_intent_val_uses_only_held_out_templates(built):
         assert round(len(templates) / 3) == len(held_out), intent
 
 
-def test_dialogue_ends_by_recalling_the_fact_from_the_first_turn(built):
+BOOKS = {"dialogues": customer_service.ENGLISH, "dialogues_zh": customer_service_zh.CHINESE}
+
+
+@pytest.mark.parametrize("name", BOOKS)
+def test_dialogue_ends_by_recalling_the_fact_from_the_first_turn(built, name):
+    book = BOOKS[name]
     for split in ("train", "val"):
-        for ex in load(built, "dialogues", split):
+        for ex in load(built, name, split):
             meta, messages = ex["meta"], ex["messages"]
             fact = meta["fact"]
             assert meta["task"] == "dialogue" and meta["fact_kind"] in customer_service.FACT_KINDS
+            assert meta.get("lang") == book.lang
             if split == "val" or messages[0]["role"] == "system":
-                assert messages[0] == {"role": "system", "content": customer_service.SUPPORT_PROMPT}
+                assert messages[0] == {"role": "system", "content": book.support_prompt}
             user = [m["content"] for m in messages if m["role"] == "user"]
             assistant = [m["content"] for m in messages if m["role"] == "assistant"]
             assert 5 <= len(user) == meta["turns"] <= 8
@@ -166,42 +174,77 @@ def test_dialogue_ends_by_recalling_the_fact_from_the_first_turn(built):
             assert not any(fact in text for text in user[1:] + assistant[:-1])
 
 
-def test_training_dialogues_also_recall_made_up_facts_the_held_out_ones_never(built):
-    # a fact from a pool of twenty can be guessed; a made-up one has to be copied from the first turn
-    def pooled(meta: dict) -> bool:
-        fact, kind = meta["fact"], meta["fact_kind"]
-        if kind == "order_number":
-            return True
-        if kind == "city":
-            return fact in customer_service.CITIES
-        first, last = (fact.split("@")[0].split(".") if kind == "email" else fact.split(" "))
-        return (first.capitalize() in customer_service.FIRST_NAMES
-                and last.capitalize() in customer_service.LAST_NAMES)
+def pooled_en(meta: dict) -> bool:
+    fact, kind = meta["fact"], meta["fact_kind"]
+    if kind == "order_number":
+        return True
+    if kind == "city":
+        return fact in customer_service.CITIES
+    first, last = (fact.split("@")[0].split(".") if kind == "email" else fact.split(" "))
+    return first.capitalize() in customer_service.FIRST_NAMES and last.capitalize() in customer_service.LAST_NAMES
 
-    val = [ex["meta"] for ex in load(built, "dialogues", "val")]
+
+def pooled_zh(meta: dict) -> bool:
+    zh, fact, kind = customer_service_zh, meta["fact"], meta["fact_kind"]
+    if kind == "order_number":
+        return True
+    if kind == "city":
+        return fact in zh.CITIES_ZH
+    if kind == "name":
+        return fact[0] in zh.SURNAMES and fact[1:] in zh.GIVEN_NAMES
+    surname, given = fact.split("@")[0].split(".")
+    return surname in zh.SURNAMES.values() and given in zh.GIVEN_NAMES.values()
+
+
+@pytest.mark.parametrize(("name", "pooled"), [("dialogues", pooled_en), ("dialogues_zh", pooled_zh)])
+def test_training_dialogues_also_recall_made_up_facts_the_held_out_ones_never(built, name, pooled):
+    # a fact from a pool of twenty can be guessed; a made-up one has to be copied from the first turn
+    val = [ex["meta"] for ex in load(built, name, "val")]
     assert all(pooled(meta) for meta in val)
-    train = [ex["meta"] for ex in load(built, "dialogues", "train") if ex["meta"]["fact_kind"] != "order_number"]
+    train = [ex["meta"] for ex in load(built, name, "train") if ex["meta"]["fact_kind"] != "order_number"]
     invented = sum(not pooled(meta) for meta in train) / len(train)
     assert abs(invented - customer_service.INVENTED_SHARE) < 0.15
     assert len({meta["fact"] for meta in train}) > 0.6 * len(train)
 
 
-def test_some_training_dialogues_have_no_system_prompt(built):
-    train = load(built, "dialogues", "train")
+def test_chinese_phrasebook_matches_the_english_one():
+    en, zh = customer_service.ENGLISH, customer_service_zh.CHINESE
+    assert list(zh.middle_topics) == list(en.middle_topics) and zh.shop.keys() == en.shop.keys()
+    for table in ("first_turns", "final_questions", "final_answers"):
+        assert getattr(zh, table).keys() == set(customer_service.FACT_KINDS), table
+    for templates in [*zh.first_turns.values(), *zh.final_questions.values(),
+                      *(questions for questions, _ in zh.middle_topics.values())]:
+        assert len(templates) >= 6 and len(set(templates)) == len(templates), templates
+    for (_, en_replies), (_, zh_replies) in zip(en.middle_topics.values(), zh.middle_topics.values(), strict=True):
+        # the same shop figures in the same replies
+        assert [sorted(re.findall(r"{(\w+)}", r)) for r in zh_replies] == [
+            sorted(re.findall(r"{(\w+)}", r)) for r in en_replies]
+    # a made-up name or town shares no character with the pools, so it is never a pooled one by chance
+    zh_mod = customer_service_zh
+    assert not set(zh_mod.GIVEN_CHARS) & set("".join(zh_mod.GIVEN_NAMES))
+    assert not set(zh_mod.TOWN_CHARS) & set("".join(zh_mod.CITIES_ZH))
+    pooled_syllables = {*zh_mod.SURNAMES.values(), *zh_mod.GIVEN_NAMES.values()}
+    assert not set(zh_mod.EMAIL_SYLLABLES) & pooled_syllables
+
+
+@pytest.mark.parametrize("name", BOOKS)
+def test_some_training_dialogues_have_no_system_prompt(built, name):
+    train = load(built, name, "train")
     share = sum(ex["messages"][0]["role"] == "user" for ex in train) / len(train)
     assert abs(share - customer_service.NO_SYSTEM_SHARE) < 0.1
-    assert all(ex["messages"][0]["role"] == "system" for ex in load(built, "dialogues", "val"))
+    assert all(ex["messages"][0]["role"] == "system" for ex in load(built, name, "val"))
 
 
-def test_dialogue_val_phrasings_never_appear_in_train(built):
+@pytest.mark.parametrize("name", BOOKS)
+def test_dialogue_val_phrasings_never_appear_in_train(built, name):
     def ids(split):
-        return {t for ex in load(built, "dialogues", split) for t in ex["meta"]["templates"]}
+        return {t for ex in load(built, name, split) for t in ex["meta"]["templates"]}
 
     train, val = ids("train"), ids("val")
     assert not train & val
     assert any(t.startswith("final/") for t in val) and any(t.startswith("middle/") for t in val)
-    finals = {ex["messages"][-2]["content"] for ex in load(built, "dialogues", "val")}
-    assert not finals & {ex["messages"][-2]["content"] for ex in load(built, "dialogues", "train")}
+    finals = {ex["messages"][-2]["content"] for ex in load(built, name, "val")}
+    assert not finals & {ex["messages"][-2]["content"] for ex in load(built, name, "train")}
 
 
 STEP_EN = re.compile(r"Step (\d+): (\d+) ([+×-]) (\d+) = (\d+)\.")
@@ -382,7 +425,8 @@ def test_build_fails_on_a_missing_source_unless_skipped(tmp_path, capsys):
     report = build_all(tmp_path / "b", sizes=SMALL, progress=False, skip_missing=True,
                        faq_dir=tmp_path / "nope", chatterbot_dir=tmp_path / "nope")
     assert [s["name"] for s in report["skipped"]] == ["chatterbot", "python_faq"]
-    assert [s["name"] for s in report["sets"]] == ["arithmetic", "arithmetic_tools", "intents", "dialogues"]
+    assert [s["name"] for s in report["sets"]] == ["arithmetic", "arithmetic_tools", "intents", "dialogues",
+                                                   "dialogues_zh"]
     assert not (tmp_path / "b" / "python_faq.train.jsonl").exists()
     err = capsys.readouterr().err
     assert "skipping chatterbot" in err and "skipping python_faq" in err

@@ -8,11 +8,14 @@ runs with different seeds stay comparable.
 A dialogue's first user turn states a fact (an order number, a name, an e-mail address or a city); the middle
 turns are ordinary support talk; the last asks for the fact back, and the assistant's last answer repeats it
 verbatim. The acknowledgement of the first turn does not repeat the fact, so the model must reach back to it.
+A `Phrasebook` holds one language's dialogue templates: `ENGLISH` here, `CHINESE` in customer_service_zh.py.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from seekmoe.train.chat_data import example
 
@@ -388,6 +391,9 @@ MIDDLE_TOPICS = {
                 "Alright, thanks for explaining.", "Cool, thank you."],
                ["You're welcome! Anything else I can help with?", "Happy to help. Is there anything else?"]),
 }
+# a dialogue's shop: each figure drawn once from these, in this order, so the replies agree with each other
+SHOP = {"ship": ["2 to 3", "3 to 5", "2 to 4"], "ret": [14, 30], "open": [8, 9, 10], "close": [17, 18, 20],
+        "free": [30, 50], "fee": ["3.90", "4.95", "5.50"], "gift": [2, 3]}
 MIN_TURNS, MAX_TURNS = 5, 8
 # training dialogues without the system prompt: the chat page and most clients send none, and the model should
 # still answer as the shop's assistant (the held-out dialogues always have it, as bench/chat_eval.py asks)
@@ -476,34 +482,54 @@ def make_fact(rng: random.Random, kind: str, held_out: bool) -> str:
     return invented_word(rng, rng.randint(2, 3)) + rng.choice(TOWN_ENDINGS) if invented else rng.choice(CITIES)
 
 
-def dialogue(rng: random.Random, held_out: bool) -> dict:
-    kind = rng.choice(FACT_KINDS)
-    fact = make_fact(rng, kind, held_out)
-    n_turns = rng.randint(MIN_TURNS, MAX_TURNS)
-    shop = {"ship": rng.choice(["2 to 3", "3 to 5", "2 to 4"]), "ret": rng.choice([14, 30]),
-            "open": rng.choice([8, 9, 10]), "close": rng.choice([17, 18, 20]), "free": rng.choice([30, 50]),
-            "fee": rng.choice(["3.90", "4.95", "5.50"]), "gift": rng.choice([2, 3])}
+@dataclass(frozen=True)
+class Phrasebook:
+    """What a support dialogue says in one language: every template list follows the held-out split by index."""
 
-    i, first = pick(rng, FIRST_TURNS[kind], held_out)
-    turns = [("system", SUPPORT_PROMPT), ("user", first.format(fact=fact)), ("assistant", rng.choice(ACKNOWLEDGEMENTS))]
+    support_prompt: str
+    first_turns: dict[str, list[str]]  # fact kind -> {fact} templates
+    acknowledgements: list[str]
+    middle_topics: dict[str, tuple[list[str], list[str]]]  # topic -> (user phrasings, replies with shop slots)
+    final_questions: dict[str, list[str]]
+    final_answers: dict[str, list[str]]
+    shop: dict[str, list]  # slot -> choices
+    make_fact: Callable[[random.Random, str, bool], str]  # (rng, kind, held_out); no rng draw for made-up facts
+    lang: str | None  # meta["lang"]; None for English, whose files predate the field and stay byte-identical
+
+
+ENGLISH = Phrasebook(SUPPORT_PROMPT, FIRST_TURNS, ACKNOWLEDGEMENTS, MIDDLE_TOPICS, FINAL_QUESTIONS, FINAL_ANSWERS,
+                     SHOP, make_fact, lang=None)
+
+
+def dialogue(rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> dict:
+    kind = rng.choice(FACT_KINDS)
+    fact = book.make_fact(rng, kind, held_out)
+    n_turns = rng.randint(MIN_TURNS, MAX_TURNS)
+    shop = {slot: rng.choice(choices) for slot, choices in book.shop.items()}
+
+    i, first = pick(rng, book.first_turns[kind], held_out)
+    turns = [("system", book.support_prompt), ("user", first.format(fact=fact)),
+             ("assistant", rng.choice(book.acknowledgements))]
     if not held_out and rng.random() < NO_SYSTEM_SHARE:
         turns = turns[1:]
     template_ids = [f"first/{kind}/{i}"]
     # distinct topics: asking the same thing twice would invite the model to answer it differently
-    topics = rng.sample(list(MIDDLE_TOPICS), n_turns - 2)
+    topics = rng.sample(list(book.middle_topics), n_turns - 2)
     if topics[0] == "thanks":  # thanking before asking anything reads oddly
         topics.append(topics.pop(0))
     for topic in topics:
-        questions, replies = MIDDLE_TOPICS[topic]
+        questions, replies = book.middle_topics[topic]
         i, question = pick(rng, questions, held_out)
         turns += [("user", question), ("assistant", rng.choice(replies).format(**shop))]
         template_ids.append(f"middle/{topic}/{i}")
-    i, question = pick(rng, FINAL_QUESTIONS[kind], held_out)
-    turns += [("user", question), ("assistant", rng.choice(FINAL_ANSWERS[kind]).format(fact=fact))]
+    i, question = pick(rng, book.final_questions[kind], held_out)
+    turns += [("user", question), ("assistant", rng.choice(book.final_answers[kind]).format(fact=fact))]
     template_ids.append(f"final/{kind}/{i}")
     meta = {"task": "dialogue", "fact": fact, "fact_kind": kind, "turns": n_turns, "templates": template_ids}
+    if book.lang is not None:
+        meta["lang"] = book.lang
     return example(turns, meta)
 
 
-def dialogues(n: int, rng: random.Random, held_out: bool) -> list[dict]:
-    return [dialogue(rng, held_out) for _ in range(n)]
+def dialogues(n: int, rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> list[dict]:
+    return [dialogue(rng, held_out, book) for _ in range(n)]
