@@ -39,6 +39,8 @@ from seekmoe.text.tool_calls import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from seekmoe.text.grammar import Grammar, Grammars
 
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -330,6 +332,11 @@ class LLM:
         return self.engine.max_model_len
 
     @property
+    def hidden_size(self) -> int:
+        """The width of the model's hidden states: the dimensions of its embeddings."""
+        return self.model.config.hidden_size
+
+    @property
     def vocab_size(self) -> int:
         """The model's token ids are [0, vocab_size)."""
         return self.model.config.vocab_size
@@ -370,6 +377,18 @@ class LLM:
                 r.cancel()
             raise
         return results[0] if single else results
+
+    def embed(self, inputs: str | list[str] | list[int] | list[list[int]],
+              cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Unit vectors that stand for texts or token id lists: (hidden_size,) for one, (B, hidden_size) float32 for a
+        list. Each is the mean of the model's final hidden states over the input's tokens (a text's with its BOS),
+        L2-normalised (seekmoe.engine.embed says why mean pooling), computed between engine steps, so generation
+        goes on. cancelled: asked between passes; once True, EngineError."""
+        single = isinstance(inputs, str) or (bool(inputs) and not isinstance(inputs[0], (str, list, tuple)))
+        batch = [inputs] if single else list(inputs)
+        prompts = [self.encode(x) if isinstance(x, str) else x for x in batch]
+        vectors = self._loop.embed(prompts, cancelled)
+        return vectors[0] if single else vectors
 
     def stream(self, prompt: str | None = None, *, prompt_token_ids: list[int] | None = None,
                params: SamplingParams | None = None, **kwargs) -> Iterator[str]:

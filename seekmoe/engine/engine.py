@@ -138,7 +138,7 @@ class Engine:
             raise EngineError(f"params must be SamplingParams, got {type(params).__name__}")
         if constraint is not None and not isinstance(constraint, TokenConstraint):
             raise EngineError(f"constraint must be a TokenConstraint or None, got {type(constraint).__name__}")
-        prompt = self._check_prompt(prompt_ids)
+        prompt = self.check_prompt(prompt_ids)
         if embeds is not None:
             self._check_embeds(embeds, len(prompt))
         total = len(prompt) + params.max_tokens
@@ -173,7 +173,8 @@ class Engine:
         self.requests[rid] = req
         return req
 
-    def _check_prompt(self, prompt_ids) -> list[int]:
+    def check_prompt(self, prompt_ids) -> list[int]:
+        """The prompt as a list; EngineError unless it is a non-empty sequence of ids in the vocabulary."""
         if isinstance(prompt_ids, torch.Tensor):
             prompt_ids = prompt_ids.tolist()
         if not isinstance(prompt_ids, (list, tuple)) or not prompt_ids:

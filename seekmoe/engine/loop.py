@@ -10,9 +10,12 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
+import torch
+
+from seekmoe.engine import embed
 from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds, Request
 from seekmoe.engine.sampling import SamplingParams, TokenConstraint
 
@@ -119,6 +122,26 @@ class EngineLoop:
             self._streams[stream.id] = stream
             self._cond.notify_all()
         return stream
+
+    def embed(self, prompts: list[list[int]], cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+        """(B, D) unit vectors of the prompts (seekmoe.engine.embed), on the caller's thread between engine steps:
+        in passes of at most max_step_tokens padded tokens, one at a time under the engine lock, so running
+        sequences keep decoding meanwhile as they do beside a long prompt's chunks. cancelled: asked before each
+        pass; once True, EngineError."""
+        checked = [self.engine.check_prompt(p) for p in prompts]
+        for p in checked:
+            if len(p) > self.engine.max_model_len:
+                raise EngineError(f"the context is {self.engine.max_model_len} tokens, but a prompt to embed has "
+                                  f"{len(p)}")
+        out = torch.empty(len(checked), self.engine.config.hidden_size)
+        for batch in embed.batches([len(p) for p in checked], self.engine.max_step_tokens):
+            if cancelled is not None and cancelled():
+                raise EngineError("embedding cancelled")
+            with self._engine_lock():
+                if self._closed or self._error is not None:
+                    raise EngineError(f"the engine is not running{f' ({self._error})' if self._error else ''}")
+                out[batch] = embed.embed(self.engine.model, [checked[i] for i in batch])
+        return out
 
     def cancel(self, request_id: str, index: int | None = None, reason: str = "cancelled") -> None:
         with self._engine_lock():

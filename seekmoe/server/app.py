@@ -46,7 +46,8 @@ ADMIN = ("/metrics", "/v2/expert_load")  # every tenant's activity: with admin k
 SPEECH_WORKERS = 2  # espeak-ng runs at once; more requests wait their turn (each one's audio is bounded)
 MODEL = "/v1/models/{model}"  # one metrics label for every model's path: the client chooses the name
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", MODEL, "/v1/completions",
-             "/v1/chat/completions", "/v1/audio/speech", "/v2/generate", "/v2/summarize", "/v2/expert_load")
+             "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/audio/speech", "/v2/generate",
+             "/v2/summarize", "/v2/expert_load")
 ERRORS = {status: {"model": s.ErrorResponse} for status in errors.DOCUMENTED}
 REQUEST_ID = "x-request-id"  # on every answer: the client's own when it sent a sane one, else a new one
 MAX_REQUEST_ID = 128
@@ -156,6 +157,15 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     @app.post("/v1/chat/completions", response_model=s.ChatCompletionResponse, responses=ERRORS)
     async def chat_completions(body: s.ChatCompletionRequest, request: Request):
         return await respond(request, state.ready().chat(body, request_log(request)))
+
+    @app.post("/v1/responses", response_model=s.ResponseObject, responses=ERRORS)
+    async def responses(body: s.ResponsesRequest, request: Request):
+        """OpenAI's Responses API, stateless, over the chat path."""
+        return await respond(request, state.ready().responses(body, request_log(request)))
+
+    @app.post("/v1/embeddings", response_model=s.EmbeddingResponse, responses=ERRORS)
+    async def embeddings(body: s.EmbeddingRequest, request: Request):
+        return await respond(request, state.ready().embeddings(body))
 
     @app.post("/v1/audio/speech", response_class=Response,
               responses={200: {"content": {t: {} for t in FORMATS.values()}}, **ERRORS})

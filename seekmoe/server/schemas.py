@@ -363,6 +363,139 @@ class ChatCompletionResponse(BaseModel):
     tool_trace: list[ToolRun] | None = None
 
 
+# ---- OpenAI: embeddings ----------------------------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit of inputs in one request
+
+
+class EmbeddingRequest(Request):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description=f"text, texts, token ids, or lists of token ids; at most {MAX_EMBEDDING_INPUTS} inputs, none "
+                    "empty, each within the context")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each vector's little-endian float32 bytes, base64-encoded")
+    dimensions: int | None = Field(None, description="must be the model's hidden size, if given: the vectors are "
+                                                     "not trained to be cut shorter")
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+# ---- OpenAI: responses -----------------------------------------------------------------------------------------
+
+class InputText(Request):
+    type: Literal["input_text", "output_text"] = Field(description="output_text: an earlier answer's text")
+    text: str
+
+
+class InputMessage(Request):
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="developer is read as system")
+    content: str | list[InputText]
+
+
+class TextFormat(Request):
+    type: Literal["text"] = Field(description="only plain text")
+
+
+class TextConfig(Request):
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(Request):
+    """OpenAI's Responses API over the chat path, without state: no stored responses, tools or reasoning."""
+
+    model: str | None = None
+    input: str | list[InputMessage] = Field(description="a user message's text, or the conversation's messages")
+    instructions: str | None = Field(None, description="the system message, put before input's messages")
+    max_output_tokens: int | None = _field("most tokens to write; the input and these must fit the context",
+                                           minimum=1)
+    temperature: float | None = _real("temperature", "randomness; 0 picks the likeliest token (default 1)")
+    top_p: float | None = _real("top_p", "nucleus sampling (default 1: off)")
+    stream: bool = _field("send the answer as the Responses API's server-sent events", False)
+    text: TextConfig | None = None
+    store: bool | None = Field(None, description="accepted, ignored: nothing is stored")
+    metadata: dict[str, str] | None = Field(None, description="accepted, returned unchanged")
+    user: str | None = None
+    # refused when set, by name (serving checks them): features this server does not have
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    previous_response_id: str | None = None
+    conversation: Any = None
+    background: bool | None = None
+    reasoning: Any = None
+    include: list[Any] | None = None
+    prompt: Any = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = None
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = []
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int] = {"cached_tokens": 0}
+    output_tokens: int
+    output_tokens_details: dict[str, int] = {"reasoning_tokens": 0}
+    total_tokens: int
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete"]
+    model: str
+    output: list[OutputMessage]
+    usage: ResponseUsage | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    metadata: dict[str, str] | None = None
+    error: None = None
+    # what a client reads of a response made without tools
+    tools: list[Any] = []
+    tool_choice: Literal["none"] = "none"
+    parallel_tool_calls: bool = False
+    store: bool = False
+    text: dict[str, Any] = {"format": {"type": "text"}}
+
+
 # ---- OpenAI: speech -------------------------------------------------------------------------------------------
 
 _LANGUAGE, _VOICE = "|".join(speech.LANGUAGES), "|".join([*speech.VOICES, *speech.VARIANTS])

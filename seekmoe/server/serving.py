@@ -7,6 +7,7 @@ send what it returns. Every refusal is an HTTPError (seekmoe/server/errors.py, w
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -19,8 +20,8 @@ from typing import TypeVar
 from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import MAX_SEED, SamplingError, SamplingParams
 from seekmoe.llm import LLM, TextRequest, TokenLogprob
+from seekmoe.server import responses, tool_chat
 from seekmoe.server import schemas as s
-from seekmoe.server import tool_chat
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.errors import (
     HTTPError,
@@ -42,6 +43,9 @@ SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "pre
 LONG_TEXT = 4096  # characters; longer prompts are tokenised off the event loop, so other streams keep flowing
 T = TypeVar("T")
 SUMMARY_WORKERS = 2  # summaries run on threads of their own, never on the pool that renders chats and decodes media
+# Embeddings run on a thread of their own, one request at a time: their passes take the engine lock in turn anyway.
+# Past this many requests running or waiting, 429.
+MAX_WAITING_EMBEDDINGS = 16
 
 
 async def on_thread(pool: ThreadPoolExecutor, fn: Callable[[Callable[[], bool]], T],
@@ -89,7 +93,9 @@ class Serving:
                 self.tool_pool.warm(plugin)  # while the model loads anyway: the first request does not wait
         self.summaries = ThreadPoolExecutor(SUMMARY_WORKERS, thread_name_prefix="seekmoe-summary")
         self.summaries_waiting = 0  # submitted to those threads and not done
-        self._summaries_lock = threading.Lock()
+        self._waiting_lock = threading.Lock()  # the counts of work waiting for the server's own threads
+        self.embedder = ThreadPoolExecutor(1, thread_name_prefix="seekmoe-embed")
+        self.embeddings_waiting = 0  # as summaries_waiting
         self.created = int(time.time())
         self.context = llm.context_length
         # No text of more characters than this fits the context, whatever it holds: every token stands for at most
@@ -100,6 +106,7 @@ class Serving:
     def close(self) -> None:
         self.llm.close()
         self.summaries.shutdown(wait=False, cancel_futures=True)
+        self.embedder.shutdown(wait=False, cancel_futures=True)
         if self.tool_pool is not None:
             self.tool_pool.close()
 
@@ -147,7 +154,7 @@ class Serving:
                             "(seekmoe serve --max-summary-chars)", param="text", code="text_too_long")
         if self.summaries_waiting >= SUMMARY_WORKERS + self.config.max_waiting_summaries:
             raise http_error(QueueFull(f"{self.summaries_waiting} summaries are running or waiting"))
-        with self._summaries_lock:
+        with self._waiting_lock:
             self.summaries_waiting += 1  # until its thread is done with it, not until its client stops waiting
         try:
             summary = await on_thread(self.summaries, lambda cancelled: self.llm.generate_summary(
@@ -158,7 +165,7 @@ class Serving:
         return s.SummarizeResponse(summary=summary, summary_tokens=tokens, style=body.style, method=body.method)
 
     def _summary_done(self, future) -> None:
-        with self._summaries_lock:
+        with self._waiting_lock:
             self.summaries_waiting -= 1
 
     async def completion(self, body: s.CompletionRequest, log: RequestLog) -> s.CompletionResponse | Stream:
@@ -234,6 +241,61 @@ class Serving:
                                 finish_reason=ch.finish_reason) for ch in c.choices]
         return s.ChatCompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
                                         usage=s.Usage(**job.usage()))
+
+    async def responses(self, body: s.ResponsesRequest, log: RequestLog) -> s.ResponseObject | Stream:
+        self._check_model(body.model)
+        return await responses.create(self, body, log)
+
+    async def embeddings(self, body: s.EmbeddingRequest) -> s.EmbeddingResponse:
+        """Unit vectors of the inputs (LLM.embed: the last hidden states, mean-pooled), as OpenAI's floats or base64
+        of their little-endian float32 bytes."""
+        self._check_model(body.model)
+        width = self.llm.hidden_size
+        if body.dimensions is not None and body.dimensions != width:
+            raise invalid(f"dimensions must be {width}, this model's embedding size, got {body.dimensions} (its "
+                          "vectors are not trained to be shortened)", param="dimensions")
+        prompts = await self._embedding_prompts(body.input)
+        for ids in prompts:
+            if len(ids) > self.context:
+                raise context_exceeded(self.context, "input", len(ids), 0, param="input")
+        if self.embeddings_waiting >= MAX_WAITING_EMBEDDINGS:
+            raise http_error(QueueFull(f"{self.embeddings_waiting} embedding requests are running or waiting"))
+        with self._waiting_lock:
+            self.embeddings_waiting += 1
+        try:
+            vectors = await on_thread(self.embedder, lambda cancelled: self.llm.embed(prompts, cancelled),
+                                      done=self._embedding_done)
+        except EngineError as e:
+            raise http_error(e, param="input") from None
+        data = [s.Embedding(index=i, embedding=_encoded(v, body.encoding_format)) for i, v in enumerate(vectors)]
+        tokens = sum(map(len, prompts))
+        return s.EmbeddingResponse(data=data, model=self.model_name,
+                                   usage=s.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+    def _embedding_done(self, future) -> None:
+        with self._waiting_lock:
+            self.embeddings_waiting -= 1
+
+    async def _embedding_prompts(self, given: str | list) -> list[list[int]]:
+        """The inputs' token ids (texts with their BOS, as a prompt gets it); none may be empty."""
+        single = isinstance(given, str) or (bool(given) and isinstance(given[0], int))
+        batch = [given] if single else given
+        if len(batch) > s.MAX_EMBEDDING_INPUTS:
+            raise invalid(f"input holds {len(batch)} inputs; at most {s.MAX_EMBEDDING_INPUTS} are embedded at once",
+                          param="input")
+        empty = [i for i, x in enumerate(batch) if not x]
+        if not batch or empty:
+            where = "input" if single or not batch else f"input[{empty[0]}]"
+            raise invalid(f"{where} must not be empty", param="input")
+        if isinstance(batch[0], list):
+            vocab = self.llm.vocab_size
+            bad = next((t for ids in batch for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise invalid(f"input token {bad} is not a token id in [0, {vocab})", param="input")
+            return [list(ids) for ids in batch]
+        for text in batch:
+            self._check_chars(len(text), "input")
+        return await self._offload(lambda texts: [self.llm.encode(t) for t in texts], batch, sum(map(len, batch)))
 
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None):
         """LLM.chat_prompt's (prompt ids, forced opening, media rows or None) of a conversation, rendered off the
@@ -468,6 +530,13 @@ class Serving:
         except HTTPError as e:
             yield sse(e.body())
         yield DONE
+
+
+def _encoded(v, encoding_format: str) -> list[float] | str:
+    """One embedding as OpenAI sends it: floats, or base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(v.numpy().astype("<f4").tobytes()).decode("ascii")
+    return v.tolist()
 
 
 def _message(m: s.ChatMessage) -> dict:

@@ -17,8 +17,10 @@ from seekmoe.server.metrics import Metrics
 DONE = "data: [DONE]\n\n"
 
 
-def sse(obj: object) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def sse(obj: object, event: str | None = None) -> str:
+    """One server-sent event; event: its name (the Responses API names every event)."""
+    head = f"event: {event}\n" if event is not None else ""
+    return f"{head}data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 @dataclass
