@@ -471,5 +471,17 @@ def test_cli_builds_and_reports(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "out" / "SOURCES.json").read_text())["seed"] == 3
     assert len(read_jsonl(tmp_path / "out" / "intents.val.jsonl")) == SMALL["intents"][1]
 
+    rc, _, _ = run_cli(capsys, "data", "chat", "--out", str(tmp_path / "more"), "--skip-missing", "--seed", "3",
+                       "--train-size", "dialogues=7", "--train-size", "intents=0")
+    assert rc == 0
+    assert len(read_jsonl(tmp_path / "more" / "dialogues.train.jsonl")) == 7
+    assert (tmp_path / "more" / "intents.train.jsonl").read_text() == ""
+    for name in ("dialogues.val.jsonl", "intents.val.jsonl", "arithmetic.train.jsonl"):  # only the sizes asked
+        assert (tmp_path / "more" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+    for bad, needle in (("dialogues", "SET=N"), ("dialogues=-1", "SET=N"), ("dialogues=x", "SET=N"),
+                        ("chatterbot=5", "unknown generated set 'chatterbot'")):
+        rc, _, err = run_cli(capsys, "data", "chat", "--out", str(tmp_path / "bad"), "--train-size", bad)
+        assert_usage_error(rc, err, needle)
+
     with pytest.raises(SystemExit):
         p.parse_args([])  # --out is required

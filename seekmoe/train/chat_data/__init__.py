@@ -188,9 +188,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the generators and of the real sets' train/val split; the same seed writes "
                              "byte-identical files (default 0)")
+    parser.add_argument("--train-size", action="append", default=[], metavar="SET=N",
+                        help="training examples of a generated set (repeatable; default "
+                             + ", ".join(f"{name}={train}" for name, (train, _) in SIZES.items())
+                             + "); its val set and every other file stay byte-identical")
     parser.add_argument("--skip-missing", action="store_true",
                         help="report a missing real source (chatterbot-corpus, python3.11-doc) on stderr and "
                              "leave its set out, instead of failing")
+
+
+def train_sizes(given: list[str]) -> dict[str, tuple[int, int]]:
+    """--train-size SET=N values as build_all's sizes: N training examples, the set's usual val count."""
+    sizes = {}
+    for item in given:
+        name, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise ChatDataError(f"--train-size wants SET=N with N a whole number >= 0, got {item!r}")
+        if name not in SIZES:
+            raise ChatDataError(f"--train-size: unknown generated set {name!r}; expected one of {', '.join(SIZES)}")
+        sizes[name] = (int(count), SIZES[name][1])
+    return sizes
 
 
 def run_from_args(args) -> int:
@@ -198,7 +215,9 @@ def run_from_args(args) -> int:
     from seekmoe.errors import CLIError
 
     try:
-        report = build_all(args.out, seed=args.seed, progress=sys.stderr.isatty(), skip_missing=args.skip_missing)
+        sizes = train_sizes(args.train_size)
+        report = build_all(args.out, seed=args.seed, sizes=sizes, progress=sys.stderr.isatty(),
+                           skip_missing=args.skip_missing)
     except (ChatDataError, OSError) as e:
         raise CLIError(str(e)) from None
     for s in report["sets"]:
