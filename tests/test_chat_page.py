@@ -1,7 +1,8 @@
 """The chat page in headless Chromium (Debian's, driven by playwright): ask for the key, stream a reply, keep the
-conversation, show tokens/s, and redraw the expert-load heatmap; on a multimodal model, attach images and audio
-(files or a fake microphone) as OpenAI content parts, and read replies aloud. Saves screenshots to
-runs/screenshots/."""
+conversation, show tokens/s, and redraw the expert-load heatmap; render replies as sanitised Markdown, send the
+system prompt, keep conversations across reloads, regenerate and edit; on a multimodal model, attach images and
+audio (files or a fake microphone) as OpenAI content parts, and read replies aloud. No request leaves the server's
+origin. Saves screenshots to runs/screenshots/."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ KEY = "sk-page"
 CHROMIUM = os.environ.get("SEEKMOE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = Path(__file__).resolve().parent.parent / "runs" / "screenshots" / "chat_page.png"
 MM_SCREENSHOT = SCREENSHOT.with_name("chat_page_multimodal.png")
+MD_SCREENSHOT = SCREENSHOT.with_name("chat_page_markdown.png")
 # Waits that only catch a page that never gets there: chromium beside other busy processes can take seconds for a
 # change it makes at once alone (UI_MS), and a reply streams at the speed of a shared CPU (REPLY_MS).
 UI_MS = 30_000
@@ -58,7 +60,8 @@ def url(tmp_path_factory):
 
 
 def test_static_files_are_public_and_the_api_is_not(url):
-    for path in ("/", "/static/chat.js", "/static/chat.css"):
+    for path in ("/", "/static/chat.js", "/static/chat.css", "/static/markdown.js", "/static/store.js",
+                 "/static/vendor/marked.umd.js", "/static/vendor/purify.min.js"):
         assert requests.get(url + path).status_code == 200, path
     for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py"):  # no way out of the folder
         r = requests.get(url + path)
@@ -172,11 +175,13 @@ def browser():
 
 @pytest.fixture
 def chat(browser):
-    """open(url) -> a page holding the key, and `sent`: the JSON body of every /v1/chat/completions request."""
+    """open(url) -> a page holding the key, and `sent`: the JSON body of every /v1/chat/completions request. After
+    the test: no page error, and every request went to the page's own server (nothing from a CDN)."""
     context = browser.new_context(viewport={"width": 1200, "height": 760}, permissions=["microphone"])
     context.add_init_script(f"sessionStorage.setItem('seekmoe-key', '{KEY}')")
     sent: list[dict] = []
     errors: list[str] = []
+    elsewhere: list[str] = []
 
     def open_page(url: str, init_script: str | None = None):
         page = context.new_page()
@@ -184,23 +189,39 @@ def chat(browser):
             page.add_init_script(init_script)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+        page.on("request", lambda r: r.url.startswith((url + "/", "data:", "blob:")) or elsewhere.append(r.url))
         page.goto(url + "/")
-        page.wait_for_function("document.getElementById('model').textContent !== '…'", timeout=UI_MS)
-        page.fill("#max-tokens", "12")
+        ready(page)
         return page
 
     yield open_page, sent
     context.close()
     assert not errors, errors
+    assert not elsewhere, elsewhere
+
+
+def ready(page) -> None:
+    """Waits for the model's name (the key worked); short replies."""
+    page.wait_for_function("document.getElementById('model').textContent !== '…'", timeout=UI_MS)
+    page.fill("#max-tokens", "12")
+
+
+def stored(page) -> dict:
+    """The open conversation as the page keeps it in localStorage."""
+    return page.evaluate("""() => {
+      const s = JSON.parse(localStorage.getItem('seekmoe-chats'));
+      return s.conversations.find((c) => c.id === s.current);
+    }""")
 
 
 def send(page, text: str, messages: int) -> str:
-    """Sends the prompt (and the attachments); waits for `messages` messages and an idle page; returns the reply."""
+    """Sends the prompt (and the attachments); waits for `messages` messages and an idle page; returns the reply as
+    the model wrote it (the page shows it rendered as Markdown)."""
     page.fill("#prompt", text)
     page.click("#send")
     page.wait_for_function(IDLE_AFTER, arg=messages, timeout=REPLY_MS)
     assert not page.text_content("#error"), page.text_content("#error")
-    return page.locator(".msg.assistant").last.text_content()
+    return stored(page)["turns"][-1]["content"]
 
 
 def test_an_image_goes_as_an_image_url_part_and_stays_in_the_history(mm_url, chat):
@@ -306,7 +327,8 @@ def test_a_recording_goes_as_a_16_bit_mono_wav(mm_url, chat):
 def test_a_reply_is_read_aloud(mm_url, chat):
     open_page, _ = chat
     page = open_page(mm_url)
-    reply = send(page, "Hello", 2)
+    send(page, "Hello", 2)
+    reply = page.locator(".msg.assistant").last.text_content()  # what is read: the text, not the Markdown
     speech = "**/v1/audio/speech"
     with page.expect_response(speech, timeout=REPLY_MS) as answer:
         page.click(".speak")
@@ -326,7 +348,8 @@ def test_a_reply_is_read_aloud(mm_url, chat):
 
     page.check("#autoread")  # the next reply is read without a click
     with page.expect_response(speech, timeout=REPLY_MS) as answer:
-        second = send(page, "Again", 4)
+        send(page, "Again", 4)
+    second = page.locator(".msg.assistant").last.text_content()
     assert answer.value.status == 200 and answer.value.request.post_data_json["input"] == second
 
 
@@ -351,3 +374,145 @@ def test_the_servers_word_on_bad_media_is_shown_and_the_attachment_kept(url, mm_
         send(page, "Look", 2)
         assert sent[-1]["messages"] == [{"role": "user", "content": "Look"}]
     assert "reads text only" in expected.json()["error"]["message"]
+
+
+# ---- Markdown, the system prompt, conversations kept across reloads, regenerate and edit --------------------------
+
+MARKDOWN = "Some **bold** words and `code`:\n\n```python\nprint('hi')\n```\n\n- one\n- two\n"
+# model output is untrusted: none of this may run, fetch anything or leave an event handler in the page
+HOSTILE = ("<img src=x onerror=\"alert('onerror')\"> [click](javascript:alert('link')) "
+           "![tracker](http://tracker.invalid/pixel.png) <script>alert('script')</script> **still bold**")
+SEED = """([markdown, hostile]) => localStorage.setItem('seekmoe-chats', JSON.stringify({current: 'c1', conversations: [
+  {id: 'c1', system: '', updated: 1, turns: [
+    {role: 'user', content: 'Show me **Markdown**'}, {role: 'assistant', content: markdown},
+    {role: 'user', content: 'And this?'}, {role: 'assistant', content: hostile}]}]}))"""
+
+
+def reload(page, messages: int) -> None:
+    page.reload()
+    ready(page)
+    page.wait_for_function("n => document.querySelectorAll('.msg').length === n", arg=messages, timeout=UI_MS)
+
+
+def classes(page) -> list[str]:
+    return page.eval_on_selector_all(".msg", "els => els.map(e => e.className)")
+
+
+def test_replies_render_as_markdown_and_nothing_in_them_runs(url, chat):
+    open_page, _ = chat
+    page = open_page(url)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.evaluate(SEED, [MARKDOWN, HOSTILE])  # a conversation as the page would have kept it: the renderer's input
+    reload(page, 4)
+
+    reply = page.locator(".msg.assistant").first
+    assert reply.locator("strong").text_content() == "bold"
+    assert reply.locator(":scope > p code").text_content() == "code"
+    assert reply.locator("pre code").text_content() == "print('hi')\n"
+    assert reply.locator("ul li").all_text_contents() == ["one", "two"]
+    assert "monospace" in page.eval_on_selector(".msg.assistant pre code", "e => getComputedStyle(e).fontFamily")
+    assert page.locator(".msg.user").first.text_content() == "Show me **Markdown**"  # the user's text stays text
+    assert page.locator(".msg.user strong").count() == 0
+
+    hostile = page.locator(".msg.assistant").last
+    assert hostile.locator("strong").text_content() == "still bold"
+    assert "<img src=x onerror=" in hostile.text_content()  # raw HTML shows as text
+    assert page.locator("#messages img, #messages script, #messages [onerror]").count() == 0
+    links = hostile.locator("a").evaluate_all("els => els.map(a => [a.textContent, a.getAttribute('href')])")
+    assert ["tracker", "http://tracker.invalid/pixel.png"] in links  # an image is a link: nothing is fetched
+    assert not any((href or "").lower().startswith("javascript") for _, href in links), links
+    hostile.get_by_text("click", exact=True).click()
+    page.wait_for_timeout(300)
+    assert not dialogs, dialogs
+    page.click("#settings summary")
+    page.fill("#system", "Answer in Markdown.")
+    MD_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(MD_SCREENSHOT), full_page=True)
+    print(f"screenshot: {MD_SCREENSHOT}")
+
+
+def test_the_system_prompt_is_sent_and_kept_across_a_reload(url, chat):
+    open_page, sent = chat
+    page = open_page(url)
+    page.click("#settings summary")
+    page.fill("#system", "Answer like a pirate.")
+    system = {"role": "system", "content": "Answer like a pirate."}
+    first = send(page, "Hello", 2)
+    assert sent[-1]["messages"] == [system, {"role": "user", "content": "Hello"}]
+    second = send(page, "More", 4)
+    history = [system, {"role": "user", "content": "Hello"}, {"role": "assistant", "content": first},
+               {"role": "user", "content": "More"}]
+    assert sent[-1]["messages"] == history
+    streamed = page.locator(".msg.assistant").last.inner_html()
+
+    reload(page, 4)
+    assert classes(page) == ["msg user", "msg assistant"] * 2
+    assert page.is_visible("#system") and page.input_value("#system") == "Answer like a pirate."
+    assert page.locator(".msg.assistant").last.inner_html() == streamed  # drawn from storage as it was streamed
+    send(page, "Go on", 6)  # the conversation goes on where it was
+    assert sent[-1]["messages"] == [*history, {"role": "assistant", "content": second},
+                                    {"role": "user", "content": "Go on"}]
+
+    # a new chat keeps the system prompt and starts empty; the old one is still in the list
+    page.click("#clear")
+    assert page.locator(".msg").count() == 0 and page.input_value("#system") == "Answer like a pirate."
+    assert page.eval_on_selector_all("#conversations option", "os => os.map(o => o.textContent)") == ["New chat",
+                                                                                                      "Hello"]
+    page.select_option("#conversations", label="Hello")
+    assert page.locator(".msg").count() == 6
+    page.click("#delete")
+    assert page.locator(".msg").count() == 0 and stored(page)["turns"] == []
+    reload(page, 0)
+    assert page.eval_on_selector_all("#conversations option", "os => os.map(o => o.textContent)") == ["New chat"]
+
+
+def test_regenerate_replaces_the_last_reply_and_edit_asks_again_from_there(url, chat):
+    open_page, sent = chat
+    page = open_page(url)
+    first = send(page, "Hello", 2)
+    send(page, "Tell me more", 4)
+    # under the last reply only
+    assert page.is_visible("#regenerate") and page.locator("#regenerate").count() == 1
+    assert page.eval_on_selector("#messages", "m => m.lastElementChild.contains(document.getElementById('regenerate'))")
+
+    page.evaluate(RECORD)
+    asked = len(sent)
+    page.click("#regenerate")
+    page.wait_for_function("window.states.includes('generating') && document.body.dataset.state === 'idle'",
+                           timeout=REPLY_MS)
+    assert len(sent) == asked + 1 and page.locator(".msg").count() == 4  # one request more, the same messages
+    assert sent[-1]["messages"] == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": first},
+                                    {"role": "user", "content": "Tell me more"}]
+    turns = stored(page)["turns"]
+    assert len(turns) == 4 and turns[3]["role"] == "assistant" and turns[3]["content"]
+
+    page.evaluate(RECORD)
+    page.locator(".actions.user .edit").first.click()
+    page.fill(".msg.user textarea", "Hi there")
+    page.click(".msg.user .editing .save")
+    page.wait_for_function("window.states.includes('generating') && document.body.dataset.state === 'idle'",
+                           timeout=REPLY_MS)
+    assert sent[-1]["messages"] == [{"role": "user", "content": "Hi there"}]  # the later turns are gone
+    assert classes(page) == ["msg user", "msg assistant"] and page.text_content(".msg.user") == "Hi there"
+    assert [t["role"] for t in stored(page)["turns"]] == ["user", "assistant"]
+    assert not page.text_content("#error")
+
+
+def test_media_too_large_for_the_browsers_storage_are_left_out_of_it(url, chat):
+    open_page, sent = chat
+    page = open_page(url)
+    kept = page.evaluate("""async () => {
+      const {newConversation, save} = await import('/static/store.js');
+      const chat = newConversation();
+      const image = {type: 'image_url', image_url: {url: 'data:image/png;base64,' + 'A'.repeat(16 * 2 ** 20)}};
+      chat.turns.push({role: 'user', content: [image, {type: 'text', text: 'Look'}]},
+                      {role: 'assistant', content: 'A picture.'});
+      return save([chat], chat) && chat.turns[0].content.length;  // the page's own copy keeps the image
+    }""")
+    assert kept == 2
+    assert stored(page)["turns"][0] == {"role": "user", "content": "Look", "dropped": 1}
+    reload(page, 2)
+    assert "1 attachment not kept" in page.text_content(".msg.user")
+    send(page, "And now?", 4)
+    assert sent[-1]["messages"][0] == {"role": "user", "content": "Look"}

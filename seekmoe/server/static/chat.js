@@ -1,12 +1,18 @@
-// The chat page: streams /v1/chat/completions with fetch, keeps the conversation, and draws the per-layer expert
-// load from /v2/expert_load on a canvas. Images and audio (files or the microphone) go with a message as OpenAI
-// content parts; replies can be read aloud by /v1/audio/speech. Plain script, no build step; the key lives in
-// sessionStorage only.
-"use strict";
+// The chat page: streams /v1/chat/completions with fetch, renders replies as Markdown, keeps conversations (with
+// their system prompts) in localStorage across reloads, regenerates the last reply or re-asks from an edited
+// question, and draws the per-layer expert load from /v2/expert_load on a canvas. Images and audio (files or the
+// microphone) go with a message as OpenAI content parts; replies can be read aloud by /v1/audio/speech. Plain ES
+// modules, no build step; the key lives in sessionStorage only.
+
+import {renderMarkdown} from "./markdown.js";
+import {load, newConversation, save, title} from "./store.js";
 
 const $ = (id) => document.getElementById(id);
-const turns = [];  // {role, content}: every turn is sent again, as OpenAI's API expects
 const pending = [];  // the attachments of the next message: {kind, name, url (data: URL), part (its content part)}
+const stored = load();
+const conversations = stored.conversations;  // every turn of the open one is sent again, as OpenAI's API expects
+let conversation = conversations.find((c) => c.id === stored.current) ?? newConversation();
+if (!conversations.includes(conversation)) conversations.unshift(conversation);
 let controller = null;  // aborts the running request
 let baseline = null;  // the expert counts when the page loaded: the heatmap shows what came after
 let recorder = null;  // the microphone recording in progress
@@ -52,21 +58,100 @@ async function api(path, options = {}) {
 
 function showError(message) { $("error").textContent = message; }
 
-// ---- chat --------------------------------------------------------------------------------------------------------
+// ---- the conversation ---------------------------------------------------------------------------------------------------
 
-function addMessage(role, text, attachments = []) {
-  const div = document.createElement("div");
-  div.className = `msg ${role}`;
-  if (attachments.length) {
-    const media = document.createElement("div");
-    media.className = "media";
-    media.append(...attachments.map(preview));
-    div.append(media);
+// the media and the text of a turn's content: a string, or OpenAI content parts
+function split(content) {
+  if (typeof content === "string") return {text: content, media: []};
+  const media = content.filter((p) => p.type !== "text").map((p) => (p.type === "image_url"
+    ? {kind: "image", name: "attached image", url: p.image_url.url}
+    : {kind: "audio", name: "attached audio", url: `data:audio/${p.input_audio.format};base64,${p.input_audio.data}`}));
+  return {text: content.filter((p) => p.type === "text").map((p) => p.text).join("\n"), media};
+}
+
+// media first, then the text: the order the model was trained on; a plain string when there are no media
+const contentOf = (text, parts) => (parts.length ? [...parts, ...(text ? [{type: "text", text}] : [])] : text);
+
+function actionButton(label, className, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.textContent = label;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+// a message and the row of its buttons under it (outside it: the message's text stays the turn's); user messages
+// are plain text, the assistant's are Markdown
+function showTurn(turn) {
+  const msg = document.createElement("div");
+  msg.className = `msg ${turn.role}`;
+  const actions = document.createElement("div");
+  actions.className = `actions ${turn.role}`;
+  if (turn.role === "user") {
+    const {text, media} = split(turn.content);
+    if (media.length || turn.dropped) {
+      const box = document.createElement("div");
+      box.className = "media";
+      box.append(...media.map(preview));
+      if (turn.dropped) box.append(`(${turn.dropped} attachment${turn.dropped > 1 ? "s" : ""} not kept: too large `
+                                   + "for the browser's storage)");
+      msg.append(box);
+    }
+    msg.append(text);
+    actions.append(actionButton("✎ edit", "edit", () => edit(turn, msg)));
+  } else {
+    renderMarkdown(msg, turn.content);
+    if (turn.content) speakButton(msg, actions);
   }
-  div.append(text);
-  $("messages").appendChild(div);
+  $("messages").append(msg, actions);
   $("messages").scrollTop = $("messages").scrollHeight;
-  return div;
+  return {msg, actions};
+}
+
+// "regenerate" sits under the last message, whichever it is (a reply, or a question whose reply failed)
+const regenerateButton = actionButton("↻ regenerate", "regenerate", () => regenerate());
+regenerateButton.id = "regenerate";
+function placeRegenerate() {
+  const last = $("messages").lastElementChild;
+  regenerateButton.hidden = !last || controller !== null;
+  if (last) last.append(regenerateButton);
+}
+
+function showConversation() {
+  stopSpeaking();
+  $("messages").replaceChildren();
+  conversation.turns.forEach(showTurn);
+  $("system").value = conversation.system;
+  if (conversation.system) $("settings").open = true;
+  $("tps").textContent = "–";
+  placeRegenerate();
+  showConversations();
+}
+
+function showConversations() {
+  const listed = conversations.filter((c) => c.turns.length || c === conversation)
+    .sort((a, b) => b.updated - a.updated);
+  $("conversations").replaceChildren(...listed.map((c) => new Option(title(c), c.id, false, c === conversation)));
+}
+
+// writes every conversation to localStorage; `changed` moves to the top of the list
+function persist(changed = null) {
+  if (changed) changed.updated = Date.now();
+  if (!save(conversations, conversation)) showError("the browser's storage is full: this conversation will not "
+                                                    + "survive a reload");
+  showConversations();
+}
+
+function switchTo(next) {
+  if (controller) controller.abort();  // the partial reply stays with the conversation it belongs to
+  const open = conversations.indexOf(conversation);
+  if (!conversation.turns.length && open >= 0 && next !== conversation) conversations.splice(open, 1);
+  if (!conversations.includes(next)) conversations.unshift(next);
+  conversation = next;
+  persist();
+  showError("");
+  showConversation();
 }
 
 // yields the JSON of each `data:` event of a server-sent event stream, until `data: [DONE]`
@@ -92,22 +177,28 @@ async function* events(body) {
   }
 }
 
-async function send(text, attachments) {
-  // media first, then the text: the order the model was trained on; a plain string when there are no media
-  const content = attachments.length
-    ? [...attachments.map((a) => a.part), ...(text ? [{type: "text", text}] : [])] : text;
-  turns.push({role: "user", content});
-  const question = addMessage("user", text, attachments);
-  const bubble = addMessage("assistant", "");
+// streams the model's next turn of the open conversation into a new message; true when the server refused it
+async function ask() {
+  const conv = conversation;  // a switch while it streams aborts it; what came is kept with this one
+  const {msg: bubble, actions} = showTurn({role: "assistant", content: ""});
+  const history = conv.turns.map(({role, content}) => ({role, content}));  // `dropped` is ours, not the API's
   const body = {
-    messages: turns, stream: true, stream_options: {include_usage: true},
+    messages: conv.system.trim() ? [{role: "system", content: conv.system}, ...history] : history,
+    stream: true, stream_options: {include_usage: true},
     temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
   };
   controller = new AbortController();
   setBusy(true);
   const poll = setInterval(refreshLoad, 500);
   const started = performance.now();
-  let first = null, pieces = 0, reply = "", failed = false, finished = false;
+  let first = null, pieces = 0, reply = "", failed = false, finished = false, frame = null;
+  // Markdown is parsed again from the start at each draw: the first piece shows at once, then once per frame at
+  // most, however fast pieces come
+  const draw = () => {
+    frame = null;
+    renderMarkdown(bubble, reply);
+    $("messages").scrollTop = $("messages").scrollHeight;
+  };
   try {
     const res = await api("/v1/chat/completions", {method: "POST", body: JSON.stringify(body),
                                                      signal: controller.signal});
@@ -118,9 +209,9 @@ async function send(text, attachments) {
         first ??= performance.now();
         pieces += 1;
         reply += delta;
-        bubble.textContent = reply;
         bubble.dataset.chunks = pieces;
-        $("messages").scrollTop = $("messages").scrollHeight;
+        if (pieces === 1) draw();
+        else frame ??= requestAnimationFrame(draw);
         showSpeed(pieces, first, false);
       }
       if (chunk.usage) showSpeed(chunk.usage.completion_tokens, first ?? started, true);
@@ -130,23 +221,86 @@ async function send(text, attachments) {
     failed = e.name !== "AbortError";
     if (failed && e.message !== "unauthorized") showError(e.message);
   } finally {
+    if (frame !== null) cancelAnimationFrame(frame);
+    draw();
     clearInterval(poll);
     controller = null;
     setBusy(false);
     refreshLoad();
   }
   if (reply) {
-    turns.push({role: "assistant", content: reply});
-    const button = speakButton(bubble);
-    if (finished && $("autoread").checked) speak(button);
-  } else if (failed) {  // refused (bad media, no key...): the message goes back to the composer, to fix or drop
-    turns.pop();
-    question.remove();
+    conv.turns.push({role: "assistant", content: reply});
+    persist(conv);
+    const button = speakButton(bubble, actions);
+    if (finished && $("autoread").checked && conv === conversation) speak(button);
+  } else {
     bubble.remove();
+    actions.remove();
+  }
+  placeRegenerate();
+  return failed && !reply;
+}
+
+async function send(text, attachments) {
+  const turn = {role: "user", content: contentOf(text, attachments.map((a) => a.part))};
+  const conv = conversation;
+  conv.turns.push(turn);
+  persist(conv);
+  const question = showTurn(turn);
+  if (await ask()) {  // refused (bad media, no key...): the message goes back to the composer, to fix or drop
+    conv.turns.splice(conv.turns.indexOf(turn), 1);
+    persist();
+    question.msg.remove();
+    question.actions.remove();
+    placeRegenerate();
     if (!$("prompt").value) $("prompt").value = text;
     pending.unshift(...attachments);
     showAttachments();
-  } else if (!bubble.textContent) bubble.remove();
+  }
+}
+
+// drops the last reply and asks again with the same history
+function regenerate() {
+  if (controller || !conversation.turns.length) return;
+  if (conversation.turns.at(-1).role === "assistant") conversation.turns.pop();
+  persist(conversation);
+  showError("");
+  showConversation();
+  ask();
+}
+
+// a user message becomes a text box; sending it drops every later turn and asks again from there (its media stay)
+function edit(turn, msg) {
+  if (controller || msg.querySelector("form")) return;
+  const {text, media} = split(turn.content);
+  const form = document.createElement("form");
+  form.className = "editing";
+  const box = document.createElement("textarea");
+  box.value = text;
+  box.rows = Math.min(10, text.split("\n").length + 1);
+  box.setAttribute("aria-label", "the message, edited");
+  const ok = document.createElement("button");
+  ok.className = "save";
+  ok.textContent = "Send";
+  form.append(box, ok, actionButton("Cancel", "cancel", () => showConversation()));
+  msg.replaceChildren(...[...msg.querySelectorAll(".media")], form);
+  box.focus();
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+    if (e.key === "Escape") showConversation();
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const edited = box.value.trim();
+    const index = conversation.turns.indexOf(turn);
+    if ((!edited && !media.length) || controller || index < 0) return;
+    const parts = typeof turn.content === "string" ? [] : turn.content.filter((p) => p.type !== "text");
+    conversation.turns.splice(index, Infinity, {...turn, content: contentOf(edited, parts)});
+    persist(conversation);
+    showError("");
+    showConversation();
+    ask();
+  });
 }
 
 function showSpeed(tokens, since, final) {
@@ -160,6 +314,7 @@ function setBusy(busy) {
   document.body.dataset.state = busy ? "generating" : "idle";
   $("send").disabled = busy;
   $("stop").disabled = !busy;
+  regenerateButton.hidden = busy || !$("messages").lastElementChild;
 }
 
 $("composer").addEventListener("submit", async (e) => {
@@ -176,13 +331,30 @@ $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
-$("clear").addEventListener("click", () => {
-  if (controller) controller.abort();
-  stopSpeaking();
-  turns.length = 0;
-  $("messages").replaceChildren();
-  $("tps").textContent = "–";
+$("clear").addEventListener("click", () => switchTo(newConversation($("system").value)));  // same system prompt
+$("delete").addEventListener("click", () => {
+  conversations.splice(conversations.indexOf(conversation), 1);
+  switchTo(conversations.filter((c) => c.turns.length).sort((a, b) => b.updated - a.updated)[0]
+           ?? newConversation());
 });
+$("conversations").addEventListener("change", () => {
+  switchTo(conversations.find((c) => c.id === $("conversations").value));
+});
+
+// the system prompt is saved a moment after typing stops, or when the page goes first (only then: a page that
+// saved everything as it went would overwrite what another tab wrote since)
+let systemTimer = null;
+function saveSystem() {
+  clearTimeout(systemTimer);
+  systemTimer = null;
+  persist(conversation);
+}
+$("system").addEventListener("input", () => {
+  conversation.system = $("system").value;
+  clearTimeout(systemTimer);
+  systemTimer = setTimeout(saveSystem, 400);
+});
+window.addEventListener("pagehide", () => systemTimer !== null && saveSystem());
 
 // ---- attachments -------------------------------------------------------------------------------------------------
 
@@ -345,15 +517,15 @@ $("record").addEventListener("click", async () => {
 
 // ---- reading replies aloud ---------------------------------------------------------------------------------------
 
-// a "read aloud" button under an assistant message (outside it: the message's text stays the reply)
-function speakButton(bubble) {
+// a "read aloud" button in the row under an assistant message; it reads the rendered text, not the Markdown
+function speakButton(bubble, actions) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "speak";
   button.textContent = "▶ read aloud";
   button.reply = bubble.textContent;
   button.addEventListener("click", () => (playing?.button === button ? stopSpeaking() : speak(button)));
-  bubble.after(button);
+  actions.append(button);
   return button;
 }
 
@@ -461,4 +633,5 @@ async function start() {
 }
 
 drawScale();
+showConversation();
 start();
