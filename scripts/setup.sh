@@ -2,8 +2,9 @@
 # Create or update the virtual environment in .venv (or $SEEKMOE_VENV).
 #   scripts/setup.sh        what running seekmoe needs (and Debian's espeak-ng for /v1/audio/speech, installed with
 #                           apt-get when root)
-#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, lm-eval, and
-#                           Debian's chromium for the chat page's browser test, installed with apt-get when root)
+#   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, lm-eval, the
+#                           client packages with openai-node from npm when npm is there, and Debian's chromium for
+#                           the chat page's browser test, installed with apt-get when root)
 # torch is installed first as the CPU build 2.13.0, so no later requirement can pull a multi-GB CUDA build;
 # a torch already in the environment is kept.
 set -euo pipefail
@@ -42,4 +43,13 @@ if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 "${pip[@]}" install -q -e ".${extras}"
+if [ "${1:-}" = "test" ]; then
+    # openai-node for tests/clients/test_openai_node.py, at the version package-lock.json pins
+    if command -v npm >/dev/null 2>&1; then
+        npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error >/dev/null \
+            || echo "setup.sh: npm ci failed; tests/clients/test_openai_node.py will skip" >&2
+    else
+        echo "setup.sh: no node/npm; tests/clients/test_openai_node.py will skip" >&2
+    fi
+fi
 "$venv/bin/python" -c "import torch, seekmoe; print('seekmoe', seekmoe.__version__, '| torch', torch.__version__)"
