@@ -2,7 +2,7 @@
 from the run's own records and bench/chat_eval.py's before/after results.
 
     .venv/bin/python scripts/bundle_chat_model.py RUN EVAL_JSON OUT [--name seekmoe-tiny-chat] \
-        [--media-eval AFTER.json [--media-before BEFORE.json]]
+        [--chat-data data/chat2] [--media-eval AFTER.json [--media-before BEFORE.json]]
 
 RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/) or a
 `seekmoe train-multimodal` one (settings.json, stage1/, stage2/, model/ with its encoders); when its base model is
@@ -151,6 +151,8 @@ def goal_rows(before: dict, after: dict) -> list[tuple[str, str, str, str, bool]
          _pct(paraphrased(after)), paraphrased(after) >= 0.97),
         ("a first-turn fact recalled after ≥ 5 further turns", "≥ 90%", _pct(before["recall_after_5_turns"]),
          _pct(after["recall_after_5_turns"]), after["recall_after_5_turns"] >= 0.9),
+        ("the same in Chinese dialogues", "≥ 90%", _pct(before.get("recall_after_5_turns_zh", float("nan"))),
+         _pct(after.get("recall_after_5_turns_zh", float("nan"))), after.get("recall_after_5_turns_zh", 0) >= 0.9),
         (f"math with the tool: final answer right ({c['arithmetic']} word problems)", "≥ 90%",
          _pct(before["arithmetic_tool_accuracy"]), _pct(after["arithmetic_tool_accuracy"]),
          after["arithmetic_tool_accuracy"] >= 0.9),
@@ -199,13 +201,6 @@ spoke in training){"; before: the multimodal model of issue 9, not bundled" if m
     for ex in after.get("tool_examples", [])[:2]:
         calls = ", ".join(f"{c['name']} {c['arguments']}" for c in ex["calls"])
         examples += f"\n- *{ex['asked']}* → calls {calls} → `{ex['said']}`"
-    mixes = ("\n.venv/bin/python scripts/sft_mix.py --out runs/sft-mix2"
-             "\n.venv/bin/seekmoe data multimodal --out data/mm") if sees else ""
-    for r in chain:  # a text folder made of links to some of another's files: the command that makes it
-        text = Path(run_config(r).get("text") or "") if is_multimodal(r) else None
-        if text and text.is_dir() and all(f.is_symlink() for f in text.iterdir()):
-            sources = " ".join(f'"$PWD"/{f.resolve().relative_to(Path.cwd())}' for f in sorted(text.iterdir()))
-            mixes += f"\nmkdir -p {text} && ln -sf {sources} {text}/"
     seeing = (", then taught to see and hear (image and audio encoders, `seekmoe train-multimodal`)", " It names "
               "the digit or garment in an attached picture and what an attached recording says (digits, everyday "
               "phrases).") if sees else ("", "")
@@ -245,8 +240,9 @@ Some answers of {name}:
 ## Data and licenses
 Pretraining: `scripts/get_corpus.sh` (novels, scripture, Shakespeare, US presidential addresses, Python
 documentation, classical Chinese; see seekmoe-tiny's card) and `seekmoe data copy` (generated, Apache-2.0).
-Fine-tuning: `seekmoe data chat --out data/chat` (the files are in the repository), and `scripts/sft_mix.py`,
-which adds plain-text paragraphs of the corpus and copy documents:
+Fine-tuning: `seekmoe data chat` (the default sizes are in the repository's data/chat; the last stage's sets,
+below, are `recipes/{name}-data.sh`'s), and `scripts/sft_mix.py`, which adds plain-text paragraphs of the corpus,
+copy documents and chats that need no tool:
 
 | set | origin | license | train | val |
 |---|---|---|---|---|
@@ -255,12 +251,7 @@ which adds plain-text paragraphs of the corpus and copy documents:
 ## Reproduce
 ```bash
 scripts/get_corpus.sh
-.venv/bin/seekmoe data chat --out data/chat
-.venv/bin/seekmoe data copy --out data/copy --docs 60000 --filler data/corpus
-.venv/bin/seekmoe data prepare data/corpus/{{austen,moby_dick,python_docs,shakespeare,sotu,web}} \\
-    data/corpus/chinese_poetry/{{lunyu,shijing,song_ci,yuan_qu}}.txt data/copy \\
-    --tokenizer seekmoe/models/seekmoe-tiny --out runs/shards-copy
-.venv/bin/python scripts/sft_mix.py --out runs/sft-mix --no-tool 0{mixes}
+bash recipes/{name}-data.sh  # every data set below, as each stage used it
 {recipes}
 .venv/bin/python bench/chat_eval.py {before['model']} {run}/model --summary-methods hybrid --json {run}/eval.json
 .venv/bin/python scripts/bundle_chat_model.py {run} {run}/eval.json seekmoe/models/{name}
@@ -274,12 +265,14 @@ def main() -> None:
     parser.add_argument("eval", type=Path, help="bench/chat_eval.py --json output: the base model, then the run's")
     parser.add_argument("out", type=Path, help="the model folder to write")
     parser.add_argument("--name", default="seekmoe-tiny-chat", help="model name in the card")
+    parser.add_argument("--chat-data", type=Path, default=Path("data/chat"),
+                        help="the `seekmoe data chat` folder of the last fine-tuning stage (its SOURCES.json)")
     parser.add_argument("--media-eval", type=Path, help="seekmoe eval-multimodal RUN/model --json output")
     parser.add_argument("--media-before", type=Path, help="the same for the model to compare with")
     args = parser.parse_args()
     results = json.loads(args.eval.read_text())
     before, after = results[0], results[-1]
-    sources = json.loads((Path("data/chat") / "SOURCES.json").read_text())
+    sources = json.loads((args.chat_data / "SOURCES.json").read_text())
     model = load_model(args.run / "model", dtype="bfloat16")
     save_model(model, args.out)
     for f in ("tokenizer.json", "tokenizer_config.json", "multimodal.safetensors"):

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The data behind the bundled seekmoe-tiny-chat, in the order its stages used it (the model card's Reproduce
+# section runs this after scripts/get_corpus.sh, from the repository root).
+#
+# The stages up to runs/mm-chat3 were fine-tuned on data/chat as it was before made-up facts, the wider intent
+# phrasings and the Chinese dialogues (commit bb0222b), taken from git into data/chat-s10; runs/mm-chat4 on
+# data/chat2 before its Chinese dialogues existed (runs/sft-mix3), runs/mm-chat5 with them (runs/sft-mix4).
+set -euo pipefail
+seekmoe=.venv/bin/seekmoe
+python=.venv/bin/python
+
+# continued pretraining: the corpus plus copy documents
+$seekmoe data copy --out data/copy --docs 60000 --filler data/corpus
+$seekmoe data prepare data/corpus/{austen,moby_dick,python_docs,shakespeare,sotu,web} \
+    data/corpus/chinese_poetry/{lunyu,shijing,song_ci,yuan_qu}.txt data/copy \
+    --tokenizer seekmoe/models/seekmoe-tiny --out runs/shards-copy
+
+# fine-tuning and the first media stages
+mkdir -p data/chat-s10 && git archive bb0222b data/chat | tar -x --strip-components=2 -C data/chat-s10
+$python scripts/sft_mix.py --chat data/chat-s10 --out runs/sft-mix --no-tool 0
+$python scripts/sft_mix.py --chat data/chat-s10 --out runs/sft-mix2
+$seekmoe data multimodal --out data/mm
+mkdir -p runs/sft-text
+ln -sf "$PWD"/runs/sft-mix2/copy.train.jsonl "$PWD"/runs/sft-mix2/text.train.jsonl runs/sft-text/
+
+# the later stages: made-up facts to recall, more intent phrasings, Chinese dialogues
+$seekmoe data chat --out data/chat2 --train-size dialogues=10000 --train-size arithmetic_tools=4000
+$python scripts/sft_mix.py --chat data/chat2 --out runs/sft-mix4
+$python scripts/sft_mix.py --chat data/chat2 --out runs/sft-mix3
+rm runs/sft-mix3/dialogues_zh.*  # written after runs/mm-chat4 had started
