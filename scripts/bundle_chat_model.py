@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -171,8 +173,9 @@ def paraphrased(r: dict) -> float:
 
 
 def card(name: str, run: Path, sources: dict, before: dict, after: dict, model,
-         media: tuple[dict, dict | None] | None = None) -> str:
-    """media: eval-multimodal's accuracy of this model and of the one compared with (or None)."""
+         media: tuple[dict, dict | None, str] | None = None, invocation: str = "") -> str:
+    """media: eval-multimodal's accuracy of this model and of the one compared with (or None), and what that one is.
+    invocation: this script's arguments, for the card's Reproduce section."""
     report = inspect_config(model.config)
     chain = stages(run)
     recipes = "\n".join(command(r) for r in chain)
@@ -181,9 +184,9 @@ def card(name: str, run: Path, sources: dict, before: dict, after: dict, model,
     if media:
         media_section = f"""
 Held-out media, asked through the chat interface (`seekmoe eval-multimodal`, greedy; the speech test voices never
-spoke in training){"; before: the multimodal model of issue 9, not bundled" if media[1] else ""}:
+spoke in training){f"; before: {media[2]}" if media[1] else ""}:
 
-{media_table(*media)}
+{media_table(media[0], media[1])}
 """
     sets = sorted(set(after["val_loss"]) & set(before["val_loss"]))
     loss_rows = "\n".join(f"| {s} | {before['val_loss'][s]:.3f} | {after['val_loss'][s]:.3f} |" for s in sets)
@@ -241,8 +244,8 @@ Some answers of {name}:
 Pretraining: `scripts/get_corpus.sh` (novels, scripture, Shakespeare, US presidential addresses, Python
 documentation, classical Chinese; see seekmoe-tiny's card) and `seekmoe data copy` (generated, Apache-2.0).
 Fine-tuning: `seekmoe data chat` (the default sizes are in the repository's data/chat; the last stage's sets,
-below, are `recipes/{name}-data.sh`'s), and `scripts/sft_mix.py`, which adds plain-text paragraphs of the corpus,
-copy documents and chats that need no tool:
+below, are `recipes/{name}-data.sh`'s), and `scripts/sft_mix.py`, which adds plain-text paragraphs of the
+corpus, copy documents and chats that need no tool:
 
 | set | origin | license | train | val |
 |---|---|---|---|---|
@@ -254,7 +257,7 @@ scripts/get_corpus.sh
 bash recipes/{name}-data.sh  # every data set below, as each stage used it
 {recipes}
 .venv/bin/python bench/chat_eval.py {before['model']} {run}/model --summary-methods hybrid --json {run}/eval.json
-.venv/bin/python scripts/bundle_chat_model.py {run} {run}/eval.json seekmoe/models/{name}
+.venv/bin/python scripts/bundle_chat_model.py {invocation}
 ```
 """
 
@@ -269,6 +272,8 @@ def main() -> None:
                         help="the `seekmoe data chat` folder of the last fine-tuning stage (its SOURCES.json)")
     parser.add_argument("--media-eval", type=Path, help="seekmoe eval-multimodal RUN/model --json output")
     parser.add_argument("--media-before", type=Path, help="the same for the model to compare with")
+    parser.add_argument("--media-before-name", default="the chat model bundled before",
+                        help="what --media-before measured, in the card")
     args = parser.parse_args()
     results = json.loads(args.eval.read_text())
     before, after = results[0], results[-1]
@@ -281,8 +286,9 @@ def main() -> None:
     media = None
     if args.media_eval:
         media = (json.loads(args.media_eval.read_text()),
-                 json.loads(args.media_before.read_text()) if args.media_before else None)
-    text = card(args.name, args.run, sources, before, after, model, media)
+                 json.loads(args.media_before.read_text()) if args.media_before else None, args.media_before_name)
+    invocation = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = card(args.name, args.run, sources, before, after, model, media, invocation)
     (args.out / "README.md").write_text(text, encoding="utf-8")
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
