@@ -99,7 +99,7 @@ def test_a_summary_stops_when_its_client_leaves(server):
     # Run to its end, this summary takes over two minutes here (~95k characters take 15 s); cancelled, it stops
     # within one batch of generation.
     deadline = time.monotonic() + 60
-    while serving.summaries_waiting or engine.requests:
+    while serving.summary_queue.waiting or engine.requests:
         assert time.monotonic() < deadline, "the summary went on after its client left"
         time.sleep(0.1)
     assert requests.get(f"{url}/health", timeout=10).status_code == 200

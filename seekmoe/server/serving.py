@@ -65,6 +65,32 @@ async def on_thread(pool: ThreadPoolExecutor, fn: Callable[[Callable[[], bool]],
         raise
 
 
+class WorkQueue:
+    """Threads of the server's own for work beside the engine's requests (summaries, embeddings), and how much may
+    wait for them: past `limit` running or waiting, a request is refused at once (QueueFull)."""
+
+    def __init__(self, threads: int, limit: int, what: str, name: str):
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.limit, self.what = limit, what
+        self.waiting = 0  # until its thread is done with it, not until its client stops waiting
+        self._lock = threading.Lock()  # decremented on the pool's threads
+
+    async def run(self, fn: Callable[[Callable[[], bool]], T]) -> T:
+        """fn(cancelled) on one of the threads, as on_thread runs it."""
+        if self.waiting >= self.limit:
+            raise QueueFull(f"{self.waiting} {self.what} are running or waiting")
+        with self._lock:
+            self.waiting += 1
+        return await on_thread(self.pool, fn, done=self._done)
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self.waiting -= 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _sampler_seed(seed: int) -> int:
     """OpenAI's seed is any int64, the sampler's is in [0, 2**63): a negative seed wraps (-1 samples as 2**63 - 1
     does), so each seed still gives the same text, and one >= 0 the same as `seekmoe generate --seed`."""
@@ -91,11 +117,9 @@ class Serving:
             self.tool_pool = WorkerPool()  # warm worker processes: a call does not pay for a process start
             for plugin in self.tools.values():
                 self.tool_pool.warm(plugin)  # while the model loads anyway: the first request does not wait
-        self.summaries = ThreadPoolExecutor(SUMMARY_WORKERS, thread_name_prefix="seekmoe-summary")
-        self.summaries_waiting = 0  # submitted to those threads and not done
-        self._waiting_lock = threading.Lock()  # the counts of work waiting for the server's own threads
-        self.embedder = ThreadPoolExecutor(1, thread_name_prefix="seekmoe-embed")
-        self.embeddings_waiting = 0  # as summaries_waiting
+        self.summary_queue = WorkQueue(SUMMARY_WORKERS, SUMMARY_WORKERS + config.max_waiting_summaries, "summaries",
+                                       "seekmoe-summary")
+        self.embedding_queue = WorkQueue(1, MAX_WAITING_EMBEDDINGS, "embedding requests", "seekmoe-embed")
         self.created = int(time.time())
         self.context = llm.context_length
         # No text of more characters than this fits the context, whatever it holds: every token stands for at most
@@ -105,8 +129,8 @@ class Serving:
 
     def close(self) -> None:
         self.llm.close()
-        self.summaries.shutdown(wait=False, cancel_futures=True)
-        self.embedder.shutdown(wait=False, cancel_futures=True)
+        self.summary_queue.close()
+        self.embedding_queue.close()
         if self.tool_pool is not None:
             self.tool_pool.close()
 
@@ -152,21 +176,13 @@ class Serving:
         if len(body.text) > limit:
             raise too_large(f"text is {len(body.text)} characters; this server summarises at most {limit} "
                             "(seekmoe serve --max-summary-chars)", param="text", code="text_too_long")
-        if self.summaries_waiting >= SUMMARY_WORKERS + self.config.max_waiting_summaries:
-            raise http_error(QueueFull(f"{self.summaries_waiting} summaries are running or waiting"))
-        with self._waiting_lock:
-            self.summaries_waiting += 1  # until its thread is done with it, not until its client stops waiting
         try:
-            summary = await on_thread(self.summaries, lambda cancelled: self.llm.generate_summary(
-                body.text, body.max_length, body.style, body.method, cancelled=cancelled), done=self._summary_done)
+            summary = await self.summary_queue.run(lambda cancelled: self.llm.generate_summary(
+                body.text, body.max_length, body.style, body.method, cancelled=cancelled))
         except (SummaryError, QueueFull) as e:
             raise http_error(e) from None
         tokens = len(self.llm.tokenizer.encode(summary))
         return s.SummarizeResponse(summary=summary, summary_tokens=tokens, style=body.style, method=body.method)
-
-    def _summary_done(self, future) -> None:
-        with self._waiting_lock:
-            self.summaries_waiting -= 1
 
     async def completion(self, body: s.CompletionRequest, log: RequestLog) -> s.CompletionResponse | Stream:
         """echo: each text starts with its prompt, and with logprobs so do the logprobs (the first token's are null):
@@ -258,23 +274,16 @@ class Serving:
         for ids in prompts:
             if len(ids) > self.context:
                 raise context_exceeded(self.context, "input", len(ids), 0, param="input")
-        if self.embeddings_waiting >= MAX_WAITING_EMBEDDINGS:
-            raise http_error(QueueFull(f"{self.embeddings_waiting} embedding requests are running or waiting"))
-        with self._waiting_lock:
-            self.embeddings_waiting += 1
         try:
-            vectors = await on_thread(self.embedder, lambda cancelled: self.llm.embed(prompts, cancelled),
-                                      done=self._embedding_done)
+            vectors = await self.embedding_queue.run(lambda cancelled: self.llm.embed(prompts, cancelled))
+        except QueueFull as e:
+            raise http_error(e) from None
         except EngineError as e:
             raise http_error(e, param="input") from None
         data = [s.Embedding(index=i, embedding=_encoded(v, body.encoding_format)) for i, v in enumerate(vectors)]
         tokens = sum(map(len, prompts))
         return s.EmbeddingResponse(data=data, model=self.model_name,
                                    usage=s.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
-
-    def _embedding_done(self, future) -> None:
-        with self._waiting_lock:
-            self.embeddings_waiting -= 1
 
     async def _embedding_prompts(self, given: str | list) -> list[list[int]]:
         """The inputs' token ids (texts with their BOS, as a prompt gets it); none may be empty."""
