@@ -21,8 +21,7 @@ from seekmoe.model.model import CausalLM
 @torch.inference_mode()
 def embed(model: CausalLM, prompts: list[list[int]]) -> torch.Tensor:
     """(B, D) float32 unit rows, one a prompt (each a non-empty list of token ids)."""
-    m = model.model
-    device = m.embed_tokens.weight.device
+    device = model.model.embed_tokens.weight.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
     t = int(lengths.max())
     # right padding changes nothing of the real tokens: attention is causal, so none sees a pad after it, and
@@ -30,11 +29,8 @@ def embed(model: CausalLM, prompts: list[list[int]]) -> torch.Tensor:
     ids = torch.zeros(len(prompts), t, dtype=torch.long, device=device)  # (B, T)
     for i, p in enumerate(prompts):
         ids[i, :len(p)] = torch.tensor(p, device=device)
-    cos, sin = m.rotary_emb(torch.arange(t, device=device).expand(len(prompts), t))  # (B, T, R/2)
-    x = m.embed_tokens(ids)  # (B, T, D)
-    for layer in m.layers:
-        x, _ = layer(x, cos, sin)
-    h = m.norm(x).float()  # (B, T, D): summed in float32, a bf16 sum of thousands of rows loses digits
+    # (B, T, D), summed in float32: a bf16 sum of thousands of rows loses digits
+    h = model.hidden_states(ids)[0].float()
     real = (torch.arange(t, device=device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
     mean = (h * real).sum(dim=1) / lengths[:, None]  # (B, D)
     return F.normalize(mean, dim=-1).cpu()

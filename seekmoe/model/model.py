@@ -439,6 +439,19 @@ class CausalLM(nn.Module):
     ) -> torch.Tensor | CausalLMOutput:
         """capacity_factor drops the pairs each expert cannot take (training); inference leaves it None.
         inputs_embeds (B, T, D) replaces the token embedding lookup (multimodal prompts splice media in there)."""
+        h, routing = self.hidden_states(input_ids, positions, capacity_factor, inputs_embeds)
+        logits = self.lm_head(h)
+        return CausalLMOutput(logits, routing) if return_routing else logits
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        capacity_factor: float | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[Routing]]:
+        """The last layer's states after the final norm (B, T, D), what the output head reads, and the routing of
+        each MoE layer; the arguments as forward's."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, t = input_ids.shape
@@ -451,8 +464,7 @@ class CausalLM(nn.Module):
             x, r = layer(x, cos, sin, capacity_factor)
             if r is not None:
                 routing.append(r)
-        logits = self.lm_head(self.model.norm(x))
-        return CausalLMOutput(logits, routing) if return_routing else logits
+        return self.model.norm(x), routing
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
