@@ -1,10 +1,137 @@
 /* Decode kernels (AVX2 + FMA): matrix-vector products that stream weights row by row with independent
- * accumulators, in float32 or int8 widened to float32, and one token's SwiGLU experts in one call.
+ * accumulators, in float32 or int8 widened to float32, and one token's SwiGLU experts in one call. Each call splits
+ * its weight rows over a pool of threads that lives as long as the process: one core streams only part of what the
+ * memory gives (a decode step is bound by how fast weights stream), and OpenMP's wake-up per call costs more than a
+ * small product takes.
  * Built by seekmoe/model/kernels.py with the system C compiler; any build failure falls back to torch.
  */
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* ---- the thread pool ------------------------------------------------------------------------------------------ */
+/* The caller is thread 0 and works too. Between jobs the workers spin for SPIN_NS (the next product of a decode
+ * step comes within microseconds; waking a sleeping thread takes tens), then sleep on a condition variable, so an
+ * idle server costs no CPU. A job never waits for the pool: a second caller finding it busy (another thread of the
+ * process) runs its job alone. */
+
+#define MAX_THREADS 64
+#define SPIN_NS 2000000  /* 2 ms: longer than the Python between two products of a decode step */
+#define MIN_SPLIT_BYTES 32768  /* less weight than this is read faster by one thread than handed out */
+
+typedef void (*job_fn)(void *args, int ith, int nth);
+
+static struct {
+    int n;  /* threads, the caller included; 1 until seekmoe_pool_start */
+    pthread_t tid[MAX_THREADS];
+    atomic_uint generation;  /* bumped once per job */
+    unsigned born;  /* the generation when the workers were started: each runs every job after it */
+    atomic_int pending;  /* workers still in the current job */
+    atomic_int sleeping;  /* workers waiting on `wake` */
+    job_fn fn;
+    void *args;
+    pthread_mutex_t busy, mu;
+    pthread_cond_t wake;
+} pool = {.n = 1, .busy = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER};
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void *worker(void *arg) {
+    int ith = (int)(intptr_t)arg;
+    unsigned seen = pool.born;  /* not the generation now: a job may have begun before this thread ran at all */
+    for (;;) {
+        int64_t since = now_ns();
+        for (int spins = 1; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; spins++) {
+            _mm_pause();
+            if (spins % 1024 != 0) continue;
+            sched_yield();  /* a busy machine: let a thread that has work run on this core */
+            if (now_ns() - since > SPIN_NS) {
+                pthread_mutex_lock(&pool.mu);
+                atomic_fetch_add(&pool.sleeping, 1);  /* seq_cst: the caller reads it after bumping generation */
+                while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+                atomic_fetch_sub(&pool.sleeping, 1);
+                pthread_mutex_unlock(&pool.mu);
+            }
+        }
+        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        pool.fn(pool.args, ith, pool.n);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* a forked child has the caller's thread only: it runs every job alone */
+static void after_fork_child(void) {
+    pool.n = 1;
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+}
+
+/* Start n - 1 workers (once; n is capped at MAX_THREADS). Returns the pool's size. */
+int seekmoe_pool_start(int n) {
+    pthread_mutex_lock(&pool.busy);
+    if (pool.n == 1 && n > 1) {
+        static int registered;
+        if (!registered) registered = pthread_atfork(NULL, NULL, after_fork_child) == 0;
+        if (n > MAX_THREADS) n = MAX_THREADS;
+        pool.n = n;  /* the workers read it only inside jobs, which wait for `busy` */
+        pool.born = atomic_load(&pool.generation);
+        for (int i = 1; i < n; i++)
+            if (pthread_create(&pool.tid[i], NULL, worker, (void *)(intptr_t)i) != 0) {
+                pool.n = i;  /* fewer threads than asked: the ones started */
+                break;
+            }
+    }
+    int size = pool.n;
+    pthread_mutex_unlock(&pool.busy);
+    return size;
+}
+
+/* fn(args, ith, nth) on every thread of the pool, the caller as thread 0; returns when all are done. A job reading
+ * fewer than MIN_SPLIT_BYTES of weight, or one that finds the pool busy, runs on the caller alone. Returns
+ * the count of threads that ran it. */
+static int pool_run(job_fn fn, void *args, int64_t bytes) {
+    if (pool.n == 1 || bytes < MIN_SPLIT_BYTES || pthread_mutex_trylock(&pool.busy) != 0) {
+        fn(args, 0, 1);
+        return 1;
+    }
+    pool.fn = fn;
+    pool.args = args;
+    atomic_store(&pool.pending, pool.n - 1);
+    atomic_fetch_add(&pool.generation, 1);  /* seq_cst: ordered before the read of `sleeping` */
+    if (atomic_load(&pool.sleeping) > 0) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    fn(args, 0, pool.n);
+    int nth = pool.n;
+    for (int spins = 1; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++) {
+        _mm_pause();
+        if (spins % 1024 == 0) sched_yield();  /* a worker may be waiting for this core */
+    }
+    pthread_mutex_unlock(&pool.busy);
+    return nth;
+}
+
+/* thread ith's share [*lo, *hi) of n items, in whole multiples of `align` but the last */
+static inline void share(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
+    int64_t per = (n + nth - 1) / nth;
+    per = (per + align - 1) / align * align;
+    *lo = ith * per < n ? ith * per : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -62,41 +189,100 @@ static inline void dot4(const float *x, int nm, const int8_t *w, int64_t n, floa
 
 /* y (M, O) = x (M, I) @ (q (O, I) int8 * scale (O)).T for a few rows: each weight row is read from memory once, 32
  * weights at a time widened to float32 and multiplied into up to four rows of x, so the rows share the widening.
- * The activations stay float32 (no bfloat16 rounding) and the scale is applied once per output. */
-void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
-                       int64_t n_out) {
+ * The activations stay float32 (no bfloat16 rounding) and the scale is applied once per output. The threads split
+ * the output rows. */
+typedef struct {
+    const float *x, *scale;
+    const int8_t *q;
+    float *y;
+    int64_t m_rows, n_in, n_out;
+} int8_gemv_args;
+
+static void int8_gemv_job(void *p, int ith, int nth) {
+    const int8_gemv_args *a = p;
+    int64_t lo, hi, n_in = a->n_in, n_out = a->n_out;
+    share(n_out, ith, nth, 16, &lo, &hi);
     float part[4];
-    for (int64_t o = 0; o < n_out; o++) {
-        const int8_t *w = q + o * n_in;
-        if (m_rows == 1) {
-            y[o] = dot1(x, w, n_in) * scale[o];
+    for (int64_t o = lo; o < hi; o++) {
+        const int8_t *w = a->q + o * n_in;
+        if (a->m_rows == 1) {
+            a->y[o] = dot1(a->x, w, n_in) * a->scale[o];
             continue;
         }
-        for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows of x */
-            int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
-            dot4(x + m0 * n_in, nm, w, n_in, part);
-            for (int m = 0; m < nm; m++) y[(m0 + m) * n_out + o] = part[m] * scale[o];
+        for (int64_t m0 = 0; m0 < a->m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows of x */
+            int nm = a->m_rows - m0 < 4 ? (int)(a->m_rows - m0) : 4;
+            dot4(a->x + m0 * n_in, nm, w, n_in, part);
+            for (int m = 0; m < nm; m++) a->y[(m0 + m) * n_out + o] = part[m] * a->scale[o];
         }
     }
 }
 
-/* One token through int8 SwiGLU experts, added into y (D): for each chosen expert k,
- * y += weight[k] * down_k(silu(gate_k x) * up_k x), with gate and up stacked as (2F, D) rows per expert and one
- * float32 scale per row. `h` is scratch for 2F floats. The whole routed-expert block of a decode step in one call
- * instead of a handful of PyTorch calls per expert. Returns -1 (and adds nothing) if an expert index is out of range. */
+void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
+                       int64_t n_out) {
+    int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out};
+    pool_run(int8_gemv_job, &a, n_in * n_out);
+}
+
+/* One token through its chosen SwiGLU experts, added into y (D): for each chosen expert k,
+ * y += weight[k] * down_k(silu(gate_k x) * up_k x), the whole routed-expert block of a decode step in one call
+ * instead of a handful of PyTorch calls per expert. The threads split each expert's F hidden units, so none waits
+ * for another inside a call: thread t computes its units of gate and up, then adds their share of the down
+ * projection into an output of its own (thread 0's is y), and the caller sums those. `h` is scratch for 2F floats. */
+typedef struct {
+    const float *x;
+    int64_t d, f;
+    const void *gate_up, *down;  /* int8 or float32 */
+    const float *gate_up_scale, *down_scale;  /* int8 only */
+    const int64_t *idx;
+    const float *weight;
+    int64_t k;
+    float *y, *h, *ys;  /* ys: (threads - 1, D) outputs of threads 1.. */
+} experts_args;
+
+static float *own_output(const experts_args *a, int ith) {
+    if (ith == 0) return a->y;
+    float *y = a->ys + (ith - 1) * a->d;
+    for (int64_t o = 0; o < a->d; o++) y[o] = 0.0f;
+    return y;
+}
+
+/* int8: gate and up stacked as (2F, D) rows per expert and one float32 scale per row, down (D, F) with one per row */
+static void int8_experts_job(void *p, int ith, int nth) {
+    const experts_args *a = p;
+    int64_t lo, hi, d = a->d, f = a->f;
+    share(f, ith, nth, 32, &lo, &hi);
+    float *y = own_output(a, ith), *h = a->h;
+    for (int64_t j = 0; j < a->k && lo < hi; j++) {
+        const int8_t *gu = (const int8_t *)a->gate_up + a->idx[j] * 2 * f * d;
+        const int8_t *dn = (const int8_t *)a->down + a->idx[j] * d * f;
+        const float *gus = a->gate_up_scale + a->idx[j] * 2 * f, *dns = a->down_scale + a->idx[j] * d;
+        for (int64_t o = lo; o < hi; o++) {
+            float g = dot1(a->x, gu + o * d, d) * gus[o], u = dot1(a->x, gu + (f + o) * d, d) * gus[f + o];
+            h[o] = g / (1.0f + expf(-g)) * u;  /* silu(gate) * up */
+        }
+        for (int64_t o = 0; o < d; o++) y[o] += a->weight[j] * (dot1(h + lo, dn + o * f + lo, hi - lo) * dns[o]);
+    }
+}
+
+/* the calls of both kinds: check the indices, run the job, add the threads' outputs into y */
+static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t bytes) {
+    for (int64_t j = 0; j < a->k; j++)
+        if (a->idx[j] < 0 || a->idx[j] >= n_experts) return -1;
+    float *ys = pool.n > 1 ? malloc(sizeof(float) * (pool.n - 1) * a->d) : NULL;
+    a->ys = ys;
+    int nth = pool_run(job, a, ys == NULL ? 0 : bytes);  /* no scratch (n == 1, or out of memory): alone */
+    for (int t = 1; t < nth; t++)
+        for (int64_t o = 0; o < a->d; o++) a->y[o] += ys[(t - 1) * a->d + o];
+    free(ys);
+    return 0;
+}
+
+/* Returns -1 (and adds nothing) if an expert index is out of range. */
 int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
                          const float *gate_up_scale, const int8_t *down, const float *down_scale, const int64_t *idx,
                          const float *weight, int64_t k, float *y, float *h) {
-    for (int64_t j = 0; j < k; j++)
-        if (idx[j] < 0 || idx[j] >= n_experts) return -1;
-    for (int64_t j = 0; j < k; j++) {
-        const int8_t *gu = gate_up + idx[j] * 2 * f * d, *dn = down + idx[j] * d * f;
-        const float *gus = gate_up_scale + idx[j] * 2 * f, *dns = down_scale + idx[j] * d;
-        for (int64_t o = 0; o < 2 * f; o++) h[o] = dot1(x, gu + o * d, d) * gus[o];
-        for (int64_t o = 0; o < f; o++) h[o] = h[o] / (1.0f + expf(-h[o])) * h[f + o];  /* silu(gate) * up */
-        for (int64_t o = 0; o < d; o++) y[o] += weight[j] * (dot1(h, dn + o * f, f) * dns[o]);
-    }
-    return 0;
+    experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, NULL};
+    return run_experts(int8_experts_job, &a, n_experts, 3 * f * d * k);
 }
 
 /* ---- float32 experts ------------------------------------------------------------------------------------------ */
@@ -115,12 +301,12 @@ static inline float dot1_f32(const float *x, const float *w, int64_t n) {
     return s;
 }
 
-/* y (n) += sum over r < nr of a[r] * rows[r] (rows of length n, stride n): four rows per pass over y */
-static inline void axpy4(float *y, const float *a, const float *rows, int nr, int64_t n) {
+/* y (n) += sum over r < nr of a[r] * rows[r] (rows of length n, `stride` apart): four rows per pass over y */
+static inline void axpy4(float *y, const float *a, const float *rows, int nr, int64_t n, int64_t stride) {
     __m256 c[4];
     for (int r = 0; r < 4; r++) c[r] = _mm256_set1_ps(r < nr ? a[r] : 0.0f);
-    const float *r0 = rows, *r1 = rows + (nr > 1 ? n : 0), *r2 = rows + (nr > 2 ? 2 * n : 0),
-                *r3 = rows + (nr > 3 ? 3 * n : 0);  /* missing rows read row 0 with a zero coefficient */
+    const float *r0 = rows, *r1 = rows + (nr > 1 ? stride : 0), *r2 = rows + (nr > 2 ? 2 * stride : 0),
+                *r3 = rows + (nr > 3 ? 3 * stride : 0);  /* missing rows read row 0 with a zero coefficient */
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 acc = _mm256_loadu_ps(y + i);
@@ -131,22 +317,32 @@ static inline void axpy4(float *y, const float *a, const float *rows, int nr, in
         _mm256_storeu_ps(y + i, acc);
     }
     for (; i < n; i++)
-        for (int r = 0; r < nr; r++) y[i] += a[r] * rows[r * n + i];
+        for (int r = 0; r < nr; r++) y[i] += a[r] * rows[r * stride + i];
 }
 
-/* As seekmoe_int8_experts for float32 weights: gate and up (E, 2F, D) row by row, the down projection stored
- * transposed as (E, F, D) so that it streams as scaled rows added into y. `h` is scratch for 2F floats. */
+/* float32: gate and up (E, 2F, D) row by row, the down projection stored transposed as (E, F, D) so that it
+ * streams as scaled rows added into y */
+static void f32_experts_job(void *p, int ith, int nth) {
+    const experts_args *a = p;
+    int64_t lo, hi, d = a->d, f = a->f;
+    share(f, ith, nth, 4, &lo, &hi);
+    float *y = own_output(a, ith), *h = a->h;
+    for (int64_t j = 0; j < a->k && lo < hi; j++) {
+        const float *gu = (const float *)a->gate_up + a->idx[j] * 2 * f * d;
+        const float *dt = (const float *)a->down + a->idx[j] * f * d;
+        for (int64_t o = lo; o < hi; o++) {
+            float g = dot1_f32(a->x, gu + o * d, d), u = dot1_f32(a->x, gu + (f + o) * d, d);
+            h[o] = g / (1.0f + expf(-g)) * u * a->weight[j];
+        }
+        for (int64_t o = lo; o < hi; o += 4) axpy4(y, h + o, dt + o * d, hi - o < 4 ? (int)(hi - o) : 4, d, d);
+    }
+}
+
+/* As seekmoe_int8_experts for float32 weights, the down projection stored transposed (E, F, D). */
 int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
                         const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
-    for (int64_t j = 0; j < k; j++)
-        if (idx[j] < 0 || idx[j] >= n_experts) return -1;
-    for (int64_t j = 0; j < k; j++) {
-        const float *gu = gate_up + idx[j] * 2 * f * d, *dt = down_t + idx[j] * f * d;
-        for (int64_t o = 0; o < 2 * f; o++) h[o] = dot1_f32(x, gu + o * d, d);
-        for (int64_t o = 0; o < f; o++) h[o] = h[o] / (1.0f + expf(-h[o])) * h[f + o] * weight[j];
-        for (int64_t o = 0; o < f; o += 4) axpy4(y, h + o, dt + o * d, f - o < 4 ? (int)(f - o) : 4, d);
-    }
-    return 0;
+    experts_args a = {x, d, f, gate_up, down_t, NULL, NULL, idx, weight, k, y, h, NULL};
+    return run_experts(f32_experts_job, &a, n_experts, 12 * f * d * k);
 }
 
 /* nm <= 4 float32 rows of x (stride n) against weight row w: the rows share each load of the weights */
@@ -169,26 +365,79 @@ static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, f
 }
 
 /* y (M, O) = x (M, I) W.T for a few float32 rows: W stored (O, I) row by row (transposed == 0) or as (I, O)
- * (transposed == 1), streamed once the way it is stored: dot products of rows, or scaled rows added into y. */
-void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, int64_t n_in, int64_t n_out,
-                      int transposed) {
-    if (!transposed) {
-        if (m_rows == 1) {
-            for (int64_t o = 0; o < n_out; o++) y[o] = dot1_f32(x, w + o * n_in, n_in);
-            return;
-        }
-        float part[4];
-        for (int64_t o = 0; o < n_out; o++)
-            for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows */
-                int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
-                dot4_f32(x + m0 * n_in, nm, w + o * n_in, n_in, part);
-                for (int m = 0; m < nm; m++) y[(m0 + m) * n_out + o] = part[m];
-            }
+ * (transposed == 1), streamed once the way it is stored: dot products of rows (the threads split the rows), or
+ * scaled rows added into y (the threads split the columns). */
+typedef struct {
+    const float *x, *w;
+    float *y;
+    int64_t m_rows, n_in, n_out;
+} f32_gemv_args;
+
+static void f32_rows_job(void *p, int ith, int nth) {
+    const f32_gemv_args *a = p;
+    int64_t lo, hi, n_in = a->n_in, n_out = a->n_out;
+    share(n_out, ith, nth, 16, &lo, &hi);
+    if (a->m_rows == 1) {
+        for (int64_t o = lo; o < hi; o++) a->y[o] = dot1_f32(a->x, a->w + o * n_in, n_in);
         return;
     }
-    for (int64_t j = 0; j < m_rows * n_out; j++) y[j] = 0.0f;
-    for (int64_t i = 0; i < n_in; i += 4) {  /* four weight rows, then every row of x against them (from cache) */
+    float part[4];
+    for (int64_t o = lo; o < hi; o++)
+        for (int64_t m0 = 0; m0 < a->m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows */
+            int nm = a->m_rows - m0 < 4 ? (int)(a->m_rows - m0) : 4;
+            dot4_f32(a->x + m0 * n_in, nm, a->w + o * n_in, n_in, part);
+            for (int m = 0; m < nm; m++) a->y[(m0 + m) * n_out + o] = part[m];
+        }
+}
+
+static void f32_columns_job(void *p, int ith, int nth) {
+    const f32_gemv_args *a = p;
+    int64_t lo, hi, n_in = a->n_in, n_out = a->n_out;
+    share(n_out, ith, nth, 16, &lo, &hi);  /* whole cache lines of each weight row */
+    for (int64_t m = 0; m < a->m_rows; m++)
+        for (int64_t o = lo; o < hi; o++) a->y[m * n_out + o] = 0.0f;
+    for (int64_t i = 0; i < n_in && lo < hi; i += 4) {  /* four weight rows, then every row of x against them */
         int nr = n_in - i < 4 ? (int)(n_in - i) : 4;
-        for (int64_t m = 0; m < m_rows; m++) axpy4(y + m * n_out, x + m * n_in + i, w + i * n_out, nr, n_out);
+        for (int64_t m = 0; m < a->m_rows; m++)
+            axpy4(a->y + m * n_out + lo, a->x + m * n_in + i, a->w + i * n_out + lo, nr, hi - lo, n_out);
     }
+}
+
+void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, int64_t n_in, int64_t n_out,
+                      int transposed) {
+    f32_gemv_args a = {x, w, y, m_rows, n_in, n_out};
+    pool_run(transposed ? f32_columns_job : f32_rows_job, &a, 4 * n_in * n_out);
+}
+
+/* The sum of n floats read by every thread of the pool, each its share: how fast the machine streams memory with
+ * all its cores (bench/decode.py's floor). */
+typedef struct {
+    const float *buf;
+    int64_t n;
+    double part[MAX_THREADS];
+} stream_args;
+
+static void stream_job(void *p, int ith, int nth) {
+    stream_args *a = p;
+    int64_t lo, hi;
+    share(a->n, ith, nth, 64, &lo, &hi);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = lo;
+    for (; i + 32 <= hi; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(a->buf + i));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(a->buf + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(a->buf + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(a->buf + i + 24));
+    }
+    double s = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < hi; i++) s += a->buf[i];
+    a->part[ith] = s;
+}
+
+double seekmoe_stream_sum(const float *buf, int64_t n) {
+    stream_args a = {.buf = buf, .n = n};
+    int nth = pool_run(stream_job, &a, 4 * n);
+    double s = 0.0;
+    for (int t = 0; t < nth; t++) s += a.part[t];
+    return s;
 }

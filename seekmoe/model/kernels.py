@@ -11,6 +11,12 @@ All in kernels.c, for decoding one token at a time:
   reads 18-22 GB/s on one core here for one row, where torch's (MKL) matrix-vector products read 12-17 GB/s for
   the same shapes; a few rows share each read of the weight.
 
+Each call splits its weight rows over a pool of threads started with the library and kept for the process (one
+core streams about half of what this machine's memory gives; llama.cpp decodes twice as fast on two threads as on
+one): SEEKMOE_THREADS threads, else OMP_NUM_THREADS, else one per core this process may run on. The workers spin
+for 2 ms after a call, then sleep, so an idle process costs nothing; a call that finds the pool busy (another
+thread) runs alone, and a forked child runs every call alone.
+
 The library is compiled once per source version and flags into the user's cache folder
 (`$XDG_CACHE_HOME/seekmoe/kernels` or ~/.cache/seekmoe/kernels; SEEKMOE_CACHE overrides the part before
 `kernels`), written to a temporary name and renamed into place, with the sha256 of its bytes beside it
@@ -155,6 +161,22 @@ def _open() -> ctypes.CDLL:
     return _load(folder, data)
 
 
+def pool_size() -> int:
+    """The threads the kernels' calls are split over: SEEKMOE_THREADS, else OMP_NUM_THREADS, else the cores this
+    process may run on."""
+    for var in ("SEEKMOE_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value)
+            except ValueError:
+                raise ValueError(f"{var} must be a whole number of threads, got {value!r}") from None
+            if n < 1:
+                raise ValueError(f"{var} must be at least 1, got {n}")
+            return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _library() -> ctypes.CDLL | None:
     """The compiled library, loaded once; None where it cannot be built or used (the reason is logged once)."""
     if "lib" not in _loaded:
@@ -165,6 +187,9 @@ def _library() -> ctypes.CDLL | None:
                 if why is None:
                     try:
                         lib = _open()
+                        lib.seekmoe_pool_start.restype = ctypes.c_int
+                        lib.seekmoe_pool_start.argtypes = [ctypes.c_int]
+                        lib.seekmoe_pool_start(pool_size())
                     except (OSError, subprocess.SubprocessError) as e:
                         why = str(e)
                 if lib is None:
@@ -205,6 +230,31 @@ def _int8_gemv(lib: ctypes.CDLL) -> Callable:
         return y
 
     return gemv
+
+
+def threads() -> int:
+    """The threads each kernel call is split over (1 without the kernels)."""
+    lib = _library()
+    return 1 if lib is None else lib.seekmoe_pool_start(1)  # a started pool is left as it is: returns its size
+
+
+def stream_sum() -> Callable[[torch.Tensor], float] | None:
+    """`f(buf) -> float`: the sum of a contiguous float32 CPU tensor, read by every thread of the pool (how fast
+    memory streams with all cores: bench/decode.py's floor). None without the kernels."""
+    return _bound("stream_sum", _stream_sum)
+
+
+def _stream_sum(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_stream_sum
+    fn.restype = ctypes.c_double
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+
+    def run(buf: torch.Tensor) -> float:
+        if not (buf.dtype == torch.float32 and buf.is_contiguous() and buf.device.type == "cpu"):
+            raise ValueError(f"stream_sum needs a contiguous CPU float32 tensor, got {buf.dtype} on {buf.device}")
+        return fn(buf.data_ptr(), buf.numel())
+
+    return run
 
 
 def available() -> bool:
