@@ -274,8 +274,14 @@ def _write_metadata(w, cfg: ModelConfig, name: str, quant: str) -> None:
         w.add_expert_used_count(cfg.num_experts_per_tok)
         groups, kept = cfg.n_group or 1, cfg.topk_group or 1
         # only when groups limit the choice: llama.cpp asserts expert_group_used_count < expert_group_count.
-        # It scores a group by its best two experts (V3); V2's group_limited_greedy scores by the best one
-        if cfg.topk_method != "greedy" and groups > 1 and kept < groups:
+        # llama.cpp has one group rule, V3's: a group scores the sum of its best two experts. V2's
+        # group_limited_greedy scores a group by its best expert, so the top K experts always lie in the top K
+        # groups: with topk_group >= K the limit changes nothing, and writing groups would make llama.cpp pick
+        # other experts. With fewer groups kept, llama.cpp's rule only approximates V2's (as it does for
+        # DeepSeek-V2 converted by llama.cpp's own script).
+        limits = cfg.topk_method == "noaux_tc" or (cfg.topk_method == "group_limited_greedy"
+                                                   and kept < cfg.num_experts_per_tok)
+        if limits and groups > 1 and kept < groups:
             w.add_expert_group_count(groups)
             w.add_expert_group_used_count(kept)
 
