@@ -15,26 +15,31 @@
 #include <time.h>
 
 /* ---- the thread pool ------------------------------------------------------------------------------------------ */
-/* The caller is thread 0 and works too. Between jobs the workers spin for SPIN_NS (the next product of a decode
- * step comes within microseconds; waking a sleeping thread takes tens), then sleep on a condition variable, so an
- * idle server costs no CPU. A job never waits for the pool: a second caller finding it busy (another thread of the
- * process) runs its job alone. */
+/* A job is cut into parts that threads claim one at a time, the caller among them, so no thread waits for another
+ * to start: on a busy machine a worker may not run for milliseconds, and its parts are then done by the caller
+ * (llama.cpp's pool hands out chunks the same way). Between jobs the workers spin for SPIN_NS (the next product of
+ * a decode step comes within microseconds; waking a sleeping thread takes tens), yielding the core now and then,
+ * then sleep on a condition variable, so an idle server costs no CPU. A second caller finding the pool busy
+ * (another thread of the process) runs its job alone. */
 
 #define MAX_THREADS 64
+#define MAX_PARTS 512
 #define SPIN_NS 2000000  /* 2 ms: longer than the Python between two products of a decode step */
 #define MIN_SPLIT_BYTES 32768  /* less weight than this is read faster by one thread than handed out */
 
-typedef void (*job_fn)(void *args, int ith, int nth);
+typedef void (*job_fn)(void *args, int part, int parts);
 
 static struct {
     int n;  /* threads, the caller included; 1 until seekmoe_pool_start */
     pthread_t tid[MAX_THREADS];
-    atomic_uint generation;  /* bumped once per job */
-    unsigned born;  /* the generation when the workers were started: each runs every job after it */
-    atomic_int pending;  /* workers still in the current job */
+    /* the job's generation (high 32 bits) and the next part to claim (low 32): a claim is a compare-and-swap on
+     * both, so a thread that fell behind can never claim a part of a later job */
+    _Atomic uint64_t claim;
+    atomic_int done;  /* parts finished */
     atomic_int sleeping;  /* workers waiting on `wake` */
-    job_fn fn;
+    job_fn fn;  /* the job: written by the caller only once every part of the previous one is done */
     void *args;
+    int parts;
     pthread_mutex_t busy, mu;
     pthread_cond_t wake;
 } pool = {.n = 1, .busy = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER,
@@ -46,26 +51,44 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+static inline uint32_t generation(uint64_t claim) { return (uint32_t)(claim >> 32); }
+
+/* claim and run parts of job `gen` until none is left or a later job has begun */
+static void run_parts(uint32_t gen) {
+    uint64_t cur = atomic_load(&pool.claim);
+    if (generation(cur) != gen) return;
+    /* the job as it was when `cur` was read; should a later job have replaced it since, the swap below fails */
+    job_fn fn = pool.fn;
+    void *args = pool.args;
+    uint32_t parts = (uint32_t)pool.parts;
+    while (generation(cur) == gen && (uint32_t)cur < parts) {
+        if (atomic_compare_exchange_weak(&pool.claim, &cur, cur + 1)) {
+            fn(args, (int)(uint32_t)cur, (int)parts);
+            atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+            cur = atomic_load(&pool.claim);
+        }
+    }
+}
+
 static void *worker(void *arg) {
-    int ith = (int)(intptr_t)arg;
-    unsigned seen = pool.born;  /* not the generation now: a job may have begun before this thread ran at all */
+    (void)arg;
+    uint32_t seen = generation(atomic_load(&pool.claim));
     for (;;) {
         int64_t since = now_ns();
-        for (int spins = 1; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; spins++) {
+        for (int spins = 1; generation(atomic_load_explicit(&pool.claim, memory_order_acquire)) == seen; spins++) {
             _mm_pause();
             if (spins % 1024 != 0) continue;
             sched_yield();  /* a busy machine: let a thread that has work run on this core */
             if (now_ns() - since > SPIN_NS) {
                 pthread_mutex_lock(&pool.mu);
-                atomic_fetch_add(&pool.sleeping, 1);  /* seq_cst: the caller reads it after bumping generation */
-                while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+                atomic_fetch_add(&pool.sleeping, 1);  /* seq_cst: the caller reads it after opening a job */
+                while (generation(atomic_load(&pool.claim)) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
                 atomic_fetch_sub(&pool.sleeping, 1);
                 pthread_mutex_unlock(&pool.mu);
             }
         }
-        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
-        pool.fn(pool.args, ith, pool.n);
-        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        seen = generation(atomic_load_explicit(&pool.claim, memory_order_acquire));
+        run_parts(seen);
     }
     return NULL;
 }
@@ -85,52 +108,58 @@ int seekmoe_pool_start(int n) {
         static int registered;
         if (!registered) registered = pthread_atfork(NULL, NULL, after_fork_child) == 0;
         if (n > MAX_THREADS) n = MAX_THREADS;
-        pool.n = n;  /* the workers read it only inside jobs, which wait for `busy` */
-        pool.born = atomic_load(&pool.generation);
-        for (int i = 1; i < n; i++)
-            if (pthread_create(&pool.tid[i], NULL, worker, (void *)(intptr_t)i) != 0) {
-                pool.n = i;  /* fewer threads than asked: the ones started */
-                break;
-            }
+        int started = 1;
+        while (started < n && pthread_create(&pool.tid[started], NULL, worker, NULL) == 0) started++;
+        pool.n = started;  /* fewer threads than asked if some could not start */
     }
     int size = pool.n;
     pthread_mutex_unlock(&pool.busy);
     return size;
 }
 
-/* fn(args, ith, nth) on every thread of the pool, the caller as thread 0; returns when all are done. A job reading
- * fewer than MIN_SPLIT_BYTES of weight, or one that finds the pool busy, runs on the caller alone. Returns
- * the count of threads that ran it. */
-static int pool_run(job_fn fn, void *args, int64_t bytes) {
-    if (pool.n == 1 || bytes < MIN_SPLIT_BYTES || pthread_mutex_trylock(&pool.busy) != 0) {
+/* fn(args, part, parts) for every part of a job, on the pool's threads (the caller's among them); returns when all
+ * are done, and the count of parts. A job reading fewer than MIN_SPLIT_BYTES of weight, or one that finds the pool
+ * busy, runs on the caller alone as one part. */
+static int pool_run(job_fn fn, void *args, int parts, int64_t bytes) {
+    if (parts > MAX_PARTS) parts = MAX_PARTS;
+    if (pool.n == 1 || parts <= 1 || bytes < MIN_SPLIT_BYTES || pthread_mutex_trylock(&pool.busy) != 0) {
         fn(args, 0, 1);
         return 1;
     }
+    uint32_t gen = generation(atomic_load(&pool.claim)) + 1;
     pool.fn = fn;
     pool.args = args;
-    atomic_store(&pool.pending, pool.n - 1);
-    atomic_fetch_add(&pool.generation, 1);  /* seq_cst: ordered before the read of `sleeping` */
+    pool.parts = parts;
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.claim, (uint64_t)gen << 32);  /* seq_cst: opened before the read of `sleeping` */
     if (atomic_load(&pool.sleeping) > 0) {
         pthread_mutex_lock(&pool.mu);
         pthread_cond_broadcast(&pool.wake);
         pthread_mutex_unlock(&pool.mu);
     }
-    fn(args, 0, pool.n);
-    int nth = pool.n;
-    for (int spins = 1; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++) {
-        _mm_pause();
-        if (spins % 1024 == 0) sched_yield();  /* a worker may be waiting for this core */
+    run_parts(gen);
+    for (int spins = 1; atomic_load_explicit(&pool.done, memory_order_acquire) < parts; spins++) {
+        _mm_pause();  /* a worker is finishing a part it claimed */
+        if (spins % 1024 == 0) sched_yield();
     }
     pthread_mutex_unlock(&pool.busy);
-    return nth;
+    return parts;
 }
 
-/* thread ith's share [*lo, *hi) of n items, in whole multiples of `align` but the last */
+/* part ith of nth: its share [*lo, *hi) of n items, in whole multiples of `align` but the last */
 static inline void share(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
     int64_t per = (n + nth - 1) / nth;
     per = (per + align - 1) / align * align;
     *lo = ith * per < n ? ith * per : n;
     *hi = *lo + per < n ? *lo + per : n;
+}
+
+/* how many parts to cut n items into: a few per thread, so that a thread that falls behind leaves parts for the
+ * others; none smaller than `grain` items */
+static inline int parts_of(int64_t n, int64_t grain) {
+    int64_t parts = pool.n == 1 ? 1 : 4 * pool.n, most = n / grain;
+    if (parts > most) parts = most;
+    return parts < 1 ? 1 : (int)parts;
 }
 
 static inline float hsum(__m256 v) {
@@ -220,7 +249,7 @@ static void int8_gemv_job(void *p, int ith, int nth) {
 void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
                        int64_t n_out) {
     int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out};
-    pool_run(int8_gemv_job, &a, n_in * n_out);
+    pool_run(int8_gemv_job, &a, parts_of(n_out, 16), n_in * n_out);
 }
 
 /* One token through its chosen SwiGLU experts, added into y (D): for each chosen expert k,
@@ -265,12 +294,13 @@ static void int8_experts_job(void *p, int ith, int nth) {
 }
 
 /* the calls of both kinds: check the indices, run the job, add the threads' outputs into y */
-static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t bytes) {
+static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t bytes, int64_t align) {
     for (int64_t j = 0; j < a->k; j++)
         if (a->idx[j] < 0 || a->idx[j] >= n_experts) return -1;
-    float *ys = pool.n > 1 ? malloc(sizeof(float) * (pool.n - 1) * a->d) : NULL;
+    int parts = parts_of(a->f, align);
+    float *ys = parts > 1 ? malloc(sizeof(float) * (parts - 1) * a->d) : NULL;
     a->ys = ys;
-    int nth = pool_run(job, a, ys == NULL ? 0 : bytes);  /* no scratch (n == 1, or out of memory): alone */
+    int nth = pool_run(job, a, parts, ys == NULL ? 0 : bytes);  /* no scratch (one part, or no memory): alone */
     for (int t = 1; t < nth; t++)
         for (int64_t o = 0; o < a->d; o++) a->y[o] += ys[(t - 1) * a->d + o];
     free(ys);
@@ -282,7 +312,7 @@ int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts
                          const float *gate_up_scale, const int8_t *down, const float *down_scale, const int64_t *idx,
                          const float *weight, int64_t k, float *y, float *h) {
     experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, NULL};
-    return run_experts(int8_experts_job, &a, n_experts, 3 * f * d * k);
+    return run_experts(int8_experts_job, &a, n_experts, 3 * f * d * k, 32);
 }
 
 /* ---- float32 experts ------------------------------------------------------------------------------------------ */
@@ -342,7 +372,7 @@ static void f32_experts_job(void *p, int ith, int nth) {
 int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
                         const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
     experts_args a = {x, d, f, gate_up, down_t, NULL, NULL, idx, weight, k, y, h, NULL};
-    return run_experts(f32_experts_job, &a, n_experts, 12 * f * d * k);
+    return run_experts(f32_experts_job, &a, n_experts, 12 * f * d * k, 4);
 }
 
 /* nm <= 4 float32 rows of x (stride n) against weight row w: the rows share each load of the weights */
@@ -406,7 +436,7 @@ static void f32_columns_job(void *p, int ith, int nth) {
 void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, int64_t n_in, int64_t n_out,
                       int transposed) {
     f32_gemv_args a = {x, w, y, m_rows, n_in, n_out};
-    pool_run(transposed ? f32_columns_job : f32_rows_job, &a, 4 * n_in * n_out);
+    pool_run(transposed ? f32_columns_job : f32_rows_job, &a, parts_of(n_out, 16), 4 * n_in * n_out);
 }
 
 /* The sum of n floats read by every thread of the pool, each its share: how fast the machine streams memory with
@@ -414,7 +444,7 @@ void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, 
 typedef struct {
     const float *buf;
     int64_t n;
-    double part[MAX_THREADS];
+    double part[MAX_PARTS];
 } stream_args;
 
 static void stream_job(void *p, int ith, int nth) {
@@ -436,7 +466,7 @@ static void stream_job(void *p, int ith, int nth) {
 
 double seekmoe_stream_sum(const float *buf, int64_t n) {
     stream_args a = {.buf = buf, .n = n};
-    int nth = pool_run(stream_job, &a, 4 * n);
+    int nth = pool_run(stream_job, &a, parts_of(n, 1 << 16), 4 * n);
     double s = 0.0;
     for (int t = 0; t < nth; t++) s += a.part[t];
     return s;
