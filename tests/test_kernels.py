@@ -26,7 +26,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 @needs_gemv
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16])
 @pytest.mark.parametrize("shape", [(48, 64), (7, 45), (130, 1024)])  # (O, I): tails of both loops
 def test_the_kernel_equals_the_dequantized_product(shape, rows):
     q, scale = quantize_rows(randn(*shape, seed=1))
@@ -41,11 +41,11 @@ def test_int8_linear_takes_the_kernel_for_a_few_float32_rows_only(monkeypatch):
     q, scale = quantize_rows(randn(48, 64, seed=1))
     calls = []
     monkeypatch.setattr(kernels, "_loaded", {"int8_gemv": lambda *a: calls.append(a[0].shape) or gemv(*a)})
-    x = randn(2, 3, 64, seed=2)  # any leading shape
+    x = randn(2, kernels.MAX_ROWS, 64, seed=2)  # any leading shape
     out = int8_linear(x[:, :1], q, scale)  # 2 rows
     assert calls == [(2, 64)] and out.shape == (2, 1, 48)
     torch.testing.assert_close(out, x[:, :1] @ (q.float() * scale[:, None]).T, rtol=1e-5, atol=1e-5)
-    int8_linear(x, q, scale)  # 6 rows: past kernels.MAX_ROWS
+    int8_linear(x, q, scale)  # 2 * MAX_ROWS rows: past kernels.MAX_ROWS
     int8_linear(x[0, :1].bfloat16(), q, scale)  # bfloat16 rows
     assert calls == [(2, 64)]
 
@@ -205,7 +205,7 @@ def test_one_token_through_float32_experts_equals_the_swiglus(d, f):
         kernels.experts()(x, gate_up, None, down, None, idx, weight)
 
 
-@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("tokens", [1, 3, 9])  # token by token, or grouped by expert
 def test_decode_tokens_through_laid_out_experts_equal_the_model(tokens):
     from seekmoe.engine import layout
     from seekmoe.model.model import few_tokens
@@ -310,3 +310,57 @@ def test_a_forked_child_runs_the_kernels_alone():
     os.close(write)
     _, status = os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1" and status == 0
+
+
+def grouped_case(d: int, f: int):
+    """Pairs sorted by expert: experts 4, 1, 3 with 1, 6 and 3 rows (a lone row, a group of four and a tail)."""
+    used, counts = torch.tensor([1, 3, 4]), torch.tensor([6, 3, 1])
+    start = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    x, weight = randn(10, d, seed=5), torch.rand(10, generator=torch.Generator().manual_seed(6))
+    return x, used, start, weight
+
+
+def grouped_reference(x, used, start, weight, swiglu):
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for u, e in enumerate(used.tolist()):
+        rows = slice(int(start[u]), int(start[u + 1]))
+        out[rows] = swiglu(e, x[rows].double()) * weight[rows, None].double()
+    return out.float()
+
+
+@needs_gemv
+@pytest.mark.parametrize("d,f", EXPERT_SHAPES)
+def test_rows_grouped_by_expert_equal_each_experts_swiglu(d, f):
+    silu = torch.nn.functional.silu
+    x, used, start, weight = grouped_case(d, f)
+    gate_up, down = randn(5, 2 * f, d, seed=3) * 0.3, randn(5, d, f, seed=4) * 0.3
+    down_t = down.transpose(1, 2).contiguous().transpose(1, 2)  # stored transposed, as layout.py stores it
+
+    def swiglu(e, rows):
+        g, u = (rows @ gate_up[e].double().T).chunk(2, dim=-1)
+        return (silu(g) * u) @ down[e].double().T
+
+    got = kernels.experts_grouped()(x, gate_up, None, down_t, None, used, start, weight)
+    torch.testing.assert_close(got, grouped_reference(x, used, start, weight, swiglu), rtol=1e-4, atol=1e-4)
+    q_gate_up, gus, q_down, ds = int8_expert_weights(d=d, f=f)
+
+    def swiglu8(e, rows):
+        g, u = (rows @ (q_gate_up[e].double() * gus[e].double()[:, None]).T).chunk(2, dim=-1)
+        return (silu(g) * u) @ (q_down[e].double() * ds[e].double()[:, None]).T
+
+    got = kernels.experts_grouped()(x, q_gate_up, gus, q_down, ds, used, start, weight)
+    torch.testing.assert_close(got, grouped_reference(x, used, start, weight, swiglu8), rtol=1e-4, atol=1e-4)
+
+
+@needs_gemv
+@pytest.mark.parametrize("bad", ["expert past the end", "negative expert", "rows out of order", "start short",
+                                 "start not ending at the rows", "int32 experts", "weight short"])
+def test_grouped_experts_refuse_what_they_cannot_read(bad):
+    x, used, start, weight = grouped_case(40, 12)
+    gate_up, gus, down, ds = int8_expert_weights()
+    args = {"expert past the end": (used + 2, start, weight), "negative expert": (used - 2, start, weight),
+            "rows out of order": (used, torch.tensor([0, 7, 6, 10]), weight), "start short": (used, start[:3], weight),
+            "start not ending at the rows": (used, torch.tensor([0, 6, 9, 11]), weight),
+            "int32 experts": (used.int(), start, weight), "weight short": (used, start, weight[:9])}[bad]
+    with pytest.raises(ValueError, match=r"kernels\.experts_grouped"):
+        kernels.experts_grouped()(x, gate_up, gus, down, ds, *args)

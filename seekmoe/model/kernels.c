@@ -394,6 +394,126 @@ static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, f
     }
 }
 
+/* ---- many tokens through their experts ----------------------------------------------------------------------- */
+/* A decode step of several sequences: the (token, expert) pairs sorted by expert, x (P, D) their rows, expert
+ * used[u] owning rows [start[u], start[u + 1]). out (P, D) = weight[p] * SwiGLU_e(x[p]) for each pair: every used
+ * expert's weights are read once for all its rows (up to four rows share each weight row read), where torch runs a
+ * handful of small matrix products per expert on one thread. One part per used expert: the threads take experts
+ * as they finish the last. */
+typedef struct {
+    const float *x;
+    int64_t d, f;
+    const void *gate_up, *down;  /* int8 or float32 */
+    const float *gate_up_scale, *down_scale;  /* int8 only */
+    const int64_t *used, *start;
+    int64_t n_used;
+    const float *weight;
+    float *out;
+    atomic_int failed;  /* a part found no memory */
+} grouped_args;
+
+/* rows [r0, r1) of x times gate and up rows (2F, D) of one expert: h (M, 2F) */
+static void grouped_gate_up(const grouped_args *a, const void *gu, const float *gus, int64_t r0, int64_t r1,
+                            float *h) {
+    int64_t d = a->d, f2 = 2 * a->f, m_rows = r1 - r0;
+    float part[4];
+    for (int64_t o = 0; o < f2; o++)  /* each weight row read once, from memory, for every row of x */
+        for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
+            int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
+            if (gus != NULL) {
+                dot4(a->x + (r0 + m0) * d, nm, (const int8_t *)gu + o * d, d, part);
+                for (int m = 0; m < nm; m++) h[(m0 + m) * f2 + o] = part[m] * gus[o];
+            } else {
+                dot4_f32(a->x + (r0 + m0) * d, nm, (const float *)gu + o * d, d, part);
+                for (int m = 0; m < nm; m++) h[(m0 + m) * f2 + o] = part[m];
+            }
+        }
+}
+
+/* h (M, 2F) -> act (M, F): silu(gate) * up, times each pair's routing weight */
+static void grouped_act(const grouped_args *a, const float *h, int64_t r0, int64_t m_rows, float *act) {
+    int64_t f = a->f;
+    for (int64_t m = 0; m < m_rows; m++)
+        for (int64_t o = 0; o < f; o++) {
+            float g = h[m * 2 * f + o];
+            act[m * f + o] = g / (1.0f + expf(-g)) * h[m * 2 * f + f + o] * a->weight[r0 + m];
+        }
+}
+
+static void f32_grouped_job(void *p, int part, int parts) {
+    grouped_args *a = p;
+    int64_t d = a->d, f = a->f;
+    for (int64_t u = part; u < a->n_used; u += parts) {
+        int64_t e = a->used[u], r0 = a->start[u], r1 = a->start[u + 1], m_rows = r1 - r0;
+        float *h = malloc(sizeof(float) * m_rows * 3 * f);
+        if (h == NULL) {
+            atomic_store(&a->failed, 1);
+            return;
+        }
+        grouped_gate_up(a, (const float *)a->gate_up + e * 2 * f * d, NULL, r0, r1, h);
+        float *act = h + m_rows * 2 * f;
+        grouped_act(a, h, r0, m_rows, act);
+        const float *dt = (const float *)a->down + e * f * d;  /* (F, D) */
+        for (int64_t m = 0; m < m_rows; m++)
+            for (int64_t o = 0; o < d; o++) a->out[(r0 + m) * d + o] = 0.0f;
+        for (int64_t o = 0; o < f; o += 4) {  /* four weight rows, then every row against them (from cache) */
+            int nr = f - o < 4 ? (int)(f - o) : 4;
+            for (int64_t m = 0; m < m_rows; m++) axpy4(a->out + (r0 + m) * d, act + m * f + o, dt + o * d, nr, d, d);
+        }
+        free(h);
+    }
+}
+
+static void int8_grouped_job(void *p, int part, int parts) {
+    grouped_args *a = p;
+    int64_t d = a->d, f = a->f;
+    float tmp[4];
+    for (int64_t u = part; u < a->n_used; u += parts) {
+        int64_t e = a->used[u], r0 = a->start[u], r1 = a->start[u + 1], m_rows = r1 - r0;
+        float *h = malloc(sizeof(float) * m_rows * 3 * f);
+        if (h == NULL) {
+            atomic_store(&a->failed, 1);
+            return;
+        }
+        grouped_gate_up(a, (const int8_t *)a->gate_up + e * 2 * f * d, a->gate_up_scale + e * 2 * f, r0, r1, h);
+        float *act = h + m_rows * 2 * f;
+        grouped_act(a, h, r0, m_rows, act);
+        const int8_t *dn = (const int8_t *)a->down + e * d * f;  /* (D, F) */
+        const float *dns = a->down_scale + e * d;
+        for (int64_t o = 0; o < d; o++)
+            for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
+                int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
+                dot4(act + m0 * f, nm, dn + o * f, f, tmp);
+                for (int m = 0; m < nm; m++) a->out[(r0 + m0 + m) * d + o] = tmp[m] * dns[o];
+            }
+        free(h);
+    }
+}
+
+/* Returns -1 if an expert index is out of range or the rows are not in order, -2 when out of memory. */
+static int run_grouped(job_fn job, grouped_args *a, int64_t n_experts, int64_t bytes_per_expert) {
+    for (int64_t u = 0; u < a->n_used; u++)
+        if (a->used[u] < 0 || a->used[u] >= n_experts || a->start[u] > a->start[u + 1] || a->start[0] != 0)
+            return -1;
+    pool_run(job, a, (int)(a->n_used < MAX_PARTS ? a->n_used : MAX_PARTS), bytes_per_expert * a->n_used);
+    return atomic_load(&a->failed) ? -2 : 0;
+}
+
+int seekmoe_f32_experts_grouped(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
+                                const float *down_t, const int64_t *used, const int64_t *start, int64_t n_used,
+                                const float *weight, float *out) {
+    grouped_args a = {x, d, f, gate_up, down_t, NULL, NULL, used, start, n_used, weight, out, 0};
+    return run_grouped(f32_grouped_job, &a, n_experts, 12 * f * d);
+}
+
+int seekmoe_int8_experts_grouped(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
+                                 const float *gate_up_scale, const int8_t *down, const float *down_scale,
+                                 const int64_t *used, const int64_t *start, int64_t n_used, const float *weight,
+                                 float *out) {
+    grouped_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, used, start, n_used, weight, out, 0};
+    return run_grouped(int8_grouped_job, &a, n_experts, 3 * f * d);
+}
+
 /* y (M, O) = x (M, I) W.T for a few float32 rows: W stored (O, I) row by row (transposed == 0) or as (I, O)
  * (transposed == 1), streamed once the way it is stored: dot products of rows (the threads split the rows), or
  * scaled rows added into y (the threads split the columns). */

@@ -281,6 +281,18 @@ class RoutedExperts(nn.Module):
         fn = kernels.experts()
         return None if fn is None else fn(x_D, self.gate_up, None, self.down_proj, None, idx_K, weight_K.float())
 
+    def grouped(self, x_PD: torch.Tensor, used_U: torch.Tensor, start_U1: torch.Tensor,
+                weight_P: torch.Tensor) -> torch.Tensor | None:
+        """Rows x_PD sorted by expert (expert used_U[u] owns rows start_U1[u]..start_U1[u + 1] - 1) through their
+        experts times weight_P, in one kernel call (kernels.experts_grouped), or None where the kernel is not
+        available or the weights are not laid out for it."""
+        if not (self.gate_up is not None and x_PD.dtype == self.gate_up.dtype == torch.float32
+                and self.down_proj.transpose(1, 2).is_contiguous()):
+            return None
+        fn = kernels.experts_grouped()
+        return None if fn is None else fn(x_PD.contiguous(), self.gate_up, None, self.down_proj, None, used_U,
+                                          start_U1, weight_P)
+
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e's SwiGLU over rows x (M, D) -> (M, D)."""
         if self.gate_up is not None:
@@ -334,6 +346,12 @@ def few_tokens(experts: nn.Module, x_ND: torch.Tensor, idx_NK: torch.Tensor, wei
         return y_ND
     order, token_of = sort_by_expert(idx_NK, kept_NK)
     used, counts = torch.unique_consecutive(idx_NK.flatten()[order], return_counts=True)
+    if hasattr(experts, "grouped") and len(used) > 0:
+        # a kernel over all the pairs at once, where there is one: each used expert read once for all its rows
+        start_U1 = F.pad(counts.cumsum(0), (1, 0))  # (U + 1,)
+        out_PD = experts.grouped(x_ND[token_of], used, start_U1, weight_NK.flatten()[order].float())
+        if out_PD is not None:
+            return y_ND.index_add_(0, token_of, out_PD.to(y_ND.dtype))
     weight_P1 = weight_NK.flatten()[order].unsqueeze(-1).to(x_ND.dtype)  # (N*K, 1) in expert order
     start = 0
     for e, count in zip(used.tolist(), counts.tolist(), strict=True):

@@ -166,6 +166,16 @@ class Int8RoutedExperts(nn.Module):
         return fn(x_D, self.gate_up, self.gate_up_scale, self.down_proj, self.down_proj_scale, idx_K,
                   weight_K.float())
 
+    def grouped(self, x_PD: torch.Tensor, used_U: torch.Tensor, start_U1: torch.Tensor,
+                weight_P: torch.Tensor) -> torch.Tensor | None:
+        """Rows sorted by expert through their experts in one kernel call (kernels.experts_grouped; see
+        RoutedExperts.grouped), or None where that kernel is not available or the layout is not the fused one."""
+        fn = kernels.experts_grouped() if self.gate_up is not None and x_PD.dtype == torch.float32 else None
+        if fn is None:
+            return None
+        return fn(x_PD.contiguous(), self.gate_up, self.gate_up_scale, self.down_proj, self.down_proj_scale, used_U,
+                  start_U1, weight_P)
+
     def forward(
         self, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor, kept_NK: torch.Tensor | None = None
     ) -> torch.Tensor:
