@@ -364,3 +364,31 @@ def test_grouped_experts_refuse_what_they_cannot_read(bad):
             "int32 experts": (used.int(), start, weight), "weight short": (used, start, weight[:9])}[bad]
     with pytest.raises(ValueError, match=r"kernels\.experts_grouped"):
         kernels.experts_grouped()(x, gate_up, gus, down, ds, *args)
+
+
+@needs_gemv
+@pytest.mark.parametrize("heads,width,lat", [(4, 80, 64), (3, 37, 30)])  # tails of every loop
+def test_attention_over_cached_rows_equals_softmax_of_the_gathered_rows(heads, width, lat):
+    kv = randn(50, width, seed=1)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(2))
+    slots, offsets = order[:21], torch.tensor([0, 1, 14, 21])  # three sequences of 1, 13 and 7 rows, anywhere
+    q = randn(3, heads, width, seed=3)
+    got = kernels.mla_attend()(q, kv, slots, offsets, lat, 0.3)
+    for b in range(3):
+        ctx = kv[slots[offsets[b]:offsets[b + 1]]].double()  # (T, W)
+        p = (q[b].double() @ ctx.T * 0.3).softmax(-1)  # (H, T)
+        torch.testing.assert_close(got[b], (p @ ctx[:, :lat]).float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_gemv
+@pytest.mark.parametrize("bad", ["slot past the cache", "negative slot", "offsets out of order", "offsets short",
+                                 "float64 cache", "lat too wide"])
+def test_attention_over_cached_rows_refuses_what_it_cannot_read(bad):
+    kv, q = randn(10, 16, seed=1), randn(2, 2, 16, seed=2)
+    slots, offsets, lat = torch.tensor([0, 3, 4, 9]), torch.tensor([0, 1, 4]), 12
+    args = {"slot past the cache": (q, kv, slots + 1, offsets, lat), "negative slot": (q, kv, slots - 1, offsets, lat),
+            "offsets out of order": (q, kv, slots, torch.tensor([0, 3, 2]), lat),
+            "offsets short": (q, kv, slots, offsets[:2], lat), "float64 cache": (q, kv.double(), slots, offsets, lat),
+            "lat too wide": (q, kv, slots, offsets, 17)}[bad]
+    with pytest.raises(ValueError, match=r"kernels\.mla_attend"):
+        kernels.mla_attend()(*args, 0.5)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
+from seekmoe.model import kernels
 from seekmoe.model.model import MLA, CausalLM, MoE, apply_rope, few_tokens
 
 ROPE_MATRIX_TOKENS = 16
@@ -92,6 +93,7 @@ class ModelRunner:
         # a few tokens: rope as one small matrix product per layer; many: elementwise, cheaper than N tiny products
         rot = rope_matrices(cos, sin, cfg.rope_interleave).to(x.dtype) if len(x) <= ROPE_MATRIX_TOKENS else None
         lat, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
+        rows = self._cached_rows(segments, x.dtype)
         for i, (layer, fused) in enumerate(zip(m.layers, self.layers, strict=True)):
             attn = layer.self_attn
             q, c_kv, k_pe = fused.attn_in(layer.input_layernorm(x)).split([fused.q_width, lat, r], dim=-1)
@@ -105,7 +107,7 @@ class ModelRunner:
                 k_pe = apply_rope(k_pe[None, :, None], cos[None], sin[None], cfg.rope_interleave)[0, :, 0]
             kv = self.cache.kv[i]
             kv[write] = torch.cat([attn.kv_a_layernorm(c_kv), k_pe], dim=-1).to(kv.dtype)
-            x = x + fused.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments))  # (N, D)
+            x = x + fused.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments, rows))  # (N, D)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
             if isinstance(mlp, MoE):
@@ -133,10 +135,22 @@ class ModelRunner:
         # model's widest matrix, and a scored chunk's (length, vocab) rows are bounded by max_step_tokens
         return self.lm_head(m.norm(x[torch.tensor(rows, dtype=torch.long)])).float()
 
+    def _cached_rows(self, segments: list[Segment], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a decode step the attention kernel can take (float32): every sequence's cache rows, new one
+        included, end to end (N,), and where each sequence's begin (B + 1,); built once for all layers."""
+        if not (self.absorb and dtype == torch.float32 and all(s.length == 1 for s in segments)
+                and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in self.cache.kv)
+                and kernels.mla_attend() is not None):
+            return None
+        if len(segments) == 1:
+            return segments[0].slots[:segments[0].start + 1], torch.tensor([0, segments[0].start + 1])
+        lengths = torch.tensor([0] + [s.start + 1 for s in segments])
+        return torch.cat([s.slots[:s.start + 1] for s in segments]), lengths.cumsum(0)
+
     def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
-                segments: list[Segment]) -> torch.Tensor:
+                segments: list[Segment], rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.absorb and all(s.length == 1 for s in segments):  # the common decode step: one batched call
-            return self._absorbed(i, attn, kv, q_nope, q_pe, segments)
+            return self._absorbed(i, attn, kv, q_nope, q_pe, segments, rows)
         outs, start = [], 0
         for s in segments:
             qn, qp = q_nope[start:start + s.length], q_pe[start:start + s.length]
@@ -164,12 +178,17 @@ class ModelRunner:
         return out.transpose(0, 1).reshape(c, h * v)
 
     def _absorbed(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
-                  segments: list[Segment]) -> torch.Tensor:
-        """B sequences, one new token each, attending over their cached latents; W_UK, W_UV folded in."""
+                  segments: list[Segment], rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """B sequences, one new token each, attending over their cached latents; W_UK, W_UV folded in. rows: the
+        step's cache rows for the attention kernel (_cached_rows), which reads them where they sit."""
         ab, lat = self.absorbed[i], attn.kv_lora_rank
         b = len(segments)
         q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
         q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
+        if rows is not None:
+            o_lat = kernels.mla_attend()(q, kv, rows[0], rows[1], lat, attn.softmax_scale)  # (B, H, L)
+            out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t)  # (H, B, v)
+            return out.transpose(0, 1).reshape(b, -1)  # (B, H * v)
         lengths = [s.start + 1 for s in segments]
         t = max(lengths)
         if b == 1:

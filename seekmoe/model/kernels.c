@@ -559,6 +559,72 @@ void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, 
     pool_run(transposed ? f32_columns_job : f32_rows_job, &a, parts_of(n_out, 16), 4 * n_in * n_out);
 }
 
+/* ---- MLA attention over the latent cache (decode) ------------------------------------------------------------- */
+/* B sequences, one new token each, attending over their cached rows [c_KV | k_rope] (width L + R) with the
+ * absorbed query q (B, H, L + R): o (B, H, L) = softmax(q . rows * scale) . rows[:, :L], per head. The rows are
+ * read where they sit in the cache, by slot, where torch first gathers every sequence's rows into a padded copy;
+ * each row is read once for all heads. One part per sequence. */
+typedef struct {
+    const float *q, *kv;
+    int64_t width, lat, heads;
+    const int64_t *slots, *offsets;
+    float scale;
+    float *out;
+    atomic_int failed;
+    int64_t n_seqs;
+} attend_args;
+
+static void attend_job(void *p, int part, int parts) {
+    attend_args *a = p;
+    int64_t w = a->width, lat = a->lat, nh = a->heads;
+    for (int64_t b = part; b < a->n_seqs; b += parts) {
+        int64_t off = a->offsets[b], t_len = a->offsets[b + 1] - off;
+        float *sc = malloc(sizeof(float) * nh * (t_len > 0 ? t_len : 1));
+        if (sc == NULL) {
+            atomic_store(&a->failed, 1);
+            return;
+        }
+        const float *q = a->q + b * nh * w;
+        for (int64_t t = 0; t < t_len; t++) {  /* scores: each cached row once, for every head */
+            const float *row = a->kv + a->slots[off + t] * w;
+            for (int64_t h = 0; h < nh; h++) sc[h * t_len + t] = dot1_f32(q + h * w, row, w) * a->scale;
+        }
+        for (int64_t h = 0; h < nh; h++) {  /* softmax per head */
+            float *s = sc + h * t_len, m = -INFINITY, z = 0.0f;
+            for (int64_t t = 0; t < t_len; t++) m = s[t] > m ? s[t] : m;
+            for (int64_t t = 0; t < t_len; t++) z += (s[t] = expf(s[t] - m));
+            for (int64_t t = 0; t < t_len; t++) s[t] /= z;
+        }
+        float *o = a->out + b * nh * lat;
+        for (int64_t j = 0; j < nh * lat; j++) o[j] = 0.0f;
+        for (int64_t t = 0; t < t_len; t++) {  /* values: the rows' latent part, weighted, again once for all heads */
+            const float *row = a->kv + a->slots[off + t] * w;
+            for (int64_t h = 0; h < nh; h++) {
+                __m256 c = _mm256_set1_ps(sc[h * t_len + t]);
+                float *oh = o + h * lat;
+                int64_t j = 0;
+                for (; j + 8 <= lat; j += 8)
+                    _mm256_storeu_ps(oh + j, _mm256_fmadd_ps(c, _mm256_loadu_ps(row + j), _mm256_loadu_ps(oh + j)));
+                for (; j < lat; j++) oh[j] += sc[h * t_len + t] * row[j];
+            }
+        }
+        free(sc);
+    }
+}
+
+/* Returns -1 if a slot is outside the cache's n_rows rows or the offsets are not in order, -2 when out of memory. */
+int seekmoe_mla_attend(const float *q, const float *kv, int64_t n_rows, int64_t width, int64_t lat, int64_t heads,
+                       const int64_t *slots, const int64_t *offsets, int64_t n_seqs, float scale, float *out) {
+    if (offsets[0] != 0) return -1;
+    for (int64_t b = 0; b < n_seqs; b++)
+        if (offsets[b + 1] < offsets[b]) return -1;
+    for (int64_t i = 0; i < offsets[n_seqs]; i++)
+        if (slots[i] < 0 || slots[i] >= n_rows) return -1;
+    attend_args a = {q, kv, width, lat, heads, slots, offsets, scale, out, 0, n_seqs};
+    pool_run(attend_job, &a, (int)(n_seqs < MAX_PARTS ? n_seqs : MAX_PARTS), offsets[n_seqs] * width * 4);
+    return atomic_load(&a.failed) ? -2 : 0;
+}
+
 /* The sum of n floats read by every thread of the pool, each its share: how fast the machine streams memory with
  * all its cores (bench/decode.py's floor). */
 typedef struct {

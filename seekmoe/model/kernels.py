@@ -292,6 +292,46 @@ def _experts_grouped(lib: ctypes.CDLL) -> Callable:
     return run
 
 
+def mla_attend() -> Callable[..., torch.Tensor] | None:
+    """`f(q (B, H, W), kv (S, W), slots (N,) int64, offsets (B + 1,) int64, scale) -> (B, H, L)`: each of B
+    sequences' absorbed queries attending over its cached rows kv[slots[offsets[b]:offsets[b + 1]]] (keys the whole
+    row, values its first L = W - R columns: pass L as `lat`). float32 only. None without the kernels."""
+    return _bound("mla_attend", _mla_attend)
+
+
+def _mla_attend(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_mla_attend
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + \
+        [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
+
+    def run(q: torch.Tensor, kv: torch.Tensor, slots: torch.Tensor, offsets: torch.Tensor, lat: int,
+            scale: float) -> torch.Tensor:
+        b, h, w = q.shape
+        ok = (kv.dim() == 2 and kv.shape[1] == w and 0 < lat <= w and offsets.shape == (b + 1,)
+              and slots.dim() == 1 and q.dtype == kv.dtype == torch.float32
+              and slots.dtype == offsets.dtype == torch.int64
+              and all(t.is_contiguous() and t.device.type == "cpu" for t in (q, kv, slots, offsets)))
+        if ok:
+            ok = int(offsets[-1]) == slots.shape[0]
+        if not ok:
+            raise ValueError("kernels.mla_attend needs contiguous CPU tensors: q (B, H, W) and kv (S, W) float32, "
+                             "slots (N,) and offsets (B + 1,) int64 with offsets[-1] = N, 0 < lat <= W; got "
+                             + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in (q, kv, slots, offsets))
+                             + f", lat {lat}")
+        out = torch.empty(b, h, lat, dtype=torch.float32)
+        status = fn(q.data_ptr(), kv.data_ptr(), kv.shape[0], w, lat, h, slots.data_ptr(), offsets.data_ptr(), b,
+                    scale, out.data_ptr())
+        if status == -2:
+            raise MemoryError(f"kernels.mla_attend: no memory for the scores of {slots.shape[0]} cached rows")
+        if status:
+            raise ValueError(f"kernels.mla_attend: a slot outside the cache's {kv.shape[0]} rows, or offsets out of "
+                             f"order: {offsets.tolist()}")
+        return out
+
+    return run
+
+
 def threads() -> int:
     """The threads each kernel call is split over (1 without the kernels)."""
     lib = _library()
