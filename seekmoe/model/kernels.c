@@ -1,5 +1,6 @@
 /* Decode kernels (AVX2 + FMA): matrix-vector products that stream weights row by row with independent
- * accumulators, in float32 or int8 widened to float32, and one token's SwiGLU experts in one call. Each call splits
+ * accumulators, in float32 or int8 widened to float32; one token's SwiGLU experts in one call, or a step's tokens
+ * grouped by expert; MLA's absorbed attention over the latent cache. Each call splits
  * its weight rows over a pool of threads that lives as long as the process: one core streams only part of what the
  * memory gives (a decode step is bound by how fast weights stream), and OpenMP's wake-up per call costs more than a
  * small product takes.

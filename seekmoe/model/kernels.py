@@ -1,6 +1,6 @@
 """Hand-written CPU kernels, built on first use with the system C compiler and called through ctypes.
 
-All in kernels.c, for decoding one token at a time:
+All in kernels.c, for decoding (a few tokens a step):
 - `int8_gemv`, the product of a few float32 rows with an int8 weight. torch's int8 kernel (`_weight_int8pack_mm`)
   is compute-bound on AVX2 for one row: 5-7 GB/s of int8 weight on one core here, where this one streams 11-15
   GB/s (bench/decode.py's `small` shapes); from four rows on the two are even.
@@ -10,12 +10,19 @@ All in kernels.c, for decoding one token at a time:
 - `f32_gemv`, a few float32 rows times a float32 weight. Streaming rows with four independent accumulators, it
   reads 18-22 GB/s on one core here for one row, where torch's (MKL) matrix-vector products read 12-17 GB/s for
   the same shapes; a few rows share each read of the weight.
+- `experts_grouped`, a step's (token, expert) pairs sorted by expert through their SwiGLUs in one call: each used
+  expert's weights read once for all its rows (decoding several sequences), where torch runs a handful of small
+  products per expert on one thread.
+- `mla_attend`, the absorbed attention of a decode step: each sequence's latent cache rows read where they sit,
+  once for all heads, instead of gathered into a padded copy first.
+- `stream_sum`, every thread reading one buffer: the memory bandwidth the benchmarks' floors divide by.
 
-Each call splits its weight rows over a pool of threads started with the library and kept for the process (one
-core streams about half of what this machine's memory gives; llama.cpp decodes twice as fast on two threads as on
-one): SEEKMOE_THREADS threads, else OMP_NUM_THREADS, else one per core this process may run on. The workers spin
-for 2 ms after a call, then sleep, so an idle process costs nothing; a call that finds the pool busy (another
-thread) runs alone, and a forked child runs every call alone.
+Each call is cut into parts (rows, experts, sequences) that a pool of threads started with the library and kept for
+the process claims one by one, the caller among them (one core streams about half of what this machine's memory
+gives; llama.cpp decodes twice as fast on two threads as on one): SEEKMOE_THREADS threads, else OMP_NUM_THREADS,
+else one per core this process may run on. The workers spin for 2 ms after a call, then sleep, so an idle process
+costs nothing; a worker the OS has not run yet holds nobody up (the caller takes its parts); a call that finds the
+pool busy (another thread) runs alone, and a forked child runs every call alone.
 
 The library is compiled once per source version and flags into the user's cache folder
 (`$XDG_CACHE_HOME/seekmoe/kernels` or ~/.cache/seekmoe/kernels; SEEKMOE_CACHE overrides the part before
