@@ -241,6 +241,26 @@ def _int8_gemv(lib: ctypes.CDLL) -> Callable:
     return gemv
 
 
+def _expert_weights_fit(gate_up: torch.Tensor, gate_up_scale: torch.Tensor | None, down: torch.Tensor,
+                        down_scale: torch.Tensor | None) -> bool:
+    """Whether stacked SwiGLU weights are what the experts kernels read, as contiguous CPU tensors: gate_up
+    (E, 2F, D) and down (E, D, F) int8 with float32 scales (E, 2F) and (E, D), or float32 with down stored
+    transposed and no scales."""
+    e, f2, d = gate_up.shape
+    if f2 % 2 or down.shape != (e, d, f2 // 2):
+        return False
+    if gate_up.dtype == torch.int8:
+        if gate_up_scale is None or down_scale is None:
+            return False
+        stored = [gate_up, down, gate_up_scale, down_scale]
+        ok = (down.dtype == torch.int8 and gate_up_scale.shape == (e, f2) and down_scale.shape == (e, d)
+              and gate_up_scale.dtype == down_scale.dtype == torch.float32)
+    else:
+        stored = [gate_up, down.transpose(1, 2)]  # the order the kernel reads
+        ok = gate_up.dtype == down.dtype == torch.float32 and gate_up_scale is None and down_scale is None
+    return ok and all(t.is_contiguous() and t.device.type == "cpu" for t in stored)
+
+
 def experts_grouped() -> Callable[..., torch.Tensor] | None:
     """`f(x (P, D), gate_up (E, 2F, D), gate_up_scale, down (E, D, F), down_scale, used (U,) int64, start (U + 1,)
     int64, weight (P,)) -> (P, D)`: (token, expert) pairs sorted by expert, expert used[u] owning rows
@@ -263,17 +283,10 @@ def _experts_grouped(lib: ctypes.CDLL) -> Callable:
         e, f2, d = gate_up.shape
         f, p, u = f2 // 2, x.shape[0], used.shape[0]
         int8 = gate_up.dtype == torch.int8
-        stored = down if int8 else down.transpose(1, 2)  # the order the kernel reads
-        tensors = [x, gate_up, stored, used, start, weight] + ([gate_up_scale, down_scale] if int8 else [])
-        ok = (x.dim() == 2 and x.shape[1] == d and f2 % 2 == 0 and down.shape == (e, d, f) and weight.shape == (p,)
-              and start.shape == (u + 1,) and used.dtype == start.dtype == torch.int64
-              and x.dtype == weight.dtype == torch.float32
-              and all(t is not None and t.is_contiguous() and t.device.type == "cpu" for t in tensors))
-        if ok and int8:
-            ok = (down.dtype == torch.int8 and gate_up_scale.shape == (e, f2) and down_scale.shape == (e, d)
-                  and gate_up_scale.dtype == down_scale.dtype == torch.float32)
-        elif ok:
-            ok = gate_up.dtype == down.dtype == torch.float32 and gate_up_scale is None and down_scale is None
+        ok = (x.dim() == 2 and x.shape[1] == d and weight.shape == (p,) and start.shape == (u + 1,)
+              and used.dtype == start.dtype == torch.int64 and x.dtype == weight.dtype == torch.float32
+              and all(t.is_contiguous() and t.device.type == "cpu" for t in (x, used, start, weight))
+              and _expert_weights_fit(gate_up, gate_up_scale, down, down_scale))
         if ok:
             ok = u > 0 and int(start[-1]) == p
         if not ok:
@@ -416,16 +429,10 @@ def _experts(lib: ctypes.CDLL) -> Callable:
         e, f2, d = gate_up.shape
         f, k = f2 // 2, idx.shape[0]
         int8 = gate_up.dtype == torch.int8
-        stored = down if int8 else down.transpose(1, 2)  # the order the kernel reads
-        tensors = [x, gate_up, stored, idx, weight] + ([gate_up_scale, down_scale] if int8 else [])
-        ok = (x.shape == (d,) and f2 % 2 == 0 and down.shape == (e, d, f) and idx.shape == weight.shape == (k,)
-              and idx.dtype == torch.int64 and x.dtype == weight.dtype == torch.float32
-              and all(t is not None and t.is_contiguous() and t.device.type == "cpu" for t in tensors))
-        if ok and int8:
-            ok = (down.dtype == torch.int8 and gate_up_scale.shape == (e, f2) and down_scale.shape == (e, d)
-                  and gate_up_scale.dtype == down_scale.dtype == torch.float32)
-        elif ok:
-            ok = gate_up.dtype == down.dtype == torch.float32 and gate_up_scale is None and down_scale is None
+        ok = (x.shape == (d,) and idx.shape == weight.shape == (k,) and idx.dtype == torch.int64
+              and x.dtype == weight.dtype == torch.float32
+              and all(t.is_contiguous() and t.device.type == "cpu" for t in (x, idx, weight))
+              and _expert_weights_fit(gate_up, gate_up_scale, down, down_scale))
         if not ok:
             raise ValueError("kernels.experts needs contiguous CPU tensors: x (D,) float32, gate_up (E, 2F, D) and "
                              "down (E, D, F) int8 with float32 scales (E, 2F), (E, D), or float32 with down stored "
