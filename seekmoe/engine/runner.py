@@ -76,6 +76,10 @@ class ModelRunner:
         self.expert_counts = {i: torch.zeros(self.cfg.n_routed_experts, dtype=torch.long)
                               for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)}
         self._one = torch.ones((), dtype=torch.long)
+        # the attention kernel for decode steps, where the cache is one it reads (float32, contiguous: fixed for
+        # the cache's life)
+        fits = absorb and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in cache.kv)
+        self._mla_attend = kernels.mla_attend() if fits else None
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment],
@@ -138,9 +142,7 @@ class ModelRunner:
     def _cached_rows(self, segments: list[Segment], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a decode step the attention kernel can take (float32): every sequence's cache rows, new one
         included, end to end (N,), and where each sequence's begin (B + 1,); built once for all layers."""
-        if not (self.absorb and dtype == torch.float32 and all(s.length == 1 for s in segments)
-                and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in self.cache.kv)
-                and kernels.mla_attend() is not None):
+        if self._mla_attend is None or dtype != torch.float32 or any(s.length != 1 for s in segments):
             return None
         if len(segments) == 1:
             return segments[0].slots[:segments[0].start + 1], torch.tensor([0, segments[0].start + 1])
@@ -186,7 +188,7 @@ class ModelRunner:
         q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
         q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
         if rows is not None:
-            o_lat = kernels.mla_attend()(q, kv, rows[0], rows[1], lat, attn.softmax_scale)  # (B, H, L)
+            o_lat = self._mla_attend(q, kv, rows[0], rows[1], lat, attn.softmax_scale)  # (B, H, L)
             out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t)  # (H, B, v)
             return out.transpose(0, 1).reshape(b, -1)  # (B, H * v)
         lengths = [s.start + 1 for s in segments]
