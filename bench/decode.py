@@ -75,6 +75,7 @@ def work_build(name: str, folder: Path, int8: bool) -> dict:
 
     from seekmoe import CausalLM, ModelConfig, save_model
     from seekmoe.engine.cache import bytes_per_token, mha_bytes_per_token
+    from seekmoe.model.inspect import decode_reads
     from seekmoe.model.quant import quantize_int8, save_quantized
 
     cfg = ModelConfig.from_dict(CONFIGS[name])
@@ -83,23 +84,12 @@ def work_build(name: str, folder: Path, int8: bool) -> dict:
     model.to_empty(device="cpu")
     model.init_weights(torch.Generator().manual_seed(0))
     save_model(model, folder / "fp32")
-    k_of_e = cfg.num_experts_per_tok / cfg.n_routed_experts
-
-    def active(model) -> tuple[float, float]:  # (parameters, bytes) one decode token touches
-        params = nbytes = 0.0
-        for n, t in [*model.named_parameters(), *model.named_buffers()]:
-            if n.endswith("inv_freq"):
-                continue
-            share = k_of_e if ".mlp.experts." in n else 1 / cfg.vocab_size if n == "model.embed_tokens.weight" else 1
-            params += t.numel() * share * (not n.endswith("_scale"))
-            nbytes += t.numel() * t.element_size() * share
-        return params, nbytes
 
     out = dict(params=model.num_parameters(), kv_bytes=bytes_per_token(cfg), mha_bytes=mha_bytes_per_token(cfg))
-    out["active_params"], out["active_bytes"] = active(model)
+    out["active_params"], out["active_bytes"] = decode_reads(model)
     if int8:
         save_quantized(quantize_int8(model), folder / "int8")
-        out["active_bytes_int8"] = active(model)[1]
+        out["active_bytes_int8"] = decode_reads(model)[1]
     return out
 
 

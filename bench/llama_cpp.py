@@ -106,21 +106,12 @@ def work_build(name: str, folder: Path) -> dict:
     import seekmoe
     from seekmoe import CausalLM, ModelConfig, save_model
     from seekmoe.export import export_gguf
+    from seekmoe.model.inspect import decode_reads
     from seekmoe.model.quant import quantize_int8, save_quantized
 
     tokenizer = Path(seekmoe.__file__).parent / "models" / "seekmoe-tiny"
     cfg = ModelConfig.from_dict(CONFIGS[name])
     k_of_e = cfg.num_experts_per_tok / cfg.n_routed_experts
-
-    def active(model) -> tuple[float, float]:  # (parameters, bytes) one decode token touches
-        params = nbytes = 0.0
-        for n, t in [*model.named_parameters(), *model.named_buffers()]:
-            if n.endswith("inv_freq"):
-                continue
-            share = k_of_e if ".mlp.experts." in n else 1 / cfg.vocab_size if n == "model.embed_tokens.weight" else 1
-            params += t.numel() * share * (not n.endswith("_scale"))
-            nbytes += t.numel() * t.element_size() * share
-        return params, nbytes
 
     def save(save_fn, model, path: Path) -> None:
         save_fn(model, path)
@@ -133,9 +124,9 @@ def work_build(name: str, folder: Path) -> dict:
     model.init_weights(torch.Generator().manual_seed(0))
     save(save_model, model, folder / "fp32")
     out = dict(config=CONFIGS[name], params=model.num_parameters(), active={})
-    out["active_params"], out["active"]["seekmoe"] = active(model)
+    out["active_params"], out["active"]["seekmoe"] = decode_reads(model)
     save(save_quantized, quantize_int8(model), folder / "int8")
-    out["active"]["seekmoe int8"] = active(model)[1]
+    out["active"]["seekmoe int8"] = decode_reads(model)[1]
     del model
     for engine, (_, file) in ENGINES.items():
         if file.endswith(".gguf"):

@@ -322,3 +322,20 @@ def format_memory(m: Memory, total: int, kv_dtype: str) -> list[str]:
         row("MHA with the same heads", m.kv_mha),
     ]
     return lines
+
+
+def decode_reads(model) -> tuple[float, float]:
+    """(parameters, bytes) of the weights one decode token reads in a built model (float or int8): every tensor in
+    full but the routed experts, of which the token reads its K of E, and the input embedding, of which it reads a
+    row; rotary tables left out, and int8 scales counted as bytes, not parameters. The memory-bandwidth floor of a
+    decode step is bandwidth / these bytes."""
+    cfg = model.config
+    k_of_e = cfg.num_experts_per_tok / cfg.n_routed_experts
+    params = nbytes = 0.0
+    for n, t in [*model.named_parameters(), *model.named_buffers()]:
+        if n.endswith("inv_freq"):
+            continue
+        share = k_of_e if ".mlp.experts." in n else 1 / cfg.vocab_size if n == "model.embed_tokens.weight" else 1
+        params += t.numel() * share * (not n.endswith("_scale"))
+        nbytes += t.numel() * t.element_size() * share
+    return params, nbytes
