@@ -68,6 +68,20 @@ def test_openai_tool_form():
     assert math_plugin.plugin.parameters["required"] == ["operation"]
 
 
+def test_openai_tool_leaves_the_bounds_to_call():
+    schema = {"type": "object", "additionalProperties": False, "required": ["maxLength"],
+              "properties": {"maxLength": {"type": "string", "maxLength": 5, "description": "a property so named"},
+                             "xs": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 2}}}
+    plugin = Plugin(name="bounded", description="d", parameters=schema, run=fx.echo)
+    shown = openai_tool(plugin)["function"]["parameters"]
+    assert shown == {"type": "object", "required": ["maxLength"],
+                     "properties": {"maxLength": {"type": "string", "description": "a property so named"},
+                                    "xs": {"type": "array", "items": {"type": "string"}}}}
+    assert plugin.parameters["properties"]["xs"]["maxItems"] == 2  # the schema call() checks keeps them
+    math = openai_tool(math_plugin.plugin)["function"]["parameters"]
+    assert "maxLength" not in json.dumps(math) and "additionalProperties" not in math
+
+
 # --------------------------------------------------------------------------------------------------- discovery
 
 def _fake_entry_points(monkeypatch, *specs):
