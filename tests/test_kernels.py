@@ -381,6 +381,24 @@ def test_attention_over_cached_rows_equals_softmax_of_the_gathered_rows(heads, w
 
 
 @needs_gemv
+def test_attention_over_a_long_context_merges_its_chunks():
+    """Sequences longer than a chunk (512 rows) are cut, each chunk with its own softmax, and merged: the same
+    answer, a short sequence beside them and an empty one included."""
+    heads, width, lat = 3, 40, 32
+    kv = randn(3000, width, seed=4) * 3  # spread scores: each chunk's max differs
+    lengths = [1300, 5, 0, 1024, 513]
+    order = torch.randperm(3000, generator=torch.Generator().manual_seed(5))
+    slots, offsets = order[:sum(lengths)], torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    q = randn(len(lengths), heads, width, seed=6)
+    got = kernels.mla_attend()(q, kv, slots, offsets, lat, 0.2)
+    assert got[2].abs().max() == 0  # no rows: nothing to attend to
+    for b in (0, 1, 3, 4):
+        ctx = kv[slots[offsets[b]:offsets[b + 1]]].double()  # (T, W)
+        p = (q[b].double() @ ctx.T * 0.2).softmax(-1)  # (H, T)
+        torch.testing.assert_close(got[b], (p @ ctx[:, :lat]).float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_gemv
 @pytest.mark.parametrize("bad", ["slot past the cache", "negative slot", "offsets out of order", "offsets short",
                                  "float64 cache", "lat too wide"])
 def test_attention_over_cached_rows_refuses_what_it_cannot_read(bad):

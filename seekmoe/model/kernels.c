@@ -564,52 +564,93 @@ void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, 
 /* B sequences, one new token each, attending over their cached rows [c_KV | k_rope] (width L + R) with the
  * absorbed query q (B, H, L + R): o (B, H, L) = softmax(q . rows * scale) . rows[:, :L], per head. The rows are
  * read where they sit in the cache, by slot, where torch first gathers every sequence's rows into a padded copy;
- * each row is read once for all heads. One part per sequence. */
+ * each row is read once for all heads.
+ * A part is a chunk of at most ATTEND_ROWS of one sequence's rows, so that one long context keeps every thread
+ * busy (as flash-decoding does on GPUs): a chunk of a longer sequence keeps its own softmax max and sum per head
+ * and an unnormalised output, merged once all are done. The chunks do not depend on the thread count, so neither
+ * do the results. */
+#define ATTEND_ROWS 512
+
+typedef struct {
+    int64_t seq, lo, hi;  /* rows [lo, hi) of offsets' numbering */
+    int64_t partial;      /* its block of partials (H * (L + 2) floats), or -1 when it is the whole sequence */
+} attend_chunk;
+
 typedef struct {
     const float *q, *kv;
     int64_t width, lat, heads;
-    const int64_t *slots, *offsets;
+    const int64_t *slots;
+    const attend_chunk *chunks;
+    int64_t n_chunks;
     float scale;
-    float *out;
+    float *out, *partials;
     atomic_int failed;
-    int64_t n_seqs;
 } attend_args;
 
 static void attend_job(void *p, int part, int parts) {
     attend_args *a = p;
     int64_t w = a->width, lat = a->lat, nh = a->heads;
-    for (int64_t b = part; b < a->n_seqs; b += parts) {
-        int64_t off = a->offsets[b], t_len = a->offsets[b + 1] - off;
-        float *sc = malloc(sizeof(float) * nh * (t_len > 0 ? t_len : 1));
+    for (int64_t i = part; i < a->n_chunks; i += parts) {
+        attend_chunk c = a->chunks[i];
+        int64_t n = c.hi - c.lo;
+        float *sc = malloc(sizeof(float) * nh * (n > 0 ? n : 1));
         if (sc == NULL) {
             atomic_store(&a->failed, 1);
             return;
         }
-        const float *q = a->q + b * nh * w;
-        for (int64_t t = 0; t < t_len; t++) {  /* scores: each cached row once, for every head */
-            const float *row = a->kv + a->slots[off + t] * w;
-            for (int64_t h = 0; h < nh; h++) sc[h * t_len + t] = dot1_f32(q + h * w, row, w) * a->scale;
+        const float *q = a->q + c.seq * nh * w;
+        for (int64_t t = 0; t < n; t++) {  /* scores: each cached row once, for every head */
+            const float *row = a->kv + a->slots[c.lo + t] * w;
+            for (int64_t h = 0; h < nh; h++) sc[h * n + t] = dot1_f32(q + h * w, row, w) * a->scale;
         }
-        for (int64_t h = 0; h < nh; h++) {  /* softmax per head */
-            float *s = sc + h * t_len, m = -INFINITY, z = 0.0f;
-            for (int64_t t = 0; t < t_len; t++) m = s[t] > m ? s[t] : m;
-            for (int64_t t = 0; t < t_len; t++) z += (s[t] = expf(s[t] - m));
-            for (int64_t t = 0; t < t_len; t++) s[t] /= z;
+        /* a whole sequence is written normalised; a chunk leaves (output, max, sum) per head for the merge */
+        float *o = c.partial < 0 ? a->out + c.seq * nh * lat : a->partials + c.partial * nh * (lat + 2);
+        float *stats = o + nh * lat;  /* a chunk's max and sum per head: (H, 2) */
+        for (int64_t h = 0; h < nh; h++) {
+            float *s = sc + h * n, m = -INFINITY, z = 0.0f;
+            for (int64_t t = 0; t < n; t++) m = s[t] > m ? s[t] : m;
+            for (int64_t t = 0; t < n; t++) z += (s[t] = expf(s[t] - m));
+            if (c.partial < 0) {
+                for (int64_t t = 0; t < n; t++) s[t] /= z;
+            } else {
+                stats[2 * h] = m;
+                stats[2 * h + 1] = z;
+            }
         }
-        float *o = a->out + b * nh * lat;
         for (int64_t j = 0; j < nh * lat; j++) o[j] = 0.0f;
-        for (int64_t t = 0; t < t_len; t++) {  /* values: the rows' latent part, weighted, again once for all heads */
-            const float *row = a->kv + a->slots[off + t] * w;
+        for (int64_t t = 0; t < n; t++) {  /* values: the rows' latent part, weighted, again once for all heads */
+            const float *row = a->kv + a->slots[c.lo + t] * w;
             for (int64_t h = 0; h < nh; h++) {
-                __m256 c = _mm256_set1_ps(sc[h * t_len + t]);
+                __m256 cw = _mm256_set1_ps(sc[h * n + t]);
                 float *oh = o + h * lat;
                 int64_t j = 0;
                 for (; j + 8 <= lat; j += 8)
-                    _mm256_storeu_ps(oh + j, _mm256_fmadd_ps(c, _mm256_loadu_ps(row + j), _mm256_loadu_ps(oh + j)));
-                for (; j < lat; j++) oh[j] += sc[h * t_len + t] * row[j];
+                    _mm256_storeu_ps(oh + j, _mm256_fmadd_ps(cw, _mm256_loadu_ps(row + j), _mm256_loadu_ps(oh + j)));
+                for (; j < lat; j++) oh[j] += sc[h * n + t] * row[j];
             }
         }
         free(sc);
+    }
+}
+
+/* o (H, L) of one sequence from its k chunks' partials: each rescaled to the largest max, summed, divided by the
+ * total sum */
+static void attend_merge(const float *partials, int64_t k, int64_t nh, int64_t lat, float *o) {
+    for (int64_t h = 0; h < nh; h++) {
+        float m = -INFINITY, z = 0.0f;
+        for (int64_t c = 0; c < k; c++) {
+            float mc = partials[c * nh * (lat + 2) + nh * lat + 2 * h];
+            m = mc > m ? mc : m;
+        }
+        float *oh = o + h * lat;
+        for (int64_t j = 0; j < lat; j++) oh[j] = 0.0f;
+        for (int64_t c = 0; c < k; c++) {
+            const float *block = partials + c * nh * (lat + 2), *stats = block + nh * lat + 2 * h;
+            float f = expf(stats[0] - m);
+            z += f * stats[1];
+            for (int64_t j = 0; j < lat; j++) oh[j] += f * block[h * lat + j];
+        }
+        for (int64_t j = 0; j < lat; j++) oh[j] /= z;
     }
 }
 
@@ -617,12 +658,43 @@ static void attend_job(void *p, int part, int parts) {
 int seekmoe_mla_attend(const float *q, const float *kv, int64_t n_rows, int64_t width, int64_t lat, int64_t heads,
                        const int64_t *slots, const int64_t *offsets, int64_t n_seqs, float scale, float *out) {
     if (offsets[0] != 0) return -1;
-    for (int64_t b = 0; b < n_seqs; b++)
-        if (offsets[b + 1] < offsets[b]) return -1;
+    int64_t n_chunks = 0, n_partials = 0;
+    for (int64_t b = 0; b < n_seqs; b++) {
+        int64_t t_len = offsets[b + 1] - offsets[b], k = (t_len + ATTEND_ROWS - 1) / ATTEND_ROWS;
+        if (t_len < 0) return -1;
+        n_chunks += k > 1 ? k : 1;
+        n_partials += k > 1 ? k : 0;
+    }
     for (int64_t i = 0; i < offsets[n_seqs]; i++)
         if (slots[i] < 0 || slots[i] >= n_rows) return -1;
-    attend_args a = {q, kv, width, lat, heads, slots, offsets, scale, out, 0, n_seqs};
-    pool_run(attend_job, &a, (int)(n_seqs < MAX_PARTS ? n_seqs : MAX_PARTS), offsets[n_seqs] * width * 4);
+    attend_chunk *chunks = malloc(sizeof(attend_chunk) * n_chunks);
+    float *partials = n_partials ? malloc(sizeof(float) * n_partials * heads * (lat + 2)) : NULL;
+    if (chunks == NULL || (n_partials && partials == NULL)) {
+        free(chunks);
+        free(partials);
+        return -2;
+    }
+    for (int64_t b = 0, i = 0, j = 0; b < n_seqs; b++) {
+        int64_t lo = offsets[b], hi = offsets[b + 1];
+        if (hi - lo <= ATTEND_ROWS) {
+            chunks[i++] = (attend_chunk){b, lo, hi, -1};
+            continue;
+        }
+        for (int64_t r = lo; r < hi; r += ATTEND_ROWS)
+            chunks[i++] = (attend_chunk){b, r, r + ATTEND_ROWS < hi ? r + ATTEND_ROWS : hi, j++};
+    }
+    attend_args a = {q, kv, width, lat, heads, slots, chunks, n_chunks, scale, out, partials, 0};
+    pool_run(attend_job, &a, (int)(n_chunks < MAX_PARTS ? n_chunks : MAX_PARTS), offsets[n_seqs] * width * 4);
+    for (int64_t i = 0; i < n_chunks && !atomic_load(&a.failed); ) {
+        int64_t k = 1;
+        while (i + k < n_chunks && chunks[i + k].seq == chunks[i].seq) k++;
+        if (chunks[i].partial >= 0)
+            attend_merge(partials + chunks[i].partial * heads * (lat + 2), k, heads, lat,
+                         out + chunks[i].seq * heads * lat);
+        i += k;
+    }
+    free(chunks);
+    free(partials);
     return atomic_load(&a.failed) ? -2 : 0;
 }
 
