@@ -5,6 +5,8 @@
 #   scripts/setup.sh test   plus what the tests need (transformers for parity, pytest, ruff, hypothesis, lm-eval, the
 #                           client packages with openai-node from npm when npm is there, and Debian's chromium for
 #                           the chat page's browser test, installed with apt-get when root)
+#                           and, for the Java and C++ SDK tests, Debian's JDK, gson, g++, CMake, libcurl and
+#                           nlohmann-json, installed the same way
 # torch is installed first as the CPU build 2.13.0, so no later requirement can pull a multi-GB CUDA build;
 # a torch already in the environment is kept.
 set -euo pipefail
@@ -40,6 +42,28 @@ if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
             chromium; } >/dev/null || echo "setup.sh: apt-get could not install chromium; the browser test will skip" >&2
     else
         echo "setup.sh: no chromium; as root: apt-get install chromium (else tests/test_chat_page.py is skipped)" >&2
+    fi
+fi
+# The Java and C++ SDKs' tests (tests/test_sdk_java.py, tests/test_sdk_cpp.py): a JDK and Debian's gson; a C++
+# compiler, CMake, libcurl and nlohmann-json
+if [ "${1:-}" = "test" ]; then
+    sdk_packages=()
+    command -v javac >/dev/null 2>&1 || sdk_packages+=(default-jdk-headless)
+    [ -r /usr/share/java/gson.jar ] || sdk_packages+=(libgoogle-gson-java)
+    command -v c++ >/dev/null 2>&1 || sdk_packages+=(g++)
+    command -v cmake >/dev/null 2>&1 || sdk_packages+=(cmake)
+    command -v make >/dev/null 2>&1 || sdk_packages+=(make)
+    command -v curl-config >/dev/null 2>&1 || sdk_packages+=(libcurl4-openssl-dev)
+    [ -r /usr/include/nlohmann/json.hpp ] || sdk_packages+=(nlohmann-json3-dev)
+    if [ ${#sdk_packages[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${sdk_packages[@]}"; } >/dev/null \
+                || echo "setup.sh: apt-get could not install ${sdk_packages[*]}; the SDK tests will skip" >&2
+        else
+            echo "setup.sh: missing ${sdk_packages[*]}; as root: apt-get install ${sdk_packages[*]} (else" \
+                 "tests/test_sdk_java.py and tests/test_sdk_cpp.py skip)" >&2
+        fi
     fi
 fi
 "${pip[@]}" install -q -e ".${extras}"

@@ -1,0 +1,158 @@
+"""What the Java and C++ SDK tests share (tests/test_sdk_java.py, tests/test_sdk_cpp.py): the servers their test
+programs run against, and how a scenario is run and judged.
+
+Each test program (sdk/java/src/test/java/seekmoe/SdkTest.java, sdk/cpp/tests/sdk_test.cpp) takes scenario names and
+prints "PASS name" or "FAIL name: why"; it finds the servers in the environment:
+    SEEKMOE_URL, SEEKMOE_KEY   a real server on a tiny model, with a key and a 64 KiB body limit (413 is cheap)
+    SEEKMOE_BUSY_URL           a real server with one place in the batch and one in the queue (429 while the test
+                               holds both with long generations)
+    SEEKMOE_CUT_URL            a fake that sends one event of a stream then drops the connection, or answers late
+    SEEKMOE_DEAD_URL           a port nothing listens on
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+from seekmoe.llm import LLM
+from seekmoe.server.config import ServeConfig
+from tests.conftest import running_server, tiny_model_folder
+
+KEY = "sk-sdk"
+BODY_LIMIT = 64 << 10
+HOLD_TOKENS = 8000  # what the busy server's holders write: seconds of work, far longer than a JVM takes to start
+SLOW = 4  # seconds the fake takes to answer the prompt "slow": past the test programs' timeouts (1 s)
+REJECTED = 'seekmoe_requests_total{endpoint="/v2/generate",status="429"}'
+
+
+@dataclass(frozen=True)
+class Servers:
+    url: str
+    busy_url: str
+    cut_url: str
+    dead_url: str
+    cut_requests: Counter  # path -> requests the fake saw
+
+    def env(self) -> dict[str, str]:
+        return {"SEEKMOE_URL": self.url, "SEEKMOE_KEY": KEY, "SEEKMOE_BUSY_URL": self.busy_url,
+                "SEEKMOE_CUT_URL": self.cut_url, "SEEKMOE_DEAD_URL": self.dead_url}
+
+
+class CutStreams(BaseHTTPRequestHandler):
+    """One event then a dropped connection: chunked on /v2/generate (the cut leaves a chunk unfinished), unframed on
+    /v1/chat/completions (the body ends at the close, without data: [DONE]). The prompt "error" gets a whole
+    stream whose event is an error, as the server sends when the engine fails mid-stream; the prompt "slow" an
+    answer after SLOW seconds."""
+
+    protocol_version = "HTTP/1.1"
+    requests: Counter
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests[self.path] += 1
+        if body.get("prompt") == "slow":  # an answer later than the client's timeout
+            time.sleep(SLOW)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        if self.path == "/v2/generate" and body.get("prompt") == "error":
+            error = {"error": {"message": "the engine stopped", "type": "server_error", "param": None,
+                               "code": "engine_failed"}}
+            events = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+            self.send_header("Content-Length", str(len(events)))
+            self.end_headers()
+            self.wfile.write(events)
+            return
+        if self.path == "/v2/generate":
+            event = {"id": "gen-cut", "text": "Hel", "finish_reason": None}
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            data = f"data: {json.dumps(event)}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            event = {"id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def servers(tmp_path_factory):
+    folder = tiny_model_folder(tmp_path_factory.mktemp("sdk"), max_position_embeddings=128)
+    handler = type("Cut", (CutStreams,), {"requests": Counter()})
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=fake.serve_forever, name="sdk-cut-streams", daemon=True).start()
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    main = ServeConfig(api_keys=(KEY,), max_body_bytes=BODY_LIMIT)
+    busy = ServeConfig(max_num_seqs=1, max_queue=1)
+    long = tiny_model_folder(tmp_path_factory.mktemp("sdk-busy"), max_position_embeddings=HOLD_TOKENS + 64)
+    try:
+        with running_server(main, lambda: LLM(folder)) as (url, _), \
+                running_server(busy, lambda: LLM(long, max_num_seqs=1, max_waiting=1)) as (busy_url, _):
+            yield Servers(url, busy_url, f"http://127.0.0.1:{fake.server_port}", f"http://127.0.0.1:{dead}",
+                          handler.requests)
+    finally:
+        fake.shutdown()
+        fake.server_close()
+
+
+def check(run: subprocess.CompletedProcess, name: str) -> None:
+    """The scenario passed: the program said so and exited 0."""
+    assert run.returncode == 0 and f"PASS {name}" in run.stdout, f"{run.stdout}\n{run.stderr}"
+
+
+def run(command: list[str], name: str, servers: Servers, timeout: float = 300) -> None:
+    check(subprocess.run([*command, name], env=servers.env(), capture_output=True, text=True, timeout=timeout), name)
+
+
+def rejected(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(REJECTED + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def run_busy(command: list[str], name: str, servers: Servers) -> None:
+    """The scenario with both places of the busy server held, freed once the program was refused twice: once
+    without retries, once by the client that retries until a place frees."""
+    body = {"prompt": "x", "max_tokens": HOLD_TOKENS, "ignore_eos": True, "stream": True}
+    url = servers.busy_url
+    with ExitStack() as holders:
+        client = holders.enter_context(httpx.Client(timeout=60))
+        first = holders.enter_context(client.stream("POST", f"{url}/v2/generate", json=body))
+        lines = first.iter_lines()  # kept: a line iterator collected closes its connection, and the server cancels
+        next(line for line in lines if line.startswith("data: "))  # it runs: it holds the batch's place
+        holders.enter_context(client.stream("POST", f"{url}/v2/generate", json=body))  # it waits in the queue
+        before = rejected(url)
+        program = subprocess.Popen([*command, name], env=servers.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while rejected(url) < before + 2 and program.poll() is None:
+            assert time.monotonic() < deadline, "the program was not refused twice in 120 s"
+            time.sleep(0.05)
+    # both holders disconnected: their places free up and the retrying client gets one
+    out, err = program.communicate(timeout=120)
+    check(subprocess.CompletedProcess(program.args, program.returncode, out, err), name)
+    assert rejected(url) >= before + 2
