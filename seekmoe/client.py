@@ -180,6 +180,12 @@ def _chunks(d: dict) -> list[Chunk]:
 DONE = object()
 
 
+def _cut(path: str, e: Exception | None = None) -> APIConnectionError:
+    """A stream that ended before `data: [DONE]`: the server went away, so what came is not the whole answer."""
+    return APIConnectionError(None, f"the stream of {path} was cut before it finished"
+                                    + (f" ({type(e).__name__}: {e})" if e is not None else ""))
+
+
 def _event(line: str) -> dict | object | None:
     """An SSE line's JSON, DONE for `data: [DONE]`, None for anything else (blank lines, comments)."""
     if not line.startswith("data:"):
@@ -395,8 +401,11 @@ class Client(_Base):
                     return
                 if event is not None:
                     yield from _chunks(event)
+        except httpx.TransportError as e:
+            raise _cut(path, e) from e
         finally:
             response.close()  # also when the caller stops early: the server cancels the generation
+        raise _cut(path)
 
     def models(self) -> list[str]:
         return [m["id"] for m in self._json("GET", "/v1/models")["data"]]
@@ -494,8 +503,11 @@ class AsyncClient(_Base):
                 if event is not None:
                     for chunk in _chunks(event):
                         yield chunk
+        except httpx.TransportError as e:
+            raise _cut(path, e) from e
         finally:
             await response.aclose()
+        raise _cut(path)
 
     async def models(self) -> list[str]:
         return [m["id"] for m in (await self._json("GET", "/v1/models"))["data"]]

@@ -169,3 +169,37 @@ def test_openapi_documents_every_endpoint(url):
     assert set(schema["paths"]) == set(ENDPOINTS) - {"/openapi.json"}  # the schema does not list itself
     load = schema["paths"]["/v2/expert_load"]["get"]
     assert "401" in load["responses"] and "ExpertLoad" in str(load["responses"]["200"])
+
+
+@pytest.fixture(scope="module")
+def cut_url():
+    """A fake server that sends one event of a stream, then drops the connection (tests/sdk_live.py)."""
+    from collections import Counter
+    from http.server import ThreadingHTTPServer
+
+    from tests.sdk_live import CutStreams
+
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), type("Cut", (CutStreams,), {"requests": Counter()}))
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{fake.server_port}"
+    fake.shutdown()
+    fake.server_close()
+
+
+@pytest.mark.parametrize("how", ["generate_stream", "chat_stream"])  # a chunked body cut, an unframed one ended
+def test_a_stream_cut_before_done_is_a_connection_error_not_a_short_answer(cut_url, how):
+    got = []
+    with Client(cut_url, max_retries=0) as client, pytest.raises(APIConnectionError, match="was cut"):
+        for chunk in getattr(client, how)("hi"):
+            got.append(chunk.text)
+    assert got == ["Hel"]
+
+    async def main():
+        seen = []
+        async with AsyncClient(cut_url, max_retries=0) as client:
+            with pytest.raises(APIConnectionError, match="was cut"):
+                async for chunk in getattr(client, how)("hi"):
+                    seen.append(chunk.text)
+        return seen
+
+    assert asyncio.run(main()) == ["Hel"]
