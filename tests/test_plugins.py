@@ -94,12 +94,12 @@ def _fake_entry_points(monkeypatch, *specs):
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
 
 
-def test_discover_has_the_builtin_math_plugin_without_entry_points(monkeypatch):
+def test_discover_has_the_builtin_plugins_without_entry_points(monkeypatch):
     _fake_entry_points(monkeypatch)
     plugins = discover()
-    assert list(plugins) == ["math"]
+    assert list(plugins) == ["math", "graph"]
     assert plugins["math"].run is math_plugin.run
-    assert "built in" in plugins["math"].source
+    assert "built in" in plugins["math"].source and "built in" in plugins["graph"].source
 
 
 def test_discover_skips_broken_entry_points_with_a_warning(monkeypatch):
@@ -114,7 +114,7 @@ def test_discover_skips_broken_entry_points_with_a_warning(monkeypatch):
                        ("other_math", "tests.plugin_fixtures:OTHER_MATH"))
     with pytest.warns(UserWarning) as record:
         plugins = discover()
-    assert list(plugins) == ["math", "echo", "shout"]
+    assert list(plugins) == ["math", "graph", "echo", "shout"]
     assert plugins["math"].run is math_plugin.run  # a second "math" does not replace the built-in
     assert plugins["echo"].source == "?: tests.plugin_fixtures:ECHO"
     messages = [str(w.message) for w in record]
@@ -319,7 +319,7 @@ def test_plugins_list_command(capsys, monkeypatch):
     args = _parser().parse_args(["plugins", "list", "--json"])
     assert run_from_args(args) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in listed] == ["math", "shout"]
+    assert [p["name"] for p in listed] == ["math", "graph", "shout"]
     assert listed[0]["parameters"]["required"] == ["operation"]
 
 

@@ -314,6 +314,12 @@ def build_parser() -> Parser:
     summarize.add_arguments(p)
     p.set_defaults(func=summarize.run_from_args)
 
+    from seekmoe.cli import graph
+
+    p = sub.add_parser("graph", help="a knowledge graph from literature: build it, query it, discover hidden links",
+                       description=graph.DESCRIPTION)
+    graph.add_arguments(p)
+
     from seekmoe.plugins import DESCRIPTION as PLUGINS_DESCRIPTION
     from seekmoe.plugins import add_arguments as add_plugins_arguments
 

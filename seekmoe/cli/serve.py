@@ -61,7 +61,7 @@ ENV = {
     "max_queue": ("SEEKMOE_MAX_QUEUE", int), "cache_tokens": ("SEEKMOE_CACHE_TOKENS", int),
     "cache_memory": ("SEEKMOE_CACHE_MEMORY", parse_size), "max_body": ("SEEKMOE_MAX_BODY", parse_size),
     "log_prompts": ("SEEKMOE_LOG_PROMPTS", _bool), "tools": ("SEEKMOE_TOOLS", str),
-    "tool_timeout": ("SEEKMOE_TOOL_TIMEOUT", float),
+    "tool_timeout": ("SEEKMOE_TOOL_TIMEOUT", float), "graph": ("SEEKMOE_GRAPH", str),
     "max_media": ("SEEKMOE_MAX_MEDIA", parse_size), "max_image_pixels": ("SEEKMOE_MAX_IMAGE_PIXELS", int),
     "max_audio_seconds": ("SEEKMOE_MAX_AUDIO_SECONDS", float), "max_media_items": ("SEEKMOE_MAX_MEDIA_ITEMS", int),
 }
@@ -137,6 +137,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool-timeout", type=float, metavar="SECONDS",
                    help=f"longest a tool call may run before its result is an error (default {d.tool_timeout}) "
                         "[SEEKMOE_TOOL_TIMEOUT]")
+    p.add_argument("--graph", metavar="GRAPH",
+                   help="a knowledge graph file (seekmoe graph build) answered at /v2/graph/neighbors, /path and "
+                        "/discover, and drawn by the page at /graph [SEEKMOE_GRAPH]")
     p.add_argument("--log-prompts", action="store_true", default=None,
                    help="put prompt text in the access log (off by default: prompts may be private) "
                         "[SEEKMOE_LOG_PROMPTS=1]")
@@ -171,9 +174,17 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
             tools = tuple(select(given["tools"]))
         except PluginError as e:
             raise CLIError(f"--tools: {e}") from None
+    if given["graph"]:
+        from seekmoe.graph import GraphError
+        from seekmoe.graph.store import Graph
+
+        try:
+            Graph.open(given["graph"]).close()  # refused now, not after the model has loaded
+        except GraphError as e:
+            raise CLIError(f"--graph: {e}") from None
     names = list(dict.fromkeys(given["served_model_name"] or []))
     fields = {"model": given["model"], "adapter": given["adapter"], "host": given["host"], "port": given["port"],
-              "tools": tools, "tool_timeout": given["tool_timeout"],
+              "tools": tools, "tool_timeout": given["tool_timeout"], "graph": given["graph"],
               "dtype": given["dtype"],
               "served_model_name": names[0] if names else None, "served_model_aliases": tuple(names[1:]),
               "int8": given["int8"],
@@ -204,6 +215,8 @@ def load_llm(config: ServeConfig) -> LLM:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if config.graph:  # the graph plugin's workers (processes of their own) find the graph here
+        os.environ["SEEKMOE_GRAPH"] = str(Path(config.graph).resolve())
     import uvicorn
 
     from seekmoe.server.app import create_app

@@ -48,8 +48,8 @@ CPU_GRACE = 2.0
 MAX_FILE_BYTES = 64 << 20  # the largest file a plugin may write
 MAX_OPEN_FILES = 256
 DESCRIPTION = ("Plugins are tools a served model may call (seekmoe serve --tools NAME,...). They come from "
-               "installed packages (entry-point group 'seekmoe.plugins'); 'math', symbolic math on sympy, is "
-               "built in.")
+               "installed packages (entry-point group 'seekmoe.plugins'); 'math', symbolic math on sympy, and "
+               "'graph', look-ups in the knowledge graph of seekmoe serve --graph, are built in.")
 
 
 class PluginError(SeekmoeError, ValueError):
@@ -118,10 +118,11 @@ def openai_tool(plugin: Plugin) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- discovery
 
-def _builtin() -> Plugin:
-    from seekmoe.plugins.math import plugin
+def _builtins() -> dict[str, Plugin]:
+    from seekmoe.plugins.graph import plugin as graph
+    from seekmoe.plugins.math import plugin as math
 
-    return replace(plugin, source="seekmoe: seekmoe.plugins.math:plugin (built in)")
+    return {p.name: replace(p, source=f"seekmoe: seekmoe.plugins.{p.name}:plugin (built in)") for p in (math, graph)}
 
 
 def _load(ep) -> Plugin:
@@ -135,8 +136,9 @@ def _load(ep) -> Plugin:
 
 
 def discover() -> dict[str, Plugin]:
-    """Installed plugins by name: the built-in math plugin, then each loadable `seekmoe.plugins` entry point."""
-    found = {"math": _builtin()}
+    """Installed plugins by name: the built-in math and graph plugins, then each loadable `seekmoe.plugins` entry
+    point."""
+    found = _builtins()
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         source = f"{dist.name if dist is not None else '?'}: {ep.value}"

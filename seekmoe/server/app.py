@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -34,6 +34,7 @@ from seekmoe.multimodal.speech import FORMATS, SpeechError, speak
 from seekmoe.server import errors
 from seekmoe.server import schemas as s
 from seekmoe.server.config import ServeConfig
+from seekmoe.server.graph import GraphService
 from seekmoe.server.metrics import Metrics
 from seekmoe.server.serving import Serving, on_thread
 from seekmoe.server.streams import RequestLog, Stream
@@ -41,13 +42,14 @@ from seekmoe.server.streams import RequestLog, Stream
 log = logging.getLogger("seekmoe.server")
 
 STATIC = Path(__file__).parent / "static"  # the chat page: plain files, no build step
-PUBLIC = ("/health", "/")  # and everything under /static/
+PUBLIC = ("/health", "/", "/graph")  # the pages, and everything under /static/ (the API behind them needs a key)
 ADMIN = ("/metrics", "/v2/expert_load")  # every tenant's activity: with admin keys set, only they may read these
 SPEECH_WORKERS = 2  # espeak-ng runs at once; more requests wait their turn (each one's audio is bounded)
 MODEL = "/v1/models/{model}"  # one metrics label for every model's path: the client chooses the name
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", MODEL, "/v1/completions",
              "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/audio/speech", "/v2/generate",
-             "/v2/summarize", "/v2/expert_load")
+             "/v2/summarize", "/v2/expert_load", "/graph", "/v2/graph", "/v2/graph/neighbors", "/v2/graph/path",
+             "/v2/graph/discover")
 ERRORS = {status: {"model": s.ErrorResponse} for status in errors.DOCUMENTED}
 REQUEST_ID = "x-request-id"  # on every answer: the client's own when it sent a sane one, else a new one
 MAX_REQUEST_ID = 128
@@ -96,6 +98,7 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
     """The app; `load` builds the LLM (on a thread, after the server starts listening)."""
     metrics = Metrics()
     state = State(config, metrics)
+    graph = GraphService(config.graph) if config.graph else None  # GraphError here: a bad file stops the start
     speakers = ThreadPoolExecutor(SPEECH_WORKERS, thread_name_prefix="seekmoe-speech")
 
     @asynccontextmanager
@@ -104,6 +107,8 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
         yield
         state.close()
         speakers.shutdown(wait=False, cancel_futures=True)
+        if graph is not None:
+            graph.close()
 
     app = FastAPI(title="seekmoe", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None)
@@ -181,6 +186,44 @@ def create_app(config: ServeConfig, load: Callable[[], LLM], on_fatal: Callable[
             return Response(audio, media_type=media_type)
 
         return await until_disconnect(request, work())
+
+    # ---- the knowledge graph: no model needed, so these answer while it loads ----------------------------------
+
+    def knowledge() -> GraphService:
+        if graph is None:
+            raise errors.not_found("this server has no knowledge graph: start it with seekmoe serve --graph GRAPH",
+                                   code="no_graph")
+        return graph
+
+    @app.get("/graph", response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})
+    async def graph_page() -> FileResponse:
+        """The graph page: a term's neighbourhood and a discovery, drawn."""
+        return FileResponse(STATIC / "graph.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v2/graph", response_model=s.GraphInfo, responses=ERRORS)
+    async def graph_info() -> s.GraphInfo:
+        return await knowledge().info()
+
+    @app.get("/v2/graph/neighbors", response_model=s.GraphNeighbors, response_model_by_alias=True,
+             responses=ERRORS)
+    async def graph_neighbors(term: str = Query(min_length=1, max_length=200), limit: int = Query(20, ge=1, le=200),
+                              min_count: int = Query(1, ge=1), evidence: int = Query(2, ge=0, le=20)):
+        """The terms most strongly related to `term`, each with the sentences that relate them."""
+        return await knowledge().neighbors(term, limit, min_count, evidence)
+
+    @app.get("/v2/graph/path", response_model=s.GraphPath, response_model_by_alias=True, responses=ERRORS)
+    async def graph_path(source: str = Query(min_length=1, max_length=200),
+                         target: str = Query(min_length=1, max_length=200), max_hops: int = Query(4, ge=1, le=8),
+                         min_count: int = Query(1, ge=1)):
+        """The strongest short chain of related terms from source to target (data is empty when there is none)."""
+        return await knowledge().path(source, target, max_hops, min_count)
+
+    @app.get("/v2/graph/discover", response_model=s.GraphDiscover, response_model_by_alias=True, responses=ERRORS)
+    async def graph_discover(term: str = Query(min_length=1, max_length=200), limit: int = Query(10, ge=1, le=100),
+                             min_count: int = Query(1, ge=1), evidence: int = Query(2, ge=0, le=20)):
+        """Open discovery (Swanson's ABC): terms never mentioned together with `term`, ranked by the terms linking
+        them to it, with the sentences behind each link."""
+        return await knowledge().discover(term, limit, min_count, evidence)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -59,6 +59,8 @@ class ServeConfig:
     # tools the server runs itself (plugins, by name), and how long one call may take
     tools: tuple[str, ...] = ()
     tool_timeout: float = 10.0
+    # a knowledge graph (seekmoe graph build) the /v2/graph routes and the /graph page answer from
+    graph: str | None = None
 
     def check(self) -> None:
         for name in ("port", "max_num_seqs", "max_queue", "cache_tokens", "cache_bytes", "max_body_bytes",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import SamplingError
+from seekmoe.graph import GraphError, TermNotFound
 from seekmoe.multimodal.media import MediaError, MediaTooLarge
 from seekmoe.multimodal.speech import SpeechError, SpeechUnavailable
 from seekmoe.text.chat import ChatError
@@ -63,6 +64,8 @@ ANSWERS: dict[type[Exception], Answer] = {
     SummaryError: Answer(400),
     GrammarError: Answer(400),  # a JSON Schema or grammar that does not compile
     SpeechError: Answer(400),
+    TermNotFound: Answer(404, code="term_not_found"),
+    GraphError: Answer(400),
     ValueError: Answer(400),  # input the layers below refuse without a class of their own (unpaired media tokens)
     # it is over a limit
     MediaTooLarge: Answer(413),

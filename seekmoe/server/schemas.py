@@ -113,6 +113,78 @@ class SummarizeResponse(BaseModel):
     method: str
 
 
+# ---- the knowledge graph (seekmoe serve --graph) ---------------------------------------------------------------
+
+class GraphEvidence(BaseModel):
+    doc: str = Field(description="the document the sentence is in: its file, or its JSONL id")
+    sentence: str
+    subject: str = Field(description="the pair's terms in the order the sentence gives them")
+    relation: str
+    object: str
+    link: list[str] | None = Field(None, description="discover: the two terms this sentence links")
+
+
+class GraphNeighbor(BaseModel):
+    term: str
+    kind: str
+    weight: float = Field(description="NPMI of the pair over sentences, damped for pairs seen once or twice")
+    count: int = Field(description="sentences that relate them")
+    relation: str
+    evidence: list[GraphEvidence]
+
+
+class GraphHop(BaseModel):
+    from_: str = Field(alias="from")
+    to: str
+    weight: float
+    count: int
+    relation: str
+    evidence: list[GraphEvidence]
+
+
+class GraphLink(BaseModel):
+    term: str
+    a_b: float
+    b_c: float
+
+
+class GraphDiscovery(BaseModel):
+    term: str
+    kind: str
+    score: float = Field(description="sum over the linking terms of min(weight(A, B), weight(B, C))")
+    via: list[str] = Field(description="the linking terms B, strongest first")
+    links: list[GraphLink]
+    evidence: list[GraphEvidence]
+
+
+class GraphInfo(BaseModel):
+    object: Literal["graph"] = "graph"
+    documents: int
+    sentences: int
+    terms: int
+    edges: int
+    extractor: str | None
+
+
+class GraphNeighbors(BaseModel):
+    object: Literal["list"] = "list"
+    term: str
+    data: list[GraphNeighbor]
+
+
+class GraphPath(BaseModel):
+    object: Literal["list"] = "list"
+    source: str
+    target: str
+    data: list[GraphHop] = Field(description="the steps; empty when no path is within max_hops")
+
+
+class GraphDiscover(BaseModel):
+    object: Literal["list"] = "list"
+    term: str
+    data: list[GraphDiscovery]
+
+
 # ---- OpenAI: models --------------------------------------------------------------------------------------------
 
 class ModelCard(BaseModel):
