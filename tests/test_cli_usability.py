@@ -159,3 +159,11 @@ def test_module_of_an_extra_missing_at_import_names_the_pip_command(capsys, monk
     monkeypatch.setattr(chat_data, "run_from_args", run_from_args)
     rc, _, err = run_cli(capsys, "data", "chat", "--out", str(tmp_path / "chat"), "--skip-missing")
     assert_usage_error(rc, err, "seekmoe data chat needs pyyaml", f"pip install -e '{ROOT}[data]'")
+
+
+def test_the_command_line_is_built_without_torch():
+    """`seekmoe --help`, `seekmoe inspect`, `seekmoe graph ...` start in a fraction of the seconds torch takes to
+    import: each subcommand imports what it runs when it runs."""
+    code = "import sys; from seekmoe.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "False"

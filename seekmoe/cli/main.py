@@ -250,7 +250,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_finetune)
 
     from seekmoe.cli import eval_multimodal as mm_eval
-    from seekmoe.train import multimodal as mm_train
+    from seekmoe.cli import train_multimodal as mm_train
     p = sub.add_parser("train-multimodal", help="teach a chat model to read images and speech (two stages)",
                        description=mm_train.__doc__.split("\n\n")[1].replace("\n", " "))
     mm_train.add_arguments(p)

@@ -1,6 +1,6 @@
 """Training settings: RunSettings, the base of every training command's settings; TrainConfig (with its
 BalanceConfig), FinetuneConfig (with its LoraSettings), and the `seekmoe train` / `seekmoe finetune` flags made from
-them. The multimodal training's Settings (seekmoe/train/multimodal.py) build on RunSettings too.
+them; MultimodalSettings, those of `seekmoe train-multimodal` (seekmoe/train/multimodal.py).
 
 Kept free of torch so that building the command line stays fast.
 """
@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self
 
 from seekmoe.errors import SeekmoeError
 from seekmoe.model.config import LORA_TARGETS
+from seekmoe.multimodal.data import SETS
 
 MODES = ("none", "aux", "loss_free", "auto")
 BIAS_RULES = ("sign", "proportional")
@@ -360,3 +361,27 @@ def add_arguments(parser, cls: type[TrainConfig] = TrainConfig) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+@dataclass
+class MultimodalSettings(RunSettings):
+    """`seekmoe train-multimodal`'s settings (seekmoe/train/multimodal.py): RunSettings with its defaults, the sets
+    to read, and each stage's steps and peak learning rate."""
+    model: str | None = None  # a chat model folder; None: the bundled one
+    data: str = "data/mm"
+    out: str = "runs/mm"
+    batch_size: int = 32
+    eval_every: int = 200
+    save_every: int = 200
+    sets: tuple[str, ...] = SETS
+    stage1_steps: int = 400
+    stage2_steps: int = 2400
+    max_tokens: int = 256
+    lr1: float = 2e-3
+    lr2: float = 6e-4
+    encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids
+    text: str | None = None  # fine-tuning chats mixed into stage 2; None: media only
+    text_every: int = 4
+    text_batch_size: int = 4
+    text_seq_len: int = 1024
+
+    COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens",
+                                         "text_every", "text_batch_size", "text_seq_len")

@@ -14,12 +14,9 @@ model that has encoders already goes on from them: stage 2 only.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +24,6 @@ from tqdm import tqdm
 
 from seekmoe.files import atomic_write
 from seekmoe.model.checkpoint import load_model
-from seekmoe.multimodal.data import SETS
 from seekmoe.multimodal.media import MediaError, MediaLimits
 from seekmoe.multimodal.model import (
     AUDIO_TOKEN,
@@ -46,7 +42,8 @@ from seekmoe.multimodal.model import (
 from seekmoe.multimodal.parts import split_media
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.checkpoints import latest_checkpoint
-from seekmoe.train.config import BalanceConfig, RunSettings, TrainConfig, TrainError
+from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
+from seekmoe.train.config import MultimodalSettings as Settings
 from seekmoe.train.loop import run
 from seekmoe.train.sft import IGNORE, EpochOrder, SFTData, data_files, tokenize_conversation
 from seekmoe.train.trainee import Trainee
@@ -139,32 +136,6 @@ def trainee(model: MultimodalLM, stage: int) -> Trainee:
     return Trainee(model, params, lambda path: save_into(model, path), lambda path: load_encoder_weights(model, path))
 
 
-@dataclass
-class Settings(RunSettings):
-    """The run settings (RunSettings: batch_size, evaluation and checkpoint cadence, seed...) with this command's
-    defaults, the sets to read, and each stage's steps and peak learning rate."""
-    model: str | None = None  # a chat model folder; None: the bundled one
-    data: str = "data/mm"
-    out: str = "runs/mm"
-    batch_size: int = 32
-    eval_every: int = 200
-    save_every: int = 200
-    sets: tuple[str, ...] = SETS
-    stage1_steps: int = 400
-    stage2_steps: int = 2400
-    max_tokens: int = 256
-    lr1: float = 2e-3
-    lr2: float = 6e-4
-    encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids
-    text: str | None = None  # fine-tuning chats mixed into stage 2; None: media only
-    text_every: int = 4
-    text_batch_size: int = 4
-    text_seq_len: int = 1024
-
-    COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens",
-                                         "text_every", "text_batch_size", "text_seq_len")
-
-
 def stage_config(s: Settings, stage: int) -> TrainConfig:
     steps = s.stage1_steps if stage == 1 else s.stage2_steps
     return TrainConfig(
@@ -226,43 +197,3 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     final = save_multimodal(model, out / "model", files)
     log(f"seekmoe: wrote {final}")
     return final
-
-
-INT_FLAGS = ("stage1_steps", "stage2_steps", "batch_size", "max_tokens", "eval_every", "eval_batches", "save_every",
-             "seed", "text_every", "text_batch_size", "text_seq_len")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = Settings()
-    p.add_argument("--model", help="the chat model to extend (default: the bundled seekmoe-tiny-chat)")
-    p.add_argument("--data", default=d.data, help=f"folder written by `seekmoe data multimodal` (default {d.data})")
-    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out}); an interrupted run resumes")
-    p.add_argument("--sets", default=",".join(d.sets), help="comma list of the sets to train on")
-    for name in INT_FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), metavar="N",
-                       help=f"default {getattr(d, name)}")
-    p.add_argument("--text", help="fine-tuning chats (a folder of *.train.jsonl or a file, `seekmoe finetune`'s "
-                   "format) mixed into stage 2 so the model keeps its chat skills; --text-every N makes every N-th "
-                   "step a batch of --text-batch-size rows of --text-seq-len tokens")
-    p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
-    p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    sets = tuple(x.strip() for x in args.sets.split(",") if x.strip())
-    unknown = sorted(set(sets) - set(SETS))
-    if unknown or not sets:
-        print(f"seekmoe: error: --sets: unknown set {unknown[0] if unknown else '(none)'}; known: "
-              f"{', '.join(SETS)}", file=sys.stderr)
-        return 2
-    if (name := Settings.bad_count(vars(args))) is not None:  # what Settings would refuse, named as its flag
-        print(f"seekmoe: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-        return 2
-    s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2, text=args.text,
-                 **{k: getattr(args, k) for k in INT_FLAGS})
-    try:
-        train(s, log=lambda m: print(m, file=sys.stderr))
-    except (TrainError, ValueError, OSError) as e:
-        print(f"seekmoe: error: {e}", file=sys.stderr)
-        return 2
-    return 0
