@@ -23,8 +23,25 @@ $seekmoe data multimodal --out data/mm
 mkdir -p runs/sft-text
 ln -sf "$PWD"/runs/sft-mix2/copy.train.jsonl "$PWD"/runs/sft-mix2/text.train.jsonl runs/sft-text/
 
-# the later stages: made-up facts to recall, more intent phrasings, Chinese dialogues
-$seekmoe data chat --out data/chat2 --train-size dialogues=10000 --train-size arithmetic_tools=4000
-$python scripts/sft_mix.py --chat data/chat2 --out runs/sft-mix4
-$python scripts/sft_mix.py --chat data/chat2 --out runs/sft-mix3
+# the later stages: made-up facts to recall, more intent phrasings, Chinese dialogues. runs/mm-chat4 to mm-chat8
+# read the math tool's schema with its bounds (maxLength, additionalProperties...), as the code before commit 975a32b
+# wrote it, so their sets come from that code
+# (run from a worktree of it, its package first on the path: byte-identical sets)
+root=$PWD
+before=$(mktemp -d)
+git worktree add -q --detach "$before" 9ad1d8d
+(
+    cd "$before"
+    export PYTHONPATH="$before"
+    "$root/$python" -m seekmoe data chat --out "$root/data/chat2" --train-size dialogues=10000 \
+        --train-size arithmetic_tools=4000
+    for mix in sft-mix4 sft-mix3; do
+        "$root/$python" "$root/scripts/sft_mix.py" --chat "$root/data/chat2" --corpus "$root/data/corpus" \
+            --copy "$root/data/copy/copy.jsonl" --out "$root/runs/$mix"
+    done
+)
+git worktree remove --force "$before"
 rm runs/sft-mix3/dialogues_zh.*  # written after runs/mm-chat4 had started
+# runs/mm-chat9 on: the same sets with the schema the model reads now (without the bounds; nothing else differs)
+$seekmoe data chat --out data/chat3 --train-size dialogues=10000 --train-size arithmetic_tools=4000
+$python scripts/sft_mix.py --chat data/chat3 --out runs/sft-mix5
