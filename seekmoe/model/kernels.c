@@ -587,6 +587,104 @@ typedef struct {
     atomic_int failed;
 } attend_args;
 
+/* scores sc (H, n) = q (H, W) . rows (n, W)^T * scale: four rows by two heads at a time, so that each load of a
+ * row or a query feeds two or four multiply-adds (one load a multiply-add bounds a plain dot product) */
+static void attend_scores(const float *q, const float *kv, const int64_t *slots, int64_t n, int64_t w, int64_t nh,
+                          float scale, float *sc) {
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const float *r0 = kv + slots[t] * w, *r1 = kv + slots[t + 1] * w, *r2 = kv + slots[t + 2] * w,
+                    *r3 = kv + slots[t + 3] * w;
+        int64_t h = 0;
+        for (; h + 2 <= nh; h += 2) {
+            const float *qa = q + h * w, *qb = qa + w;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            int64_t i = 0;
+            for (; i + 8 <= w; i += 8) {
+                __m256 x0 = _mm256_loadu_ps(r0 + i), x1 = _mm256_loadu_ps(r1 + i), x2 = _mm256_loadu_ps(r2 + i),
+                       x3 = _mm256_loadu_ps(r3 + i), ya = _mm256_loadu_ps(qa + i), yb = _mm256_loadu_ps(qb + i);
+                a0 = _mm256_fmadd_ps(x0, ya, a0);
+                a1 = _mm256_fmadd_ps(x1, ya, a1);
+                a2 = _mm256_fmadd_ps(x2, ya, a2);
+                a3 = _mm256_fmadd_ps(x3, ya, a3);
+                b0 = _mm256_fmadd_ps(x0, yb, b0);
+                b1 = _mm256_fmadd_ps(x1, yb, b1);
+                b2 = _mm256_fmadd_ps(x2, yb, b2);
+                b3 = _mm256_fmadd_ps(x3, yb, b3);
+            }
+            float s[8] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(b0), hsum(b1), hsum(b2), hsum(b3)};
+            for (; i < w; i++) {
+                s[0] += qa[i] * r0[i], s[1] += qa[i] * r1[i], s[2] += qa[i] * r2[i], s[3] += qa[i] * r3[i];
+                s[4] += qb[i] * r0[i], s[5] += qb[i] * r1[i], s[6] += qb[i] * r2[i], s[7] += qb[i] * r3[i];
+            }
+            for (int k = 0; k < 4; k++) {
+                sc[h * n + t + k] = s[k] * scale;
+                sc[(h + 1) * n + t + k] = s[4 + k] * scale;
+            }
+        }
+        for (; h < nh; h++)
+            for (int k = 0; k < 4; k++) sc[h * n + t + k] = dot1_f32(q + h * w, kv + slots[t + k] * w, w) * scale;
+    }
+    for (; t < n; t++)
+        for (int64_t h = 0; h < nh; h++) sc[h * n + t] = dot1_f32(q + h * w, kv + slots[t] * w, w) * scale;
+}
+
+/* o (H, L) = p (H, n) . rows (n, :L): per two heads and 32 columns, eight sums held in registers over a block of
+ * rows, so that o is loaded and stored once a block, not once a row (a store a multiply-add bounds that loop) */
+#define VALUE_ROWS 64
+static void attend_values(const float *p, const float *kv, const int64_t *slots, int64_t n, int64_t w, int64_t lat,
+                          int64_t nh, float *o) {
+    for (int64_t j = 0; j < nh * lat; j++) o[j] = 0.0f;
+    for (int64_t t0 = 0; t0 < n; t0 += VALUE_ROWS) {
+        int64_t t1 = t0 + VALUE_ROWS < n ? t0 + VALUE_ROWS : n;
+        int64_t h = 0;
+        for (; h + 2 <= nh; h += 2) {
+            const float *pa = p + h * n, *pb = pa + n;
+            float *oa = o + h * lat, *ob = oa + lat;
+            int64_t j = 0;
+            for (; j + 32 <= lat; j += 32) {
+                __m256 a0 = _mm256_loadu_ps(oa + j), a1 = _mm256_loadu_ps(oa + j + 8),
+                       a2 = _mm256_loadu_ps(oa + j + 16), a3 = _mm256_loadu_ps(oa + j + 24),
+                       b0 = _mm256_loadu_ps(ob + j), b1 = _mm256_loadu_ps(ob + j + 8),
+                       b2 = _mm256_loadu_ps(ob + j + 16), b3 = _mm256_loadu_ps(ob + j + 24);
+                for (int64_t t = t0; t < t1; t++) {
+                    const float *row = kv + slots[t] * w + j;
+                    __m256 ca = _mm256_set1_ps(pa[t]), cb = _mm256_set1_ps(pb[t]);
+                    __m256 x0 = _mm256_loadu_ps(row), x1 = _mm256_loadu_ps(row + 8), x2 = _mm256_loadu_ps(row + 16),
+                           x3 = _mm256_loadu_ps(row + 24);
+                    a0 = _mm256_fmadd_ps(ca, x0, a0);
+                    a1 = _mm256_fmadd_ps(ca, x1, a1);
+                    a2 = _mm256_fmadd_ps(ca, x2, a2);
+                    a3 = _mm256_fmadd_ps(ca, x3, a3);
+                    b0 = _mm256_fmadd_ps(cb, x0, b0);
+                    b1 = _mm256_fmadd_ps(cb, x1, b1);
+                    b2 = _mm256_fmadd_ps(cb, x2, b2);
+                    b3 = _mm256_fmadd_ps(cb, x3, b3);
+                }
+                _mm256_storeu_ps(oa + j, a0);
+                _mm256_storeu_ps(oa + j + 8, a1);
+                _mm256_storeu_ps(oa + j + 16, a2);
+                _mm256_storeu_ps(oa + j + 24, a3);
+                _mm256_storeu_ps(ob + j, b0);
+                _mm256_storeu_ps(ob + j + 8, b1);
+                _mm256_storeu_ps(ob + j + 16, b2);
+                _mm256_storeu_ps(ob + j + 24, b3);
+            }
+            for (; j < lat; j++)
+                for (int64_t t = t0; t < t1; t++) {
+                    float v = kv[slots[t] * w + j];
+                    oa[j] += pa[t] * v;
+                    ob[j] += pb[t] * v;
+                }
+        }
+        for (; h < nh; h++)
+            for (int64_t t = t0; t < t1; t++) {
+                const float *row = kv + slots[t] * w;
+                for (int64_t j = 0; j < lat; j++) o[h * lat + j] += p[h * n + t] * row[j];
+            }
+    }
+}
+
 static void attend_job(void *p, int part, int parts) {
     attend_args *a = p;
     int64_t w = a->width, lat = a->lat, nh = a->heads;
@@ -598,11 +696,7 @@ static void attend_job(void *p, int part, int parts) {
             atomic_store(&a->failed, 1);
             return;
         }
-        const float *q = a->q + c.seq * nh * w;
-        for (int64_t t = 0; t < n; t++) {  /* scores: each cached row once, for every head */
-            const float *row = a->kv + a->slots[c.lo + t] * w;
-            for (int64_t h = 0; h < nh; h++) sc[h * n + t] = dot1_f32(q + h * w, row, w) * a->scale;
-        }
+        attend_scores(a->q + c.seq * nh * w, a->kv, a->slots + c.lo, n, w, nh, a->scale, sc);  /* (H, n) */
         /* a whole sequence is written normalised; a chunk leaves (output, max, sum) per head for the merge */
         float *o = c.partial < 0 ? a->out + c.seq * nh * lat : a->partials + c.partial * nh * (lat + 2);
         float *stats = o + nh * lat;  /* a chunk's max and sum per head: (H, 2) */
@@ -617,18 +711,7 @@ static void attend_job(void *p, int part, int parts) {
                 stats[2 * h + 1] = z;
             }
         }
-        for (int64_t j = 0; j < nh * lat; j++) o[j] = 0.0f;
-        for (int64_t t = 0; t < n; t++) {  /* values: the rows' latent part, weighted, again once for all heads */
-            const float *row = a->kv + a->slots[c.lo + t] * w;
-            for (int64_t h = 0; h < nh; h++) {
-                __m256 cw = _mm256_set1_ps(sc[h * n + t]);
-                float *oh = o + h * lat;
-                int64_t j = 0;
-                for (; j + 8 <= lat; j += 8)
-                    _mm256_storeu_ps(oh + j, _mm256_fmadd_ps(cw, _mm256_loadu_ps(row + j), _mm256_loadu_ps(oh + j)));
-                for (; j < lat; j++) oh[j] += sc[h * n + t] * row[j];
-            }
-        }
+        attend_values(sc, a->kv, a->slots + c.lo, n, w, lat, nh, o);
         free(sc);
     }
 }
