@@ -1,16 +1,22 @@
-"""What int8 weights cost in quality and buy in speed: the bundled model in float32 and in int8, side by side.
+"""What int8 and int4 weights cost in quality and buy in speed: the bundled model in float32, int8 and int4, side by
+side.
 
-Perplexity on the validation split of the token shards (`seekmoe data prepare` output; the default corpus's) or,
-without shards, on the corpus sample committed under tests/data; then weight bytes and batch-1 decode tok/s
-through the engine, both models in the same run.
+Perplexity on the validation split of the token shards (`seekmoe data prepare` output; the default corpus's), or on
+a held-out text (--text: JSON lines with a "text" field, e.g. runs/sft-mix4/text.val.jsonl), or, with neither, on
+the corpus sample committed under tests/data; then weight bytes and batch-1 decode tok/s through the engine, all
+models in the same run. Rows: float32; int8 converted in memory (`quantize_int8`); int8 and int4 (groups of 32 and
+64) written by `seekmoe quantize` and loaded memory-mapped; and int4 rounded with the least-squared-error search
+(`int4.MSE_SEARCH`), which was tried against Q4_0's plain rounding and not kept.
 
-    .venv/bin/python bench/int8_quality.py [--data runs/shards] [--windows 64] [--seq-len 256]
+    .venv/bin/python bench/int8_quality.py [--data runs/shards | --text FILE.jsonl] [--windows 64] [--seq-len 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,8 +26,10 @@ import torch.nn.functional as F
 from seekmoe.engine.engine import Engine
 from seekmoe.engine.sampling import SamplingParams
 from seekmoe.llm import DEFAULT_MODEL
+from seekmoe.model import int4
 from seekmoe.model.checkpoint import load_model
 from seekmoe.model.quant import quantize_int8
+from seekmoe.model.quantize import quantize_checkpoint
 from seekmoe.text.tokenizer import Tokenizer, corpus_files, read_corpus
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus_sample"
@@ -30,6 +38,12 @@ SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus_sample
 def windows(args) -> tuple[torch.Tensor, str]:
     """(W, T + 1) token windows to score, and where they came from."""
     n, t = args.windows, args.seq_len
+    if args.text:
+        tok = Tokenizer.from_pretrained(args.model)
+        lines = Path(args.text).read_text(encoding="utf-8").splitlines()
+        ids = [i for line in lines if line.strip() for i in tok.encode(json.loads(line)["text"])]
+        n = min(n, (len(ids) - 1) // t)
+        return torch.tensor(ids[:n * t + 1]).unfold(0, t + 1, t)[:n], f"{args.text}, {n} windows of {t}"
     if args.data and Path(args.data).is_dir():
         from seekmoe.train.data import TokenShards
 
@@ -80,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--data", default="runs/shards", help="token shards folder; the corpus sample if missing")
+    parser.add_argument("--text", help="score this held-out text instead: JSON lines with a 'text' field")
     parser.add_argument("--windows", type=int, default=64, help="validation windows to score")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
     parser.add_argument("--steps", type=int, default=96, help="decode steps timed")
@@ -88,11 +103,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, source = windows(args)
     rows = []
-    for name in ("float32", "int8"):
-        model = load_model(args.model, dtype="float32")
-        if name == "int8":
-            quantize_int8(model)
-        rows.append((name, perplexity(model, data), weight_bytes(model), decode_speed(model, args.steps)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, bits, group, search in (("float32", None, None, None), ("int8", None, None, None),
+                                          ("int8 mapped", 8, None, None), ("int4 g32", 4, 32, int4.SEARCH),
+                                          ("int4 g64", 4, 64, int4.SEARCH),
+                                          ("int4 g32, MSE search", 4, 32, int4.MSE_SEARCH)):
+            if bits is None:
+                model = load_model(args.model, dtype="float32")
+                if name == "int8":
+                    quantize_int8(model)
+            else:
+                old, int4.SEARCH = int4.SEARCH, search
+                try:
+                    out = quantize_checkpoint(args.model, Path(tmp) / name.replace(" ", "-"), bits,
+                                              group_size=group or 32, progress=False)
+                finally:
+                    int4.SEARCH = old
+                model = load_model(out)
+            rows.append((name, perplexity(model, data), weight_bytes(model), decode_speed(model, args.steps)))
     base = rows[0]
     print(f"model: {args.model}\nscored: {source}\n")
     print("| weights | perplexity | change | weight MiB | decode tok/s (batch 1) | speed vs float32 |")

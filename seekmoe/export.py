@@ -32,7 +32,7 @@ from seekmoe.errors import SeekmoeError
 from seekmoe.files import atomic_write
 from seekmoe.model.config import ConfigError, ModelConfig
 
-QUANTS = ("f32", "f16", "q8_0")
+QUANTS = ("f32", "f16", "q8_0", "q4_0")
 GGUF_ARCH = "deepseek2"
 # llama.cpp's pre-tokenizer for our regex: the same three stages as DeepSeek-V3's (digits, CJK runs, then GPT-4's
 # word rule), in the same order. Its digit runs of 1-3 give our ids too: no merge joins two digits, since training
@@ -65,6 +65,19 @@ def _read_model_folder(model_dir: str | os.PathLike) -> tuple[Path, ModelConfig]
     if not (path / "tokenizer.json").is_file():
         raise ExportError(f"{path}: no tokenizer.json (export ships the tokenizer with the weights)")
     return path, cfg
+
+
+def _tokenizer(path: Path, cfg: ModelConfig):
+    from seekmoe.text.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        tokenizer = Tokenizer.from_pretrained(path)
+    except TokenizerError as e:
+        raise ExportError(f"{path}: {e}") from None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ExportError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but config.json vocab_size is "
+                          f"{cfg.vocab_size}")
+    return tokenizer
 
 
 def _load(path: Path, cfg: ModelConfig):
@@ -206,9 +219,10 @@ def gguf_type(name: str, shape: tuple[int, ...], quant: str):
         or not name.endswith(".weight")
     if quant == "f32" or keep_f32:
         return t.F32
-    if quant == "q8_0" and shape[-1] % gguf.GGML_QUANT_SIZES[t.Q8_0][0] == 0:
-        return t.Q8_0
-    return t.F16  # f16, or q8_0 rows that do not split into 32-value blocks
+    block = {"q8_0": t.Q8_0, "q4_0": t.Q4_0}.get(quant)
+    if block is not None and shape[-1] % gguf.GGML_QUANT_SIZES[block][0] == 0:
+        return block
+    return t.F16  # f16, or q8_0 / q4_0 rows that do not split into 32-value blocks
 
 
 # ---- GGUF: metadata ------------------------------------------------------------------------------------------
@@ -229,7 +243,7 @@ def _write_metadata(w, cfg: ModelConfig, name: str, quant: str) -> None:
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_vocab_size(cfg.vocab_size)
     w.add_context_length(cfg.max_position_embeddings)
@@ -319,9 +333,11 @@ def _write_vocab(w, folder: Path, tokenizer, cfg: ModelConfig) -> None:
 # ---- GGUF: the file ------------------------------------------------------------------------------------------
 
 def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, quant: str = "f32",
-                progress: bool = True) -> Path:
-    """One GGUF file of llama.cpp's deepseek2 architecture; quant is f32, f16 or q8_0 for the weight matrices. The
-    file is written beside out_path (its parents created if missing), then renamed into place."""
+                progress: bool = True, model=None) -> Path:
+    """One GGUF file of llama.cpp's deepseek2 architecture; quant is f32, f16, q8_0 or q4_0 for the weight matrices.
+    The file is written beside out_path (its parents created if missing), then renamed into place. `model`: the
+    folder's weights already in hand (bench/full_size.py passes views of the mapped files, a model too big to load),
+    used in place of loading them."""
     if quant not in QUANTS:
         raise ExportError(f"quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     try:
@@ -337,7 +353,10 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, quant
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the path of the .gguf file to write")
     _check_llama_cpp_can_run(cfg, path)
-    model, tokenizer = _load(path, cfg)
+    if model is None:
+        model, tokenizer = _load(path, cfg)
+    else:
+        tokenizer = _tokenizer(path, cfg)
 
     w = gguf.GGUFWriter(None, GGUF_ARCH)
     _write_metadata(w, cfg, path.resolve().name, quant)

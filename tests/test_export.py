@@ -144,7 +144,8 @@ def expected_tensors(c: dict) -> dict[str, tuple[int, ...]]:
 def expected_type(name: str, ne: tuple[int, ...], quant: str) -> str:
     if quant == "f32" or len(ne) == 1 or "norm" in name or "ffn_gate_inp" in name or name.endswith(".bias"):
         return "F32"
-    return "Q8_0" if quant == "q8_0" and ne[0] % 32 == 0 else "F16"
+    block = {"q8_0": "Q8_0", "q4_0": "Q4_0"}.get(quant)
+    return block if block is not None and ne[0] % 32 == 0 else "F16"
 
 
 @needs_gguf
@@ -158,9 +159,9 @@ def test_gguf_holds_every_tensor_with_llama_cpp_shape_and_type(name, quant, fold
     assert set(got) == set(want)
     for tensor, ne in want.items():
         assert got[tensor] == (ne, expected_type(tensor, ne, quant)), tensor
-    assert {"Q8_0", "F16", "F32"} >= {t for _, t in got.values()}
-    if quant == "q8_0":
-        assert "Q8_0" in {t for _, t in got.values()}
+    assert {"Q8_0", "Q4_0", "F16", "F32"} >= {t for _, t in got.values()}
+    if quant in ("q8_0", "q4_0"):
+        assert quant.upper() in {t for _, t in got.values()}
 
 
 def field(reader, key):
@@ -357,8 +358,8 @@ def test_errors_name_the_problem(folders, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExportError, match=r"config\.json"):
         export_hf(tmp_path / "empty", tmp_path / "out")
-    with pytest.raises(ExportError, match="quant must be one of f32, f16, q8_0, got 'q4_0'"):
-        export_gguf(folder, tmp_path / "x.gguf", "q4_0")
+    with pytest.raises(ExportError, match="quant must be one of f32, f16, q8_0, q4_0, got 'q5_0'"):
+        export_gguf(folder, tmp_path / "x.gguf", "q5_0")
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ExportError, match="a-file: is a file, where the output needs a folder"):
         export_gguf(folder, tmp_path / "a-file" / "sub" / "x.gguf")
@@ -409,7 +410,7 @@ def test_command_line(folders, tmp_path, capsys):
     with pytest.raises(CLIError, match="not a model folder"):
         run_from_args(parser.parse_args(["gguf", str(tmp_path / "nope"), str(tmp_path / "x.gguf")]))
     with pytest.raises(SystemExit):
-        parser.parse_args(["gguf", folder, "x.gguf", "--quant", "q4_0"])
+        parser.parse_args(["gguf", folder, "x.gguf", "--quant", "q5_0"])
     for action in parser._subparsers._group_actions[0].choices.values():
         assert all(a.help for a in action._actions)
 
@@ -427,3 +428,12 @@ def test_command_line_creates_the_output_folders(folders, tmp_path, capsys):
     assert os.listdir(gguf_out.parent) == ["m.gguf"] and os.listdir(hf_out.parent) == ["hf"]  # no temporaries
     assert field(gguf.GGUFReader(gguf_out), "general.file_type") == 1
     assert (hf_out / "config.json").is_file()
+
+
+@needs_gguf
+def test_gguf_of_weights_in_hand_equals_the_folders(tmp_path):
+    # bench/full_size.py hands export_gguf views of mapped files (a model too big to load): the same file
+    folder = tiny_model_folder(tmp_path / "m")
+    loaded = export_gguf(folder, tmp_path / "a.gguf", "q4_0", progress=False)
+    given = export_gguf(folder, tmp_path / "b.gguf", "q4_0", progress=False, model=load_model(folder))
+    assert loaded.read_bytes() == given.read_bytes()

@@ -9,7 +9,7 @@ from seekmoe.export import QUANTS, ExportError, export_gguf, export_hf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`seekmoe export {hf,gguf} MODEL OUT [--quant f32|f16|q8_0]`, under the `export` parser."""
+    """`seekmoe export {hf,gguf} MODEL OUT [--quant f32|f16|q8_0|q4_0]`, under the `export` parser."""
     if parser.description is None:
         parser.description = ("Export a model folder for other engines: a Hugging Face folder (transformers, "
                               "vLLM, SGLang) or a GGUF file for llama.cpp.")
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT",
                    help="the .gguf file to write (replaced if it exists; missing parent folders are created)")
     p.add_argument("--quant", choices=QUANTS, default="f32",
-                   help="type of the weight matrices: f32, f16 or q8_0 (norms and router stay f32; default f32)")
+                   help="type of the weight matrices: f32, f16, q8_0 or q4_0 (norms and router stay f32; default f32)")
     p.set_defaults(func=run_from_args)
 
 

@@ -274,6 +274,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("export", help="export a model for other engines: a Hugging Face folder or a llama.cpp GGUF")
     add_export_arguments(p)
 
+    from seekmoe.cli.quantize import add_arguments as add_quantize_arguments
+
+    p = sub.add_parser("quantize", help="quantize a float checkpoint to int8 or int4, streamed tensor by tensor")
+    add_quantize_arguments(p)
+
     from seekmoe.cli.generate import add_chat_arguments, add_generate_arguments, cmd_chat, cmd_generate
 
     p = sub.add_parser("generate", help="continue a prompt with a model, streaming the text",

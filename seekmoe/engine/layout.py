@@ -15,7 +15,7 @@ AVX2 machine, one thread, matrices read from DRAM (bench/decode.py's `small` sha
 
 With seekmoe's own kernels (model/kernels.py), which stream every matrix fastest row by row, plain matrices are stored
 (O, I) and SwiGLU down projections transposed, the order the experts kernel adds them in; `columns_first` only
-decides when the kernels cannot be used. int8 weights keep their (O, I) order and are only fused.
+decides when the kernels cannot be used. int8 and int4 weights keep their (O, I) order and are only fused.
 
 Shape legend: O output features, I input features.
 """
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekmoe.model import kernels
+from seekmoe.model.int4 import Int4Linear, Int4RoutedExperts, int4_linear
 from seekmoe.model.model import MLA, MLP, CausalLM, MoE, RoutedExperts
 from seekmoe.model.quant import Int8Linear, Int8RoutedExperts, int8_linear
 
@@ -57,13 +58,17 @@ def down_laid_out(w_DF: torch.Tensor) -> torch.Tensor:
 
 
 class Proj:
-    """x (..., I) -> (..., O) by one weight: float (any storage order) or int8 with per-row scales."""
+    """x (..., I) -> (..., O) by one weight: float (any storage order), int8 with per-row scales, or int4 (uint8
+    packed, model/int4.py) with float16 group scales."""
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor | None = None):
         self.weight, self.scale = weight, scale
+        self.int4 = weight.dtype == torch.uint8
         self.gemv = kernels.f32_gemv() if scale is None and weight.dtype == torch.float32 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int4:
+            return int4_linear(x, self.weight, self.scale)
         if self.scale is not None:
             return int8_linear(x, self.weight, self.scale)
         if self.gemv is not None and x.dim() == 2 and x.shape[0] <= kernels.MAX_ROWS and x.is_contiguous():
@@ -82,27 +87,29 @@ def fuse(*modules: nn.Module) -> Proj:
             m.weight.data = stacked[start:start + m.out_features]
             start += m.out_features
         return Proj(stacked)
-    if all(isinstance(m, Int8Linear) for m in modules):
+    if all(isinstance(m, Int8Linear) for m in modules) or all(isinstance(m, Int4Linear) for m in modules):
+        # rows stacked: int8 (O, I) with scales (O,), or int4 (O, I / 2) with (O, I / G); a copy (the attention's
+        # and dense MLPs' few matrices), the mapped originals then left for the kernel to drop
         q, scale = torch.cat([m.weight for m in modules]), torch.cat([m.weight_scale for m in modules])
         start = 0
         for m in modules:
             m.weight, m.weight_scale = q[start:start + m.out_features], scale[start:start + m.out_features]
             start += m.out_features
         return Proj(q, scale)
-    raise TypeError(f"cannot fuse {', '.join(type(m).__name__ for m in modules)}: bias-free nn.Linear or Int8Linear "
-                    "only, all of one kind")
+    raise TypeError(f"cannot fuse {', '.join(type(m).__name__ for m in modules)}: bias-free nn.Linear, Int8Linear or "
+                    "Int4Linear only, all of one kind")
 
 
 @torch.no_grad()
 def relayout(linear: nn.Module, down: bool = False) -> Proj:
     """A float nn.Linear's weight in its faster order (down: as a SwiGLU's down projection), in place; the module
-    as a Proj. int8 modules keep their order."""
+    as a Proj. int8 and int4 modules keep their order."""
     if type(linear) is nn.Linear:
         linear.weight.data = down_laid_out(linear.weight) if down else laid_out(linear.weight)
         return Proj(linear.weight)
-    if isinstance(linear, Int8Linear):
+    if isinstance(linear, (Int8Linear, Int4Linear)):
         return Proj(linear.weight, linear.weight_scale)
-    raise TypeError(f"cannot lay out {type(linear).__name__}: nn.Linear or Int8Linear only")
+    raise TypeError(f"cannot lay out {type(linear).__name__}: nn.Linear, Int8Linear or Int4Linear only")
 
 
 @torch.no_grad()
@@ -128,7 +135,7 @@ class DecodeLayer:
         if isinstance(swiglu, MLP):
             self.gate_up = fuse(swiglu.gate_proj, swiglu.up_proj)
             self.down = relayout(swiglu.down_proj, down=True)
-        if isinstance(mlp, MoE) and isinstance(mlp.experts, (RoutedExperts, Int8RoutedExperts)):
+        if isinstance(mlp, MoE) and isinstance(mlp.experts, (RoutedExperts, Int8RoutedExperts, Int4RoutedExperts)):
             relayout_experts(mlp.experts)
 
     def swiglu(self, h: torch.Tensor) -> torch.Tensor:
@@ -136,6 +143,8 @@ class DecodeLayer:
         through the experts kernel as a single expert (one call instead of four)."""
         if h.shape[0] == 1 and h.dtype == torch.float32 and (fn := kernels.experts()) is not None:
             g, d = self.gate_up, self.down
+            if g.int4 and d.int4 and (fn4 := kernels.int4_experts()) is not None:
+                return fn4(h[0], g.weight[None], g.scale[None], d.weight[None], d.scale[None], _FIRST, _WHOLE)[None]
             if g.scale is not None and d.scale is not None:
                 return fn(h[0], g.weight[None], g.scale[None], d.weight[None], d.scale[None], _FIRST, _WHOLE)[None]
             if (g.scale is None and d.scale is None and g.weight.is_contiguous()

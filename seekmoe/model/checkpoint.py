@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from seekmoe.model import weights
 from seekmoe.model.config import ConfigError, ModelConfig
+from seekmoe.model.mapped import LAYOUT, load_mapped
 from seekmoe.model.model import CausalLM, Gate, RotaryEmbedding
 from seekmoe.model.quant import load_int8
 from seekmoe.model.sharded import load_sharded
@@ -65,6 +66,8 @@ def _load(path: Path, dtype: torch.dtype) -> CausalLM:
     quant = cfg.extra.get("quantization_config")
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        if isinstance(quant, dict) and quant.get("layout") == LAYOUT:
+            return load_mapped(path, cfg, dtype)  # seekmoe quantize's output, used in place
         if isinstance(quant, dict) and method == "seekmoe-int8":
             return load_int8(path, cfg, dtype)
         raise CheckpointError(f"{config_file}: quantization_config ({method}) is not supported; "

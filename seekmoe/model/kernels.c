@@ -813,3 +813,260 @@ double seekmoe_stream_sum(const float *buf, int64_t n) {
     for (int t = 0; t < nth; t++) s += a.part[t];
     return s;
 }
+
+/* ==== int4 (issue 25) ============================================================================================
+ * Group-wise int4 weights (seekmoe/model/int4.py): each run of 32 inputs of a row is 16 bytes, byte j holding input
+ * j in its low nibble and input j + 16 in its high one, each stored as u = q + 8 (0..15); one float16 scale per
+ * group of G inputs (G = 32 or 64).
+ * Widening int4 to float32 as the int8 kernels do costs twice their instructions per byte read, and made these
+ * compute-bound at ~7 GB/s on a core here, below what memory gives. So the activations are rounded to int8 in blocks
+ * of 32 (llama.cpp's q8_0 scheme for its Q4_0 products: the relative error of one rounding, ~0.4% of a block's
+ * largest value, far under int4's own): a block's dot product is then one maddubs (u8 x s8 -> pairs of int16) and
+ * one madd (-> int32), scaled by the weight's and the activation block's scales, and the +8 of the stored nibbles
+ * comes out once per block as 8 * sum(xq) * scales. The float16 scales are widened through a table. */
+
+/* float16 -> float32 for every bit pattern (256 KB, filled once): a scale is one load, where converting a row's
+ * scales first cost as much as the row itself for the down projections' short rows (F / threads inputs) */
+static float f16_table[65536];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+
+static void fill_f16_table(void) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+        float f;
+        if (exp == 0) {  /* zero or subnormal: man * 2^-24 */
+            f = (float)man * 5.9604644775390625e-08f;
+            f16_table[h] = sign ? -f : f;
+            continue;
+        }
+        bits = exp == 31 ? sign | 0x7f800000u | (man << 13) : sign | ((exp + 112) << 23) | (man << 13);
+        __builtin_memcpy(&f, &bits, 4);
+        f16_table[h] = f;
+    }
+}
+
+/* n floats (a multiple of 32) to int8 in blocks of 32: xq, each block's scale xd (x ~= xq * xd) and the correction
+ * xc = 8 * sum(xq) * xd its dot products with stored nibbles (q + 8) carry. Blocks go by pairs in the order one
+ * 32-byte load of their packed weights unpacks to (pair_dot): the first halves of both blocks, then the second
+ * halves; a last block without a partner stays in order. */
+static void quantize_blocks(const float *x, int64_t n, int8_t *xq, float *xd, float *xc) {
+    int64_t nb = n / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0, alone = b % 2 == 0 && b + 1 == nb;
+        int8_t *first = xq + 32 * (b - b % 2) + (alone ? 0 : 16 * (b % 2));  /* where inputs 0..15 go */
+        int8_t *second = alone ? first + 16 : first + 32;  /* and 16..31 */
+        for (int i = 0; i < 32; i++) {
+            int q = (int)lrintf(xb[i] * id);
+            (i < 16 ? first : second - 16)[i] = (int8_t)q;
+            sum += q;
+        }
+        xd[b] = d;
+        xc[b] = 8.0f * (float)sum * d;
+    }
+}
+
+/* two blocks' dot products, their 32 packed bytes at w against their paired inputs at xq: 8 float partial sums, the
+ * first four block b's, the last four block b + 1's (exact: |sums| < 2^15 in the int16 steps) */
+static inline __m256 pair_dot(const uint8_t *w, const int8_t *xq) {
+    __m256i raw = _mm256_loadu_si256((const __m256i *)w), m15 = _mm256_set1_epi8(15);
+    __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
+                                 _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 32))));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+/* the 32 stored values (0..15) of a block, in input order: low nibbles in the low lane, high ones in the high */
+static inline __m256i nibbles(const uint8_t *w) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)w), m15 = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m15), _mm_and_si128(raw, m15));
+}
+
+/* u (32 x 0..15) . xq (32 x int8) as 8 float partial sums: exact (|sums| < 2^15 in the int16 step) */
+static inline __m256 block_dot(__m256i u, const int8_t *xq) {
+    __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)xq));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+/* one quantized row of x (n inputs: xq, block scales xd, corrections xc) against one packed row w with its float16
+ * group scales s: two blocks a step (pair_dot), into two accumulators so the multiply-adds do not wait on each
+ * other */
+static inline float dot1_q4(const int8_t *xq, const float *xd, const float *xc, const uint8_t *w, const uint16_t *s,
+                            int64_t n, int64_t group) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    float c = 0.0f;
+    int64_t nb = n / 32, b = 0;
+    int sh = group == 64;  /* block b's scale is s[b >> sh]: a shift, not a division in the loop */
+    for (; b + 4 <= nb; b += 4) {
+        float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
+        float w2 = f16_table[s[(b + 2) >> sh]], w3 = f16_table[s[(b + 3) >> sh]];
+        a0 = _mm256_fmadd_ps(pair_dot(w + 16 * b, xq + 32 * b),
+                             _mm256_set_m128(_mm_set1_ps(w1 * xd[b + 1]), _mm_set1_ps(w0 * xd[b])), a0);
+        a1 = _mm256_fmadd_ps(pair_dot(w + 16 * b + 32, xq + 32 * b + 64),
+                             _mm256_set_m128(_mm_set1_ps(w3 * xd[b + 3]), _mm_set1_ps(w2 * xd[b + 2])), a1);
+        c += (w0 * xc[b] + w1 * xc[b + 1]) + (w2 * xc[b + 2] + w3 * xc[b + 3]);
+    }
+    for (; b + 2 <= nb; b += 2) {
+        float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
+        a0 = _mm256_fmadd_ps(pair_dot(w + 16 * b, xq + 32 * b),
+                             _mm256_set_m128(_mm_set1_ps(w1 * xd[b + 1]), _mm_set1_ps(w0 * xd[b])), a0);
+        c += w0 * xc[b] + w1 * xc[b + 1];
+    }
+    if (b < nb) {  /* a last block alone, its inputs in order */
+        float ws = f16_table[s[b >> sh]];
+        a1 = _mm256_fmadd_ps(block_dot(nibbles(w + 16 * b), xq + 32 * b), _mm256_set1_ps(ws * xd[b]), a1);
+        c += ws * xc[b];
+    }
+    return hsum(_mm256_add_ps(a0, a1)) - c;
+}
+
+/* nm <= 4 quantized rows of x (stride n) against one packed row: the rows share each unpacking */
+static inline void dot4_q4(const int8_t *xq, const float *xd, const float *xc, int nm, const uint8_t *w,
+                           const uint16_t *s, int64_t n, int64_t group, float *out) {
+    __m256 acc[4];
+    float corr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int m = 0; m < 4; m++) acc[m] = _mm256_setzero_ps();
+    int64_t nb = n / 32, b = 0;
+    int sh = group == 64;
+    const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    for (; b + 2 <= nb; b += 2) {
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 16 * b));
+        __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+        float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
+        for (int m = 0; m < nm; m++) {
+            const int8_t *xm = xq + m * n + 32 * b;
+            const float *dm = xd + m * nb + b, *cm = xc + m * nb + b;
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xm)),
+                                         _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xm + 32))));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
+                                     _mm256_set_m128(_mm_set1_ps(w1 * dm[1]), _mm_set1_ps(w0 * dm[0])), acc[m]);
+            corr[m] += w0 * cm[0] + w1 * cm[1];
+        }
+    }
+    if (b < nb) {
+        __m256i u = nibbles(w + 16 * b);
+        float ws = f16_table[s[b >> sh]];
+        for (int m = 0; m < nm; m++) {
+            acc[m] = _mm256_fmadd_ps(block_dot(u, xq + m * n + 32 * b), _mm256_set1_ps(ws * xd[m * nb + b]), acc[m]);
+            corr[m] += ws * xc[m * nb + b];
+        }
+    }
+    for (int m = 0; m < nm; m++) out[m] = hsum(acc[m]) - corr[m];
+}
+
+/* y (M, O) = x (M, I) @ dequant(q (O, I / 2), scale (O, I / G)).T for a few rows, x rounded to int8 blocks first;
+ * the threads split the outputs */
+typedef struct {
+    const int8_t *xq;
+    const float *xd, *xc;
+    const uint8_t *q;
+    const uint16_t *scale;
+    float *y;
+    int64_t m_rows, n_in, n_out, group;
+} int4_gemv_args;
+
+static void int4_gemv_job(void *p, int ith, int nth) {
+    const int4_gemv_args *a = p;
+    int64_t lo, hi, n_in = a->n_in, n_out = a->n_out, groups = n_in / a->group, nb = n_in / 32;
+    share(n_out, ith, nth, 16, &lo, &hi);
+    float part[4];
+    for (int64_t o = lo; o < hi; o++) {
+        const uint8_t *w = a->q + o * (n_in / 2);
+        const uint16_t *s = a->scale + o * groups;
+        if (a->m_rows == 1) {
+            a->y[o] = dot1_q4(a->xq, a->xd, a->xc, w, s, n_in, a->group);
+            continue;
+        }
+        for (int64_t m0 = 0; m0 < a->m_rows; m0 += 4) {
+            int nm = a->m_rows - m0 < 4 ? (int)(a->m_rows - m0) : 4;
+            dot4_q4(a->xq + m0 * n_in, a->xd + m0 * nb, a->xc + m0 * nb, nm, w, s, n_in, a->group, part);
+            for (int m = 0; m < nm; m++) a->y[(m0 + m) * n_out + o] = part[m];
+        }
+    }
+}
+
+/* Returns -1 (and writes nothing) unless group is 32 or 64 and divides n_in; -2 without memory. */
+int seekmoe_int4_gemv(const float *x, const uint8_t *q, const uint16_t *scale, float *y, int64_t m_rows,
+                      int64_t n_in, int64_t n_out, int64_t group) {
+    if ((group != 32 && group != 64) || n_in % group) return -1;
+    pthread_once(&f16_once, fill_f16_table);
+    int64_t nb = n_in / 32;
+    int8_t *xq = malloc((size_t)(m_rows * n_in));
+    float *xd = malloc(sizeof(float) * 2 * m_rows * nb);
+    if (xq == NULL || xd == NULL) {
+        free(xq);
+        free(xd);
+        return -2;
+    }
+    for (int64_t m = 0; m < m_rows; m++) quantize_blocks(x + m * n_in, n_in, xq + m * n_in, xd + m * nb,
+                                                         xd + m_rows * nb + m * nb);
+    int4_gemv_args a = {xq, xd, xd + m_rows * nb, q, scale, y, m_rows, n_in, n_out, group};
+    pool_run(int4_gemv_job, &a, parts_of(n_out, 16), n_in * n_out / 2);
+    free(xq);
+    free(xd);
+    return 0;
+}
+
+/* One token through its chosen int4 SwiGLU experts, as seekmoe_int8_experts: gate_up (E, 2F, D / 2) with scales
+ * (E, 2F, D / G), down (E, D, F / 2) with (E, D, F / G). x is rounded to int8 blocks once; each thread rounds its
+ * own share of the hidden units, which is whole groups, so its part of each down row starts on a group boundary.
+ * The int8 kernel's arguments (x unused: xq, xd, xc below) and the group. */
+typedef struct {
+    experts_args base;  /* first: run_experts hands the job a pointer to it, which is a pointer to this */
+    int64_t group;
+    const int8_t *xq;
+    const float *xd, *xc;
+} int4_experts_args;
+
+static void int4_experts_job(void *p, int ith, int nth) {
+    const int4_experts_args *a4 = p;
+    const experts_args *a = &a4->base;
+    int64_t lo, hi, d = a->d, f = a->f, g = a4->group;
+    share(f, ith, nth, g, &lo, &hi);
+    float *y = own_output(a, ith), *h = a->h;  /* zeroed even when this part has no units: the caller sums it */
+    if (lo >= hi) return;
+    int8_t hq[hi - lo];  /* this thread's hidden units, rounded: at most F bytes and F / 16 floats */
+    float hd[(hi - lo) / 32], hc[(hi - lo) / 32];
+    for (int64_t j = 0; j < a->k; j++) {
+        int64_t e = a->idx[j];
+        const uint8_t *gu = (const uint8_t *)a->gate_up + e * 2 * f * (d / 2);
+        const uint8_t *dn = (const uint8_t *)a->down + e * d * (f / 2);
+        const uint16_t *gus = (const uint16_t *)a->gate_up_scale + e * 2 * f * (d / g);
+        const uint16_t *dns = (const uint16_t *)a->down_scale + e * d * (f / g);
+        for (int64_t o = lo; o < hi; o++) {
+            float gv = dot1_q4(a4->xq, a4->xd, a4->xc, gu + o * (d / 2), gus + o * (d / g), d, g);
+            float uv = dot1_q4(a4->xq, a4->xd, a4->xc, gu + (f + o) * (d / 2), gus + (f + o) * (d / g), d, g);
+            h[o] = gv / (1.0f + expf(-gv)) * uv;  /* silu(gate) * up */
+        }
+        quantize_blocks(h + lo, hi - lo, hq, hd, hc);
+        for (int64_t o = 0; o < d; o++)
+            y[o] += a->weight[j] * dot1_q4(hq, hd, hc, dn + o * (f / 2) + lo / 2, dns + o * (f / g) + lo / g,
+                                           hi - lo, g);
+    }
+}
+
+/* Returns -1 (and adds nothing) if an expert index is out of range or the widths are not whole groups; -2 without
+ * memory. */
+int seekmoe_int4_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const uint8_t *gate_up,
+                         const uint16_t *gate_up_scale, const uint8_t *down, const uint16_t *down_scale,
+                         int64_t group, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
+    if ((group != 32 && group != 64) || d % group || f % group) return -1;
+    pthread_once(&f16_once, fill_f16_table);
+    int8_t *xq = malloc((size_t)d);
+    float *xd = malloc(sizeof(float) * 2 * (d / 32));
+    if (xq == NULL || xd == NULL) {
+        free(xq);
+        free(xd);
+        return -2;
+    }
+    quantize_blocks(x, d, xq, xd, xd + d / 32);
+    int4_experts_args a = {{x, d, f, gate_up, down, (const float *)gate_up_scale, (const float *)down_scale, idx,
+                            weight, k, y, h, NULL}, group, xq, xd, xd + d / 32};
+    int status = run_experts(int4_experts_job, &a.base, n_experts, 3 * f * d * k / 2, group);
+    free(xq);
+    free(xd);
+    return status;
+}

@@ -451,3 +451,81 @@ def _experts(lib: ctypes.CDLL) -> Callable:
         return y
 
     return run
+
+
+# ---- int4 (model/int4.py): the same calls for group-wise int4 weights --------------------------------------------
+
+def int4_gemv() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """`f(x (M, I) float32, packed (O, I / 2) uint8, scale (O, I / G) float16) -> (M, O) float32`, all contiguous
+    (model/int4.py's layout; G 32 or 64), x rounded to int8 in blocks of 32 first (kernels.c's
+    int4 section), or None when the kernels cannot be built or used here."""
+    return _bound("int4_gemv", _int4_gemv)
+
+
+def _int4_gemv(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_int4_gemv
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+
+    def gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        (m, i), o = x.shape, q.shape[0]
+        groups = scale.shape[-1] if scale.dim() == 2 else 0
+        ok = (x.dtype == torch.float32 and q.dtype == torch.uint8 and scale.dtype == torch.float16
+              and q.shape == (o, i // 2) and groups > 0 and scale.shape == (o, groups) and i % groups == 0
+              and i // groups in (32, 64) and all(t.is_contiguous() and t.device.type == "cpu" for t in (x, q, scale)))
+        if not ok:
+            raise ValueError("int4_gemv needs contiguous CPU tensors: x (M, I) float32, packed (O, I / 2) uint8, "
+                             f"scale (O, I / G) float16 with G 32 or 64; got {tuple(x.shape)} {x.dtype}, "
+                             f"{tuple(q.shape)} {q.dtype}, {tuple(scale.shape)} {scale.dtype}")
+        y = torch.empty(m, o, dtype=torch.float32)
+        if fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), m, i, o, i // groups):
+            raise MemoryError(f"kernels.int4_gemv: no memory for {m} rows of {i} rounded activations")
+        return y
+
+    return gemv
+
+
+def int4_experts() -> Callable[..., torch.Tensor] | None:
+    """`f(x (D,), gate_up (E, 2F, D / 2) uint8, gate_up_scale (E, 2F, D / G) float16, down (E, D, F / 2),
+    down_scale (E, D, F / G), idx (K,) int64, weight (K,)) -> (D,)`: as `experts`, for model/int4.py's layout.
+    None when the kernels cannot be built or used here."""
+    return _bound("int4_experts", _int4_experts)
+
+
+def _int4_experts(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_int4_experts
+    fn.restype = ctypes.c_int
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4
+                   + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                      ctypes.c_void_p])
+
+    def run(x: torch.Tensor, gate_up: torch.Tensor, gate_up_scale: torch.Tensor, down: torch.Tensor,
+            down_scale: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        e, f2, half_d = gate_up.shape
+        d, f, k = 2 * half_d, f2 // 2, idx.shape[0]
+        groups = gate_up_scale.shape[-1] if gate_up_scale.dim() == 3 else 0
+        g = d // groups if groups else 0
+        ok = (g in (32, 64) and d % g == 0 and f % g == 0 and x.shape == (d,)
+              and gate_up.dtype == down.dtype == torch.uint8
+              and gate_up_scale.dtype == down_scale.dtype == torch.float16
+              and gate_up_scale.shape == (e, f2, d // g) and down.shape == (e, d, f // 2)
+              and down_scale.shape == (e, d, f // g) and idx.shape == weight.shape == (k,)
+              and idx.dtype == torch.int64 and x.dtype == weight.dtype == torch.float32
+              and all(t.is_contiguous() and t.device.type == "cpu"
+                      for t in (x, gate_up, gate_up_scale, down, down_scale, idx, weight)))
+        if not ok:
+            raise ValueError("kernels.int4_experts needs contiguous CPU tensors: x (D,) float32, gate_up "
+                             "(E, 2F, D / 2) and down (E, D, F / 2) uint8 with float16 scales (E, 2F, D / G) and "
+                             "(E, D, F / G), G 32 or 64 dividing D and F, idx (K,) int64, weight (K,) float32; "
+                             + "got " + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in
+                                         (x, gate_up, gate_up_scale, down, down_scale, idx, weight)))
+        y, h = torch.zeros(d, dtype=torch.float32), torch.empty(f2, dtype=torch.float32)
+        status = fn(x.data_ptr(), d, f, e, gate_up.data_ptr(), gate_up_scale.data_ptr(), down.data_ptr(),
+                    down_scale.data_ptr(), g, idx.data_ptr(), weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
+        if status == -2:
+            raise MemoryError("kernels.int4_experts: no memory for the rounded activations")
+        if status:
+            raise ValueError(f"kernels.int4_experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
+        return y
+
+    return run
