@@ -13,6 +13,7 @@ from seekmoe.engine.engine import Engine, EngineError
 from seekmoe.engine.loop import EngineLoop
 from seekmoe.engine.runner import ModelRunner, Segment
 from seekmoe.engine.sampling import SamplingParams
+from seekmoe.model.config import ModelConfig
 from tests.conftest import tiny_model
 
 YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32, "beta_slow": 1,
@@ -84,6 +85,25 @@ def test_cache_budget_in_tokens_or_bytes():
                            ({"nbytes": 0}, "bytes")]:
         with pytest.raises(CacheError, match=needle):
             LatentCache.with_budget(cfg, block_size=16, **kwargs)
+
+
+def test_the_default_cache_takes_at_most_a_quarter_of_the_memory_available(monkeypatch):
+    import os
+
+    from seekmoe.engine import engine as engine_module
+
+    cfg = ModelConfig.from_dict({**tiny_model().config.to_dict(), "max_position_embeddings": 163_840})
+    per = bytes_per_token(cfg)
+    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 64 * 2**30 // 4096}  # 64 GiB available: 4 contexts fit
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert engine_module.default_cache_tokens(cfg, torch.float32) == 4 * 163_840
+    pages["SC_AVPHYS_PAGES"] = 2**26 // 4096  # 64 MiB: a quarter of it
+    assert engine_module.default_cache_tokens(cfg, torch.float32) == 2**26 // 4 // per
+    pages["SC_AVPHYS_PAGES"] = 1  # nearly nothing: still 8192 tokens, as before the cap
+    assert engine_module.default_cache_tokens(cfg, torch.float32) == 8192
+    small = ModelConfig.from_dict({**cfg.to_dict(), "max_position_embeddings": 128})
+    assert engine_module.default_cache_tokens(small, torch.float32) == 8192
+    assert Engine(tiny_model(), cache_tokens=64, block_size=16).cache.capacity_tokens == 64  # a given budget stands
 
 
 # ---- batching -----------------------------------------------------------------------------------------------

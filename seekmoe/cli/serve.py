@@ -111,8 +111,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"most sequences waiting for a place; past it requests get 429 with Retry-After (default "
                         f"{d.max_queue}) [SEEKMOE_MAX_QUEUE]")
     p.add_argument("--cache-tokens", type=int, metavar="N",
-                   help="KV-cache budget in tokens, shared by all sequences (default: 4 contexts, at least 8192) "
-                        "[SEEKMOE_CACHE_TOKENS]")
+                   help="KV-cache budget in tokens, shared by all sequences (default: 4 contexts, at least 8192, "
+                        "at most a quarter of the memory available at start) [SEEKMOE_CACHE_TOKENS]")
     p.add_argument("--cache-memory", type=_size, metavar="SIZE",
                    help="KV-cache budget in bytes instead, e.g. 512MiB or 2G [SEEKMOE_CACHE_MEMORY]")
     p.add_argument("--max-body", type=_size, metavar="SIZE",

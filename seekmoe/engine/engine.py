@@ -10,15 +10,17 @@ the sequences already decoding. When the cache runs out of blocks the youngest r
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 
-from seekmoe.engine.cache import BlockTable, LatentCache, salt_hash
+from seekmoe.engine.cache import BlockTable, LatentCache, bytes_per_token, salt_hash
 from seekmoe.engine.runner import ModelRunner, Segment
 from seekmoe.engine.sampling import Sample, SamplingParams, SeqSampler, TokenConstraint, sample, score
 from seekmoe.errors import SeekmoeError
+from seekmoe.model.config import ModelConfig
 from seekmoe.model.model import CausalLM
 
 SMALL_STEP_TOKENS = 16  # steps of at most this many tokens (decoding) run on one intra-op thread
@@ -95,6 +97,22 @@ class Request:
         return tokens if self.prompt_keys is None else self.prompt_keys + tokens[len(self.prompt_keys):]
 
 
+DEFAULT_CACHE_SHARE = 0.25  # of the memory available when an engine starts, the most its default cache takes
+
+
+def default_cache_tokens(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    """Room for four full contexts (at least 8192 tokens), but no more than DEFAULT_CACHE_SHARE of the memory
+    available now: the cache is allocated whole at start, and four of DeepSeek-V2-Lite's 163,840-token contexts
+    would take 40 GB. Never under 8192 tokens (or four contexts, when those are fewer)."""
+    want = max(4 * cfg.max_position_embeddings, 8192)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on Linux: no cap
+        return want
+    fits = int(available * DEFAULT_CACHE_SHARE) // bytes_per_token(cfg, dtype)
+    return max(min(want, fits), min(want, 8192))
+
+
 class Engine:
     """Schedules sequences over a ModelRunner and a LatentCache. Not thread-safe: one caller steps it."""
 
@@ -102,14 +120,14 @@ class Engine:
                  block_size: int = 16, max_num_seqs: int = 64, max_step_tokens: int = 256,
                  max_waiting: int | None = None, absorb: bool = True):
         cfg = model.config
+        dtype = model.model.embed_tokens.weight.dtype
         if cache_tokens is None and cache_bytes is None:
-            cache_tokens = max(4 * cfg.max_position_embeddings, 8192)
+            cache_tokens = default_cache_tokens(cfg, dtype)
         for name, value in (("max_num_seqs", max_num_seqs), ("max_step_tokens", max_step_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise EngineError(f"{name} must be an int >= 1, got {value!r}")
         if max_waiting is not None and (not isinstance(max_waiting, int) or max_waiting < 0):
             raise EngineError(f"max_waiting must be an int >= 0 or None, got {max_waiting!r}")
-        dtype = model.model.embed_tokens.weight.dtype
         self.model, self.config = model, cfg
         self.cache = LatentCache.with_budget(cfg, cache_tokens, cache_bytes, block_size, dtype)
         self.runner = ModelRunner(model, self.cache, absorb=absorb)
