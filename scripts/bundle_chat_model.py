@@ -64,11 +64,11 @@ def command(run: Path) -> str:
     """The command that made a run."""
     if not is_multimodal(run):
         return f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
-    from seekmoe.train.multimodal import Settings
+    from seekmoe.train.config import MultimodalSettings
 
-    s, default = run_config(run), Settings()
+    s, default = run_config(run), MultimodalSettings()
     flags = [f"--{k.replace('_', '-')} {s[k]}" for k in ("stage1_steps", "stage2_steps", "lr1", "lr2", "text",
-                                                         "text_every", "text_batch_size", "text_seq_len")
+                                                         "text_every", "text_batch_size", "text_seq_len", "seed")
              if s.get(k) is not None and s[k] != getattr(default, k)]
     return (f".venv/bin/seekmoe train-multimodal --model {s['model']} --data {s['data']} --out {run} "
             + " ".join(flags))
@@ -89,10 +89,12 @@ def multimodal_text(run: Path) -> str:
     stage1 = (f"Stage 1: {s['stage1_steps']} steps at lr {s['lr1']}, the language model frozen (validation loss on "
               f"held-out media {val(1)})." if (run / "stage1").is_dir() else "Its encoders went on learning (no "
               "stage 1).")
+    # what the run's records cannot say (a schedule changed by hand, say), written beside them in note.md
+    note = f" {(run / 'note.md').read_text(encoding='utf-8').strip()}" if (run / "note.md").is_file() else ""
     return (f"- `{run}` (`seekmoe train-multimodal` from `{s['model']}`): image and audio encoders on "
             f"`{s['data']}` ({', '.join(s['sets'])}). {stage1} Stage 2: {s['stage2_steps']} steps at lr {s['lr2']}, "
             f"everything trained, batches of {s['batch_size']} media questions{text} (validation loss on held-out "
-            f"media {val(2)}).")
+            f"media {val(2)}).{note}")
 
 
 def media_table(after: dict, before: dict | None) -> str:
@@ -173,9 +175,10 @@ def paraphrased(r: dict) -> float:
 
 
 def card(name: str, run: Path, sources: dict, before: dict, after: dict, model,
-         media: tuple[dict, dict | None, str] | None = None, invocation: str = "") -> str:
+         media: tuple[dict, dict | None, str] | None = None, invocation: str = "", before_note: str = "") -> str:
     """media: eval-multimodal's accuracy of this model and of the one compared with (or None), and what that one is.
-    invocation: this script's arguments, for the card's Reproduce section."""
+    invocation: this script's arguments, for the card's Reproduce section. before_note: what to know about the
+    before column, printed under the table."""
     report = inspect_config(model.config)
     chain = stages(run)
     recipes = "\n".join(command(r) for r in chain)
@@ -194,7 +197,8 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
         f"| {s['name']} | {s.get('origin', '')} | {s.get('license', '')} | {s['counts']['train']:,} | "
         f"{s['counts']['val']:,} |" for s in sources.get("sets", []))
     goals = goal_rows(before, after)
-    before_name = Path(before["model"]).name
+    folder = Path(before["model"])
+    before_name = f"{folder.parent if folder.name == 'model' else folder}, bundled before"
     results = "\n".join([f"| goal | target | {before_name} (before) | {name} (after) |", "|---|---|---|---|",
                          *(f"| {g} | {t} | {b} | {a} |" for g, t, b, a, _ in goals)])
     missed = "; ".join(g.split(":")[0].split(" (")[0] for g, _, _, _, met in goals if not met) or "none"
@@ -227,7 +231,7 @@ Measured by `bench/chat_eval.py` (greedy answers through the engine, continuatio
 the intent, dialogue and continuation sets use phrasings and texts that never occur in training).
 
 {results}
-{media_section}
+{(chr(10) + textwrap.fill(before_note, 116) + chr(10)) if before_note else ""}{media_section}
 Validation loss, nats per assistant token:
 
 | set | before | after |
@@ -274,6 +278,7 @@ def main() -> None:
     parser.add_argument("--media-before", type=Path, help="the same for the model to compare with")
     parser.add_argument("--media-before-name", default="the chat model bundled before",
                         help="what --media-before measured, in the card")
+    parser.add_argument("--before-note", default="", help="a sentence under the results table about the before column")
     args = parser.parse_args()
     results = json.loads(args.eval.read_text())
     before, after = results[0], results[-1]
@@ -288,7 +293,7 @@ def main() -> None:
         media = (json.loads(args.media_eval.read_text()),
                  json.loads(args.media_before.read_text()) if args.media_before else None, args.media_before_name)
     invocation = " ".join(shlex.quote(a) for a in sys.argv[1:])
-    text = card(args.name, args.run, sources, before, after, model, media, invocation)
+    text = card(args.name, args.run, sources, before, after, model, media, invocation, args.before_note)
     (args.out / "README.md").write_text(text, encoding="utf-8")
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
