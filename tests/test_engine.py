@@ -285,7 +285,11 @@ def test_requests_that_can_never_run_are_refused_with_the_reason():
     with pytest.raises(EngineError, match="already running"):
         eng.add_request([5], GREEDY, request_id="x")
     eng.add_request([5], GREEDY)
-    with pytest.raises(EngineError, match="queue is full"):
+    with pytest.raises(EngineError, match=r"queue is full \(2 sequences waiting, limit 2\)"):
+        eng.add_request([5], GREEDY)
+    eng = Engine(model, cache_tokens=256, max_waiting=1)
+    eng.add_request([5], GREEDY)
+    with pytest.raises(EngineError, match=r"queue is full \(1 sequence waiting, limit 1\)"):
         eng.add_request([5], GREEDY)
     with pytest.raises(EngineError, match="max_num_seqs"):
         Engine(model, max_num_seqs=0)

@@ -167,7 +167,8 @@ class Engine:
             raise EngineError(f"the KV cache holds {self.cache.capacity_tokens} tokens, but one sequence of this "
                               f"request needs up to {total}: raise the cache budget or lower max_tokens")
         if self.max_waiting is not None and len(self.waiting) + params.n > self.max_waiting:
-            raise QueueFull(f"the queue is full ({len(self.waiting)} sequences waiting, limit {self.max_waiting})")
+            n = len(self.waiting)
+            raise QueueFull(f"the queue is full ({n} sequence{'s' * (n != 1)} waiting, limit {self.max_waiting})")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise EngineError(f"request id {rid!r} is already running")
