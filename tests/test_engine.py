@@ -108,6 +108,28 @@ def test_the_default_cache_takes_at_most_a_quarter_of_the_memory_available(monke
 
 # ---- batching -----------------------------------------------------------------------------------------------
 
+def test_a_prompt_read_in_chunks_rebuilds_only_each_chunks_keys(monkeypatch):
+    from seekmoe.engine import runner as runner_module
+
+    model = tiny_model()
+    prompt = prompts([70])[0]
+    want = Engine(model, cache_tokens=256).generate([prompt], GREEDY)  # the prompt in one chunk
+    starts = []
+    extend = runner_module.Prefill.extend
+    monkeypatch.setattr(runner_module.Prefill, "extend",
+                        lambda self, i, k, v, start: starts.append((start, len(k))) or extend(self, i, k, v, start))
+    eng = Engine(model, cache_tokens=256, max_step_tokens=16)
+    assert eng.generate([prompt], GREEDY) == want
+    layers = model.config.num_hidden_layers
+    # each layer: the first chunk's 16 rows, then only each later chunk's own (the last chunk, 6 rows, too)
+    assert starts == [(start, 16 if start < 64 else 6) for start in range(0, 70, 16) for _ in range(layers)]
+    assert eng.runner._prefills == {}  # dropped once the prompt was read
+    monkeypatch.setattr(runner_module, "PREFILL_KV_BYTES", 0)  # no room: every chunk rebuilds the whole context
+    starts.clear()
+    assert Engine(model, cache_tokens=256, max_step_tokens=16).generate([prompt], GREEDY) == want
+    assert all(start == 0 for start, _ in starts)
+
+
 def test_engine_greedy_equals_the_plain_model_and_batching_changes_nothing():
     model = tiny_model()
     ps = prompts([5, 40, 17, 3, 33])

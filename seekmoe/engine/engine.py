@@ -47,6 +47,9 @@ class Output:
     prompt_logprobs: list[Sample | None] | None = None
 
 
+_SEQUENCE_IDS = itertools.count()
+
+
 @dataclass(eq=False)  # identity: two samples of one prompt may hold equal tokens
 class Sequence:
     request: Request = field(repr=False)
@@ -55,6 +58,7 @@ class Sequence:
     tokens: list[int]  # prompt then output
     table: BlockTable = field(default_factory=BlockTable)
     finish_reason: str | None = None
+    uid: int = field(default_factory=_SEQUENCE_IDS.__next__)  # never reused (id() is, once a sequence is freed)
 
     @property
     def num_output(self) -> int:
@@ -255,7 +259,8 @@ class Engine:
             pos += range(start, start + n)
             done = start + n == len(seq.tokens)  # the last known token is read: a new one can be sampled
             wanted = done and seq.request.params.max_tokens > 0
-            segments.append(Segment(self.cache.slots(seq.table, 0, start + n), start, n, wanted, self._scores(seq)))
+            segments.append(Segment(self.cache.slots(seq.table, 0, start + n), start, n, wanted, self._scores(seq),
+                                    seq.uid))
         # a step of a few tokens is a chain of tiny matrix-vector products: a second OpenMP thread costs more than it
         # gives, above all on the engine loop's own thread (measured: decode 70 -> 139 tok/s on the bundled model);
         # prompt chunks are GEMMs that the other threads do speed up. The setting is this thread's (OpenMP, MKL)

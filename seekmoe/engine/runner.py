@@ -5,7 +5,9 @@ projections, experts); attention is the one place that looks at each sequence's 
 
 MLA has two equal ways to attend (DeepSeek-V2 §2.1.2):
 - expanded: rebuild per-head keys and values from the cached latents with W_UK, W_UV (kv_b_proj), then ordinary
-  attention. Cheap per query when many queries share the rebuild: prompt chunks use it.
+  attention. Cheap per query when many queries share the rebuild: prompt chunks use it. A prompt read in several
+  chunks keeps what its earlier chunks rebuilt until its last chunk (Prefill), so each chunk rebuilds only its own
+  tokens: rebuilding the whole context every chunk cost about as much as the attention itself at 3k tokens.
 - absorbed: fold W_UK into the query and W_UV into the output, so each head attends straight over the cached
   latents (a multi-query attention whose keys are [c_KV, k_rope] and values c_KV). Nothing per-head is rebuilt
   for past tokens, so a decode step costs O(T * (L + R)) per head instead of rebuilding T keys: decode uses it.
@@ -27,6 +29,9 @@ from seekmoe.model import kernels
 from seekmoe.model.model import MLA, CausalLM, MoE, apply_rope, few_tokens
 
 ROPE_MATRIX_TOKENS = 16
+# the most the expanded keys and values of prompts being read may hold (DeepSeek-V2-Lite's shape: 16k tokens of
+# `small`'s, 670 MB; a prompt whose would not fit rebuilds them every chunk instead)
+PREFILL_KV_BYTES = 1 << 30
 
 
 @dataclass
@@ -38,6 +43,33 @@ class Segment:
     length: int  # new tokens
     logits: bool  # whether the last new token's logits are wanted
     every: bool = False  # whether every new token's logits are wanted (prompt logprobs), not only the last's
+    seq: int | None = None  # the sequence's id: its expanded keys and values are kept between its prompt chunks
+
+
+class Prefill:
+    """One sequence's keys and values rebuilt so far, per layer: rows [0, tokens) of (capacity, H, n) and
+    (capacity, H, v) buffers that grow by doubling."""
+
+    def __init__(self, layers: int):
+        self.k: list[torch.Tensor | None] = [None] * layers
+        self.v: list[torch.Tensor | None] = [None] * layers
+        self.tokens = [0] * layers
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+    def extend(self, i: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's rows [0, start + len(k)), the new ones (k, v) written at start."""
+        end = start + len(k)
+        if self.k[i] is None or len(self.k[i]) < end:
+            cap = max(end, 2 * (len(self.k[i]) if self.k[i] is not None else 0))
+            grown_k, grown_v = k.new_empty(cap, *k.shape[1:]), v.new_empty(cap, *v.shape[1:])
+            if self.k[i] is not None:
+                grown_k[:start], grown_v[:start] = self.k[i][:start], self.v[i][:start]
+            self.k[i], self.v[i] = grown_k, grown_v
+        self.k[i][start:end], self.v[i][start:end] = k, v
+        self.tokens[i] = end
+        return self.k[i][:end], self.v[i][:end]
 
 
 class Absorbed:
@@ -80,6 +112,7 @@ class ModelRunner:
         # the cache's life)
         fits = absorb and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in cache.kv)
         self._mla_attend = kernels.mla_attend() if fits else None
+        self._prefills: dict[int, Prefill] = {}  # sequence id -> its prompt's keys and values, while it is read
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment],
@@ -98,6 +131,7 @@ class ModelRunner:
         rot = rope_matrices(cos, sin, cfg.rope_interleave).to(x.dtype) if len(x) <= ROPE_MATRIX_TOKENS else None
         lat, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
         rows = self._cached_rows(segments, x.dtype)
+        self._open_prefills(segments)
         for i, (layer, fused) in enumerate(zip(m.layers, self.layers, strict=True)):
             attn = layer.self_attn
             q, c_kv, k_pe = fused.attn_in(layer.input_layernorm(x)).split([fused.q_width, lat, r], dim=-1)
@@ -126,6 +160,7 @@ class ModelRunner:
                 x = x + y
             else:
                 x = x + fused.swiglu(h)
+        self._close_prefills(segments)
         rows, end = [], 0
         for s in segments:
             end += s.length
@@ -138,6 +173,25 @@ class ModelRunner:
         # logits only where a token will be sampled or a prompt token scored: the vocabulary projection is the
         # model's widest matrix, and a scored chunk's (length, vocab) rows are bounded by max_step_tokens
         return self.lm_head(m.norm(x[torch.tensor(rows, dtype=torch.long)])).float()
+
+    def _open_prefills(self, segments: list[Segment]) -> None:
+        """Keep the Prefills of the sequences in this step, and start one for each that reads a prompt chunk with
+        more to come: their keys and values are kept from chunk to chunk."""
+        kept = {s.seq: self._prefills[s.seq] for s in segments if s.seq in self._prefills}
+        for s in segments:
+            if s.seq is not None and s.seq not in kept and not s.logits and (s.length > 1 or not self.absorb):
+                kept[s.seq] = Prefill(len(self.absorbed))
+        self._prefills = kept
+
+    def _close_prefills(self, segments: list[Segment]) -> None:
+        """Drop the Prefills of prompts read to their end, and any past PREFILL_KV_BYTES."""
+        kept, total = {}, 0
+        for s in segments:
+            if (p := self._prefills.get(s.seq)) is not None and not s.logits:
+                total += p.nbytes()
+                if total <= PREFILL_KV_BYTES:
+                    kept[s.seq] = p
+        self._prefills = kept
 
     def _cached_rows(self, segments: list[Segment], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a decode step the attention kernel can take (float32): every sequence's cache rows, new one
@@ -159,18 +213,24 @@ class ModelRunner:
             if s.length == 1 and self.absorb:
                 outs.append(self._absorbed(i, attn, kv, qn, qp, [s]))
             else:
-                outs.append(self._expanded(attn, kv, qn, qp, s))
+                outs.append(self._expanded(i, attn, kv, qn, qp, s))
             start += s.length
         return torch.cat(outs)
 
-    def _expanded(self, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
+    def _expanded(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
                   s: Segment) -> torch.Tensor:
-        """One sequence's chunk of C new tokens over its T cached ones (the new ones included), keys rebuilt."""
+        """One sequence's chunk of C new tokens over its T cached ones (the new ones included), keys rebuilt: only
+        the chunk's own when its sequence's earlier chunks left theirs in a Prefill."""
         h, n, v, lat = attn.n_heads, attn.nope_dim, attn.v_dim, attn.kv_lora_rank
-        ctx = kv[s.slots[:s.start + s.length]].to(q_nope.dtype)  # (T, L + R)
-        t, c = ctx.shape[0], s.length
-        k_nope, val = attn.kv_b_proj(ctx[:, :lat]).view(t, h, n + v).split([n, v], dim=-1)  # (T, H, n), (T, H, v)
-        k = torch.cat([k_nope, ctx[:, None, lat:].expand(t, h, attn.rope_dim)], dim=-1)  # (T, H, n + R)
+        t, c = s.start + s.length, s.length
+        kept = self._prefills.get(s.seq) if s.seq is not None else None
+        first = 0 if kept is None or kept.tokens[i] != s.start else s.start  # rows to rebuild: [first, T)
+        ctx = kv[s.slots[first:t], :lat].to(q_nope.dtype)  # (T - first, L)
+        k_nope, val = attn.kv_b_proj(ctx).view(t - first, h, n + v).split([n, v], dim=-1)  # (., H, n), (., H, v)
+        if kept is not None:
+            k_nope, val = kept.extend(i, k_nope, val, first)  # (T, H, n), (T, H, v)
+        k_pe = kv[s.slots[:t], lat:].to(q_nope.dtype)  # (T, R)
+        k = torch.cat([k_nope, k_pe[:, None].expand(t, h, attn.rope_dim)], dim=-1)  # (T, H, n + R)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (C, H, n + R)
         # query i sits at position T - C + i and sees keys 0..T - C + i
         mask = None if c == t else torch.ones(c, t, dtype=torch.bool).tril(t - c)
