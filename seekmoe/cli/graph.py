@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
+from seekmoe.cli.parser import positive_int
 from seekmoe.errors import CLIError
 from seekmoe.graph import GraphError
 
@@ -18,16 +19,6 @@ DESCRIPTION = ("A knowledge graph built from literature: terms found in every se
                "relations between them with the sentences they came from, stored in one SQLite file. Open "
                "discovery (Swanson's ABC model) ranks the terms never mentioned together with a term by the terms "
                "that link them.")
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return n
 
 
 def _count(text: str) -> int:
@@ -58,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "constrained to a schema and then validated (slow) (default cooccurrence)")
     b.add_argument("--model", metavar="DIR",
                    help="with --extractor model: a checkpoint folder; default: the bundled seekmoe-tiny-chat")
-    b.add_argument("--batch", type=_positive, default=200, metavar="N",
+    b.add_argument("--batch", type=positive_int, default=200, metavar="N",
                    help="documents added per transaction (default 200)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the build's report as JSON")
@@ -73,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
               "The terms most strongly related to TERM (by NPMI over sentences), each with the relation first seen "
               "between them and the sentences that relate them.")
     q.add_argument("term", metavar="TERM", help="the term (any case; singular or plural)")
-    q.add_argument("--limit", type=_positive, default=20, metavar="N", help="most terms to list (default 20)")
-    q.add_argument("--min-count", type=_positive, default=1, metavar="N",
+    q.add_argument("--limit", type=positive_int, default=20, metavar="N", help="most terms to list (default 20)")
+    q.add_argument("--min-count", type=positive_int, default=1, metavar="N",
                    help="leave out pairs seen together in fewer than N sentences (default 1)")
     q.add_argument("--evidence", type=_count, default=2, metavar="N",
                    help="source sentences shown for each (default 2)")
@@ -85,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
               "The strongest short chain of related terms from A to C, each step with a sentence behind it.")
     q.add_argument("source", metavar="A", help="the term to start from")
     q.add_argument("target", metavar="C", help="the term to reach")
-    q.add_argument("--max-hops", type=_positive, default=4, metavar="N", help="most steps (default 4)")
-    q.add_argument("--min-count", type=_positive, default=1, metavar="N",
+    q.add_argument("--max-hops", type=positive_int, default=4, metavar="N", help="most steps (default 4)")
+    q.add_argument("--min-count", type=positive_int, default=1, metavar="N",
                    help="use only pairs seen together in at least N sentences (default 1)")
     q.add_argument("--json", action="store_true", help="print a JSON array of the steps instead of text")
     q.set_defaults(func=cmd_path)
@@ -96,8 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
               "terms B that link them (TERM-B in some documents, B-C in others), each with the B terms and the "
               "sentences behind both links.")
     q.add_argument("term", metavar="TERM", help="the starting term A (any case; singular or plural)")
-    q.add_argument("--limit", type=_positive, default=10, metavar="N", help="most terms to list (default 10)")
-    q.add_argument("--min-count", type=_positive, default=1, metavar="N",
+    q.add_argument("--limit", type=positive_int, default=10, metavar="N", help="most terms to list (default 10)")
+    q.add_argument("--min-count", type=positive_int, default=1, metavar="N",
                    help="use only pairs seen together in at least N sentences (default 1; raise it on large "
                         "corpora to follow only repeated links)")
     q.add_argument("--evidence", type=_count, default=2, metavar="N",
@@ -113,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--format", choices=("graphml", "neo4j"), required=True,
                    help="graphml: one .graphml file; neo4j: a folder of nodes.csv and relationships.csv")
     q.add_argument("--out", required=True, metavar="PATH", help="the file (graphml) or folder (neo4j) to write")
-    q.add_argument("--min-count", type=_positive, default=1, metavar="N",
+    q.add_argument("--min-count", type=positive_int, default=1, metavar="N",
                    help="leave out pairs seen together in fewer than N sentences (default 1)")
     q.set_defaults(func=cmd_export)
 

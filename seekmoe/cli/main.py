@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from seekmoe.cli.parser import Parser
+from seekmoe.cli.parser import Parser, positive_int
 from seekmoe.errors import CLIError
 from seekmoe.model.config import ConfigError, ModelConfig, bundled_configs, resolve_config
 
@@ -35,17 +35,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"seekmoe inspect {args.config}\n")
         print(format_report(report))
     return 0
-
-
-def positive_int(text: str) -> int:
-    """argparse type: '8' -> 8; '0', '-1' and 'abc' are usage errors naming what was given."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return n
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:

@@ -112,3 +112,14 @@ class Parser(argparse.ArgumentParser):
             choices = ", ".join(map(repr, action.choices))
             raise argparse.ArgumentError(action, f"invalid choice: {value!r} ("
                                          + (f"did you mean {hint!r}? " if hint else "") + f"choose from {choices})")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: '8' -> 8; '0', '-1' and 'abc' are usage errors naming what was given."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
