@@ -261,8 +261,9 @@ def worker(a: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def run_worker(a: argparse.Namespace, threads: int, *argv: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", *argv, "--threads", str(threads), "--decode", str(a.decode),
+def run_worker(a: argparse.Namespace, threads: int, *argv: str, script: str = __file__) -> dict:
+    """`script --worker ARGV...` (this file, or another bench built on it) in a child process: its JSON line."""
+    cmd = [sys.executable, script, "--worker", *argv, "--threads", str(threads), "--decode", str(a.decode),
            "--repeats", str(a.repeats)]
     # the kernels' pool reads SEEKMOE_THREADS, torch OMP_NUM_THREADS
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), SEEKMOE_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

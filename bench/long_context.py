@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -150,15 +148,7 @@ def worker(a: argparse.Namespace) -> None:
 
 
 def run_worker(a: argparse.Namespace, *argv: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", *argv, "--threads", str(a.threads), "--decode", str(a.decode)]
-    threads = str(a.threads)  # the kernels' pool reads SEEKMOE_THREADS, torch OMP_NUM_THREADS
-    env = dict(os.environ, OMP_NUM_THREADS=threads, SEEKMOE_THREADS=threads, MKL_NUM_THREADS=threads)
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if res.returncode != 0:
-        raise SystemExit(f"worker {argv[0]} failed (exit status {res.returncode}):\n{res.stderr[-4000:]}")
-    print(f"{argv[0]}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return peers.run_worker(a, a.threads, *argv, script=__file__)
 
 
 # ---- the parent: build, measure, report ------------------------------------------------------------------------
