@@ -1,5 +1,5 @@
 """What the Java and C++ SDK tests share (tests/test_sdk_java.py, tests/test_sdk_cpp.py): the servers their test
-programs run against, and how a scenario is run and judged.
+programs run against, how a scenario is run and judged, and the tests themselves (Scenarios).
 
 Each test program (sdk/java/src/test/java/seekmoe/SdkTest.java, sdk/cpp/tests/sdk_test.cpp) takes scenario names and
 prints "PASS name" or "FAIL name: why"; it finds the servers in the environment:
@@ -13,6 +13,7 @@ prints "PASS name" or "FAIL name: why"; it finds the servers in the environment:
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 
 from seekmoe.llm import LLM
 from seekmoe.server.config import ServeConfig
@@ -156,3 +158,44 @@ def run_busy(command: list[str], name: str, servers: Servers) -> None:
     out, err = program.communicate(timeout=120)
     check(subprocess.CompletedProcess(program.args, program.returncode, out, err), name)
     assert rejected(url) >= before + 2
+
+
+def camel(name: str) -> str:
+    """A scenario's name as Java spells a method: stream_cut -> streamCut."""
+    return re.sub(r"_([a-z])", lambda m: m[1].upper(), name)
+
+
+class Scenarios:
+    """The scenarios both SDKs' test programs pass, as tests. A subclass per language runs them: the module
+    gives the `program` fixture (its test program's command) and the class `spell` (a scenario's name as that
+    program spells it)."""
+
+    @staticmethod
+    def spell(name: str) -> str:
+        return name
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def live(tmp_path_factory):
+        with servers(tmp_path_factory) as s:
+            yield s
+
+    @pytest.mark.parametrize("name", ["generate", "generate_stream", "chat_and_stream", "leave_stream_early",
+                                      "summarize_and_expert_load", "wrong_key", "bad_request", "too_large",
+                                      "connection_refused", "bad_options"])
+    def test_scenario(self, program, live, name):
+        run(program, self.spell(name), live)
+
+    def test_a_full_queue_is_refused_then_retried_until_a_place_frees(self, program, live):
+        run_busy(program, self.spell("busy_retry"), live)
+
+    def test_a_stream_cut_midway_raises_after_its_text_and_is_not_retried(self, program, live):
+        before = live.cut_requests.copy()
+        run(program, self.spell("stream_cut"), live)
+        seen = live.cut_requests - before
+        assert seen == {"/v2/generate": 2, "/v1/chat/completions": 1}, seen  # the cut and the error event, each once
+
+    def test_a_timeout_raises_and_is_not_retried(self, program, live):
+        before = live.cut_requests.copy()
+        run(program, self.spell("timeout"), live)
+        assert live.cut_requests - before == {"/v2/generate": 1}

@@ -30,31 +30,5 @@ def program() -> list[str]:
     return ["java", "-cp", f"{jb / 'seekmoe.jar'}:{GSON}:{jb / 'test-classes'}", "seekmoe.SdkTest"]
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    with sdk_live.servers(tmp_path_factory) as s:
-        yield s
-
-
-@pytest.mark.parametrize("name", ["generate", "generateStream", "chatAndStream", "leaveStreamEarly",
-                                  "summarizeAndExpertLoad", "wrongKey", "badRequest", "tooLarge",
-                                  "connectionRefused", "badOptions"])
-def test_scenario(program, servers, name):
-    sdk_live.run(program, name, servers)
-
-
-def test_a_full_queue_is_refused_then_retried_until_a_place_frees(program, servers):
-    sdk_live.run_busy(program, "busyRetry", servers)
-
-
-def test_a_stream_cut_midway_raises_after_its_text_and_is_not_retried(program, servers):
-    before = servers.cut_requests.copy()
-    sdk_live.run(program, "streamCut", servers)
-    seen = servers.cut_requests - before
-    assert seen == {"/v2/generate": 2, "/v1/chat/completions": 1}, seen  # the cut and the error event, each once
-
-
-def test_a_timeout_raises_and_is_not_retried(program, servers):
-    before = servers.cut_requests.copy()
-    sdk_live.run(program, "timeout", servers)
-    assert servers.cut_requests - before == {"/v2/generate": 1}
+class TestJava(sdk_live.Scenarios):
+    spell = staticmethod(sdk_live.camel)  # SdkTest.java's methods
