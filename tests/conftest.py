@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 
 from seekmoe.model.config import ModelConfig
@@ -167,3 +172,27 @@ def corpus(tmp_path_factory) -> Path:
     prepare([SAMPLE], root / "tok", root / "data", val_fraction=0.05, seed=0, progress=False)
     (root / "model.json").write_text(json.dumps(TRAIN_MODEL))
     return root
+
+
+@contextmanager
+def serve_process(folder, key: str = "k"):
+    """`seekmoe serve FOLDER --port 0` in a child process with the API key `key`: (its address, the process) once
+    /health answers 200; killed at the end if it still runs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEEKMOE_API_KEY": key}
+    proc = subprocess.Popen([sys.executable, "-m", "seekmoe", "serve", str(folder), "--port", "0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "http://" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "exited before listening"
+        url = re.search(r"http://[\d.]+:\d+", line)[0]
+        deadline = time.monotonic() + 60
+        while requests.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import requests
@@ -23,7 +21,7 @@ from seekmoe.model.int4 import Int4Linear, Int4RoutedExperts, dequantize_int4, i
 from seekmoe.model.quant import Int8Linear, Int8RoutedExperts
 from seekmoe.model.quantize import quantize_checkpoint
 from seekmoe.model.weights import CheckpointError
-from tests.conftest import assert_usage_error, run_cli, tiny_model, tiny_model_folder
+from tests.conftest import assert_usage_error, run_cli, serve_process, tiny_model, tiny_model_folder
 
 # every quantized matrix's input width a multiple of 32: whole int4 groups
 WIDE = dict(hidden_size=64, q_lora_rank=32, v_head_dim=8, intermediate_size=64, moe_intermediate_size=32,
@@ -268,28 +266,12 @@ def test_llm_generates_from_a_quantized_folder(tmp_path):
 def test_seekmoe_serve_answers_from_a_quantized_folder(tmp_path):
     tiny_model_folder(tmp_path / "f", **WIDE)
     quantize_checkpoint(tmp_path / "f", tmp_path / "q", 4, progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEEKMOE_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-m", "seekmoe", "serve", str(tmp_path / "q"), "--port", "0"], env=env,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        while "http://" not in line:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, "exited before listening"
-        url = re.search(r"http://[\d.]+:\d+", line)[0]
-        deadline = time.monotonic() + 60
-        while requests.get(f"{url}/health").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with serve_process(tmp_path / "q") as (url, proc):
         r = requests.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer k"},
                           json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # ---- memory: measured, in a fresh process -----------------------------------------------------------------------

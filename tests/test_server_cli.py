@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
@@ -16,7 +11,7 @@ import requests
 from seekmoe.cli.main import build_parser
 from seekmoe.cli.serve import config_from_args, parse_size
 from seekmoe.errors import CLIError
-from tests.conftest import assert_usage_error, run_cli, tiny_model_folder
+from tests.conftest import assert_usage_error, run_cli, serve_process, tiny_model_folder
 
 
 def config(*argv: str, env: dict[str, str] | None = None):
@@ -68,20 +63,7 @@ def test_parse_size():
 
 
 def test_seekmoe_serve_prints_its_address_serves_and_stops_on_ctrl_c(tmp_path):
-    folder = tiny_model_folder(tmp_path / "model")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEEKMOE_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-m", "seekmoe", "serve", str(folder), "--port", "0"], env=env,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        while "http://" not in line:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, "exited before listening"
-        url = re.search(r"http://[\d.]+:\d+", line)[0]
-        deadline = time.monotonic() + 60
-        while requests.get(f"{url}/health").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with serve_process(tiny_model_folder(tmp_path / "model")) as (url, proc):
         r = requests.post(f"{url}/v2/generate", headers={"Authorization": "Bearer k"},
                           json={"prompt": "private words", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
@@ -89,7 +71,3 @@ def test_seekmoe_serve_prints_its_address_serves_and_stops_on_ctrl_c(tmp_path):
         assert proc.wait(timeout=30) == 0
         log = proc.stderr.read()
         assert '"POST /v2/generate" 200' in log and "private words" not in log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
