@@ -113,6 +113,10 @@ class ModelRunner:
         fits = absorb and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in cache.kv)
         self._mla_attend = kernels.mla_attend() if fits else None
         self._prefills: dict[int, Prefill] = {}  # sequence id -> its prompt's keys and values, while it is read
+        # what one token's rebuilt keys and values take over all layers: (n + v) numbers per head
+        attns = [layer.self_attn for layer in model.model.layers]
+        self._prefill_token_bytes = model.model.embed_tokens.weight.element_size() * sum(
+            a.n_heads * (a.nope_dim + a.v_dim) for a in attns)
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment],
@@ -176,10 +180,12 @@ class ModelRunner:
 
     def _open_prefills(self, segments: list[Segment]) -> None:
         """Keep the Prefills of the sequences in this step, and start one for each that reads a prompt chunk with
-        more to come: their keys and values are kept from chunk to chunk."""
+        more to come, if its context's keys and values fit PREFILL_KV_BYTES (else a copy beside the rebuild would
+        only double the step's memory): they are kept from chunk to chunk."""
         kept = {s.seq: self._prefills[s.seq] for s in segments if s.seq in self._prefills}
         for s in segments:
-            if s.seq is not None and s.seq not in kept and not s.logits and (s.length > 1 or not self.absorb):
+            if (s.seq is not None and s.seq not in kept and not s.logits and (s.length > 1 or not self.absorb)
+                    and (s.start + s.length) * self._prefill_token_bytes <= PREFILL_KV_BYTES):
                 kept[s.seq] = Prefill(len(self.absorbed))
         self._prefills = kept
 
