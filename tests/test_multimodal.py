@@ -10,6 +10,7 @@ import pytest
 import soundfile
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from seekmoe.engine.cache import BlockTable
 from seekmoe.engine.engine import Engine, PromptEmbeds
@@ -22,12 +23,16 @@ from seekmoe.multimodal.model import (
     IMAGE_TOKEN,
     WEIGHTS_FILE,
     MultimodalBatch,
+    MultimodalConfig,
+    MultimodalLM,
     audio_rows,
     encode,
     expand,
     load_multimodal,
+    save_multimodal,
     splice,
 )
+from seekmoe.train.config import TrainError
 from tests.conftest import MM_SMALL, tiny_model_folder, tiny_multimodal_folder
 
 SMALL = MM_SMALL
@@ -390,3 +395,73 @@ def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, 
     assert "| digits |" in out and "speech_digits" in out and "audio vs text" in out and plot.stat().st_size > 0
     assert main(["eval-multimodal", str(mm_folder), "--sets", "cats"]) == 2
     assert "unknown set cats" in capsys.readouterr().err
+
+
+# ---- a second, larger image square ---------------------------------------------------------------------------
+
+def test_config_checks_and_round_trips_max_image_size():
+    base = dict(image_token_id=18, audio_token_id=19, **SMALL)
+    assert "max_image_size" not in MultimodalConfig(**base).to_dict()  # older config.json sections read back as-is
+    cfg = MultimodalConfig(**base, max_image_size=28)
+    assert MultimodalConfig.from_dict(cfg.to_dict()) == cfg
+    assert [cfg.image_side(*s) for s in ((8, 8), (14, 10), (15, 14), (300, 20))] == [14, 14, 28, 28]
+    assert MultimodalConfig(**base).image_side(300, 300) == 14
+    for bad, needle in ((30, "multiple of patch_size"), (14, "larger than image_size"), (0, "positive int"),
+                        (True, "positive int")):
+        with pytest.raises(ValueError, match=needle):
+            MultimodalConfig(**base, max_image_size=bad)
+
+
+def test_large_images_get_more_rows_their_own_positions_and_batch_with_small_ones(mm_folder, tmp_path):
+    from seekmoe.multimodal.model import rows_of, with_large_images
+    from seekmoe.multimodal.parts import split_media
+
+    small = load_multimodal(mm_folder)
+    grown = with_large_images(small.encoders, 28)
+    assert with_large_images(grown, 28) is grown
+    with pytest.raises(ValueError, match="cannot change"):
+        with_large_images(grown, 42)
+    cfg = grown.config
+    # the small square's weights are kept, so small images encode exactly as before
+    x = torch.rand(2, 3, 14, 14)
+    assert torch.equal(grown.image(x), small.encoders.image(x))
+    pos = grown.image.pos_large
+    assert pos.shape == (16, 16) and torch.unique(pos.round(decimals=5), dim=0).shape[0] == 16  # all distinct
+    parts = [{"type": "image", "data": png(seed, size)} for seed, size in ((1, 14), (2, 56), (3, 10))]
+    messages = [{"role": "user", "content": [*parts, {"type": "text", "text": "?"}]}]
+    _, media = split_media(messages, cfg)
+    assert [m.data.shape[-1] for m in media] == [14, 28, 14] and [rows_of(m, cfg) for m in media] == [4, 16, 4]
+    assert media[1].source.size == (56, 56)  # the decoded picture, kept to draw on
+    rows = encode(grown, media)
+    assert [r.shape[0] for r in rows] == [4, 16, 4]
+    assert torch.allclose(rows[1], grown.image(media[1].data[None])[0], atol=1e-5)  # order kept across sizes
+    # saved and loaded like any multimodal model; a folder whose weights lack pos_large is refused
+    model = MultimodalLM(small.lm, grown)
+    model.lm.config.extra["multimodal"] = cfg.to_dict()
+    folder = save_multimodal(model, tmp_path / "grown")
+    back = load_multimodal(folder)
+    assert back.encoders.config.max_image_size == 28 and torch.equal(back.encoders.image.pos_large, pos)
+    save_file({k: v for k, v in small.encoders.state_dict().items()}, str(folder / "multimodal.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing tensor image\.pos_large"):
+        load_multimodal(folder)
+
+
+def test_training_can_add_the_large_square_to_a_model_that_sees(tmp_path, mm_folder):
+    from seekmoe.train.multimodal import Settings, train
+
+    data = tmp_path / "data"
+    items = [(png(i, 14 if i % 2 else 40), "It is A." if i % 2 else "It is B.") for i in range(4)]
+    for split in ("train", "test"):
+        write_set(data, "digits", split, "images", items)
+    s = Settings(model=str(mm_folder), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,
+                 stage2_steps=2, batch_size=4, eval_every=2, eval_batches=1, save_every=2,
+                 encoder={"max_image_size": 42})
+    final = train(s, progress=False, log=lambda m: None)
+    with LLM(final) as llm:
+        assert llm.encoders.config.max_image_size == 42
+        assert llm.chat(ask("image", png(9, 40)), max_tokens=2).usage.prompt_tokens > \
+            llm.chat(ask("image", png(9, 14)), max_tokens=2).usage.prompt_tokens + 30  # 36 rows against 4
+    s.encoder, s.out = {"max_image_size": 28}, str(tmp_path / "run2")
+    s.model = str(final)
+    with pytest.raises(TrainError, match="cannot change to 28"):
+        train(s, progress=False, log=lambda m: None)

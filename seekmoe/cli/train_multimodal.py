@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from seekmoe.cli.parser import positive_int
 from seekmoe.multimodal.data import SETS
 from seekmoe.train.config import MultimodalSettings as Settings
 from seekmoe.train.config import TrainError
@@ -35,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "step a batch of --text-batch-size rows of --text-seq-len tokens")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
+    p.add_argument("--max-image-size", type=positive_int, metavar="PIXELS",
+                   help="teach the image encoder a second, larger square (a multiple of its patch size, 112 for "
+                   "the grounding sets' canvases): images larger than its small square are drawn onto it")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -47,8 +51,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     if (name := Settings.bad_count(vars(args))) is not None:  # what Settings would refuse, named as its flag
         print(f"seekmoe: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
         return 2
+    encoder = {} if args.max_image_size is None else {"max_image_size": args.max_image_size}
     s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2, text=args.text,
-                 **{k: getattr(args, k) for k in INT_FLAGS})
+                 encoder=encoder, **{k: getattr(args, k) for k in INT_FLAGS})
     from seekmoe.train.multimodal import train
 
     try:

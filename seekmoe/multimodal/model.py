@@ -7,7 +7,10 @@ unchanged MoE model, so the same experts route image, speech and text tokens, an
 batching work for multimodal prompts as they are.
 
 - image: resized and padded to a square, cut into patches (a strided convolution), a small pre-norm transformer
-  over the patches with learned positions, then a two-layer projector: (size / patch)^2 rows an image;
+  over the patches with learned positions, then a two-layer projector: (size / patch)^2 rows an image. A model
+  with a max_image_size has two squares: an image whose longer side fits image_size uses it (16 rows for 28 and
+  patch 7: a single digit), a larger one is drawn onto the max_image_size square (256 rows for 112: a canvas of
+  several digits, a schematic), with positions of its own;
 - audio: a log-mel spectrogram (80 bins, 100 frames a second, as Whisper computes it), two strided convolutions
   and a small transformer with sinusoidal positions, average-pooled by 2, then a projector: 12.5 rows a second.
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -50,21 +53,37 @@ class MultimodalConfig:
     width: int = 128  # encoder width
     layers: int = 2  # transformer layers of each encoder
     heads: int = 4
+    max_image_size: int | None = None  # larger images are drawn onto this square; None: every image is image_size
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name == "max_image_size":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if "token" in f.name else 1):
                 raise ValueError(f"multimodal.{f.name} must be a positive int, got {value!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"multimodal.image_size ({self.image_size}) must be a multiple of patch_size "
-                             f"({self.patch_size})")
+        for name in ("image_size", "max_image_size"):
+            if (getattr(self, name) or 0) % self.patch_size:
+                raise ValueError(f"multimodal.{name} ({getattr(self, name)}) must be a multiple of patch_size "
+                                 f"({self.patch_size})")
+        if self.max_image_size is not None and self.max_image_size <= self.image_size:
+            raise ValueError(f"multimodal.max_image_size ({self.max_image_size}) must be larger than image_size "
+                             f"({self.image_size})")
         if self.width % self.heads:
             raise ValueError(f"multimodal.width ({self.width}) must be divisible by heads ({self.heads})")
 
     @property
     def image_rows(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    def image_side(self, width: int, height: int) -> int:
+        """The square an image of this size is drawn onto."""
+        small = max(width, height) <= self.image_size or self.max_image_size is None
+        return self.image_size if small else self.max_image_size
+
+    def to_dict(self) -> dict:
+        """config.json's section; max_image_size only when set, so older sections read back unchanged."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: object) -> MultimodalConfig:
@@ -97,18 +116,43 @@ def _projector(width: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
 
+def sincos_2d(side: int, width: int) -> torch.Tensor:
+    """(side * side, width) fixed 2-D sine-cosine positions (MAE's): half the channels say the column, half the
+    row, so each patch of a large square starts with a position of its own."""
+    quarter = width // 4
+    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32) / quarter)
+    angle = torch.arange(side, dtype=torch.float32)[:, None] * freq[None]  # (side, W/4)
+    axis = torch.cat([angle.sin(), angle.cos()], dim=-1)  # (side, W/2)
+    pos = torch.cat([axis[None].expand(side, -1, -1), axis[:, None].expand(-1, side, -1)], dim=-1)  # (row, col, W)
+    return torch.nn.functional.pad(pos.reshape(side * side, -1), (0, width - 4 * quarter))
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: MultimodalConfig, hidden: int):
         super().__init__()
         self.patch = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos = nn.Parameter(torch.zeros(cfg.image_rows, cfg.width))
+        self.image_size = cfg.image_size
+        if cfg.max_image_size is not None:
+            self.pos_large = nn.Parameter(torch.zeros((cfg.max_image_size // cfg.patch_size) ** 2, cfg.width))
         self.blocks = _transformer(cfg)
         self.proj = _projector(cfg.width, hidden)
 
+    @torch.no_grad()
+    def init_large_positions(self) -> None:
+        """pos_large from the small square's learned positions, stretched bilinearly, plus 2-D sine-cosine ones:
+        an encoder trained on small images only starts with positions of the same scale on the large square."""
+        small, large = (round(math.sqrt(p.shape[0])) for p in (self.pos, self.pos_large))
+        grid = self.pos.T.reshape(1, -1, small, small)  # (1, W, s, s)
+        stretched = F.interpolate(grid, size=(large, large), mode="bilinear", align_corners=True)
+        scale = self.pos.std().clamp(min=0.02)
+        self.pos_large.copy_(stretched.reshape(-1, large * large).T + scale * sincos_2d(large, self.pos.shape[1]))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, 3, S, S) in [0, 1] -> (B, P, D) rows for the language model."""
+        """pixels (B, 3, S, S) in [0, 1], S image_size or max_image_size -> (B, P, D) rows for the language model."""
         x = self.patch(pixels * 2 - 1).flatten(2).transpose(1, 2)  # (B, P, W): patches in reading order
-        return self.proj(self.blocks(x + self.pos))
+        pos = self.pos if pixels.shape[-1] == self.image_size else self.pos_large
+        return self.proj(self.blocks(x + pos))
 
 
 class AudioEncoder(nn.Module):
@@ -148,6 +192,8 @@ class MediaEncoders(nn.Module):
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         for name, p in self.named_parameters():
+            if name == "image.pos_large":
+                continue  # from image.pos, below
             if p.dim() >= 2:
                 nn.init.xavier_uniform_(p, generator=generator) if name != "image.pos" else p.normal_(
                     0, 0.02, generator=generator)
@@ -155,6 +201,8 @@ class MediaEncoders(nn.Module):
                 p.fill_(1.0)
             else:
                 p.zero_()
+        if hasattr(self.image, "pos_large"):
+            self.image.init_large_positions()
 
 
 @dataclass
@@ -164,6 +212,7 @@ class Media:
     kind: str  # "image" | "audio"
     data: torch.Tensor  # image: (3, S, S) in [0, 1]; audio: (frames, n_mels) log-mel
     digest: str  # of the source bytes: equal media give equal cache keys
+    source: object = field(default=None, repr=False, compare=False)  # an image's decoded PIL.Image, to draw on
 
     @property
     def token(self) -> str:
@@ -171,10 +220,13 @@ class Media:
 
 
 def encode(encoders: MediaEncoders, media: list[Media]) -> list[torch.Tensor]:
-    """Each medium's rows (n_i, D), in order; images of a prompt run as one batch."""
-    images = [m.data for m in media if m.kind == "image"]
-    image_rows = iter(encoders.image(torch.stack(images)) if images else [])
-    return [next(image_rows) if m.kind == "image" else encoders.audio(m.data) for m in media]
+    """Each medium's rows (n_i, D), in order; the images of a prompt of one size run as one batch."""
+    rows: list[torch.Tensor | None] = [None] * len(media)
+    for side in {m.data.shape[-1] for m in media if m.kind == "image"}:
+        which = [i for i, m in enumerate(media) if m.kind == "image" and m.data.shape[-1] == side]
+        for i, r in zip(which, encoders.image(torch.stack([media[i].data for i in which])), strict=True):
+            rows[i] = r
+    return [r if m.kind == "image" else encoders.audio(m.data) for r, m in zip(rows, media, strict=True)]
 
 
 def splice(embeds: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, cfg: MultimodalConfig) -> torch.Tensor:
@@ -188,7 +240,7 @@ def splice(embeds: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, cfg: Mul
 
 def rows_of(m: Media, cfg: MultimodalConfig) -> int:
     """How many rows the encoder gives for a medium."""
-    return cfg.image_rows if m.kind == "image" else audio_rows(m.data.shape[0])
+    return (m.data.shape[-1] // cfg.patch_size) ** 2 if m.kind == "image" else audio_rows(m.data.shape[0])
 
 
 def repeats(ids: list[int], media: list[Media], cfg: MultimodalConfig) -> list[int]:
@@ -250,10 +302,26 @@ def config_of(lm: CausalLM) -> MultimodalConfig | None:
 
 def attach(lm: CausalLM, cfg: MultimodalConfig, seed: int = 0) -> MultimodalLM:
     """New, randomly initialised encoders for a language model."""
-    lm.config.extra["multimodal"] = asdict(cfg)
+    lm.config.extra["multimodal"] = cfg.to_dict()
     encoders = MediaEncoders(cfg, lm.config.hidden_size)
     encoders.init_weights(torch.Generator().manual_seed(seed))
     return MultimodalLM(lm, encoders)
+
+
+def with_large_images(encoders: MediaEncoders, max_image_size: int) -> MediaEncoders:
+    """The same encoders with a max_image_size square added (its positions from init_large_positions), for a model
+    trained on small images only; encoders that have one already come back as they are when it is the same size."""
+    cfg = encoders.config
+    if cfg.max_image_size == max_image_size:
+        return encoders
+    if cfg.max_image_size is not None:
+        raise ValueError(f"the encoders' max_image_size is {cfg.max_image_size}; it cannot change to {max_image_size}")
+    grown = MediaEncoders(MultimodalConfig(**{**asdict(cfg), "max_image_size": max_image_size}),
+                          encoders.image.proj[-1].out_features)
+    missing, unexpected = grown.load_state_dict(encoders.state_dict(), strict=False)
+    assert missing == ["image.pos_large"] and not unexpected, (missing, unexpected)
+    grown.image.init_large_positions()
+    return grown
 
 
 def load_encoders(path: str | Path, lm: CausalLM) -> MediaEncoders | None:

@@ -57,7 +57,8 @@ def _bytes_of(part: dict, kind: str, limits: m.MediaLimits, base: Path | None) -
 def decode(kind: str, data: bytes, cfg: MultimodalConfig, limits: m.MediaLimits) -> Media:
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     if kind == "image":
-        return Media("image", m.image_tensor(m.load_image(data, limits), cfg.image_size), digest)
+        image = m.load_image(data, limits)
+        return Media("image", m.image_tensor(image, cfg.image_side(*image.size)), digest, source=image)
     mel = m.log_mel(m.load_audio(data, limits), n_mels=cfg.n_mels)
     if audio_rows(mel.shape[0]) < 1:
         raise m.MediaError(f"the audio is {mel.shape[0] / 100:.2f} s long; the encoder needs at least 0.05 s")

@@ -38,6 +38,7 @@ from seekmoe.multimodal.model import (
     repeats,
     save_into,
     save_multimodal,
+    with_large_images,
 )
 from seekmoe.multimodal.parts import split_media
 from seekmoe.text.tokenizer import Tokenizer
@@ -159,6 +160,12 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
         raise TrainError(f"{base}: the tokenizer has no single-token {IMAGE_TOKEN} / {AUDIO_TOKEN}")
     encoders = load_encoders(base, lm)
     if encoders is not None:  # it sees and hears already: its own encoders go on learning, in stage 2 only
+        if s.encoder.get("max_image_size") is not None:  # and learns larger images
+            try:
+                encoders = with_large_images(encoders, s.encoder["max_image_size"])
+            except ValueError as e:
+                raise TrainError(f"{base}: {e}") from None
+            lm.config.extra["multimodal"] = encoders.config.to_dict()
         model, stages, cfg = MultimodalLM(lm, encoders), (2,), encoders.config
     else:
         cfg = MultimodalConfig(image_token_id=ids["image"][0], audio_token_id=ids["audio"][0], **s.encoder)
