@@ -18,8 +18,17 @@ They are checked here before anything is sent (PNG, JPEG, GIF, WAV or FLAC by th
 `max_media_bytes`), and a bad one raises ValueError naming it.
 
 Results are small dataclasses. The `*_stream` methods yield `Chunk` objects (the new text, its choice index, and
-on the last ones the finish reason and usage), not bare strings. Any other field the server knows (top_k, min_p,
-ignore_eos, ...) passes through as a keyword argument. Refusals raise `APIError` with the server's message.
+on the last ones the finish reason and usage), not bare strings. A reply that names regions of the image it was
+shown (`<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>`) comes with the request's last image annotated with
+them: `.images`, a list of PNG bytes, on the Generation, the chat Message and the Chunk that finishes the reply
+(empty otherwise):
+
+    reply = client.chat([{"role": "user", "content": [image("circuit.png"), "Circle the LED"]}])
+    for i, png in enumerate(reply.choices[0].message.images):
+        Path(f"annotated-{i}.png").write_bytes(png)
+
+Any other field the server knows (top_k, min_p, ignore_eos, ...) passes through as a keyword argument. Refusals
+raise `APIError` with the server's message.
 
 Retries: 429 (after its Retry-After), 503 and failed connections are retried up to `max_retries` times with
 exponential backoff and jitter; other errors are not, and neither is a stream once its first byte has come.
@@ -87,6 +96,7 @@ class Generation:
     text: str
     finish_reason: str | None
     usage: Usage
+    images: list[bytes] = field(default_factory=list)  # PNGs: the request's last image, the regions drawn on it
 
 
 @dataclass
@@ -112,6 +122,7 @@ class Completion:
 class Message:
     role: str
     content: str
+    images: list[bytes] = field(default_factory=list)  # PNGs: the request's last image, the regions drawn on it
 
 
 @dataclass
@@ -144,10 +155,22 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    images: list[bytes] = field(default_factory=list)  # PNGs, on the chunk that finishes a reply naming regions
+
+
+def _png(data: str) -> bytes:
+    """An image of an answer (base64, or a data: URL of it) as its bytes."""
+    return base64.b64decode(data.partition("base64,")[2] if data.startswith("data:") else data)
+
+
+def _images(images: list | None) -> list[bytes]:
+    """The PNGs of /v2/generate's images (base64 strings) or of a chat message's (OpenAI image_url parts)."""
+    return [_png(x if isinstance(x, str) else x["image_url"]["url"]) for x in images or []]
 
 
 def _generation(d: dict) -> Generation:
-    return Generation(d["id"], d["generated_text"], d["finish_reason"], Usage.parse(d["usage"]))
+    return Generation(d["id"], d["generated_text"], d["finish_reason"], Usage.parse(d["usage"]),
+                      _images(d.get("images")))
 
 
 def _completion(d: dict) -> Completion:
@@ -156,8 +179,9 @@ def _completion(d: dict) -> Completion:
 
 
 def _chat(d: dict) -> ChatCompletion:
-    choices = [ChatChoice(c["index"], Message(c["message"]["role"], c["message"]["content"]), c.get("finish_reason"),
-                          c.get("logprobs")) for c in d["choices"]]
+    choices = [ChatChoice(c["index"], Message(c["message"]["role"], c["message"]["content"],
+                                              _images(c["message"].get("images"))),
+                          c.get("finish_reason"), c.get("logprobs")) for c in d["choices"]]
     return ChatCompletion(d["id"], d["model"], d["created"], choices, Usage.parse(d["usage"]))
 
 
@@ -167,13 +191,14 @@ def _chunks(d: dict) -> list[Chunk]:
         raise APIError.from_body(None, d, "the stream failed")
     usage = Usage.parse(d.get("usage"))
     if "choices" not in d:  # native
-        return [Chunk(d["id"], d["text"], 0, d.get("finish_reason"), usage, d)]
+        return [Chunk(d["id"], d["text"], 0, d.get("finish_reason"), usage, d, _images(d.get("images")))]
     if not d["choices"]:  # the usage chunk
         return [Chunk(d["id"], "", 0, None, usage, d)]
     out = []
     for c in d["choices"]:
         text = (c["delta"].get("content") or "") if "delta" in c else c["text"]
-        out.append(Chunk(d["id"], text, c["index"], c.get("finish_reason"), usage, d))
+        images = _images(c["delta"].get("images")) if "delta" in c else []
+        out.append(Chunk(d["id"], text, c["index"], c.get("finish_reason"), usage, d, images))
     return out
 
 

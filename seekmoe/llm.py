@@ -41,6 +41,7 @@ from seekmoe.text.tool_calls import (
 if TYPE_CHECKING:
     import torch
 
+    from seekmoe.multimodal.model import Media
     from seekmoe.text.grammar import Grammar, Grammars
 
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -419,6 +420,12 @@ class LLM:
         (tool_choice "required" or a named function: the opening of a call; None when the model decides alone),
         and the rows of its images and audio (None without media). ValueError (ChatError, MediaError) for bad
         messages, media, tools or tool_choice."""
+        return self.chat_inputs(messages, tools, tool_choice)[:3]
+
+    def chat_inputs(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None
+                    ) -> tuple[list[int], str | None, PromptEmbeds | None, list[Media]]:
+        """chat_prompt's three, and the conversation's media as decoded, in reading order (an image's `source` is
+        its picture: what a server draws an answer's regions on)."""
         from seekmoe.text.chat import check_tools
 
         tools = check_tools(tools)
@@ -429,7 +436,7 @@ class LLM:
         keep = tuple({m.token for m in media})  # the placeholders split_media wrote; typed ones stay plain
         ids, embeds = self.media_embeds(self.chat_ids(messages, tools, keep), media)
         ids = ids + self._forced_ids(forced) if forced else ids
-        return ids, (forced if tools else None), embeds
+        return ids, (forced if tools else None), embeds, media
 
     def _forced_ids(self, forced: str) -> list[int]:
         """The forced opening of a call: its markers special, the function name (the client's text) plain."""

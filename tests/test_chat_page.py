@@ -516,3 +516,62 @@ def test_media_too_large_for_the_browsers_storage_are_left_out_of_it(url, chat):
     assert "1 attachment not kept" in page.text_content(".msg.user")
     send(page, "And now?", 4)
     assert sent[-1]["messages"][0] == {"role": "user", "content": "Look"}
+
+
+# ---- annotated images: a reply that names regions of the picture ---------------------------------------------------
+
+GROUNDED_SCREENSHOT = SCREENSHOT.with_name("chat_page_annotated.png")
+
+
+@pytest.fixture(scope="module")
+def grounded_url(tmp_path_factory):
+    from tests.test_grounding_api import grounded_model
+
+    folder = grounded_model(tmp_path_factory.mktemp("page-grounded"))
+    with running_server(ServeConfig(api_keys=(KEY,)), lambda: LLM(folder)) as (url, _):
+        yield url
+
+
+def test_a_reply_naming_a_region_shows_the_annotated_image_under_it(grounded_url, chat):
+    from tests.test_grounding_api import ANSWER, PICTURE, QUESTION, check_annotated
+
+    open_page, sent = chat
+    page = open_page(grounded_url)
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "80")
+    page.set_input_files("#file", files=[{"name": "circuit.png", "mimeType": "image/png", "buffer": PICTURE}])
+    page.wait_for_function("document.querySelector('#attachments .chip img')?.naturalWidth === 64", timeout=UI_MS)
+    assert send(page, QUESTION, 2) == ANSWER
+
+    shown = ".msg.assistant .annotated img"
+    page.wait_for_function(f"document.querySelector('{shown}')?.naturalWidth > 0", timeout=UI_MS)
+    assert max(page.eval_on_selector(shown, "img => [img.naturalWidth, img.naturalHeight]")) >= 448
+    src = page.get_attribute(shown, "src")
+    assert src.startswith("data:image/png;base64,")
+    check_annotated(base64.b64decode(src.partition(",")[2]))
+    # the region reads as its label, marked in its box's colour (the first of the palette), not as raw tags
+    assert page.text_content(".msg.assistant mark.region") == "R1"
+    assert page.eval_on_selector(".msg.assistant mark.region", "m => getComputedStyle(m).borderBottomColor") \
+        == "rgb(230, 25, 75)"
+    assert page.text_content(".msg.assistant").strip() == "It is here: R1"
+    assert stored(page)["turns"][-1] == {"role": "assistant", "content": ANSWER, "images": [src]}
+    GROUNDED_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(GROUNDED_SCREENSHOT), full_page=True)
+    print(f"screenshot: {GROUNDED_SCREENSHOT}")
+
+    reload(page, 2)  # kept with the conversation
+    assert page.get_attribute(shown, "src") == src
+    send(page, "Thanks", 4)  # the image is the page's: it does not go back to the model
+    assert sent[-1]["messages"][1] == {"role": "assistant", "content": ANSWER}
+
+    # too large for the browser's storage: left out of it, and the reply says so after a reload
+    kept = page.evaluate("""async () => {
+      const {newConversation, save} = await import('/static/store.js');
+      const chat = newConversation();
+      const image = 'data:image/png;base64,' + 'A'.repeat(16 * 2 ** 20);
+      chat.turns.push({role: 'user', content: 'Where?'}, {role: 'assistant', content: 'here', images: [image]});
+      return save([chat], chat) && chat.turns[1].images.length;
+    }""")
+    assert kept == 1 and stored(page)["turns"][1] == {"role": "assistant", "content": "here", "dropped": 1}
+    reload(page, 2)
+    assert "1 annotated image not kept" in page.text_content(".msg.assistant")

@@ -38,7 +38,9 @@ CHAT_HELP = """commands:
   /bye         quit (so do Ctrl-D and Ctrl-C at the prompt)
   /clear       forget the conversation and the attachments (the system prompt stays)
   /help        this list
-Attachments stay in the conversation: later questions can ask about them too.
+Attachments stay in the conversation: later questions can ask about them too. An answer that names regions of
+an image (<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>) is drawn on the last image attached and saved as
+seekmoe-annotated-N.png (in --save-images DIR).
 Ctrl-C during an answer stops it; that exchange is then not kept."""
 
 
@@ -96,6 +98,9 @@ def add_chat_arguments(p: argparse.ArgumentParser) -> None:
     _add_sampling_arguments(p, several=False)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="after each answer, a line on stderr: prompt and answer tokens, tok/s, finish reason")
+    p.add_argument("--save-images", metavar="DIR", type=Path, default=Path("."),
+                   help="where an answer that names regions of an image saves that image with them drawn, as "
+                        "seekmoe-annotated-N.png (default: the current directory)")
 
 
 def sampling_params(args: argparse.Namespace, names: Iterable[str]) -> SamplingParams:
@@ -299,9 +304,44 @@ def attach(llm: LLM, kind: str, arg: str, pending: list[dict], err: TextIO) -> N
     print(f"attached {kind} {path.name} ({size(len(data))})", file=err)
 
 
+def last_image(messages: list[dict]) -> bytes | None:
+    """The bytes of the conversation's last image (what /image attached), None when it holds none."""
+    parts = [p for m in messages if isinstance(m["content"], list) for p in m["content"]]
+    return next((p["data"] for p in reversed(parts) if p["type"] == "image"), None)
+
+
+def save_annotated(llm: LLM, reply: str, messages: list[dict], folder: Path, err: TextIO) -> Path | None:
+    """When the reply names regions and the conversation (as sent) holds an image, that last image with the regions
+    drawn (as the server draws them), saved as seekmoe-annotated-N.png in `folder`, N the first number free."""
+    from seekmoe.multimodal.grounding import DET, annotated_png
+    from seekmoe.multimodal.media import load_image
+
+    data = last_image(messages)
+    png = annotated_png(reply, load_image(data, llm.media_limits)) if data is not None and DET in reply else None
+    if png is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            path = folder / f"seekmoe-annotated-{n}.png"
+            try:
+                with open(path, "xb") as f:  # never over an earlier one, this session's or another's
+                    f.write(png)
+                break
+            except FileExistsError:
+                n += 1
+    except OSError as e:
+        print(f"(cannot save the annotated image in {folder}: {e.strerror or e})", file=err)
+        return None
+    print(f"(annotated image: {path})", file=err)
+    return path
+
+
 def chat(llm: LLM, params: SamplingParams, system: str | None, verbose: bool, stdin: TextIO, out: TextIO,
-         err: TextIO) -> int:
-    """Read user lines until /bye, EOF or Ctrl-C at the prompt, answering each in the conversation so far."""
+         err: TextIO, save_images: Path = Path(".")) -> int:
+    """Read user lines until /bye, EOF or Ctrl-C at the prompt, answering each in the conversation so far; an
+    answer that names regions of an image gets that image annotated in save_images."""
     start = [{"role": "system", "content": system}] if system else []
     messages, pending = list(start), []  # pending: the media parts /image and /audio attach to the next message
     tty = stdin.isatty()
@@ -343,6 +383,7 @@ def chat(llm: LLM, params: SamplingParams, system: str | None, verbose: bool, st
         if reply is None:
             messages.pop()
         else:
+            save_annotated(llm, reply, messages, save_images, err)
             messages.append({"role": "assistant", "content": reply})
 
 
@@ -362,7 +403,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if params.max_tokens >= context:
             raise CLIError(f"--max-tokens {params.max_tokens} leaves no room for the conversation in the "
                            f"{context}-token context")
-        return chat(llm, params, args.system, args.verbose, sys.stdin, sys.stdout, sys.stderr)
+        return chat(llm, params, args.system, args.verbose, sys.stdin, sys.stdout, sys.stderr, args.save_images)
     except (ChatError, EngineError) as e:
         raise CLIError(str(e)) from None
     finally:

@@ -161,3 +161,11 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def annotated_png(text: str, image: Image.Image | None) -> bytes | None:
+    """The image with the answer's regions drawn on it, as PNG bytes; None when there is no image or no region."""
+    if image is None:
+        return None
+    regions = parse_regions(text)
+    return png_bytes(annotate(image, regions)) if regions else None

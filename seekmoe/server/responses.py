@@ -45,7 +45,7 @@ async def create(serving, body: s.ResponsesRequest, log: RequestLog) -> s.Respon
     chat = messages(body)
     if not chat:
         raise invalid("input must hold at least one message", param="input")
-    ids, _, _ = await serving.chat_prompt(chat)
+    ids, _, _, _ = await serving.chat_prompt(chat)
     sampling = s.Sampling(temperature=body.temperature, top_p=body.top_p)
     params = serving.params(sampling, [ids], "input", body.max_output_tokens,
                             renames={"max_tokens": "max_output_tokens"})

@@ -87,11 +87,21 @@ class GenerateUsage(BaseModel):
     total_tokens: int
 
 
+def _unless_none(description: str) -> object:
+    """An optional response field left out of the body, not sent as null, when it has nothing."""
+    return Field(None, description=description, exclude_if=lambda v: v is None)
+
+
+IMAGES = ("the request's last image with the regions the answer names (<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]"
+          "<|/det|>, 0..999) drawn on it, a PNG; left out when the answer names none or the request had no image")
+
+
 class GenerateResponse(BaseModel):
     id: str
     generated_text: str
     finish_reason: str | None
     usage: GenerateUsage
+    images: list[str] | None = _unless_none(f"base64: {IMAGES}")
 
 
 class SummarizeRequest(Request):
@@ -401,11 +411,22 @@ class ToolCallOut(BaseModel):
     function: FunctionCallOut
 
 
+class ImageURLOut(BaseModel):
+    url: str = Field(description="data:image/png;base64,...")
+
+
+class ImageOut(BaseModel):
+    """An image in an answer, as OpenRouter returns them (openai-python keeps it: message.images)."""
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURLOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
     function_call: FunctionCallOut | None = Field(None, description="the answer to a request sent with functions")
+    images: list[ImageOut] | None = _unless_none(IMAGES)
 
 
 class ToolRun(BaseModel):

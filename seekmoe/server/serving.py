@@ -20,7 +20,7 @@ from typing import TypeVar
 from seekmoe.engine.engine import EngineError, QueueFull
 from seekmoe.engine.sampling import MAX_SEED, SamplingError, SamplingParams
 from seekmoe.llm import LLM, TextRequest, TokenLogprob
-from seekmoe.server import responses, tool_chat
+from seekmoe.server import annotate, responses, tool_chat
 from seekmoe.server import schemas as s
 from seekmoe.server.config import ServeConfig
 from seekmoe.server.errors import (
@@ -155,18 +155,18 @@ class Serving:
         if body.images or body.audio:  # one user turn: the media, then the prompt as its question
             parts = [{"type": "image_url", "image_url": {"url": x}} for x in body.images or []]
             parts += [{"type": "input_audio", "input_audio": {"data": x, "format": "wav"}} for x in body.audio or []]
-            ids, _, embeds = await self.chat_prompt([{"role": "user", "content": [
+            ids, _, embeds, media = await self.chat_prompt([{"role": "user", "content": [
                 *parts, {"type": "text", "text": body.prompt}]}])
         else:
-            ids, embeds = await self._encode(body.prompt), None
+            ids, embeds, media = await self._encode(body.prompt), None, []
         params = self.params(body, [ids], "prompt", body.max_tokens, default_max=128)
         grammar = await self._generate_grammar(body)
         job = self.start("gen", [ids], params, log, body.prompt, embeds=[embeds], grammar=grammar)
         if body.stream:
-            return Stream(self._generate_chunks(job), job.cancel)
+            return Stream(self._generate_chunks(job, media), job.cancel)
         c = (await job.collect())[0]
         return s.GenerateResponse(id=job.id, generated_text=c.text, finish_reason=c.finish_reason,
-                                  usage=s.GenerateUsage(**job.usage()))
+                                  usage=s.GenerateUsage(**job.usage()), images=await annotate.images(c.text, media))
 
     async def summarize(self, body: s.SummarizeRequest) -> s.SummarizeResponse:
         """A summary within max_length tokens; long documents go map-reduce over the engine, on a summary thread that
@@ -239,7 +239,7 @@ class Serving:
             if body.legacy:  # name the fields the client sent
                 e.param = _legacy_param(e.param)
             raise
-        ids, _, embeds = await self.chat_prompt(messages)
+        ids, _, embeds, media = await self.chat_prompt(messages)
         grammar = await self.chat_grammar(body, None, None)
         prompts = [ids]
         limit, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
@@ -250,9 +250,10 @@ class Serving:
         job = self.start("chatcmpl", prompts, params, log, loggable(messages), embeds=[embeds], grammar=grammar)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return Stream(self._chat_chunks(job, params, usage), job.cancel)
+            return Stream(self._chat_chunks(job, params, usage, media), job.cancel)
         c = (await job.collect())[0]
-        choices = [s.ChatChoice(index=ch.index, message=s.ChatMessageOut(content=ch.text),
+        choices = [s.ChatChoice(index=ch.index, message=s.ChatMessageOut(
+                                    content=ch.text, images=await annotate.image_parts(ch.text, media)),
                                 logprobs=s.ChoiceLogprobs.of(ch.logprobs) if ch.logprobs is not None else None,
                                 finish_reason=ch.finish_reason) for ch in c.choices]
         return s.ChatCompletionResponse(id=job.id, created=job.created, model=self.model_name, choices=choices,
@@ -307,12 +308,12 @@ class Serving:
         return await self._offload(lambda texts: [self.llm.encode(t) for t in texts], batch, sum(map(len, batch)))
 
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: object = None):
-        """LLM.chat_prompt's (prompt ids, forced opening, media rows or None) of a conversation, rendered off the
-        event loop when it is long, has media or offers tools; bad messages or media are 4xx."""
+        """LLM.chat_inputs' (prompt ids, forced opening, media rows or None, media) of a conversation, rendered off
+        the event loop when it is long, has media or offers tools; bad messages or media are 4xx."""
         self._check_chars(text_chars(messages), "messages")
         size = text_length(messages) if tools is None else LONG_TEXT + 1
         try:
-            return await self._offload(lambda m: self.llm.chat_prompt(m, tools, tool_choice), messages, size)
+            return await self._offload(lambda m: self.llm.chat_inputs(m, tools, tool_choice), messages, size)
         except ValueError as e:  # ChatError, MediaError, and media placeholders that do not pair with the media
             raise http_error(e, param="messages") from None
 
@@ -476,7 +477,7 @@ class Serving:
 
     # ---- streams ------------------------------------------------------------------------------------------
 
-    async def _generate_chunks(self, job: Job) -> AsyncIterator[str]:
+    async def _generate_chunks(self, job: Job, media: list) -> AsyncIterator[str]:
         text = []
         try:
             async for _, d in job.deltas():
@@ -486,6 +487,8 @@ class Serving:
                 chunk = {"id": job.id, "text": d.text, "finish_reason": d.finish_reason}
                 if d.finish_reason is not None:
                     chunk |= {"generated_text": "".join(text), "usage": job.usage()}
+                    images = await annotate.images(chunk["generated_text"], media)
+                    chunk |= {"images": images} if images else {}
                 yield sse(chunk)
         except HTTPError as e:
             yield sse(e.body())
@@ -519,9 +522,11 @@ class Serving:
             yield sse(e.body())
         yield DONE
 
-    async def _chat_chunks(self, job: Job, params: SamplingParams, usage: bool) -> AsyncIterator[str]:
+    async def _chat_chunks(self, job: Job, params: SamplingParams, usage: bool, media: list) -> AsyncIterator[str]:
+        """A choice's annotated images (serving/annotate.py) come on its finish chunk, as delta.images."""
         base = {"id": job.id, "object": "chat.completion.chunk", "created": job.created, "model": self.model_name}
         tail = {"usage": None} if usage else {}
+        text: dict[int, list[str]] = {}
         try:
             for index in range(params.n):
                 role = {"role": "assistant", "content": ""}
@@ -531,8 +536,13 @@ class Serving:
                 if params.logprobs is None and not d.text and d.finish_reason is None:
                     continue
                 lps = s.ChoiceLogprobs.of(d.logprobs).model_dump() if params.logprobs is not None else None
-                choice = {"index": d.index, "delta": {"content": d.text} if d.text else {}, "logprobs": lps,
-                          "finish_reason": d.finish_reason}
+                delta = {"content": d.text} if d.text else {}
+                if media:
+                    text.setdefault(d.index, []).append(d.text)
+                    if d.finish_reason is not None:
+                        images = await annotate.image_parts("".join(text.pop(d.index)), media)
+                        delta |= {"images": images} if images else {}
+                choice = {"index": d.index, "delta": delta, "logprobs": lps, "finish_reason": d.finish_reason}
                 yield sse(base | {"choices": [choice]} | tail)
             if usage:
                 yield sse(base | {"choices": [], "usage": job.usage()})

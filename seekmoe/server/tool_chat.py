@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from seekmoe.server import annotate
 from seekmoe.server import schemas as s
 from seekmoe.server.errors import HTTPError, http_error, invalid
 from seekmoe.server.streams import DONE, Job, RequestLog, Stream, loggable, sse
@@ -39,6 +40,7 @@ class ToolTurn:
     job_id: str | None = None
     created: int | None = None
     job: Job | None = None  # the round running now: what cancelling the request stops
+    media: list = field(default_factory=list)  # the conversation's, decoded: an answer's regions are drawn on them
 
     def cancel(self) -> None:
         if self.job is not None:
@@ -92,11 +94,11 @@ async def start_round(serving, body: s.ChatCompletionRequest, turn: ToolTurn, lo
     rendered = await asyncio.gather(*(serving.chat_prompt(loop.messages, loop.tools, loop.tool_choice)
                                       for loop in (loops[:1] if first else loops)))
     if not first:
-        fits = [i for i, (ids, _, _) in enumerate(rendered) if len(ids) < serving.context]
+        fits = [i for i, (ids, *_) in enumerate(rendered) if len(ids) < serving.context]
         loops, rendered = [loops[i] for i in fits], [rendered[i] for i in fits]
         if not loops:
             return None
-    prompts, forced = [ids for ids, _, _ in rendered], rendered[0][1]
+    prompts, forced = [ids for ids, *_ in rendered], rendered[0][1]
     room = serving.context - max(map(len, prompts))
     # a later round's prompts share one max_tokens: the room the longest leaves, when the request set no limit
     limit = turn.limit if first or turn.limit is None else min(turn.limit, room)
@@ -106,9 +108,9 @@ async def start_round(serving, body: s.ChatCompletionRequest, turn: ToolTurn, lo
                             renames={"max_tokens": field, "logprobs": "top_logprobs"})
     grammar = await serving.chat_grammar(body, loops[0].tools, forced)
     turn.job = serving.start("chatcmpl", prompts, params, log, loggable(loops[0].messages), tool_calls=True,
-                             embeds=[embeds for _, _, embeds in rendered], grammar=grammar)
+                             embeds=[embeds for _, _, embeds, _ in rendered], grammar=grammar)
     if turn.job_id is None:
-        turn.job_id, turn.created = turn.job.id, turn.job.created
+        turn.job_id, turn.created, turn.media = turn.job.id, turn.job.created, rendered[0][3]
     return Round(turn.job, forced, loops)
 
 
@@ -168,7 +170,8 @@ async def respond(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
         else:
             reasons[e.index] = e.finish_reason
     choices = [s.ChatChoice(index=i, finish_reason=_reason(body, reasons[i]), message=s.ChatMessageOut(
-        content=text[i] if text[i] or not calls[i] else None, **_calls(body, calls[i])),
+        content=text[i] if text[i] or not calls[i] else None, **_calls(body, calls[i]),
+        images=await annotate.image_parts(text[i], turn.media)),
         logprobs=s.ChoiceLogprobs.of(logprobs[i]) if body.logprobs else None) for i in range(n)]
     usage = turn.usage | {"total_tokens": turn.usage["prompt_tokens"] + turn.usage["completion_tokens"]}
     return s.ChatCompletionResponse(id=turn.job_id, created=turn.created, model=serving.model_name, choices=choices,
@@ -190,6 +193,7 @@ async def chunks(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
     tail = {"usage": None} if usage else {}
     n = len(turn.loops)
     counts = [0] * n
+    text = [""] * n  # what each choice's answer says: its regions are drawn when it ends
 
     def chunk(e: ToolEvent | None, index: int, delta: dict, reason: str | None = None) -> str:
         lps = s.ChoiceLogprobs.of(e.logprobs).model_dump() if e is not None and body.logprobs else None
@@ -201,6 +205,7 @@ async def chunks(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
             yield chunk(None, index, {"role": "assistant", "content": ""})
         async for e in events:
             if e.kind == "text":
+                text[e.index] += e.text
                 yield chunk(e, e.index, {"content": e.text} if e.text else {})
             elif e.kind == "call" and body.legacy:
                 if not counts[e.index]:  # the old shape holds one call
@@ -211,7 +216,8 @@ async def chunks(serving, body: s.ChatCompletionRequest, turn: ToolTurn,
                 counts[e.index] += 1
                 yield chunk(e, e.index, {"tool_calls": [delta]})
             else:
-                yield chunk(e, e.index, {}, _reason(body, e.finish_reason))
+                images = await annotate.image_parts(text[e.index], turn.media)
+                yield chunk(e, e.index, {"images": images} if images else {}, _reason(body, e.finish_reason))
         if usage:
             total = turn.usage["prompt_tokens"] + turn.usage["completion_tokens"]
             yield sse(base | {"choices": [], "usage": turn.usage | {"total_tokens": total}})

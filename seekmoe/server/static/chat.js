@@ -1,8 +1,9 @@
 // The chat page: streams /v1/chat/completions with fetch, renders replies as Markdown, keeps conversations (with
 // their system prompts) in localStorage across reloads, regenerates the last reply or re-asks from an edited
 // question, and draws the per-layer expert load from /v2/expert_load on a canvas. Images and audio (files or the
-// microphone) go with a message as OpenAI content parts; replies can be read aloud by /v1/audio/speech. Plain ES
-// modules, no build step; the key lives in sessionStorage only.
+// microphone) go with a message as OpenAI content parts; replies can be read aloud by /v1/audio/speech. A reply that
+// names regions of an image comes with that image annotated (delta.images on its last chunk), shown under it and
+// kept with the turn, never sent back. Plain ES modules, no build step; the key lives in sessionStorage only.
 
 import {renderMarkdown} from "./markdown.js";
 import {load, newConversation, save, title} from "./store.js";
@@ -102,11 +103,29 @@ function showTurn(turn) {
     actions.append(actionButton("✎ edit", "edit", () => edit(turn, msg)));
   } else {
     renderMarkdown(msg, turn.content);
+    showImages(msg, turn.images ?? [], turn.dropped);
     if (turn.content) speakButton(msg, actions);
   }
   $("messages").append(msg, actions);
   $("messages").scrollTop = $("messages").scrollHeight;
   return {msg, actions};
+}
+
+// the images of a reply (the server's drawing of the regions it names on the last image sent), under its text;
+// `dropped`: how many the browser's storage could not keep
+function showImages(msg, urls, dropped = 0) {
+  if (!urls.length && !dropped) return;
+  const box = document.createElement("div");
+  box.className = "annotated";
+  for (const url of urls.filter((u) => u.startsWith("data:image/"))) {  // an inline image: nothing is fetched
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = "the image, with the regions the reply names drawn on it";
+    box.append(img);
+  }
+  if (dropped) box.append(`(${dropped} annotated image${dropped > 1 ? "s" : ""} not kept: too large for the `
+                          + "browser's storage)");
+  msg.append(box);
 }
 
 // "regenerate" sits under the last message, whichever it is (a reply, or a question whose reply failed)
@@ -181,7 +200,8 @@ async function* events(body) {
 async function ask() {
   const conv = conversation;  // a switch while it streams aborts it; what came is kept with this one
   const {msg: bubble, actions} = showTurn({role: "assistant", content: ""});
-  const history = conv.turns.map(({role, content}) => ({role, content}));  // `dropped` is ours, not the API's
+  // `dropped` and a reply's `images` are ours, not the API's: an annotated image is not sent back
+  const history = conv.turns.map(({role, content}) => ({role, content}));
   const body = {
     messages: conv.system.trim() ? [{role: "system", content: conv.system}, ...history] : history,
     stream: true, stream_options: {include_usage: true},
@@ -192,6 +212,7 @@ async function ask() {
   const poll = setInterval(refreshLoad, 500);
   const started = performance.now();
   let first = null, pieces = 0, reply = "", failed = false, finished = false, frame = null;
+  const images = [];  // data: URLs of the annotated images, on the reply's last chunk
   // Markdown is parsed again from the start at each draw: the first piece shows at once, then once per frame at
   // most, however fast pieces come
   const draw = () => {
@@ -205,6 +226,9 @@ async function ask() {
     for await (const chunk of events(res.body)) {
       if (chunk.error) throw new Error(chunk.error.message);
       const delta = chunk.choices.length ? chunk.choices[0].delta.content || "" : "";
+      if (chunk.choices.length && chunk.choices[0].delta.images) {
+        images.push(...chunk.choices[0].delta.images.map((part) => part.image_url.url));
+      }
       if (delta) {
         first ??= performance.now();
         pieces += 1;
@@ -228,8 +252,9 @@ async function ask() {
     setBusy(false);
     refreshLoad();
   }
+  showImages(bubble, images);
   if (reply) {
-    conv.turns.push({role: "assistant", content: reply});
+    conv.turns.push({role: "assistant", content: reply, ...(images.length ? {images} : {})});
     persist(conv);
     const button = speakButton(bubble, actions);
     if (finished && $("autoread").checked && conv === conversation) speak(button);

@@ -1,5 +1,5 @@
 // The conversations, kept in localStorage under one key across reloads:
-//   {current: id, conversations: [{id, system, turns: [{role, content, dropped?}], updated}]}
+//   {current: id, conversations: [{id, system, turns: [{role, content, images?, dropped?}], updated}]}
 // The API key is never here (it stays in sessionStorage). localStorage holds about 5 MB per origin and an attached
 // image or recording, as base64 in its content part, can take most of that: when a save does not fit, the media
 // are dropped from the stored copy (the open page keeps sending them) and the turn says how many were dropped;
@@ -21,11 +21,15 @@ export function load() {
   return {current: null, conversations: []};
 }
 
-// a turn without its images and audio: the text parts joined, and how many parts were dropped
+// a turn without its images and audio (a reply's: its annotated images): the text parts joined, and how many
+// were dropped
 function withoutMedia(turn) {
-  if (typeof turn.content === "string") return turn;
-  const texts = turn.content.filter((p) => p.type === "text").map((p) => p.text);
-  const dropped = (turn.dropped || 0) + turn.content.length - texts.length;
+  const annotated = turn.images?.length ?? 0;
+  if (typeof turn.content === "string" && !annotated) return turn;
+  const texts = typeof turn.content === "string" ? [turn.content]
+    : turn.content.filter((p) => p.type === "text").map((p) => p.text);
+  const parts = typeof turn.content === "string" ? 1 : turn.content.length;
+  const dropped = (turn.dropped || 0) + parts - texts.length + annotated;
   return {role: turn.role, content: texts.join("\n"), ...(dropped ? {dropped} : {})};
 }
 
