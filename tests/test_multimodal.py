@@ -488,3 +488,15 @@ def test_training_can_add_the_large_square_to_a_model_that_sees(tmp_path, mm_fol
     s.model = str(final)
     with pytest.raises(TrainError, match="cannot change to 28"):
         train(s, progress=False, log=lambda m: None)
+    # the grounding sets need the large square; a set missing from the folder says how to get it
+    s.model, s.encoder, s.sets = str(mm_folder), {}, ("digits", "schematics")
+    with pytest.raises(TrainError, match="--max-image-size 112"):
+        train(s, progress=False, log=lambda m: None)
+    s.encoder = {"max_image_size": 42}
+    with pytest.raises(TrainError, match=r"schematics\.train\.jsonl: missing: .*--overwrite"):
+        train(s, progress=False, log=lambda m: None)
+    # examples longer than max_tokens are left out, and the log says how many of which set
+    logs = []
+    s.sets, s.max_tokens, s.out = ("digits",), 30, str(tmp_path / "run3")
+    train(s, progress=False, log=logs.append)
+    assert any("left out 2 of digits" in m for m in logs)  # the two 40-pixel images: 36 rows each

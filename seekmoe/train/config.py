@@ -374,7 +374,7 @@ class MultimodalSettings(RunSettings):
     sets: tuple[str, ...] = SETS
     stage1_steps: int = 400
     stage2_steps: int = 2400
-    max_tokens: int = 256
+    max_tokens: int = 384  # a grounding picture alone is 256 rows
     lr1: float = 2e-3
     lr2: float = 6e-4
     encoder: dict = field(default_factory=dict)  # MultimodalConfig settings other than the token ids

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from seekmoe.files import atomic_write
 from seekmoe.model.checkpoint import load_model
+from seekmoe.multimodal.data import GROUND_SETS
 from seekmoe.multimodal.media import MediaError, MediaLimits
 from seekmoe.multimodal.model import (
     AUDIO_TOKEN,
@@ -41,6 +42,7 @@ from seekmoe.multimodal.model import (
     with_large_images,
 )
 from seekmoe.multimodal.parts import split_media
+from seekmoe.multimodal.scenes import SIDE
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.checkpoints import latest_checkpoint
 from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
@@ -60,17 +62,19 @@ class Example:
 
 
 def load_examples(folder: Path, split: str, tok: Tokenizer, cfg: MultimodalConfig, sets: tuple[str, ...],
-                  max_tokens: int, progress: bool = True) -> list[Example]:
+                  max_tokens: int, progress: bool = True, log=print) -> list[Example]:
     """Every record of the sets' split, tokenised and its media decoded; longer than max_tokens ones are dropped."""
     records = []
     for name in sets:
         file = folder / f"{name}.{split}.jsonl"
         if not file.is_file():
-            raise TrainError(f"{file}: missing (write the data with `seekmoe data multimodal --out {folder}`)")
+            raise TrainError(f"{file}: missing: write the data with `seekmoe data multimodal --out {folder}` "
+                             "(--overwrite rebuilds a folder made before the set existed), or leave the set out "
+                             "with --sets")
         with open(file, encoding="utf-8") as f:
-            records += [json.loads(line) for line in f if line.strip()]
-    out, limits = [], MediaLimits()
-    for rec in tqdm(records, desc=f"reading {split}", disable=not progress, unit="ex"):
+            records += [(name, json.loads(line)) for line in f if line.strip()]
+    out, limits, dropped = [], MediaLimits(), {}
+    for name, rec in tqdm(records, desc=f"reading {split}", disable=not progress, unit="ex"):
         try:
             messages, media = split_media(rec["messages"], cfg, limits, base=folder)
         except MediaError as e:
@@ -79,6 +83,11 @@ def load_examples(folder: Path, split: str, tok: Tokenizer, cfg: MultimodalConfi
         reps = repeats(ids, media, cfg)
         if sum(reps) <= max_tokens:
             out.append(Example(np.repeat(np.array(ids, np.int64), reps), np.repeat(np.array(mask), reps), media))
+        else:
+            dropped[name] = dropped.get(name, 0) + 1
+    if dropped:
+        log(f"seekmoe: {split}: left out {', '.join(f'{n:,} of {k}' for k, n in dropped.items())}: longer than "
+            f"max_tokens ({max_tokens})")
     return out
 
 
@@ -172,10 +181,15 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
         torch.manual_seed(s.seed)
         model, stages = attach(lm, cfg, s.seed), (1, 2)
     folder = Path(s.data)
-    train_data = MultimodalData(load_examples(folder, "train", tok, cfg, s.sets, s.max_tokens, progress),
+    ground = [name for name in s.sets if name in GROUND_SETS]
+    if ground and cfg.max_image_size is None:
+        raise TrainError(f"the grounding sets ({', '.join(ground)}) are {SIDE}x{SIDE} pictures, which this model's "
+                         f"encoder would squeeze onto its {cfg.image_size}x{cfg.image_size} square: train with "
+                         f"--max-image-size {SIDE}, or leave them out with --sets")
+    train_data = MultimodalData(load_examples(folder, "train", tok, cfg, s.sets, s.max_tokens, progress, log),
                                 tok.vocab_size, tok.pad_id, seed=s.seed)
     # shuffled once, with its own seed: eval_batches batches then sample every set, not the first file's head
-    val_data = MultimodalData(load_examples(folder, "test", tok, cfg, s.sets, s.max_tokens, progress),
+    val_data = MultimodalData(load_examples(folder, "test", tok, cfg, s.sets, s.max_tokens, progress, log),
                               tok.vocab_size, tok.pad_id, seed=s.seed + 1)
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
     stage2_data = train_data
