@@ -175,6 +175,7 @@ def test_tool_call_grammars_take_valid_calls_only(grammars, tok):
     ({"not": {"type": "string"}}, "Unimplemented keys"),
     ({"$ref": "#/definitions/missing"}, "does not exist"),
     ([1, 2], "must be an object"),
+    ({"type": "integer", "maximum": 10**40}, "cannot be compiled"),  # found by test_server_fuzz: was a 500
 ])
 def test_a_bad_schema_is_a_grammar_error(grammars, schema, needle):
     with pytest.raises(GrammarError) as err:

@@ -74,6 +74,15 @@ class Grammar:
         return Matcher(self._start.deep_copy())
 
 
+def _from_schema(schema: dict) -> str:
+    """llguidance's grammar of a JSON Schema; GrammarError for one it cannot take (an integer past 64 bits in it:
+    ValueError "Value is not JSON serializable")."""
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(schema)
+    except (ValueError, TypeError) as e:
+        raise GrammarError(f"the JSON Schema cannot be compiled: {e}") from None
+
+
 class Grammars:
     """Compiles grammars for one tokenizer and model: vocab_size is the model's (the width of its logits, which may be
     more than the tokenizer's ids), eos_id the token that ends an answer."""
@@ -94,7 +103,7 @@ class Grammars:
         """Output that is one JSON value following `schema` (None: any JSON object). strict False: keywords
         llguidance does not implement are ignored rather than refused."""
         schema = ANY_OBJECT if schema is None else schema
-        return self._compile(llguidance.LLMatcher.grammar_from_json_schema(self._schema(schema, strict)))
+        return self._compile(_from_schema(self._schema(schema, strict)))
 
     def lark(self, grammar: str) -> Grammar:
         """Output in a Lark grammar (llguidance's dialect: `start: ...`, %json {schema}, special tokens as <[id]>)."""
@@ -160,7 +169,7 @@ class Grammars:
         f = tools[i]["function"]
         schema = self._schema(f.get("parameters") or ANY_OBJECT, bool(f.get("strict")), tool=i)
         try:
-            self._compile(llguidance.LLMatcher.grammar_from_json_schema(schema))
+            self._compile(_from_schema(schema))
         except GrammarError as e:
             raise GrammarError(str(e), tool=i) from None
         return json.dumps(schema)
