@@ -6,8 +6,14 @@ prints "PASS name" or "FAIL name: why"; it finds the servers in the environment:
     SEEKMOE_URL, SEEKMOE_KEY   a real server on a tiny model, with a key and a 64 KiB body limit (413 is cheap)
     SEEKMOE_BUSY_URL           a real server with one place in the batch and one in the queue (429 while the test
                                holds both with long generations)
-    SEEKMOE_CUT_URL            a fake that sends one event of a stream then drops the connection, or answers late
+    SEEKMOE_CUT_URL            a fake that sends one event of a stream then drops the connection, answers late, or
+                               answers with an image that is not base64
     SEEKMOE_DEAD_URL           a port nothing listens on
+and, for the image scenarios (Scenarios.grounded):
+    SEEKMOE_GROUNDED_URL       a real server on the grounded model (tests/grounded.py), the same key: it answers
+                               SEEKMOE_QUESTION about the PNG file SEEKMOE_PICTURE with SEEKMOE_ANSWER, a region
+    SEEKMOE_ANSWER_GRAMMAR     a grammar (/v2/generate's grammar field) whose only sentence is SEEKMOE_ANSWER
+    SEEKMOE_OUT                a folder the program writes the annotated PNGs it got into, for the test to check
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import pytest
 from seekmoe.llm import LLM
 from seekmoe.server.config import ServeConfig
 from tests.conftest import running_server, tiny_model_folder
+from tests.grounded import ANSWER, PICTURE, QUESTION, check_annotated
 
 KEY = "sk-sdk"
 BODY_LIMIT = 64 << 10
@@ -54,7 +61,7 @@ class CutStreams(BaseHTTPRequestHandler):
     """One event then a dropped connection: chunked on /v2/generate (the cut leaves a chunk unfinished), unframed on
     /v1/chat/completions (the body ends at the close, without data: [DONE]). The prompt "error" gets a whole
     stream whose event is an error, as the server sends when the engine fails mid-stream; the prompt "slow" an
-    answer after SLOW seconds."""
+    answer after SLOW seconds; the prompt "bad image" an answer whose image is not base64."""
 
     protocol_version = "HTTP/1.1"
     requests: Counter
@@ -67,6 +74,15 @@ class CutStreams(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if body.get("prompt") == "bad image":  # what no seekmoe sends: the SDK must refuse it, not crash
+            answer = json.dumps({"id": "gen-bad", "generated_text": "x", "finish_reason": "stop", "images": ["iVB*"],
+                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -125,8 +141,9 @@ def check(run: subprocess.CompletedProcess, name: str) -> None:
     assert run.returncode == 0 and f"PASS {name}" in run.stdout, f"{run.stdout}\n{run.stderr}"
 
 
-def run(command: list[str], name: str, servers: Servers, timeout: float = 300) -> None:
-    check(subprocess.run([*command, name], env=servers.env(), capture_output=True, text=True, timeout=timeout), name)
+def run(command: list[str], name: str, servers: Servers, timeout: float = 300, env: dict[str, str] | None = None):
+    check(subprocess.run([*command, name], env=servers.env() | (env or {}), capture_output=True, text=True,
+                         timeout=timeout), name)
 
 
 def rejected(url: str) -> float:
@@ -185,6 +202,30 @@ class Scenarios:
                                       "connection_refused", "bad_options"])
     def test_scenario(self, program, live, name):
         run(program, self.spell(name), live)
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def grounded(grounded_folder, tmp_path_factory):
+        """The image scenarios' environment: a server on the grounded model, the picture as a file."""
+        picture = tmp_path_factory.mktemp("sdk-images") / "picture.png"
+        picture.write_bytes(PICTURE)
+        with running_server(ServeConfig(api_keys=(KEY,)), lambda: LLM(grounded_folder)) as (url, _):
+            yield {"SEEKMOE_GROUNDED_URL": url, "SEEKMOE_PICTURE": str(picture), "SEEKMOE_QUESTION": QUESTION,
+                   "SEEKMOE_ANSWER": ANSWER, "SEEKMOE_ANSWER_GRAMMAR": f"start: {json.dumps(ANSWER)}"}
+
+    @pytest.mark.parametrize("name", ["image_in", "no_images", "image_errors"])
+    def test_image_scenario(self, program, live, grounded, name):
+        run(program, self.spell(name), live, env=grounded)
+
+    @pytest.mark.parametrize("name, files", [
+        ("annotated_images", ["chat.png", "generate.png"]),  # /v2/generate's images, the chat message's
+        ("stream_images", ["chat-stream.png", "generate-stream.png"]),  # on the chunk that finishes each stream
+    ])
+    def test_annotated_images_are_the_png_the_server_drew(self, program, live, grounded, name, files, tmp_path):
+        run(program, self.spell(name), live, env=grounded | {"SEEKMOE_OUT": str(tmp_path)})
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
+        for file in files:
+            check_annotated((tmp_path / file).read_bytes())  # the picture's size, enlarged, the region drawn
 
     def test_a_full_queue_is_refused_then_retried_until_a_place_frees(self, program, live):
         run_busy(program, self.spell("busy_retry"), live)

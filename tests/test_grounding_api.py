@@ -13,83 +13,18 @@ import json
 import openai
 import pytest
 import requests
-import torch
-from PIL import Image, ImageChops, ImageDraw
 
 from seekmoe.client import AsyncClient, Client
 from seekmoe.llm import LLM
-from seekmoe.multimodal.grounding import MIN_SIDE, annotate, format_region, parse_regions
-from seekmoe.multimodal.model import MultimodalBatch, load_multimodal, save_multimodal
+from seekmoe.multimodal.grounding import format_region, parse_regions
 from seekmoe.server.config import ServeConfig
-from tests.conftest import WEATHER_TOOL, run_cli, running_server, tiny_multimodal_folder
+from tests.conftest import WEATHER_TOOL, run_cli, running_server
+from tests.grounded import ANSWER, PICTURE, QUESTION, check_annotated, picture
+
+pytest_plugins = ["tests.grounded"]  # grounded_folder: the model, trained once a session
 
 KEY = "sk-grounded"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-QUESTION = "Where is the red part?"
-ANSWER = "It is here: " + format_region("R1", (300, 200, 650, 700))
-
-
-def png_of(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
-
-
-def picture(colour: str = "red") -> bytes:
-    """64 x 48: a coloured block on white."""
-    image = Image.new("RGB", (64, 48), "white")
-    ImageDraw.Draw(image).rectangle((20, 10, 40, 30), fill=colour)
-    return png_of(image)
-
-
-PICTURE = picture()
-
-
-def ask(image: bytes = PICTURE, question: str = QUESTION) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image", "data": image}, {"type": "text", "text": question}]}]
-
-
-def grounded_model(tmp, steps: int = 120, tools: list[dict] | None = None):
-    """A tiny multimodal model folder that answers QUESTION about PICTURE with ANSWER (greedily): its random weights
-    trained on that one exchange, as the server renders its prompt, until it knows it by heart; with tools, also
-    on the exchange with these tools offered."""
-    base = tiny_multimodal_folder(tmp / "random")
-    with LLM(base) as llm:
-        prompts = [llm.chat_inputs(ask(), offered) for offered in ([None, tools] if tools else [None])]
-        answer = [*llm.tokenizer.encode(ANSWER), llm.engine.eos_token_id]
-    model = load_multimodal(base).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for _ in range(steps):
-        loss = 0.0
-        for ids, _, _, media in prompts:
-            seq = torch.tensor([ids + answer])  # (1, T)
-            out = model(MultimodalBatch(seq[:, :-1], media))
-            logits = out[0] if isinstance(out, tuple) else out
-            loss = loss + torch.nn.functional.cross_entropy(logits[0, len(ids) - 1:].float(), seq[0, len(ids):])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    files = {p.name: p.read_bytes() for p in base.iterdir() if p.name.startswith("tokenizer")}
-    return save_multimodal(model.eval(), tmp / "grounded", files)
-
-
-def drawn(image: bytes, text: str) -> Image.Image:
-    """What the server should send: the image with the text's regions drawn, as grounding.annotate draws them."""
-    return annotate(Image.open(io.BytesIO(image)), parse_regions(text))
-
-
-def same(png: bytes, want: Image.Image) -> bool:
-    got = Image.open(io.BytesIO(png))
-    assert got.format == "PNG"
-    return got.size == want.size and ImageChops.difference(got.convert("RGB"), want).getbbox() is None
-
-
-def check_annotated(png: bytes, image: bytes = PICTURE, text: str = ANSWER) -> None:
-    """A PNG of the image, enlarged to MIN_SIDE, with the regions drawn: not the plain picture."""
-    got = Image.open(io.BytesIO(png))
-    assert max(got.size) >= MIN_SIDE and got.size[0] * 48 == got.size[1] * 64  # the picture's shape, enlarged
-    assert same(png, drawn(image, text))
-    assert not same(png, annotate(Image.open(io.BytesIO(image)), []))  # something was drawn
 
 
 def data_url(data: bytes) -> str:
@@ -101,8 +36,8 @@ def image_part(data: bytes = PICTURE) -> dict:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return grounded_model(tmp_path_factory.mktemp("grounded"), tools=[WEATHER_TOOL])
+def folder(grounded_folder):
+    return grounded_folder
 
 
 @pytest.fixture(scope="module")

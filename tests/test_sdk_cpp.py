@@ -11,6 +11,8 @@ import pytest
 
 from tests import sdk_live
 
+pytest_plugins = ["tests.grounded"]  # grounded_folder, for the image scenarios: trained once a session
+
 CPP = Path(__file__).parents[1] / "sdk" / "cpp"
 BUILD = CPP / "build"
 MISSING = {"CURL": "libcurl4-openssl-dev", "nlohmann_json": "nlohmann-json3-dev"}  # CMake's name -> Debian's

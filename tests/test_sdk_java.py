@@ -11,6 +11,8 @@ import pytest
 
 from tests import sdk_live
 
+pytest_plugins = ["tests.grounded"]  # grounded_folder, for the image scenarios: trained once a session
+
 SDK = Path(__file__).parents[1] / "sdk"
 GSON = Path("/usr/share/java/gson.jar")
 

@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <thread>
@@ -77,6 +81,122 @@ const json& field(const json& o, const char* name) {
     return *it;
 }
 
+// ---- images -------------------------------------------------------------------------------------------------
+
+constexpr char BASE64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string base64_encode(const std::string& data) {
+    std::string out;
+    out.reserve((data.size() + 2) / 3 * 4);
+    for (std::size_t i = 0; i < data.size(); i += 3) {
+        std::size_t n = std::min<std::size_t>(3, data.size() - i);
+        std::uint32_t v = 0;
+        for (std::size_t j = 0; j < 3; ++j) {
+            v = v << 8 | (j < n ? static_cast<unsigned char>(data[i + j]) : 0u);
+        }
+        for (std::size_t j = 0; j < 4; ++j) {
+            out += j <= n ? BASE64[v >> (18 - 6 * j) & 63] : '=';
+        }
+    }
+    return out;
+}
+
+int sextet(char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+// The bytes of padded base64 (RFC 4648), strictly: a length of 4n, the alphabet only, '=' only at the end.
+std::string base64_decode(const std::string& text) {
+    auto bad = [&](const std::string& why) {
+        return ApiError(0, "an image of the answer is not base64 (" + why + "): " + clip(text));
+    };
+    if (text.size() % 4 != 0) {
+        throw bad("its length " + std::to_string(text.size()) + " is not a multiple of 4");
+    }
+    std::string out;
+    out.reserve(text.size() / 4 * 3);
+    for (std::size_t i = 0; i < text.size(); i += 4) {
+        std::uint32_t v = 0;
+        int pad = 0;
+        for (std::size_t j = 0; j < 4; ++j) {
+            char c = text[i + j];
+            bool last = i + 4 == text.size();
+            if (c == '=' && last && (j == 3 || (j == 2 && text[i + 3] == '='))) {
+                ++pad;
+                v <<= 6;
+                continue;
+            }
+            int s = sextet(c);
+            if (s < 0) {
+                unsigned char u = static_cast<unsigned char>(c);
+                throw bad((std::isprint(u) ? "'" + std::string(1, c) + "'" : "byte " + std::to_string(u)) + " at " +
+                          std::to_string(i + j));
+            }
+            v = v << 6 | static_cast<std::uint32_t>(s);
+        }
+        out += static_cast<char>(v >> 16 & 0xff);
+        if (pad < 2) out += static_cast<char>(v >> 8 & 0xff);
+        if (pad < 1) out += static_cast<char>(v & 0xff);
+    }
+    return out;
+}
+
+// The mime type of an image by its leading bytes (the formats the server reads); std::invalid_argument naming it.
+std::string image_mime(const std::string& data, const std::string& what) {
+    if (data.empty()) {
+        throw std::invalid_argument(what + " is empty");
+    }
+    auto starts = [&](const char* magic, std::size_t n) { return data.compare(0, n, magic, n) == 0; };
+    if (starts("\x89PNG\r\n\x1a\n", 8)) return "image/png";
+    if (starts("\xff\xd8\xff", 3)) return "image/jpeg";
+    if (starts("GIF87a", 6) || starts("GIF89a", 6)) return "image/gif";
+    throw std::invalid_argument(what + " is not a PNG, JPEG or GIF image (unknown file type)");
+}
+
+std::string thousands(std::size_t n) {  // 10485760 -> 10,485,760, as the Python SDK writes limits
+    std::string digits = std::to_string(n);
+    for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) {
+        digits.insert(static_cast<std::size_t>(i), ",");
+    }
+    return digits;
+}
+
+std::string data_url(const std::string& image, const std::string& what, std::size_t max_bytes) {
+    if (image.size() > max_bytes) {
+        throw std::invalid_argument(what + " is " + thousands(image.size()) + " bytes; the limit is " +
+                                    thousands(max_bytes) + " (max_media_bytes)");
+    }
+    return "data:" + image_mime(image, what) + ";base64," + base64_encode(image);
+}
+
+// The PNGs of an answer's images: /v2/generate's base64 strings or a chat message's image_url parts (data: URLs);
+// none when the field is absent.
+std::vector<std::string> images_of(const json& o, const char* name = "images") {
+    std::vector<std::string> out;
+    auto it = o.find(name);
+    if (it == o.end() || it->is_null()) {
+        return out;
+    }
+    for (const json& image : *it) {
+        std::string data = image.is_string() ? image.get<std::string>()
+                                             : field(field(image, "image_url"), "url").get<std::string>();
+        if (data.rfind("data:", 0) == 0) {
+            std::size_t start = data.find(";base64,");
+            if (start == std::string::npos) {
+                throw ApiError(0, "an image of the answer is a data: URL without ;base64,: " + clip(data));
+            }
+            data.erase(0, start + 8);
+        }
+        out.push_back(base64_decode(data));
+    }
+    return out;
+}
+
 // The error of a body in OpenAI's shape {"error": {...}}; `fallback` when it is not one.
 ApiError error_of(int status, const std::string& text, const std::string& fallback) {
     json body = json::parse(text, nullptr, false);
@@ -113,18 +233,19 @@ std::vector<Chunk> chunks_of(const json& o) {
     std::string id = field(o, "id").get<std::string>();
     std::optional<Usage> usage = usage_of(o);
     if (!o.contains("choices")) {  // native
-        return {Chunk{id, field(o, "text").get<std::string>(), 0, opt_string(o, "finish_reason"), usage}};
+        return {Chunk{id, field(o, "text").get<std::string>(), 0, opt_string(o, "finish_reason"), usage,
+                      images_of(o)}};
     }
     const json& choices = o["choices"];
     if (choices.empty()) {  // the usage chunk
-        return {Chunk{id, "", 0, std::nullopt, usage}};
+        return {Chunk{id, "", 0, std::nullopt, usage, {}}};
     }
     std::vector<Chunk> out;
     for (const json& c : choices) {
         std::optional<std::string> text = c.contains("delta") ? opt_string(c["delta"], "content")
                                                               : opt_string(c, "text");
         out.push_back(Chunk{id, text.value_or(""), field(c, "index").get<int>(), opt_string(c, "finish_reason"),
-                            usage});
+                            usage, c.contains("delta") ? images_of(c["delta"]) : std::vector<std::string>{}});
     }
     return out;
 }
@@ -152,8 +273,12 @@ json with_extra(json body, const json& extra) {
     return body;
 }
 
-json body_of(const GenerateRequest& r) {
+json body_of(const GenerateRequest& r, std::size_t max_media_bytes) {
     json body = {{"prompt", r.prompt}};
+    for (std::size_t i = 0; i < r.images.size(); ++i) {
+        body["images"].push_back(data_url(r.images[i], "image " + std::to_string(i + 1) + " of the request",
+                                          max_media_bytes));
+    }
     put(body, "max_tokens", r.max_tokens);
     put(body, "temperature", r.temperature);
     put(body, "top_p", r.top_p);
@@ -162,10 +287,24 @@ json body_of(const GenerateRequest& r) {
     return with_extra(std::move(body), r.extra);
 }
 
-json body_of(const ChatRequest& r) {
+json body_of(const ChatRequest& r, std::size_t max_media_bytes) {
     json messages = json::array();
-    for (const Message& m : r.messages) {
-        messages.push_back({{"role", m.role}, {"content", m.content}});
+    for (std::size_t i = 0; i < r.messages.size(); ++i) {
+        const Message& m = r.messages[i];
+        if (m.images.empty()) {
+            messages.push_back({{"role", m.role}, {"content", m.content}});
+            continue;
+        }
+        json parts = json::array();  // OpenAI's: the images, then the text
+        for (std::size_t j = 0; j < m.images.size(); ++j) {
+            std::string what = "image " + std::to_string(j + 1) + " of message " + std::to_string(i + 1);
+            parts.push_back({{"type", "image_url"}, {"image_url", {{"url", data_url(m.images[j], what,
+                                                                                     max_media_bytes)}}}});
+        }
+        if (!m.content.empty()) {
+            parts.push_back({{"type", "text"}, {"text", m.content}});
+        }
+        messages.push_back({{"role", m.role}, {"content", std::move(parts)}});
     }
     json body = {{"messages", std::move(messages)}};
     put(body, "model", r.model);
@@ -417,6 +556,35 @@ json parse_object(const std::string& text, const std::string& path) {
 
 }  // namespace
 
+std::string read_image(const std::string& path, std::size_t max_bytes) {
+    std::error_code error;
+    auto status = std::filesystem::status(path, error);
+    if (status.type() == std::filesystem::file_type::not_found) {
+        throw std::invalid_argument("image file " + path + " does not exist");
+    }
+    if (status.type() == std::filesystem::file_type::directory) {
+        throw std::invalid_argument("image file " + path + " is a directory, not a file");
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw std::invalid_argument("cannot read image file " + path + ": " + std::strerror(errno));
+    }
+    std::string data;
+    char block[1 << 16];
+    while (data.size() <= max_bytes && in) {  // never past the limit: a huge file (or a device) is refused unread
+        in.read(block, sizeof block);
+        data.append(block, static_cast<std::size_t>(in.gcount()));
+    }
+    if (in.bad()) {
+        throw std::invalid_argument("cannot read image file " + path + ": " + std::strerror(errno));
+    }
+    if (data.size() > max_bytes) {
+        throw std::invalid_argument("image file " + path + " is over the " + thousands(max_bytes) + "-byte limit");
+    }
+    image_mime(data, "image file " + path);
+    return data;
+}
+
 // ---- the client ---------------------------------------------------------------------------------------------
 
 Client::Client(ClientOptions options) : options_(std::move(options)) {
@@ -426,6 +594,9 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
     if (options_.base_url.rfind("http://", 0) != 0 && options_.base_url.rfind("https://", 0) != 0) {
         throw std::invalid_argument("base_url must be http://HOST:PORT or https://..., got '" + options_.base_url +
                                     "'");
+    }
+    if (options_.max_media_bytes < 1) {
+        throw std::invalid_argument("max_media_bytes must be >= 1, got 0");
     }
     if (options_.max_retries < 0) {
         throw std::invalid_argument("max_retries must be >= 0, got " + std::to_string(options_.max_retries));
@@ -462,20 +633,20 @@ void Client::send_stream(const std::string& path, json body, const ChunkHandler&
 }
 
 Generation Client::generate(const GenerateRequest& request) const {
-    json body = body_of(request);
+    json body = body_of(request, options_.max_media_bytes);
     json o = send_json("POST", "/v2/generate", &body);
     return decode("/v2/generate", [&] {
         return Generation{field(o, "id").get<std::string>(), field(o, "generated_text").get<std::string>(),
-                          opt_string(o, "finish_reason"), usage_required(o)};
+                          opt_string(o, "finish_reason"), usage_required(o), images_of(o)};
     });
 }
 
 void Client::generate_stream(const GenerateRequest& request, const ChunkHandler& on_chunk) const {
-    send_stream("/v2/generate", body_of(request), on_chunk);
+    send_stream("/v2/generate", body_of(request, options_.max_media_bytes), on_chunk);
 }
 
 ChatCompletion Client::chat(const ChatRequest& request) const {
-    json body = body_of(request);
+    json body = body_of(request, options_.max_media_bytes);
     json o = send_json("POST", "/v1/chat/completions", &body);
     return decode("/v1/chat/completions", [&] {
         ChatCompletion out{field(o, "id").get<std::string>(), field(o, "model").get<std::string>(),
@@ -483,7 +654,8 @@ ChatCompletion Client::chat(const ChatRequest& request) const {
         for (const json& c : field(o, "choices")) {
             const json& m = field(c, "message");
             Message message{field(m, "role").get<std::string>(),
-                            opt_string(m, "content").value_or("")};  // null: an answer of tool calls only
+                            opt_string(m, "content").value_or(""),  // null: an answer of tool calls only
+                            images_of(m)};
             out.choices.push_back(ChatChoice{field(c, "index").get<int>(), std::move(message),
                                              opt_string(c, "finish_reason")});
         }
@@ -492,7 +664,7 @@ ChatCompletion Client::chat(const ChatRequest& request) const {
 }
 
 void Client::chat_stream(const ChatRequest& request, const ChunkHandler& on_chunk) const {
-    send_stream("/v1/chat/completions", body_of(request), on_chunk);
+    send_stream("/v1/chat/completions", body_of(request, options_.max_media_bytes), on_chunk);
 }
 
 Summary Client::summarize(const SummarizeRequest& request) const {

@@ -1,14 +1,20 @@
 // The SDK against live servers, one scenario per function, named on the command line (all when none is):
 // tests/test_sdk_cpp.py starts the servers and passes them in the environment — SEEKMOE_URL, SEEKMOE_KEY (a server
 // with a small body limit), SEEKMOE_BUSY_URL (one sequence, one waiting), SEEKMOE_CUT_URL (a fake that cuts its
-// streams), SEEKMOE_DEAD_URL (nothing listens). Prints "PASS name" or "FAIL name: why" per scenario; the exit
-// status is the number failed.
+// streams), SEEKMOE_DEAD_URL (nothing listens); for the image scenarios SEEKMOE_GROUNDED_URL (a server that answers
+// SEEKMOE_QUESTION about the picture SEEKMOE_PICTURE with SEEKMOE_ANSWER, a region), SEEKMOE_ANSWER_GRAMMAR (forces
+// that answer) and SEEKMOE_OUT (where the annotated PNGs go). Prints "PASS name" or "FAIL name: why" per scenario;
+// the exit status is the number failed.
 #include <seekmoe/client.hpp>
 
 #include <chrono>
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <numeric>
 #include <string>
@@ -256,6 +262,132 @@ void bad_options() {
     check(std::string(e.what()).find("http://HOST:PORT") != std::string::npos, e.what());
 }
 
+// ---- images ---------------------------------------------------------------------------------------------------
+
+Client grounded() { return client(env("SEEKMOE_GROUNDED_URL")); }
+
+std::string picture_bytes() {
+    std::ifstream in(env("SEEKMOE_PICTURE"), std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool is_png(const std::string& data) { return data.size() > 8 && data.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0; }
+
+void save(const std::string& name, const std::string& png) {
+    std::ofstream(env("SEEKMOE_OUT") + "/" + name, std::ios::binary) << png;
+}
+
+GenerateRequest asked(std::string image) {  // the question about the picture, answered greedily
+    GenerateRequest r(env("SEEKMOE_QUESTION"));
+    r.images = {std::move(image)};
+    r.max_tokens = 80;
+    r.temperature = 0;
+    return r;
+}
+
+ChatRequest asked_chat(std::string image) {
+    ChatRequest r({{"user", env("SEEKMOE_QUESTION"), {std::move(image)}}});
+    r.max_tokens = 80;
+    r.temperature = 0;
+    return r;
+}
+
+// The picture, read from its file and as bytes, to /v2/generate and to chat: the model's answer about it.
+void image_in() {
+    Client c = grounded();
+    Generation g = c.generate(asked(read_image(env("SEEKMOE_PICTURE"))));
+    check(g.text == env("SEEKMOE_ANSWER"), "generate with the picture's file: " + g.text);
+    ChatCompletion chat = c.chat(asked_chat(picture_bytes()));
+    check(chat.text() == env("SEEKMOE_ANSWER"), "chat with the picture's bytes: " + chat.text());
+}
+
+// An answer naming a region of the picture brings it annotated: the same PNG from generate and chat.
+void annotated_images() {
+    Client c = grounded();
+    Generation g = c.generate(asked(picture_bytes()));
+    check(g.images.size() == 1 && is_png(g.images[0]), "generate: one PNG, got " + std::to_string(g.images.size()));
+    Message m = c.chat(asked_chat(read_image(env("SEEKMOE_PICTURE")))).choices.at(0).message;
+    check(m.content == env("SEEKMOE_ANSWER") && m.images == g.images, "chat: the same PNG as generate");
+    save("generate.png", g.images[0]);
+    save("chat.png", m.images[0]);
+}
+
+// No image in the request, no image in the answer, even one naming a region (forced by a grammar).
+void no_images() {
+    Client c = grounded();
+    GenerateRequest forced("Where?");
+    forced.max_tokens = 80;
+    forced.extra["grammar"] = env("SEEKMOE_ANSWER_GRAMMAR");
+    Generation g = c.generate(forced);
+    check(g.text == env("SEEKMOE_ANSWER") && g.images.empty(), "a region without an image: " + g.text);
+    ChatRequest plain = ChatRequest::user(env("SEEKMOE_QUESTION"));
+    plain.max_tokens = 20;
+    plain.temperature = 0;
+    check(c.chat(plain).choices.at(0).message.images.empty(), "a chat without an image");
+    bool any = false;
+    c.chat_stream(plain, [&](const Chunk& chunk) { any = any || !chunk.images.empty(); });
+    check(!any, "a stream without an image");
+}
+
+// Refused before any request (the client points at a dead port), each naming what is wrong.
+void image_errors() {
+    std::string missing = env("SEEKMOE_PICTURE") + ".missing.png";
+    auto e = raises<std::invalid_argument>([&] { read_image(missing); });
+    check(std::string(e.what()) == "image file " + missing + " does not exist", e.what());
+    std::string folder = std::filesystem::path(env("SEEKMOE_PICTURE")).parent_path().string();
+    e = raises<std::invalid_argument>([&] { read_image(folder); });
+    check(std::string(e.what()) == "image file " + folder + " is a directory, not a file", e.what());
+    e = raises<std::invalid_argument>([&] { read_image(env("SEEKMOE_PICTURE"), 100); });
+    check(std::string(e.what()) == "image file " + env("SEEKMOE_PICTURE") + " is over the 100-byte limit", e.what());
+    ClientOptions o;
+    o.base_url = env("SEEKMOE_DEAD_URL");
+    o.max_retries = 0;
+    o.max_media_bytes = 100;
+    Client small(o);
+    std::string over = " is " + std::to_string(picture_bytes().size()) + " bytes; the limit is 100 (max_media_bytes)";
+    e = raises<std::invalid_argument>([&] { small.generate(asked(picture_bytes())); });
+    check(std::string(e.what()) == "image 1 of the request" + over, e.what());
+    ChatRequest two({{"user", "hi"}, {"user", "x", {picture_bytes()}}});
+    e = raises<std::invalid_argument>([&] { small.chat_stream(two, [](const Chunk&) {}); });
+    check(std::string(e.what()) == "image 1 of message 2" + over, e.what());
+    e = raises<std::invalid_argument>([&] { small.generate(asked("not a picture")); });
+    check(std::string(e.what()) == "image 1 of the request is not a PNG, JPEG or GIF image (unknown file type)",
+          e.what());
+    o.max_media_bytes = 0;
+    e = raises<std::invalid_argument>([&] { Client c(o); });
+    check(std::string(e.what()) == "max_media_bytes must be >= 1, got 0", e.what());
+    ClientOptions cut;
+    cut.base_url = env("SEEKMOE_CUT_URL");
+    ApiError bad = raises([&] { Client(cut).generate(GenerateRequest("bad image")); });
+    check(bad.status() == 0 && bad.message().find("is not base64") != std::string::npos,
+          std::string("an answer's image that is not base64: ") + bad.what());
+}
+
+// A streamed answer naming a region brings the annotated PNG on its finishing chunk, and only there.
+void stream_images() {
+    Client c = grounded();
+    std::vector<Chunk> chunks;
+    c.chat_stream(asked_chat(picture_bytes()), [&](const Chunk& chunk) { chunks.push_back(chunk); });
+    std::string text;
+    for (const Chunk& chunk : chunks) {
+        text += chunk.text;
+    }
+    check(text == env("SEEKMOE_ANSWER"), "the streamed answer: " + text);
+    auto with_images = [](const std::vector<Chunk>& all) {
+        return std::count_if(all.begin(), all.end(), [](const Chunk& x) { return !x.images.empty(); });
+    };
+    const Chunk& last = chunks.back();
+    check(last.finish_reason == "stop" && last.images.size() == 1 && is_png(last.images[0]) &&
+              with_images(chunks) == 1, "chat: the finishing chunk's");
+    std::vector<Chunk> generated;
+    c.generate_stream(asked(read_image(env("SEEKMOE_PICTURE"))), [&](const Chunk& chunk) {
+        generated.push_back(chunk);
+    });
+    check(generated.back().images == last.images && with_images(generated) == 1, "generate: the last chunk's");
+    save("chat-stream.png", last.images[0]);
+    save("generate-stream.png", generated.back().images[0]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -264,7 +396,9 @@ int main(int argc, char** argv) {
         {"leave_stream_early", leave_stream_early}, {"summarize_and_expert_load", summarize_and_expert_load},
         {"wrong_key", wrong_key}, {"bad_request", bad_request}, {"too_large", too_large},
         {"busy_retry", busy_retry}, {"connection_refused", connection_refused}, {"stream_cut", stream_cut},
-        {"timeout", timeout}, {"bad_options", bad_options},
+        {"timeout", timeout}, {"bad_options", bad_options}, {"image_in", image_in},
+        {"annotated_images", annotated_images}, {"no_images", no_images}, {"image_errors", image_errors},
+        {"stream_images", stream_images},
     };
     std::vector<std::string> names(argv + 1, argv + argc);
     if (names.empty()) {

@@ -10,6 +10,12 @@
 //     client.chat_stream(seekmoe::ChatRequest::user("Tell me a story."),
 //                        [](const seekmoe::Chunk& c) { std::cout << c.text << std::flush; });
 //
+// Images: GenerateRequest::images and Message::images take PNG, JPEG or GIF bytes (read_image reads a file), at
+// most ClientOptions::max_media_bytes each; a message's go as OpenAI's image_url parts before its text. An answer
+// that names regions of the request's last image (<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>) brings
+// that image with them drawn, as PNG bytes: `images` of the Generation, the reply's Message and the Chunk that
+// finishes it (empty otherwise).
+//
 // Refusals throw seekmoe::ApiError with the server's status, message, type, param and code; a server that cannot
 // be reached throws seekmoe::ConnectionError (an ApiError without a status).
 //
@@ -19,6 +25,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -63,6 +70,14 @@ public:
     explicit ConnectionError(std::string message) : ApiError(0, std::move(message)) {}
 };
 
+// ---- images -------------------------------------------------------------------------------------------------
+
+constexpr std::size_t MAX_MEDIA_BYTES = 10 << 20;  // the server's default limit on one image, and the client's
+
+// The bytes of a PNG, JPEG or GIF file; std::invalid_argument naming the file when it is missing, a directory,
+// unreadable, empty, over max_bytes (it is not read past them) or not such an image.
+std::string read_image(const std::string& path, std::size_t max_bytes = MAX_MEDIA_BYTES);
+
 // ---- requests -----------------------------------------------------------------------------------------------
 // Fields left empty get the server's defaults; `extra` sends any other field it knows (top_k, min_p, ignore_eos...).
 
@@ -75,12 +90,21 @@ struct GenerateRequest {  // POST /v2/generate: the prompt continued as it is, w
     std::optional<double> top_p;
     std::vector<std::string> stop;  // end where the text holds one of these (not returned)
     std::optional<std::int64_t> seed;
+    // PNG, JPEG or GIF bytes shown before the prompt, which becomes their question in one user turn
+    std::vector<std::string> images;
     nlohmann::json extra = nlohmann::json::object();
 };
 
 struct Message {
+    Message() = default;
+    Message(std::string role, std::string content, std::vector<std::string> images = {})
+        : role(std::move(role)), content(std::move(content)), images(std::move(images)) {}
+
     std::string role;  // system, user or assistant
     std::string content;
+    // a request's: PNG, JPEG or GIF bytes shown before the text; an answer's: the request's last image with the
+    // regions it names drawn, PNG bytes
+    std::vector<std::string> images;
 };
 
 struct ChatRequest {  // POST /v1/chat/completions: the messages, under the model's chat template
@@ -122,6 +146,7 @@ struct Generation {
     std::string text;  // generated_text
     std::optional<std::string> finish_reason;  // "length", "stop"
     Usage usage;
+    std::vector<std::string> images;  // PNG bytes: the request's last image with the regions the text names drawn
 };
 
 struct ChatChoice {
@@ -141,13 +166,15 @@ struct ChatCompletion {
 };
 
 // One streamed piece: the new text of choice `index`; finish_reason on its last piece; usage on the last chunk of
-// a /v2/generate stream, or of a chat stream with include_usage (then the text is empty).
+// a /v2/generate stream, or of a chat stream with include_usage (then the text is empty); images (PNG bytes) on
+// the piece that finishes an answer naming regions of the request's last image.
 struct Chunk {
     std::string id;
     std::string text;
     int index = 0;
     std::optional<std::string> finish_reason;
     std::optional<Usage> usage;
+    std::vector<std::string> images;
 };
 
 struct Summary {
@@ -177,6 +204,7 @@ struct ClientOptions {
     int max_retries = 3;  // of a 429, a 503 or a failed connection
     std::chrono::milliseconds backoff{500};  // the first retry waits up to this, each next one up to twice as long
     std::chrono::milliseconds max_backoff{8'000};  // and never longer; a Retry-After is honoured up to 4x this
+    std::size_t max_media_bytes = MAX_MEDIA_BYTES;  // the largest image sent; a bigger one is refused unsent
 };
 
 class Client {

@@ -27,6 +27,12 @@ import java.util.stream.Stream;
  * }
  * }</pre>
  *
+ * <p>Images: {@link GenerateRequest.Builder#image} and {@link ChatRequest.Builder#user(String, java.nio.file.Path...)}
+ * send them; an answer that names regions of the request's last image
+ * ({@code <|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>}) brings that image with them drawn, as PNG bytes:
+ * {@code images()} of the Generation, the Message and the Chunk that finishes the answer. An image that is not a
+ * PNG, JPEG or GIF, or is over {@link Builder#maxMediaBytes}, throws IllegalArgumentException before any request.
+ *
  * <p>Refusals throw {@link ApiException} with the server's message, type, param and code; a server that cannot be
  * reached throws {@link ApiConnectionException}. Both are unchecked.
  *
@@ -44,6 +50,7 @@ public final class Client {
     private final int maxRetries;
     private final Duration backoff;
     private final Duration maxBackoff;
+    private final int maxMediaBytes;
     private final HttpClient http;
 
     private Client(Builder b) {
@@ -62,6 +69,7 @@ public final class Client {
         this.maxRetries = b.maxRetries;
         this.backoff = b.backoff;
         this.maxBackoff = b.maxBackoff;
+        this.maxMediaBytes = b.maxMediaBytes;
         this.http = HttpClient.newBuilder().connectTimeout(b.connectTimeout).version(HttpClient.Version.HTTP_1_1)
             .build();
     }
@@ -72,22 +80,22 @@ public final class Client {
 
     /** POST /v2/generate: the prompt continued. */
     public Generation generate(GenerateRequest request) {
-        return Json.generation(json("POST", "/v2/generate", request.body()));
+        return Json.generation(json("POST", "/v2/generate", request.body(maxMediaBytes)));
     }
 
     /** POST /v2/generate, streamed; close the stream (try-with-resources) when leaving it early. */
     public Stream<Chunk> generateStream(GenerateRequest request) {
-        return stream("/v2/generate", request.body());
+        return stream("/v2/generate", request.body(maxMediaBytes));
     }
 
     /** POST /v1/chat/completions. */
     public ChatCompletion chat(ChatRequest request) {
-        return Json.chat(json("POST", "/v1/chat/completions", request.body()));
+        return Json.chat(json("POST", "/v1/chat/completions", request.body(maxMediaBytes)));
     }
 
     /** POST /v1/chat/completions, streamed; close the stream (try-with-resources) when leaving it early. */
     public Stream<Chunk> chatStream(ChatRequest request) {
-        return stream("/v1/chat/completions", request.body());
+        return stream("/v1/chat/completions", request.body(maxMediaBytes));
     }
 
     /** POST /v2/summarize. */
@@ -213,6 +221,7 @@ public final class Client {
         private int maxRetries = 3;
         private Duration backoff = Duration.ofMillis(500);
         private Duration maxBackoff = Duration.ofSeconds(8);
+        private int maxMediaBytes = Images.MAX_MEDIA_BYTES;
 
         private Builder() {
         }
@@ -259,6 +268,15 @@ public final class Client {
         /** The longest backoff (default 8 s); a Retry-After is honoured up to four times this. */
         public Builder maxBackoff(Duration maxBackoff) {
             this.maxBackoff = positive(maxBackoff, "maxBackoff");
+            return this;
+        }
+
+        /** The largest image sent (default 10 MiB, the server's); a bigger one is refused before any request. */
+        public Builder maxMediaBytes(int maxMediaBytes) {
+            if (maxMediaBytes < 1) {
+                throw new IllegalArgumentException("maxMediaBytes must be >= 1, got " + maxMediaBytes);
+            }
+            this.maxMediaBytes = maxMediaBytes;
             return this;
         }
 

@@ -126,7 +126,7 @@ final class Json {
 
     static Generation generation(JsonObject o) {
         return new Generation(string(o, "id"), string(o, "generated_text"), optString(o, "finish_reason"),
-                              usage(field(o, "usage")));
+                              usage(field(o, "usage")), Images.decode(o.get("images")));
     }
 
     static ChatCompletion chat(JsonObject o) {
@@ -136,7 +136,8 @@ final class Json {
             JsonObject m = obj(c, "message");
             String content = optString(m, "content");  // null in an answer of tool calls only
             choices.add(new ChatCompletion.Choice(field(c, "index").getAsInt(),
-                                                  new Message(string(m, "role"), content == null ? "" : content),
+                                                  new Message(string(m, "role"), content == null ? "" : content,
+                                                              Images.decode(m.get("images"))),
                                                   optString(c, "finish_reason")));
         }
         return new ChatCompletion(string(o, "id"), string(o, "model"), field(o, "created").getAsLong(),
@@ -167,18 +168,21 @@ final class Json {
         Usage usage = usage(o.get("usage"));
         String id = string(o, "id");
         if (!o.has("choices")) {  // native
-            return List.of(new Chunk(id, string(o, "text"), 0, optString(o, "finish_reason"), usage));
+            return List.of(new Chunk(id, string(o, "text"), 0, optString(o, "finish_reason"), usage,
+                                     Images.decode(o.get("images"))));
         }
         JsonArray choices = array(o, "choices");
         if (choices.isEmpty()) {  // the usage chunk
-            return List.of(new Chunk(id, "", 0, null, usage));
+            return List.of(new Chunk(id, "", 0, null, usage, List.of()));
         }
         List<Chunk> out = new ArrayList<>();
         for (JsonElement e : choices) {
             JsonObject c = e.getAsJsonObject();
-            String text = c.has("delta") ? optString(obj(c, "delta"), "content") : optString(c, "text");
+            JsonObject delta = c.has("delta") ? obj(c, "delta") : null;
+            String text = delta != null ? optString(delta, "content") : optString(c, "text");
             out.add(new Chunk(id, text == null ? "" : text, field(c, "index").getAsInt(),
-                              optString(c, "finish_reason"), usage));
+                              optString(c, "finish_reason"), usage,
+                              Images.decode(delta != null ? delta.get("images") : null)));
         }
         return out;
     }

@@ -1,8 +1,13 @@
 package seekmoe;
 
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
 import java.lang.reflect.Modifier;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Arrays;
 import java.util.List;
@@ -13,7 +18,9 @@ import java.util.stream.Stream;
  * The SDK against live servers, one scenario per public static method, named on the command line (all of them when
  * none is): tests/test_sdk_java.py starts the servers and passes them in the environment —
  * SEEKMOE_URL, SEEKMOE_KEY (a server with a small body limit), SEEKMOE_BUSY_URL (one sequence, one waiting),
- * SEEKMOE_CUT_URL (a fake that cuts its streams), SEEKMOE_DEAD_URL (nothing listens).
+ * SEEKMOE_CUT_URL (a fake that cuts its streams), SEEKMOE_DEAD_URL (nothing listens); for the image scenarios
+ * SEEKMOE_GROUNDED_URL (a server that answers SEEKMOE_QUESTION about the picture SEEKMOE_PICTURE with SEEKMOE_ANSWER,
+ * a region), SEEKMOE_ANSWER_GRAMMAR (forces that answer) and SEEKMOE_OUT (where the annotated PNGs go).
  * Prints "PASS name" or "FAIL name: why" per scenario; the exit status is the number failed.
  */
 public final class SdkTest {
@@ -187,6 +194,146 @@ public final class SdkTest {
         check(e.getMessage().contains("maxRetries must be >= 0, got -1"), e.getMessage());
         e = raises(IllegalArgumentException.class, () -> Client.builder().baseUrl("localhost:8000").build());
         check(e.getMessage().contains("http://HOST:PORT"), e.getMessage());
+    }
+
+    // ---- images ------------------------------------------------------------------------------------------------
+
+    private static Client grounded() {
+        return Client.builder().baseUrl(System.getenv("SEEKMOE_GROUNDED_URL")).apiKey(KEY)
+            .timeout(Duration.ofSeconds(120)).build();
+    }
+
+    private static Path picture() {
+        return Path.of(System.getenv("SEEKMOE_PICTURE"));
+    }
+
+    private static byte[] pictureBytes() {
+        try {
+            return Files.readAllBytes(picture());
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    private static String question() {
+        return System.getenv("SEEKMOE_QUESTION");
+    }
+
+    private static String answer() {
+        return System.getenv("SEEKMOE_ANSWER");
+    }
+
+    private static boolean isPng(byte[] data) {
+        byte[] magic = {(byte) 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+        return data.length > magic.length && Arrays.equals(Arrays.copyOf(data, magic.length), magic);
+    }
+
+    private static void save(String name, byte[] png) {
+        try {
+            Files.write(Path.of(System.getenv("SEEKMOE_OUT"), name), png);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    /** The picture, as a file and as bytes, to /v2/generate and to chat: the model's answer about it. */
+    public static void imageIn() {
+        Client client = grounded();
+        Generation g = client.generate(GenerateRequest.builder(question()).image(picture()).maxTokens(80)
+                                       .temperature(0).build());
+        check(g.text().equals(answer()), "generate with the picture's file: " + g.text());
+        ChatCompletion chat = client.chat(ChatRequest.builder().user(question(), pictureBytes()).maxTokens(80)
+                                          .temperature(0).build());
+        check(chat.text().equals(answer()), "chat with the picture's bytes: " + chat.text());
+        chat = client.chat(ChatRequest.builder().message(Message.user(question(), pictureBytes())).maxTokens(80)
+                           .temperature(0).build());
+        check(chat.text().equals(answer()), "chat with a Message of the picture: " + chat.text());
+    }
+
+    /** An answer naming a region of the picture brings it annotated: the same PNG from generate and chat. */
+    public static void annotatedImages() {
+        Client client = grounded();
+        Generation g = client.generate(GenerateRequest.builder(question()).image(pictureBytes()).maxTokens(80)
+                                       .temperature(0).build());
+        check(g.images().size() == 1 && isPng(g.images().get(0)), "generate: one PNG, got " + g.images().size());
+        Message m = client.chat(ChatRequest.builder().user(question(), picture()).maxTokens(80).temperature(0)
+                                .build()).choices().get(0).message();
+        check(m.content().equals(answer()) && m.images().size() == 1
+              && Arrays.equals(m.images().get(0), g.images().get(0)), "chat: the same PNG as generate");
+        save("generate.png", g.images().get(0));
+        save("chat.png", m.images().get(0));
+    }
+
+    /** No image in the request, no image in the answer, even one naming a region (forced by a grammar). */
+    public static void noImages() {
+        Client client = grounded();
+        Generation g = client.generate(GenerateRequest.builder("Where?").maxTokens(80)
+                                       .param("grammar", System.getenv("SEEKMOE_ANSWER_GRAMMAR")).build());
+        check(g.text().equals(answer()) && g.images().isEmpty(), "a region without an image: " + g);
+        ChatCompletion chat = client.chat(ChatRequest.builder().user(question()).maxTokens(20).temperature(0).build());
+        check(chat.choices().get(0).message().images().isEmpty(), "a chat without an image: " + chat);
+        try (Stream<Chunk> s = client.chatStream(ChatRequest.builder().user(question()).maxTokens(20).build())) {
+            check(s.allMatch(c -> c.images().isEmpty()), "a stream without an image");
+        }
+    }
+
+    /** Refused before any request (the client points at a dead port), each naming what is wrong. */
+    public static void imageErrors() {
+        Path missing = picture().resolveSibling("missing.png");
+        IllegalArgumentException e = raises(IllegalArgumentException.class,
+                                            () -> GenerateRequest.builder("x").image(missing));
+        check(e.getMessage().equals("image file " + missing + " does not exist"), e.getMessage());
+        e = raises(IllegalArgumentException.class, () -> ChatRequest.builder().user("x", missing));
+        check(e.getMessage().equals("image file " + missing + " does not exist"), e.getMessage());
+        e = raises(IllegalArgumentException.class, () -> Images.read(picture().getParent()));
+        check(e.getMessage().endsWith("is a directory, not a file"), e.getMessage());
+        e = raises(IllegalArgumentException.class, () -> Images.read(picture(), 100));
+        check(e.getMessage().equals("image file " + picture() + " is over the 100-byte limit"), e.getMessage());
+        Client small = Client.builder().baseUrl(System.getenv("SEEKMOE_DEAD_URL")).maxRetries(0).maxMediaBytes(100)
+            .build();
+        byte[] png = pictureBytes();
+        String over = String.format(" is %,d bytes; the limit is 100 (maxMediaBytes)", png.length);
+        e = raises(IllegalArgumentException.class,
+                   () -> small.generate(GenerateRequest.builder("x").image(png).build()));
+        check(e.getMessage().equals("image 1 of the request" + over), e.getMessage());
+        e = raises(IllegalArgumentException.class,
+                   () -> small.chatStream(ChatRequest.builder().user("hi").user("x", png).build()));
+        check(e.getMessage().equals("image 1 of message 2" + over), e.getMessage());
+        e = raises(IllegalArgumentException.class, () -> small.generate(
+            GenerateRequest.builder("x").image("not a picture".getBytes(StandardCharsets.UTF_8)).build()));
+        check(e.getMessage().equals("image 1 of the request is not a PNG, JPEG or GIF image (unknown file type)"),
+              e.getMessage());
+        e = raises(IllegalArgumentException.class, () -> Client.builder().maxMediaBytes(0));
+        check(e.getMessage().equals("maxMediaBytes must be >= 1, got 0"), e.getMessage());
+        ApiException bad = raises(() -> Client.builder().baseUrl(System.getenv("SEEKMOE_CUT_URL")).build()
+            .generate(GenerateRequest.builder("bad image").build()));
+        check(bad.status() == ApiException.NO_STATUS && bad.message().contains("is not base64"),
+              "an answer's image that is not base64: " + bad.getMessage());
+    }
+
+    /** A streamed answer naming a region brings the annotated PNG on its finishing chunk, and only there. */
+    public static void streamImages() {
+        Client client = grounded();
+        List<Chunk> chunks;
+        try (Stream<Chunk> s = client.chatStream(ChatRequest.builder().user(question(), pictureBytes()).maxTokens(80)
+                                                 .temperature(0).build())) {
+            chunks = s.toList();
+        }
+        String text = chunks.stream().map(Chunk::text).collect(Collectors.joining());
+        check(text.equals(answer()), "the streamed answer: " + text);
+        Chunk last = chunks.get(chunks.size() - 1);
+        check("stop".equals(last.finishReason()) && last.images().size() == 1 && isPng(last.images().get(0))
+              && chunks.stream().filter(c -> !c.images().isEmpty()).count() == 1, "chat: the finishing chunk's");
+        List<Chunk> generated;
+        try (Stream<Chunk> s = client.generateStream(GenerateRequest.builder(question()).image(picture())
+                                                     .maxTokens(80).temperature(0).build())) {
+            generated = s.toList();
+        }
+        Chunk end = generated.get(generated.size() - 1);
+        check(end.images().size() == 1 && Arrays.equals(end.images().get(0), last.images().get(0))
+              && generated.stream().filter(c -> !c.images().isEmpty()).count() == 1, "generate: the last chunk's");
+        save("chat-stream.png", last.images().get(0));
+        save("generate-stream.png", end.images().get(0));
     }
 
     // ---- a small runner ----------------------------------------------------------------------------------------
