@@ -350,7 +350,8 @@ def main() -> None:
     p.add_argument("--config", choices=list(CONFIGS), default="v2-lite", help="the shape (default v2-lite)")
     p.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "seekmoe" / "full_size",
                    help="where the source (kept) and the artifacts go")
-    p.add_argument("--formats", default="int8,int4,q8_0,q4_0", help="comma-separated, of " + ", ".join(FORMATS))
+    p.add_argument("--formats", default="int8,int4,q8_0,q4_0",
+                   help="comma-separated, of " + ", ".join(FORMATS) + "; empty: build the source only")
     p.add_argument("--threads", type=int, default=2, help="threads for each engine (default 2)")
     p.add_argument("--decode", type=int, default=16, help="tokens per decode measurement (default 16)")
     p.add_argument("--repeats", type=int, default=3, help="measurements per rate, the median reported")
@@ -374,11 +375,12 @@ def main() -> None:
     info_path = folder / "source.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     have_source = info is not None and info.get("config") == config and info.get("seed") == SEED
-    need = (0 if have_source else sizes["source"]) + (sum if a.keep else max)(sizes[f] for f in formats) + 1e9
+    artifacts = [sizes[f] for f in formats]  # none: build (or check) the source only
+    need = (0 if have_source else sizes["source"]) + (sum(artifacts) if a.keep else max(artifacts, default=0)) + 1e9
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     print(f"{a.config}: source {sizes['source'] / GB:.1f} GB ({'cached' if have_source else 'to build'}), "
-          + ", ".join(f"{f} ~{sizes[f] / GB:.1f} GB" for f in formats)
+          + (", ".join(f"{f} ~{sizes[f] / GB:.1f} GB" for f in formats) or "no formats")
           + f"; needs {need / GB:.1f} GB free in {folder}, has {free / GB:.1f}", file=sys.stderr)
     if need > free:
         raise SystemExit(f"not enough disk in {folder}: needs {need / GB:.1f} GB, has {free / GB:.1f} GB "
@@ -409,6 +411,8 @@ def main() -> None:
         results[fmt] = dict(build=build, run=run)
         if not a.keep:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not results:
+        return
     lines = table(results, a, info)
     print("\n".join(lines))
     if a.out:

@@ -261,7 +261,8 @@ class LLM:
             raise ValueError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} ids, the model only "
                              f"{self.model.config.vocab_size}")
         self.engine = Engine(self.model, cache_tokens=cache_tokens, cache_bytes=cache_bytes,
-                             max_num_seqs=max_num_seqs, max_step_tokens=max_step_tokens, max_waiting=max_waiting)
+                             max_num_seqs=max_num_seqs, max_step_tokens=max_step_tokens, max_waiting=max_waiting,
+                             vocab_limit=self.tokenizer.vocab_size)
         self._loop = EngineLoop(self.engine)
 
     # ---- building blocks ------------------------------------------------------------------------------------

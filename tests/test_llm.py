@@ -114,3 +114,26 @@ def test_int8_engine_runs_close_to_float(tmp_path):
         assert "quantization_config" in q.model.config.extra
         c = q.generate("Call me Ishmael.", max_tokens=8, temperature=0, ignore_eos=True)
         assert len(c.token_ids) == 8
+
+
+def test_ids_past_the_tokenizer_are_never_drawn(tmp_path):
+    """A checkpoint may pad its vocabulary past its tokenizer's (DeepSeek-V2: 102,400 rows, 100,015 ids): those
+    rows are never drawn, greedy or sampled, even where they score highest, so every token decodes."""
+    from seekmoe.model.checkpoint import load_model, save_model
+    from tests.conftest import tiny_model_folder
+
+    folder = tiny_model_folder(tmp_path / "m", vocab_size=8192 + 64)  # the bundled tokenizer has 8,192 ids
+    model = load_model(folder)
+    with torch.no_grad():
+        model.lm_head.weight[8192:] *= 100.0  # the padding rows win every argmax unless they are masked
+    save_model(model, folder)
+    assert int(model(torch.tensor([[0, 5, 9]]))[0, -1].argmax()) >= 8192
+    with LLM(folder) as llm:
+        for temperature in (0.0, 1.0):
+            out = llm.generate(prompt_token_ids=[0, 5, 9], max_tokens=8, temperature=temperature, seed=1,
+                               ignore_eos=True)
+            assert len(out.token_ids) == 8 and max(out.token_ids) < 8192
+    with pytest.raises(EngineError, match="vocab_limit"):
+        from seekmoe.engine.engine import Engine
+
+        Engine(model, cache_tokens=64, vocab_limit=0)

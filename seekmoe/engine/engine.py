@@ -122,7 +122,7 @@ class Engine:
 
     def __init__(self, model: CausalLM, cache_tokens: int | None = None, cache_bytes: int | None = None,
                  block_size: int = 16, max_num_seqs: int = 64, max_step_tokens: int = 256,
-                 max_waiting: int | None = None, absorb: bool = True):
+                 max_waiting: int | None = None, absorb: bool = True, vocab_limit: int | None = None):
         cfg = model.config
         dtype = model.model.embed_tokens.weight.dtype
         if cache_tokens is None and cache_bytes is None:
@@ -132,6 +132,12 @@ class Engine:
                 raise EngineError(f"{name} must be an int >= 1, got {value!r}")
         if max_waiting is not None and (not isinstance(max_waiting, int) or max_waiting < 0):
             raise EngineError(f"max_waiting must be an int >= 0 or None, got {max_waiting!r}")
+        if vocab_limit is not None and (not isinstance(vocab_limit, int) or isinstance(vocab_limit, bool)
+                                        or not 1 <= vocab_limit <= cfg.vocab_size):
+            raise EngineError(f"vocab_limit must be an int in [1, {cfg.vocab_size}] or None, got {vocab_limit!r}")
+        # ids from vocab_limit on are never drawn: the rows a checkpoint pads its vocabulary with past its
+        # tokenizer's (DeepSeek-V2's 102,400 for 100,015 ids), which no text decodes to
+        self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < cfg.vocab_size else None
         self.model, self.config = model, cfg
         self.cache = LatentCache.with_budget(cfg, cache_tokens, cache_bytes, block_size, dtype)
         self.runner = ModelRunner(model, self.cache, absorb=absorb)
@@ -275,6 +281,9 @@ class Engine:
         if any(s.every for s in segments):
             logits = self._score_prompts(logits, plan, segments)
         sampling = [seq for (seq, _), s in zip(plan, segments, strict=True) if s.logits]
+        if self.vocab_limit is not None:
+            with torch.inference_mode():  # the runner's logits are inference tensors
+                logits[:, self.vocab_limit:] = float("-inf")
         events = []
         for seq, drawn in zip(sampling, sample(logits, [s.sampler for s in sampling]), strict=True):
             seq.tokens.append(drawn.token_id)
