@@ -194,6 +194,11 @@ def build_parser() -> Parser:
                             description=copy_text.DESCRIPTION)
     copy_text.add_arguments(p)
     p.set_defaults(func=copy_text.run_from_args)
+    from seekmoe.train import passkey
+    p = data_sub.add_parser("passkey", help="write long-context fine-tuning data: hidden keys and long passages "
+                                            "(JSONL)", description=passkey.DESCRIPTION)
+    passkey.add_arguments(p)
+    p.set_defaults(func=passkey.run_from_args)
     p = data_sub.add_parser(
         "prepare", help="deduplicate, shuffle and tokenise text into train/val token shards",
         description="Tokenise text into shuffled train/val token shards with manifest.json, deduplicating exact "

@@ -76,6 +76,14 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     return inv_freq, yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all_dim)
 
 
+def attention_scale(cfg: ModelConfig) -> float:
+    """MLA's softmax scale: 1/sqrt(qk dim), times YaRN's attention temperature (for both q and k) when stretched."""
+    scale = cfg.qk_head_dim**-0.5
+    if cfg.rope_scaling is not None and cfg.rope_scaling.get("mscale_all_dim"):
+        scale *= yarn_get_mscale(cfg.rope_scaling["factor"], cfg.rope_scaling["mscale_all_dim"]) ** 2
+    return scale
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -126,10 +134,7 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank)
         self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, h * (self.nope_dim + self.v_dim), bias=False)
         self.o_proj = nn.Linear(h * self.v_dim, d, bias=False)
-        self.softmax_scale = self.qk_dim**-0.5
-        if cfg.rope_scaling is not None and cfg.rope_scaling.get("mscale_all_dim"):
-            # YaRN's attention temperature, applied to the scores once for both q and k
-            self.softmax_scale *= yarn_get_mscale(cfg.rope_scaling["factor"], cfg.rope_scaling["mscale_all_dim"]) ** 2
+        self.softmax_scale = attention_scale(cfg)
 
     def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head queries split into the no-position part (B, T, H, nope) and the rotated part (B, T, H, R)."""
@@ -502,3 +507,24 @@ class CausalLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def extend_context(self, tokens: int) -> None:
+        """Stretch the context to `tokens` positions with YaRN, as DeepSeek-V2 took 4k to 128k: the rope dims that
+        turn less than once over the trained context are interpolated by the factor, the fast ones kept, and the
+        attention sharpened by YaRN's temperature (mscale 0.707 on both sides, DeepSeek-V2's values, unless the
+        config has its own). The model
+        then wants a short fine-tune on long sequences. A model with YaRN already is stretched from its original
+        context, so extending twice is the same as extending once."""
+        cfg = self.config
+        yarn = cfg.rope_scaling or {}
+        original = yarn.get("original_max_position_embeddings") or cfg.max_position_embeddings
+        if tokens <= original:
+            raise ValueError(f"extend_context: {tokens} tokens is not longer than the trained context ({original})")
+        defaults = dict(beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=0.707)
+        cfg.rope_scaling = {**defaults, **yarn, "type": "yarn", "factor": tokens / original,
+                            "original_max_position_embeddings": original}
+        cfg.max_position_embeddings = tokens
+        cfg.validate()
+        self.model.rotary_emb = RotaryEmbedding(cfg).to(self.model.rotary_emb.inv_freq.device)
+        for layer in self.model.layers:
+            layer.self_attn.softmax_scale = attention_scale(cfg)

@@ -247,6 +247,7 @@ class FinetuneConfig(TrainConfig):
     skip_bad_lines: bool = False
     packing: bool = True
     method: str = "lora"  # full | lora
+    context: int = 0  # stretch the model's context to this many tokens with YaRN first; 0 keeps it
     steps: int = 300
     batch_size: int = 8
     seq_len: int = 512
@@ -277,6 +278,8 @@ class FinetuneConfig(TrainConfig):
             raise TrainError(f"format must be one of {', '.join(SFT_FORMATS)}, got {self.format!r}")
         if not 0 < self.val_fraction < 1:
             raise TrainError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0:
+            raise TrainError(f"context must be an integer >= 0 (0 keeps the model's), got {self.context!r}")
         if self.checkpoint_format != "whole":  # one process, and a LoRA trainee saves its adapter, not the model
             raise TrainError("fine-tuning writes whole checkpoints: checkpoint_format must be 'whole'")
 
@@ -324,6 +327,8 @@ _HELP = {
     "format": "line format: auto (per line), messages (OpenAI chat) or alpaca (instruction/input/output)",
     "skip_bad_lines": "report malformed lines as file:line and skip them (default: stop at the first)",
     "packing": "pack several short conversations into one row of seq_len tokens",
+    "context": "stretch the model's context to this many tokens with YaRN before training, as DeepSeek-V2 did "
+               "(the rope's slow dimensions interpolated; then train on long sequences); 0 keeps it",
     "method": "full (every weight trains) or lora (peft adapters; the base stays frozen)",
     "r": "LoRA rank", "alpha": "LoRA alpha (the update is scaled by alpha / r)",
     "dropout": "LoRA dropout on the adapted layers' input (0 when routed_experts is a target)",

@@ -82,6 +82,16 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, log=_stderr) -> dict[st
         trainee = full_trainee(model) if cfg.method == "full" else lora_trainee(model, cfg)
     except (TokenizerError, CheckpointError, SFTError, AdapterError) as e:
         raise TrainError(str(e)) from None
+    if cfg.context and cfg.context != model.config.max_position_embeddings:
+        if cfg.method != "full":
+            raise TrainError("--context changes the model's positions, which a LoRA adapter cannot carry: "
+                             "use --method full")
+        try:
+            model.extend_context(cfg.context)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        log(f"seekmoe: context stretched to {cfg.context:,} tokens with YaRN (factor "
+            f"{model.config.rope_scaling['factor']:g})")
     if cfg.seq_len > model.config.max_position_embeddings:
         raise TrainError(f"seq_len {cfg.seq_len} is longer than the model's context "
                          f"(max_position_embeddings {model.config.max_position_embeddings})")
