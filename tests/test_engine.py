@@ -419,3 +419,21 @@ def test_a_cancel_gets_in_between_two_steps(monkeypatch):
         assert during <= 2, during
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("c, t, block", [(1, 9, 4), (5, 5 + 37, 8), (40, 41, 16), (17, 300, 64), (64, 1000, 512)])
+def test_chunked_attention_is_causal_attention_over_the_context(c, t, block):
+    """A prompt chunk's blocked attention (online softmax) equals SDPA with the explicit mask: query i of the chunk
+    sits at position T - C + i; blocks that end mid-chunk, a chunk wider than a block, a lone query."""
+    import torch.nn.functional as F
+
+    from seekmoe.engine.runner import chunked_attention
+
+    g = torch.Generator().manual_seed(c + t)
+    q, k, v = torch.randn(c, 3, 12, generator=g), torch.randn(t, 3, 12, generator=g), torch.randn(t, 3, 7, generator=g)
+    mask = torch.ones(c, t, dtype=torch.bool).tril(t - c)
+    want = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
+                                          scale=0.3).transpose(0, 1)
+    torch.testing.assert_close(chunked_attention(q, k, v, 0.3, block=block), want, atol=1e-5, rtol=1e-5)
+    bf = chunked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3, block=block)
+    assert bf.dtype == torch.bfloat16 and (bf.float() - want).abs().max() < 0.05

@@ -178,3 +178,26 @@ def test_finetune_context_errors(tmp_path):
         finetune(make_run(tmp_path, "lora", context=1024), progress=False, log=lambda m: None)
     with pytest.raises(TrainError, match="not longer than the trained context"):
         finetune(make_run(tmp_path, "full", context=100), progress=False, log=lambda m: None)
+
+
+def test_long_prompts_with_a_shared_prefix_under_a_tight_cache_match_the_model(tmp_path):
+    """Three prompts of thousands of tokens, two sharing 2,000 of them, in a cache too small for all three at
+    once: paging, the prefix cache and preemption (or waiting) give each the model's own greedy tokens."""
+    from seekmoe.llm import LLM
+
+    folder = tiny_model_folder(tmp_path / "m", max_position_embeddings=128)
+    model = load_model(folder)
+    model.extend_context(4096)
+    save_model(model, folder)
+    rng = random.Random(0)
+    a = [0] + [rng.randrange(3, 500) for _ in range(2500)]
+    b = a[:2000] + [rng.randrange(3, 500) for _ in range(300)]
+    c = [0] + [rng.randrange(3, 500) for _ in range(1800)]
+    with LLM(folder, max_step_tokens=256, cache_tokens=4096, max_num_seqs=3) as llm:
+        outs = llm.generate(prompt_token_ids=[a, b, c], max_tokens=6, temperature=0.0, ignore_eos=True)
+    for prompt, out in zip([a, b, c], outs, strict=True):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(6):
+                ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+        assert out.token_ids == ids[len(prompt):]
