@@ -135,7 +135,8 @@ def work_quantize(source: Path, out: Path, bits: int) -> dict:
 
 def mapped_float_model(source: Path):
     """The bfloat16 source as a CausalLM whose parameters are views of the mapped files (nothing read until used);
-    each layer's routed experts a view of its per-expert tensors, which work_source wrote one after another."""
+    each layer's routed experts a view of its per-expert tensors, which work_source wrote one after another (a copy
+    where a shard boundary cuts the stack)."""
     import torch
     from torch import nn
 
@@ -155,9 +156,12 @@ def mapped_float_model(source: Path):
         if re.search(r"\.mlp\.experts\.(gate_proj|up_proj|down_proj)$", name):
             prefix, proj = name.rsplit(".", 1)
             parts = [where[f"{prefix}.{e}.{proj}.weight"] for e in range(p.shape[0])]
-            raw, begin, end = parts[0][0], parts[0][1], parts[-1][2]
             if any(a[2] != b[1] or a[0] is not b[0] for a, b in itertools.pairwise(parts)):
-                raise SystemExit(f"{source}: the experts of {name} are not stored one after another")
+                # a stack cut by a shard boundary: copied whole (one layer's projection, a few hundred MB)
+                view = torch.stack([raw[b:e].view(torch.bfloat16).view(shape) for raw, b, e, shape in parts])
+                model.get_submodule(name.rpartition(".")[0])._parameters[proj] = nn.Parameter(view, requires_grad=False)
+                continue
+            raw, begin, end = parts[0][0], parts[0][1], parts[-1][2]
         else:
             raw, begin, end, _ = where[name]
         module_name, _, attr = name.rpartition(".")
@@ -405,9 +409,14 @@ def main() -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-        build = run_worker(a, "quantize", str(src), str(path), str(kind)) if engine == "seekmoe" else \
-            run_worker(a, "gguf", str(src), str(path), kind)
-        run = run_worker(a, engine, str(path), str(prompts_path))
+        try:
+            build = run_worker(a, "quantize", str(src), str(path), str(kind)) if engine == "seekmoe" else \
+                run_worker(a, "gguf", str(src), str(path), kind)
+            run = run_worker(a, engine, str(path), str(prompts_path))
+        except SystemExit:
+            if results:  # what was measured before the failure is not lost
+                print("\n".join(["measured before the failure:", *table(results, a, info)]), file=sys.stderr)
+            raise
         results[fmt] = dict(build=build, run=run)
         if not a.keep:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
