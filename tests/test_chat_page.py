@@ -525,7 +525,7 @@ GROUNDED_SCREENSHOT = SCREENSHOT.with_name("chat_page_annotated.png")
 
 @pytest.fixture(scope="module")
 def grounded_url(tmp_path_factory):
-    from tests.test_grounding_api import grounded_model
+    from tests.grounded import grounded_model
 
     folder = grounded_model(tmp_path_factory.mktemp("page-grounded"))
     with running_server(ServeConfig(api_keys=(KEY,)), lambda: LLM(folder)) as (url, _):
@@ -533,7 +533,7 @@ def grounded_url(tmp_path_factory):
 
 
 def test_a_reply_naming_a_region_shows_the_annotated_image_under_it(grounded_url, chat):
-    from tests.test_grounding_api import ANSWER, PICTURE, QUESTION, check_annotated
+    from tests.grounded import ANSWER, PICTURE, QUESTION, check_annotated
 
     open_page, sent = chat
     page = open_page(grounded_url)
