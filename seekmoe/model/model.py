@@ -512,9 +512,8 @@ class CausalLM(nn.Module):
         """Stretch the context to `tokens` positions with YaRN, as DeepSeek-V2 took 4k to 128k: the rope dims that
         turn less than once over the trained context are interpolated by the factor, the fast ones kept, and the
         attention sharpened by YaRN's temperature (mscale 0.707 on both sides, DeepSeek-V2's values, unless the
-        config has its own). The model
-        then wants a short fine-tune on long sequences. A model with YaRN already is stretched from its original
-        context, so extending twice is the same as extending once."""
+        config has its own). The model then wants a short fine-tune on long sequences. A model with YaRN already is
+        stretched from its original context, so extending twice is the same as extending once."""
         cfg = self.config
         yarn = cfg.rope_scaling or {}
         original = yarn.get("original_max_position_embeddings") or cfg.max_position_embeddings

@@ -40,7 +40,7 @@ TEMPLATES = {
                      ["通行密码是多少？", "上文中的通行密码是什么？"],
                      ["通行密码是{k}。"]),
 }
-SPLITS, LANGS = ("train", "test"), ("en", "zh")
+LANGS = ("en", "zh")
 MAX_TOKENS = 1 << 20
 
 
@@ -58,8 +58,10 @@ class Filler:
         random.Random(seed).shuffle(self.paragraphs)
         self.tokenizer, self.next, self.lengths = tokenizer, 0, {}
 
-    def take(self, tokens: int) -> list[str]:
-        """The next paragraphs, as many as fit in `tokens` tokens (at least one)."""
+    def take(self, tokens: int, start: int | None = None) -> list[str]:
+        """The next paragraphs (or those from `start` on), as many as fit in `tokens` tokens (at least one)."""
+        if start is not None:
+            self.next = start
         out, total = [], 0
         while True:
             p = self.paragraphs[self.next % len(self.paragraphs)]
@@ -95,9 +97,7 @@ def document(rng: random.Random, filler: Filler, tokens: int, depth: float, lang
 
 def long_text(rng: random.Random, filler: Filler, tokens: int) -> dict:
     """Contiguous paragraphs of about `tokens` tokens, learned whole."""
-    start = rng.randrange(len(filler.paragraphs))
-    filler.next = start
-    return {"text": "\n\n".join(filler.take(tokens))}
+    return {"text": "\n\n".join(filler.take(tokens, start=rng.randrange(len(filler.paragraphs))))}
 
 
 def write(out: str | Path, filler_folder: str | Path, tokenizer, n: int, texts: int, min_tokens: int,
