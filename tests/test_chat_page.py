@@ -23,6 +23,8 @@ from seekmoe.llm import LLM
 from seekmoe.server.config import ServeConfig
 from tests.conftest import running_server, tiny_model_folder, tiny_multimodal_folder
 
+pytest_plugins = ["tests.grounded"]  # grounded_folder: the grounded model, trained once a session
+
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 KEY = "sk-page"
@@ -524,11 +526,8 @@ GROUNDED_SCREENSHOT = SCREENSHOT.with_name("chat_page_annotated.png")
 
 
 @pytest.fixture(scope="module")
-def grounded_url(tmp_path_factory):
-    from tests.grounded import grounded_model
-
-    folder = grounded_model(tmp_path_factory.mktemp("page-grounded"))
-    with running_server(ServeConfig(api_keys=(KEY,)), lambda: LLM(folder)) as (url, _):
+def grounded_url(grounded_folder):
+    with running_server(ServeConfig(api_keys=(KEY,)), lambda: LLM(grounded_folder)) as (url, _):
         yield url
 
 
