@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from seekmoe.engine.engine import Engine
 from seekmoe.engine.sampling import SamplingParams
@@ -31,6 +29,7 @@ from seekmoe.model.checkpoint import load_model
 from seekmoe.model.quant import quantize_int8
 from seekmoe.model.quantize import quantize_checkpoint
 from seekmoe.text.tokenizer import Tokenizer, corpus_files, read_corpus
+from seekmoe.train.loop import perplexity
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus_sample"
 
@@ -57,16 +56,6 @@ def windows(args) -> tuple[torch.Tensor, str]:
 
 
 @torch.inference_mode()
-def perplexity(model, data: torch.Tensor, batch: int = 8) -> float:
-    total, count = 0.0, 0
-    for i in range(0, len(data), batch):
-        chunk = data[i:i + batch]
-        logits = model(chunk[:, :-1]).float()
-        total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
-        count += chunk[:, 1:].numel()
-    return math.exp(total / count)
-
-
 def weight_bytes(model) -> int:
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import tempfile
@@ -26,12 +25,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from seekmoe.llm import LLM
 from seekmoe.model.checkpoint import load_model, save_model
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train import passkey
+from seekmoe.train.loop import perplexity
 
 SEED = 1234  # the training data's seeds are small; the test documents come from a shuffle of their own
 
@@ -48,18 +47,13 @@ def stretched(folder: Path, tokens: int, into: Path) -> Path:
 
 
 @torch.inference_mode()
-def perplexity(folder: Path, text: Path, windows: int, length: int) -> float:
+def text_perplexity(folder: Path, text: Path, windows: int, length: int) -> float:
     model = load_model(folder)
     tok = Tokenizer.from_pretrained(folder)
     ids = [i for line in text.read_text(encoding="utf-8").splitlines() if line.strip()
            for i in tok.encode(json.loads(line)["text"], add_bos=True)]
     n = min(windows, (len(ids) - 1) // length)
-    data = torch.tensor(ids[:n * length + 1]).unfold(0, length + 1, length)[:n]
-    total = 0.0
-    for row in data:
-        logits = model(row[None, :-1]).float()[0]
-        total += F.cross_entropy(logits, row[1:], reduction="sum").item()
-    return math.exp(total / (n * length))
+    return perplexity(model, torch.tensor(ids[:n * length + 1]).unfold(0, length + 1, length)[:n], batch=1)
 
 
 def retrieval(folder: Path, lengths: list[int], trials: int, filler: Path) -> dict[int, float | None]:
@@ -109,7 +103,7 @@ def main() -> None:
                 (Path(tmp) / str(k)).mkdir()
                 path = stretched(path, int(yarn), Path(tmp) / str(k))
             found = retrieval(path, lengths, a.trials, a.filler)
-            ppl = perplexity(path, a.text, a.ppl_windows, a.ppl_length) if a.text else None
+            ppl = text_perplexity(path, a.text, a.ppl_windows, a.ppl_length) if a.text else None
             rows.append((spec, found, ppl))
             print(f"{spec}: {time.perf_counter() - start:.0f} s", flush=True)
     head = "| model | " + " | ".join(f"passkey {n:,}" for n in lengths) + " | perplexity |"

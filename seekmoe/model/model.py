@@ -159,9 +159,15 @@ class MLA(nn.Module):
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, T, H, nope + R)
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(b, t, self.n_heads, self.rope_dim)], dim=-1)
+        # SDPA's fused (flash) kernels want one head width for q, k and v; with v narrower than q·k it falls back
+        # to the math path, which writes the whole (H, T, T) score matrix (4 GB a layer at 16k tokens and 4 heads).
+        # Zero columns on v keep the fused path and add nothing to the output, which drops them again (on q and k:
+        # nothing to the scores, the scale being given).
+        width = max(self.qk_dim, self.v_dim)
+        q, k, v = (F.pad(z, (0, width - z.shape[-1])) if z.shape[-1] < width else z for z in (q, k, v))
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale
-        )  # (B, H, T, v)
+        )[..., : self.v_dim]  # (B, H, T, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.v_dim))
 
 

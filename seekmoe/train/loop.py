@@ -216,6 +216,17 @@ def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "layers": loads.stats()}
 
 
+@torch.no_grad()
+def perplexity(model: CausalLM, rows: torch.Tensor, batch: int = 8) -> float:
+    """exp of the mean next-token loss over rows of token ids (N, T + 1), every position a target: the held-out
+    text measure the benches compare models and quantizations by."""
+    total = 0.0
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        total += lm_loss(model(chunk[:, :-1]), chunk[:, 1:]).item() * chunk[:, 1:].numel()
+    return math.exp(total / rows[:, 1:].numel())
+
+
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
