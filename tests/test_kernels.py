@@ -97,6 +97,38 @@ def test_the_library_is_built_once_into_a_private_cache(monkeypatch, tmp_path):
     assert so.stat().st_mtime_ns == stamp
 
 
+def test_the_build_flags_follow_the_cpu_and_the_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "fma", *kernels.VNNI_CPU_FLAGS})
+    monkeypatch.delenv("SEEKMOE_KERNELS_ISA", raising=False)
+    assert kernels.flags() == kernels.FLAGS + kernels.VNNI_FLAGS
+    monkeypatch.setenv("SEEKMOE_KERNELS_ISA", "avx2")
+    assert kernels.flags() == kernels.FLAGS
+    monkeypatch.setenv("SEEKMOE_KERNELS_ISA", "sse2")
+    with pytest.raises(ValueError, match="SEEKMOE_KERNELS_ISA must be auto or avx2, got 'sse2'"):
+        kernels.flags()
+    monkeypatch.setenv("SEEKMOE_KERNELS_ISA", "auto")
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "f16c"})
+    assert kernels.flags() == kernels.FLAGS  # no avx512_vnni
+
+
+@needs_gemv
+def test_a_compiler_that_cannot_build_for_vnni_gets_the_avx2_build(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "flags", lambda: kernels.FLAGS + kernels.VNNI_FLAGS)
+    compile_ = kernels._compile
+
+    def old_compiler(folder, cflags):
+        if "-mavx512vnni" in cflags:
+            raise OSError("cc: error: unrecognized command-line option '-mavx512vnni'")
+        return compile_(folder, cflags)
+
+    monkeypatch.setattr(kernels, "_compile", old_compiler)
+    with caplog.at_level(logging.WARNING, logger="seekmoe.model.kernels"):
+        check_gemv()
+    assert "did not build with" in caplog.text and "unrecognized command-line option" in caplog.text
+
+
 STUB = """void seekmoe_int8_gemv(void) {}
 void seekmoe_f32_gemv(void) {}
 int seekmoe_int8_experts(void) { return 0; }

@@ -147,6 +147,17 @@ def test_int4_kernel_equals_the_reference_with_rounded_activations(group, rows, 
 
 
 @needs_kernels
+@pytest.mark.parametrize("group, width", [(32, 352), (32, 416), (64, 448)])
+def test_int4_kernel_rows_whose_blocks_are_not_a_multiple_of_four(group, width):
+    # the kernel takes four blocks a step, then a pair, then one alone: 11, 13 and 14 blocks take each tail
+    packed, scale = quantize_int4(randn(40, width, seed=8), group)
+    for rows in (1, 3):
+        x = randn(rows, width, seed=9)
+        got = kernels.int4_gemv()(x, packed, scale)
+        torch.testing.assert_close(got.double(), kernel_reference(x, packed, scale)[0], rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
 @pytest.mark.parametrize("group", [32, 64])
 def test_int4_experts_kernel_equals_the_reference_with_rounded_activations(group):
     e, d, f = 6, 128, 192
@@ -168,6 +179,16 @@ def test_int4_experts_kernel_equals_the_reference_with_rounded_activations(group
 @pytest.mark.skipif(os.environ.get("SEEKMOE_THREADS") == "3", reason="this is the rerun")
 def test_the_int4_kernels_hold_with_the_calls_split_over_three_threads():
     env = {**os.environ, "SEEKMOE_THREADS": "3"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "kernel", __file__],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+
+@needs_kernels
+@pytest.mark.skipif(kernels.flags() == kernels.FLAGS, reason="this CPU (or this rerun) has the AVX2 build only")
+def test_the_int4_kernels_hold_in_the_plain_avx2_build_too():
+    # this CPU gets the AVX512-VNNI build; the AVX2 one serves the others and must compute the same
+    env = {**os.environ, "SEEKMOE_KERNELS_ISA": "avx2"}
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "kernel", __file__],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]

@@ -1,4 +1,4 @@
-/* Decode kernels (AVX2 + FMA): matrix-vector products that stream weights row by row with independent
+/* Decode kernels (AVX2 + FMA; the int4 products also with AVX512-VNNI where the CPU has it): matrix-vector products that stream weights row by row with independent
  * accumulators, in float32 or int8 widened to float32; one token's SwiGLU experts in one call, or a step's tokens
  * grouped by expert; MLA's absorbed attention over the latent cache. Each call splits
  * its weight rows over a pool of threads that lives as long as the process: one core streams only part of what the
@@ -891,15 +891,48 @@ static inline __m256 block_dot(__m256i u, const int8_t *xq) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__F16C__)
+#define Q4_VNNI 1
+/* u (32 x 0..15) . xq (32 x int8) added to the int32 sums p by AVX512-VNNI's dpbusd: maddubs, the widening madd
+ * and the add in one instruction (exact: int32 sums) */
+static inline __m256i dp(__m256i p, __m256i u, const int8_t *xq) {
+    return _mm256_dpbusd_epi32(p, u, _mm256_loadu_si256((const __m256i *)xq));
+}
+#endif
+
 /* one quantized row of x (n inputs: xq, block scales xd, corrections xc) against one packed row w with its float16
  * group scales s: two blocks a step (pair_dot), into two accumulators so the multiply-adds do not wait on each
- * other */
+ * other. With AVX512-VNNI and F16C, four blocks a step: dpbusd for the products, and the four blocks' scales and
+ * corrections as one vector each instead of table lookups and scalar products (1.7-1.9x the bytes a second on
+ * V2-Lite's expert rows, one thread). */
 static inline float dot1_q4(const int8_t *xq, const float *xd, const float *xc, const uint8_t *w, const uint16_t *s,
                             int64_t n, int64_t group) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0;
     float c = 0.0f;
     int64_t nb = n / 32, b = 0;
     int sh = group == 64;  /* block b's scale is s[b >> sh]: a shift, not a division in the loop */
+#ifdef Q4_VNNI
+    __m128 corr = _mm_setzero_ps();
+    const __m256i m15 = _mm256_set1_epi8(15), zero = _mm256_setzero_si256();
+    /* the four blocks' scales to the lanes their sums sit in: pair_dot's order, block b in lanes 0-3, b + 1 in 4-7 */
+    const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    for (; b + 4 <= nb; b += 4) {
+        __m128i half = sh ? _mm_set1_epi32(*(const int32_t *)(s + b / 2)) : _mm_loadl_epi64((const __m128i *)(s + b));
+        __m128 ws = _mm_cvtph_ps(sh ? _mm_unpacklo_epi16(half, half) : half);  /* (4,): each block's weight scale */
+        corr = _mm_fmadd_ps(ws, _mm_loadu_ps(xc + b), corr);
+        __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(ws, _mm_loadu_ps(xd + b)));
+        __m256i r0 = _mm256_loadu_si256((const __m256i *)(w + 16 * b));
+        __m256i r1 = _mm256_loadu_si256((const __m256i *)(w + 16 * b + 32));
+        __m256i p0 = dp(dp(zero, _mm256_and_si256(r0, m15), xq + 32 * b),
+                        _mm256_and_si256(_mm256_srli_epi16(r0, 4), m15), xq + 32 * b + 32);
+        __m256i p1 = dp(dp(zero, _mm256_and_si256(r1, m15), xq + 32 * b + 64),
+                        _mm256_and_si256(_mm256_srli_epi16(r1, 4), m15), xq + 32 * b + 96);
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_permutevar8x32_ps(sc, first), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_permutevar8x32_ps(sc, second), a1);
+    }
+    corr = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
+    c = _mm_cvtss_f32(_mm_add_ss(corr, _mm_movehdup_ps(corr)));
+#else
     for (; b + 4 <= nb; b += 4) {
         float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
         float w2 = f16_table[s[(b + 2) >> sh]], w3 = f16_table[s[(b + 3) >> sh]];
@@ -909,6 +942,7 @@ static inline float dot1_q4(const int8_t *xq, const float *xd, const float *xc, 
                              _mm256_set_m128(_mm_set1_ps(w3 * xd[b + 3]), _mm_set1_ps(w2 * xd[b + 2])), a1);
         c += (w0 * xc[b] + w1 * xc[b + 1]) + (w2 * xc[b + 2] + w3 * xc[b + 3]);
     }
+#endif
     for (; b + 2 <= nb; b += 2) {
         float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
         a0 = _mm256_fmadd_ps(pair_dot(w + 16 * b, xq + 32 * b),
@@ -939,9 +973,14 @@ static inline void dot4_q4(const int8_t *xq, const float *xd, const float *xc, i
         for (int m = 0; m < nm; m++) {
             const int8_t *xm = xq + m * n + 32 * b;
             const float *dm = xd + m * nb + b, *cm = xc + m * nb + b;
+#ifdef Q4_VNNI
+            __m256i sums = dp(dp(_mm256_setzero_si256(), lo, xm), hi, xm + 32);
+#else
             __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xm)),
                                          _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xm + 32))));
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
+            __m256i sums = _mm256_madd_epi16(p, ones);
+#endif
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums),
                                      _mm256_set_m128(_mm_set1_ps(w1 * dm[1]), _mm_set1_ps(w0 * dm[0])), acc[m]);
             corr[m] += w0 * cm[0] + w1 * cm[1];
         }

@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 16
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
+# on CPUs that have them (AMD Zen 4, Intel since Ice Lake): dpbusd for the int4 products, F16C for their scales; the
+# library built with them is cached under its own name, and SEEKMOE_KERNELS_ISA=avx2 keeps the plain AVX2 build
+VNNI_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c"}
+VNNI_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c"]
 _lock = threading.Lock()
 _loaded: dict[str, Callable | None] = {}
 
@@ -97,7 +101,27 @@ def _private_folder(folder: Path) -> str | None:
     return None
 
 
-def _compile(folder: Path) -> bytes:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def flags() -> list[str]:
+    """The compiler flags for this CPU: AVX2 + FMA, with AVX512-VNNI and F16C where all of them are there."""
+    isa = os.environ.get("SEEKMOE_KERNELS_ISA", "").strip().lower()
+    if isa not in ("", "auto", "avx2"):
+        raise ValueError(f"SEEKMOE_KERNELS_ISA must be auto or avx2, got {isa!r}")
+    return FLAGS + VNNI_FLAGS if isa != "avx2" and cpu_flags() >= VNNI_CPU_FLAGS else FLAGS
+
+
+def _compile(folder: Path, cflags: list[str]) -> bytes:
     """The library's bytes, compiled in `folder` (a temporary file, removed)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -105,7 +129,7 @@ def _compile(folder: Path) -> bytes:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+        res = subprocess.run([cc, *cflags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                              timeout=120)
         if res.returncode != 0:
             raise OSError(f"{cc} failed: {res.stderr.strip()[-500:]}")
@@ -152,19 +176,31 @@ def _load(folder: Path, data: bytes) -> ctypes.CDLL:
 
 
 def _open() -> ctypes.CDLL:
-    """The library for this source and these flags: from the cache when its bytes check out, compiled otherwise."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    """The library for this source and this CPU's flags (the plain AVX2 build where a compiler cannot make the other):
+    from the cache when its bytes check out, compiled otherwise."""
+    cflags = flags()
+    try:
+        return _open_built(cflags)
+    except (OSError, subprocess.SubprocessError) as e:
+        if cflags == FLAGS:
+            raise
+        log.warning("the seekmoe kernels did not build with %s (%s): using the AVX2 build", " ".join(VNNI_FLAGS), e)
+        return _open_built(FLAGS)
+
+
+def _open_built(cflags: list[str]) -> ctypes.CDLL:
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(cflags).encode()).hexdigest()[:16]
     folder = cache_dir()
     why = _private_folder(folder)
     if why is not None:
         log.warning("not using %s for the seekmoe kernels (%s): compiling them into a private temporary folder",
                     folder, why)
         with tempfile.TemporaryDirectory(prefix="seekmoe-kernels-") as tmp:  # created 0o700
-            return _load(Path(tmp), _compile(Path(tmp)))
+            return _load(Path(tmp), _compile(Path(tmp), cflags))
     target = folder / f"seekmoe-kernels-{digest}.so"
     data = _cached(target)
     if data is None:
-        data = _compile(folder)
+        data = _compile(folder, cflags)
         _write(target, data)
         _write(target.with_name(target.name + ".sha256"), hashlib.sha256(data).hexdigest().encode() + b"\n")
     return _load(folder, data)
