@@ -112,6 +112,32 @@ def test_the_build_flags_follow_the_cpu_and_the_environment(monkeypatch):
 
 
 @needs_gemv
+@pytest.mark.parametrize("heads, rows", [(1, 1), (3, 1), (4, 5), (2, 16)])
+def test_the_per_head_kernel_equals_each_heads_product(heads, rows):
+    q, scale = quantize_rows(randn(heads, 40, 64, seed=1))  # (H, O, I), (H, O)
+    x = randn(heads, rows, 64, seed=2)
+    want = torch.stack([x[h] @ (q[h].float() * scale[h, :, None]).T for h in range(heads)])
+    torch.testing.assert_close(kernels.int8_gemv_heads()(x, q, scale), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_gemv
+@pytest.mark.parametrize("bad", ["2-d x", "heads differ", "float weights", "strided x"])
+def test_the_per_head_kernel_refuses_what_it_cannot_read(bad):
+    q, scale = quantize_rows(randn(2, 8, 32, seed=1))
+    x = randn(2, 3, 32, seed=2)
+    if bad == "2-d x":
+        x = x[0]
+    elif bad == "heads differ":
+        x = randn(3, 3, 32, seed=2)
+    elif bad == "float weights":
+        q = q.float()
+    else:
+        x = randn(2, 3, 64, seed=2)[..., ::2]
+    with pytest.raises(ValueError, match="int8_gemv_heads needs contiguous CPU tensors"):
+        kernels.int8_gemv_heads()(x, q, scale)
+
+
+@needs_gemv
 def test_a_compiler_that_cannot_build_for_vnni_gets_the_avx2_build(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))

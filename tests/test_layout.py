@@ -8,7 +8,7 @@ import torch
 
 from seekmoe.engine import layout
 from seekmoe.engine.runner import rope_matrices
-from seekmoe.model import quant
+from seekmoe.model import kernels, quant
 from seekmoe.model.model import MoE, RotaryEmbedding, apply_rope, few_tokens
 from seekmoe.model.quant import quantize_int8
 from tests.conftest import tiny_config, tiny_model
@@ -157,3 +157,36 @@ def test_the_fused_swiglu_equals_the_modules_own(int8):
             mlp = layer.mlp.shared_experts if isinstance(layer.mlp, MoE) else layer.mlp
             with torch.no_grad():
                 torch.testing.assert_close(fused.swiglu(h), mlp(h), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(kernels.int8_gemv_heads() is None, reason="the kernels cannot be built here")
+def test_a_quantized_model_absorbs_kv_b_proj_as_int8_rows_within_their_rounding():
+    from seekmoe.engine.runner import Absorbed
+
+    model = quantize_int8(tiny_model())
+    attn = model.model.layers[1].self_attn
+    ab = Absorbed(attn, int8=True)
+    q_nope = torch.randn(4, attn.n_heads, attn.nope_dim, generator=torch.Generator().manual_seed(1))  # (B, H, n)
+    x = q_nope.transpose(0, 1).contiguous()  # (H, B, n)
+    got = kernels.int8_gemv_heads()(x, *ab.uk)  # (H, B, L)
+    want = torch.bmm(x, ab.w_uk)
+    # each output is off by at most half its row's step times the inputs' absolute sum
+    bound = x.abs().sum(-1, keepdim=True) * ab.uk[1][:, None, :] / 2
+    assert ((got - want).abs() <= bound + 1e-6).all() and not torch.equal(got, want)
+    o_lat = torch.randn(attn.n_heads, 4, attn.kv_lora_rank, generator=torch.Generator().manual_seed(2))
+    got, want = kernels.int8_gemv_heads()(o_lat, *ab.uv), torch.bmm(o_lat, ab.w_uv_t)
+    assert ((got - want).abs() <= o_lat.abs().sum(-1, keepdim=True) * ab.uv[1][:, None, :] / 2 + 1e-6).all()
+
+
+@pytest.mark.skipif(kernels.int8_gemv_heads() is None, reason="the kernels cannot be built here")
+def test_a_quantized_model_decodes_through_the_engine_as_through_the_model():
+    from seekmoe.engine.engine import Engine
+    from seekmoe.engine.sampling import SamplingParams
+    from tests.test_engine import prompts, reference_greedy
+
+    model = quantize_int8(tiny_model())
+    prompt = prompts([12])[0]
+    engine = Engine(model, cache_tokens=256)
+    assert engine.runner.absorbed[0].uk is not None  # the int8 rows are what decode reads
+    got = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0][0]
+    assert got == reference_greedy(model, prompt, 8)

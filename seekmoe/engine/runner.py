@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
 from seekmoe.model import kernels
+from seekmoe.model.int4 import Int4Linear
 from seekmoe.model.model import MLA, CausalLM, MoE, apply_rope, few_tokens
+from seekmoe.model.quant import Int8Linear, quantize_rows
 
 ROPE_MATRIX_TOKENS = 16
 # the most the expanded keys and values of prompts being read may hold (DeepSeek-V2-Lite's shape: 16k tokens of
@@ -75,13 +77,20 @@ class Prefill:
 
 
 class Absorbed:
-    """W_UK and W_UV of one MLA layer, split per head from kv_b_proj, for the absorbed path."""
+    """W_UK and W_UV of one MLA layer, split per head from kv_b_proj, for the absorbed path. int8: also as int8
+    rows for the kernel (a product per head in one call), where the rest of the model is quantized: kv_b_proj stays
+    float in a quantized checkpoint, and its two float32 products per layer were a sixth of an int4 V2-Lite decode
+    step (bandwidth-bound, 216 MB a token)."""
 
-    def __init__(self, attn: MLA):
+    def __init__(self, attn: MLA, int8: bool = False):
         h, n, v, lat = attn.n_heads, attn.nope_dim, attn.v_dim, attn.kv_lora_rank
         w = attn.kv_b_proj.weight.detach().view(h, n + v, lat)  # (H, n + v, L)
         self.w_uk = w[:, :n]  # (H, n, L): q_nope @ w_uk gives the query in latent space
         self.w_uv_t = w[:, n:].transpose(1, 2)  # (H, L, v): latent output @ w_uv_t gives per-head values
+        self.uk = self.uv = None
+        if int8:  # rows in the order the kernel reads them: an output's inputs contiguous
+            self.uk = quantize_rows(w[:, :n].transpose(1, 2).contiguous())  # (H, L, n) int8, (H, L) scales
+            self.uv = quantize_rows(w[:, n:])  # (H, v, L) int8, (H, v) scales
 
 
 def rope_matrices(cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
@@ -133,8 +142,11 @@ class ModelRunner:
     def __init__(self, model: CausalLM, cache: LatentCache, absorb: bool = True):
         self.model, self.cache, self.absorb = model, cache, absorb
         self.cfg = model.config
+        # before layout fuses them: whether the model's projections are int8 or int4
+        quantized = kernels.int8_gemv_heads() is not None and any(
+            isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
         self.layers, self.lm_head = layout.prepare(model)
-        self.absorbed = [Absorbed(layer.self_attn) for layer in model.model.layers]
+        self.absorbed = [Absorbed(layer.self_attn, int8=quantized) for layer in model.model.layers]
         # tokens routed to each expert of each MoE layer since start, for monitoring: {layer index: (E,) int64}
         self.expert_counts = {i: torch.zeros(self.cfg.n_routed_experts, dtype=torch.long)
                               for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)}
@@ -281,11 +293,19 @@ class ModelRunner:
         step's cache rows for the attention kernel (_cached_rows), which reads them where they sit."""
         ab, lat = self.absorbed[i], attn.kv_lora_rank
         b = len(segments)
-        q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
+        heads = kernels.int8_gemv_heads() if ab.uk is not None and q_nope.dtype == torch.float32 \
+            and b <= kernels.MAX_ROWS else None
+        if heads is not None:
+            q_lat = heads(q_nope.transpose(0, 1).contiguous(), *ab.uk)  # (H, B, L)
+        else:
+            q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
         q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
         if rows is not None:
             o_lat = self._mla_attend(q, kv, rows[0], rows[1], lat, attn.softmax_scale)  # (B, H, L)
-            out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t)  # (H, B, v)
+            if heads is not None:
+                out = heads(o_lat.transpose(0, 1).contiguous(), *ab.uv)  # (H, B, v)
+            else:
+                out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t)  # (H, B, v)
             return out.transpose(0, 1).reshape(b, -1)  # (B, H * v)
         lengths = [s.start + 1 for s in segments]
         t = max(lengths)
@@ -302,5 +322,8 @@ class ModelRunner:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         p = scores.float().softmax(dim=-1).to(q.dtype)
         o_lat = torch.bmm(p, ctx[..., :lat])  # (B, H, L)
-        out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t.to(q.dtype))  # (H, B, v)
+        if heads is not None:
+            out = heads(o_lat.transpose(0, 1).contiguous(), *ab.uv)  # (H, B, v)
+        else:
+            out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t.to(q.dtype))  # (H, B, v)
         return out.transpose(0, 1).reshape(b, -1)  # (B, H * v)

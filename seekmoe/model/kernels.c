@@ -220,37 +220,47 @@ static inline void dot4(const float *x, int nm, const int8_t *w, int64_t n, floa
 /* y (M, O) = x (M, I) @ (q (O, I) int8 * scale (O)).T for a few rows: each weight row is read from memory once, 32
  * weights at a time widened to float32 and multiplied into up to four rows of x, so the rows share the widening.
  * The activations stay float32 (no bfloat16 rounding) and the scale is applied once per output. The threads split
- * the output rows. */
+ * the output rows. With H heads, H such products in one call, each head its own x (M, I), weights and y (M, O):
+ * x (H, M, I), q (H, O, I), scale (H, O), y (H, M, O). */
 typedef struct {
     const float *x, *scale;
     const int8_t *q;
     float *y;
-    int64_t m_rows, n_in, n_out;
+    int64_t m_rows, n_in, n_out, heads;  /* n_out: a head's */
 } int8_gemv_args;
 
 static void int8_gemv_job(void *p, int ith, int nth) {
     const int8_gemv_args *a = p;
     int64_t lo, hi, n_in = a->n_in, n_out = a->n_out;
-    share(n_out, ith, nth, 16, &lo, &hi);
+    share(a->heads * n_out, ith, nth, 16, &lo, &hi);
     float part[4];
-    for (int64_t o = lo; o < hi; o++) {
-        const int8_t *w = a->q + o * n_in;
+    for (int64_t r = lo; r < hi; r++) {
+        int64_t h = r / n_out, o = r % n_out;
+        const int8_t *w = a->q + r * n_in;
+        const float *x = a->x + h * a->m_rows * n_in;
+        float *y = a->y + h * a->m_rows * n_out;
         if (a->m_rows == 1) {
-            a->y[o] = dot1(a->x, w, n_in) * a->scale[o];
+            y[o] = dot1(x, w, n_in) * a->scale[r];
             continue;
         }
         for (int64_t m0 = 0; m0 < a->m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows of x */
             int nm = a->m_rows - m0 < 4 ? (int)(a->m_rows - m0) : 4;
-            dot4(a->x + m0 * n_in, nm, w, n_in, part);
-            for (int m = 0; m < nm; m++) a->y[(m0 + m) * n_out + o] = part[m] * a->scale[o];
+            dot4(x + m0 * n_in, nm, w, n_in, part);
+            for (int m = 0; m < nm; m++) y[(m0 + m) * n_out + o] = part[m] * a->scale[r];
         }
     }
 }
 
 void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
                        int64_t n_out) {
-    int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out};
+    int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out, 1};
     pool_run(int8_gemv_job, &a, parts_of(n_out, 16), n_in * n_out);
+}
+
+void seekmoe_int8_gemv_heads(const float *x, const int8_t *q, const float *scale, float *y, int64_t heads,
+                             int64_t m_rows, int64_t n_in, int64_t n_out) {
+    int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out, heads};
+    pool_run(int8_gemv_job, &a, parts_of(heads * n_out, 16), heads * n_in * n_out);
 }
 
 /* One token through its chosen SwiGLU experts, added into y (D): for each chosen expert k,

@@ -277,6 +277,32 @@ def _int8_gemv(lib: ctypes.CDLL) -> Callable:
     return gemv
 
 
+def int8_gemv_heads() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """`f(x (H, M, I) float32, q (H, O, I) int8, scale (H, O) float32) -> (H, M, O) float32`: a product per head
+    (x[h] @ (q[h] * scale[h]).T) in one call, all contiguous; None when the kernels cannot be built or used here."""
+    return _bound("int8_gemv_heads", _int8_gemv_heads)
+
+
+def _int8_gemv_heads(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_int8_gemv_heads
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+
+    def gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        (h, m, i), o = (x.shape, q.shape[1]) if x.dim() == 3 and q.dim() == 3 else ((0, 0, 0), -1)
+        if not (x.dim() == 3 and x.dtype == torch.float32 and q.dtype == torch.int8 and scale.dtype == torch.float32
+                and q.shape == (h, o, i) and scale.shape == (h, o) and x.is_contiguous() and q.is_contiguous()
+                and scale.is_contiguous() and x.device.type == q.device.type == scale.device.type == "cpu"):
+            raise ValueError("int8_gemv_heads needs contiguous CPU tensors: x (H, M, I) float32, q (H, O, I) int8, "
+                             f"scale (H, O) float32; got {tuple(x.shape)} {x.dtype}, {tuple(q.shape)} {q.dtype}, "
+                             f"{tuple(scale.shape)} {scale.dtype}")
+        y = torch.empty(h, m, o, dtype=torch.float32)
+        fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), h, m, i, o)
+        return y
+
+    return gemv
+
+
 def _expert_weights_fit(gate_up: torch.Tensor, gate_up_scale: torch.Tensor | None, down: torch.Tensor,
                         down_scale: torch.Tensor | None) -> bool:
     """Whether stacked SwiGLU weights are what the experts kernels read, as contiguous CPU tensors: gate_up
