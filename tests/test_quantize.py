@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from seekmoe.model import int4, kernels
 from seekmoe.model.checkpoint import cast_model, load_model, save_model
 from seekmoe.model.config import ConfigError
-from seekmoe.model.int4 import Int4Linear, Int4RoutedExperts, dequantize_int4, int4_linear, quantize_int4
+from seekmoe.model.int4 import (
+    Int4Linear,
+    Int4RoutedExperts,
+    dequantize_int4,
+    dequantize_int4_torch,
+    int4_linear,
+    quantize_int4,
+)
 from seekmoe.model.quant import Int8Linear, Int8RoutedExperts
 from seekmoe.model.quantize import quantize_checkpoint
 from seekmoe.model.weights import CheckpointError
@@ -144,6 +151,19 @@ def test_int4_kernel_equals_the_reference_with_rounded_activations(group, rows, 
     torch.testing.assert_close(int4_linear(xs, packed, scale), want, rtol=1e-5, atol=1e-4)
     monkeypatch.setattr(int4, "DEQUANT_BYTES", 384 * 4 * 7)  # 7 rows a block: 29 blocks, the last of 4 rows
     torch.testing.assert_close(int4_linear(xs, packed, scale), want, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("group", [32, 64])
+def test_the_dequantizing_kernel_equals_torchs_unpacking(group):
+    packed, scale = quantize_int4(randn(3, 40, 448, seed=10), group)  # a stack, as the experts are
+    got = dequantize_int4(packed, scale)
+    assert got.shape == (3, 40, 448)
+    torch.testing.assert_close(got, dequantize_int4_torch(packed, scale), rtol=0, atol=0)  # the same products
+    torch.testing.assert_close(dequantize_int4(packed[:, ::2], scale[:, ::2]),  # strided: torch's path
+                               dequantize_int4_torch(packed, scale)[:, ::2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="int4_dequant needs contiguous CPU tensors"):
+        kernels.int4_dequant()(packed[0], scale[0].float())
 
 
 @needs_kernels

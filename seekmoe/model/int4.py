@@ -73,7 +73,18 @@ def quantize_int4(w: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, 
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(packed (..., O, I / 2), scale (..., O, I / G)) -> w (..., O, I) in `dtype`."""
+    """(packed (..., O, I / 2), scale (..., O, I / G)) -> w (..., O, I) in `dtype`: in one pass by the kernel where
+    it can (float32, contiguous), else by torch ops."""
+    *lead, p = packed.shape
+    if (dtype == torch.float32 and packed.is_contiguous() and scale.is_contiguous() and scale.dtype == torch.float16
+            and (dequant := kernels.int4_dequant()) is not None):
+        return dequant(packed.view(-1, p), scale.view(-1, scale.shape[-1])).view(*lead, 2 * p)
+    return dequantize_int4_torch(packed, scale, dtype)
+
+
+def dequantize_int4_torch(packed: torch.Tensor, scale: torch.Tensor,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """dequantize_int4 by torch ops: any dtype and layout, and the reference the kernel is tested against."""
     *lead, p = packed.shape
     i, groups = 2 * p, scale.shape[-1]
     b = packed.reshape(-1, 16)  # (blocks, 16)
@@ -176,5 +187,5 @@ class Int4RoutedExperts(nn.Module):
         return few_tokens(self, x_ND, idx_NK, weight_NK, kept_NK)  # only the experts in use, at any token count
 
 
-__all__ = ["GROUP_SIZES", "Int4Linear", "Int4RoutedExperts", "check_group", "dequantize_int4", "int4_linear",
-           "quantize_int4"]
+__all__ = ["GROUP_SIZES", "Int4Linear", "Int4RoutedExperts", "check_group", "dequantize_int4", "dequantize_int4_torch",
+           "int4_linear", "quantize_int4"]

@@ -1059,6 +1059,52 @@ int seekmoe_int4_gemv(const float *x, const uint8_t *q, const uint16_t *scale, f
     return 0;
 }
 
+/* w (R, I) float32 = q (R, I / 2) packed int4 * scale (R, I / G) float16, for the many-rows path (a prompt chunk's
+ * float matmul): one pass over the packed bytes, where torch's unpacking took five (and, shift, cat, subtract,
+ * multiply), each writing a tensor as large as the result. The threads split the rows. */
+typedef struct {
+    const uint8_t *q;
+    const uint16_t *scale;
+    float *w;
+    int64_t rows, n_in, group;
+} int4_dequant_args;
+
+/* 8 stored values (0..15, as 8 bytes) times the block's scale, as floats */
+static inline __m256 dequant8(__m128i u, __m256 scale) {
+    return _mm256_mul_ps(scale, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(u), _mm256_set1_epi32(8))));
+}
+
+static void int4_dequant_job(void *p, int part, int parts) {
+    const int4_dequant_args *a = p;
+    int64_t lo, hi, n_in = a->n_in, groups = n_in / a->group;
+    share(a->rows, part, parts, 1, &lo, &hi);
+    const __m128i m15 = _mm_set1_epi8(15);
+    for (int64_t r = lo; r < hi; r++) {
+        const uint8_t *q = a->q + r * (n_in / 2);
+        const uint16_t *s = a->scale + r * groups;
+        float *w = a->w + r * n_in;
+        for (int64_t b = 0; b < n_in / 32; b++) {  /* a block: inputs 0..15 in the low nibbles, 16..31 in the high */
+            __m128i raw = _mm_loadu_si128((const __m128i *)(q + 16 * b));
+            __m128i low = _mm_and_si128(raw, m15), high = _mm_and_si128(_mm_srli_epi16(raw, 4), m15);
+            __m256 sc = _mm256_set1_ps(f16_table[s[b * 32 / a->group]]);
+            _mm256_storeu_ps(w + 32 * b, dequant8(low, sc));
+            _mm256_storeu_ps(w + 32 * b + 8, dequant8(_mm_srli_si128(low, 8), sc));
+            _mm256_storeu_ps(w + 32 * b + 16, dequant8(high, sc));
+            _mm256_storeu_ps(w + 32 * b + 24, dequant8(_mm_srli_si128(high, 8), sc));
+        }
+    }
+}
+
+/* Returns -1 (and writes nothing) unless group is 32 or 64 and divides n_in. */
+int seekmoe_int4_dequant(const uint8_t *q, const uint16_t *scale, float *w, int64_t rows, int64_t n_in,
+                         int64_t group) {
+    if ((group != 32 && group != 64) || n_in % group) return -1;
+    pthread_once(&f16_once, fill_f16_table);
+    int4_dequant_args a = {q, scale, w, rows, n_in, group};
+    pool_run(int4_dequant_job, &a, parts_of(rows, 16), rows * n_in * 4);
+    return 0;
+}
+
 /* One token through its chosen int4 SwiGLU experts, as seekmoe_int8_experts: gate_up (E, 2F, D / 2) with scales
  * (E, 2F, D / G), down (E, D, F / 2) with (E, D, F / G). x is rounded to int8 blocks once; each thread rounds its
  * own share of the hidden units, which is whole groups, so its part of each down row starts on a group boundary.

@@ -547,6 +547,34 @@ def _int4_gemv(lib: ctypes.CDLL) -> Callable:
     return gemv
 
 
+def int4_dequant() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """`f(packed (R, I / 2) uint8, scale (R, I / G) float16) -> w (R, I) float32`, the weights the int4 products
+    multiply by, in one pass (the many-rows path's float matmul reads them); None without the kernels."""
+    return _bound("int4_dequant", _int4_dequant)
+
+
+def _int4_dequant(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_int4_dequant
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+
+    def dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        rows, p = q.shape if q.dim() == 2 else (0, 0)
+        groups = scale.shape[-1] if scale.dim() == 2 else 0
+        ok = (q.dim() == 2 and q.dtype == torch.uint8 and scale.dtype == torch.float16 and groups > 0
+              and scale.shape == (rows, groups) and (2 * p) % groups == 0 and 2 * p // groups in (32, 64)
+              and all(t.is_contiguous() and t.device.type == "cpu" for t in (q, scale)))
+        if not ok:
+            raise ValueError("int4_dequant needs contiguous CPU tensors: packed (R, I / 2) uint8, scale (R, I / G) "
+                             f"float16 with G 32 or 64; got {tuple(q.shape)} {q.dtype}, {tuple(scale.shape)} "
+                             f"{scale.dtype}")
+        w = torch.empty(rows, 2 * p, dtype=torch.float32)
+        fn(q.data_ptr(), scale.data_ptr(), w.data_ptr(), rows, 2 * p, 2 * p // groups)
+        return w
+
+    return dequant
+
+
 def int4_experts() -> Callable[..., torch.Tensor] | None:
     """`f(x (D,), gate_up (E, 2F, D / 2) uint8, gate_up_scale (E, 2F, D / G) float16, down (E, D, F / 2),
     down_scale (E, D, F / G), idx (K,) int64, weight (K,)) -> (D,)`: as `experts`, for model/int4.py's layout.
