@@ -2,7 +2,8 @@
 from the run's own records and bench/chat_eval.py's before/after results.
 
     .venv/bin/python scripts/bundle_chat_model.py RUN EVAL_JSON OUT [--name seekmoe-tiny-chat] \
-        [--chat-data data/chat2] [--media-eval AFTER.json [--media-before BEFORE.json]]
+        [--chat-data data/chat2] [--media-eval AFTER.json [--media-before BEFORE.json]] [--previous-card CARD.md]
+        [--note TEXT]
 
 RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/) or a
 `seekmoe train-multimodal` one (settings.json, stage1/, stage2/, model/ with its encoders); when its base model is
@@ -63,7 +64,11 @@ def run_config(run: Path) -> dict:
 def command(run: Path) -> str:
     """The command that made a run."""
     if not is_multimodal(run):
-        return f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
+        cfg = run_config(run)
+        made = f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
+        if cfg.get("method") == "lora":  # the adapter folded into its base: the model/ the next stage reads
+            made += f"\n.venv/bin/seekmoe merge {cfg['model']} {run}/adapter {run}/model"
+        return made
     from seekmoe.train.config import MultimodalSettings
 
     s, default = run_config(run), MultimodalSettings()
@@ -131,7 +136,12 @@ def stage_text(run: Path) -> str:
                 f"(batch {cfg['batch_size']} × {cfg['seq_len']} tokens) of `{cfg['data']}` "
                 f"({manifest['splits']['train']['tokens']:,} training tokens: {sources}). {schedule}")
     data = json.loads((run / "data_report.json").read_text())
-    return (f"- `{run}` (`seekmoe finetune` from `{cfg['model']}`, method {cfg['method']}): {step} steps, "
+    method = cfg["method"]
+    if method == "lora":
+        method += f" (rank {cfg['lora']['r']} on {cfg['lora']['targets'].replace(',', ', ')}; merged)"
+    if cfg.get("context"):
+        method += f", context stretched to {cfg['context']:,} tokens with YaRN"
+    return (f"- `{run}` (`seekmoe finetune` from `{cfg['model']}`, method {method}): {step} steps, "
             f"{tokens:,} tokens seen (batch {cfg['batch_size']} × {cfg['seq_len']} tokens, conversations packed; "
             f"loss on assistant tokens and plain-text rows only, {data['train']['target_tokens']:,} of the "
             f"{data['train']['tokens']:,} tokens of an epoch) of `{cfg['data']}`. {schedule}")
@@ -174,15 +184,28 @@ def paraphrased(r: dict) -> float:
     return sum(r[k] for k in keys) / max(len(keys), 1)
 
 
+def earlier_stages(card_text: str) -> tuple[list[str], list[str]]:
+    """From the card of the model this chain started from (a bundled model, not a run on disk): its Training bullets
+    and its Reproduce commands that made a model (not the data, evaluation or bundling ones)."""
+    training = card_text.split("\n## Training\n", 1)[1].split("\n## ", 1)[0]
+    bullets = [b for b in training.strip().split("\n") if b.startswith("- ")]
+    code = card_text.split("## Reproduce\n```bash\n", 1)[1].split("```", 1)[0]
+    commands = [c for c in code.strip().split("\n") if c.startswith(".venv/bin/seekmoe ")]
+    return bullets, commands
+
+
 def card(name: str, run: Path, sources: dict, before: dict, after: dict, model,
-         media: tuple[dict, dict | None, str] | None = None, invocation: str = "", before_note: str = "") -> str:
+         media: tuple[dict, dict | None, str] | None = None, invocation: str = "", before_note: str = "",
+         previous: str | None = None, note: str = "") -> str:
     """media: eval-multimodal's accuracy of this model and of the one compared with (or None), and what that one is.
     invocation: this script's arguments, for the card's Reproduce section. before_note: what to know about the
-    before column, printed under the table."""
+    before column, printed under the table. previous: the card of the bundled model the first stage started from,
+    whose stages come first. note: a paragraph of its own after the limits (what this model adds)."""
     report = inspect_config(model.config)
     chain = stages(run)
-    recipes = "\n".join(command(r) for r in chain)
-    sees = any(is_multimodal(r) for r in chain)
+    bullets, commands = earlier_stages(previous) if previous else ([], [])
+    recipes = "\n".join(commands + [command(r) for r in chain])
+    sees = (previous is not None and "train-multimodal" in previous) or any(is_multimodal(r) for r in chain)
     media_section = ""
     if media:
         media_section = f"""
@@ -213,11 +236,11 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
               "phrases).") if sees else ("", "")
     intro = (f"seekmoe-tiny ({report.total / 1e6:.1f}M parameters, {report.active / 1e6:.1f}M active per token) "
              f"taught to copy from its context by continued pretraining, then fine-tuned to chat by `seekmoe "
-             f"finetune`{seeing[0]}, on CPU ({len(chain)} stages, below). It is the model every seekmoe command "
-             f"(`serve`, `chat`, `generate`, `summarize`) uses when none is given. It follows the chat template and "
-             f"the tool format: it labels shop-support messages with their intent, answers support questions in the "
-             f"shape it was taught, continues plain text, writes worked arithmetic answers in English and Chinese, "
-             f"and calls the math tool and answers from its result.{seeing[1]}")
+             f"finetune`{seeing[0]}, on CPU ({len(bullets) + len(chain)} stages, below). It is the model every "
+             "seekmoe command (`serve`, `chat`, `generate`, `summarize`) uses when none is given. It follows the "
+             "chat template and the tool format: it labels shop-support messages with their intent, answers support "
+             "questions in the shape it was taught, continues plain text, writes worked arithmetic answers in English "
+             f"and Chinese, and calls the math tool and answers from its result.{seeing[1]}")
     limits = (f"Goals it does not reach yet (measured below): {missed}. It is a working part for demos and for "
               f"testing the stack (serving, tools, fine-tuning), not an assistant.")
     return f"""# {name}
@@ -225,7 +248,7 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
 {textwrap.fill(intro, 116)}
 
 {textwrap.fill(limits, 116)}
-
+{(chr(10) + textwrap.fill(note, 116) + chr(10)) if note else ""}
 ## Results on held-out data
 Measured by `bench/chat_eval.py` (greedy answers through the engine, continuations sampled at temperature 0.8;
 the intent, dialogue and continuation sets use phrasings and texts that never occur in training).
@@ -242,7 +265,7 @@ Some answers of {name}:
 {examples}
 
 ## Training
-{chr(10).join(stage_text(r) for r in chain)}
+{chr(10).join(bullets + [stage_text(r) for r in chain])}
 
 ## Data and licenses
 Pretraining: `scripts/get_corpus.sh` (novels, scripture, Shakespeare, US presidential addresses, Python
@@ -279,7 +302,12 @@ def main() -> None:
     parser.add_argument("--media-before-name", default="the chat model bundled before",
                         help="what --media-before measured, in the card")
     parser.add_argument("--before-note", default="", help="a sentence under the results table about the before column")
+    parser.add_argument("--previous-card", type=Path,
+                        help="the card (README.md) of the bundled model the run's first stage started from: its "
+                             "training stages and commands come first in this card")
+    parser.add_argument("--note", default="", help="a paragraph after the limits: what this model adds")
     args = parser.parse_args()
+    previous = args.previous_card.read_text(encoding="utf-8") if args.previous_card else None
     results = json.loads(args.eval.read_text())
     before, after = results[0], results[-1]
     sources = json.loads((args.chat_data / "SOURCES.json").read_text())
@@ -293,7 +321,8 @@ def main() -> None:
         media = (json.loads(args.media_eval.read_text()),
                  json.loads(args.media_before.read_text()) if args.media_before else None, args.media_before_name)
     invocation = " ".join(shlex.quote(a) for a in sys.argv[1:])
-    text = card(args.name, args.run, sources, before, after, model, media, invocation, args.before_note)
+    text = card(args.name, args.run, sources, before, after, model, media, invocation, args.before_note, previous,
+                args.note)
     (args.out / "README.md").write_text(text, encoding="utf-8")
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
