@@ -276,7 +276,7 @@ typedef struct {
     const int64_t *idx;
     const float *weight;
     int64_t k;
-    float *y, *h, *ys;  /* ys: (threads - 1, D) outputs of threads 1.. */
+    float *y, *h, *ys;  /* float32: ys (threads - 1, D) outputs of threads 1..; int8: (K, F) hidden units */
 } experts_args;
 
 static float *own_output(const experts_args *a, int ith) {
@@ -286,21 +286,33 @@ static float *own_output(const experts_args *a, int ith) {
     return y;
 }
 
-/* int8: gate and up stacked as (2F, D) rows per expert and one float32 scale per row, down (D, F) with one per row */
-static void int8_experts_job(void *p, int ith, int nth) {
+/* int8: gate and up stacked as (2F, D) rows per expert and one float32 scale per row, down (D, F) with one per row.
+ * Two passes over the pool, as the int4 kernel: the threads split the chosen experts' hidden units (into hs, (K, F)),
+ * then the output rows, each reading whole down rows (a pass that split the hidden units for both cut every down
+ * row into a piece per part). */
+static void int8_experts_up_job(void *p, int part, int parts) {
     const experts_args *a = p;
     int64_t lo, hi, d = a->d, f = a->f;
-    share(f, ith, nth, 32, &lo, &hi);
-    float *y = own_output(a, ith), *h = a->h;
+    share(f, part, parts, 32, &lo, &hi);
     for (int64_t j = 0; j < a->k && lo < hi; j++) {
         const int8_t *gu = (const int8_t *)a->gate_up + a->idx[j] * 2 * f * d;
-        const int8_t *dn = (const int8_t *)a->down + a->idx[j] * d * f;
-        const float *gus = a->gate_up_scale + a->idx[j] * 2 * f, *dns = a->down_scale + a->idx[j] * d;
+        const float *gus = a->gate_up_scale + a->idx[j] * 2 * f;
+        float *h = a->ys + j * f;
         for (int64_t o = lo; o < hi; o++) {
             float g = dot1(a->x, gu + o * d, d) * gus[o], u = dot1(a->x, gu + (f + o) * d, d) * gus[f + o];
             h[o] = g / (1.0f + expf(-g)) * u;  /* silu(gate) * up */
         }
-        for (int64_t o = 0; o < d; o++) y[o] += a->weight[j] * (dot1(h + lo, dn + o * f + lo, hi - lo) * dns[o]);
+    }
+}
+
+static void int8_experts_down_job(void *p, int part, int parts) {
+    const experts_args *a = p;
+    int64_t lo, hi, d = a->d, f = a->f;
+    share(d, part, parts, 16, &lo, &hi);
+    for (int64_t j = 0; j < a->k; j++) {  /* expert by expert: the part's rows of each are one sequential read */
+        const int8_t *dn = (const int8_t *)a->down + a->idx[j] * d * f;
+        const float *dns = a->down_scale + a->idx[j] * d;
+        for (int64_t o = lo; o < hi; o++) a->y[o] += a->weight[j] * (dot1(a->ys + j * f, dn + o * f, f) * dns[o]);
     }
 }
 
@@ -318,12 +330,19 @@ static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t b
     return 0;
 }
 
-/* Returns -1 (and adds nothing) if an expert index is out of range. */
+/* Returns -1 (and adds nothing) if an expert index is out of range; -2 without memory. */
 int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
                          const float *gate_up_scale, const int8_t *down, const float *down_scale, const int64_t *idx,
                          const float *weight, int64_t k, float *y, float *h) {
-    experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, NULL};
-    return run_experts(int8_experts_job, &a, n_experts, 3 * f * d * k, 32);
+    for (int64_t j = 0; j < k; j++)
+        if (idx[j] < 0 || idx[j] >= n_experts) return -1;
+    float *hs = malloc(sizeof(float) * k * f);  /* (K, F): h, the caller's scratch, holds one expert's */
+    if (hs == NULL) return -2;
+    experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, hs};
+    pool_run(int8_experts_up_job, &a, parts_of(f, 32), 2 * f * d * k);
+    pool_run(int8_experts_down_job, &a, parts_of(d, 16), f * d * k);
+    free(hs);
+    return 0;
 }
 
 /* ---- float32 experts ------------------------------------------------------------------------------------------ */
@@ -1146,15 +1165,12 @@ static void int4_experts_down_job(void *p, int part, int parts) {
     const int4_experts_args *a = p;
     int64_t lo, hi, d = a->d, f = a->f, g = a->group, nb = f / 32;
     share(d, part, parts, 16, &lo, &hi);
-    for (int64_t o = lo; o < hi; o++) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < a->k; j++) {
-            int64_t e = a->idx[j];
-            const uint8_t *dn = a->down + e * d * (f / 2) + o * (f / 2);
-            const uint16_t *dns = a->down_scale + e * d * (f / g) + o * (f / g);
-            acc += a->weight[j] * dot1_q4(a->hq + j * f, a->hd + j * nb, a->hc + j * nb, dn, dns, f, g);
-        }
-        a->y[o] += acc;
+    for (int64_t j = 0; j < a->k; j++) {  /* expert by expert: the part's rows of each are one sequential read */
+        const uint8_t *dn = a->down + a->idx[j] * d * (f / 2);
+        const uint16_t *dns = a->down_scale + a->idx[j] * d * (f / g);
+        for (int64_t o = lo; o < hi; o++)
+            a->y[o] += a->weight[j] * dot1_q4(a->hq + j * f, a->hd + j * nb, a->hc + j * nb, dn + o * (f / 2),
+                                              dns + o * (f / g), f, g);
     }
 }
 

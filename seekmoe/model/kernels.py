@@ -508,6 +508,8 @@ def _experts(lib: ctypes.CDLL) -> Callable:
         else:
             status = f32(x.data_ptr(), d, f, e, gate_up.data_ptr(), down.data_ptr(), idx.data_ptr(),
                          weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
+        if status == -2:
+            raise MemoryError(f"kernels.experts: no memory for the hidden units of {k} experts")
         if status:
             raise ValueError(f"kernels.experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
         return y
