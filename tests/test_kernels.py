@@ -139,17 +139,16 @@ def test_the_per_head_kernel_refuses_what_it_cannot_read(bad):
 
 @needs_gemv
 def test_a_compiler_that_cannot_build_for_vnni_gets_the_avx2_build(monkeypatch, tmp_path, caplog):
+    # an older compiler: it refuses -mavx512vnni and builds everything else
+    old_cc = tmp_path / "old-cc"
+    old_cc.write_text('#!/bin/sh\nfor a in "$@"; do\n  [ "$a" = -mavx512vnni ] && '
+                      '{ echo "cc: error: unrecognized command-line option \'-mavx512vnni\'" >&2; exit 1; }\n'
+                      'done\nexec cc "$@"\n')
+    old_cc.chmod(0o755)
     monkeypatch.setattr(kernels, "_loaded", {})
-    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path))
+    monkeypatch.setenv("SEEKMOE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(old_cc))
     monkeypatch.setattr(kernels, "flags", lambda: kernels.FLAGS + kernels.VNNI_FLAGS)
-    compile_ = kernels._compile
-
-    def old_compiler(folder, cflags):
-        if "-mavx512vnni" in cflags:
-            raise OSError("cc: error: unrecognized command-line option '-mavx512vnni'")
-        return compile_(folder, cflags)
-
-    monkeypatch.setattr(kernels, "_compile", old_compiler)
     with caplog.at_level(logging.WARNING, logger="seekmoe.model.kernels"):
         check_gemv()
     assert "did not build with" in caplog.text and "unrecognized command-line option" in caplog.text
