@@ -1,5 +1,5 @@
-/* Decode kernels (AVX2 + FMA; the int4 products also with AVX512-VNNI where the CPU has it): matrix-vector products that stream weights row by row with independent
- * accumulators, in float32 or int8 widened to float32; one token's SwiGLU experts in one call, or a step's tokens
+/* Decode kernels (AVX2 + FMA; the int4 products also with AVX512-VNNI where the CPU has it): matrix-vector
+ * products that stream weights row by row with independent accumulators, in float32 or int8 widened to float32; one token's SwiGLU experts in one call, or a step's tokens
  * grouped by expert; MLA's absorbed attention over the latent cache. Each call splits
  * its weight rows over a pool of threads that lives as long as the process: one core streams only part of what the
  * memory gives (a decode step is bound by how fast weights stream), and OpenMP's wake-up per call costs more than a
@@ -265,9 +265,10 @@ void seekmoe_int8_gemv_heads(const float *x, const int8_t *q, const float *scale
 
 /* One token through its chosen SwiGLU experts, added into y (D): for each chosen expert k,
  * y += weight[k] * down_k(silu(gate_k x) * up_k x), the whole routed-expert block of a decode step in one call
- * instead of a handful of PyTorch calls per expert. The threads split each expert's F hidden units, so none waits
- * for another inside a call: thread t computes its units of gate and up, then adds their share of the down
- * projection into an output of its own (thread 0's is y), and the caller sums those. `h` is scratch for 2F floats. */
+ * instead of a handful of PyTorch calls per expert. float32: the threads split each expert's F hidden units, so none
+ * waits for another inside a call: thread t computes its units of gate and up, then adds their share of the down
+ * projection into an output of its own (thread 0's is y), and the caller sums those; `h` is scratch for F floats.
+ * int8 and int4: two passes (below); `h` is scratch for K * F floats, the chosen experts' hidden units. */
 typedef struct {
     const float *x;
     int64_t d, f;
@@ -276,7 +277,7 @@ typedef struct {
     const int64_t *idx;
     const float *weight;
     int64_t k;
-    float *y, *h, *ys;  /* float32: ys (threads - 1, D) outputs of threads 1..; int8: (K, F) hidden units */
+    float *y, *h, *ys;  /* ys: (threads - 1, D) outputs of threads 1.. */
 } experts_args;
 
 static float *own_output(const experts_args *a, int ith) {
@@ -287,7 +288,7 @@ static float *own_output(const experts_args *a, int ith) {
 }
 
 /* int8: gate and up stacked as (2F, D) rows per expert and one float32 scale per row, down (D, F) with one per row.
- * Two passes over the pool, as the int4 kernel: the threads split the chosen experts' hidden units (into hs, (K, F)),
+ * Two passes over the pool, as the int4 kernel: the threads split the chosen experts' hidden units (into h, (K, F)),
  * then the output rows, each reading whole down rows (a pass that split the hidden units for both cut every down
  * row into a piece per part). */
 static void int8_experts_up_job(void *p, int part, int parts) {
@@ -297,7 +298,7 @@ static void int8_experts_up_job(void *p, int part, int parts) {
     for (int64_t j = 0; j < a->k && lo < hi; j++) {
         const int8_t *gu = (const int8_t *)a->gate_up + a->idx[j] * 2 * f * d;
         const float *gus = a->gate_up_scale + a->idx[j] * 2 * f;
-        float *h = a->ys + j * f;
+        float *h = a->h + j * f;
         for (int64_t o = lo; o < hi; o++) {
             float g = dot1(a->x, gu + o * d, d) * gus[o], u = dot1(a->x, gu + (f + o) * d, d) * gus[f + o];
             h[o] = g / (1.0f + expf(-g)) * u;  /* silu(gate) * up */
@@ -312,11 +313,11 @@ static void int8_experts_down_job(void *p, int part, int parts) {
     for (int64_t j = 0; j < a->k; j++) {  /* expert by expert: the part's rows of each are one sequential read */
         const int8_t *dn = (const int8_t *)a->down + a->idx[j] * d * f;
         const float *dns = a->down_scale + a->idx[j] * d;
-        for (int64_t o = lo; o < hi; o++) a->y[o] += a->weight[j] * (dot1(a->ys + j * f, dn + o * f, f) * dns[o]);
+        for (int64_t o = lo; o < hi; o++) a->y[o] += a->weight[j] * (dot1(a->h + j * f, dn + o * f, f) * dns[o]);
     }
 }
 
-/* the calls of both kinds: check the indices, run the job, add the threads' outputs into y */
+/* the float32 call: check the indices, run the job, add the threads' outputs into y */
 static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t bytes, int64_t align) {
     for (int64_t j = 0; j < a->k; j++)
         if (a->idx[j] < 0 || a->idx[j] >= n_experts) return -1;
@@ -330,18 +331,15 @@ static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t b
     return 0;
 }
 
-/* Returns -1 (and adds nothing) if an expert index is out of range; -2 without memory. */
+/* Returns -1 (and adds nothing) if an expert index is out of range. */
 int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
                          const float *gate_up_scale, const int8_t *down, const float *down_scale, const int64_t *idx,
                          const float *weight, int64_t k, float *y, float *h) {
     for (int64_t j = 0; j < k; j++)
         if (idx[j] < 0 || idx[j] >= n_experts) return -1;
-    float *hs = malloc(sizeof(float) * k * f);  /* (K, F): h, the caller's scratch, holds one expert's */
-    if (hs == NULL) return -2;
-    experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, hs};
+    experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, NULL};
     pool_run(int8_experts_up_job, &a, parts_of(f, 32), 2 * f * d * k);
     pool_run(int8_experts_down_job, &a, parts_of(d, 16), f * d * k);
-    free(hs);
     return 0;
 }
 
@@ -1138,7 +1136,7 @@ typedef struct {
     int64_t k, d, f, group;
     const int8_t *xq;  /* x rounded: (D,) and its block scales and corrections */
     const float *xd, *xc;
-    float *h;  /* (K, F): each chosen expert's silu(gate) * up */
+    float *h;  /* (K, F): each chosen expert's silu(gate) * up (the caller's scratch) */
     int8_t *hq;  /* (K, F) h rounded, with block scales hd and corrections hc (K, F / 32) */
     float *hd, *hc, *y;
 } int4_experts_args;
@@ -1177,14 +1175,13 @@ static void int4_experts_down_job(void *p, int part, int parts) {
 int seekmoe_int4_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const uint8_t *gate_up,
                          const uint16_t *gate_up_scale, const uint8_t *down, const uint16_t *down_scale,
                          int64_t group, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
-    (void)h;  /* the scratch the int8 kernel takes: this one needs K rows of it, allocated below */
     if ((group != 32 && group != 64) || d % group || f % group) return -1;
     for (int64_t j = 0; j < k; j++)
         if (idx[j] < 0 || idx[j] >= n_experts) return -1;
     pthread_once(&f16_once, fill_f16_table);
     int64_t nbd = d / 32, nbf = f / 32;
     int8_t *xq = malloc((size_t)(d + k * f));
-    float *fl = malloc(sizeof(float) * (2 * nbd + k * f + 2 * k * nbf));
+    float *fl = malloc(sizeof(float) * (2 * nbd + 2 * k * nbf));
     if (xq == NULL || fl == NULL) {
         free(xq);
         free(fl);
@@ -1192,7 +1189,7 @@ int seekmoe_int4_experts(const float *x, int64_t d, int64_t f, int64_t n_experts
     }
     quantize_blocks(x, d, xq, fl, fl + nbd);
     int4_experts_args a = {gate_up, down, gate_up_scale, down_scale, idx, weight, k, d, f, group, xq, fl, fl + nbd,
-                           fl + 2 * nbd, xq + d, fl + 2 * nbd + k * f, fl + 2 * nbd + k * f + k * nbf, y};
+                           h, xq + d, fl + 2 * nbd, fl + 2 * nbd + k * nbf, y};
     pool_run(int4_experts_up_job, &a, parts_of(f, 64), k * f * d);
     pool_run(int4_experts_down_job, &a, parts_of(d, 16), k * f * d / 2);
     free(xq);

@@ -501,15 +501,14 @@ def _experts(lib: ctypes.CDLL) -> Callable:
                              "transposed and no scales, idx (K,) int64, weight (K,) float32; got "
                              + ", ".join("None" if t is None else f"{tuple(t.shape)} {t.dtype}" for t in
                                          (x, gate_up, gate_up_scale, down, down_scale, idx, weight)))
-        y, h = torch.zeros(d, dtype=torch.float32), torch.empty(f2, dtype=torch.float32)
+        # scratch: the float32 kernel's hidden units of one expert, the int8 one's of all K
+        y, h = torch.zeros(d, dtype=torch.float32), torch.empty(k * f if int8 else f, dtype=torch.float32)
         if int8:
             status = i8(x.data_ptr(), d, f, e, gate_up.data_ptr(), gate_up_scale.data_ptr(), down.data_ptr(),
                         down_scale.data_ptr(), idx.data_ptr(), weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
         else:
             status = f32(x.data_ptr(), d, f, e, gate_up.data_ptr(), down.data_ptr(), idx.data_ptr(),
                          weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
-        if status == -2:
-            raise MemoryError(f"kernels.experts: no memory for the hidden units of {k} experts")
         if status:
             raise ValueError(f"kernels.experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
         return y
@@ -611,7 +610,7 @@ def _int4_experts(lib: ctypes.CDLL) -> Callable:
                              "(E, D, F / G), G 32 or 64 dividing D and F, idx (K,) int64, weight (K,) float32; "
                              + "got " + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in
                                          (x, gate_up, gate_up_scale, down, down_scale, idx, weight)))
-        y, h = torch.zeros(d, dtype=torch.float32), torch.empty(f2, dtype=torch.float32)
+        y, h = torch.zeros(d, dtype=torch.float32), torch.empty(k * f, dtype=torch.float32)  # h: K experts' units
         status = fn(x.data_ptr(), d, f, e, gate_up.data_ptr(), gate_up_scale.data_ptr(), down.data_ptr(),
                     down_scale.data_ptr(), g, idx.data_ptr(), weight.data_ptr(), k, y.data_ptr(), h.data_ptr())
         if status == -2:
