@@ -92,6 +92,23 @@ class Absorbed:
             self.uk = quantize_rows(w[:, :n].transpose(1, 2).contiguous())  # (H, L, n) int8, (H, L) scales
             self.uv = quantize_rows(w[:, n:])  # (H, v, L) int8, (H, v) scales
 
+    def queries(self, q_nope: torch.Tensor) -> torch.Tensor:
+        """q_nope (B, H, n) -> the queries in latent space (H, B, L)."""
+        return self._per_head(q_nope.transpose(0, 1), self.w_uk, self.uk)
+
+    def values(self, o_lat: torch.Tensor) -> torch.Tensor:
+        """The attention's latent output (B, H, L) -> per-head values (H, B, v)."""
+        return self._per_head(o_lat.transpose(0, 1), self.w_uv_t, self.uv)
+
+    @staticmethod
+    def _per_head(x: torch.Tensor, w: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """x (H, B, I) @ w (H, I, O): by the int8 rows' kernel for a decode step's few float32 rows, else bmm."""
+        heads = kernels.int8_gemv_heads() if rows is not None and x.dtype == torch.float32 \
+            and x.shape[1] <= kernels.MAX_ROWS else None
+        if heads is not None:
+            return heads(x.contiguous(), *rows)
+        return torch.bmm(x, w.to(x.dtype))
+
 
 def rope_matrices(cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
     """apply_rope as one matrix per token: x (N, ..., R) @ m (N, R, R) rotates x by its token's position, with
@@ -293,20 +310,11 @@ class ModelRunner:
         step's cache rows for the attention kernel (_cached_rows), which reads them where they sit."""
         ab, lat = self.absorbed[i], attn.kv_lora_rank
         b = len(segments)
-        heads = kernels.int8_gemv_heads() if ab.uk is not None and q_nope.dtype == torch.float32 \
-            and b <= kernels.MAX_ROWS else None
-        if heads is not None:
-            q_lat = heads(q_nope.transpose(0, 1).contiguous(), *ab.uk)  # (H, B, L)
-        else:
-            q_lat = torch.bmm(q_nope.transpose(0, 1), ab.w_uk.to(q_nope.dtype))  # (H, B, L)
+        q_lat = ab.queries(q_nope)  # (H, B, L)
         q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
         if rows is not None:
             o_lat = self._mla_attend(q, kv, rows[0], rows[1], lat, attn.softmax_scale)  # (B, H, L)
-            if heads is not None:
-                out = heads(o_lat.transpose(0, 1).contiguous(), *ab.uv)  # (H, B, v)
-            else:
-                out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t)  # (H, B, v)
-            return out.transpose(0, 1).reshape(b, -1)  # (B, H * v)
+            return ab.values(o_lat).transpose(0, 1).reshape(b, -1)  # (B, H * v)
         lengths = [s.start + 1 for s in segments]
         t = max(lengths)
         if b == 1:
@@ -322,8 +330,4 @@ class ModelRunner:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         p = scores.float().softmax(dim=-1).to(q.dtype)
         o_lat = torch.bmm(p, ctx[..., :lat])  # (B, H, L)
-        if heads is not None:
-            out = heads(o_lat.transpose(0, 1).contiguous(), *ab.uv)  # (H, B, v)
-        else:
-            out = torch.bmm(o_lat.transpose(0, 1), ab.w_uv_t.to(q.dtype))  # (H, B, v)
-        return out.transpose(0, 1).reshape(b, -1)  # (B, H * v)
+        return ab.values(o_lat).transpose(0, 1).reshape(b, -1)  # (B, H * v)
