@@ -55,7 +55,6 @@ def windows(args) -> tuple[torch.Tensor, str]:
     return torch.tensor(ids[:n * t + 1]).unfold(0, t + 1, t)[:n], f"tests/data/corpus_sample, {n} windows of {t}"
 
 
-@torch.inference_mode()
 def weight_bytes(model) -> int:
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
