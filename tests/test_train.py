@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -165,7 +166,8 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     [({"steps": 0}, "steps"), ({"lr": 2.0}, "lr"), ({"warmup_steps": 50}, "warmup_steps"),
      ({"balance": {"mode": "magic"}}, "mode"), ({"colour": "red"}, "colour"), ({"batch_size": 1.5}, "batch_size"),
      ({"balance": {"wat": 1}}, "balance.wat"), ({"balance": {"bias_update": "cubic"}}, "bias_update"),
-     ({"balance": {"bias_update_schedule": "cosine"}}, "bias_update_schedule")],
+     ({"balance": {"bias_update_schedule": "cosine"}}, "bias_update_schedule"), ({"device": "tpu"}, "device"),
+     ({"device": "cuda:x"}, "device")],
 )
 def test_bad_settings_are_named(overrides, message):
     with pytest.raises((TrainError, ValueError), match=message):
@@ -189,3 +191,19 @@ def test_missing_data_and_model_are_named(corpus, tmp_path):
     (tmp_path / "small.json").write_text(json.dumps(small))
     with pytest.raises(TrainError, match="vocab_size"):
         train(config(corpus, tmp_path / "c", model=str(tmp_path / "small.json")), progress=False)
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_cuda_is_refused_there(corpus, tmp_path, monkeypatch):
+    from seekmoe.train.loop import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(config(corpus, tmp_path / "a")).type == "cpu"  # the default is auto
+    with pytest.raises(TrainError, match="no GPU"):
+        train(config(corpus, tmp_path / "b", device="cuda"), progress=False)
+    assert not (tmp_path / "b" / "checkpoints").exists()  # refused before anything was written
+
+
+def test_bf16_autocast_trains(corpus, tmp_path):
+    train(config(corpus, tmp_path / "run", steps=6, bf16=True, device="cpu"), progress=False)
+    losses = train_losses(tmp_path / "run")
+    assert all(math.isfinite(v) for v in losses.values()) and losses[6] < losses[1]

@@ -281,7 +281,7 @@ class RoutedExperts(nn.Module):
         counts_E = torch.bincount(idx_NK.flatten()[order], minlength=self.gate_proj.shape[0])
         out = self.compute(x_ND[token_of], counts_E)  # (N*K, D)
         out = out * weight_NK.flatten()[order].unsqueeze(-1).to(out.dtype)
-        return torch.zeros_like(x_ND).index_add_(0, token_of, out)
+        return torch.zeros_like(x_ND).index_add_(0, token_of, out.to(x_ND.dtype))  # autocast: bf16 -> x's dtype
 
     def one_token(self, x_D: torch.Tensor, idx_K: torch.Tensor, weight_K: torch.Tensor) -> torch.Tensor | None:
         """One float32 token through its chosen experts in one kernel call (model/kernels.py: experts), or None where
@@ -314,16 +314,23 @@ class RoutedExperts(nn.Module):
 
     def compute(self, x_sorted: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """Each expert's SwiGLU over its slice of x_sorted (rows grouped by expert, counts_E rows each)."""
-        if _HAS_GROUPED_MM and x_sorted.dtype in (torch.float32, torch.bfloat16) and len(x_sorted) >= 2 * len(counts_E):
+        # CUDA's grouped GEMM takes bfloat16 only: there it runs under autocast, in the dtype F.linear would use
+        on_gpu = x_sorted.is_cuda
+        if _HAS_GROUPED_MM and len(x_sorted) >= 2 * len(counts_E) and (
+                torch.is_autocast_enabled("cuda") if on_gpu else x_sorted.dtype in (torch.float32, torch.bfloat16)):
             # one grouped GEMM per projection over all experts' slices: no per-expert Python overhead. Not for a
             # handful of tokens (decoding): the CPU kernel visits every expert, used or not
             offs = counts_E.cumsum(0).to(torch.int32)
+            dtype = torch.bfloat16 if on_gpu else x_sorted.dtype
+
+            def mm(x: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
+                return torch._grouped_mm(x.to(dtype), w_EOI.to(dtype).transpose(1, 2), offs=offs)
+
             if self.gate_up is not None:
-                g, u = torch._grouped_mm(x_sorted, self.gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+                g, u = mm(x_sorted, self.gate_up).chunk(2, dim=-1)
             else:
-                g = torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)
-                u = torch._grouped_mm(x_sorted, self.up_proj.transpose(1, 2), offs=offs)
-            return torch._grouped_mm(F.silu(g) * u, self.down_proj.transpose(1, 2), offs=offs)  # (N*K, D)
+                g, u = mm(x_sorted, self.gate_proj), mm(x_sorted, self.up_proj)
+            return mm(F.silu(g) * u, self.down_proj)  # (N*K, D)
         outs, start = [], 0
         for e, count in enumerate(counts_E.tolist()):
             if count == 0:
@@ -379,7 +386,8 @@ def capacity_mask(idx_NK: torch.Tensor, weight_NK: torch.Tensor, capacity: int) 
     order = by_weight[expert_P[by_weight].argsort(stable=True)]  # by expert, best weight first within each
     counts = torch.bincount(expert_P)
     starts = counts.cumsum(0) - counts
-    rank = torch.arange(order.numel()) - starts[expert_P[order]]  # position within the expert's queue
+    # position within the expert's queue
+    rank = torch.arange(order.numel(), device=order.device) - starts[expert_P[order]]
     kept_P = torch.zeros_like(expert_P, dtype=torch.bool)
     kept_P[order] = rank < capacity
     return kept_P.view_as(idx_NK)

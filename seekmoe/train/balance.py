@@ -34,7 +34,7 @@ def _selection_fraction(r: Routing) -> torch.Tensor:
     """
     k, e = r.topk_idx.shape[1], r.scores.shape[1]
     counts = torch.cat([torch.bincount(r.topk_idx.flatten(), minlength=e).float(),
-                        torch.tensor([float(r.topk_idx.shape[0])])])
+                        torch.tensor([float(r.topk_idx.shape[0])], device=r.topk_idx.device)])
     counts = distributed.all_reduce_sum(counts)  # (E + 1,): per-expert counts, then N
     return counts[:e] * e / (k * counts[e])
 

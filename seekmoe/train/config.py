@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -166,7 +167,9 @@ class TrainConfig(RunSettings):
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    bf16: bool = False  # bfloat16 autocast on the CPU
+    bf16: bool = False  # bfloat16 autocast (on the run's device)
+    # auto: the GPU when torch sees one (one process only), else the CPU | cpu | cuda | cuda:N
+    device: str = "auto"
     # bookkeeping, besides the evaluation and checkpoint cadence
     log_every: int = 10
     keep_checkpoints: int = 3
@@ -201,6 +204,8 @@ class TrainConfig(RunSettings):
             raise TrainError("checkpoint_format 'sharded' needs parallel 'fsdp' (the shards are FSDP's)")
         if not (isinstance(self.dist_timeout_s, int | float) and self.dist_timeout_s > 0):
             raise TrainError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(self.device))):
+            raise TrainError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not (self.grad_clip > 0 and self.weight_decay >= 0):
             raise TrainError(f"grad_clip must be > 0 and weight_decay >= 0, got {self.grad_clip}, "
                              f"{self.weight_decay}")
@@ -296,7 +301,9 @@ _HELP = {
     "lr": "peak learning rate", "min_lr": "learning rate at the end of the cosine decay",
     "warmup_steps": "linear warm-up steps", "weight_decay": "AdamW weight decay on matrices",
     "beta1": "AdamW beta1", "beta2": "AdamW beta2", "grad_clip": "clip the global gradient norm to this",
-    "bf16": "bfloat16 autocast on the CPU", "log_every": "log training metrics every N steps",
+    "bf16": "bfloat16 autocast", "log_every": "log training metrics every N steps",
+    "device": "where the run trains: auto (the GPU when torch sees one, in one process; else the CPU), cpu, cuda "
+              "or cuda:N",
     "eval_every": "validate every N steps", "eval_batches": "validation batches per evaluation",
     "save_every": "checkpoint every N steps", "keep_checkpoints": "keep the newest N checkpoints",
     "seed": "seed of the model init and data order",

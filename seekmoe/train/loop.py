@@ -144,7 +144,7 @@ class LayerLoads:
     def add(self, routing) -> None:
         self.passes += 1
         for i, r in enumerate(routing):
-            self.counts[i] += expert_counts(r, self.counts.shape[1])
+            self.counts[i] += expert_counts(r, self.counts.shape[1]).cpu()
             self.entropy[i] += router_entropy(r)
             self.pairs[i] += r.topk_idx.numel()
             self.dropped[i] += 0 if r.kept is None else int((~r.kept).sum())
@@ -170,16 +170,39 @@ class LayerLoads:
         return out
 
 
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """cfg.device as a torch device: "auto" is the GPU when torch sees one and the run is one process (the
+    collectives of a torchrun launch exchange CPU tensors), else the CPU."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and distributed.world() == 1 else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"device {cfg.device!r}: torch sees no GPU here (use --device cpu or auto)")
+        if distributed.world() > 1:
+            raise TrainError("device cuda runs in one process: under torchrun the ranks train on the CPU")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise TrainError(f"device {cfg.device!r}: there are {torch.cuda.device_count()} GPUs")
+    return device
+
+
 def _forward(model: CausalLM, x: torch.Tensor, bf16: bool, capacity_factor: float | None):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         return model(x, return_routing=True, capacity_factor=capacity_factor)
 
 
-def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int):
-    """This rank's rows of global batch i; fine-tuning data (one process only) takes no rank."""
-    if world == 1:
-        return data.batch(i, cfg.batch_size, cfg.seq_len)
-    return data.batch(i, cfg.batch_size, cfg.seq_len, rank, world)
+def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int, device: torch.device | None = None):
+    """This rank's rows of global batch i on `device` (where the model is); fine-tuning data (one process only)
+    takes no rank."""
+    x, y = data.batch(i, cfg.batch_size, cfg.seq_len) if world == 1 else \
+        data.batch(i, cfg.batch_size, cfg.seq_len, rank, world)
+    if device is None or device.type == "cpu":
+        return x, y
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -202,8 +225,9 @@ def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
     steps = min(cfg.eval_batches, data.eval_steps(cfg.batch_size * world)) if hasattr(data, "eval_steps") \
         else cfg.eval_batches
     total = counted = 0.0
+    device = _device(model)
     for i in range(steps):
-        x, y = _batch(data, i, cfg, rank, world)
+        x, y = _batch(data, i, cfg, rank, world, device)
         out = _forward(model, x, cfg.bf16, None)
         n = int((y != -100).sum())
         total += lm_loss(out.logits, y).item() * n
@@ -249,8 +273,9 @@ def forward_backward(cfg: TrainConfig, model: CausalLM, data, step: int, n_layer
     rank, world = distributed.rank(), distributed.world()
     loads = LayerLoads(n_layers, model.config.n_routed_experts or 0)
     lm_sum = aux_sum = 0.0
+    device = _device(model)
     for micro in range(cfg.grad_accum):
-        x, y = _batch(data, step * cfg.grad_accum + micro, cfg, rank, world)
+        x, y = _batch(data, step * cfg.grad_accum + micro, cfg, rank, world, device)
         out = _forward(model, x, cfg.bf16, cfg.balance.capacity_factor)
         lm = lm_loss(out.logits, y)
         aux = balance_loss(out.routing, cfg.balance, cfg.batch_size)
@@ -289,7 +314,8 @@ def move_bias(cfg: TrainConfig, gates: list[Gate], loads: LayerLoads, lr: float)
         rate = cfg.balance.bias_update_rate
         if cfg.balance.bias_update_schedule == "lr":
             rate *= lr / cfg.lr  # the bias follows the router: fast while it moves, fine at the end
-        update_bias(gate.e_score_correction_bias, counts, rate, cfg.balance.bias_update)
+        bias = gate.e_score_correction_bias
+        update_bias(bias, counts.to(bias.device), rate, cfg.balance.bias_update)
 
 
 def _due(done: int, every: int, cfg: TrainConfig) -> bool:
@@ -321,6 +347,11 @@ def run(cfg: TrainConfig, trainee: Trainee, train_data, val_data, progress: bool
     """The loop, shared by pretraining and fine-tuning: data objects give batch(i, batch_size, seq_len), and
     batch(i, batch_size, seq_len, rank, world) when it runs under torchrun."""
     model, main = trainee.model, distributed.is_main()
+    device = resolve_device(cfg)
+    if device != _device(model):
+        model.to(device)  # in place: the trainee's parameters are the same objects, now on the device
+        model.tie_weights()
+        log(f"seekmoe: training on {device}")
     resolve_balance(cfg, model)
     if not main:
         log = _quiet  # rank 0 speaks for the run; errors still raise on every rank
@@ -369,7 +400,9 @@ def _calibrate(model: CausalLM, data, cfg: TrainConfig, metrics: Path | None, lo
     per_batch = cfg.batch_size * world * cfg.seq_len
     n = -(-cfg.balance.calibrate_tokens // per_batch)
     first = cfg.steps * cfg.grad_accum  # the batches the run would have read next
-    result = calibrate_bias(model, lambda: (_batch(data, first + i, cfg, rank, world)[0] for i in range(n)))
+    device = _device(model)
+    result = calibrate_bias(model, lambda: (_batch(data, first + i, cfg, rank, world, device)[0]
+                                            for i in range(n)))
     log("seekmoe: bias calibrated on {:,} tokens; utilisation per MoE layer {}".format(
         n * per_batch, ", ".join(f"{a:.1%} -> {b:.1%}" for a, b in result)))
     if metrics is not None:

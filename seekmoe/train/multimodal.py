@@ -154,6 +154,7 @@ def stage_config(s: Settings, stage: int) -> TrainConfig:
         min_lr=(s.lr1 if stage == 1 else s.lr2) / 10, warmup_steps=min(20, steps // 10), weight_decay=0.0,
         log_every=10, eval_every=s.eval_every, eval_batches=s.eval_batches, save_every=s.save_every,
         keep_checkpoints=2, seed=s.seed,
+        device="cpu",  # media batches (MultimodalBatch) are built and encoded on the CPU
         # stage 1 leaves the language model exactly as it was, routing bias included
         balance=BalanceConfig(mode="none" if stage == 1 else "auto"))
 
