@@ -186,8 +186,9 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return device
 
 
-def _forward(model: CausalLM, x: torch.Tensor, bf16: bool, capacity_factor: float | None):
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+def _forward(model: CausalLM, x, bf16: bool, capacity_factor: float | None):
+    """x: token ids (B, T), or what the model takes in their place (a multimodal batch)."""
+    with torch.autocast(_device(model).type, dtype=torch.bfloat16, enabled=bf16):
         return model(x, return_routing=True, capacity_factor=capacity_factor)
 
 
