@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -87,3 +88,27 @@ def test_python_dash_m():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "15,706,484,224" in proc.stdout and "layers 0: dense MLP; 1-26: MoE" in proc.stdout
+
+
+def test_decoding_commands_ask_openmp_to_wait_passively_and_training_does_not(monkeypatch):
+    from seekmoe.cli import main as cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `seekmoe` process, before a command loads it
+    cli.quiet_openmp("train")
+    assert "OMP_WAIT_POLICY" not in os.environ
+    cli.quiet_openmp("serve")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    cli.quiet_openmp("generate")
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_quiet_openmp_leaves_a_process_with_torch_loaded_alone(monkeypatch):
+    import torch  # noqa: F401  (loaded: OpenMP has read its settings already)
+
+    from seekmoe.cli import main as cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cli.quiet_openmp("serve")
+    assert "OMP_WAIT_POLICY" not in os.environ

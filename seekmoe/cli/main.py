@@ -328,12 +328,26 @@ def build_parser() -> Parser:
     return parser
 
 
+INFERENCE_COMMANDS = ("generate", "chat", "serve", "summarize")
+
+
+def quiet_openmp(command: str) -> None:
+    """Commands that decode: PyTorch's OpenMP workers, left spinning after each parallel region (a prompt chunk),
+    take cycles from the kernels' own thread pool while it decodes, so these ask OpenMP to wait passively (unless
+    the user set OMP_WAIT_POLICY). Measured on `small` int4, 2 threads: decode +10 to 17%, prefill unchanged; a
+    training step, whose parallel regions come back to back, was 11-13% slower with it, so training keeps the
+    default. Only before torch is loaded: OpenMP reads the setting once."""
+    if command in INFERENCE_COMMANDS and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2): argparse has printed the message already
         return e.code if isinstance(e.code, int) else 2
+    quiet_openmp(getattr(args, "command", None) or "")
     try:
         return args.func(args)
     except CLIError as e:
