@@ -267,6 +267,8 @@ def run_worker(a: argparse.Namespace, *argv: str) -> dict:
            "--repeats", str(a.repeats)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), SEEKMOE_THREADS=str(a.threads),
                MKL_NUM_THREADS=str(a.threads))
+    if argv[0] == "seekmoe":  # as `seekmoe serve` runs (seekmoe/cli/main.py, quiet_openmp)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode != 0:
