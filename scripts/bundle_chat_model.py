@@ -6,9 +6,7 @@ from the run's own records and bench/chat_eval.py's before/after results.
         [--note TEXT]
 
 RUN is a `seekmoe finetune --method full` run folder (config.json, metrics.jsonl, data_report.json, model/) or a
-`seekmoe train-multimodal` one (settings.json, stage1/, stage2/, model/ with its encoders), or one a script made
-(config.json with its base "model", model/, and its card bullet and commands written by hand as stage.md and
-command.sh); when its base model is
+`seekmoe train-multimodal` one (settings.json, stage1/, stage2/, model/ with its encoders); when its base model is
 itself a run's model/ folder (a fine-tune, or a `seekmoe train` continued pretraining), that run is described as the
 stage before. EVAL_JSON is `bench/chat_eval.py BEFORE RUN/model --json EVAL_JSON`: the model compared against first
 (the chat model bundled before), this one last; the card shows issue 19's goals for both. --media-eval is
@@ -64,9 +62,7 @@ def run_config(run: Path) -> dict:
 
 
 def command(run: Path) -> str:
-    """The command that made a run (RUN/command.sh for a run no seekmoe command made: a script on a lent GPU)."""
-    if (run / "command.sh").is_file():
-        return (run / "command.sh").read_text(encoding="utf-8").strip()
+    """The command that made a run."""
     if not is_multimodal(run):
         cfg = run_config(run)
         made = f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
@@ -118,8 +114,6 @@ def media_table(after: dict, before: dict | None) -> str:
 
 
 def stage_text(run: Path) -> str:
-    if (run / "stage.md").is_file():  # written by hand, with command.sh, for a run no seekmoe command made
-        return (run / "stage.md").read_text(encoding="utf-8").strip()
     if is_multimodal(run):
         return multimodal_text(run)
     cfg = run_config(run)
@@ -242,7 +236,7 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
               "phrases).") if sees else ("", "")
     intro = (f"seekmoe-tiny ({report.total / 1e6:.1f}M parameters, {report.active / 1e6:.1f}M active per token) "
              f"taught to copy from its context by continued pretraining, then fine-tuned to chat by `seekmoe "
-             f"finetune`{seeing[0]} ({len(bullets) + len(chain)} stages, below). It is the model every "
+             f"finetune`{seeing[0]}, on CPU ({len(bullets) + len(chain)} stages, below). It is the model every "
              "seekmoe command (`serve`, `chat`, `generate`, `summarize`) uses when none is given. It follows the "
              "chat template and the tool format: it labels shop-support messages with their intent, answers support "
              "questions in the shape it was taught, continues plain text, writes worked arithmetic answers in English "
