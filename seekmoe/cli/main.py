@@ -347,7 +347,7 @@ def run(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2): argparse has printed the message already
         return e.code if isinstance(e.code, int) else 2
-    quiet_openmp(getattr(args, "command", None) or "")
+    quiet_openmp(args.command)  # the subcommand is required: parse_args stopped above without one
     try:
         return args.func(args)
     except CLIError as e:

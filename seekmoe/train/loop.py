@@ -192,12 +192,12 @@ def _forward(model: CausalLM, x, bf16: bool, capacity_factor: float | None):
         return model(x, return_routing=True, capacity_factor=capacity_factor)
 
 
-def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int, device: torch.device | None = None):
+def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int, device: torch.device):
     """This rank's rows of global batch i on `device` (where the model is); fine-tuning data (one process only)
-    takes no rank."""
+    takes no rank. On the CPU the batch stays as the data gave it (a multimodal batch has no .to)."""
     x, y = data.batch(i, cfg.batch_size, cfg.seq_len) if world == 1 else \
         data.batch(i, cfg.batch_size, cfg.seq_len, rank, world)
-    if device is None or device.type == "cpu":
+    if device.type == "cpu":
         return x, y
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
