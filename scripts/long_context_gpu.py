@@ -51,7 +51,7 @@ def left() -> float:
     return BUDGET - (time.time() - T0)
 
 
-if not Path("/tmp/mix").is_dir() and "--tokenize-b" not in sys.argv:
+if not Path("/tmp/mix").is_dir() and "--tokenize-chat" not in sys.argv:
     subprocess.run(["tar", "-xJf", "devrun/data.tar.xz", "-C", "/tmp"], check=True)
     say("data unpacked")
 
@@ -77,7 +77,7 @@ def cfg_for(name: str, data: str, steps: int, seq: int, batch: int, lr: float, *
         save_every=steps, keep_checkpoints=1, log_every=5, bf16=True, device=DEVICE, seed=7), **kw})
 
 
-def ship(model, tok, name: str) -> None:
+def ship(model, name: str) -> None:
     """The model in bf16 as OUT/NAME.partNN (pieces < 16 MiB) + its config; the tokenizer is the bundled one."""
     folder = Path(f"/tmp/ship/{name}")
     m = copy.deepcopy(model).to("cpu", torch.bfloat16)
@@ -86,7 +86,7 @@ def ship(model, tok, name: str) -> None:
     piece = 15 * 2**20
     for i in range(0, len(data), piece):
         (OUT / f"{name}.part{i // piece:02d}").write_bytes(data[i:i + piece])
-    (OUT / "config.json").write_bytes((folder / "config.json").read_bytes())  # A's and B's are the same
+    (OUT / "config.json").write_bytes((folder / "config.json").read_bytes())  # M1's and M2's are the same
     say(f"shipped {name}: {len(data):,} bytes")
 
 
@@ -97,7 +97,7 @@ def ship_metrics(cfg, name: str) -> None:
             f.write(json.dumps({"run": name, **json.loads(line)}) + "\n")
 
 
-def probe(model, tok) -> None:
+def probe(model) -> None:
     """One small forward and backward on the device before the data is waited for: a model that does not run there
     fails here, in seconds."""
     x = torch.randint(0, model.config.vocab_size, (2, 512), device=DEVICE)
@@ -109,7 +109,7 @@ def probe(model, tok) -> None:
 
 
 tok = Tokenizer.from_pretrained(BASE)
-SEQ_B, BATCH_B = (1024, 1) if DRY else (1024, 48)
+SEQ_C, BATCH_C = (1024, 1) if DRY else (1024, 48)
 CHAT = Path("/tmp/chat")
 
 
@@ -120,14 +120,14 @@ def chat_folder() -> None:
             (CHAT / f.name).symlink_to(f)
 
 
-if "--tokenize-b" in sys.argv:  # the child: B's chat rows, packed while A trains
+if "--tokenize-chat" in sys.argv:  # a child: the chat rows, packed at 1k while the long parts are
     import numpy as np
 
     chat_folder()
-    train_b, val_b = load_data(cfg_for("long-b", str(CHAT), 8, SEQ_B, BATCH_B, 2e-4), tok, say)
-    np.savez("/tmp/b.npz", train_t=train_b.tokens.astype(np.uint16), train_m=train_b.masks,
-             val_t=val_b.tokens.astype(np.uint16), val_m=val_b.masks)
-    os.rename("/tmp/b.npz", "/tmp/b.ready.npz")
+    train_c, val_c = load_data(cfg_for("chat", str(CHAT), 8, SEQ_C, BATCH_C, 2e-4), tok, say)
+    np.savez("/tmp/chat.npz", train_t=train_c.tokens.astype(np.uint16), train_m=train_c.masks,
+             val_t=val_c.tokens.astype(np.uint16), val_m=val_c.masks)
+    os.rename("/tmp/chat.npz", "/tmp/chat.ready.npz")
     raise SystemExit(0)
 PARTS = 4
 
@@ -162,7 +162,7 @@ if "--part" in sys.argv:  # a child: one group of the long mix's rows, packed at
     os.rename(f"/tmp/a{i}.npz", f"/tmp/a{i}.ready.npz")
     raise SystemExit(0)
 flags = ["--dry"] if DRY else []
-child = subprocess.Popen([sys.executable, __file__, str(BUDGET), "--tokenize-b", *flags])
+child = subprocess.Popen([sys.executable, __file__, str(BUDGET), "--tokenize-chat", *flags])
 parts = [subprocess.Popen([sys.executable, __file__, str(BUDGET), "--part", str(i), *flags]) for i in range(PARTS)]
 # ---- long rows (16k: passkey, long text) and chat rows (1k, packed as the chat model learned) in turn ---------
 import numpy as np  # noqa: E402
@@ -183,7 +183,7 @@ class Alternate:
 
     def batch(self, step: int, batch_size: int, seq_len: int):
         k, r = divmod(step, 2)
-        return self.long.batch(k, BATCH, SEQ) if r == 0 else self.chat.batch(k, BATCH_B, SEQ_B)
+        return self.long.batch(k, BATCH, SEQ) if r == 0 else self.chat.batch(k, BATCH_C, SEQ_C)
 
 
 class Fixed:
@@ -193,10 +193,10 @@ class Fixed:
         self.d = d
 
     def batch(self, step: int, batch_size: int, seq_len: int):
-        return self.d.batch(step, BATCH_B, SEQ_B)
+        return self.d.batch(step, BATCH_C, SEQ_C)
 
     def eval_steps(self, batch_size: int) -> int:
-        return self.d.eval_steps(BATCH_B)
+        return self.d.eval_steps(BATCH_C)
 
 
 if any(p.wait() for p in parts) or child.wait():
@@ -204,26 +204,26 @@ if any(p.wait() for p in parts) or child.wait():
 loaded = [np.load(f"/tmp/a{i}.ready.npz") for i in range(PARTS)]
 long_rows = SFTData(np.concatenate([a["t"] for a in loaded]).astype(np.int64),
                     np.concatenate([a["m"] for a in loaded]), tok.vocab_size, seed=7)
-arrays = np.load("/tmp/b.ready.npz")
+arrays = np.load("/tmp/chat.ready.npz")
 chat_rows = SFTData(arrays["train_t"].astype(np.int64), arrays["train_m"], tok.vocab_size, seed=8)
 chat_val = SFTData(arrays["val_t"].astype(np.int64), arrays["val_m"], tok.vocab_size, shuffle=False)
-say(f"{len(long_rows)} long rows of {SEQ}, {len(chat_rows)} chat rows of {SEQ_B}, {len(chat_val)} chat val rows")
+say(f"{len(long_rows)} long rows of {SEQ}, {len(chat_rows)} chat rows of {SEQ_C}, {len(chat_val)} chat val rows")
 train_data, val_data = Alternate(long_rows, chat_rows), Fixed(chat_val)
 model = load_model(BASE)
 model.extend_context(16384)
 model.to(DEVICE)
-probe(model, tok)
+probe(model)
 PAIR_S = 0.40  # a long step (16 x 16,384: 0.30 s on an H200, run 1) and a chat step (48 x 1,024)
 long_epoch = len(long_rows) / BATCH
 steps = 2 * int(2 * long_epoch)  # two epochs of the long rows
 steps = 6 if DRY else min(steps, 2 * int((left() - 60) / 2 / PAIR_S))
 say(f"M1: {steps} steps ({steps / 2 / long_epoch:.2f} epochs of long rows, "
-    f"{steps / 2 * BATCH_B / len(chat_rows):.2f} of chat rows), {left():.0f} s left")
+    f"{steps / 2 * BATCH_C / len(chat_rows):.2f} of chat rows), {left():.0f} s left")
 cfg = cfg_for("m1", "/tmp/mix", steps, SEQ, BATCH, 6e-4, context=16384)
 model.train()
 last = run(cfg, full_trainee(model), train_data, val_data, progress=False, log=say)
 say(f"M1 done: {json.dumps({k: v for k, v in last.items() if k != 'layers'})}")
-ship(model, tok, "m1")
+ship(model, "m1")
 ship_metrics(cfg, "m1")
 
 # ---- M2: M1 and as many steps again at half the learning rate ----------------------------------------------------
@@ -235,6 +235,6 @@ say(f"M2: {steps2} more steps, {left():.0f} s left")
 cfg = cfg_for("m2", "/tmp/mix", steps2, SEQ, BATCH, 3e-4, seed=9)
 last = run(cfg, full_trainee(model), train_data, val_data, progress=False, log=say)
 say(f"M2 done: {json.dumps({k: v for k, v in last.items() if k != 'layers'})}")
-ship(model, tok, "m2")
+ship(model, "m2")
 ship_metrics(cfg, "m2")
 say("all done")
