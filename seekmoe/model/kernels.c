@@ -170,6 +170,13 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* Weight rows are prefetched AHEAD bytes before they are read: the hardware prefetcher alone kept one core's
+ * products well below what the memory streams to it (V2-Lite's int4 expert rows: 17 -> 19-20 GB/s on one thread,
+ * 25 -> 27-28 on two; small's int8 experts 23 -> 25 GB/s on two). A prefetch past a row's end is harmless: it never
+ * faults. */
+#define AHEAD 1024
+static inline void ahead(const void *p) { _mm_prefetch((const char *)p + AHEAD, _MM_HINT_T0); }
+
 /* 32 int8 weights from w, widened to float32 in four registers */
 #define WIDEN32(w, w0, w1, w2, w3)                                                           \
     __m256i raw = _mm256_loadu_si256((const __m256i *)(w));                                  \
@@ -184,6 +191,7 @@ static inline float dot1(const float *x, const int8_t *w, int64_t n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        ahead(w + i);
         WIDEN32(w + i, w0, w1, w2, w3);
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
@@ -201,6 +209,7 @@ static inline void dot4(const float *x, int nm, const int8_t *w, int64_t n, floa
     for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        ahead(w + i);
         WIDEN32(w + i, w0, w1, w2, w3);
         for (int m = 0; m < nm; m++) {
             const float *xm = x + m * n + i;
@@ -944,6 +953,7 @@ static inline float dot1_q4(const int8_t *xq, const float *xd, const float *xc, 
     /* the four blocks' scales to the lanes their sums sit in: pair_dot's order, block b in lanes 0-3, b + 1 in 4-7 */
     const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
     for (; b + 4 <= nb; b += 4) {
+        ahead(w + 16 * b);  /* a loop's 64 bytes: one cache line */
         __m128i half = sh ? _mm_set1_epi32(*(const int32_t *)(s + b / 2)) : _mm_loadl_epi64((const __m128i *)(s + b));
         __m128 ws = _mm_cvtph_ps(sh ? _mm_unpacklo_epi16(half, half) : half);  /* (4,): each block's weight scale */
         corr = _mm_fmadd_ps(ws, _mm_loadu_ps(xc + b), corr);
@@ -961,6 +971,7 @@ static inline float dot1_q4(const int8_t *xq, const float *xd, const float *xc, 
     c = _mm_cvtss_f32(_mm_add_ss(corr, _mm_movehdup_ps(corr)));
 #else
     for (; b + 4 <= nb; b += 4) {
+        ahead(w + 16 * b);
         float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
         float w2 = f16_table[s[(b + 2) >> sh]], w3 = f16_table[s[(b + 3) >> sh]];
         a0 = _mm256_fmadd_ps(pair_dot(w + 16 * b, xq + 32 * b),
@@ -994,6 +1005,7 @@ static inline void dot4_q4(const int8_t *xq, const float *xd, const float *xc, i
     int sh = group == 64;
     const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     for (; b + 2 <= nb; b += 2) {
+        ahead(w + 16 * b);
         __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 16 * b));
         __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
         float w0 = f16_table[s[b >> sh]], w1 = f16_table[s[(b + 1) >> sh]];
