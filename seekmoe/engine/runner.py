@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from seekmoe.engine import layout
 from seekmoe.engine.cache import LatentCache
+from seekmoe.engine.fused import FusedDecode, describe
 from seekmoe.model import kernels
 from seekmoe.model.int4 import Int4Linear
 from seekmoe.model.model import MLA, CausalLM, MoE, apply_rope, few_tokens
@@ -172,6 +173,10 @@ class ModelRunner:
         # the cache's life)
         fits = absorb and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in cache.kv)
         self._mla_attend = kernels.mla_attend() if fits else None
+        # a decode step of one sequence as one native call a layer, where the kernel takes every layer (None: the
+        # step below, which takes everything)
+        self.fused_layers: FusedDecode | None = describe(model, self.layers, self.absorbed) \
+            if self._mla_attend is not None else None
         self._prefills: dict[int, Prefill] = {}  # sequence id -> its prompt's keys and values, while it is read
         # what one token's rebuilt keys and values take over all layers: (n + v) numbers per head
         attns = [layer.self_attn for layer in model.model.layers]
@@ -185,6 +190,9 @@ class ModelRunner:
         (M, D)) that replace those tokens' embeddings (media). Returns (S, vocab) float32 logits, in order: a row
         for each segment that wants its last token's, `length` rows for each that wants every token's."""
         m, cfg = self.model.model, self.cfg
+        if (self.fused_layers is not None and spliced is None and len(segments) == 1 and segments[0].length == 1
+                and segments[0].logits):
+            return self._fused_step(token_ids, positions, segments[0])
         # the slot each new token writes: the last `length` rows of its segment's slots
         write = torch.cat([s.slots[s.start:s.start + s.length] for s in segments])  # (N,)
         x = m.embed_tokens(token_ids)  # (N, D)
@@ -237,6 +245,17 @@ class ModelRunner:
         # logits only where a token will be sampled or a prompt token scored: the vocabulary projection is the
         # model's widest matrix, and a scored chunk's (length, vocab) rows are bounded by max_step_tokens
         return self.lm_head(m.norm(x[torch.tensor(rows, dtype=torch.long)])).float()
+
+    def _fused_step(self, token_ids: torch.Tensor, positions: torch.Tensor, s: Segment) -> torch.Tensor:
+        """One sequence's one new token, each layer one kernel call (engine/fused.py): its logits (1, vocab)."""
+        m = self.model.model
+        x = m.embed_tokens(token_ids)[0]  # (D,)
+        cos, sin = (t[0].contiguous() for t in m.rotary_emb(positions))  # (R/2,) each
+        slots = s.slots[:s.start + 1]
+        for i, desc in enumerate(self.fused_layers.descs):
+            self.fused_layers.run(desc, x, self.cache.kv[i], cos, sin, slots, self.expert_counts.get(i))
+        self._prefills = {}  # as _close_prefills leaves them after a step that samples
+        return self.lm_head(m.norm(x[None])).float()
 
     def _open_prefills(self, segments: list[Segment]) -> None:
         """Keep the Prefills of the sequences in this step, and start one for each that reads a prompt chunk with

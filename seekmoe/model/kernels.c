@@ -1208,3 +1208,270 @@ int seekmoe_int4_experts(const float *x, int64_t d, int64_t f, int64_t n_experts
     free(fl);
     return 0;
 }
+
+/* ---- one decode layer in one call ----------------------------------------------------------------------------- */
+/* One sequence's one new token through a whole layer: norm, attention input, rope, the cache row, absorbed
+ * attention over the latent cache, output projection, norm, router and experts, each by the products above. A decode
+ * step of `tiny` is a chain of tiny products, and at V2-Lite's shape the PyTorch calls around the products (about
+ * fifty a layer) cost a fifth of the step; here a layer is one call. The arithmetic is the runner's, step for step
+ * (engine/runner.py), in float32. */
+
+typedef struct {  /* y (O) = W x (I) */
+    int32_t kind;  /* PROJ_* */
+    int32_t group;  /* int4: inputs per scale */
+    int64_t n_out, n_in;
+    const void *w;  /* f32 (O, I) rows, or (I, O) when PROJ_F32_T; int8 (O, I); int4 (O, I / 2) */
+    const void *scale;  /* int8: (O,) float32; int4: (O, I / G) float16 */
+} proj_desc;
+
+enum { PROJ_F32 = 0, PROJ_F32_T = 1, PROJ_INT8 = 2, PROJ_INT4 = 3 };
+
+typedef struct {  /* SwiGLU experts as the experts kernels take them; n_experts 0: none */
+    int32_t kind;  /* PROJ_F32 (down stored transposed), PROJ_INT8 or PROJ_INT4 */
+    int32_t group;
+    int64_t n_experts, f;
+    const void *gate_up, *gate_up_scale, *down, *down_scale;
+} experts_desc;
+
+typedef struct {
+    int64_t d, heads, nope, rope, v, lat;  /* model width; per head: nope, rope and value widths; latent width */
+    float eps, kv_eps, softmax_scale, routed_scale;
+    int32_t interleave;  /* rope pairs (x0, x1), (x2, x3), ... rather than halves */
+    int32_t int8_heads;  /* the absorbed W_UK, W_UV as int8 rows (else float32 views of kv_b_proj) */
+    const float *input_norm, *kv_norm, *post_norm;  /* RMSNorm weights */
+    proj_desc attn_in;  /* D -> [q (H * (nope + rope)) | c_KV (lat) | k_rope (rope)] */
+    proj_desc o_proj;  /* H * v -> D */
+    const void *uk, *uk_scale, *uv, *uv_scale;  /* int8: (H, lat, nope) + (H, lat), (H, v, lat) + (H, v); float32:
+                                                   uk = kv_b_proj (H, nope + v, lat), the others NULL */
+    const float *gate;  /* router (E, D) float32, or NULL for a dense MLP */
+    const float *gate_bias;  /* noaux_tc's selection bias (E,), or NULL */
+    int64_t top_k;
+    int32_t sigmoid, norm_topk;
+    experts_desc routed, shared;  /* shared: the shared experts or the dense MLP as one expert */
+    int64_t q_lora;  /* low-rank queries: attn_in gives q_a (q_lora wide), normed by q_norm, then q_b; 0: none */
+    float q_eps;
+    const float *q_norm;
+    proj_desc q_b;
+    int64_t n_group, topk_group;  /* group-limited routing: only the topk_group best of n_group groups; 1, 1: none */
+    int32_t group_top2;  /* a group's score: the sum of its best two (noaux_tc, masked to -inf), else its best (to 0) */
+} layer_desc;
+
+static void rms_norm(const float *x, const float *w, int64_t n, float eps, float *y) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+}
+
+/* x (R) rotated in place by the position's cos, sin (R / 2), laid out as model.apply_rope does: the pairs'
+ * first members, then their second */
+static void rope(float *x, const float *cos, const float *sin, int64_t r, int interleave) {
+    float t[r];
+    int64_t half = r / 2;
+    for (int64_t j = 0; j < half; j++) {
+        float x1 = interleave ? x[2 * j] : x[j], x2 = interleave ? x[2 * j + 1] : x[j + half];
+        t[j] = x1 * cos[j] - x2 * sin[j];
+        t[j + half] = x2 * cos[j] + x1 * sin[j];
+    }
+    for (int64_t j = 0; j < r; j++) x[j] = t[j];
+}
+
+static int proj(const proj_desc *p, const float *x, float *y) {
+    switch (p->kind) {
+    case PROJ_F32:
+    case PROJ_F32_T:
+        seekmoe_f32_gemv(x, p->w, y, 1, p->n_in, p->n_out, p->kind == PROJ_F32_T);
+        return 0;
+    case PROJ_INT8:
+        seekmoe_int8_gemv(x, p->w, p->scale, y, 1, p->n_in, p->n_out);
+        return 0;
+    case PROJ_INT4:
+        return seekmoe_int4_gemv(x, p->w, p->scale, y, 1, p->n_in, p->n_out, p->group) ? -2 : 0;
+    }
+    return -1;
+}
+
+/* y (D) += the experts' output for x: K chosen ones with their weights, or the one expert with weight 1 */
+static int experts(const experts_desc *e, const float *x, int64_t d, const int64_t *idx, const float *weight,
+                   int64_t k, float *y) {
+    float *h = malloc(sizeof(float) * k * e->f);
+    if (h == NULL) return -2;
+    int status = 0;
+    if (e->kind == PROJ_INT4)
+        status = seekmoe_int4_experts(x, d, e->f, e->n_experts, e->gate_up, e->gate_up_scale, e->down, e->down_scale,
+                                      e->group, idx, weight, k, y, h);
+    else if (e->kind == PROJ_INT8)
+        status = seekmoe_int8_experts(x, d, e->f, e->n_experts, e->gate_up, e->gate_up_scale, e->down, e->down_scale,
+                                      idx, weight, k, y, h);
+    else
+        status = seekmoe_f32_experts(x, d, e->f, e->n_experts, e->gate_up, e->down, idx, weight, k, y, h);
+    free(h);
+    return status;
+}
+
+/* float32 absorbed products per head, from kv_b_proj (H, nope + v, lat): the query q_nope (H, nope) into latent
+ * space (H, lat) as a sum of W_UK's rows, or the latent output (H, lat) to values (H, v) as dot products with W_UV's
+ * rows. The threads split the heads. */
+typedef struct {
+    const float *x, *w;
+    float *y;
+    int64_t heads, nope, v, lat, values;
+} heads_args;
+
+static void f32_heads_job(void *p, int part, int parts) {
+    const heads_args *a = p;
+    int64_t n = a->nope, lat = a->lat;
+    for (int64_t h = part; h < a->heads; h += parts) {  /* a call too small to split runs as one part */
+        const float *w = a->w + h * (n + a->v) * lat;
+        if (a->values) {
+            for (int64_t j = 0; j < a->v; j++) a->y[h * a->v + j] = dot1_f32(a->x + h * lat, w + (n + j) * lat, lat);
+            continue;
+        }
+        float *y = a->y + h * lat;
+        for (int64_t j = 0; j < lat; j++) y[j] = 0.0f;
+        for (int64_t j = 0; j < n; j += 4)
+            axpy4(y, a->x + h * n + j, w + j * lat, n - j < 4 ? (int)(n - j) : 4, lat, lat);
+    }
+}
+
+/* the K best of n values (or fewer where n < K), ties to the lowest index: K passes, K being small */
+static void top_k(const float *c, int64_t n, int64_t k, int64_t *idx) {
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t i = 0; i < n; i++) {
+            int taken = 0;
+            for (int64_t m = 0; m < j; m++) taken |= idx[m] == i;
+            if (!taken && (best < 0 || c[i] > c[best])) best = i;
+        }
+        idx[j] = best;
+    }
+}
+
+/* the router's K experts for h: scores (E) by softmax or sigmoid of gate . h, the K best (plus noaux_tc's bias, which
+ * steers the choice but not the weights; within the best groups where routing is group-limited), weights normalised
+ * over the K where asked, then scaled (model.Gate). choice: scratch for E floats. */
+static void route(const layer_desc *L, const float *h, float *scores, float *choice, int64_t *idx, float *weight) {
+    int64_t e = L->routed.n_experts, k = L->top_k;
+    seekmoe_f32_gemv(h, L->gate, scores, 1, L->d, e, 0);
+    if (L->sigmoid) {
+        for (int64_t i = 0; i < e; i++) scores[i] = 1.0f / (1.0f + expf(-scores[i]));
+    } else {
+        float m = -INFINITY, z = 0.0f;
+        for (int64_t i = 0; i < e; i++) m = scores[i] > m ? scores[i] : m;
+        for (int64_t i = 0; i < e; i++) z += (scores[i] = expf(scores[i] - m));
+        for (int64_t i = 0; i < e; i++) scores[i] /= z;
+    }
+    for (int64_t i = 0; i < e; i++) choice[i] = scores[i] + (L->gate_bias ? L->gate_bias[i] : 0.0f);
+    if (L->n_group > 1) {
+        int64_t g = L->n_group, per = e / g, kept[g];
+        float best[g];
+        for (int64_t i = 0; i < g; i++) {
+            const float *c = choice + i * per;
+            float b1 = -INFINITY, b2 = -INFINITY;
+            for (int64_t j = 0; j < per; j++) {
+                if (c[j] > b1) b2 = b1, b1 = c[j];
+                else if (c[j] > b2) b2 = c[j];
+            }
+            best[i] = L->group_top2 ? b1 + b2 : b1;
+        }
+        top_k(best, g, L->topk_group, kept);
+        for (int64_t i = 0; i < g; i++) {
+            int keep = 0;
+            for (int64_t j = 0; j < L->topk_group; j++) keep |= kept[j] == i;
+            if (!keep)
+                for (int64_t j = 0; j < per; j++) choice[i * per + j] = L->group_top2 ? -INFINITY : 0.0f;
+        }
+    }
+    top_k(choice, e, k, idx);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; j++) sum += weight[j] = scores[idx[j]];
+    for (int64_t j = 0; j < k; j++)
+        weight[j] = (L->norm_topk && k > 1 ? weight[j] / (sum + 1e-20f) : weight[j]) * L->routed_scale;
+}
+
+/* Returns 0; -1 for a bad descriptor or slot, -2 without memory. x (D) is updated in place; kv the layer's cache
+ * (kv_rows, lat + rope), the new token's row written; cos, sin (rope / 2) the position's; slots (n) the sequence's
+ * cache rows, the new token's last; counts (E) int64, or NULL, gains one for each chosen expert. */
+int seekmoe_decode_layer(const layer_desc *L, float *x, float *kv, int64_t kv_rows, const float *cos,
+                         const float *sin, const int64_t *slots, int64_t n, int64_t *counts) {
+    int64_t d = L->d, H = L->heads, nope = L->nope, r = L->rope, lat = L->lat, w = lat + r, v = L->v;
+    int64_t qw = H * (nope + r), k = L->gate ? L->top_k : 0, e = L->routed.n_experts;
+    int64_t qa = L->q_lora ? L->q_lora : qw;  /* attn_in's query part */
+    if (n < 1 || k > e || L->attn_in.n_out != qa + w
+        || L->attn_in.n_in != d || L->o_proj.n_in != H * v || L->o_proj.n_out != d || r % 2 || r > 256
+        || (L->q_lora && (L->q_b.n_in != L->q_lora || L->q_b.n_out != qw))
+        || (L->n_group > 1 && (e % L->n_group || L->topk_group < 1 || L->topk_group > L->n_group || L->n_group > 256)))
+        return -1;
+    for (int64_t i = 0; i < n; i++)  /* before anything is written */
+        if (slots[i] < 0 || slots[i] >= kv_rows) return -1;
+    /* h (D), y (D), t (attn_in's outputs), the queries (H (nope + R)), q_nope (H, nope), q_lat (H, lat), q (H, w),
+     * o (H, lat), values (H, v), scores and the router's choice (E each), weights (K) */
+    float *buf = malloc(sizeof(float) * (2 * d + qa + w + qw + H * nope + H * lat + H * w + H * lat + H * v + 2 * e + k
+                                         + 1));
+    int64_t *idx = malloc(sizeof(int64_t) * (k + 1));
+    if (buf == NULL || idx == NULL) {
+        free(buf);
+        free(idx);
+        return -2;
+    }
+    float *h = buf, *y = h + d, *t = y + d, *tq = t + qa + w, *qn = tq + qw, *ql = qn + H * nope, *q = ql + H * lat;
+    float *o = q + H * w, *vals = o + H * lat, *scores = vals + H * v, *choice = scores + e, *weight = choice + e;
+    static const int64_t first = 0;
+    static const float whole = 1.0f;
+    int status;
+
+    /* attention: [q | c_KV | k_rope] from the normed input; the cache row [norm(c_KV) | rope(k_rope)] */
+    rms_norm(x, L->input_norm, d, L->eps, h);
+    if ((status = proj(&L->attn_in, h, t))) goto done;
+    float *row = kv + slots[n - 1] * w;
+    rms_norm(t + qa, L->kv_norm, lat, L->kv_eps, row);
+    for (int64_t j = 0; j < r; j++) row[lat + j] = t[qa + lat + j];
+    rope(row + lat, cos, sin, r, L->interleave);
+    if (L->q_lora) {  /* the low-rank query, normed, up to every head's */
+        rms_norm(t, L->q_norm, qa, L->q_eps, t);
+        if ((status = proj(&L->q_b, t, tq))) goto done;
+    } else {
+        for (int64_t j = 0; j < qw; j++) tq[j] = t[j];
+    }
+    for (int64_t hd = 0; hd < H; hd++) {  /* per head: q_nope aside, q_rope rotated into q's last R */
+        const float *th = tq + hd * (nope + r);
+        for (int64_t j = 0; j < nope; j++) qn[hd * nope + j] = th[j];
+        for (int64_t j = 0; j < r; j++) q[hd * w + lat + j] = th[nope + j];
+        rope(q + hd * w + lat, cos, sin, r, L->interleave);
+    }
+    /* absorbed: the query in latent space, attention over the cached rows, the latent output to values */
+    if (L->int8_heads) {
+        seekmoe_int8_gemv_heads(qn, L->uk, L->uk_scale, ql, H, 1, nope, lat);
+    } else {
+        heads_args a = {qn, L->uk, ql, H, nope, v, lat, 0};
+        pool_run(f32_heads_job, &a, (int)H, 4 * H * nope * lat);
+    }
+    for (int64_t hd = 0; hd < H; hd++)
+        for (int64_t j = 0; j < lat; j++) q[hd * w + j] = ql[hd * lat + j];
+    int64_t offsets[2] = {0, n};
+    if ((status = seekmoe_mla_attend(q, kv, kv_rows, w, lat, H, slots, offsets, 1, L->softmax_scale, o))) goto done;
+    if (L->int8_heads) {
+        seekmoe_int8_gemv_heads(o, L->uv, L->uv_scale, vals, H, 1, lat, v);
+    } else {
+        heads_args a = {o, L->uk, vals, H, nope, v, lat, 1};
+        pool_run(f32_heads_job, &a, (int)H, 4 * H * v * lat);
+    }
+    if ((status = proj(&L->o_proj, vals, h))) goto done;
+    for (int64_t i = 0; i < d; i++) x[i] += h[i];
+
+    /* the MLP: routed experts and shared ones (or a dense MLP as one expert) added together */
+    rms_norm(x, L->post_norm, d, L->eps, h);
+    for (int64_t i = 0; i < d; i++) y[i] = 0.0f;
+    if (k > 0) {
+        route(L, h, scores, choice, idx, weight);
+        if (counts != NULL)
+            for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
+        if ((status = experts(&L->routed, h, d, idx, weight, k, y))) goto done;
+    }
+    if (L->shared.n_experts > 0 && (status = experts(&L->shared, h, d, &first, &whole, 1, y))) goto done;
+    for (int64_t i = 0; i < d; i++) x[i] += y[i];
+done:
+    free(buf);
+    free(idx);
+    return status;
+}

@@ -15,6 +15,9 @@ All in kernels.c, for decoding (a few tokens a step):
   products per expert on one thread.
 - `mla_attend`, the absorbed attention of a decode step: each sequence's latent cache rows read where they sit,
   once for all heads, instead of gathered into a padded copy first.
+- `decode_layer`, one sequence's new token through a whole layer in one call (the calls above, chained in C): the
+  PyTorch calls around a decode step's products (about fifty a layer) cost more than `tiny`'s products themselves,
+  and a fifth of a V2-Lite int4 step.
 - `stream_sum`, every thread reading one buffer: the memory bandwidth the benchmarks' floors divide by.
 
 Each call is cut into parts (rows, experts, sequences) that a pool of threads started with the library and kept for
@@ -618,5 +621,82 @@ def _int4_experts(lib: ctypes.CDLL) -> Callable:
         if status:
             raise ValueError(f"kernels.int4_experts: an expert index is out of range 0..{e - 1}: {idx.tolist()}")
         return y
+
+    return run
+
+
+# ---- one decode layer in one call (kernels.c: seekmoe_decode_layer; the structs mirror its own) ---------------------
+
+PROJ_F32, PROJ_F32_T, PROJ_INT8, PROJ_INT4 = 0, 1, 2, 3  # weight kinds: float32 (O, I), float32 stored (I, O), ...
+
+
+class ProjDesc(ctypes.Structure):
+    """A projection y (O) = W x (I): `kind` PROJ_*, int4's `group`, the weight and its scales (int8 (O,) float32,
+    int4 (O, I / G) float16)."""
+
+    _fields_ = [("kind", ctypes.c_int32), ("group", ctypes.c_int32), ("n_out", ctypes.c_int64),
+                ("n_in", ctypes.c_int64), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
+
+
+class ExpertsDesc(ctypes.Structure):
+    """SwiGLU experts as `experts` / `int4_experts` take them (float32: down stored transposed); n_experts 0: none."""
+
+    _fields_ = [("kind", ctypes.c_int32), ("group", ctypes.c_int32), ("n_experts", ctypes.c_int64),
+                ("f", ctypes.c_int64), ("gate_up", ctypes.c_void_p), ("gate_up_scale", ctypes.c_void_p),
+                ("down", ctypes.c_void_p), ("down_scale", ctypes.c_void_p)]
+
+
+class LayerDesc(ctypes.Structure):
+    """One layer's weights and shapes for `decode_layer` (engine/fused.py fills it in). It holds raw pointers: whoever
+    makes one keeps the tensors alive."""
+
+    _fields_ = [("d", ctypes.c_int64), ("heads", ctypes.c_int64), ("nope", ctypes.c_int64), ("rope", ctypes.c_int64),
+                ("v", ctypes.c_int64), ("lat", ctypes.c_int64), ("eps", ctypes.c_float), ("kv_eps", ctypes.c_float),
+                ("softmax_scale", ctypes.c_float), ("routed_scale", ctypes.c_float), ("interleave", ctypes.c_int32),
+                ("int8_heads", ctypes.c_int32), ("input_norm", ctypes.c_void_p), ("kv_norm", ctypes.c_void_p),
+                ("post_norm", ctypes.c_void_p), ("attn_in", ProjDesc), ("o_proj", ProjDesc),
+                ("uk", ctypes.c_void_p), ("uk_scale", ctypes.c_void_p), ("uv", ctypes.c_void_p),
+                ("uv_scale", ctypes.c_void_p), ("gate", ctypes.c_void_p), ("gate_bias", ctypes.c_void_p),
+                ("top_k", ctypes.c_int64), ("sigmoid", ctypes.c_int32), ("norm_topk", ctypes.c_int32),
+                ("routed", ExpertsDesc), ("shared", ExpertsDesc), ("q_lora", ctypes.c_int64),
+                ("q_eps", ctypes.c_float), ("q_norm", ctypes.c_void_p), ("q_b", ProjDesc), ("n_group", ctypes.c_int64),
+                ("topk_group", ctypes.c_int64), ("group_top2", ctypes.c_int32)]
+
+
+def decode_layer() -> Callable[..., None] | None:
+    """`f(desc: LayerDesc, x (D,), kv (S, L + R), cos, sin (R / 2,), slots (N,) int64, counts (E,) int64 | None)`:
+    x, one sequence's new token (float32), through the layer `desc` describes, in place. Its cache row, slot
+    slots[-1] of the layer's cache kv, is written, and attention reads slots (the sequence's rows, in order); cos and
+    sin are its position's rope; counts, where given, gains one for each expert chosen. None without the kernels."""
+    return _bound("decode_layer", _decode_layer)
+
+
+def _decode_layer(lib: ctypes.CDLL) -> Callable:
+    fn = lib.seekmoe_decode_layer
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.POINTER(LayerDesc), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64] + \
+        [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+
+    def run(desc: LayerDesc, x: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            slots: torch.Tensor, counts: torch.Tensor | None = None) -> None:
+        ok = (x.shape == (desc.d,) and kv.dim() == 2 and kv.shape[1] == desc.lat + desc.rope
+              and cos.shape == sin.shape == (desc.rope // 2,) and slots.dim() == 1
+              and x.dtype == kv.dtype == cos.dtype == sin.dtype == torch.float32 and slots.dtype == torch.int64
+              and (counts is None or (counts.shape == (desc.routed.n_experts,) and counts.dtype == torch.int64
+                                      and counts.is_contiguous()))
+              and x.is_contiguous() and kv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
+              and slots.is_contiguous())
+        if not ok:
+            raise ValueError("kernels.decode_layer needs contiguous CPU tensors: x (D,), kv (S, L + R), cos and sin "
+                             "(R / 2,) float32, slots (N,) int64, counts (E,) int64 or None; got "
+                             + ", ".join("None" if t is None else f"{tuple(t.shape)} {t.dtype}"
+                                         for t in (x, kv, cos, sin, slots, counts)))
+        status = fn(ctypes.byref(desc), x.data_ptr(), kv.data_ptr(), kv.shape[0], cos.data_ptr(), sin.data_ptr(),
+                    slots.data_ptr(), slots.shape[0], None if counts is None else counts.data_ptr())
+        if status == -2:
+            raise MemoryError(f"kernels.decode_layer: no memory for a step over {slots.shape[0]} cached rows")
+        if status:
+            raise ValueError(f"kernels.decode_layer: a slot outside the cache's {kv.shape[0]} rows, or a descriptor "
+                             "whose shapes do not agree")
 
     return run

@@ -1,0 +1,137 @@
+"""A decode step with each layer one native call (engine/fused.py, kernels.decode_layer), against the runner's own
+step on the same cache: the same logits and expert counts, for every kind of layer the kernel takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seekmoe.engine.cache import BlockTable, LatentCache
+from seekmoe.engine.runner import ModelRunner, Segment
+from seekmoe.model import kernels
+from seekmoe.model.checkpoint import load_model, save_model
+from seekmoe.model.kernels import LayerDesc
+from seekmoe.model.quant import quantize_int8
+from seekmoe.model.quantize import quantize_checkpoint
+from tests.conftest import tiny_model
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="seekmoe's kernels cannot be built here")
+
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32, "beta_slow": 1,
+        "mscale": 1.0, "mscale_all_dim": 1.0}
+VARIANTS = {
+    "low-rank q, dense first layer": {},
+    "full-rank q, yarn, no shared experts": dict(q_lora_rank=None, rope_scaling=YARN, n_shared_experts=None),
+    "v3: sigmoid, noaux_tc in groups, halves rope": dict(
+        model_type="deepseek_v3", topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True,
+        rope_interleave=False, n_group=4, topk_group=2, routed_scaling_factor=2.5, first_k_dense_replace=0),
+    "v2: group-limited greedy": dict(topk_method="group_limited_greedy", n_group=4, topk_group=2,
+                                     num_experts_per_tok=3),
+}
+# every quantized matrix's input width a multiple of 32: whole int4 groups
+WIDE = dict(hidden_size=64, q_lora_rank=32, v_head_dim=8, intermediate_size=64, moe_intermediate_size=32,
+            kv_lora_rank=32)
+
+
+def decode(model, fused: bool, prompt: int = 9, steps: int = 12) -> tuple[list[torch.Tensor], dict]:
+    """A prompt read by the runner's own step, then `steps` more tokens decoded one a step, with the fused layers or
+    without: each step's logits, and the expert counts after. The tokens are fixed, not sampled, so that a near tie
+    cannot send the two runs different ways."""
+    cache = LatentCache(model.config, 64, block_size=4)
+    runner = ModelRunner(model, cache)
+    assert runner.fused_layers is not None  # every layer is of a kind the kernel takes
+    if not fused:
+        runner.fused_layers = None
+    table, out = BlockTable(), []
+    tokens = torch.randint(3, model.config.vocab_size, (prompt + steps,),
+                           generator=torch.Generator().manual_seed(3)).tolist()
+    pos, n = 0, prompt
+    for _ in range(steps + 1):
+        assert cache.reserve(table, pos + n)
+        seg = Segment(cache.slots(table, 0, pos + n), pos, n, True)
+        logits = runner.forward(torch.tensor(tokens[pos:pos + n]), torch.arange(pos, pos + n), [seg])[0]
+        table.num_tokens = pos = pos + n
+        out.append(logits)
+        n = 1
+    return out[1:], {i: c.clone() for i, c in runner.expert_counts.items()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_steps_match_the_runners_own(variant):
+    model = tiny_model(**VARIANTS[variant])
+    (fused, fused_counts), (own, own_counts) = decode(model, True), decode(model, False)
+    for a, b in zip(fused, own, strict=True):
+        assert (a - b).abs().max() <= 1e-4
+    assert fused_counts.keys() == own_counts.keys() and len(own_counts) > 0
+    for i in own_counts:
+        assert torch.equal(fused_counts[i], own_counts[i])
+
+
+def test_fused_steps_of_an_int8_model_match_the_runners_own():
+    model = quantize_int8(tiny_model(**WIDE))
+    (fused, _), (own, _) = decode(model, True), decode(model, False)
+    for a, b in zip(fused, own, strict=True):
+        assert (a - b).abs().max() <= 1e-4
+
+
+def test_fused_steps_of_an_int4_model_stay_with_the_runners_own(tmp_path):
+    save_model(tiny_model(**WIDE), tmp_path / "f")
+    quantize_checkpoint(tmp_path / "f", tmp_path / "q", 4, progress=False)
+    model = load_model(tmp_path / "q")
+    (fused, _), (own, _) = decode(model, True), decode(model, False)
+    # int4 products round their activations to int8 blocks: a float difference upstream (the norms' sums, in
+    # another order) can move a rounding by one step, so the bound is that of a few such steps, not float rounding's
+    for a, b in zip(fused, own, strict=True):
+        assert (a - b).abs().max() <= 0.02 * b.abs().max()
+
+
+def test_a_bfloat16_model_keeps_the_runners_own_step():
+    model = tiny_model().to(torch.bfloat16)
+    runner = ModelRunner(model, LatentCache(model.config, 16, block_size=4))
+    assert runner.fused_layers is None
+
+
+def fused_layer(model) -> tuple:
+    cache = LatentCache(model.config, 16, block_size=4)
+    runner = ModelRunner(model, cache)
+    return runner.fused_layers, cache
+
+
+@pytest.mark.parametrize("bad", ["x shape", "x dtype", "cos shape", "slots dtype", "counts shape", "kv width"])
+def test_decode_layer_refuses_what_it_cannot_read(bad):
+    model = tiny_model()
+    layers, cache = fused_layer(model)
+    d, r = model.config.hidden_size, model.config.qk_rope_head_dim
+    args = dict(x=torch.zeros(d), kv=cache.kv[1], cos=torch.ones(r // 2), sin=torch.zeros(r // 2),
+                slots=torch.arange(3), counts=torch.zeros(model.config.n_routed_experts, dtype=torch.long))
+    args |= {"x shape": dict(x=torch.zeros(d + 1)), "x dtype": dict(x=torch.zeros(d, dtype=torch.float64)),
+             "cos shape": dict(cos=torch.ones(r)), "slots dtype": dict(slots=torch.arange(3, dtype=torch.int32)),
+             "counts shape": dict(counts=torch.zeros(3, dtype=torch.long)),
+             "kv width": dict(kv=torch.zeros(16, 5))}[bad]
+    with pytest.raises(ValueError, match=r"kernels\.decode_layer"):
+        layers.run(layers.descs[1], **args)
+
+
+@pytest.mark.parametrize("slot", [-1, "rows", 2**40])
+def test_a_slot_outside_the_cache_is_refused_before_anything_is_written(slot):
+    model = tiny_model()
+    layers, cache = fused_layer(model)
+    r, rows = model.config.qk_rope_head_dim, cache.kv[1].shape[0]
+    slot = rows if slot == "rows" else slot
+    x, before = torch.randn(model.config.hidden_size), [kv.clone() for kv in cache.kv]
+    x0 = x.clone()
+    with pytest.raises(ValueError, match=f"slot outside the cache's {rows} rows"):
+        layers.run(layers.descs[1], x, cache.kv[1], torch.ones(r // 2), torch.zeros(r // 2),
+                   torch.tensor([0, slot, 2]))
+    assert torch.equal(x, x0) and all(torch.equal(a, b) for a, b in zip(cache.kv, before, strict=True))
+
+
+def test_a_descriptor_whose_shapes_disagree_is_refused():
+    model = tiny_model()
+    layers, cache = fused_layer(model)
+    r = model.config.qk_rope_head_dim
+    bad = LayerDesc.from_buffer_copy(layers.descs[1])
+    bad.o_proj.n_out += 1  # o_proj no longer maps back to the model width
+    with pytest.raises(ValueError, match="descriptor whose shapes do not agree"):
+        layers.run(bad, torch.zeros(model.config.hidden_size), cache.kv[1], torch.ones(r // 2), torch.zeros(r // 2),
+                   torch.arange(2))
