@@ -617,7 +617,7 @@ typedef struct {
     int64_t width, lat, heads;
     const int64_t *slots;
     const attend_chunk *chunks;
-    int64_t n_chunks;
+    int64_t n_chunks, head_groups;  /* a part is one chunk's share of the heads */
     float scale;
     float *out, *partials;
     atomic_int failed;
@@ -723,19 +723,22 @@ static void attend_values(const float *p, const float *kv, const int64_t *slots,
 
 static void attend_job(void *p, int part, int parts) {
     attend_args *a = p;
-    int64_t w = a->width, lat = a->lat, nh = a->heads;
-    for (int64_t i = part; i < a->n_chunks; i += parts) {
-        attend_chunk c = a->chunks[i];
-        int64_t n = c.hi - c.lo;
+    int64_t w = a->width, lat = a->lat, heads = a->heads, hg = a->head_groups;
+    for (int64_t i = part; i < a->n_chunks * hg; i += parts) {
+        attend_chunk c = a->chunks[i / hg];
+        int64_t n = c.hi - c.lo, h0, h1;
+        share(heads, (int)(i % hg), (int)hg, 2, &h0, &h1);  /* heads [h0, h1), in pairs (attend_scores' blocks) */
+        int64_t nh = h1 - h0;
+        if (nh <= 0) continue;
         float *sc = malloc(sizeof(float) * nh * (n > 0 ? n : 1));
         if (sc == NULL) {
             atomic_store(&a->failed, 1);
             return;
         }
-        attend_scores(a->q + c.seq * nh * w, a->kv, a->slots + c.lo, n, w, nh, a->scale, sc);  /* (H, n) */
+        attend_scores(a->q + (c.seq * heads + h0) * w, a->kv, a->slots + c.lo, n, w, nh, a->scale, sc);  /* (nh, n) */
         /* a whole sequence is written normalised; a chunk leaves (output, max, sum) per head for the merge */
-        float *o = c.partial < 0 ? a->out + c.seq * nh * lat : a->partials + c.partial * nh * (lat + 2);
-        float *stats = o + nh * lat;  /* a chunk's max and sum per head: (H, 2) */
+        float *block = c.partial < 0 ? a->out + c.seq * heads * lat : a->partials + c.partial * heads * (lat + 2);
+        float *o = block + h0 * lat, *stats = block + heads * lat + 2 * h0;  /* a chunk's max and sum per head */
         for (int64_t h = 0; h < nh; h++) {
             float *s = sc + h * n, m = -INFINITY, z = 0.0f;
             for (int64_t t = 0; t < n; t++) m = s[t] > m ? s[t] : m;
@@ -802,8 +805,12 @@ int seekmoe_mla_attend(const float *q, const float *kv, int64_t n_rows, int64_t 
         for (int64_t r = lo; r < hi; r += ATTEND_ROWS)
             chunks[i++] = (attend_chunk){b, r, r + ATTEND_ROWS < hi ? r + ATTEND_ROWS : hi, j++};
     }
-    attend_args a = {q, kv, width, lat, heads, slots, chunks, n_chunks, scale, out, partials, 0};
-    pool_run(attend_job, &a, (int)(n_chunks < MAX_PARTS ? n_chunks : MAX_PARTS), offsets[n_seqs] * width * 4);
+    /* fewer chunks than threads (a short context, one sequence): the heads are shared out too; each head's
+     * arithmetic is the same either way */
+    int64_t hg = n_chunks >= pool.n ? 1 : (heads / 2 < pool.n ? (heads / 2 > 0 ? heads / 2 : 1) : pool.n);
+    attend_args a = {q, kv, width, lat, heads, slots, chunks, n_chunks, hg, scale, out, partials, 0};
+    int64_t parts = n_chunks * hg < MAX_PARTS ? n_chunks * hg : MAX_PARTS;
+    pool_run(attend_job, &a, (int)parts, offsets[n_seqs] * width * 4);
     for (int64_t i = 0; i < n_chunks && !atomic_load(&a.failed); ) {
         int64_t k = 1;
         while (i + k < n_chunks && chunks[i + k].seq == chunks[i].seq) k++;
