@@ -71,6 +71,8 @@ def _routed(experts: nn.Module, keep: list[torch.Tensor]) -> ExpertsDesc | None:
 
 
 def _layer(d: int, layer: nn.Module, fused: DecodeLayer, absorbed, keep: list[torch.Tensor]) -> LayerDesc | None:
+    """One layer's descriptor (width d; `absorbed` the runner's W_UK / W_UV: int8 rows, or None for the float
+    kv_b_proj), or None where the kernel does not take it. Every tensor it points into is added to `keep`."""
     attn, mlp = layer.self_attn, layer.mlp
     norms = (layer.input_layernorm, attn.kv_a_layernorm, layer.post_attention_layernorm)
     norms += (attn.q_a_layernorm,) if attn.q_lora_rank is not None else ()
