@@ -832,9 +832,10 @@ int seekmoe_mla_attend(const float *q, const float *kv, int64_t n_rows, int64_t 
         for (int64_t r = lo; r < hi; r += ATTEND_ROWS)
             chunks[i++] = (attend_chunk){b, r, r + ATTEND_ROWS < hi ? r + ATTEND_ROWS : hi, j++};
     }
-    /* fewer chunks than threads (a short context, one sequence): the heads are shared out too; each head's
-     * arithmetic is the same either way */
-    int64_t hg = n_chunks >= pool.n ? 1 : (heads / 2 < pool.n ? (heads / 2 > 0 ? heads / 2 : 1) : pool.n);
+    /* fewer chunks than threads (a short context, one sequence): the heads are shared out too, in as many groups
+     * as there are threads but no more than pairs of heads; each head's arithmetic is the same either way */
+    int64_t pairs = heads / 2 > 0 ? heads / 2 : 1;
+    int64_t hg = n_chunks >= pool.n ? 1 : (pairs < pool.n ? pairs : pool.n);
     attend_args a = {q, kv, width, lat, heads, slots, chunks, n_chunks, hg, scale, out, partials, 0};
     int64_t parts = n_chunks * hg < MAX_PARTS ? n_chunks * hg : MAX_PARTS;
     pool_run(attend_job, &a, (int)parts, offsets[n_seqs] * width * 4);
