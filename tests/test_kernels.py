@@ -217,7 +217,7 @@ def int8_expert_weights(e: int = 5, d: int = 40, f: int = 12):
 
 
 # (D, F): small enough to run on one thread; large enough to be split, with a tail in every loop
-EXPERT_SHAPES = [(40, 12), (260, 100)]
+EXPERT_SHAPES = [(40, 12), (260, 100), (130, 36)]  # (D, F): 130 leaves a weight row and columns past whole tiles
 
 
 @needs_gemv
@@ -262,7 +262,7 @@ def test_one_token_through_float32_experts_equals_the_swiglus(d, f):
         kernels.experts()(x, gate_up, None, down, None, idx, weight)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 9])  # token by token, or grouped by expert
+@pytest.mark.parametrize("tokens", [1, 3, 9, 40])  # token by token, or grouped by expert (40: a prompt)
 def test_decode_tokens_through_laid_out_experts_equal_the_model(tokens):
     from seekmoe.engine import layout
     from seekmoe.model.model import few_tokens
@@ -281,7 +281,7 @@ def test_decode_tokens_through_laid_out_experts_equal_the_model(tokens):
 
 @needs_gemv
 @pytest.mark.parametrize("stored", ["rows", "transposed"])
-@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 11, 16])
 @pytest.mark.parametrize("shape", [(48, 64), (7, 45), (33, 1030)])  # (O, I): tails of every loop
 def test_the_float32_kernel_equals_the_product(shape, rows, stored):
     w = randn(*shape, seed=1)
@@ -370,10 +370,10 @@ def test_a_forked_child_runs_the_kernels_alone():
 
 
 def grouped_case(d: int, f: int):
-    """Pairs sorted by expert: experts 4, 1, 3 with 1, 6 and 3 rows (a lone row, a group of four and a tail)."""
-    used, counts = torch.tensor([1, 3, 4]), torch.tensor([6, 3, 1])
+    """Pairs sorted by expert: experts 1, 3, 4, 0 with 6, 3, 1 and 9 rows (tiles of four rows and each tail)."""
+    used, counts = torch.tensor([1, 3, 4, 0]), torch.tensor([6, 3, 1, 9])
     start = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
-    x, weight = randn(10, d, seed=5), torch.rand(10, generator=torch.Generator().manual_seed(6))
+    x, weight = randn(19, d, seed=5), torch.rand(19, generator=torch.Generator().manual_seed(6))
     return x, used, start, weight
 
 

@@ -1,7 +1,9 @@
-/* Decode kernels (AVX2 + FMA; the int4 products also with AVX512-VNNI where the CPU has it): matrix-vector
- * products that stream weights row by row with independent accumulators, in float32 or int8 widened to float32; one token's SwiGLU experts in one call, or a step's tokens
- * grouped by expert; MLA's absorbed attention over the latent cache. Each call splits
- * its weight rows over a pool of threads that lives as long as the process: one core streams only part of what the
+/* CPU kernels (AVX2 + FMA, built with AVX-512 too where the CPU has it; the int4 products with AVX512-VNNI):
+ * matrix-vector products that stream weights row by row with independent accumulators, in float32 or int8 widened
+ * to float32; several rows at once in tiles (four rows against four weight rows, the next weight rows prefetched);
+ * one token's SwiGLU experts in one call, or tokens grouped by expert (a decode step of several sequences, or a
+ * prompt); MLA's absorbed attention over the latent cache; a whole decode layer in one call. Each call splits its
+ * weight rows over a pool of threads that lives as long as the process: one core streams only part of what the
  * memory gives (a decode step is bound by how fast weights stream), and OpenMP's wake-up per call costs more than a
  * small product takes.
  * Built by seekmoe/model/kernels.py with the system C compiler; any build failure falls back to torch.
@@ -226,6 +228,238 @@ static inline void dot4(const float *x, int nm, const int8_t *w, int64_t n, floa
     }
 }
 
+static inline float dot1_f32(const float *x, const float *w, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+/* y (n) += sum over r < nr of a[r] * rows[r] (rows of length n, `stride` apart): four rows per pass over y */
+static inline void axpy4(float *y, const float *a, const float *rows, int nr, int64_t n, int64_t stride) {
+    __m256 c[4];
+    for (int r = 0; r < 4; r++) c[r] = _mm256_set1_ps(r < nr ? a[r] : 0.0f);
+    const float *r0 = rows, *r1 = rows + (nr > 1 ? stride : 0), *r2 = rows + (nr > 2 ? 2 * stride : 0),
+                *r3 = rows + (nr > 3 ? 3 * stride : 0);  /* missing rows read row 0 with a zero coefficient */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_loadu_ps(y + i);
+        acc = _mm256_fmadd_ps(c[0], _mm256_loadu_ps(r0 + i), acc);
+        acc = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(r1 + i), acc);
+        acc = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(r2 + i), acc);
+        acc = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(r3 + i), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++)
+        for (int r = 0; r < nr; r++) y[i] += a[r] * rows[r * stride + i];
+}
+
+/* nm <= 4 float32 rows of x (stride n) against weight row w: the rows share each load of the weights */
+static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, float *out) {
+    __m256 acc[4][2];
+    for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
+        for (int m = 0; m < nm; m++) {
+            acc[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * n + i), acc[m][0]);
+            acc[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * n + i + 8), acc[m][1]);
+        }
+    }
+    for (int m = 0; m < nm; m++) {
+        float s = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+        for (int64_t j = i; j < n; j++) s += w[j] * x[m * n + j];
+        out[m] = s;
+    }
+}
+/* ---- tiles: several rows of x against several weight rows ----------------------------------------------------- */
+/* y (M, O) = x (M, I) W.T for M of more than a few rows (a step of several sequences, a prompt's tokens in one
+ * expert): four rows of x against four weight rows at a time, sixteen accumulators, so each load of x serves four
+ * weight rows and each load (or int8 widening) of a weight row four rows of x. dot4 loads one x vector per
+ * multiply-add and stays bound by loads; a tile loads one per two. Vectors are 16 floats where the library is built
+ * with AVX-512 (32 registers hold the tile), else 8. The weight tile (four rows) stays in L1 while the rows of x
+ * pass it; the first pass prefetches the weight rows as dot4 does. Sums are reduced four at a time (sum4). */
+#ifdef __AVX512F__
+typedef __m512 vec;
+#define VL 16
+static inline vec vzero(void) { return _mm512_setzero_ps(); }
+static inline vec vload(const float *p) { return _mm512_loadu_ps(p); }
+static inline vec vload8(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec vbroadcast(float a) { return _mm512_set1_ps(a); }
+static inline void vstore(float *p, vec a) { _mm512_storeu_ps(p, a); }
+static inline __m256 vhalf(vec a) {  /* the two 256-bit halves added (no AVX512DQ needed) */
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+#define NN_VECS 4  /* tile_nn: 4 rows x 64 columns */
+#else
+typedef __m256 vec;
+#define VL 8
+static inline vec vzero(void) { return _mm256_setzero_ps(); }
+static inline vec vload(const float *p) { return _mm256_loadu_ps(p); }
+static inline vec vload8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vbroadcast(float a) { return _mm256_set1_ps(a); }
+static inline void vstore(float *p, vec a) { _mm256_storeu_ps(p, a); }
+static inline __m256 vhalf(vec a) { return a; }
+#define NN_VECS 2  /* 16 registers: 4 rows x 16 columns */
+#endif
+
+/* (sum of a0, of a1, of a2, of a3) */
+static inline __m128 sum4(vec a0, vec a1, vec a2, vec a3) {
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(vhalf(a0), vhalf(a1)), _mm256_hadd_ps(vhalf(a2), vhalf(a3)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* nm rows of x (stride ldx) against weight rows w[0..3] (stride k, float32 or int8): y[m][0..3] (stride ldy),
+ * times scale[0..3] when given. nm and int8 are constants at every call, so each variant compiles unrolled. */
+static inline __attribute__((always_inline)) void tile_dot(const float *x, int64_t ldx, int nm, const void *w,
+                                                           int int8, int64_t k, const void *next,
+                                                           const float *scale, float *y, int64_t ldy) {
+    vec acc[4][4];
+    for (int m = 0; m < 4; m++)
+        for (int n = 0; n < 4; n++) acc[m][n] = vzero();
+    const float *wf = w;
+    const int8_t *wq = w;
+    int64_t i = 0;
+    for (; i + VL <= k; i += VL) {
+        vec wv[4];
+        for (int n = 0; n < 4; n++) {
+            if (next != NULL)
+                _mm_prefetch(int8 ? (const char *)next + n * k + i : (const char *)((const float *)next + n * k + i),
+                             _MM_HINT_T1);
+            wv[n] = int8 ? vload8(wq + n * k + i) : vload(wf + n * k + i);
+        }
+        for (int m = 0; m < nm; m++) {
+            vec xv = vload(x + m * ldx + i);
+            for (int n = 0; n < 4; n++) acc[m][n] = vfma(xv, wv[n], acc[m][n]);
+        }
+    }
+    for (int m = 0; m < nm; m++) {
+        float s[4];
+        _mm_storeu_ps(s, sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+        for (int n = 0; n < 4; n++) {
+            for (int64_t j = i; j < k; j++) s[n] += x[m * ldx + j] * (int8 ? (float)wq[n * k + j] : wf[n * k + j]);
+            y[m * ldy + n] = scale != NULL ? s[n] * scale[n] : s[n];
+        }
+    }
+}
+
+/* y[m][o] = x[m] . w[o] (* scale[o]) for m < m_rows and o in [o0, o1): weight rows of length k, four at a time
+ * against every four rows of x; a last one to three weight rows one at a time (dot4). */
+static inline __attribute__((always_inline)) void tiles(const float *x, int64_t m_rows, int64_t ldx, const void *w,
+                                                        int int8, const float *scale, int64_t k, int64_t o0,
+                                                        int64_t o1, float *y, int64_t ldy) {
+    int64_t o = o0, esize = int8 ? 1 : 4;
+    for (; o + 4 <= o1; o += 4) {
+        const void *wo = (const char *)w + o * k * esize;
+        /* the next four weight rows stream into L2 while these are multiplied: the memory is not left idle while
+         * the rows of x pass a tile that is already in L1 */
+        const void *next = o + 8 <= o1 ? (const char *)wo + 4 * k * esize : NULL;
+        const float *so = scale != NULL ? scale + o : NULL;
+        int64_t m = 0;
+        for (; m + 4 <= m_rows; m += 4) tile_dot(x + m * ldx, ldx, 4, wo, int8, k, next, so, y + m * ldy + o, ldy);
+        switch (m_rows - m) {
+            case 3: tile_dot(x + m * ldx, ldx, 3, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
+            case 2: tile_dot(x + m * ldx, ldx, 2, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
+            case 1: tile_dot(x + m * ldx, ldx, 1, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
+            default: break;
+        }
+    }
+    float part[4];
+    for (; o < o1; o++)
+        for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
+            int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
+            if (int8) dot4(x + m0 * ldx, nm, (const int8_t *)w + o * k, k, part);
+            else dot4_f32(x + m0 * ldx, nm, (const float *)w + o * k, k, part);
+            for (int m = 0; m < nm; m++) y[(m0 + m) * ldy + o] = scale != NULL ? part[m] * scale[o] : part[m];
+        }
+}
+
+static void tiles_f32(const float *x, int64_t m_rows, int64_t ldx, const float *w, int64_t k, int64_t o0,
+                      int64_t o1, float *y, int64_t ldy) {
+    tiles(x, m_rows, ldx, w, 0, NULL, k, o0, o1, y, ldy);
+}
+
+static void tiles_int8(const float *x, int64_t m_rows, int64_t ldx, const int8_t *w, const float *scale, int64_t k,
+                       int64_t o0, int64_t o1, float *y, int64_t ldy) {
+    tiles(x, m_rows, ldx, w, 1, scale, k, o0, o1, y, ldy);
+}
+
+/* y (M, N) (+)= a (M, K) b (K, N), b stored as K rows of N (a float32 down projection stored transposed; y and b
+ * `ldy` and `ldb` floats a row): four rows of a against nv vectors of b's columns, each broadcast of a[m][k] used nv
+ * times and each load of b four times; no sums to reduce. nm and nv are constants at every call. */
+static inline __attribute__((always_inline)) void tile_nn(const float *a, int64_t lda, int nm, const float *b,
+                                                          int64_t ldb, int nv, int64_t k, const float *next,
+                                                          int add, float *y, int64_t ldy) {
+    vec acc[4][NN_VECS];
+    for (int m = 0; m < 4; m++)
+        for (int v = 0; v < NN_VECS; v++) acc[m][v] = add && m < nm && v < nv ? vload(y + m * ldy + v * VL) : vzero();
+    for (int64_t i = 0; i < k; i++) {
+        vec bv[NN_VECS];
+        if (next != NULL)
+            for (int v = 0; v < nv * VL; v += 16) _mm_prefetch((const char *)(next + i * ldb + v), _MM_HINT_T1);
+        for (int v = 0; v < nv; v++) bv[v] = vload(b + i * ldb + v * VL);
+        for (int m = 0; m < nm; m++) {
+            vec am = vbroadcast(a[m * lda + i]);
+            for (int v = 0; v < nv; v++) acc[m][v] = vfma(am, bv[v], acc[m][v]);
+        }
+    }
+    for (int m = 0; m < nm; m++)
+        for (int v = 0; v < nv; v++) vstore(y + m * ldy + v * VL, acc[m][v]);
+}
+
+#define TILE_NN_ROWS(nv, next)                                                                                \
+    do {                                                                                                      \
+        const float *a0 = a + k0, *b0 = b + k0 * ldb + c;                                                     \
+        int64_t m = 0;                                                                                        \
+        for (; m + 4 <= m_rows; m += 4) tile_nn(a0 + m * k, k, 4, b0, ldb, nv, kc, next, k0 > 0, y + m * ldy + c, ldy); \
+        switch (m_rows - m) {                                                                                 \
+            case 3: tile_nn(a0 + m * k, k, 3, b0, ldb, nv, kc, next, k0 > 0, y + m * ldy + c, ldy); break;        \
+            case 2: tile_nn(a0 + m * k, k, 2, b0, ldb, nv, kc, next, k0 > 0, y + m * ldy + c, ldy); break;        \
+            case 1: tile_nn(a0 + m * k, k, 1, b0, ldb, nv, kc, next, k0 > 0, y + m * ldy + c, ldy); break;        \
+            default: break;                                                                                   \
+        }                                                                                                     \
+    } while (0)
+
+/* columns [0, n) of y (M rows, ldy apart) = a (M, K) b (K rows, ldb apart), NN_ROWS rows of b at a time (a tile's
+ * columns of them, 64 KB, stay in L2 while every four rows of a pass; all K rows of a tall b would not): whole tiles
+ * of NN_VECS vectors, the next tile's columns prefetched into L2 meanwhile as in `tiles`, then single vectors, then
+ * the last columns (fewer than a vector) by axpy4 */
+#define NN_ROWS 256
+static void tiles_nn(const float *a, int64_t m_rows, int64_t k, const float *b, int64_t ldb, int64_t n, float *y,
+                     int64_t ldy) {
+    const int64_t w = NN_VECS * VL, whole = n / w * w;
+    for (int64_t k0 = 0; k0 < k; k0 += NN_ROWS) {
+        int64_t kc = k - k0 < NN_ROWS ? k - k0 : NN_ROWS, c = 0;
+        for (; c < whole; c += w) {
+            const float *next = c + w < whole ? b + k0 * ldb + c + w : k0 + kc < k ? b + (k0 + kc) * ldb : NULL;
+            TILE_NN_ROWS(NN_VECS, next);
+        }
+        for (; c + VL <= n; c += VL) TILE_NN_ROWS(1, NULL);
+    }
+    int64_t c = n / VL * VL;
+    if (c < n) {
+        for (int64_t m = 0; m < m_rows; m++)
+            for (int64_t j = c; j < n; j++) y[m * ldy + j] = 0.0f;
+        for (int64_t i = 0; i < k; i += 4) {
+            int nr = k - i < 4 ? (int)(k - i) : 4;
+            for (int64_t m = 0; m < m_rows; m++) axpy4(y + m * ldy + c, a + m * k + i, b + i * ldb + c, nr, n - c, ldb);
+        }
+    }
+}
+
 /* y (M, O) = x (M, I) @ (q (O, I) int8 * scale (O)).T for a few rows: each weight row is read from memory once, 32
  * weights at a time widened to float32 and multiplied into up to four rows of x, so the rows share the widening.
  * The activations stay float32 (no bfloat16 rounding) and the scale is applied once per output. The threads split
@@ -242,21 +476,18 @@ static void int8_gemv_job(void *p, int ith, int nth) {
     const int8_gemv_args *a = p;
     int64_t lo, hi, n_in = a->n_in, n_out = a->n_out;
     share(a->heads * n_out, ith, nth, 16, &lo, &hi);
-    float part[4];
-    for (int64_t r = lo; r < hi; r++) {
-        int64_t h = r / n_out, o = r % n_out;
-        const int8_t *w = a->q + r * n_in;
-        const float *x = a->x + h * a->m_rows * n_in;
-        float *y = a->y + h * a->m_rows * n_out;
-        if (a->m_rows == 1) {
-            y[o] = dot1(x, w, n_in) * a->scale[r];
-            continue;
+    if (a->m_rows == 1) {
+        for (int64_t r = lo; r < hi; r++) {
+            int64_t h = r / n_out;
+            a->y[h * n_out + r % n_out] = dot1(a->x + h * n_in, a->q + r * n_in, n_in) * a->scale[r];
         }
-        for (int64_t m0 = 0; m0 < a->m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows of x */
-            int nm = a->m_rows - m0 < 4 ? (int)(a->m_rows - m0) : 4;
-            dot4(x + m0 * n_in, nm, w, n_in, part);
-            for (int m = 0; m < nm; m++) y[(m0 + m) * n_out + o] = part[m] * a->scale[r];
-        }
+        return;
+    }
+    for (int64_t r = lo; r < hi;) {  /* each head's share of rows in one run of tiles */
+        int64_t h = r / n_out, o0 = r % n_out, o1 = hi - h * n_out < n_out ? hi - h * n_out : n_out;
+        tiles_int8(a->x + h * a->m_rows * n_in, a->m_rows, n_in, a->q + h * n_out * n_in, a->scale + h * n_out, n_in,
+                   o0, o1, a->y + h * a->m_rows * n_out, n_out);
+        r += o1 - o0;
     }
 }
 
@@ -354,39 +585,6 @@ int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts
 
 /* ---- float32 experts ------------------------------------------------------------------------------------------ */
 
-static inline float dot1_f32(const float *x, const float *w, int64_t n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) s += w[i] * x[i];
-    return s;
-}
-
-/* y (n) += sum over r < nr of a[r] * rows[r] (rows of length n, `stride` apart): four rows per pass over y */
-static inline void axpy4(float *y, const float *a, const float *rows, int nr, int64_t n, int64_t stride) {
-    __m256 c[4];
-    for (int r = 0; r < 4; r++) c[r] = _mm256_set1_ps(r < nr ? a[r] : 0.0f);
-    const float *r0 = rows, *r1 = rows + (nr > 1 ? stride : 0), *r2 = rows + (nr > 2 ? 2 * stride : 0),
-                *r3 = rows + (nr > 3 ? 3 * stride : 0);  /* missing rows read row 0 with a zero coefficient */
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 acc = _mm256_loadu_ps(y + i);
-        acc = _mm256_fmadd_ps(c[0], _mm256_loadu_ps(r0 + i), acc);
-        acc = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(r1 + i), acc);
-        acc = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(r2 + i), acc);
-        acc = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(r3 + i), acc);
-        _mm256_storeu_ps(y + i, acc);
-    }
-    for (; i < n; i++)
-        for (int r = 0; r < nr; r++) y[i] += a[r] * rows[r * stride + i];
-}
-
 /* float32: gate and up (E, 2F, D) row by row, the down projection stored transposed as (E, F, D) so that it
  * streams as scaled rows added into y */
 static void f32_experts_job(void *p, int ith, int nth) {
@@ -412,24 +610,6 @@ int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts,
     return run_experts(f32_experts_job, &a, n_experts, 12 * f * d * k, 4);
 }
 
-/* nm <= 4 float32 rows of x (stride n) against weight row w: the rows share each load of the weights */
-static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, float *out) {
-    __m256 acc[4][2];
-    for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
-        for (int m = 0; m < nm; m++) {
-            acc[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * n + i), acc[m][0]);
-            acc[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * n + i + 8), acc[m][1]);
-        }
-    }
-    for (int m = 0; m < nm; m++) {
-        float s = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
-        for (int64_t j = i; j < n; j++) s += w[j] * x[m * n + j];
-        out[m] = s;
-    }
-}
 
 /* ---- many tokens through their experts ----------------------------------------------------------------------- */
 /* A decode step of several sequences: the (token, expert) pairs sorted by expert, x (P, D) their rows, expert
@@ -448,24 +628,6 @@ typedef struct {
     float *out;
     atomic_int failed;  /* a part found no memory */
 } grouped_args;
-
-/* rows [r0, r1) of x times gate and up rows (2F, D) of one expert: h (M, 2F) */
-static void grouped_gate_up(const grouped_args *a, const void *gu, const float *gus, int64_t r0, int64_t r1,
-                            float *h) {
-    int64_t d = a->d, f2 = 2 * a->f, m_rows = r1 - r0;
-    float part[4];
-    for (int64_t o = 0; o < f2; o++)  /* each weight row read once, from memory, for every row of x */
-        for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
-            int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
-            if (gus != NULL) {
-                dot4(a->x + (r0 + m0) * d, nm, (const int8_t *)gu + o * d, d, part);
-                for (int m = 0; m < nm; m++) h[(m0 + m) * f2 + o] = part[m] * gus[o];
-            } else {
-                dot4_f32(a->x + (r0 + m0) * d, nm, (const float *)gu + o * d, d, part);
-                for (int m = 0; m < nm; m++) h[(m0 + m) * f2 + o] = part[m];
-            }
-        }
-}
 
 /* h (M, 2F) -> act (M, F): silu(gate) * up, times each pair's routing weight */
 static void grouped_act(const grouped_args *a, const float *h, int64_t r0, int64_t m_rows, float *act) {
@@ -487,16 +649,10 @@ static void f32_grouped_job(void *p, int part, int parts) {
             atomic_store(&a->failed, 1);
             return;
         }
-        grouped_gate_up(a, (const float *)a->gate_up + e * 2 * f * d, NULL, r0, r1, h);
+        tiles_f32(a->x + r0 * d, m_rows, d, (const float *)a->gate_up + e * 2 * f * d, d, 0, 2 * f, h, 2 * f);
         float *act = h + m_rows * 2 * f;
         grouped_act(a, h, r0, m_rows, act);
-        const float *dt = (const float *)a->down + e * f * d;  /* (F, D) */
-        for (int64_t m = 0; m < m_rows; m++)
-            for (int64_t o = 0; o < d; o++) a->out[(r0 + m) * d + o] = 0.0f;
-        for (int64_t o = 0; o < f; o += 4) {  /* four weight rows, then every row against them (from cache) */
-            int nr = f - o < 4 ? (int)(f - o) : 4;
-            for (int64_t m = 0; m < m_rows; m++) axpy4(a->out + (r0 + m) * d, act + m * f + o, dt + o * d, nr, d, d);
-        }
+        tiles_nn(act, m_rows, f, (const float *)a->down + e * f * d, d, d, a->out + r0 * d, d);  /* down (F, D) */
         free(h);
     }
 }
@@ -504,7 +660,6 @@ static void f32_grouped_job(void *p, int part, int parts) {
 static void int8_grouped_job(void *p, int part, int parts) {
     grouped_args *a = p;
     int64_t d = a->d, f = a->f;
-    float tmp[4];
     for (int64_t u = part; u < a->n_used; u += parts) {
         int64_t e = a->used[u], r0 = a->start[u], r1 = a->start[u + 1], m_rows = r1 - r0;
         float *h = malloc(sizeof(float) * m_rows * 3 * f);
@@ -512,17 +667,12 @@ static void int8_grouped_job(void *p, int part, int parts) {
             atomic_store(&a->failed, 1);
             return;
         }
-        grouped_gate_up(a, (const int8_t *)a->gate_up + e * 2 * f * d, a->gate_up_scale + e * 2 * f, r0, r1, h);
+        tiles_int8(a->x + r0 * d, m_rows, d, (const int8_t *)a->gate_up + e * 2 * f * d, a->gate_up_scale + e * 2 * f,
+                   d, 0, 2 * f, h, 2 * f);
         float *act = h + m_rows * 2 * f;
         grouped_act(a, h, r0, m_rows, act);
-        const int8_t *dn = (const int8_t *)a->down + e * d * f;  /* (D, F) */
-        const float *dns = a->down_scale + e * d;
-        for (int64_t o = 0; o < d; o++)
-            for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
-                int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
-                dot4(act + m0 * f, nm, dn + o * f, f, tmp);
-                for (int m = 0; m < nm; m++) a->out[(r0 + m0 + m) * d + o] = tmp[m] * dns[o];
-            }
+        tiles_int8(act, m_rows, f, (const int8_t *)a->down + e * d * f, a->down_scale + e * d, f, 0, d,
+                   a->out + r0 * d, d);  /* down (D, F) */
         free(h);
     }
 }
@@ -568,19 +718,17 @@ static void f32_rows_job(void *p, int ith, int nth) {
         for (int64_t o = lo; o < hi; o++) a->y[o] = dot1_f32(a->x, a->w + o * n_in, n_in);
         return;
     }
-    float part[4];
-    for (int64_t o = lo; o < hi; o++)
-        for (int64_t m0 = 0; m0 < a->m_rows; m0 += 4) {  /* the weight row stays in cache for the next rows */
-            int nm = a->m_rows - m0 < 4 ? (int)(a->m_rows - m0) : 4;
-            dot4_f32(a->x + m0 * n_in, nm, a->w + o * n_in, n_in, part);
-            for (int m = 0; m < nm; m++) a->y[(m0 + m) * n_out + o] = part[m];
-        }
+    tiles_f32(a->x, a->m_rows, n_in, a->w, n_in, lo, hi, a->y, n_out);
 }
 
 static void f32_columns_job(void *p, int ith, int nth) {
     const f32_gemv_args *a = p;
     int64_t lo, hi, n_in = a->n_in, n_out = a->n_out;
     share(n_out, ith, nth, 16, &lo, &hi);  /* whole cache lines of each weight row */
+    if (a->m_rows > 1) {
+        tiles_nn(a->x, a->m_rows, n_in, a->w + lo, n_out, hi - lo, a->y + lo, n_out);
+        return;
+    }
     for (int64_t m = 0; m < a->m_rows; m++)
         for (int64_t o = lo; o < hi; o++) a->y[m * n_out + o] = 0.0f;
     for (int64_t i = 0; i < n_in && lo < hi; i += 4) {  /* four weight rows, then every row of x against them */

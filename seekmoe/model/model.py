@@ -349,8 +349,9 @@ ONE_TOKEN_ROWS = 4  # steps of up to this many tokens run the experts token by t
 @torch.inference_mode()
 def few_tokens(experts: nn.Module, x_ND: torch.Tensor, idx_NK: torch.Tensor, weight_NK: torch.Tensor,
                kept_NK: torch.Tensor | None = None) -> torch.Tensor:
-    """The routed experts' output for a handful of tokens (decoding), inference only: only the experts in use run,
-    one at a time through `experts.expert(e, rows)`, each output added into place with its weight."""
+    """The routed experts' output at inference, only the experts in use run: for a handful of tokens (decoding), or
+    for any count where the grouped kernel takes them (the engine's prompt chunks); without a kernel one at a time
+    through `experts.expert(e, rows)`, each output added into place with its weight."""
     if x_ND.shape[0] <= ONE_TOKEN_ROWS and kept_NK is None and hasattr(experts, "one_token"):
         # a kernel for the whole block, where there is one: token by token (an expert two tokens share is read
         # twice, still cheaper than a handful of calls per expert)
