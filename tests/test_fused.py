@@ -56,6 +56,57 @@ def decode(model, fused: bool, prompt: int = 9, steps: int = 12) -> tuple[list[t
     return out[1:], {i: c.clone() for i, c in runner.expert_counts.items()}
 
 
+def decode_batch(model, fused: bool, seqs: int, steps: int = 6) -> tuple[list[torch.Tensor], dict]:
+    """`seqs` prompts of different lengths, each read by the runner's own step, then `steps` steps that decode one
+    token of every sequence at once: each step's logits (seqs, vocab), and the expert counts after."""
+    cache = LatentCache(model.config, 256, block_size=4)
+    runner = ModelRunner(model, cache)
+    if not fused:
+        runner.fused_layers = None
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, model.config.vocab_size, (3 + 2 * i,), generator=gen).tolist() for i in range(seqs)]
+    tables = [BlockTable() for _ in range(seqs)]
+    for table, prompt in zip(tables, prompts, strict=True):
+        assert cache.reserve(table, len(prompt))
+        runner.forward(torch.tensor(prompt), torch.arange(len(prompt)),
+                       [Segment(cache.slots(table, 0, len(prompt)), 0, len(prompt), True)])
+        table.num_tokens = len(prompt)
+    out = []
+    for _ in range(steps):
+        segs, ids = [], torch.randint(3, model.config.vocab_size, (seqs,), generator=gen)
+        for table in tables:
+            assert cache.reserve(table, table.num_tokens + 1)
+            segs.append(Segment(cache.slots(table, 0, table.num_tokens + 1), table.num_tokens, 1, True))
+        out.append(runner.forward(ids, torch.tensor([t.num_tokens for t in tables]), segs))
+        for table in tables:
+            table.num_tokens += 1
+    return out, {i: c.clone() for i, c in runner.expert_counts.items()}
+
+
+@pytest.mark.parametrize("seqs", [3, 6])  # the runner's own step: experts token by token, or grouped by expert
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_steps_of_several_sequences_match_the_runners_own(variant, seqs):
+    model = tiny_model(**VARIANTS[variant])
+    (fused, fused_counts), (own, own_counts) = decode_batch(model, True, seqs), decode_batch(model, False, seqs)
+    for a, b in zip(fused, own, strict=True):
+        assert a.shape == (seqs, model.config.vocab_size) and (a - b).abs().max() <= 1e-4
+    for i in own_counts:
+        assert torch.equal(fused_counts[i], own_counts[i])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fused_steps_of_several_sequences_of_a_quantized_model_match_the_runners_own(bits, tmp_path):
+    if bits == 8:
+        model = quantize_int8(tiny_model(**WIDE))
+    else:
+        save_model(tiny_model(**WIDE), tmp_path / "f")
+        quantize_checkpoint(tmp_path / "f", tmp_path / "q", 4, progress=False)
+        model = load_model(tmp_path / "q")
+    (fused, _), (own, _) = decode_batch(model, True, 6), decode_batch(model, False, 6)
+    for a, b in zip(fused, own, strict=True):  # int4: the bound of test_fused_steps_of_an_int4_model_...
+        assert (a - b).abs().max() <= (1e-4 if bits == 8 else 0.02 * b.abs().max())
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fused_steps_match_the_runners_own(variant):
     model = tiny_model(**VARIANTS[variant])

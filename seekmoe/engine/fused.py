@@ -1,9 +1,10 @@
-"""A decode step of one sequence with each layer one native call (kernels.decode_layer).
+"""A decode step with each layer one native call (kernels.decode_layer).
 
 The runner's own step calls PyTorch about fifty times a layer around the products (norms, splits, rope, the cache
 write, the router, ...): more time than `tiny`'s products take, and a fifth of a V2-Lite int4 step. Here each layer
 is described once, as pointers to the weights the runner already laid out (layout.DecodeLayer, the absorbed
-W_UK / W_UV), and a step of one new token runs it in C. The arithmetic is the runner's, in float32.
+W_UK / W_UV), and a step of one new token per sequence runs it in C, for one sequence or several (which share each
+product, their routed experts grouped by expert). The arithmetic is the runner's, in float32.
 
 `describe` returns None, and the runner keeps its own path, for what the kernel does not take: weights other than
 float32, int8 or int4 (or a mix the experts kernels do not read), a bfloat16 model.

@@ -174,8 +174,8 @@ class ModelRunner:
         fits = absorb and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in cache.kv)
         self._mla_attend = kernels.mla_attend() if fits else None
         self._grouped_experts = kernels.experts_grouped() is not None
-        # a decode step of one sequence as one native call a layer, where the kernel takes every layer (None: the
-        # step below, which takes everything)
+        # a decode step (one new token per sequence) as one native call a layer, where the kernel takes every layer
+        # (None: the step below, which takes everything)
         self.fused_layers: FusedDecode | None = describe(model, self.layers, self.absorbed) \
             if self._mla_attend is not None else None
         self._prefills: dict[int, Prefill] = {}  # sequence id -> its prompt's keys and values, while it is read
@@ -191,9 +191,8 @@ class ModelRunner:
         (M, D)) that replace those tokens' embeddings (media). Returns (S, vocab) float32 logits, in order: a row
         for each segment that wants its last token's, `length` rows for each that wants every token's."""
         m, cfg = self.model.model, self.cfg
-        if (self.fused_layers is not None and spliced is None and len(segments) == 1 and segments[0].length == 1
-                and segments[0].logits):
-            return self._fused_step(token_ids, positions, segments[0])
+        if self.fused_layers is not None and spliced is None and all(s.length == 1 and s.logits for s in segments):
+            return self._fused_step(token_ids, positions, segments)
         # the slot each new token writes: the last `length` rows of its segment's slots
         write = torch.cat([s.slots[s.start:s.start + s.length] for s in segments])  # (N,)
         x = m.embed_tokens(token_ids)  # (N, D)
@@ -251,16 +250,16 @@ class ModelRunner:
         # model's widest matrix, and a scored chunk's (length, vocab) rows are bounded by max_step_tokens
         return self.lm_head(m.norm(x[torch.tensor(rows, dtype=torch.long)])).float()
 
-    def _fused_step(self, token_ids: torch.Tensor, positions: torch.Tensor, s: Segment) -> torch.Tensor:
-        """One sequence's one new token, each layer one kernel call (engine/fused.py): its logits (1, vocab)."""
+    def _fused_step(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        """B sequences' one new token each, each layer one kernel call (engine/fused.py): their logits (B, vocab)."""
         m = self.model.model
-        x = m.embed_tokens(token_ids)[0]  # (D,)
-        cos, sin = (t[0].contiguous() for t in m.rotary_emb(positions))  # (R/2,) each
-        slots = s.slots[:s.start + 1]
+        x = m.embed_tokens(token_ids)  # (B, D)
+        cos, sin = (t.contiguous() for t in m.rotary_emb(positions))  # (B, R/2) each
+        slots, offsets = self._cached_rows(segments, x.dtype)
         for i, desc in enumerate(self.fused_layers.descs):
-            self.fused_layers.run(desc, x, self.cache.kv[i], cos, sin, slots, self.expert_counts.get(i))
-        self._prefills = {}  # as _close_prefills leaves them after a step that samples
-        return self.lm_head(m.norm(x[None])).float()
+            self.fused_layers.run(desc, x, self.cache.kv[i], cos, sin, slots, self.expert_counts.get(i), offsets)
+        self._prefills = {}  # as _close_prefills leaves them after a step in which every sequence samples
+        return self.lm_head(m.norm(x)).float()
 
     def _open_prefills(self, segments: list[Segment]) -> None:
         """Keep the Prefills of the sequences in this step, and start one for each that reads a prompt chunk with

@@ -1459,17 +1459,18 @@ static void rope(float *x, const float *cos, const float *sin, int64_t r, int in
     for (int64_t j = 0; j < r; j++) x[j] = t[j];
 }
 
-static int proj(const proj_desc *p, const float *x, float *y) {
+/* y (B, O) = x (B, I) W.T */
+static int proj(const proj_desc *p, const float *x, int64_t b, float *y) {
     switch (p->kind) {
     case PROJ_F32:
     case PROJ_F32_T:
-        seekmoe_f32_gemv(x, p->w, y, 1, p->n_in, p->n_out, p->kind == PROJ_F32_T);
+        seekmoe_f32_gemv(x, p->w, y, b, p->n_in, p->n_out, p->kind == PROJ_F32_T);
         return 0;
     case PROJ_INT8:
-        seekmoe_int8_gemv(x, p->w, p->scale, y, 1, p->n_in, p->n_out);
+        seekmoe_int8_gemv(x, p->w, p->scale, y, b, p->n_in, p->n_out);
         return 0;
     case PROJ_INT4:
-        return seekmoe_int4_gemv(x, p->w, p->scale, y, 1, p->n_in, p->n_out, p->group) ? -2 : 0;
+        return seekmoe_int4_gemv(x, p->w, p->scale, y, b, p->n_in, p->n_out, p->group) ? -2 : 0;
     }
     return -1;
 }
@@ -1492,28 +1493,120 @@ static int experts(const experts_desc *e, const float *x, int64_t d, const int64
     return status;
 }
 
-/* float32 absorbed products per head, from kv_b_proj (H, nope + v, lat): the query q_nope (H, nope) into latent
- * space (H, lat) as a sum of W_UK's rows, or the latent output (H, lat) to values (H, v) as dot products with W_UV's
- * rows. The threads split the heads. */
+/* y (B, D) += each row's routed experts (idx, weight (B, K)). One row, or int4 (no grouped kernel): row by row.
+ * Several: the (row, expert) pairs sorted by expert (counting sort; stable, so a row's experts are added in the
+ * order of their index, as the runner's index_add adds them) through experts_grouped, every used expert read once
+ * for all its rows. */
+static int experts_rows(const experts_desc *e, const float *x, int64_t b, int64_t d, const int64_t *idx,
+                        const float *weight, int64_t k, float *y) {
+    int status = 0;
+    if (b == 1 || e->kind == PROJ_INT4) {
+        for (int64_t r = 0; r < b && !status; r++) status = experts(e, x + r * d, d, idx + r * k, weight + r * k, k,
+                                                                    y + r * d);
+        return status;
+    }
+    int64_t ne = e->n_experts, np = b * k;
+    int64_t *ints = malloc(sizeof(int64_t) * (3 * ne + 1 + np));
+    float *xs = malloc(sizeof(float) * np * (2 * d + 1));
+    if (ints == NULL || xs == NULL) {
+        free(ints);
+        free(xs);
+        return -2;
+    }
+    int64_t *fill = ints, *used = fill + ne, *start = used + ne, *row_of = start + ne + 1;
+    float *out = xs + np * d, *ws = out + np * d;
+    int64_t n_used = 0, at = 0;
+    for (int64_t i = 0; i < ne; i++) fill[i] = 0;
+    for (int64_t p = 0; p < np; p++) fill[idx[p]]++;
+    for (int64_t i = 0; i < ne; i++) {
+        int64_t count = fill[i];
+        if (count == 0) continue;
+        used[n_used] = i;
+        start[n_used++] = at;
+        fill[i] = at;  /* from here on: where expert i's next pair goes */
+        at += count;
+    }
+    start[n_used] = np;
+    for (int64_t p = 0; p < np; p++) {
+        int64_t q = fill[idx[p]]++;
+        row_of[q] = p / k;
+        ws[q] = weight[p];
+        for (int64_t j = 0; j < d; j++) xs[q * d + j] = x[(p / k) * d + j];
+    }
+    if (e->kind == PROJ_INT8)
+        status = seekmoe_int8_experts_grouped(xs, d, e->f, ne, e->gate_up, e->gate_up_scale, e->down, e->down_scale,
+                                              used, start, n_used, ws, out);
+    else
+        status = seekmoe_f32_experts_grouped(xs, d, e->f, ne, e->gate_up, e->down, used, start, n_used, ws, out);
+    if (!status)
+        for (int64_t q = 0; q < np; q++)
+            for (int64_t j = 0; j < d; j++) y[row_of[q] * d + j] += out[q * d + j];
+    free(ints);
+    free(xs);
+    return status;
+}
+
+/* y (B, D) += one SwiGLU (the shared experts or a dense MLP, stored as one expert) over B rows. One row: the
+ * experts kernel. Several: its products over all rows (the threads split the weight rows, where a grouped call
+ * would give the one expert to one thread), silu(gate) * up between them. */
+static int mlp_rows(const experts_desc *e, const float *x, int64_t b, int64_t d, float *y) {
+    static const int64_t first = 0;
+    static const float whole = 1.0f;
+    if (b == 1) return experts(e, x, d, &first, &whole, 1, y);
+    int64_t f = e->f;
+    float *h = malloc(sizeof(float) * b * (3 * f + d));
+    if (h == NULL) return -2;
+    float *act = h + b * 2 * f, *out = act + b * f;
+    int status = 0;
+    if (e->kind == PROJ_INT4)
+        status = seekmoe_int4_gemv(x, e->gate_up, e->gate_up_scale, h, b, d, 2 * f, e->group) ? -2 : 0;
+    else if (e->kind == PROJ_INT8)
+        seekmoe_int8_gemv(x, e->gate_up, e->gate_up_scale, h, b, d, 2 * f);
+    else
+        seekmoe_f32_gemv(x, e->gate_up, h, b, d, 2 * f, 0);
+    for (int64_t r = 0; r < b && !status; r++)
+        for (int64_t o = 0; o < f; o++) {
+            float g = h[r * 2 * f + o];
+            act[r * f + o] = g / (1.0f + expf(-g)) * h[r * 2 * f + f + o];
+        }
+    if (!status) {
+        if (e->kind == PROJ_INT4)
+            status = seekmoe_int4_gemv(act, e->down, e->down_scale, out, b, f, d, e->group) ? -2 : 0;
+        else if (e->kind == PROJ_INT8)
+            seekmoe_int8_gemv(act, e->down, e->down_scale, out, b, f, d);
+        else
+            seekmoe_f32_gemv(act, e->down, out, b, f, d, 1);  /* down stored transposed (F, D) */
+    }
+    if (!status)
+        for (int64_t i = 0; i < b * d; i++) y[i] += out[i];
+    free(h);
+    return status;
+}
+
+/* float32 absorbed products per head, from kv_b_proj (H, nope + v, lat), for M rows: the queries q_nope (H, M, nope)
+ * into latent space (H, M, lat) as sums of W_UK's rows, or the latent outputs (H, M, lat) to values (H, M, v) as
+ * dot products with W_UV's rows. The threads split the heads. */
 typedef struct {
     const float *x, *w;
     float *y;
-    int64_t heads, nope, v, lat, values;
+    int64_t heads, m_rows, nope, v, lat, values;
 } heads_args;
 
 static void f32_heads_job(void *p, int part, int parts) {
     const heads_args *a = p;
-    int64_t n = a->nope, lat = a->lat;
+    int64_t n = a->nope, lat = a->lat, m_rows = a->m_rows;
     for (int64_t h = part; h < a->heads; h += parts) {  /* a call too small to split runs as one part */
         const float *w = a->w + h * (n + a->v) * lat;
         if (a->values) {
-            for (int64_t j = 0; j < a->v; j++) a->y[h * a->v + j] = dot1_f32(a->x + h * lat, w + (n + j) * lat, lat);
+            tiles_f32(a->x + h * m_rows * lat, m_rows, lat, w + n * lat, lat, 0, a->v, a->y + h * m_rows * a->v, a->v);
             continue;
         }
-        float *y = a->y + h * lat;
-        for (int64_t j = 0; j < lat; j++) y[j] = 0.0f;
-        for (int64_t j = 0; j < n; j += 4)
-            axpy4(y, a->x + h * n + j, w + j * lat, n - j < 4 ? (int)(n - j) : 4, lat, lat);
+        for (int64_t m = 0; m < m_rows; m++) {
+            float *y = a->y + (h * m_rows + m) * lat;
+            const float *x = a->x + (h * m_rows + m) * n;
+            for (int64_t j = 0; j < lat; j++) y[j] = 0.0f;
+            for (int64_t j = 0; j < n; j += 4) axpy4(y, x + j, w + j * lat, n - j < 4 ? (int)(n - j) : 4, lat, lat);
+        }
     }
 }
 
@@ -1530,12 +1623,11 @@ static void top_k(const float *c, int64_t n, int64_t k, int64_t *idx) {
     }
 }
 
-/* the router's K experts for h: scores (E) by softmax or sigmoid of gate . h, the K best (plus noaux_tc's bias, which
- * steers the choice but not the weights; within the best groups where routing is group-limited), weights normalised
- * over the K where asked, then scaled (model.Gate). choice: scratch for E floats. */
-static void route(const layer_desc *L, const float *h, float *scores, float *choice, int64_t *idx, float *weight) {
+/* the router's K experts for a row: scores (E), given as the logits gate . h, by softmax or sigmoid; the K best
+ * (plus noaux_tc's bias, which steers the choice but not the weights; within the best groups where routing is
+ * group-limited), weights normalised over the K where asked, then scaled (model.Gate). choice: scratch for E. */
+static void route(const layer_desc *L, float *scores, float *choice, int64_t *idx, float *weight) {
     int64_t e = L->routed.n_experts, k = L->top_k;
-    seekmoe_f32_gemv(h, L->gate, scores, 1, L->d, e, 0);
     if (L->sigmoid) {
         for (int64_t i = 0; i < e; i++) scores[i] = 1.0f / (1.0f + expf(-scores[i]));
     } else {
@@ -1572,87 +1664,105 @@ static void route(const layer_desc *L, const float *h, float *scores, float *cho
         weight[j] = (L->norm_topk && k > 1 ? weight[j] / (sum + 1e-20f) : weight[j]) * L->routed_scale;
 }
 
-/* Returns 0; -1 for a bad descriptor or slot, -2 without memory. x (D) is updated in place; kv the layer's cache
- * (kv_rows, lat + rope), the new token's row written; cos, sin (rope / 2) the position's; slots (n) the sequence's
- * cache rows, the new token's last; counts (E) int64, or NULL, gains one for each chosen expert. */
-int seekmoe_decode_layer(const layer_desc *L, float *x, float *kv, int64_t kv_rows, const float *cos,
-                         const float *sin, const int64_t *slots, int64_t n, int64_t *counts) {
-    int64_t d = L->d, H = L->heads, nope = L->nope, r = L->rope, lat = L->lat, w = lat + r, v = L->v;
+/* B sequences' new tokens through the layer L describes. Returns 0; -1 for a bad descriptor, slot or offsets, -2
+ * without memory. x (B, D) is updated in place; kv is the layer's cache (kv_rows, lat + rope); cos, sin (B, rope / 2)
+ * are the tokens' positions'; sequence i's cache rows are slots[offsets[i]..offsets[i + 1]), in order, its new
+ * token's last, whose row is written; counts (E) int64, or NULL, gains one for each chosen expert. One row runs as
+ * it always has (the experts kernel per token); several share each product (tiles), and their routed experts are
+ * grouped by expert. */
+int seekmoe_decode_layer(const layer_desc *L, float *x, int64_t b, float *kv, int64_t kv_rows, const float *cos,
+                         const float *sin, const int64_t *slots, const int64_t *offsets, int64_t *counts) {
+    int64_t d = L->d, H = L->heads, nope = L->nope, r = L->rope, lat = L->lat, w = lat + r, v = L->v, hr = r / 2;
     int64_t qw = H * (nope + r), k = L->gate ? L->top_k : 0, e = L->routed.n_experts;
     int64_t qa = L->q_lora ? L->q_lora : qw;  /* attn_in's query part */
-    if (n < 1 || k > e || L->attn_in.n_out != qa + w
+    if (b < 1 || k > e || L->attn_in.n_out != qa + w
         || L->attn_in.n_in != d || L->o_proj.n_in != H * v || L->o_proj.n_out != d || r % 2 || r > 256
         || (L->q_lora && (L->q_b.n_in != L->q_lora || L->q_b.n_out != qw))
         || (L->n_group > 1 && (e % L->n_group || L->topk_group < 1 || L->topk_group > L->n_group || L->n_group > 256)))
         return -1;
-    for (int64_t i = 0; i < n; i++)  /* before anything is written */
+    if (offsets[0] != 0) return -1;
+    for (int64_t i = 0; i < b; i++)
+        if (offsets[i + 1] <= offsets[i]) return -1;  /* every sequence has its new token's row */
+    for (int64_t i = 0; i < offsets[b]; i++)  /* before anything is written */
         if (slots[i] < 0 || slots[i] >= kv_rows) return -1;
-    /* h (D), y (D), t (attn_in's outputs), the queries (H (nope + R)), q_nope (H, nope), q_lat (H, lat), q (H, w),
-     * o (H, lat), values (H, v), scores and the router's choice (E each), weights (K) */
-    float *buf = malloc(sizeof(float) * (2 * d + qa + w + qw + H * nope + H * lat + H * w + H * lat + H * v + 2 * e + k
-                                         + 1));
-    int64_t *idx = malloc(sizeof(int64_t) * (k + 1));
+    /* per row: h (D), y (D), t (attn_in's outputs), the queries (H (nope + R)), q_a (q_lora), q_nope (H nope),
+     * q_lat (H lat), q (H w), o and o by head (H lat each), values and values by head (H v each), the router's
+     * scores and choice (E each), weights (K) */
+    int64_t per = 2 * d + qa + w + qw + qa + H * nope + H * lat + H * w + 2 * H * lat + 2 * H * v + 2 * e + k;
+    float *buf = malloc(sizeof(float) * (b * per + 1));
+    int64_t *idx = malloc(sizeof(int64_t) * (b * k + 1));
     if (buf == NULL || idx == NULL) {
         free(buf);
         free(idx);
         return -2;
     }
-    float *h = buf, *y = h + d, *t = y + d, *tq = t + qa + w, *qn = tq + qw, *ql = qn + H * nope, *q = ql + H * lat;
-    float *o = q + H * w, *vals = o + H * lat, *scores = vals + H * v, *choice = scores + e, *weight = choice + e;
-    static const int64_t first = 0;
-    static const float whole = 1.0f;
+    float *h = buf, *y = h + b * d, *t = y + b * d, *tq = t + b * (qa + w), *qa_rows = tq + b * qw;
+    float *qn = qa_rows + b * qa, *ql = qn + b * H * nope, *q = ql + b * H * lat, *o = q + b * H * w;
+    float *oh = o + b * H * lat, *vh = oh + b * H * lat, *vals = vh + b * H * v, *scores = vals + b * H * v;
+    float *choice = scores + b * e, *weight = choice + b * e;
     int status;
 
-    /* attention: [q | c_KV | k_rope] from the normed input; the cache row [norm(c_KV) | rope(k_rope)] */
-    rms_norm(x, L->input_norm, d, L->eps, h);
-    if ((status = proj(&L->attn_in, h, t))) goto done;
-    float *row = kv + slots[n - 1] * w;
-    rms_norm(t + qa, L->kv_norm, lat, L->kv_eps, row);
-    for (int64_t j = 0; j < r; j++) row[lat + j] = t[qa + lat + j];
-    rope(row + lat, cos, sin, r, L->interleave);
-    if (L->q_lora) {  /* the low-rank query, normed, up to every head's */
-        rms_norm(t, L->q_norm, qa, L->q_eps, t);
-        if ((status = proj(&L->q_b, t, tq))) goto done;
-    } else {
-        for (int64_t j = 0; j < qw; j++) tq[j] = t[j];
+    /* attention: [q | c_KV | k_rope] from the normed input; each cache row [norm(c_KV) | rope(k_rope)] */
+    for (int64_t i = 0; i < b; i++) rms_norm(x + i * d, L->input_norm, d, L->eps, h + i * d);
+    if ((status = proj(&L->attn_in, h, b, t))) goto done;
+    for (int64_t i = 0; i < b; i++) {
+        const float *ti = t + i * (qa + w);
+        float *row = kv + slots[offsets[i + 1] - 1] * w;
+        rms_norm(ti + qa, L->kv_norm, lat, L->kv_eps, row);
+        for (int64_t j = 0; j < r; j++) row[lat + j] = ti[qa + lat + j];
+        rope(row + lat, cos + i * hr, sin + i * hr, r, L->interleave);
+        if (L->q_lora)
+            rms_norm(ti, L->q_norm, qa, L->q_eps, qa_rows + i * qa);  /* the low-rank query, normed */
+        else
+            for (int64_t j = 0; j < qw; j++) tq[i * qw + j] = ti[j];
     }
-    for (int64_t hd = 0; hd < H; hd++) {  /* per head: q_nope aside, q_rope rotated into q's last R */
-        const float *th = tq + hd * (nope + r);
-        for (int64_t j = 0; j < nope; j++) qn[hd * nope + j] = th[j];
-        for (int64_t j = 0; j < r; j++) q[hd * w + lat + j] = th[nope + j];
-        rope(q + hd * w + lat, cos, sin, r, L->interleave);
-    }
-    /* absorbed: the query in latent space, attention over the cached rows, the latent output to values */
+    if (L->q_lora && (status = proj(&L->q_b, qa_rows, b, tq))) goto done;  /* up to every head's */
+    for (int64_t i = 0; i < b; i++)
+        for (int64_t hd = 0; hd < H; hd++) {  /* per head: q_nope aside (by head), q_rope rotated into q's last R */
+            const float *th = tq + i * qw + hd * (nope + r);
+            float *qr = q + (i * H + hd) * w + lat;
+            for (int64_t j = 0; j < nope; j++) qn[(hd * b + i) * nope + j] = th[j];
+            for (int64_t j = 0; j < r; j++) qr[j] = th[nope + j];
+            rope(qr, cos + i * hr, sin + i * hr, r, L->interleave);
+        }
+    /* absorbed: the queries in latent space, attention over the cached rows, the latent outputs to values */
     if (L->int8_heads) {
-        seekmoe_int8_gemv_heads(qn, L->uk, L->uk_scale, ql, H, 1, nope, lat);
+        seekmoe_int8_gemv_heads(qn, L->uk, L->uk_scale, ql, H, b, nope, lat);
     } else {
-        heads_args a = {qn, L->uk, ql, H, nope, v, lat, 0};
+        heads_args a = {qn, L->uk, ql, H, b, nope, v, lat, 0};
         pool_run(f32_heads_job, &a, (int)H, 4 * H * nope * lat);
     }
     for (int64_t hd = 0; hd < H; hd++)
-        for (int64_t j = 0; j < lat; j++) q[hd * w + j] = ql[hd * lat + j];
-    int64_t offsets[2] = {0, n};
-    if ((status = seekmoe_mla_attend(q, kv, kv_rows, w, lat, H, slots, offsets, 1, L->softmax_scale, o))) goto done;
+        for (int64_t i = 0; i < b; i++)
+            for (int64_t j = 0; j < lat; j++) q[(i * H + hd) * w + j] = ql[(hd * b + i) * lat + j];
+    if ((status = seekmoe_mla_attend(q, kv, kv_rows, w, lat, H, slots, offsets, b, L->softmax_scale, o))) goto done;
+    for (int64_t i = 0; i < b; i++)  /* (B, H, lat) -> (H, B, lat) */
+        for (int64_t hd = 0; hd < H; hd++)
+            for (int64_t j = 0; j < lat; j++) oh[(hd * b + i) * lat + j] = o[(i * H + hd) * lat + j];
     if (L->int8_heads) {
-        seekmoe_int8_gemv_heads(o, L->uv, L->uv_scale, vals, H, 1, lat, v);
+        seekmoe_int8_gemv_heads(oh, L->uv, L->uv_scale, vh, H, b, lat, v);
     } else {
-        heads_args a = {o, L->uk, vals, H, nope, v, lat, 1};
+        heads_args a = {oh, L->uk, vh, H, b, nope, v, lat, 1};
         pool_run(f32_heads_job, &a, (int)H, 4 * H * v * lat);
     }
-    if ((status = proj(&L->o_proj, vals, h))) goto done;
-    for (int64_t i = 0; i < d; i++) x[i] += h[i];
+    for (int64_t hd = 0; hd < H; hd++)  /* (H, B, v) -> (B, H v) */
+        for (int64_t i = 0; i < b; i++)
+            for (int64_t j = 0; j < v; j++) vals[(i * H + hd) * v + j] = vh[(hd * b + i) * v + j];
+    if ((status = proj(&L->o_proj, vals, b, h))) goto done;
+    for (int64_t i = 0; i < b * d; i++) x[i] += h[i];
 
     /* the MLP: routed experts and shared ones (or a dense MLP as one expert) added together */
-    rms_norm(x, L->post_norm, d, L->eps, h);
-    for (int64_t i = 0; i < d; i++) y[i] = 0.0f;
+    for (int64_t i = 0; i < b; i++) rms_norm(x + i * d, L->post_norm, d, L->eps, h + i * d);
+    for (int64_t i = 0; i < b * d; i++) y[i] = 0.0f;
     if (k > 0) {
-        route(L, h, scores, choice, idx, weight);
+        seekmoe_f32_gemv(h, L->gate, scores, b, d, e, 0);  /* the router's logits, every row at once */
+        for (int64_t i = 0; i < b; i++) route(L, scores + i * e, choice + i * e, idx + i * k, weight + i * k);
         if (counts != NULL)
-            for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
-        if ((status = experts(&L->routed, h, d, idx, weight, k, y))) goto done;
+            for (int64_t j = 0; j < b * k; j++) counts[idx[j]]++;
+        if ((status = experts_rows(&L->routed, h, b, d, idx, weight, k, y))) goto done;
     }
-    if (L->shared.n_experts > 0 && (status = experts(&L->shared, h, d, &first, &whole, 1, y))) goto done;
-    for (int64_t i = 0; i < d; i++) x[i] += y[i];
+    if (L->shared.n_experts > 0 && (status = mlp_rows(&L->shared, h, b, d, y))) goto done;
+    for (int64_t i = 0; i < b * d; i++) x[i] += y[i];
 done:
     free(buf);
     free(idx);

@@ -669,35 +669,45 @@ class LayerDesc(ctypes.Structure):
 
 
 def decode_layer() -> Callable[..., None] | None:
-    """`f(desc: LayerDesc, x (D,), kv (S, L + R), cos, sin (R / 2,), slots (N,) int64, counts (E,) int64 | None)`:
-    x, one sequence's new token (float32), through the layer `desc` describes, in place. Its cache row, slot
-    slots[-1] of the layer's cache kv, is written, and attention reads slots (the sequence's rows, in order); cos and
-    sin are its position's rope; counts, where given, gains one for each expert chosen. None without the kernels."""
+    """`f(desc: LayerDesc, x (B, D), kv (S, L + R), cos, sin (B, R / 2), slots (N,) int64, offsets (B + 1,) int64,
+    counts (E,) int64 | None)`: x, B sequences' new tokens (float32), through the layer `desc` describes, in place.
+    Sequence i's cache rows are slots[offsets[i]:offsets[i + 1]] of the layer's cache kv, in order; its new token's
+    row, the last of them, is written, and attention reads them all; cos and sin are the tokens' positions' rope;
+    counts, where given, gains one for each expert chosen. One sequence may also be given as x (D,), cos and sin
+    (R / 2,) and no offsets. None without the kernels."""
     return _bound("decode_layer", _decode_layer)
 
 
 def _decode_layer(lib: ctypes.CDLL) -> Callable:
     fn = lib.seekmoe_decode_layer
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.POINTER(LayerDesc), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64] + \
-        [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+    fn.argtypes = [ctypes.POINTER(LayerDesc), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + \
+        [ctypes.c_void_p] * 5
 
     def run(desc: LayerDesc, x: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-            slots: torch.Tensor, counts: torch.Tensor | None = None) -> None:
-        ok = (x.shape == (desc.d,) and kv.dim() == 2 and kv.shape[1] == desc.lat + desc.rope
-              and cos.shape == sin.shape == (desc.rope // 2,) and slots.dim() == 1
+            slots: torch.Tensor, counts: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> None:
+        b = x.shape[0] if x.dim() == 2 else 1
+        if offsets is None and x.dim() == 1:
+            offsets = torch.tensor([0, slots.shape[0]]) if slots.dim() == 1 else None
+        rows = (b, desc.d) if x.dim() == 2 else (desc.d,)
+        half = (b, desc.rope // 2) if x.dim() == 2 else (desc.rope // 2,)
+        ok = (x.shape == rows and kv.dim() == 2 and kv.shape[1] == desc.lat + desc.rope
+              and cos.shape == sin.shape == half and slots.dim() == 1
+              and offsets is not None and offsets.shape == (b + 1,) and offsets.dtype == torch.int64
               and x.dtype == kv.dtype == cos.dtype == sin.dtype == torch.float32 and slots.dtype == torch.int64
               and (counts is None or (counts.shape == (desc.routed.n_experts,) and counts.dtype == torch.int64
                                       and counts.is_contiguous()))
-              and x.is_contiguous() and kv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
-              and slots.is_contiguous())
+              and all(t.is_contiguous() for t in (x, kv, cos, sin, slots, offsets)))
+        if ok:  # the offsets cut slots into B non-empty runs
+            ok = int(offsets[0]) == 0 and int(offsets[-1]) == slots.shape[0] and bool((offsets.diff() > 0).all())
         if not ok:
-            raise ValueError("kernels.decode_layer needs contiguous CPU tensors: x (D,), kv (S, L + R), cos and sin "
-                             "(R / 2,) float32, slots (N,) int64, counts (E,) int64 or None; got "
+            raise ValueError("kernels.decode_layer needs contiguous CPU tensors: x (B, D), kv (S, L + R), cos and sin "
+                             "(B, R / 2) float32 (or x (D,), cos and sin (R / 2,) for one sequence), slots (N,) int64, "
+                             "offsets (B + 1,) int64 from 0 to N, rising, counts (E,) int64 or None; got "
                              + ", ".join("None" if t is None else f"{tuple(t.shape)} {t.dtype}"
-                                         for t in (x, kv, cos, sin, slots, counts)))
-        status = fn(ctypes.byref(desc), x.data_ptr(), kv.data_ptr(), kv.shape[0], cos.data_ptr(), sin.data_ptr(),
-                    slots.data_ptr(), slots.shape[0], None if counts is None else counts.data_ptr())
+                                         for t in (x, kv, cos, sin, slots, offsets, counts)))
+        status = fn(ctypes.byref(desc), x.data_ptr(), b, kv.data_ptr(), kv.shape[0], cos.data_ptr(), sin.data_ptr(),
+                    slots.data_ptr(), offsets.data_ptr(), None if counts is None else counts.data_ptr())
         if status == -2:
             raise MemoryError(f"kernels.decode_layer: no memory for a step over {slots.shape[0]} cached rows")
         if status:
