@@ -148,17 +148,24 @@ def fused_layer(model) -> tuple:
     return runner.fused_layers, cache
 
 
-@pytest.mark.parametrize("bad", ["x shape", "x dtype", "cos shape", "slots dtype", "counts shape", "kv width"])
+@pytest.mark.parametrize("bad", ["x shape", "x dtype", "cos shape", "slots dtype", "counts shape", "kv width",
+                                 "two rows, no offsets", "offsets short", "offsets not rising", "offsets past the slots",
+                                 "offsets int32"])
 def test_decode_layer_refuses_what_it_cannot_read(bad):
     model = tiny_model()
     layers, cache = fused_layer(model)
     d, r = model.config.hidden_size, model.config.qk_rope_head_dim
     args = dict(x=torch.zeros(d), kv=cache.kv[1], cos=torch.ones(r // 2), sin=torch.zeros(r // 2),
                 slots=torch.arange(3), counts=torch.zeros(model.config.n_routed_experts, dtype=torch.long))
+    two = dict(x=torch.zeros(2, d), cos=torch.ones(2, r // 2), sin=torch.zeros(2, r // 2))  # two sequences
     args |= {"x shape": dict(x=torch.zeros(d + 1)), "x dtype": dict(x=torch.zeros(d, dtype=torch.float64)),
              "cos shape": dict(cos=torch.ones(r)), "slots dtype": dict(slots=torch.arange(3, dtype=torch.int32)),
              "counts shape": dict(counts=torch.zeros(3, dtype=torch.long)),
-             "kv width": dict(kv=torch.zeros(16, 5))}[bad]
+             "kv width": dict(kv=torch.zeros(16, 5)), "two rows, no offsets": two,
+             "offsets short": two | dict(offsets=torch.tensor([0, 3])),
+             "offsets not rising": two | dict(offsets=torch.tensor([0, 0, 3])),
+             "offsets past the slots": two | dict(offsets=torch.tensor([0, 1, 5])),
+             "offsets int32": two | dict(offsets=torch.tensor([0, 1, 3], dtype=torch.int32))}[bad]
     with pytest.raises(ValueError, match=r"kernels\.decode_layer"):
         layers.run(layers.descs[1], **args)
 
