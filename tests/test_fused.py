@@ -149,8 +149,8 @@ def fused_layer(model) -> tuple:
 
 
 @pytest.mark.parametrize("bad", ["x shape", "x dtype", "cos shape", "slots dtype", "counts shape", "kv width",
-                                 "two rows, no offsets", "offsets short", "offsets not rising", "offsets past the slots",
-                                 "offsets int32"])
+                                 "two rows, no offsets", "offsets short", "offsets not rising",
+                                 "offsets past the slots", "offsets int32"])
 def test_decode_layer_refuses_what_it_cannot_read(bad):
     model = tiny_model()
     layers, cache = fused_layer(model)

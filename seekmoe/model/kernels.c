@@ -1493,21 +1493,43 @@ static int experts(const experts_desc *e, const float *x, int64_t d, const int64
     return status;
 }
 
-/* y (B, D) += each row's routed experts (idx, weight (B, K)). One row, or int4 (no grouped kernel): row by row.
- * Several: the (row, expert) pairs sorted by expert (counting sort; stable, so a row's experts are added in the
- * order of their index, as the runner's index_add adds them) through experts_grouped, every used expert read once
- * for all its rows. */
+/* int4 pairs sorted by expert (as experts_grouped takes them): out (P, D) = weight[p] * SwiGLU_e(x[p]), expert by
+ * expert, each of its two products over all its rows in one int4_gemv (the threads split the weight rows), as the
+ * runner's Int4RoutedExperts.expert runs them. h: scratch for P * 3F floats. */
+static int int4_grouped(const experts_desc *e, const float *xs, int64_t d, const int64_t *used, const int64_t *start,
+                        int64_t n_used, const float *ws, float *h, float *out) {
+    int64_t f = e->f, g = e->group;
+    for (int64_t u = 0; u < n_used; u++) {
+        int64_t ex = used[u], r0 = start[u], m_rows = start[u + 1] - r0;
+        float *act = h + m_rows * 2 * f;
+        if (seekmoe_int4_gemv(xs + r0 * d, (const uint8_t *)e->gate_up + ex * 2 * f * (d / 2),
+                              (const uint16_t *)e->gate_up_scale + ex * 2 * f * (d / g), h, m_rows, d, 2 * f, g))
+            return -2;
+        for (int64_t m = 0; m < m_rows; m++)
+            for (int64_t o = 0; o < f; o++) {
+                float gv = h[m * 2 * f + o];
+                act[m * f + o] = gv / (1.0f + expf(-gv)) * h[m * 2 * f + f + o];
+            }
+        if (seekmoe_int4_gemv(act, (const uint8_t *)e->down + ex * d * (f / 2),
+                              (const uint16_t *)e->down_scale + ex * d * (f / g), out + r0 * d, m_rows, f, d, g))
+            return -2;
+        for (int64_t m = r0; m < r0 + m_rows; m++)
+            for (int64_t j = 0; j < d; j++) out[m * d + j] *= ws[m];
+    }
+    return 0;
+}
+
+/* y (B, D) += each row's routed experts (idx, weight (B, K)). One row: the experts kernel. Several: the (row,
+ * expert) pairs sorted by expert (counting sort; stable, so a row's experts are added in the order of their index,
+ * as the runner's index_add adds them), every used expert read once for all its rows (experts_grouped; int4,
+ * int4_grouped). */
 static int experts_rows(const experts_desc *e, const float *x, int64_t b, int64_t d, const int64_t *idx,
                         const float *weight, int64_t k, float *y) {
+    if (b == 1) return experts(e, x, d, idx, weight, k, y);
     int status = 0;
-    if (b == 1 || e->kind == PROJ_INT4) {
-        for (int64_t r = 0; r < b && !status; r++) status = experts(e, x + r * d, d, idx + r * k, weight + r * k, k,
-                                                                    y + r * d);
-        return status;
-    }
     int64_t ne = e->n_experts, np = b * k;
     int64_t *ints = malloc(sizeof(int64_t) * (3 * ne + 1 + np));
-    float *xs = malloc(sizeof(float) * np * (2 * d + 1));
+    float *xs = malloc(sizeof(float) * np * (2 * d + 1 + (e->kind == PROJ_INT4 ? 3 * e->f : 0)));
     if (ints == NULL || xs == NULL) {
         free(ints);
         free(xs);
@@ -1533,7 +1555,9 @@ static int experts_rows(const experts_desc *e, const float *x, int64_t b, int64_
         ws[q] = weight[p];
         for (int64_t j = 0; j < d; j++) xs[q * d + j] = x[(p / k) * d + j];
     }
-    if (e->kind == PROJ_INT8)
+    if (e->kind == PROJ_INT4)
+        status = int4_grouped(e, xs, d, used, start, n_used, ws, ws + np, out);
+    else if (e->kind == PROJ_INT8)
         status = seekmoe_int8_experts_grouped(xs, d, e->f, ne, e->gate_up, e->gate_up_scale, e->down, e->down_scale,
                                               used, start, n_used, ws, out);
     else
