@@ -26,7 +26,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 @needs_gemv
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16, 150])  # 150 rows of 1,024: blocks of 64 rows, and a tail
 @pytest.mark.parametrize("shape", [(48, 64), (7, 45), (130, 1024)])  # (O, I): tails of both loops
 def test_the_kernel_equals_the_dequantized_product(shape, rows):
     q, scale = quantize_rows(randn(*shape, seed=1))
@@ -37,17 +37,19 @@ def test_the_kernel_equals_the_dequantized_product(shape, rows):
 
 
 @needs_gemv
-def test_int8_linear_takes_the_kernel_for_a_few_float32_rows_only(monkeypatch):
+def test_int8_linear_takes_the_kernel_for_float32_rows_only(monkeypatch):
     q, scale = quantize_rows(randn(48, 64, seed=1))
     calls = []
     monkeypatch.setattr(kernels, "_loaded", {"int8_gemv": lambda *a: calls.append(a[0].shape) or gemv(*a)})
-    x = randn(2, kernels.MAX_ROWS, 64, seed=2)  # any leading shape
+    x = randn(2, 150, 64, seed=2)  # any leading shape
     out = int8_linear(x[:, :1], q, scale)  # 2 rows
     assert calls == [(2, 64)] and out.shape == (2, 1, 48)
     torch.testing.assert_close(out, x[:, :1] @ (q.float() * scale[:, None]).T, rtol=1e-5, atol=1e-5)
-    int8_linear(x, q, scale)  # 2 * MAX_ROWS rows: past kernels.MAX_ROWS
+    out = int8_linear(x, q, scale)  # 300 rows: a prompt chunk
+    assert calls == [(2, 64), (300, 64)]
+    torch.testing.assert_close(out, x @ (q.float() * scale[:, None]).T, rtol=1e-5, atol=1e-5)
     int8_linear(x[0, :1].bfloat16(), q, scale)  # bfloat16 rows
-    assert calls == [(2, 64)]
+    assert len(calls) == 2
 
 
 @needs_gemv

@@ -50,9 +50,11 @@ def error(fn, *parts: str) -> str:
 
 # ---- Int8Linear -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("max_rows", [64, 0])  # all 64 rows through the bf16 kernel, or through the float path
-def test_int8_linear_is_close_to_the_float_linear(monkeypatch, max_rows):
-    monkeypatch.setattr(quant, "KERNEL_MAX_ROWS", max_rows)
+@pytest.mark.parametrize("path", ["seekmoe", "bf16", "float"])  # all 64 rows through seekmoe's kernel, torch's, or
+def test_int8_linear_is_close_to_the_float_linear(monkeypatch, path):  # the float path
+    if path != "seekmoe":
+        monkeypatch.setitem(quant.kernels._loaded, "int8_gemv", None)
+        monkeypatch.setattr(quant, "KERNEL_MAX_ROWS", 64 if path == "bf16" else 0)
     lin = linear(64, 48)
     x = randn(64, 64, seed=1)
     with torch.no_grad():
@@ -63,7 +65,8 @@ def test_int8_linear_is_close_to_the_float_linear(monkeypatch, max_rows):
     assert (got - want).norm() / want.norm() < 0.01
 
 
-def test_int8_linear_equals_the_dequantized_reference_on_the_float_path():
+def test_int8_linear_equals_the_dequantized_reference_on_the_float_path(monkeypatch):
+    monkeypatch.setitem(quant.kernels._loaded, "int8_gemv", None)  # seekmoe's kernel: tests/test_kernels.py
     lin = linear(64, 48)
     q = Int8Linear.from_linear(lin)
     assert q.weight.dtype == torch.int8 and q.weight_scale.dtype == torch.float32
@@ -82,7 +85,7 @@ def test_int8_linear_equals_the_dequantized_reference_on_the_float_path():
 
 @needs_kernel
 def test_int8_linear_kernel_path_rounds_only_to_bfloat16(monkeypatch):
-    monkeypatch.setattr(quant.kernels, "MAX_ROWS", 0)  # torch's kernel, not seekmoe's float32 one (test_kernels.py)
+    monkeypatch.setitem(quant.kernels._loaded, "int8_gemv", None)  # torch's kernel, not seekmoe's (test_kernels.py)
     q = Int8Linear.from_linear(linear(64, 48))
     x = randn(3, 64, seed=1)
     assert quant.kernel_fits(x, q.weight)

@@ -357,34 +357,40 @@ static inline __attribute__((always_inline)) void tile_dot(const float *x, int64
 }
 
 /* y[m][o] = x[m] . w[o] (* scale[o]) for m < m_rows and o in [o0, o1): weight rows of length k, four at a time
- * against every four rows of x; a last one to three weight rows one at a time (dot4). */
+ * against every four rows of x; a last one to three weight rows one at a time (dot4). Many rows (a prompt chunk) go
+ * a block at a time, TILE_X_BYTES of x, so that the block stays in L2 while the weight rows pass it. */
+#define TILE_X_BYTES (256 * 1024)
 static inline __attribute__((always_inline)) void tiles(const float *x, int64_t m_rows, int64_t ldx, const void *w,
                                                         int int8, const float *scale, int64_t k, int64_t o0,
                                                         int64_t o1, float *y, int64_t ldy) {
-    int64_t o = o0, esize = int8 ? 1 : 4;
-    for (; o + 4 <= o1; o += 4) {
-        const void *wo = (const char *)w + o * k * esize;
-        /* the next four weight rows stream into L2 while these are multiplied: the memory is not left idle while
-         * the rows of x pass a tile that is already in L1 */
-        const void *next = o + 8 <= o1 ? (const char *)wo + 4 * k * esize : NULL;
-        const float *so = scale != NULL ? scale + o : NULL;
-        int64_t m = 0;
-        for (; m + 4 <= m_rows; m += 4) tile_dot(x + m * ldx, ldx, 4, wo, int8, k, next, so, y + m * ldy + o, ldy);
-        switch (m_rows - m) {
-            case 3: tile_dot(x + m * ldx, ldx, 3, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
-            case 2: tile_dot(x + m * ldx, ldx, 2, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
-            case 1: tile_dot(x + m * ldx, ldx, 1, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
-            default: break;
+    int64_t esize = int8 ? 1 : 4, block = TILE_X_BYTES / (4 * k) / 4 * 4;
+    block = block < 4 ? 4 : block;
+    for (int64_t b0 = 0; b0 < m_rows; b0 += block, x += block * ldx, y += block * ldy) {
+        int64_t rows = m_rows - b0 < block ? m_rows - b0 : block, o = o0;
+        for (; o + 4 <= o1; o += 4) {
+            const void *wo = (const char *)w + o * k * esize;
+            /* the next four weight rows stream into L2 while these are multiplied: the memory is not left idle
+             * while the rows of x pass a tile that is already in L1 */
+            const void *next = o + 8 <= o1 ? (const char *)wo + 4 * k * esize : NULL;
+            const float *so = scale != NULL ? scale + o : NULL;
+            int64_t m = 0;
+            for (; m + 4 <= rows; m += 4) tile_dot(x + m * ldx, ldx, 4, wo, int8, k, next, so, y + m * ldy + o, ldy);
+            switch (rows - m) {
+                case 3: tile_dot(x + m * ldx, ldx, 3, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
+                case 2: tile_dot(x + m * ldx, ldx, 2, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
+                case 1: tile_dot(x + m * ldx, ldx, 1, wo, int8, k, next, so, y + m * ldy + o, ldy); break;
+                default: break;
+            }
         }
+        float part[4];
+        for (; o < o1; o++)
+            for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+                int nm = rows - m0 < 4 ? (int)(rows - m0) : 4;
+                if (int8) dot4(x + m0 * ldx, nm, (const int8_t *)w + o * k, k, part);
+                else dot4_f32(x + m0 * ldx, nm, (const float *)w + o * k, k, part);
+                for (int m = 0; m < nm; m++) y[(m0 + m) * ldy + o] = scale != NULL ? part[m] * scale[o] : part[m];
+            }
     }
-    float part[4];
-    for (; o < o1; o++)
-        for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
-            int nm = m_rows - m0 < 4 ? (int)(m_rows - m0) : 4;
-            if (int8) dot4(x + m0 * ldx, nm, (const int8_t *)w + o * k, k, part);
-            else dot4_f32(x + m0 * ldx, nm, (const float *)w + o * k, k, part);
-            for (int m = 0; m < nm; m++) y[(m0 + m) * ldy + o] = scale != NULL ? part[m] * scale[o] : part[m];
-        }
 }
 
 static void tiles_f32(const float *x, int64_t m_rows, int64_t ldx, const float *w, int64_t k, int64_t o0,

@@ -61,9 +61,10 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-# the products take up to this many rows (decode steps of up to 16 sequences): each weight row read from memory
-# serves them all, four at a time, on every thread of the pool, where torch's GEMMs for steps this small run on one
-# (a step of 16 `small` sequences: 1.2-1.4x faster with 16 than with 4 here); past it torch's GEMMs win
+# the float32 and int4 products take up to this many rows (decode steps of up to 16 sequences): each weight row read
+# from memory serves them all, on every thread of the pool, where torch's GEMMs for steps this small run on one;
+# past it torch's float32 GEMMs are as fast (and the int4 weights are dequantized for them). The int8 product takes
+# any count: it is faster than torch's int8 and float32 GEMMs for a prompt too (quant.py)
 MAX_ROWS = 16
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
