@@ -1696,12 +1696,13 @@ static void route(const layer_desc *L, float *scores, float *choice, int64_t *id
 
 /* B sequences' new tokens through the layer L describes. Returns 0; -1 for a bad descriptor, slot or offsets, -2
  * without memory. x (B, D) is updated in place; kv is the layer's cache (kv_rows, lat + rope); cos, sin (B, rope / 2)
- * are the tokens' positions'; sequence i's cache rows are slots[offsets[i]..offsets[i + 1]), in order, its new
- * token's last, whose row is written; counts (E) int64, or NULL, gains one for each chosen expert. One row runs as
+ * are the tokens' positions'; sequence i's cache rows are slots[offsets[i]..offsets[i + 1]) of the n_slots, in
+ * order, its new token's last, whose row is written; counts (E) int64, or NULL, gains one for each chosen expert. One row runs as
  * it always has (the experts kernel per token); several share each product (tiles), and their routed experts are
  * grouped by expert. */
 int seekmoe_decode_layer(const layer_desc *L, float *x, int64_t b, float *kv, int64_t kv_rows, const float *cos,
-                         const float *sin, const int64_t *slots, const int64_t *offsets, int64_t *counts) {
+                         const float *sin, const int64_t *slots, int64_t n_slots, const int64_t *offsets,
+                         int64_t *counts) {
     int64_t d = L->d, H = L->heads, nope = L->nope, r = L->rope, lat = L->lat, w = lat + r, v = L->v, hr = r / 2;
     int64_t qw = H * (nope + r), k = L->gate ? L->top_k : 0, e = L->routed.n_experts;
     int64_t qa = L->q_lora ? L->q_lora : qw;  /* attn_in's query part */
@@ -1710,10 +1711,10 @@ int seekmoe_decode_layer(const layer_desc *L, float *x, int64_t b, float *kv, in
         || (L->q_lora && (L->q_b.n_in != L->q_lora || L->q_b.n_out != qw))
         || (L->n_group > 1 && (e % L->n_group || L->topk_group < 1 || L->topk_group > L->n_group || L->n_group > 256)))
         return -1;
-    if (offsets[0] != 0) return -1;
+    if (offsets[0] != 0 || offsets[b] != n_slots) return -1;
     for (int64_t i = 0; i < b; i++)
         if (offsets[i + 1] <= offsets[i]) return -1;  /* every sequence has its new token's row */
-    for (int64_t i = 0; i < offsets[b]; i++)  /* before anything is written */
+    for (int64_t i = 0; i < n_slots; i++)  /* before anything is written */
         if (slots[i] < 0 || slots[i] >= kv_rows) return -1;
     /* per row: h (D), y (D), t (attn_in's outputs), the queries (H (nope + R)), q_a (q_lora), q_nope (H nope),
      * q_lat (H lat), q (H w), o and o by head (H lat each), values and values by head (H v each), the router's

@@ -683,7 +683,7 @@ def _decode_layer(lib: ctypes.CDLL) -> Callable:
     fn = lib.seekmoe_decode_layer
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.POINTER(LayerDesc), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + \
-        [ctypes.c_void_p] * 5
+        [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
 
     def run(desc: LayerDesc, x: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             slots: torch.Tensor, counts: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> None:
@@ -699,20 +699,21 @@ def _decode_layer(lib: ctypes.CDLL) -> Callable:
               and (counts is None or (counts.shape == (desc.routed.n_experts,) and counts.dtype == torch.int64
                                       and counts.is_contiguous()))
               and all(t.is_contiguous() for t in (x, kv, cos, sin, slots, offsets)))
-        if ok:  # the offsets cut slots into B non-empty runs
-            ok = int(offsets[0]) == 0 and int(offsets[-1]) == slots.shape[0] and bool((offsets.diff() > 0).all())
         if not ok:
             raise ValueError("kernels.decode_layer needs contiguous CPU tensors: x (B, D), kv (S, L + R), cos and sin "
                              "(B, R / 2) float32 (or x (D,), cos and sin (R / 2,) for one sequence), slots (N,) int64, "
-                             "offsets (B + 1,) int64 from 0 to N, rising, counts (E,) int64 or None; got "
+                             "offsets (B + 1,) int64, counts (E,) int64 or None; got "
                              + ", ".join("None" if t is None else f"{tuple(t.shape)} {t.dtype}"
                                          for t in (x, kv, cos, sin, slots, offsets, counts)))
+        # the values (slots in the cache, offsets from 0 to N, rising: one non-empty run per sequence) are checked
+        # in C, before anything is written: each check here is a few microseconds, and `tiny` has 4 layers a token
         status = fn(ctypes.byref(desc), x.data_ptr(), b, kv.data_ptr(), kv.shape[0], cos.data_ptr(), sin.data_ptr(),
-                    slots.data_ptr(), offsets.data_ptr(), None if counts is None else counts.data_ptr())
+                    slots.data_ptr(), slots.shape[0], offsets.data_ptr(), None if counts is None else counts.data_ptr())
         if status == -2:
             raise MemoryError(f"kernels.decode_layer: no memory for a step over {slots.shape[0]} cached rows")
         if status:
-            raise ValueError(f"kernels.decode_layer: a slot outside the cache's {kv.shape[0]} rows, or a descriptor "
-                             "whose shapes do not agree")
+            raise ValueError(f"kernels.decode_layer: a slot outside the cache's {kv.shape[0]} rows, offsets that do "
+                             "not cut the slots into one rising run per sequence, or a descriptor whose shapes do not "
+                             "agree")
 
     return run
