@@ -1627,6 +1627,10 @@ static void f32_heads_job(void *p, int part, int parts) {
     int64_t n = a->nope, lat = a->lat, m_rows = a->m_rows;
     for (int64_t h = part; h < a->heads; h += parts) {  /* a call too small to split runs as one part */
         const float *w = a->w + h * (n + a->v) * lat;
+        if (a->values && m_rows == 1) {
+            for (int64_t j = 0; j < a->v; j++) a->y[h * a->v + j] = dot1_f32(a->x + h * lat, w + (n + j) * lat, lat);
+            continue;
+        }
         if (a->values) {
             tiles_f32(a->x + h * m_rows * lat, m_rows, lat, w + n * lat, lat, 0, a->v, a->y + h * m_rows * a->v, a->v);
             continue;
