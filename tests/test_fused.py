@@ -83,7 +83,8 @@ def decode_batch(model, fused: bool, seqs: int, steps: int = 6) -> tuple[list[to
     return out, {i: c.clone() for i, c in runner.expert_counts.items()}
 
 
-@pytest.mark.parametrize("seqs", [3, 6])  # the runner's own step: experts token by token, or grouped by expert
+@pytest.mark.parametrize("seqs", [3, 6, 17])  # the runner's own step: experts token by token, grouped by expert;
+# 17: past the row count the runner's products take its kernels for
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fused_steps_of_several_sequences_match_the_runners_own(variant, seqs):
     model = tiny_model(**VARIANTS[variant])
