@@ -17,7 +17,8 @@ All in kernels.c, for inference (decode steps; a prompt chunk's routed experts):
 Products of several rows (`f32_gemv`, `int8_gemv`, `experts_grouped`) run in tiles: four rows of x against four
 weight rows, sixteen accumulators, so a load serves four multiply-adds where a row at a time needs one per
 multiply-add, and the next four weight rows are prefetched into L2 while a tile is multiplied. 16 rows of `small`'s
-float32 matrices: 80-120 -> 145-180 GFLOP/s on two threads; its 256-token prompt 480 -> 700-790 tokens/s.
+float32 matrices, weights from memory, two threads, the two builds alternating: 55-65 -> 135-165 GFLOP/s (stored
+transposed: 29-31 -> 140-156); its 256-token prompt 480 -> 700-790 tokens/s.
 - `mla_attend`, the absorbed attention of a decode step: each sequence's latent cache rows read where they sit,
   once for all heads, instead of gathered into a padded copy first.
 - `decode_layer`, one sequence's new token through a whole layer in one call (the calls above, chained in C): the

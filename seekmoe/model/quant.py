@@ -9,13 +9,15 @@ Three matmul paths, all computing x @ (q * s).T:
   activations, float32 accumulation, no rounding but the sums'. It is also the fastest of the three for a prompt
   (256 rows of `small`'s shapes: 165-220 GFLOP/s on two threads, torch's int8 kernel 75-170, its float32 GEMM
   140-160). Where it cannot be built or used, the next paths take these rows.
-- few rows (decode, <= KERNEL_MAX_ROWS): torch's int8-weight kernel, which streams the int8 weight once. On the CPU
-  it is fast only for bfloat16 activations (float32 ones take a scalar loop, 5-40x slower), so x and the
-  output are rounded to bfloat16 (~0.4% relative, under the int8 rounding itself); the float32 scale is applied
-  afterwards so it is not rounded. Its AVX-512 loop reads 16 inputs at a time with aligned loads, so it is only
-  used when the input width is a multiple of 16 and the buffers are aligned: otherwise it reads past the row.
-- many rows (prefill): dequantize the weight to x's dtype and run a float matmul; exact against the dequantized
-  reference, and faster than the kernel once the dequantization is shared by enough rows.
+- few rows (<= KERNEL_MAX_ROWS) that seekmoe's kernel does not take (bfloat16 activations, or no kernels): torch's
+  int8-weight kernel, which streams the int8 weight once. On the CPU it is fast only for bfloat16 activations
+  (float32 ones take a scalar loop, 5-40x slower), so x and the output are rounded to bfloat16 (~0.4% relative,
+  under the int8 rounding itself); the float32 scale is applied afterwards so it is not rounded. Its AVX-512 loop
+  reads 16 inputs at a time with aligned loads, so it is only used when the input width is a multiple of 16 and
+  the buffers are aligned: otherwise it reads past the row.
+- many rows that seekmoe's kernel does not take: dequantize the weight to x's dtype and run a float matmul; exact
+  against the dequantized reference, and faster than torch's kernel once the dequantization is shared by enough
+  rows.
 
 Checkpoints keep the Hugging Face names: `<module>.weight` is the int8 tensor, `<module>.weight_scale` its scales;
 routed experts are stored one tensor per expert (`model.layers.{i}.mlp.experts.{e}.gate_proj.weight`).
