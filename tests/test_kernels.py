@@ -425,12 +425,20 @@ def test_grouped_experts_refuse_what_they_cannot_read(bad):
         kernels.experts_grouped()(x, gate_up, gus, down, ds, *args)
 
 
+def paged_slots(rows: int, page: int, pages: int, seed: int) -> torch.Tensor:
+    """`rows` slots on pages of `page` consecutive rows, the pages in a random order, as the cache hands them out."""
+    order = torch.randperm(pages, generator=torch.Generator().manual_seed(seed))
+    return (order[:, None] * page + torch.arange(page)).flatten()[:rows]
+
+
 @needs_gemv
-@pytest.mark.parametrize("heads,width,lat", [(4, 80, 64), (3, 37, 30)])  # tails of every loop
-def test_attention_over_cached_rows_equals_softmax_of_the_gathered_rows(heads, width, lat):
+@pytest.mark.parametrize("heads,width,lat", [(4, 80, 64), (3, 37, 30), (8, 288, 256)])  # tails of every loop
+@pytest.mark.parametrize("where", ["anywhere", "pages"])  # runs of one row, or of 16 (read as one product)
+def test_attention_over_cached_rows_equals_softmax_of_the_gathered_rows(heads, width, lat, where):
     kv = randn(50, width, seed=1)
-    order = torch.randperm(50, generator=torch.Generator().manual_seed(2))
-    slots, offsets = order[:21], torch.tensor([0, 1, 14, 21])  # three sequences of 1, 13 and 7 rows, anywhere
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(2)) if where == "anywhere" else \
+        paged_slots(48, 16, 3, seed=2)
+    slots, offsets = order[:21], torch.tensor([0, 1, 14, 21])  # three sequences of 1, 13 and 7 rows
     q = randn(3, heads, width, seed=3)
     got = kernels.mla_attend()(q, kv, slots, offsets, lat, 0.3)
     for b in range(3):
@@ -446,7 +454,7 @@ def test_attention_over_a_long_context_merges_its_chunks():
     heads, width, lat = 3, 40, 32
     kv = randn(3000, width, seed=4) * 3  # spread scores: each chunk's max differs
     lengths = [1300, 5, 0, 1024, 513]
-    order = torch.randperm(3000, generator=torch.Generator().manual_seed(5))
+    order = paged_slots(2992, 16, 187, seed=5)  # pages of 16 rows
     slots, offsets = order[:sum(lengths)], torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     q = randn(len(lengths), heads, width, seed=6)
     got = kernels.mla_attend()(q, kv, slots, offsets, lat, 0.2)
