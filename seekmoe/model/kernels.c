@@ -279,13 +279,15 @@ static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, f
         out[m] = s;
     }
 }
+
 /* ---- tiles: several rows of x against several weight rows ----------------------------------------------------- */
-/* y (M, O) = x (M, I) W.T for M of more than a few rows (a step of several sequences, a prompt's tokens in one
- * expert): four rows of x against four weight rows at a time, sixteen accumulators, so each load of x serves four
- * weight rows and each load (or int8 widening) of a weight row four rows of x. dot4 loads one x vector per
- * multiply-add and stays bound by loads; a tile loads one per two. Vectors are 16 floats where the library is built
- * with AVX-512 (32 registers hold the tile), else 8. The weight tile (four rows) stays in L1 while the rows of x
- * pass it; the first pass prefetches the weight rows as dot4 does. Sums are reduced four at a time (sum4). */
+/* y (M, O) = x (M, I) W.T for M of more than one row (a step of several sequences, a prompt's tokens in one expert,
+ * the heads of an attention against the cached rows): four rows of x against four weight rows at a time, sixteen
+ * accumulators, so each load of x serves four weight rows and each load (or int8 widening) of a weight row four
+ * rows of x. dot4 loads one x vector per multiply-add and stays bound by loads; a tile loads one per two. Vectors are
+ * 16 floats where the library is built with AVX-512 (32 registers hold the tile), else 8 (the two definitions
+ * below). The weight tile (four rows) stays in L1 while the rows of x pass it, and the next four weight rows stream
+ * into L2 meanwhile. Sums are reduced four at a time (sum4). */
 #ifdef __AVX512F__
 typedef __m512 vec;
 #define VL 16
