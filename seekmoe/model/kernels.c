@@ -1131,7 +1131,10 @@ static inline void dot4_q4(const int8_t *xq, const float *xd, const float *xc, i
     for (int m = 0; m < 4; m++) acc[m] = _mm256_setzero_ps();
     int64_t nb = n / 32, b = 0;
     int sh = group == 64;
-    const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i m15 = _mm256_set1_epi8(15);
+#ifndef Q4_VNNI
+    const __m256i ones = _mm256_set1_epi16(1);  /* pairs of 16-bit products summed into 32 bits */
+#endif
     for (; b + 2 <= nb; b += 2) {
         ahead(w + 16 * b);
         __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 16 * b));
