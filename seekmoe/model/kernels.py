@@ -13,18 +13,18 @@ All in kernels.c, for inference (decode steps; a prompt chunk's routed experts):
 - `experts_grouped`, a step's (token, expert) pairs sorted by expert through their SwiGLUs in one call: each used
   expert's weights read once for all its rows (decoding several sequences, or a prompt chunk), where torch runs a
   handful of small products per expert on one thread, or one small GEMM after another.
-
-Products of several rows (`f32_gemv`, `int8_gemv`, `experts_grouped`) run in tiles: four rows of x against four
-weight rows, sixteen accumulators, so a load serves four multiply-adds where a row at a time needs one per
-multiply-add, and the next four weight rows are prefetched into L2 while a tile is multiplied. 16 rows of `small`'s
-float32 matrices, weights from memory, two threads, the two builds alternating: 55-65 -> 135-165 GFLOP/s (stored
-transposed: 29-31 -> 140-156); its 256-token prompt 480 -> 700-790 tokens/s.
 - `mla_attend`, the absorbed attention of a decode step: each sequence's latent cache rows read where they sit,
-  once for all heads, instead of gathered into a padded copy first.
-- `decode_layer`, one sequence's new token through a whole layer in one call (the calls above, chained in C): the
-  PyTorch calls around a decode step's products (about fifty a layer) cost more than `tiny`'s products themselves,
-  and a fifth of a V2-Lite int4 step.
+  once for all heads, instead of gathered into a padded copy first; each run of consecutive rows in tiles.
+- `decode_layer`, a decode step's new tokens (one per sequence) through a whole layer in one call (the calls above,
+  chained in C): the PyTorch calls around a decode step's products (about fifty a layer) cost more than `tiny`'s
+  products themselves, and a fifth of a V2-Lite int4 step.
 - `stream_sum`, every thread reading one buffer: the memory bandwidth the benchmarks' floors divide by.
+
+Products of several rows (`f32_gemv`, `int8_gemv`, `experts_grouped`, `mla_attend`'s heads) run in tiles: four
+rows of x against four weight rows, sixteen accumulators, so a load serves four multiply-adds where a row at a time
+needs one per multiply-add, and the next four weight rows are prefetched into L2 while a tile is multiplied. 16
+rows of `small`'s float32 matrices, weights from memory, two threads, the two builds alternating: 55-65 -> 135-165
+GFLOP/s (stored transposed: 29-31 -> 140-156); its 256-token prompt 480 -> 700-790 tokens/s.
 
 Each call is cut into parts (rows, experts, sequences) that a pool of threads started with the library and kept for
 the process claims one by one, the caller among them (one core streams about half of what this machine's memory
