@@ -642,13 +642,12 @@ typedef struct {
     atomic_int failed;  /* a part found no memory */
 } grouped_args;
 
-/* h (M, 2F) -> act (M, F): silu(gate) * up, times each pair's routing weight */
-static void grouped_act(const grouped_args *a, const float *h, int64_t r0, int64_t m_rows, float *act) {
-    int64_t f = a->f;
+/* h (M, 2F) -> act (M, F): silu(gate) * up, times each row's weight where given */
+static void swiglu_act(const float *h, int64_t m_rows, int64_t f, const float *weight, float *act) {
     for (int64_t m = 0; m < m_rows; m++)
         for (int64_t o = 0; o < f; o++) {
             float g = h[m * 2 * f + o];
-            act[m * f + o] = g / (1.0f + expf(-g)) * h[m * 2 * f + f + o] * a->weight[r0 + m];
+            act[m * f + o] = g / (1.0f + expf(-g)) * h[m * 2 * f + f + o] * (weight != NULL ? weight[m] : 1.0f);
         }
 }
 
@@ -664,7 +663,7 @@ static void f32_grouped_job(void *p, int part, int parts) {
         }
         tiles_f32(a->x + r0 * d, m_rows, d, (const float *)a->gate_up + e * 2 * f * d, d, 0, 2 * f, h, 2 * f);
         float *act = h + m_rows * 2 * f;
-        grouped_act(a, h, r0, m_rows, act);
+        swiglu_act(h, m_rows, f, a->weight + r0, act);
         tiles_nn(act, f, m_rows, f, (const float *)a->down + e * f * d, d, d, 0, a->out + r0 * d, d);  /* (F, D) */
         free(h);
     }
@@ -683,7 +682,7 @@ static void int8_grouped_job(void *p, int part, int parts) {
         tiles_int8(a->x + r0 * d, m_rows, d, (const int8_t *)a->gate_up + e * 2 * f * d, a->gate_up_scale + e * 2 * f,
                    d, 0, 2 * f, h, 2 * f);
         float *act = h + m_rows * 2 * f;
-        grouped_act(a, h, r0, m_rows, act);
+        swiglu_act(h, m_rows, f, a->weight + r0, act);
         tiles_int8(act, m_rows, f, (const int8_t *)a->down + e * d * f, a->down_scale + e * d, f, 0, d,
                    a->out + r0 * d, d);  /* down (D, F) */
         free(h);
@@ -784,6 +783,13 @@ typedef struct {
     atomic_int failed;
 } attend_args;
 
+/* the end of the run of consecutive slots that starts at t (a page of the cache, or more: one product) */
+static inline int64_t run_end(const int64_t *slots, int64_t t, int64_t n) {
+    int64_t e = t + 1;
+    while (e < n && slots[e] == slots[e - 1] + 1) e++;
+    return e;
+}
+
 /* scores sc (H, n) = q (H, W) . rows (n, W)^T * scale: each run of consecutive slots (a page of the cache, or more)
  * as one product in tiles, the heads as its rows and the cached rows as its weight rows, the next run's first rows
  * prefetched meanwhile. The rows stream as weights do: four rows by two heads at a time (each row's heads in pairs)
@@ -793,8 +799,7 @@ typedef struct {
 static void attend_scores(const float *q, const float *kv, const int64_t *slots, int64_t n, int64_t w, int64_t nh,
                           float scale, float *sc) {
     for (int64_t t = 0; t < n;) {
-        int64_t e = t + 1;
-        while (e < n && slots[e] == slots[e - 1] + 1) e++;
+        int64_t e = run_end(slots, t, n);
         tiles(q, nh, w, kv + slots[t] * w, 0, NULL, w, 0, e - t, e < n ? kv + slots[e] * w : NULL, sc + t, n);
         t = e;
     }
@@ -807,8 +812,7 @@ static void attend_values(const float *p, const float *kv, const int64_t *slots,
                           int64_t nh, float *o) {
     for (int64_t j = 0; j < nh * lat; j++) o[j] = 0.0f;
     for (int64_t t = 0; t < n;) {
-        int64_t e = t + 1;
-        while (e < n && slots[e] == slots[e - 1] + 1) e++;
+        int64_t e = run_end(slots, t, n);
         tiles_nn(p + t, n, nh, e - t, kv + slots[t] * w, w, lat, 1, o, lat);
         t = e;
     }
@@ -1450,17 +1454,14 @@ static int int4_grouped(const experts_desc *e, const float *xs, int64_t d, const
     for (int64_t u = 0; u < n_used; u++) {
         int64_t ex = used[u], r0 = start[u], m_rows = start[u + 1] - r0;
         float *act = h + m_rows * 2 * f;
-        if (seekmoe_int4_gemv(xs + r0 * d, (const uint8_t *)e->gate_up + ex * 2 * f * (d / 2),
-                              (const uint16_t *)e->gate_up_scale + ex * 2 * f * (d / g), h, m_rows, d, 2 * f, g))
-            return -2;
-        for (int64_t m = 0; m < m_rows; m++)
-            for (int64_t o = 0; o < f; o++) {
-                float gv = h[m * 2 * f + o];
-                act[m * f + o] = gv / (1.0f + expf(-gv)) * h[m * 2 * f + f + o];
-            }
-        if (seekmoe_int4_gemv(act, (const uint8_t *)e->down + ex * d * (f / 2),
-                              (const uint16_t *)e->down_scale + ex * d * (f / g), out + r0 * d, m_rows, f, d, g))
-            return -2;
+        proj_desc gate_up = {PROJ_INT4, (int32_t)g, 2 * f, d, (const uint8_t *)e->gate_up + ex * 2 * f * (d / 2),
+                             (const uint16_t *)e->gate_up_scale + ex * 2 * f * (d / g)};
+        proj_desc down = {PROJ_INT4, (int32_t)g, d, f, (const uint8_t *)e->down + ex * d * (f / 2),
+                          (const uint16_t *)e->down_scale + ex * d * (f / g)};
+        int status = proj(&gate_up, xs + r0 * d, m_rows, h);
+        if (status) return status;
+        swiglu_act(h, m_rows, f, NULL, act);
+        if ((status = proj(&down, act, m_rows, out + r0 * d))) return status;
         for (int64_t m = r0; m < r0 + m_rows; m++)
             for (int64_t j = 0; j < d; j++) out[m * d + j] *= ws[m];
     }
@@ -1529,25 +1530,13 @@ static int mlp_rows(const experts_desc *e, const float *x, int64_t b, int64_t d,
     float *h = malloc(sizeof(float) * b * (3 * f + d));
     if (h == NULL) return -2;
     float *act = h + b * 2 * f, *out = act + b * f;
-    int status = 0;
-    if (e->kind == PROJ_INT4)
-        status = seekmoe_int4_gemv(x, e->gate_up, e->gate_up_scale, h, b, d, 2 * f, e->group) ? -2 : 0;
-    else if (e->kind == PROJ_INT8)
-        seekmoe_int8_gemv(x, e->gate_up, e->gate_up_scale, h, b, d, 2 * f);
-    else
-        seekmoe_f32_gemv(x, e->gate_up, h, b, d, 2 * f, 0);
-    for (int64_t r = 0; r < b && !status; r++)
-        for (int64_t o = 0; o < f; o++) {
-            float g = h[r * 2 * f + o];
-            act[r * f + o] = g / (1.0f + expf(-g)) * h[r * 2 * f + f + o];
-        }
+    /* a float32 down projection is stored transposed (F, D) */
+    proj_desc gate_up = {e->kind, e->group, 2 * f, d, e->gate_up, e->gate_up_scale};
+    proj_desc down = {e->kind == PROJ_F32 ? PROJ_F32_T : e->kind, e->group, d, f, e->down, e->down_scale};
+    int status = proj(&gate_up, x, b, h);
     if (!status) {
-        if (e->kind == PROJ_INT4)
-            status = seekmoe_int4_gemv(act, e->down, e->down_scale, out, b, f, d, e->group) ? -2 : 0;
-        else if (e->kind == PROJ_INT8)
-            seekmoe_int8_gemv(act, e->down, e->down_scale, out, b, f, d);
-        else
-            seekmoe_f32_gemv(act, e->down, out, b, f, d, 1);  /* down stored transposed (F, D) */
+        swiglu_act(h, b, f, NULL, act);
+        status = proj(&down, act, b, out);
     }
     if (!status)
         for (int64_t i = 0; i < b * d; i++) y[i] += out[i];
