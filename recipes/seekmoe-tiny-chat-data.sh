@@ -42,6 +42,20 @@ git worktree add -q --detach "$before" 9ad1d8d
 )
 git worktree remove --force "$before"
 rm runs/sft-mix3/dialogues_zh.*  # written after runs/mm-chat4 had started
-# runs/mm-chat9 on: the same sets with the schema the model reads now (without the bounds; nothing else differs)
-$seekmoe data chat --out data/chat3 --train-size dialogues=10000 --train-size arithmetic_tools=4000
+# runs/mm-chat9 and mm-chat10: the same sets with the schema the model reads now (without the bounds; nothing else
+# differs), from the code before the training-only dialogue phrasings (545023d)
+before=$(mktemp -d)
+git worktree add -q --detach "$before" 545023d
+(
+    cd "$before"
+    export PYTHONPATH="$before"
+    "$root/$python" -m seekmoe data chat --out "$root/data/chat3" --train-size dialogues=10000 \
+        --train-size arithmetic_tools=4000
+)
+git worktree remove --force "$before"
 $python scripts/sft_mix.py --chat data/chat3 --out runs/sft-mix5
+# runs/mm-chat11 on: training dialogues that also give and ask for the fact in the training-only phrasings, three
+# in four made-up facts, and twice the Chinese dialogues
+$seekmoe data chat --out data/chat4 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
+    --train-size dialogues_zh=10000
+$python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix6

@@ -247,6 +247,36 @@ def test_dialogue_val_phrasings_never_appear_in_train(built, name):
     assert not finals & {ex["messages"][-2]["content"] for ex in load(built, name, "train")}
 
 
+def runs_of(text: str, n: int, chinese: bool) -> set[tuple[str, ...]]:
+    """Every n words in a row (n characters for Chinese), punctuation and the {fact} slot's spelling aside."""
+    text = re.sub(r"[^\w{} ]", "", text.lower().replace("{fact}", "#"))
+    units = list(text.replace(" ", "")) if chinese else text.split()
+    return {tuple(units[i:i + n]) for i in range(len(units) - n + 1)}
+
+
+@pytest.mark.parametrize("name", BOOKS)
+def test_extra_dialogue_phrasings_train_only_and_unlike_the_held_out_ones(built, name):
+    book = BOOKS[name]
+    chinese, n = (True, 6) if book.lang == "zh" else (False, 4)
+    for held_table, extra_table in ((book.first_turns, book.extra_first_turns),
+                                    (book.final_questions, book.extra_final_questions)):
+        assert extra_table.keys() == held_table.keys()
+        held = [t for ts in held_table.values() for t in (ts[i] for i in customer_service.split_ids(len(ts), True))]
+        held_runs = set().union(*(runs_of(t, n, chinese) for t in held))
+        for extras in extra_table.values():
+            assert len(set(extras)) == len(extras) >= 6
+            assert [t for t in extras if t.count("{fact}") != (extra_table is book.extra_first_turns)] == []
+            assert [t for t in extras if runs_of(t, n, chinese) & held_runs] == []
+
+    def used(split, stage):
+        return [t for ex in load(built, name, split) for t in ex["meta"]["templates"] if t.startswith(stage + "/")]
+
+    for stage in ("first", "final"):
+        train = used("train", stage)
+        assert 0.3 < sum("/extra" in t for t in train) / len(train) < 0.7, stage
+        assert not any("/extra" in t for t in used("val", stage))
+
+
 STEP_EN = re.compile(r"Step (\d+): (\d+) ([+×-]) (\d+) = (\d+)\.")
 STEP_ZH = re.compile(r"第([一二三])步：(\d+) ([+×-]) (\d+) = (\d+)。")
 

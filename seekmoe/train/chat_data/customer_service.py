@@ -44,7 +44,7 @@ EMAIL_DOMAINS = ["example.com", "example.org", "example.net"]  # reserved for ex
 SYLLABLES = ["ka", "lo", "ren", "mi", "ta", "vo", "sel", "dru", "an", "bek", "fi", "gar", "hul", "is", "jo", "kem",
              "lin", "mar", "nor", "ol", "pra", "quin", "ros", "sun", "tor", "ul", "ves", "wen", "xa", "yor", "zel"]
 TOWN_ENDINGS = ["", "burg", "ton", "vik", "ora", "heim", "field", "stad", "mouth", "ville"]
-INVENTED_SHARE = 0.5
+INVENTED_SHARE = 0.75
 
 # slots: {order} {product} {city} {address} {name} {date}
 INTENT_TEMPLATES = {
@@ -328,6 +328,43 @@ FIRST_TURNS = {
              "I'm based in {fact} and have a few questions.", "Hi, my parcels go to {fact}.",
              "Hello! I'm a customer in {fact}.", "Good morning, I'm in {fact}."],
 }
+# training only, never held out: more ways to give the fact and to ask it back. With four of each, the model learnt
+# the four and read a held-out "Can you repeat my e-mail?" as a question about tracking e-mails
+EXTRA_FIRST_TURNS = {
+    "order_number": ["Hello, I'd like to ask about order {fact}.", "Quick question regarding order {fact}.",
+                     "Hey, order {fact} is the one I'm asking about.", "Order number: {fact}.",
+                     "Hi there, I placed order {fact} last week.", "It's about order {fact}, if that helps.",
+                     "Hello! I'm contacting you about my purchase, order {fact}.",
+                     "The number on my receipt is {fact}."],
+    "name": ["Hello, {fact} speaking.", "Hey, it's {fact}.", "Hi, you're chatting with {fact}.",
+             "My name is {fact}, nice to meet you.", "Hi, {fact} here, I've got a couple of questions.",
+             "Good afternoon, I am {fact}.", "The order is in the name of {fact}.", "This is {fact} writing, hello."],
+    "email": ["Hi, my address for e-mails is {fact}.", "Please note my e-mail: {fact}.",
+              "Hello, I signed up using {fact}.", "Contact e-mail: {fact}.", "Hey, write to me at {fact} if needed.",
+              "My account is registered to {fact}.", "Good afternoon, {fact} is my e-mail.",
+              "Hi, send any updates to {fact}."],
+    "city": ["Hello from {fact}!", "Hi, I'm located in {fact}.", "My home is in {fact}.",
+             "Hey, I'm ordering from {fact}.", "Hi, I stay in {fact} and need some help.",
+             "Good afternoon, I'm a customer living in {fact}.", "Hi, deliveries for me go to {fact}.",
+             "I'm writing to you from {fact}."],
+}
+EXTRA_FINAL_QUESTIONS = {
+    "order_number": ["Which order number was it?", "Tell me the order number I mentioned.",
+                     "What order did I say this was about?", "Do you still have my order number?",
+                     "Can you confirm the order number?", "Sorry, I forgot. What's my order number?",
+                     "Say my order number back to me, please.", "Could you read out my order number?"],
+    "name": ["What's my name?", "Who am I, according to you?", "Can you tell me my name again?",
+             "What did I say my name was?", "Whose name is on the booking?", "Please say my name back to me.",
+             "Could you confirm my name?", "Under which name am I registered?"],
+    "email": ["What's my e-mail address?", "Can you tell me the e-mail I mentioned?",
+              "Which e-mail is on my account?", "Where will you e-mail me?", "Could you confirm my e-mail address?",
+              "Say my e-mail back to me, please.", "Which e-mail did I mention earlier?",
+              "Do you still have my e-mail?"],
+    "city": ["Where am I based?", "Which town did I say?", "Where do I live, again?",
+             "Can you tell me the city I mentioned?", "What place do I come from?", "Where are my parcels going?",
+             "Could you confirm my city?", "Do you still know my city?"],
+}
+EXTRA_SHARE = 0.5  # of training dialogues' first turns and last questions, drawn from the extras
 ACKNOWLEDGEMENTS = ["Thanks, noted. How can I help you?", "Hello! Got it. What can I do for you?",
                     "Thank you. What would you like to know?", "Welcome to Maple & Co.! How can I help?"]
 FINAL_QUESTIONS = {
@@ -408,6 +445,16 @@ def split_ids(n: int, held_out: bool) -> list[int]:
 def pick(rng: random.Random, templates: list[str], held_out: bool) -> tuple[int, str]:
     i = rng.choice(split_ids(len(templates), held_out))
     return i, templates[i]
+
+
+def pick_train_or_extra(rng: random.Random, templates: list[str], extra: list[str], held_out: bool,
+                        ) -> tuple[str, str]:
+    """(template id, template): held out, one of the held-out templates; in training, often one of the extras."""
+    if not held_out and extra and rng.random() < EXTRA_SHARE:
+        i = rng.randrange(len(extra))
+        return f"extra{i}", extra[i]
+    i, template = pick(rng, templates, held_out)
+    return str(i), template
 
 
 def person(rng: random.Random) -> tuple[str, str]:
@@ -492,13 +539,15 @@ class Phrasebook:
     middle_topics: dict[str, tuple[list[str], list[str]]]  # topic -> (user phrasings, replies with shop slots)
     final_questions: dict[str, list[str]]
     final_answers: dict[str, list[str]]
+    extra_first_turns: dict[str, list[str]]  # training only, like the two below
+    extra_final_questions: dict[str, list[str]]
     shop: dict[str, list]  # slot -> choices
     make_fact: Callable[[random.Random, str, bool], str]  # (rng, kind, held_out); no rng draw for made-up facts
     lang: str | None  # meta["lang"]; None for English, whose files predate the field and stay byte-identical
 
 
 ENGLISH = Phrasebook(SUPPORT_PROMPT, FIRST_TURNS, ACKNOWLEDGEMENTS, MIDDLE_TOPICS, FINAL_QUESTIONS, FINAL_ANSWERS,
-                     SHOP, make_fact, lang=None)
+                     EXTRA_FIRST_TURNS, EXTRA_FINAL_QUESTIONS, SHOP, make_fact, lang=None)
 
 
 def dialogue(rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> dict:
@@ -507,7 +556,7 @@ def dialogue(rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> 
     n_turns = rng.randint(MIN_TURNS, MAX_TURNS)
     shop = {slot: rng.choice(choices) for slot, choices in book.shop.items()}
 
-    i, first = pick(rng, book.first_turns[kind], held_out)
+    i, first = pick_train_or_extra(rng, book.first_turns[kind], book.extra_first_turns[kind], held_out)
     turns = [("system", book.support_prompt), ("user", first.format(fact=fact)),
              ("assistant", rng.choice(book.acknowledgements))]
     if not held_out and rng.random() < NO_SYSTEM_SHARE:
@@ -522,7 +571,7 @@ def dialogue(rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> 
         i, question = pick(rng, questions, held_out)
         turns += [("user", question), ("assistant", rng.choice(replies).format(**shop))]
         template_ids.append(f"middle/{topic}/{i}")
-    i, question = pick(rng, book.final_questions[kind], held_out)
+    i, question = pick_train_or_extra(rng, book.final_questions[kind], book.extra_final_questions[kind], held_out)
     turns += [("user", question), ("assistant", rng.choice(book.final_answers[kind]).format(fact=fact))]
     template_ids.append(f"final/{kind}/{i}")
     meta = {"task": "dialogue", "fact": fact, "fact_kind": kind, "turns": n_turns, "templates": template_ids}

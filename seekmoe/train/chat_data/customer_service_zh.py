@@ -52,6 +52,27 @@ FIRST_TURNS_ZH = {
     "city": ["你好，我住在{fact}。", "您好，我这边是{fact}。", "我在{fact}，有几个问题想问一下。",
              "你好，我的包裹都寄到{fact}。", "您好！我是{fact}的顾客。", "早上好，我人在{fact}。"],
 }
+# training only, as customer_service.EXTRA_FIRST_TURNS and EXTRA_FINAL_QUESTIONS
+EXTRA_FIRST_TURNS_ZH = {
+    "order_number": ["您好，订单{fact}想咨询一下。", "我下的单是{fact}，麻烦帮我看看。", "你好！订单编号{fact}。",
+                     "关于订单{fact}，我想了解几件事。", "嗨，我是订单{fact}的顾客。", "单号{fact}，请问现在方便吗？"],
+    "name": ["嗨，我是{fact}，请多关照。", "您好，鄙人{fact}。", "我的名字叫{fact}。", "你好，这边是{fact}。",
+             "您好，下单的人是{fact}。", "哈喽，我叫{fact}。"],
+    "email": ["我的联系邮箱：{fact}。", "有事请发邮件到{fact}。", "你好，我用{fact}注册的账号。",
+              "您好，我的邮箱地址是{fact}。", "请记一下，邮箱{fact}。", "嗨，{fact}是我的邮箱。"],
+    "city": ["你好，我家在{fact}。", "我住{fact}，想咨询一下。", "您好，我在{fact}生活。", "嗨，我这边位置是{fact}。",
+             "我是从{fact}来咨询的。", "包裹请寄往{fact}，我有点事情想问。"],
+}
+EXTRA_FINAL_QUESTIONS_ZH = {
+    "order_number": ["我的订单号你还记得吗？", "麻烦确认我给的单号。", "订单号是哪个来着？",
+                     "你能告诉我我的订单编号吗？", "我问的是哪一单？", "请把我的订单号再念一次。"],
+    "name": ["我叫什么名字？", "你记得我是谁吗？", "请确认我的姓名。", "我的名字你记下了吗？是什么？", "下单人叫什么？",
+             "麻烦说说我的名字。"],
+    "email": ["我的邮箱是什么？", "你记下的邮箱地址是哪个？", "请确认我留的邮箱。", "邮件会发到哪个地址？",
+              "我留的邮箱是哪个？", "麻烦把我的邮箱再说一遍。"],
+    "city": ["我住在哪个城市？", "你还记得我在哪吗？", "我所在的城市是哪里？", "请确认我的城市。", "我是哪里的顾客？",
+             "包裹要寄到哪里？"],
+}
 ACKNOWLEDGEMENTS_ZH = ["好的，已记下。请问有什么可以帮您？", "您好！收到。请问需要什么帮助？",
                        "谢谢，请问您想了解什么？", "欢迎光临Maple & Co.！有什么可以帮您？"]
 FINAL_QUESTIONS_ZH = {
@@ -123,4 +144,4 @@ def make_fact_zh(rng: random.Random, kind: str, held_out: bool) -> str:
 
 
 CHINESE = Phrasebook(SUPPORT_PROMPT_ZH, FIRST_TURNS_ZH, ACKNOWLEDGEMENTS_ZH, MIDDLE_TOPICS_ZH, FINAL_QUESTIONS_ZH,
-                     FINAL_ANSWERS_ZH, SHOP_ZH, make_fact_zh, lang="zh")
+                     FINAL_ANSWERS_ZH, EXTRA_FIRST_TURNS_ZH, EXTRA_FINAL_QUESTIONS_ZH, SHOP_ZH, make_fact_zh, lang="zh")
