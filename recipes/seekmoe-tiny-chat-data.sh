@@ -59,3 +59,10 @@ $python scripts/sft_mix.py --chat data/chat3 --out runs/sft-mix5
 $seekmoe data chat --out data/chat4 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
     --train-size dialogues_zh=10000
 $python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix6
+# runs/mm-chat12's plain-text stage: half the text rows Chinese, the modern prose (LibreOffice's help, Debian's
+# manuals; scripts/get_corpus.sh) taking turns with the poetry
+$python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix7 --text 2000 --zh-share 0.5 \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
+    --in-turn libreoffice_help_zh,debian_docs_zh
+mkdir -p runs/sft-text2
+ln -sf "$PWD"/runs/sft-mix7/copy.train.jsonl "$PWD"/runs/sft-mix7/text.train.jsonl runs/sft-text2/

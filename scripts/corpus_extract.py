@@ -9,6 +9,7 @@ unit: a speech, a Bible chapter, a poem. Prose books keep their own paragraphs. 
     python scripts/corpus_extract.py bible   MODULE  OUT_DIR      (runs diatheke)
     python scripts/corpus_extract.py copy    OUT_DIR --strip-suffix S FILE...
     python scripts/corpus_extract.py poetry  PKG_DIR OUT_DIR
+    python scripts/corpus_extract.py prose-zh OUT_FILE PATH...    (.html, .txt or .txt.gz; a folder: its .html)
     python scripts/corpus_extract.py meta    OUT_DIR --name N --package P --version V --license L ...
     python scripts/corpus_extract.py sources CORPUS_DIR
     python scripts/corpus_extract.py sample  CORPUS_DIR SAMPLE_DIR [--bytes N]
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
+import html.parser
 import json
 import os
 import re
@@ -140,6 +143,85 @@ def poetry(pkg: Path, out: Path) -> None:
         write_text(out / name, convert("\n\n".join(blocks), "zh-hans") + "\n")
 
 
+CJK = re.compile(r"[\u4e00-\u9fff]")
+BLOCK_TAGS = {"p", "h1", "h2", "h3", "h4", "li", "td", "th", "div", "br", "title"}
+
+
+class HtmlParagraphs(html.parser.HTMLParser):
+    """The text of an HTML page, a paragraph per block-level element, scripts and styles left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paragraphs: list[str] = []
+        self.current: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.hidden += tag in ("script", "style")
+        if tag in BLOCK_TAGS:
+            self.end_paragraph()
+
+    def handle_endtag(self, tag: str) -> None:
+        self.hidden -= tag in ("script", "style")
+        if tag in BLOCK_TAGS:
+            self.end_paragraph()
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.current.append(data)
+
+    def end_paragraph(self) -> None:
+        text = re.sub(r"\s+", " ", "".join(self.current)).strip()
+        self.current = []
+        if text:
+            self.paragraphs.append(text)
+
+
+def chinese_paragraphs(path: Path) -> list[str]:
+    """The paragraphs of a page or a plain-text manual that are Chinese prose: at least 30 characters, at least
+    60% of them CJK (so not commands, tables of contents or code)."""
+    if path.suffix == ".html":
+        parser = HtmlParagraphs()
+        parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+        parser.end_paragraph()
+        paragraphs = parser.paragraphs
+    else:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        # a plain-text manual wraps its lines: a paragraph's lines join without spaces between Chinese characters
+        paragraphs = ["".join(line.strip() for line in block.splitlines())
+                      for block in raw.decode("utf-8", errors="replace").split("\n\n")]
+    keep = []
+    for text in paragraphs:
+        dense = re.sub(r"\s", "", text)
+        if len(dense) >= 30 and len(CJK.findall(dense)) >= 0.6 * len(dense):
+            keep.append(text)
+    return keep
+
+
+def prose_zh(out: Path, files: list[str], block_chars: int = 1000) -> None:
+    """Modern Chinese prose from manuals and help pages, into one file: the prose paragraphs, a line each, in the
+    files' path order (neighbouring help pages are about the same thing), grouped into blocks of up to
+    block_chars characters; a paragraph seen before (help pages repeat) is dropped."""
+    files = sorted(str(p) for f in files for p in (Path(f).rglob("*.html") if Path(f).is_dir() else [Path(f)]))
+    seen: set[str] = set()
+    blocks: list[str] = []
+    block: list[str] = []
+    for f in files:
+        for text in chinese_paragraphs(Path(f)):
+            if text in seen:
+                continue
+            seen.add(text)
+            if block and sum(map(len, block)) + len(text) > block_chars:
+                blocks.append("\n".join(block))
+                block = []
+            block.append(text)
+    if block:
+        blocks.append("\n".join(block))
+    if not blocks:
+        sys.exit(f"prose-zh: no Chinese prose in {len(files)} files")
+    write_text(out, "\n\n".join(blocks) + "\n")
+
+
 def meta(out: Path, args: argparse.Namespace) -> None:
     fields = ("name", "description", "language", "package", "version", "license", "license_note")
     write_text(out / META, json.dumps({k: getattr(args, k) for k in fields}, ensure_ascii=False, indent=2) + "\n")
@@ -159,8 +241,8 @@ def sources(corpus: Path) -> None:
     total = 0
     for e in entries:
         total += e["bytes"]
-        print(f"  {e['name']:<16} {e['bytes'] / 1e6:8.2f} MB  {len(e['files']):5d} files  {e['license']}")
-    print(f"  {'total':<16} {total / 1e6:8.2f} MB")
+        print(f"  {e['name']:<20} {e['bytes'] / 1e6:8.2f} MB  {len(e['files']):5d} files  {e['license']}")
+    print(f"  {'total':<20} {total / 1e6:8.2f} MB")
 
 
 def sample(corpus: Path, dest: Path, budget: int) -> None:
@@ -207,6 +289,9 @@ def main() -> None:
     s.add_argument("files", nargs="+", help="text files to copy")
     s.add_argument("--root", help="keep each file's path relative to this folder")
     s.add_argument("--strip-suffix", default="", help="suffix to replace by .txt, e.g. .rst.txt")
+    s = sub.add_parser("prose-zh")
+    s.add_argument("out", type=Path, help="the .txt file to write")
+    s.add_argument("files", nargs="+", help=".html, .txt or .txt.gz files, or folders of .html pages")
     s = sub.add_parser("meta")
     s.add_argument("out", type=Path, help="the source's folder")
     for field in ("name", "description", "language", "package", "version", "license", "license_note"):
@@ -230,6 +315,8 @@ def main() -> None:
         copy(a.files, a.out, a.strip_suffix, a.root)
     elif a.cmd == "poetry":
         poetry(a.pkg, a.out)
+    elif a.cmd == "prose-zh":
+        prose_zh(a.out, a.files)
     elif a.cmd == "meta":
         meta(a.out, a)
     elif a.cmd == "sources":

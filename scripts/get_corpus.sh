@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 corpus=data/corpus
 npm_prefix=data/.npm
 pip_target=data/.pip
+deb_dir=data/.deb
 py=${PYTHON:-}
 [ -n "$py" ] || { [ -x .venv/bin/python ] && py=.venv/bin/python || py=python3; }
 extract=("$py" scripts/corpus_extract.py)
@@ -40,6 +41,14 @@ apt_have() {  # apt_have PKG: installed, or installable now (then installed); 1 
         || { say "apt-get install $1 failed"; return 1; }
 }
 apt_version() { dpkg-query -W -f='${Version}' "$1"; }
+
+deb_get() {  # deb_get PKG: the package's files unpacked into data/.deb/PKG, not installed (no root, no dependencies)
+    local dir="$deb_dir/$1"
+    [ -f "$dir/.ok" ] && return 0
+    rm -rf "$dir" && mkdir -p "$dir"
+    (cd "$dir" && apt-get download -q "$1" >/dev/null 2>&1) || { say "Debian package $1 could not be downloaded"; return 1; }
+    dpkg-deb -x "$dir"/*.deb "$dir/root" && dpkg-deb -f "$dir"/*.deb Version > "$dir/version" && touch "$dir/.ok"
+}
 
 npm_have() {  # npm_have PKG VERSION: into data/.npm unless there already
     local dir="$npm_prefix/node_modules/$1"
@@ -139,6 +148,28 @@ if ! done_already chinese_poetry && npm_have chinese-poetry 2.0.1 && pip_have zh
     meta chinese_poetry zh npm:chinese-poetry 2.0.1 MIT "chinese-poetry database, MIT; converted to simplified script with zhconv 1.4.3" \
         "Classical Chinese: Tang shi, Song shi, Song ci, Yuan qu, Shijing, Lunyu; a poem a block"
     say "chinese_poetry: done"
+fi
+
+# modern Chinese prose (the poetry above is classical): manuals and help pages, the paragraphs that are Chinese prose
+if ! done_already libreoffice_help_zh && deb_get libreoffice-help-zh-cn; then
+    rm -rf "$corpus/libreoffice_help_zh"
+    "${extract[@]}" prose-zh "$corpus/libreoffice_help_zh/help.txt" "$deb_dir/libreoffice-help-zh-cn/root"
+    meta libreoffice_help_zh zh "deb:libreoffice-help-zh-cn" "$(cat "$deb_dir/libreoffice-help-zh-cn/version")" \
+        MPL-2.0 "LibreOffice help, Mozilla Public License 2.0" \
+        "LibreOffice's help pages in simplified Chinese, the prose paragraphs"
+    say "libreoffice_help_zh: done"
+fi
+
+if ! done_already debian_docs_zh && deb_get debian-reference-zh-cn && deb_get maint-guide-zh-cn; then
+    rm -rf "$corpus/debian_docs_zh"
+    "${extract[@]}" prose-zh "$corpus/debian_docs_zh/manuals.txt" \
+        "$deb_dir/debian-reference-zh-cn/root/usr/share/debian-reference/debian-reference.zh-cn.txt.gz" \
+        "$deb_dir/maint-guide-zh-cn/root/usr/share/doc/maint-guide-zh-cn/maint-guide.zh-cn.txt.gz"
+    meta debian_docs_zh zh "deb:debian-reference-zh-cn, deb:maint-guide-zh-cn" \
+        "$(cat "$deb_dir/debian-reference-zh-cn/version"), $(cat "$deb_dir/maint-guide-zh-cn/version")" GPL-2.0-or-later \
+        "Debian Reference and Debian New Maintainers' Guide, GNU GPL version 2 or later" \
+        "The Debian Reference and the New Maintainers' Guide in simplified Chinese, the prose paragraphs"
+    say "debian_docs_zh: done"
 fi
 
 # --- index -------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ math tool in "tools" and answered without it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 from pathlib import Path
@@ -24,6 +25,9 @@ from seekmoe.plugins import openai_tool
 from seekmoe.plugins.math import plugin
 from seekmoe.train.chat_data import write_jsonl as write_chats
 from seekmoe.train.copy_text import corpus_paragraphs
+
+# the corpus's sources every mixture up to runs/sft-mix6 read: the corpus before its modern Chinese
+MIX_SOURCES = ("austen", "chinese_poetry", "moby_dick", "python_docs", "shakespeare", "sotu", "web")
 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
@@ -60,7 +64,20 @@ def main() -> None:
     p.add_argument("--copy-docs", type=int, default=3000)
     p.add_argument("--no-tool", type=int, default=1500, help="chats answered without the offered math tool")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sources", default=",".join(MIX_SOURCES), help="the corpus's source folders to draw text from")
+    p.add_argument("--zh-share", type=float, default=0.25, help="the share of text rows not in ASCII (Chinese)")
+    p.add_argument("--in-turn", default="", help="sources (of --sources) whose Chinese blocks take turns with the "
+                   "others', however few they are")
     args = p.parse_args()
+    sources = sorted({s.strip() for s in args.sources.split(",") if s.strip()})
+    missing = [s for s in sources if not (args.corpus / s).is_dir()]
+    if missing or not sources:
+        raise SystemExit(f"--sources: {', '.join(missing) or '(none)'}: not a source folder of {args.corpus}")
+    stray = sorted(set(filter(None, args.in_turn.split(","))) - set(sources))
+    if stray:
+        raise SystemExit(f"--in-turn: {', '.join(stray)}: not among --sources")
+    if not 0 <= args.zh_share <= 1:
+        raise SystemExit("--zh-share: a share between 0 and 1")
     for need in (args.chat, args.corpus, args.copy):
         if not need.exists():
             raise SystemExit(f"{need}: missing (scripts/get_corpus.sh; seekmoe data chat / copy)")
@@ -70,14 +87,22 @@ def main() -> None:
         link = args.out / f.name
         link.unlink(missing_ok=True)
         link.symlink_to(f.resolve())
-    n_zh = args.text // 4
+    n_zh = int(args.text * args.zh_share)
     # blocks of 200 to 1,500 characters: a few sentences of prose, a poem or two
-    en, zh = corpus_paragraphs(args.corpus, 200, 1500, True), corpus_paragraphs(args.corpus, 200, 1500, False)
+    en = [p for s in sources for p in corpus_paragraphs(args.corpus / s, 200, 1500, True)]
+    # the other blocks (the poetry, and the odd non-ASCII paragraph of an English source) are one pool, and each
+    # --in-turn source another: the pools take turns, so a small source (modern prose) is not drowned by the poetry
+    in_turn = [s for s in sources if s in args.in_turn.split(",")]
+    zh_pools = [[p for s in sources if s not in in_turn for p in corpus_paragraphs(args.corpus / s, 200, 1500, False)],
+                *(corpus_paragraphs(args.corpus / s, 200, 1500, False) for s in in_turn)]
     rng.shuffle(en)
-    rng.shuffle(zh)
+    for pool in zh_pools:
+        rng.shuffle(pool)
+    zh = [p for row in itertools.zip_longest(*zh_pools) for p in row if p is not None]
     n_val = max(1, args.text // 10)
     train = en[:args.text - n_zh] + zh[:n_zh]
-    val = en[args.text - n_zh:args.text - n_zh + n_val - n_val // 4] + zh[n_zh:n_zh + n_val // 4]
+    n_val_zh = int(n_val * args.zh_share)
+    val = en[args.text - n_zh:args.text - n_zh + n_val - n_val_zh] + zh[n_zh:n_zh + n_val_zh]
     rng.shuffle(train)
     write_jsonl(args.out / "text.train.jsonl", train)
     write_jsonl(args.out / "text.val.jsonl", val)
