@@ -54,8 +54,8 @@ git worktree add -q --detach "$before" 545023d
 )
 git worktree remove --force "$before"
 $python scripts/sft_mix.py --chat data/chat3 --out runs/sft-mix5
-# runs/mm-chat11 on: training dialogues that also give and ask for the fact in the training-only phrasings, three
-# in four made-up facts, and twice the Chinese dialogues
+# runs/mm-chat11 on: training dialogues that also give and ask for the fact in training-only phrasings, three in
+# four made-up facts, twice the Chinese dialogues, and intent phrasings with "shipped" and refunds not yet back
 $seekmoe data chat --out data/chat4 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
     --train-size dialogues_zh=10000
 $python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix6
