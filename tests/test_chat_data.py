@@ -125,6 +125,22 @@ def test_extra_phrasings_and_router_wordings_share_nothing_with_the_held_out_one
         assert wording.count("{labels}") == 1, wording
 
 
+def test_training_intents_share_openings_endings_and_hashes_across_intents(built):
+    # no intent may own "Can you ...", "Thanks!" or "#N": each is in the training messages of every other intent
+    train, val = load(built, "intents", "train"), load(built, "intents", "val")
+    for intent in set(customer_service.INTENTS) - {"greeting"}:
+        said = [ex["messages"][1]["content"] for ex in train if ex["meta"]["intent"] == intent]
+        assert any(m.startswith(tuple(customer_service.NEUTRAL_OPENINGS)) for m in said), intent
+        assert any(m.endswith(tuple(customer_service.NEUTRAL_ENDINGS)) for m in said), intent
+        if intent != "greeting":
+            assert any(re.search(r"#\d{5}", m) for m in said), intent
+    for ex in val:  # the held-out messages are as they were: only their templates' own '#'
+        message = ex["messages"][1]["content"]
+        assert not message.startswith(tuple(customer_service.NEUTRAL_OPENINGS))
+        assert "#" not in message or "#{order}" in customer_service.INTENT_TEMPLATES[ex["meta"]["intent"]][
+            int(ex["meta"]["template"].split("/")[1])]
+
+
 def test_intent_val_uses_only_held_out_templates(built):
     train, val = load(built, "intents", "train"), load(built, "intents", "val")
     train_ids = {ex["meta"]["template"] for ex in train}

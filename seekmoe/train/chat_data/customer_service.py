@@ -322,6 +322,12 @@ ROUTER_INSTRUCTIONS_TRAIN = [
 ]
 # a greeting in front of another intent: the label is still what the customer wants
 GREETING_PREFIXES = ["Hi, ", "Hello, ", "Good morning, ", "Hey, "]
+# training only: said around any intent but a greeting, so none of them owns these words
+NEUTRAL_OPENINGS = ["Quick question: ", "Sorry to bother you, ", "One more thing: ", "Excuse me, ",
+                    "I have a question. ", "Can you help me? ", "Could you help? ", "Could you assist? ",
+                    "Hope you can help: ", "Please help: ", "请问，", "麻烦问一下，"]
+NEUTRAL_ENDINGS = [" Thanks!", " Thank you.", " Cheers.", " Can you help?", " Please let me know.",
+                   " Thanks in advance.", " 谢谢！"]
 
 # dialogues: {fact} is the fact; {ship} {ret} {open} {close} {free} {fee} {gift} come from the dialogue's shop
 FACT_KINDS = ("order_number", "name", "email", "city")
@@ -490,14 +496,30 @@ def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str
     else:
         i, template = pick(rng, INTENT_TEMPLATES[intent], held_out)
         template_id = f"{intent}/{i}"
-    text = template.format(**slots(rng))
+    filled = slots(rng)
+    text = template.format(**filled)
     if intent != "greeting" and rng.random() < 0.15:
         text = rng.choice(GREETING_PREFIXES) + text[0].lower() + text[1:]
     if rng.random() < 0.2:
         text = text[0].lower() + text[1:]
     if rng.random() < 0.15 and text[-1] in ".!":
         text = text[:-1]
+    if not held_out:  # after the draws the held-out set makes too, so it stays what it was
+        text = neutral_wrapping(rng, text, intent, filled["order"])
     return template_id, text
+
+
+def neutral_wrapping(rng: random.Random, text: str, intent: str, order: str) -> str:
+    """Training only: openings and endings any intent may have, and '#' before order numbers, so that no intent
+    owns "Can you ...", "Thanks!" or a '#' (a held-out "Can you tell me the status of order #N?" was read as a
+    product question)."""
+    if order in text and rng.random() < 0.3:
+        text = text.replace(order, "#" + order)
+    if intent != "greeting" and rng.random() < 0.3:
+        text = rng.choice(NEUTRAL_OPENINGS) + text[0].lower() + text[1:]
+    if intent != "greeting" and rng.random() < 0.2:
+        text = text.rstrip() + rng.choice(NEUTRAL_ENDINGS)
+    return text
 
 
 def router_instruction(rng: random.Random, held_out: bool) -> str:
