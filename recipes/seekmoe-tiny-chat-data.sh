@@ -54,10 +54,18 @@ git worktree add -q --detach "$before" 545023d
 )
 git worktree remove --force "$before"
 $python scripts/sft_mix.py --chat data/chat3 --out runs/sft-mix5
-# runs/mm-chat11 on: training dialogues that also give and ask for the fact in training-only phrasings, three in
-# four made-up facts, twice the Chinese dialogues, and intent phrasings with "shipped" and refunds not yet back
-$seekmoe data chat --out data/chat4 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
-    --train-size dialogues_zh=10000
+# runs/mm-chat11: training dialogues that also give and ask for the fact in training-only phrasings, three in four
+# made-up facts, twice the Chinese dialogues, and intent phrasings with "shipped" and refunds not yet back (the code
+# of 2b59e4a)
+before=$(mktemp -d)
+git worktree add -q --detach "$before" 2b59e4a
+(
+    cd "$before"
+    export PYTHONPATH="$before"
+    "$root/$python" -m seekmoe data chat --out "$root/data/chat4" --train-size dialogues=10000 \
+        --train-size arithmetic_tools=4000 --train-size dialogues_zh=10000
+)
+git worktree remove --force "$before"
 $python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix6
 # runs/mm-chat12's plain-text stage: half the text rows Chinese, the modern prose (LibreOffice's help, Debian's
 # manuals; scripts/get_corpus.sh) taking turns with the poetry
@@ -66,3 +74,12 @@ $python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix7 --text 2000 --z
     --in-turn libreoffice_help_zh,debian_docs_zh
 mkdir -p runs/sft-text2
 ln -sf "$PWD"/runs/sft-mix7/copy.train.jsonl "$PWD"/runs/sft-mix7/text.train.jsonl runs/sft-text2/
+# runs/mm-chat13: the same, the training intents also opened and closed by words any intent may have, and '#' before
+# order numbers (the code since; only intents.train.jsonl differs from data/chat4's)
+$seekmoe data chat --out data/chat5 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
+    --train-size dialogues_zh=10000
+$python scripts/sft_mix.py --chat data/chat5 --out runs/sft-mix8
+# runs/mm-chat14's last stage: the text of runs/sft-text2 with the Chinese dialogues and the intents, so neither fades
+mkdir -p runs/sft-text3
+ln -sf "$PWD"/runs/sft-mix7/copy.train.jsonl "$PWD"/runs/sft-mix7/text.train.jsonl \
+    "$PWD"/data/chat5/dialogues_zh.train.jsonl "$PWD"/data/chat5/intents.train.jsonl runs/sft-text3/
