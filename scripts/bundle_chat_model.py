@@ -75,6 +75,10 @@ def command(run: Path) -> str:
     flags = [f"--{k.replace('_', '-')} {s[k]}" for k in ("stage1_steps", "stage2_steps", "lr1", "lr2", "text",
                                                          "text_every", "text_batch_size", "text_seq_len", "seed")
              if s.get(k) is not None and s[k] != getattr(default, k)]
+    if s.get("sets") and tuple(s["sets"]) != default.sets:  # a run made before the grounding sets existed too
+        flags.append("--sets " + ",".join(s["sets"]))
+    if s.get("encoder", {}).get("max_image_size"):
+        flags.append(f"--max-image-size {s['encoder']['max_image_size']}")
     return (f".venv/bin/seekmoe train-multimodal --model {s['model']} --data {s['data']} --out {run} "
             + " ".join(flags))
 
