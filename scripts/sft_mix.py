@@ -5,12 +5,13 @@ started with `--tools math` calls it only when there is something to compute (th
 is offered, so call it").
 
     .venv/bin/python scripts/sft_mix.py --chat data/chat --corpus data/corpus --copy data/copy/copy.jsonl \
-        --out runs/sft-mix [--text 4000] [--copy-docs 3000] [--no-tool 1500] [--seed 0]
+        --out runs/sft-mix [--text 4000] [--copy-docs 3000] [--no-tool 1500] [--seed 0] [--sources A,B,...]
+        [--zh-share 0.25] [--in-turn A,B]
 
-OUT gets a link to every *.jsonl of --chat, text.train.jsonl / text.val.jsonl (paragraphs of the corpus, a quarter
-of them Chinese), copy.train.jsonl ({"text": ...} lines: `seekmoe finetune` learns them whole) and
-no_tool.train.jsonl (training dialogues cut after a random answer, chatterbot and Python FAQ chats, each with the
-math tool in "tools" and answered without it).
+OUT gets a link to every *.jsonl of --chat, text.train.jsonl / text.val.jsonl (paragraphs of the corpus's --sources,
+--zh-share of them Chinese; the Chinese of an --in-turn source takes turns with the rest's), copy.train.jsonl
+({"text": ...} lines: `seekmoe finetune` learns them whole) and no_tool.train.jsonl (training dialogues cut after a
+random answer, chatterbot and Python FAQ chats, each with the math tool in "tools" and answered without it).
 """
 
 from __future__ import annotations
