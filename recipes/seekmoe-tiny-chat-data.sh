@@ -28,44 +28,31 @@ ln -sf "$PWD"/runs/sft-mix2/copy.train.jsonl "$PWD"/runs/sft-mix2/text.train.jso
 # wrote it, so their sets come from that code
 # (run from a worktree of it, its package first on the path: byte-identical sets)
 root=$PWD
-before=$(mktemp -d)
-git worktree add -q --detach "$before" 9ad1d8d
-(
-    cd "$before"
-    export PYTHONPATH="$before"
-    "$root/$python" -m seekmoe data chat --out "$root/data/chat2" --train-size dialogues=10000 \
-        --train-size arithmetic_tools=4000
-    for mix in sft-mix4 sft-mix3; do
-        "$root/$python" "$root/scripts/sft_mix.py" --chat "$root/data/chat2" --corpus "$root/data/corpus" \
-            --copy "$root/data/copy/copy.jsonl" --out "$root/runs/$mix"
-    done
-)
-git worktree remove --force "$before"
+at_commit() {  # at_commit COMMIT COMMAND...: COMMAND run with the package of COMMIT first on the path
+    local tree
+    tree=$(mktemp -d)
+    git worktree add -q --detach "$tree" "$1"
+    shift
+    (cd "$tree" && PYTHONPATH="$tree" "$@")
+    git worktree remove --force "$tree"
+}
+at_commit 9ad1d8d "$root/$python" -m seekmoe data chat --out "$root/data/chat2" --train-size dialogues=10000 \
+    --train-size arithmetic_tools=4000
+for mix in sft-mix4 sft-mix3; do  # the old package: its no-tool chats carry the old schema
+    at_commit 9ad1d8d "$root/$python" "$root/scripts/sft_mix.py" --chat "$root/data/chat2" \
+        --corpus "$root/data/corpus" --copy "$root/data/copy/copy.jsonl" --out "$root/runs/$mix"
+done
 rm runs/sft-mix3/dialogues_zh.*  # written after runs/mm-chat4 had started
 # runs/mm-chat9 and mm-chat10: the same sets with the schema the model reads now (without the bounds; nothing else
 # differs), from the code before the training-only dialogue phrasings (545023d)
-before=$(mktemp -d)
-git worktree add -q --detach "$before" 545023d
-(
-    cd "$before"
-    export PYTHONPATH="$before"
-    "$root/$python" -m seekmoe data chat --out "$root/data/chat3" --train-size dialogues=10000 \
-        --train-size arithmetic_tools=4000
-)
-git worktree remove --force "$before"
+at_commit 545023d "$root/$python" -m seekmoe data chat --out "$root/data/chat3" --train-size dialogues=10000 \
+    --train-size arithmetic_tools=4000
 $python scripts/sft_mix.py --chat data/chat3 --out runs/sft-mix5
 # runs/mm-chat11: training dialogues that also give and ask for the fact in training-only phrasings, three in four
 # made-up facts, twice the Chinese dialogues, and intent phrasings with "shipped" and refunds not yet back (the code
 # of 2b59e4a)
-before=$(mktemp -d)
-git worktree add -q --detach "$before" 2b59e4a
-(
-    cd "$before"
-    export PYTHONPATH="$before"
-    "$root/$python" -m seekmoe data chat --out "$root/data/chat4" --train-size dialogues=10000 \
-        --train-size arithmetic_tools=4000 --train-size dialogues_zh=10000
-)
-git worktree remove --force "$before"
+at_commit 2b59e4a "$root/$python" -m seekmoe data chat --out "$root/data/chat4" --train-size dialogues=10000 \
+    --train-size arithmetic_tools=4000 --train-size dialogues_zh=10000
 $python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix6
 # runs/mm-chat12's plain-text stage: half the text rows Chinese, the modern prose (LibreOffice's help, Debian's
 # manuals; scripts/get_corpus.sh) taking turns with the poetry
