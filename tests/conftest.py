@@ -26,6 +26,14 @@ TINY = dict(
 )
 
 
+def phrase_runs(text: str, n: int = 4, chinese: bool = False) -> set[tuple[str, ...]]:
+    """Every n words in a row of a phrasing (n characters for Chinese), case and punctuation aside; a {fact} or {v}
+    slot counts as one word. Training phrasings share none with held-out ones, so the held-out sets stay unseen."""
+    text = re.sub(r"[^\w{} ]", "", text.lower().replace("{fact}", "{v}"))
+    units = re.findall(r"{v}|\S", text.replace(" ", "")) if chinese else text.split()
+    return {tuple(units[i:i + n]) for i in range(len(units) - n + 1)}
+
+
 def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig.from_dict({**TINY, **overrides})
 

@@ -24,7 +24,7 @@ from seekmoe.train.chat_data import (
     customer_service_zh,
     python_faq,
 )
-from tests.conftest import assert_usage_error, run_cli
+from tests.conftest import assert_usage_error, phrase_runs, run_cli
 
 SMALL = {"arithmetic": (300, 60), "arithmetic_tools": (40, 20), "intents": (600, 300), "dialogues": (300, 120),
          "dialogues_zh": (300, 120)}
@@ -263,13 +263,6 @@ def test_dialogue_val_phrasings_never_appear_in_train(built, name):
     assert not finals & {ex["messages"][-2]["content"] for ex in load(built, name, "train")}
 
 
-def runs_of(text: str, n: int, chinese: bool) -> set[tuple[str, ...]]:
-    """Every n words in a row (n characters for Chinese), punctuation and the {fact} slot's spelling aside."""
-    text = re.sub(r"[^\w{} ]", "", text.lower().replace("{fact}", "#"))
-    units = list(text.replace(" ", "")) if chinese else text.split()
-    return {tuple(units[i:i + n]) for i in range(len(units) - n + 1)}
-
-
 @pytest.mark.parametrize("name", BOOKS)
 def test_extra_dialogue_phrasings_train_only_and_unlike_the_held_out_ones(built, name):
     book = BOOKS[name]
@@ -278,11 +271,11 @@ def test_extra_dialogue_phrasings_train_only_and_unlike_the_held_out_ones(built,
                                     (book.final_questions, book.extra_final_questions)):
         assert extra_table.keys() == held_table.keys()
         held = [t for ts in held_table.values() for t in (ts[i] for i in customer_service.split_ids(len(ts), True))]
-        held_runs = set().union(*(runs_of(t, n, chinese) for t in held))
+        held_runs = set().union(*(phrase_runs(t, n, chinese) for t in held))
         for extras in extra_table.values():
             assert len(set(extras)) == len(extras) >= 6
             assert [t for t in extras if t.count("{fact}") != (extra_table is book.extra_first_turns)] == []
-            assert [t for t in extras if runs_of(t, n, chinese) & held_runs] == []
+            assert [t for t in extras if phrase_runs(t, n, chinese) & held_runs] == []
 
     def used(split, stage):
         return [t for ex in load(built, name, split) for t in ex["meta"]["templates"] if t.startswith(stage + "/")]

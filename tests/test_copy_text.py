@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from seekmoe.train import copy_text
 from seekmoe.train.chat_data import customer_service
-from tests.conftest import assert_usage_error, run_cli
+from tests.conftest import assert_usage_error, phrase_runs, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,13 +106,8 @@ def held_out_sentences() -> list[str]:
     return held + chat_eval.ROUTER_PARAPHRASES
 
 
-def four_grams(text: str) -> set[tuple[str, ...]]:
-    words = re.sub(r"[^\w{} ]", "", text.lower().replace("{fact}", "{v}")).split()
-    return {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
-
-
 def test_no_phrasing_shares_four_words_in_a_row_with_a_held_out_one():
-    held = set().union(*map(four_grams, held_out_sentences()))
+    held = set().union(*map(phrase_runs, held_out_sentences()))
     ours = [q for field in copy_text.FIELDS.values() for q in field[2]]
     for states, asks, _, _ in copy_text.STATE.values():
         ours += states + asks
@@ -120,7 +115,7 @@ def test_no_phrasing_shares_four_words_in_a_row_with_a_held_out_one():
     ours += [t for ts in customer_service.EXTRA_TRAIN_TEMPLATES.values() for t in ts]
     ours += customer_service.ROUTER_INSTRUCTIONS_TRAIN
     ours += customer_service.NEUTRAL_OPENINGS + customer_service.NEUTRAL_ENDINGS
-    assert [t for t in ours if four_grams(t) & held] == []
+    assert [t for t in ours if phrase_runs(t) & held] == []
 
 
 def test_cli_writes_documents_and_sources(capsys, tmp_path):
