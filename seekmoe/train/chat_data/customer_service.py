@@ -380,7 +380,7 @@ EXTRA_FINAL_QUESTIONS = {
              "Can you tell me the city I mentioned?", "What place do I come from?", "Where are my parcels going?",
              "Could you confirm my city?", "Do you still know my city?"],
 }
-EXTRA_SHARE = 0.5  # of training dialogues' first turns and last questions, drawn from the extras
+EXTRA_SHARE = 0.5  # of training intents, dialogues' first turns and last questions, drawn from the extras
 ACKNOWLEDGEMENTS = ["Thanks, noted. How can I help you?", "Hello! Got it. What can I do for you?",
                     "Thank you. What would you like to know?", "Welcome to Maple & Co.! How can I help?"]
 FINAL_QUESTIONS = {
@@ -490,12 +490,8 @@ def slots(rng: random.Random) -> dict[str, str]:
 
 def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str, str]:
     """(template id, customer message), with the casual variation real chat messages show."""
-    if not held_out and rng.random() < 0.5:
-        i = rng.randrange(len(EXTRA_TRAIN_TEMPLATES[intent]))
-        template_id, template = f"{intent}/extra{i}", EXTRA_TRAIN_TEMPLATES[intent][i]
-    else:
-        i, template = pick(rng, INTENT_TEMPLATES[intent], held_out)
-        template_id = f"{intent}/{i}"
+    i, template = pick_train_or_extra(rng, INTENT_TEMPLATES[intent], EXTRA_TRAIN_TEMPLATES[intent], held_out)
+    template_id = f"{intent}/{i}"
     filled = slots(rng)
     text = template.format(**filled)
     if intent != "greeting" and rng.random() < 0.15:
