@@ -31,6 +31,11 @@ from seekmoe.train.copy_text import corpus_paragraphs
 MIX_SOURCES = ("austen", "chinese_poetry", "moby_dick", "python_docs", "shakespeare", "sotu", "web")
 
 
+def names(text: str) -> list[str]:
+    """A comma list's names, sorted, once each."""
+    return sorted({n.strip() for n in text.split(",") if n.strip()})
+
+
 def write_jsonl(path: Path, texts: list[str]) -> None:
     path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
 
@@ -70,11 +75,11 @@ def main() -> None:
     p.add_argument("--in-turn", default="", help="sources (of --sources) whose Chinese blocks take turns with the "
                    "others', however few they are")
     args = p.parse_args()
-    sources = sorted({s.strip() for s in args.sources.split(",") if s.strip()})
+    sources, in_turn = names(args.sources), names(args.in_turn)
     missing = [s for s in sources if not (args.corpus / s).is_dir()]
     if missing or not sources:
         raise SystemExit(f"--sources: {', '.join(missing) or '(none)'}: not a source folder of {args.corpus}")
-    stray = sorted(set(filter(None, args.in_turn.split(","))) - set(sources))
+    stray = [s for s in in_turn if s not in sources]
     if stray:
         raise SystemExit(f"--in-turn: {', '.join(stray)}: not among --sources")
     if not 0 <= args.zh_share <= 1:
@@ -93,7 +98,6 @@ def main() -> None:
     en = [p for s in sources for p in corpus_paragraphs(args.corpus / s, 200, 1500, True)]
     # the other blocks (the poetry, and the odd non-ASCII paragraph of an English source) are one pool, and each
     # --in-turn source another: the pools take turns, so a small source (modern prose) is not drowned by the poetry
-    in_turn = [s for s in sources if s in args.in_turn.split(",")]
     zh_pools = [[p for s in sources if s not in in_turn for p in corpus_paragraphs(args.corpus / s, 200, 1500, False)],
                 *(corpus_paragraphs(args.corpus / s, 200, 1500, False) for s in in_turn)]
     rng.shuffle(en)
