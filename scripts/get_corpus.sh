@@ -46,7 +46,8 @@ deb_get() {  # deb_get PKG: the package's files unpacked into data/.deb/PKG, not
     local dir="$deb_dir/$1"
     [ -f "$dir/.ok" ] && return 0
     rm -rf "$dir" && mkdir -p "$dir"
-    (cd "$dir" && apt-get download -q "$1" >/dev/null 2>&1) || { say "Debian package $1 could not be downloaded"; return 1; }
+    (cd "$dir" && apt-get download -q "$1" >/dev/null 2>&1) \
+        || { say "Debian package $1 could not be downloaded"; return 1; }
     dpkg-deb -x "$dir"/*.deb "$dir/root" && dpkg-deb -f "$dir"/*.deb Version > "$dir/version" && touch "$dir/.ok"
 }
 
@@ -166,7 +167,8 @@ if ! done_already debian_docs_zh && deb_get debian-reference-zh-cn && deb_get ma
         "$deb_dir/debian-reference-zh-cn/root/usr/share/debian-reference/debian-reference.zh-cn.txt.gz" \
         "$deb_dir/maint-guide-zh-cn/root/usr/share/doc/maint-guide-zh-cn/maint-guide.zh-cn.txt.gz"
     meta debian_docs_zh zh "deb:debian-reference-zh-cn, deb:maint-guide-zh-cn" \
-        "$(cat "$deb_dir/debian-reference-zh-cn/version"), $(cat "$deb_dir/maint-guide-zh-cn/version")" GPL-2.0-or-later \
+        "$(cat "$deb_dir/debian-reference-zh-cn/version"), $(cat "$deb_dir/maint-guide-zh-cn/version")" \
+        GPL-2.0-or-later \
         "Debian Reference and Debian New Maintainers' Guide, GNU GPL version 2 or later" \
         "The Debian Reference and the New Maintainers' Guide in simplified Chinese, the prose paragraphs"
     say "debian_docs_zh: done"
