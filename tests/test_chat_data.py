@@ -23,11 +23,12 @@ from seekmoe.train.chat_data import (
     customer_service,
     customer_service_zh,
     python_faq,
+    support_answers,
 )
 from tests.conftest import assert_usage_error, phrase_runs, run_cli
 
 SMALL = {"arithmetic": (300, 60), "arithmetic_tools": (40, 20), "intents": (600, 300), "dialogues": (300, 120),
-         "dialogues_zh": (300, 120)}
+         "dialogues_zh": (300, 120), "support": (600, 120)}
 FAQ_DIR = python_faq.DEFAULT_DIR
 HAVE_FAQ = FAQ_DIR.is_dir()
 HAVE_CHATTERBOT = importlib.util.find_spec("chatterbot_corpus") is not None
@@ -165,6 +166,46 @@ def test_intent_val_uses_only_held_out_templates(built):
         assert len(set(templates)) == len(templates), intent
         held_out = customer_service.split_ids(len(templates), held_out=True)
         assert round(len(templates) / 3) == len(held_out), intent
+
+
+def test_support_answers_name_what_the_message_gave_in_its_language(built):
+    train, val = load(built, "support", "train"), load(built, "support", "val")
+    cjk = re.compile("[\u4e00-\u9fff]")
+    replies = {intent: set(support_answers.ANSWERS[intent]) | set(support_answers.ANSWERS_ZH[intent])
+               for intent in customer_service.INTENTS}
+    for ex in train + val:
+        message, reply = ex["messages"][-2]["content"], ex["messages"][-1]["content"]
+        meta = ex["meta"]
+        assert meta["task"] == "support" and ex["messages"][-2]["role"] == "user"
+        if "order" in meta and meta["intent"] not in ("product_question", "greeting"):  # a given order is named
+            assert meta["order"] in message and meta["order"] in reply, (message, reply)
+        assert bool(cjk.search(reply)) == bool(cjk.search(message)) or "product" in meta, (message, reply)
+        assert reply.endswith((".", "?", "!", "。", "？", "！")), reply
+        assert any(re.fullmatch(re.sub(r"\\{\w+\\}", ".+", re.escape(r)), reply) for r in replies[meta["intent"]])
+    asking = [ex for ex in train if "order" not in ex["meta"] and ex["meta"]["intent"] == "order_status"]
+    assert asking and all("order number" in ex["messages"][-1]["content"] or "订单号" in ex["messages"][-1]["content"]
+                          or ex["meta"].get("product") for ex in asking)
+    systems = [ex["messages"][0]["role"] == "system" for ex in train]
+    assert 0.3 < sum(systems) / len(train) < 0.7  # the README's quick start sends no system prompt
+    # the intent set's split: held-out phrasings only in val, the training extras never there
+    train_ids, val_ids = {ex["meta"]["template"] for ex in train}, {ex["meta"]["template"] for ex in val}
+    assert not train_ids & val_ids and not any("extra" in t for t in val_ids)
+    for ex in val:
+        intent, i = ex["meta"]["template"].split("/")
+        assert int(i) in customer_service.split_ids(len(customer_service.INTENT_TEMPLATES[intent]), held_out=True)
+
+
+def test_support_answers_use_only_slots_they_are_given():
+    rng = __import__("random").Random(0)
+    filled = {"order": "12345", "product": "desk lamp", "city": "Lyon", "address": "3 Mill Lane, Lyon",
+              "name": "Anna Jones", "date": "May 2"}
+    for _ in range(50):
+        assert support_answers.answer(rng, "address_change", "Send it to 3 Mill Lane, Lyon.", filled) in (
+            "Thanks, I've noted 3 Mill Lane, Lyon as your new delivery address. Which order should go there?",)
+        both = support_answers.answer(rng, "address_change", "Order 12345 must go to 3 Mill Lane, Lyon.", filled)
+        assert both.startswith("Done: I've asked our warehouse to send order 12345 to 3 Mill Lane, Lyon.")
+        assert "order number" in support_answers.answer(rng, "order_status", "Where is my parcel?", filled)
+        assert "12345" in support_answers.answer(rng, "refund", "我要退款，订单号12345。", filled)
 
 
 BOOKS = {"dialogues": customer_service.ENGLISH, "dialogues_zh": customer_service_zh.CHINESE}
@@ -465,7 +506,7 @@ def test_build_fails_on_a_missing_source_unless_skipped(tmp_path, capsys):
                        faq_dir=tmp_path / "nope", chatterbot_dir=tmp_path / "nope")
     assert [s["name"] for s in report["skipped"]] == ["chatterbot", "python_faq"]
     assert [s["name"] for s in report["sets"]] == ["arithmetic", "arithmetic_tools", "intents", "dialogues",
-                                                   "dialogues_zh"]
+                                                   "dialogues_zh", "support"]
     assert not (tmp_path / "b" / "python_faq.train.jsonl").exists()
     err = capsys.readouterr().err
     assert "skipping chatterbot" in err and "skipping python_faq" in err

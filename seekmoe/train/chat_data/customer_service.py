@@ -488,8 +488,9 @@ def slots(rng: random.Random) -> dict[str, str]:
             "date": f"{rng.choice(MONTHS)} {rng.randint(1, 28)}"}
 
 
-def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str, str]:
-    """(template id, customer message), with the casual variation real chat messages show."""
+def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str, str, dict[str, str]]:
+    """(template id, customer message, the slots it was filled from), with the casual variation real chat
+    messages show."""
     i, template = pick_train_or_extra(rng, INTENT_TEMPLATES[intent], EXTRA_TRAIN_TEMPLATES[intent], held_out)
     template_id = f"{intent}/{i}"
     filled = slots(rng)
@@ -502,7 +503,7 @@ def intent_message(rng: random.Random, intent: str, held_out: bool) -> tuple[str
         text = text[:-1]
     if not held_out:  # after the draws the held-out set makes too, so it stays what it was
         text = neutral_wrapping(rng, text, intent, filled["order"])
-    return template_id, text
+    return template_id, text, filled
 
 
 def neutral_wrapping(rng: random.Random, text: str, intent: str, order: str) -> str:
@@ -531,7 +532,7 @@ def intent_examples(n: int, rng: random.Random, held_out: bool) -> list[dict]:
     examples = []
     for k in range(n):
         intent = INTENTS[k % len(INTENTS)]
-        template_id, text = intent_message(rng, intent, held_out)
+        template_id, text, _ = intent_message(rng, intent, held_out)
         examples.append(example([("system", router_instruction(rng, held_out)), ("user", text), ("assistant", intent)],
                                 {"task": "intent", "intent": intent, "template": template_id}))
     return examples
