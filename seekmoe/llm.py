@@ -12,6 +12,7 @@ text: a sequence that writes one is ended at once and nothing of the stop string
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -20,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds
 from seekmoe.engine.loop import EngineLoop, RequestStream
-from seekmoe.engine.sampling import SamplingError, SamplingParams
-from seekmoe.model.checkpoint import DEFAULT_MODEL
+from seekmoe.engine.sampling import SamplingError, SamplingParams, generation_defaults
+from seekmoe.model.checkpoint import DEFAULT_MODEL, CheckpointError
 from seekmoe.text.stream import TextStream
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.text.tool_calls import (
@@ -45,6 +46,18 @@ if TYPE_CHECKING:
     from seekmoe.text.grammar import Grammar, Grammars
 
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
+
+
+def _sampling_defaults(folder: Path) -> dict[str, float | int]:
+    """The sampling defaults of folder/generation_config.json ({} without one), as vLLM applies them: a request's
+    own values win."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return generation_defaults(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SamplingError) as e:
+        raise CheckpointError(f"{path}: not a usable generation config ({e})") from None
 
 
 @dataclass
@@ -256,6 +269,7 @@ class LLM:
 
         self.encoders = load_encoders(self.path, self.model)  # None for a text-only model
         self.media_limits = MediaLimits()
+        self.sampling_defaults = _sampling_defaults(self.path)
         self.tokenizer = Tokenizer.from_pretrained(self.path)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise ValueError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} ids, the model only "
@@ -268,7 +282,9 @@ class LLM:
     # ---- building blocks ------------------------------------------------------------------------------------
 
     def params(self, params: SamplingParams | None = None, **kwargs) -> SamplingParams:
-        """SamplingParams from keyword arguments (max_tokens=..., temperature=..., stop=..., ...)."""
+        """SamplingParams from keyword arguments (max_tokens=..., temperature=..., stop=..., ...); what they leave
+        out comes from the model's generation_config.json (sampling_defaults), then SamplingParams' defaults. An
+        explicit params is used as it is."""
         unknown = sorted(set(kwargs) - _PARAM_NAMES)
         if unknown:
             raise TypeError(f"unknown sampling parameter {unknown[0]!r}; known: {', '.join(sorted(_PARAM_NAMES))}")
@@ -276,7 +292,7 @@ class LLM:
             if kwargs:
                 raise TypeError("give either params= or keyword sampling parameters, not both")
             return params
-        return SamplingParams(**kwargs)
+        return SamplingParams(**{**self.sampling_defaults, **kwargs})
 
     def encode(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -292,7 +308,7 @@ class LLM:
         embeds: the media rows of a multimodal prompt (chat_prompt makes them). cache_salt: cached prompt prefixes
         are shared only between requests with the same salt (None: with every request without one). grammar: what
         the output must follow (from `grammars`); its sequences end with "stop" once the grammar is complete."""
-        params = params if params is not None else SamplingParams()
+        params = params if params is not None else self.params()
         constraint = grammar.matcher() if grammar is not None else None
         stream = self._loop.submit(prompt_token_ids, params, request_id, embeds, cache_salt, constraint)
         return TextRequest(self, stream, params, skip_special_tokens, tool_calls)

@@ -47,13 +47,15 @@ Ctrl-C during an answer stops it; that exchange is then not kept."""
 # ---- flags ---------------------------------------------------------------------------------------------------
 
 def _add_sampling_arguments(p: argparse.ArgumentParser, several: bool) -> None:
-    """Defaults None: SamplingParams keeps its own, and checks every value given."""
+    """Defaults None: the model's generation_config.json, else SamplingParams' own; every value given is checked."""
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="most tokens to write per answer (default 128); the prompt and N must fit the context")
     p.add_argument("--temperature", type=float, metavar="T",
-                   help="randomness, in [0, 2]; 0 always picks the likeliest token (default 1)")
+                   help="randomness, in [0, 2]; 0 always picks the likeliest token (default: the model's "
+                        "generation_config.json, else 1)")
     p.add_argument("--top-p", type=float, metavar="P",
-                   help="sample from the likeliest tokens holding probability P, in (0, 1] (default 1: off)")
+                   help="sample from the likeliest tokens holding probability P, in (0, 1] (default: the model's, "
+                        "else 1: off)")
     p.add_argument("--top-k", type=int, metavar="K",
                    help="sample from the K likeliest tokens; 0 or -1: off (default)")
     p.add_argument("--min-p", type=float, metavar="P",
@@ -103,12 +105,13 @@ def add_chat_arguments(p: argparse.ArgumentParser) -> None:
                         "seekmoe-annotated-N.png (default: the current directory)")
 
 
-def sampling_params(args: argparse.Namespace, names: Iterable[str]) -> SamplingParams:
+def sampling_params(args: argparse.Namespace, names: Iterable[str], defaults: dict | None = None) -> SamplingParams:
+    """defaults: the model's (LLM.sampling_defaults), under the flags given."""
     from seekmoe.engine.sampling import SamplingError, SamplingParams
 
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
-        return SamplingParams(**given)
+        return SamplingParams(**{**(defaults or {}), **given})
     except SamplingError as e:  # "top_p must be in (0, 1], got 0.0" -> "--top-p must be ..."
         message = str(e)
         if e.param in FLAGS:
@@ -169,6 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         llm = open_llm_from_args(args)
     except KeyboardInterrupt:
         return 130
+    params = sampling_params(args, FLAGS, llm.sampling_defaults)
     try:
         stream = not (args.no_stream or args.json or params.n > 1)
         start = time.perf_counter()
@@ -398,6 +402,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         llm = open_llm_from_args(args)
     except KeyboardInterrupt:
         return 130
+    params = sampling_params(args, CHAT_FIELDS, llm.sampling_defaults)
     try:
         context = llm.engine.max_model_len  # the engine's default KV cache holds several such sequences
         if params.max_tokens >= context:

@@ -210,6 +210,10 @@ def load_llm(config: ServeConfig) -> LLM:
                                cache_tokens=config.cache_tokens, cache_bytes=config.cache_bytes,
                                max_num_seqs=config.max_num_seqs, max_waiting=config.max_queue)
     llm.media_limits = config.media_limits()
+    if llm.sampling_defaults:  # as vLLM says it: a surprise otherwise, when a request without them samples cooler
+        shown = ", ".join(f"{k}={v:g}" for k, v in llm.sampling_defaults.items())
+        logging.getLogger("seekmoe.serve").info("sampling defaults from %s: %s (a request's own values win)",
+                                                llm.path / "generation_config.json", shown)
     return llm
 
 

@@ -126,6 +126,20 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
 
+# Hugging Face generation_config.json keys that set a model's sampling defaults, as vLLM reads them (its
+# max_new_tokens is left out: our default answer length is the endpoint's); do_sample is ignored, as vLLM does
+GENERATION_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def generation_defaults(config: object) -> dict[str, float | int]:
+    """The SamplingParams fields a model's parsed generation_config.json sets, checked as a request's would be."""
+    if not isinstance(config, dict):
+        raise SamplingError(f"must be a JSON object, got {type(config).__name__}")
+    given = {key: config[key] for key in GENERATION_CONFIG_KEYS if config.get(key) is not None}
+    params = SamplingParams(**given)  # "top_p must be in (0, 1], got 0" names the key
+    return {key: getattr(params, key) for key in given}
+
+
 @runtime_checkable
 class TokenConstraint(Protocol):
     """What one sequence may write next: a grammar's matcher, opaque to the engine. `fill_bitmask` always allows at

@@ -46,11 +46,13 @@ def _real(name: str, description: str) -> object:
 
 
 class Sampling(Request):
-    """Fields all three generation endpoints share; None keeps the default."""
+    """Fields all three generation endpoints share; None keeps the default: the model's generation_config.json
+    where it sets the field (as vLLM does), else SamplingParams'."""
 
     max_tokens: int | None = _field("most tokens to write; the prompt and these must fit the context", minimum=1)
-    temperature: float | None = _real("temperature", "randomness; 0 picks the likeliest token (default 1)")
-    top_p: float | None = _real("top_p", "nucleus sampling (default 1: off)")
+    temperature: float | None = _real("temperature", "randomness; 0 picks the likeliest token (default: the "
+                                                 "model's generation_config.json, else 1)")
+    top_p: float | None = _real("top_p", "nucleus sampling (default: the model's, else 1: off)")
     top_k: int | None = _field("sample from the k likeliest tokens; 0 or -1: off", minimum=-1)
     min_p: float | None = _real("min_p", "drop tokens less likely than min_p times the likeliest")
     repetition_penalty: float | None = _real("repetition_penalty", "above 1 repeats less")
@@ -520,8 +522,9 @@ class ResponsesRequest(Request):
     instructions: str | None = Field(None, description="the system message, put before input's messages")
     max_output_tokens: int | None = _field("most tokens to write; the input and these must fit the context",
                                            minimum=1)
-    temperature: float | None = _real("temperature", "randomness; 0 picks the likeliest token (default 1)")
-    top_p: float | None = _real("top_p", "nucleus sampling (default 1: off)")
+    temperature: float | None = _real("temperature", "randomness; 0 picks the likeliest token (default: the "
+                                                 "model's generation_config.json, else 1)")
+    top_p: float | None = _real("top_p", "nucleus sampling (default: the model's, else 1: off)")
     stream: bool = _field("send the answer as the Responses API's server-sent events", False)
     text: TextConfig | None = None
     store: bool | None = Field(None, description="accepted, ignored: nothing is stored")

@@ -418,6 +418,7 @@ class Serving:
             field = renames.get("max_tokens", "max_tokens")
             raise context_exceeded(self.context, prompt_field, longest, max_tokens, param=field)
         given = {name: getattr(body, name) for name in SAMPLING if getattr(body, name) is not None}
+        given = {**self.llm.sampling_defaults, **given}  # the model's generation_config.json, as vLLM does
         if "seed" in given:
             given["seed"] = _sampler_seed(given["seed"])
         try:
