@@ -93,3 +93,12 @@ def test_a_bad_generation_config_is_named_at_load(tmp_path, capsys, text, needle
         LLM(folder)
     rc, _, err = run_cli(capsys, "generate", str(folder), "Hello", "--max-tokens", "2")
     assert rc != 0 and needle in err and "Traceback" not in err
+
+
+def test_serve_says_which_defaults_the_model_sets(greedy_folder, caplog):
+    from seekmoe.cli.serve import load_llm
+
+    with caplog.at_level("INFO", logger="seekmoe"):
+        llm = load_llm(ServeConfig(model=str(greedy_folder)))
+    llm.close()
+    assert "generation_config.json: temperature=0, top_k=5 (a request's own values win)" in caplog.text
