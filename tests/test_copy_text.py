@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from seekmoe.train import copy_text
-from seekmoe.train.chat_data import customer_service
+from seekmoe.train.chat_data import customer_service, support_answers
 from tests.conftest import assert_usage_error, phrase_runs, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +115,7 @@ def test_no_phrasing_shares_four_words_in_a_row_with_a_held_out_one():
     ours += [t for ts in customer_service.EXTRA_TRAIN_TEMPLATES.values() for t in ts]
     ours += customer_service.ROUTER_INSTRUCTIONS_TRAIN
     ours += customer_service.NEUTRAL_OPENINGS + customer_service.NEUTRAL_ENDINGS
+    ours += [a for answers in support_answers.ANSWERS.values() for a in answers]
     assert [t for t in ours if phrase_runs(t) & held] == []
 
 

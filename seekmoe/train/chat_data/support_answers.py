@@ -33,7 +33,7 @@ ANSWERS = {
         "Sorry for the wait! Could you give me your order number? Then I can check where your parcel is.",
     ],
     "refund": [
-        "I'm sorry about that. I've noted a refund for order {order}: the money goes back to your original payment "
+        "I'm sorry about that. I've started the refund of order {order}: the money goes back to your original payment "
         "method within 5 working days of us receiving the item.",
         "Refunds for order {order} are paid to the card or account you paid with, usually within 5 working days.",
         "Sorry the {product} didn't work out. Send it back within {ret} days and we refund the full price to your "
