@@ -11,6 +11,10 @@ in the prompt's language and not a loop (a proxy for "on topic" a program can ch
 three paraphrased router instructions listing the same labels; recall is also counted on the dialogues with at
 least 5 turns after the fact, and on the Chinese dialogues (dialogues_zh.val.jsonl, when it exists); with the math
 tool offered, the share of chats that need no math (support messages) in which no tool is called.
+Support answers (data/chat/support.val.jsonl, held-out phrasings; the README's quick-start chat is one of them):
+of the messages about an order that give its number (status, refund, address, complaint), the share of answers of
+at least 20 characters, in the message's language, that name that number, greedy and sampled as a request without
+sampling fields is (the model's generation_config.json, else temperature 1).
 Summaries: held-out 100,000-character reports, English and Chinese (bench/summary_docs.py), each stating one key
 conclusion; per method of LLM.generate_summary (max_length 200), the share of summaries that keep it (its figure
 and measure in one sentence) and ROUGE-L (rouge-score, words and CJK characters) against the summary we wrote.
@@ -152,6 +156,28 @@ def continuation(llm: LLM, samples: int = 4) -> tuple[dict[str, float], list[dic
     return {lang: sum(v) / len(v) for lang, v in ok.items()}, examples
 
 
+NAMES_ORDER = ("order_status", "refund", "address_change", "complaint")  # intents whose answer names a given order
+
+
+def sensible(reply: str, ex: dict) -> bool:
+    """A support answer of 20 characters or more, in the message's language, naming the order number it gave."""
+    chinese = CJK.search(ex["messages"][-2]["content"]) is not None
+    return len(reply) >= 20 and (CJK.search(reply) is not None) == chinese and ex["meta"]["order"] in reply
+
+
+def support(llm: LLM, examples: list[dict]) -> tuple[float, float, list[dict]]:
+    """Answers to held-out support messages that give an order number about it (the README's quick-start chat is
+    one): the share that are sensible, greedy and sampled as a request without sampling fields is (the model's
+    generation_config.json, else temperature 1; one seed)."""
+    examples = [ex for ex in examples if "order" in ex["meta"] and ex["meta"]["intent"] in NAMES_ORDER]
+    prompts = [llm.tokenizer.apply_chat_template(ex["messages"][:-1]) for ex in examples]
+    greedy = answers(llm, examples, 64)
+    sampled = [c.text.strip() for c in llm.generate(prompt_token_ids=prompts, max_tokens=64, seed=0)]
+    shown = [{"asked": ex["messages"][-2]["content"], "said": a} for ex, a in zip(examples, sampled, strict=True)][:2]
+    return (sum(map(sensible, greedy, examples)) / len(examples),
+            sum(map(sensible, sampled, examples)) / len(examples), shown)
+
+
 def no_tool_when_not_needed(llm: LLM, chats: list[list[dict]]) -> float:
     """With the math tool offered, the share of chats that need no math in which nothing is called."""
     from seekmoe.plugins import WorkerPool
@@ -201,9 +227,15 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         chats = [ex["messages"][1:2] for ex in intents[:25]] + [ex["messages"][:2] for ex in dialogues[:25]]
         result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
         result["continuation"], result["continuation_examples"] = continuation(llm)
+        support_path = data / "support.val.jsonl"
+        if support_path.exists():
+            replies = read_jsonl(support_path, limit)
+            result["support_greedy"], result["support_sampled"], result["support_examples"] = support(llm, replies)
+            result["counts"] = {"support": sum("order" in ex["meta"] and ex["meta"]["intent"] in NAMES_ORDER
+                                               for ex in replies)}
         result["reads_media"] = llm.encoders is not None
-        result["counts"] = {"intents": len(intents), "dialogues": len(dialogues), "dialogues_zh": len(dialogues_zh),
-                            "arithmetic": len(problems)}
+        result["counts"] = {**result.get("counts", {}), "intents": len(intents), "dialogues": len(dialogues),
+                            "dialogues_zh": len(dialogues_zh), "arithmetic": len(problems)}
         result["summaries"] = summaries(llm, *summary_args) if summary_args[0] else {}
     finally:
         llm.close()
@@ -227,7 +259,8 @@ def table(results: list[dict]) -> str:
     head = ["model", *(f"val loss {s}" for s in sets), "intent acc", "intent acc, paraphrased instruction",
             "multi-turn recall", "recall after >= 5 turns", "multi-turn recall zh", "recall after >= 5 turns zh",
             "arithmetic acc", "arithmetic acc, math tool",
-            "no tool call without math", "continuation en / zh", "reads images and speech"]
+            "no tool call without math", "continuation en / zh", "support answers name the order, greedy / sampled",
+            "reads images and speech"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [Path(r["model"]).name, *(f"{r['val_loss'].get(s, float('nan')):.3f}" for s in sets),
@@ -238,6 +271,7 @@ def table(results: list[dict]) -> str:
                  f"{r['arithmetic_accuracy']:.1%}", f"{r['arithmetic_tool_accuracy']:.1%}",
                  f"{r['no_tool_without_math']:.1%}",
                  f"{r['continuation'].get('en', 0):.1%} / {r['continuation'].get('zh', 0):.1%}",
+                 f"{r['support_greedy']:.1%} / {r['support_sampled']:.1%}" if "support_greedy" in r else "—",
                  "yes" if r["reads_media"] else "no"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -276,7 +310,8 @@ def main() -> None:
         print(summary_table(results))
     for r in results:
         print(f"\n{Path(r['model']).name} ({r['seconds']:.0f} s): {r['counts']}")
-        for ex in r["intent_examples"] + r["dialogue_examples"] + r["continuation_examples"]:
+        for ex in (r["intent_examples"] + r["dialogue_examples"] + r["continuation_examples"]
+                   + r.get("support_examples", [])):
             print(f"  {ex['asked']!r} -> {ex['said']!r}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
