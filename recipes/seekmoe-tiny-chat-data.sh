@@ -62,11 +62,18 @@ $python scripts/sft_mix.py --chat data/chat4 --out runs/sft-mix7 --text 2000 --z
 mkdir -p runs/sft-text2
 ln -sf "$PWD"/runs/sft-mix7/copy.train.jsonl "$PWD"/runs/sft-mix7/text.train.jsonl runs/sft-text2/
 # runs/mm-chat13: the same, the training intents also opened and closed by words any intent may have, and '#' before
-# order numbers (the code since; only intents.train.jsonl differs from data/chat4's)
-$seekmoe data chat --out data/chat5 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
-    --train-size dialogues_zh=10000
+# order numbers (the code of 43a0b92, before the support set; only intents.train.jsonl differs from data/chat4's)
+at_commit 43a0b92 "$root/$python" -m seekmoe data chat --out "$root/data/chat5" --train-size dialogues=10000 \
+    --train-size arithmetic_tools=4000 --train-size dialogues_zh=10000
 $python scripts/sft_mix.py --chat data/chat5 --out runs/sft-mix8
 # runs/mm-chat14's last stage: the text of runs/sft-text2 with the Chinese dialogues and the intents, so neither fades
 mkdir -p runs/sft-text3
 ln -sf "$PWD"/runs/sft-mix7/copy.train.jsonl "$PWD"/runs/sft-mix7/text.train.jsonl \
     "$PWD"/data/chat5/dialogues_zh.train.jsonl "$PWD"/data/chat5/intents.train.jsonl runs/sft-text3/
+# runs/mm-chat15: the same, with the support set (answers to single support messages that name the order given)
+# and the plain text of runs/sft-text2 (half Chinese, the modern prose in turn)
+$seekmoe data chat --out data/chat6 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
+    --train-size dialogues_zh=10000
+$python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix9 --zh-share 0.5 \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
+    --in-turn libreoffice_help_zh,debian_docs_zh
