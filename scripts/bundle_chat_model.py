@@ -180,7 +180,13 @@ def goal_rows(before: dict, after: dict) -> list[tuple[str, str, str, str, bool]
          _pct(hybrid(before, "kept")), _pct(hybrid(after, "kept")), hybrid(after, "kept") >= 0.9),
         ("reads images and speech", "yes", "yes" if before["reads_media"] else "no",
          "yes" if after["reads_media"] else "no", after["reads_media"]),
-    ]
+    ] + ([(f"a support message about an order is answered naming its number ({c['support']} messages; greedy / "
+           "sampled as a request without sampling fields)", "—", support(before), support(after), True)]
+         if "support_greedy" in before and "support_greedy" in after else [])
+
+
+def support(r: dict) -> str:
+    return f"{_pct(r['support_greedy'])} / {_pct(r['support_sampled'])}"
 
 
 def paraphrased(r: dict) -> float:
@@ -247,12 +253,20 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
              f"and Chinese, and calls the math tool and answers from its result.{seeing[1]}")
     limits = (f"Goals it does not reach yet (measured below): {missed}. It is a working part for demos and for "
               f"testing the stack (serving, tools, fine-tuning), not an assistant.")
+    generation = run / "model" / "generation_config.json"
+    defaults = ""
+    if generation.is_file():  # written by hand into the run's model folder, before chat_eval measured it
+        text = generation.read_text(encoding="utf-8").strip()
+        shown = ", ".join(f"{k} {v}" for k, v in json.loads(text).items())
+        defaults = (f"\nSampling defaults (`generation_config.json`: {shown}) fill what a request leaves out, as in "
+                    "vLLM; a request's own values win.\n")
+        recipes += f"\nprintf '%s\\n' {shlex.quote(text)} > {run}/model/generation_config.json"
     return f"""# {name}
 
 {textwrap.fill(intro, 116)}
 
 {textwrap.fill(limits, 116)}
-{(chr(10) + textwrap.fill(note, 116) + chr(10)) if note else ""}
+{defaults}{(chr(10) + textwrap.fill(note, 116) + chr(10)) if note else ""}
 ## Results on held-out data
 Measured by `bench/chat_eval.py` (greedy answers through the engine, continuations sampled at temperature 0.8;
 the intent, dialogue and continuation sets use phrasings and texts that never occur in training).
@@ -317,7 +331,7 @@ def main() -> None:
     sources = json.loads((args.chat_data / "SOURCES.json").read_text())
     model = load_model(args.run / "model", dtype="bfloat16")
     save_model(model, args.out)
-    for f in ("tokenizer.json", "tokenizer_config.json", "multimodal.safetensors"):
+    for f in ("tokenizer.json", "tokenizer_config.json", "multimodal.safetensors", "generation_config.json"):
         if (args.run / "model" / f).is_file():
             shutil.copyfile(args.run / "model" / f, args.out / f)
     media = None
