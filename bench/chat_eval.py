@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from seekmoe.engine.sampling import SamplingParams
 from seekmoe.llm import LLM
 from seekmoe.model.checkpoint import load_model
 from seekmoe.train.config import FinetuneConfig
@@ -148,7 +149,10 @@ def continuation(llm: LLM, samples: int = 4) -> tuple[dict[str, float], list[dic
     ok: dict[str, list[bool]] = {}
     examples = []
     for k in range(samples):
-        done = llm.generate([p["prompt"] for p in prompts], max_tokens=48, temperature=0.8, top_p=0.95, seed=k)
+        # an explicit SamplingParams: the model's generation_config.json defaults (min_p, ...) do not apply, so
+        # this measures the model alone, as it did before models shipped defaults
+        params = SamplingParams(max_tokens=48, temperature=0.8, top_p=0.95, seed=k)
+        done = llm.generate([p["prompt"] for p in prompts], params=params)
         for p, c in zip(prompts, done, strict=True):
             ok.setdefault(p["lang"], []).append(readable(c.text, p["lang"]))
             if k == 0 and len(examples) < 4 and p["lang"] == ("en", "zh")[len(examples) % 2]:
