@@ -240,6 +240,7 @@ def test_an_image_goes_as_an_image_url_part_and_stays_in_the_history(mm_url, cha
     parts = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(data)}"}},
              {"type": "text", "text": "What is in the picture?"}]
     assert sent[-1]["messages"] == [{"role": "user", "content": parts}]
+    assert "temperature" not in sent[-1]  # the field left empty: the model's default
     assert page.locator("#attachments .chip").count() == 0  # sent: the composer is empty again
     assert page.eval_on_selector(".msg.user .media img", "img => img.naturalWidth") == 24
     assert page.text_content(".msg.user") == "What is in the picture?"
@@ -541,6 +542,7 @@ def test_a_reply_naming_a_region_shows_the_annotated_image_under_it(grounded_url
     page.set_input_files("#file", files=[{"name": "circuit.png", "mimeType": "image/png", "buffer": PICTURE}])
     page.wait_for_function("document.querySelector('#attachments .chip img')?.naturalWidth === 64", timeout=UI_MS)
     assert send(page, QUESTION, 2) == ANSWER
+    assert sent[-1]["temperature"] == 0  # a temperature set on the page is sent
 
     shown = ".msg.assistant .annotated img"
     page.wait_for_function(f"document.querySelector('{shown}')?.naturalWidth > 0", timeout=UI_MS)

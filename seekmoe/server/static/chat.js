@@ -205,8 +205,10 @@ async function ask() {
   const body = {
     messages: conv.system.trim() ? [{role: "system", content: conv.system}, ...history] : history,
     stream: true, stream_options: {include_usage: true},
-    temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+    max_tokens: Number($("max-tokens").value),
   };
+  // left empty, the server samples as the model's generation_config.json says (as vLLM does)
+  if ($("temperature").value !== "") body.temperature = Number($("temperature").value);
   controller = new AbortController();
   setBusy(true);
   const poll = setInterval(refreshLoad, 500);
