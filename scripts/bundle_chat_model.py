@@ -258,8 +258,8 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
     if generation.is_file():  # written by hand into the run's model folder, before chat_eval measured it
         text = generation.read_text(encoding="utf-8").strip()
         shown = ", ".join(f"{k} {v}" for k, v in json.loads(text).items())
-        defaults = (f"\nSampling defaults (`generation_config.json`: {shown}) fill what a request leaves out, as in "
-                    "vLLM; a request's own values win.\n")
+        defaults = "\n" + textwrap.fill(f"Sampling defaults (`generation_config.json`: {shown}) fill what a request "
+                                       "leaves out, as in vLLM; a request's own values win.", 116) + "\n"
         recipes += f"\nprintf '%s\\n' {shlex.quote(text)} > {run}/model/generation_config.json"
     return f"""# {name}
 
