@@ -77,3 +77,12 @@ $seekmoe data chat --out data/chat6 --train-size dialogues=10000 --train-size ar
 $python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix9 --zh-share 0.5 \
     --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
     --in-turn libreoffice_help_zh,debian_docs_zh
+# runs/mm-chat16's last stage: the plain text of runs/sft-text2 (the same rows, from sft_mix.py's same draws) with
+# the Chinese dialogues, the intents and the first quarter of the support set
+$python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix10 --text 2000 --zh-share 0.5 \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
+    --in-turn libreoffice_help_zh,debian_docs_zh
+mkdir -p runs/sft-text4
+ln -sf "$PWD"/runs/sft-mix10/copy.train.jsonl "$PWD"/runs/sft-mix10/text.train.jsonl \
+    "$PWD"/data/chat6/dialogues_zh.train.jsonl "$PWD"/data/chat6/intents.train.jsonl runs/sft-text4/
+head -n 1500 data/chat6/support.train.jsonl > runs/sft-text4/support.train.jsonl
