@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import random
 import re
 from pathlib import Path
 
@@ -196,12 +197,13 @@ def test_support_answers_name_what_the_message_gave_in_its_language(built):
 
 
 def test_support_answers_use_only_slots_they_are_given():
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     filled = {"order": "12345", "product": "desk lamp", "city": "Lyon", "address": "3 Mill Lane, Lyon",
               "name": "Anna Jones", "date": "May 2"}
     for _ in range(50):
-        assert support_answers.answer(rng, "address_change", "Send it to 3 Mill Lane, Lyon.", filled) in (
-            "Thanks, I've noted 3 Mill Lane, Lyon as your new delivery address. Which order should go there?",)
+        # the address holds the city: never asked for again
+        assert support_answers.answer(rng, "address_change", "Send it to 3 Mill Lane, Lyon.", filled) == (
+            "Thanks, I've noted 3 Mill Lane, Lyon as your new delivery address. Which order should go there?")
         both = support_answers.answer(rng, "address_change", "Order 12345 must go to 3 Mill Lane, Lyon.", filled)
         assert both.startswith("Done: I've asked our warehouse to send order 12345 to 3 Mill Lane, Lyon.")
         assert "order number" in support_answers.answer(rng, "order_status", "Where is my parcel?", filled)
