@@ -38,7 +38,7 @@ GGUF_ARCH = "deepseek2"
 # word rule), in the same order. Its digit runs of 1-3 give our ids too: no merge joins two digits, since training
 # saw each digit alone.
 GGUF_PRE_TOKENIZER = "deepseek-v3"
-# generation_config.json: sampling on, DeepSeek's recommended chat defaults
+# generation_config.json of a model folder without one of its own: sampling on, DeepSeek's recommended chat defaults
 GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95}
 # config.json keys that would point transformers at remote code we do not ship; it has native deepseek classes
 _DROPPED_CONFIG_KEYS = ("auto_map",)
@@ -109,6 +109,20 @@ def _make_parent(out: Path) -> None:
 
 # ---- Hugging Face --------------------------------------------------------------------------------------------
 
+def _sampling(path: Path) -> dict:
+    """generation_config.json's sampling: the model's own defaults where its folder has them (the ones seekmoe
+    serves it with), else DeepSeek's recommended ones."""
+    from seekmoe.engine.sampling import SamplingError, generation_defaults
+
+    own = path / "generation_config.json"
+    if not own.is_file():
+        return GENERATION_DEFAULTS
+    try:
+        return {"do_sample": True, **generation_defaults(json.loads(own.read_text(encoding="utf-8")))}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SamplingError) as e:
+        raise ExportError(f"{own}: not a usable generation config ({e})") from None
+
+
 def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A folder transformers, vLLM and SGLang load natively; written beside out_dir (its parents created if
     missing), then renamed into place."""
@@ -126,7 +140,7 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         "bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else tokenizer.bos_id,
         "eos_token_id": cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_id,
         "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else tokenizer.pad_id,
-        **GENERATION_DEFAULTS,
+        **_sampling(path),
     }
     def write(tmp: Path) -> None:
         save_model(model, tmp)

@@ -105,6 +105,21 @@ def test_hf_export_keeps_bfloat16_and_drops_remote_code(tmp_path):
     assert out["torch_dtype"] == "bfloat16" and "auto_map" not in out
 
 
+def test_hf_export_carries_the_model_sampling_defaults(tmp_path):
+    folder = tiny_model_folder(tmp_path / "m")
+    plain = json.loads((export_hf(folder, tmp_path / "a") / "generation_config.json").read_text())
+    assert {k: plain[k] for k in ("do_sample", "temperature", "top_p")} == {"do_sample": True, "temperature": 0.6,
+                                                                             "top_p": 0.95}
+    (folder / "generation_config.json").write_text('{"temperature": 0.7, "eos_token_id": 99}')
+    own = json.loads((export_hf(folder, tmp_path / "b") / "generation_config.json").read_text())
+    assert own["temperature"] == 0.7 and own["do_sample"] is True and "top_p" not in own
+    assert own["eos_token_id"] == plain["eos_token_id"]  # the token ids are the export's own
+    (folder / "generation_config.json").write_text('{"top_p": 0}')
+    with pytest.raises(ExportError, match=r"generation_config\.json.*top_p"):
+        export_hf(folder, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 # ---- GGUF: what llama.cpp's loader asks for ------------------------------------------------------------------
 
 def expected_tensors(c: dict) -> dict[str, tuple[int, ...]]:

@@ -316,6 +316,20 @@ def test_run_resumes_exactly(tmp_path, method):
         assert (tmp_path / "run-full" / "model" / "tokenizer.json").is_file()
 
 
+def test_a_fine_tune_and_a_merge_keep_the_base_sampling_defaults(tmp_path):
+    from seekmoe.train.finetune import merge_adapter
+
+    cfg = make_run(tmp_path, "full", steps=1)
+    (tmp_path / "base" / "generation_config.json").write_text('{"temperature": 0.4, "top_p": 0.9}')
+    finetune(cfg, progress=False, log=lambda m: None)
+    assert (tmp_path / "run-full" / "model" / "generation_config.json").read_text() == (
+        '{"temperature": 0.4, "top_p": 0.9}')
+    lora = make_run(tmp_path, "lora", steps=1)
+    finetune(lora, progress=False, log=lambda m: None)
+    merged = merge_adapter(tmp_path / "base", tmp_path / "run-lora" / "adapter", tmp_path / "merged")
+    assert (merged / "generation_config.json").read_text() == '{"temperature": 0.4, "top_p": 0.9}'
+
+
 def test_run_reports_data_errors_as_train_errors(tmp_path):
     cfg = make_run(tmp_path, "lora")
     write_jsonl(tmp_path / "data" / "broken.jsonl", ['{"messages": "nope"}'])

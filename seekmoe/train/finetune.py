@@ -27,6 +27,8 @@ from seekmoe.train.loop import run
 from seekmoe.train.sft import SFTData, SFTError, data_files, read_conversations
 from seekmoe.train.trainee import Trainee, full_trainee
 
+GENERATION_CONFIG = "generation_config.json"  # a model's sampling defaults: a fine-tune of it keeps them
+
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
@@ -98,7 +100,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, log=_stderr) -> dict[st
     last = run(cfg, trainee, train_data, val_data, progress, log)
     out = Path(cfg.out)
     if cfg.method == "full":
-        write_folder(out / "model", lambda tmp: (save_model(model, tmp), tok.save_pretrained(tmp)))
+        def write(tmp: Path) -> None:
+            save_model(model, tmp)
+            tok.save_pretrained(tmp)
+            if (base / GENERATION_CONFIG).is_file():  # the base's sampling defaults stay the model's
+                shutil.copyfile(base / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
+
+        write_folder(out / "model", write)
     else:
         write_folder(out / "adapter", trainee.save)
     _write_data_report(out, train_data, val_data)
@@ -117,7 +125,7 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
 
     base, out = Path(base), Path(out)
     model = apply_adapter(load_model(base), adapter)
-    tok_files = [p for p in ("tokenizer.json", "tokenizer_config.json") if (base / p).is_file()]
+    tok_files = [p for p in ("tokenizer.json", "tokenizer_config.json", GENERATION_CONFIG) if (base / p).is_file()]
 
     def write(tmp: Path) -> None:
         save_model(model, tmp)
