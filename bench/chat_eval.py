@@ -31,6 +31,7 @@ import argparse
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -210,6 +211,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
                 a == ex["meta"]["intent"] for a, ex in zip(said_k, intents, strict=True)) / len(intents)
         result["intent_examples"] = [{"asked": ex["messages"][-2]["content"], "label": ex["meta"]["intent"],
                                       "said": a} for ex, a in list(zip(intents, said, strict=True))[:3]]
+        result["intent_misses"] = intent_misses(intents, said)
         dialogues = read_jsonl(data / "dialogues.val.jsonl", limit)
         said = answers(llm, dialogues, 32)
         result["multi_turn_recall"], result["recall_after_5_turns"] = recall(said, dialogues)
@@ -245,6 +247,15 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         llm.close()
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def intent_misses(intents: list[dict], said: list[str], most: int = 5) -> list[dict]:
+    """The held-out phrasings (templates) missed most often, with the wrong answer they got: misses come in whole
+    phrasings, and which ones tells what the training phrasings lack."""
+    asked = Counter(ex["meta"]["template"] for ex in intents)
+    missed = Counter((ex["meta"]["template"], a) for ex, a in zip(intents, said, strict=True)
+                     if a != ex["meta"]["intent"])
+    return [{"template": t, "said": a, "missed": n, "asked": asked[t]} for (t, a), n in missed.most_common(most)]
 
 
 def recall(said: list[str], dialogues: list[dict]) -> tuple[float, float]:
@@ -317,6 +328,8 @@ def main() -> None:
         for ex in (r["intent_examples"] + r["dialogue_examples"] + r["continuation_examples"]
                    + r.get("support_examples", [])):
             print(f"  {ex['asked']!r} -> {ex['said']!r}")
+        for m in r.get("intent_misses", []):
+            print(f"  intent template {m['template']} read as {m['said']!r}: {m['missed']} of {m['asked']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
