@@ -112,15 +112,13 @@ def _make_parent(out: Path) -> None:
 def _sampling(path: Path) -> dict:
     """generation_config.json's sampling: the model's own defaults where its folder has them (the ones seekmoe
     serves it with), else DeepSeek's recommended ones."""
-    from seekmoe.engine.sampling import SamplingError, generation_defaults
+    from seekmoe.engine.sampling import SamplingError, read_generation_defaults
 
-    own = path / "generation_config.json"
-    if not own.is_file():
-        return GENERATION_DEFAULTS
     try:
-        return {"do_sample": True, **generation_defaults(json.loads(own.read_text(encoding="utf-8")))}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SamplingError) as e:
-        raise ExportError(f"{own}: not a usable generation config ({e})") from None
+        own = read_generation_defaults(path)
+    except SamplingError as e:
+        raise ExportError(str(e)) from None
+    return GENERATION_DEFAULTS if own is None else {"do_sample": True, **own}
 
 
 def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

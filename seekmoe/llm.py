@@ -12,7 +12,6 @@ text: a sequence that writes one is ended at once and nothing of the stop string
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from seekmoe.engine.engine import Engine, EngineError, Output, PromptEmbeds
 from seekmoe.engine.loop import EngineLoop, RequestStream
-from seekmoe.engine.sampling import SamplingError, SamplingParams, generation_defaults
+from seekmoe.engine.sampling import SamplingError, SamplingParams, read_generation_defaults
 from seekmoe.model.checkpoint import DEFAULT_MODEL, CheckpointError
 from seekmoe.text.stream import TextStream
 from seekmoe.text.tokenizer import Tokenizer
@@ -51,13 +50,10 @@ _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 def _sampling_defaults(folder: Path) -> dict[str, float | int]:
     """The sampling defaults of folder/generation_config.json ({} without one), as vLLM applies them: a request's
     own values win."""
-    path = folder / "generation_config.json"
-    if not path.is_file():
-        return {}
     try:
-        return generation_defaults(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SamplingError) as e:
-        raise CheckpointError(f"{path}: not a usable generation config ({e})") from None
+        return read_generation_defaults(folder) or {}
+    except SamplingError as e:
+        raise CheckpointError(str(e)) from None
 
 
 @dataclass

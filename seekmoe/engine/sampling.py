@@ -12,10 +12,12 @@ constraint) on, K top tokens, W 32-bit words of a token bitmask (ceil(V / 32)).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -138,6 +140,18 @@ def generation_defaults(config: object) -> dict[str, float | int]:
     given = {key: config[key] for key in GENERATION_CONFIG_KEYS if config.get(key) is not None}
     params = SamplingParams(**given)  # "top_p must be in (0, 1], got 0" names the key
     return {key: getattr(params, key) for key in given}
+
+
+def read_generation_defaults(folder: Path) -> dict[str, float | int] | None:
+    """generation_defaults of folder/generation_config.json, None without one; SamplingError naming the file for
+    one that is unreadable, not JSON, or holds a bad value."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return generation_defaults(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SamplingError) as e:
+        raise SamplingError(f"{path}: not a usable generation config ({e})") from None
 
 
 @runtime_checkable
