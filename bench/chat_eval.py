@@ -170,11 +170,14 @@ def sensible(reply: str, ex: dict) -> bool:
     return len(reply) >= 20 and (CJK.search(reply) is not None) == chinese and ex["meta"]["order"] in reply
 
 
+def about_orders(examples: list[dict]) -> list[dict]:
+    """The support messages that give an order number about it (the README's quick-start chat is one)."""
+    return [ex for ex in examples if "order" in ex["meta"] and ex["meta"]["intent"] in NAMES_ORDER]
+
+
 def support(llm: LLM, examples: list[dict]) -> tuple[float, float, list[dict]]:
-    """Answers to held-out support messages that give an order number about it (the README's quick-start chat is
-    one): the share that are sensible, greedy and sampled as a request without sampling fields is (the model's
-    generation_config.json, else temperature 1; one seed)."""
-    examples = [ex for ex in examples if "order" in ex["meta"] and ex["meta"]["intent"] in NAMES_ORDER]
+    """Answers to about_orders messages: the share that are sensible, greedy and sampled as a request without
+    sampling fields is (the model's generation_config.json, else temperature 1; one seed)."""
     prompts = [llm.tokenizer.apply_chat_template(ex["messages"][:-1]) for ex in examples]
     greedy = answers(llm, examples, 64)
     sampled = [c.text.strip() for c in llm.generate(prompt_token_ids=prompts, max_tokens=64, seed=0)]
@@ -234,13 +237,11 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
         result["continuation"], result["continuation_examples"] = continuation(llm)
         support_path = data / "support.val.jsonl"
-        if support_path.exists():
-            replies = read_jsonl(support_path, limit)
-            result["support_greedy"], result["support_sampled"], result["support_examples"] = support(llm, replies)
-            result["counts"] = {"support": sum("order" in ex["meta"] and ex["meta"]["intent"] in NAMES_ORDER
-                                               for ex in replies)}
+        orders = about_orders(read_jsonl(support_path, limit)) if support_path.exists() else []
+        if orders:
+            result["support_greedy"], result["support_sampled"], result["support_examples"] = support(llm, orders)
         result["reads_media"] = llm.encoders is not None
-        result["counts"] = {**result.get("counts", {}), "intents": len(intents), "dialogues": len(dialogues),
+        result["counts"] = {"support": len(orders), "intents": len(intents), "dialogues": len(dialogues),
                             "dialogues_zh": len(dialogues_zh), "arithmetic": len(problems)}
         result["summaries"] = summaries(llm, *summary_args) if summary_args[0] else {}
     finally:

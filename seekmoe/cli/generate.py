@@ -395,7 +395,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from seekmoe.engine.engine import EngineError
     from seekmoe.text.chat import ChatError
 
-    params = sampling_params(args, CHAT_FIELDS)
+    sampling_params(args, CHAT_FIELDS)  # checked before the model loads: a bad flag fails at once
     if args.system == "":
         raise CLIError("--system is empty: give the system prompt's text, or leave the flag out")
     try:
