@@ -6,11 +6,12 @@ support dialogues, the answer to the last turn contains the fact the customer ga
 accuracy (the final answer of a worked word problem), without tools and with the math plugin offered (the model
 calls it, the plugin runs, the model answers from its result). Answers are greedy, through the engine.
 Plain continuation: 4 samples (temperature 0.8) of each held-out beginning of ordinary text (data/eval/
-continuation.jsonl, English and Chinese) through /v2/generate's path: the share that are at least 20 characters,
-in the prompt's language and not a loop (a proxy for "on topic" a program can check). Intent is also asked with
-three paraphrased router instructions listing the same labels; recall is also counted on the dialogues with at
-least 5 turns after the fact, and on the Chinese dialogues (dialogues_zh.val.jsonl, when it exists); with the math
-tool offered, the share of chats that need no math (support messages) in which no tool is called.
+continuation.jsonl, English and Chinese) through /v2/generate's path: the share that are at least 20 characters, in
+the prompt's language (English without a single Chinese character) and not a loop (a proxy for "on topic" a program
+can check). Intent is also asked with three paraphrased router instructions listing the same labels; recall is also
+counted on the dialogues with at least 5 turns after the fact, and on the Chinese dialogues (dialogues_zh.val.jsonl,
+when it exists); with the math tool offered, the share of chats that need no math (support messages) in which no
+tool is called.
 Support answers (data/chat/support.val.jsonl, held-out phrasings; the README's quick-start chat is one of them):
 of the messages about an order that give its number (status, refund, address, complaint), the share of answers of
 at least 20 characters, in the message's language, that name that number, greedy and sampled as a request without
@@ -137,11 +138,13 @@ LATIN = re.compile(r"[A-Za-z]")
 
 
 def readable(text: str, lang: str) -> bool:
-    """At least 20 characters, mostly in the prompt's script, and not one phrase over and over."""
+    """At least 20 characters, in the prompt's script, and not one phrase over and over. English text holds no
+    Chinese character at all (a reader stops at the first); Chinese prose may name Python or LibreOffice, so it
+    need only be mostly Chinese."""
     text = text.strip()
     cjk, latin = len(CJK.findall(text)), len(LATIN.findall(text))
     units = list(text) if lang == "zh" else text.split()
-    same_language = cjk > 2 * latin if lang == "zh" else latin > 4 * cjk
+    same_language = cjk > 2 * latin if lang == "zh" else latin > 0 and cjk == 0
     return len(text) >= 20 and same_language and len(set(units)) >= 0.5 * len(units)
 
 

@@ -161,7 +161,8 @@ def goal_rows(before: dict, after: dict) -> list[tuple[str, str, str, str, bool]
 
     c = after["counts"]
     return [
-        ("plain continuation: samples ≥ 20 characters, in the prompt's language, not a loop (en / zh)", "≥ 90%",
+        ("plain continuation: samples ≥ 20 characters, in the prompt's language (English without a Chinese "
+         "character), not a loop (en / zh)", "≥ 90%",
          cont(before), cont(after), min(after["continuation"].values()) >= 0.9),
         (f"intent, documented router prompt ({c['intents']} messages, unseen phrasings)", "≥ 97%",
          _pct(before["intent_accuracy"]), _pct(after["intent_accuracy"]), after["intent_accuracy"] >= 0.97),
