@@ -1,0 +1,68 @@
+"""How readily a model writes Chinese inside English: models side by side, one table.
+
+On held-out English text (the English reports of bench/summary_docs.py, written for evaluation and never trained on),
+read token by token as a prompt is, the probability at --temperature that the next token holds a Chinese character,
+averaged over every position; beside it what that makes of a sampled continuation of --tokens tokens, were the
+positions independent (a free-running sample, once off course, leaks more). A model that keeps the two languages
+apart puts almost nothing there; the chat stages of the bundled model once put 3.2% there (runs/mm-chat16, whose
+English continuations failed bench/chat_eval.py's check in nine samples of ten).
+
+    .venv/bin/python bench/script_mix.py MODEL [MODEL ...] [--docs 4] [--windows 10] [--temperature 0.7]
+        [--tokens 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+from summary_docs import documents
+
+from seekmoe.model.checkpoint import load_model
+from seekmoe.text.tokenizer import Tokenizer
+
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+WINDOW = 256  # tokens a forward pass reads: the reports are long, the models' context short
+
+
+def chinese_mass(model_dir: str, texts: list[str], windows: int, temperature: float) -> float:
+    """Mean probability, over every position of `windows` windows of each text, that the next token is Chinese."""
+    model = load_model(model_dir).eval()
+    tok = Tokenizer.from_pretrained(model_dir)
+    chinese = torch.tensor([i for i in range(tok.vocab_size) if CJK.search(tok.decode([i]))])
+    total, positions = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tok.encode(text)
+            for w in range(windows):
+                window = ids[w * WINDOW:(w + 1) * WINDOW]
+                if len(window) < 2:
+                    break
+                logits = model(torch.tensor([window]))  # (1, T, V)
+                p = torch.softmax(logits[0].float() / temperature, dim=-1)
+                total += p[:, chinese].sum().item()
+                positions += len(window)
+    return total / positions
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help="model folders")
+    p.add_argument("--docs", type=int, default=4, help="English reports read")
+    p.add_argument("--windows", type=int, default=10, help=f"windows of {WINDOW} tokens read from each")
+    p.add_argument("--temperature", type=float, default=0.7, help="the sampling temperature the chance is taken at")
+    p.add_argument("--tokens", type=int, default=40, help="the sample length the last column is for")
+    args = p.parse_args()
+    if args.temperature <= 0:
+        raise SystemExit("--temperature must be > 0")
+    english = [d.text for d in documents(2 * args.docs) if d.lang == "en"][:args.docs]
+    print(f"| model | next token Chinese, T={args.temperature} | a Chinese character in {args.tokens} sampled tokens |")
+    print("|---|---:|---:|")
+    for m in args.models:
+        mass = chinese_mass(m, english, args.windows, args.temperature)
+        print(f"| {m} | {mass:.2%} | {1 - (1 - mass) ** args.tokens:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
