@@ -14,15 +14,14 @@ English continuations failed bench/chat_eval.py's check in nine samples of ten).
 from __future__ import annotations
 
 import argparse
-import re
 
 import torch
+from chat_eval import CJK  # what chat_eval's continuation check counts as Chinese
 from summary_docs import documents
 
 from seekmoe.model.checkpoint import load_model
 from seekmoe.text.tokenizer import Tokenizer
 
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 WINDOW = 256  # tokens a forward pass reads: the reports are long, the models' context short
 
 

@@ -130,7 +130,7 @@ def test_stop_cuts_the_text(capsys, spy):
     full = spy._llm.generate("Step 1:", max_tokens=12, temperature=0).text  # " 10 3\n   Called to the" greedily
     words = full.split()
     assert len(words) >= 2, f"the bundled model's greedy text is too short for this test: {full!r}"
-    stop = words[1]  # not the first: the text before the stop is then not empty
+    stop = words[1]  # not the first word, so the cut usually leaves text before it
     rc, out, _ = run_cli(capsys, "generate", "Step 1:", "--max-tokens", "12", "--temperature", "0", "--stop", stop,
                          "--stop", "never written", "--json")
     obj = json.loads(out)
