@@ -143,6 +143,9 @@ void summarize_and_expert_load() {
     r.method = "extractive";
     Summary s = c.summarize(r);
     check(!s.summary.empty() && s.method == "extractive" && s.style == "bullets", "a summary: " + s.summary);
+    GenerateRequest one("x");  // routes tokens even when this scenario runs alone
+    one.max_tokens = 1;
+    c.generate(one);
     std::vector<LayerLoad> load = c.expert_load();
     check(!load.empty() && std::accumulate(load[0].counts.begin(), load[0].counts.end(), std::int64_t{0}) > 0,
           "the expert load counts the tokens routed so far");

@@ -97,6 +97,7 @@ public final class SdkTest {
             .maxLength(40).method("extractive").build());
         check(!s.summary().isBlank() && s.method().equals("extractive") && s.style().equals("bullets"),
               "a summary: " + s);
+        client.generate(GenerateRequest.builder("x").maxTokens(1).build());  // routes tokens even run alone
         List<LayerLoad> load = client.expertLoad();
         check(!load.isEmpty() && load.get(0).counts().stream().mapToLong(Long::longValue).sum() > 0,
               "the expert load counts the tokens routed so far: " + load);
