@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from seekmoe.engine.sampling import SamplingParams
+from seekmoe.han import HAN, IDEOGRAPHS
 from seekmoe.llm import LLM
 from seekmoe.model.checkpoint import load_model
 from seekmoe.train.config import FinetuneConfig
@@ -45,7 +46,7 @@ from seekmoe.train.loop import evaluate
 from seekmoe.train.sft import SFTData, data_files, read_conversations
 
 MODELS = Path(__file__).resolve().parents[1] / "seekmoe" / "models"
-CJK_OR_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[^\W_\u3400-\u4dbf\u4e00-\u9fff]+")
+CJK_OR_WORD = re.compile(rf"[{IDEOGRAPHS}]|[^\W_{IDEOGRAPHS}]+")
 ANSWER = re.compile(r"(?:answer is|答案是)\s*(-?\d+)")
 
 
@@ -133,7 +134,6 @@ ROUTER_PARAPHRASES = [  # held out: written for this benchmark, never in trainin
     "product_question, address_change. Give only the label.",
     f"Route the message below to a team. Possible labels: {LABELS}. Output the label only.",
 ]
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 LATIN = re.compile(r"[A-Za-z]")
 
 
@@ -142,7 +142,7 @@ def readable(text: str, lang: str) -> bool:
     Chinese character at all (a reader stops at the first); Chinese prose may name Python or LibreOffice, so it
     need only be mostly Chinese."""
     text = text.strip()
-    cjk, latin = len(CJK.findall(text)), len(LATIN.findall(text))
+    cjk, latin = len(HAN.findall(text)), len(LATIN.findall(text))
     units = list(text) if lang == "zh" else text.split()
     same_language = cjk > 2 * latin if lang == "zh" else latin > 0 and cjk == 0
     return len(text) >= 20 and same_language and len(set(units)) >= 0.5 * len(units)
@@ -169,8 +169,8 @@ NAMES_ORDER = ("order_status", "refund", "address_change", "complaint")  # inten
 
 def sensible(reply: str, ex: dict) -> bool:
     """A support answer of 20 characters or more, in the message's language, naming the order number it gave."""
-    chinese = CJK.search(ex["messages"][-2]["content"]) is not None
-    return len(reply) >= 20 and (CJK.search(reply) is not None) == chinese and ex["meta"]["order"] in reply
+    chinese = HAN.search(ex["messages"][-2]["content"]) is not None
+    return len(reply) >= 20 and (HAN.search(reply) is not None) == chinese and ex["meta"]["order"] in reply
 
 
 def about_orders(examples: list[dict]) -> list[dict]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from chat_eval import CJK  # what chat_eval's continuation check counts as Chinese
 from summary_docs import documents
 
+from seekmoe.han import HAN  # what chat_eval's continuation check counts as Chinese
 from seekmoe.model.checkpoint import load_model
 from seekmoe.text.tokenizer import Tokenizer
 
@@ -29,7 +29,7 @@ def chinese_mass(model_dir: str, texts: list[str], windows: int, temperature: fl
     """Mean probability, over every position of `windows` windows of each text, that the next token is Chinese."""
     model = load_model(model_dir).eval()
     tok = Tokenizer.from_pretrained(model_dir)
-    chinese = torch.tensor([i for i in range(tok.vocab_size) if CJK.search(tok.decode([i]))])
+    chinese = torch.tensor([i for i in range(tok.vocab_size) if HAN.search(tok.decode([i]))])
     total, positions = 0.0, 0
     with torch.no_grad():
         for text in texts:

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seekmoe.graph import GraphError
+from seekmoe.han import HAN
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".markdown")
 FOLDER_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl")
 MAX_SENTENCE_CHARS = 600  # longer "sentences" are tables or lists run together; cut so pairs stay few
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_HAS_CJK = re.compile(f"[{_CJK}]")
 _PARAGRAPH_BREAK = re.compile(r"\n(?:[^\S\n]*\n)+")  # blank lines; the next line keeps its indent
 # a period after these ends no sentence: "Mr. Darcy", "e.g. this", "et al. found", "Fig. 2", "J. Austen"
 _ABBREVIATIONS = ("Mr", "Mrs", "Ms", "Dr", "St", "Prof", "vs", "al", "Fig", "fig", "Eq", "eq", "No", "cf",
@@ -155,7 +154,7 @@ def _join_lines(lines: list[str]) -> str:
     out = lines[0].strip()
     for line in lines[1:]:
         line = line.strip()
-        joint = "" if out and _HAS_CJK.match(out[-1]) and _HAS_CJK.match(line[:1]) else " "
+        joint = "" if out and HAN.match(out[-1]) and HAN.match(line[:1]) else " "
         out += joint + line
     return out
 

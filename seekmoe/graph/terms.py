@@ -14,11 +14,10 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
+from seekmoe.han import HAN
+
 MAX_TERM_WORDS = 4  # longer runs of content words are cut into their last three (the head) and the rest
 MAX_TERM_CHARS = 80
-
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_HAS_CJK = re.compile(f"[{_CJK}]")
 
 _UNITS = (
     "% ‰ °C °F K mg g kg µg μg ug mcg ng ml mL l L dl dL µl μl mmol µmol μmol nmol mol M mM µM μM nM mm cm m km "
@@ -164,14 +163,14 @@ def singular(word: str) -> str:
 def term_key(label: str) -> str:
     """The key a term (or a query for one) is stored and looked up by."""
     words = " ".join(label.replace("’", "'").split()).lower().split(" ")
-    if words[-1] and not _HAS_CJK.search(words[-1]) and not words[-1][:1].isdigit():
+    if words[-1] and not HAN.search(words[-1]) and not words[-1][:1].isdigit():
         words[-1] = singular(words[-1])
     return " ".join(words)
 
 
 def find_terms(sentence: str) -> Found:
     """The terms of one sentence, Chinese through jieba when it has Chinese characters."""
-    return _find_chinese(sentence) if _HAS_CJK.search(sentence) else _find_english(sentence)
+    return _find_chinese(sentence) if HAN.search(sentence) else _find_english(sentence)
 
 
 def _content(word: str) -> bool:
@@ -306,7 +305,7 @@ def _find_chinese(sentence: str) -> Found:
             if len(whole) > 1 and whole[-1] in _GENERIC_ZH:
                 inner.append(whole[:-1])
             for words in (whole, *inner):
-                label = " ".join("".join(w if _HAS_CJK.match(w) else f" {w} " for w in words).split())
+                label = " ".join("".join(w if HAN.match(w) else f" {w} " for w in words).split())
                 if 2 <= len(label) <= MAX_TERM_CHARS and not (len(words) == 1 and label.lower() in _GENERIC_ZH):
                     names = any(f in _ZH_NAME for w, f in piece if w in words)
                     found.append((term_key(label), label, "name" if names else "term"))

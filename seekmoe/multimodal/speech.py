@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import selectors
 import shutil
 import struct
@@ -23,6 +22,7 @@ import wave
 from collections.abc import Callable
 
 from seekmoe.errors import SeekmoeError
+from seekmoe.han import HAN
 
 MAX_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 # seconds of audio one request may produce: 4,096 characters of English at the slowest speed (80 words per minute)
@@ -32,7 +32,6 @@ WAV_BYTES_PER_SECOND = 22_050 * 2  # espeak-ng's mono 16-bit samples at 22,050 H
 TIMEOUT = 60.0  # seconds espeak-ng may take (600 s of audio take it about a second)
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5")
 LANGUAGES = {"en": "en-us", "zh": "cmn"}  # our language codes -> espeak-ng voices
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 # OpenAI's voices -> espeak-ng variants, one each: their male voices to m*, their female ones to f*, alloy (neutral)
 # to f2; onyx ("deep") gets the lowest-pitched m4, shimmer ("bright") the highest-pitched f5
 VOICES = {"alloy": "f2", "ash": "m2", "ballad": "m5", "coral": "f1", "echo": "m3", "fable": "m7", "onyx": "m4",
@@ -60,7 +59,7 @@ class SpeechUnavailable(SpeechError):
 
 def language_of(text: str) -> str:
     """'zh' when the text holds Chinese characters, else 'en'."""
-    return "zh" if _HAN.search(text) else "en"
+    return "zh" if HAN.search(text) else "en"
 
 
 def synthesize(text: str, language: str | None = None, variant: str | None = None, speed: int = 175,

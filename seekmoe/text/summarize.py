@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from seekmoe.errors import SeekmoeError
+from seekmoe.han import IDEOGRAPHS
 
 CountTokens = Callable[[str], int]
 Generate = Callable[[list[str], int], list[str]]
@@ -55,8 +56,7 @@ REDUCE_PROMPTS = {
                  "paragraph; drop repetition, keep the main points.\n\n" + _TEXT,
 }
 
-_CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK = _CJK_IDEOGRAPHS + "\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\uff00-\uffef"  # with kana and CJK punctuation
+_CJK = IDEOGRAPHS + "\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\uff00-\uffef"  # with kana and CJK punctuation
 _CJK_EDGE = re.compile(f"[{_CJK}“”‘’]")  # sentences that meet at these are joined without a space
 _APPROX_TOKEN = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")  # a blank line and all whitespace after it
@@ -73,8 +73,8 @@ _NOT_ABBREVIATION = "".join(rf"(?<!\b{a})" for a in ("Mr", "Mrs", "Ms", "Dr", "S
 _SENTENCE_END = re.compile(rf"(?:(?<![.!?]){_NOT_ABBREVIATION}|(?<=(?<![.!?])[.!?]))[.!?]++[\"'’”)\]»]*+(?=\s|$)"
                            rf"|[。！？；…]+[\"'’”」』）》】)\]]*|(?<=[{_CJK}])(?=\n)"
                            r"|(?=\n[ \t]*(?:[-*+•·]|\d{1,3}[.)])[ \t])")
-_WORDS = re.compile(rf"[{_CJK_IDEOGRAPHS}]+|[^\W_{_CJK_IDEOGRAPHS}]+")
-_CJK_WORD = re.compile(rf"[{_CJK_IDEOGRAPHS}]")
+_WORDS = re.compile(rf"[{IDEOGRAPHS}]+|[^\W_{IDEOGRAPHS}]+")
+_CJK_WORD = re.compile(rf"[{IDEOGRAPHS}]")
 _BULLET = re.compile(r"^\s*(?:[-*+•·]|\d{1,3}[.)])\s+")
 _ATX_HEADING = re.compile(r"^#{1,6}(?:[ \t]+\S|$)")  # not indented: "   # note" in a reST code block
 _ADORNMENT = re.compile(r"^([=\-~^\"'`#*+.:_!$%&,;<>?@\\/|])\1{2,}\s*$")  # a reST/setext title's underline

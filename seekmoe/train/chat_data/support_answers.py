@@ -11,9 +11,9 @@ the intent set does; the shop has no order data, so a reply never claims to know
 from __future__ import annotations
 
 import random
-import re
 import string
 
+from seekmoe.han import HAN
 from seekmoe.train.chat_data import example
 from seekmoe.train.chat_data.customer_service import INTENTS, SHOP, SUPPORT_PROMPT, intent_message
 from seekmoe.train.chat_data.customer_service_zh import SHOP_ZH, SUPPORT_PROMPT_ZH
@@ -99,7 +99,6 @@ ANSWERS_ZH = {
         "您好！欢迎光临Maple & Co.，请问有什么可以帮您？",
     ],
 }
-CHINESE = re.compile("[\u4e00-\u9fff]")
 SYSTEM_SHARE = 0.5  # the rest without a system prompt, as the README's quick start and most clients send it
 
 
@@ -109,7 +108,7 @@ def slots_of(template: str) -> set[str]:
 
 def answer(rng: random.Random, intent: str, text: str, filled: dict[str, str]) -> str:
     """A reply to text, in its language, naming what it can of the slots the message holds."""
-    chinese = CHINESE.search(text) is not None
+    chinese = HAN.search(text) is not None
     replies = (ANSWERS_ZH if chinese else ANSWERS)[intent]
     shop = {slot: rng.choice(choices) for slot, choices in (SHOP_ZH if chinese else SHOP).items()}
     given = {slot for slot, value in filled.items() if value in text}
@@ -127,7 +126,7 @@ def support_answers(n: int, rng: random.Random, held_out: bool) -> list[dict]:
     for k in range(n):
         intent = INTENTS[k % len(INTENTS)]
         template_id, text, filled = intent_message(rng, intent, held_out)
-        chinese = CHINESE.search(text) is not None
+        chinese = HAN.search(text) is not None
         turns = [("user", text), ("assistant", answer(rng, intent, text, filled))]
         if rng.random() < SYSTEM_SHARE:
             turns.insert(0, ("system", SUPPORT_PROMPT_ZH if chinese else SUPPORT_PROMPT))
