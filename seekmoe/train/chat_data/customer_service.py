@@ -8,6 +8,8 @@ runs with different seeds stay comparable.
 A dialogue's first user turn states a fact (an order number, a name, an e-mail address or a city); the middle
 turns are ordinary support talk; the last asks for the fact back, and the assistant's last answer repeats it
 verbatim. The acknowledgement of the first turn does not repeat the fact, so the model must reach back to it.
+Held-out facts come from small pools of real names and towns; a training fact is made up from syllables, drawn
+from larger training-only pools of real ones, or (the rest) from the held-out pools.
 A `Phrasebook` holds one language's dialogue templates: `ENGLISH` here, `CHINESE` in customer_service_zh.py.
 """
 
@@ -44,7 +46,40 @@ EMAIL_DOMAINS = ["example.com", "example.org", "example.net"]  # reserved for ex
 SYLLABLES = ["ka", "lo", "ren", "mi", "ta", "vo", "sel", "dru", "an", "bek", "fi", "gar", "hul", "is", "jo", "kem",
              "lin", "mar", "nor", "ol", "pra", "quin", "ros", "sun", "tor", "ul", "ves", "wen", "xa", "yor", "zel"]
 TOWN_ENDINGS = ["", "burg", "ton", "vik", "ora", "heim", "field", "stad", "mouth", "ville"]
-INVENTED_SHARE = 0.75
+# training dialogues only, too: real names and towns none of the pools above holds. With three facts in four made up
+# from syllables, the model learnt that a fact looks made up: asked for a pooled one it wrote syllables ("Omar Jones"
+# came back as "Nian Jones"), and Chinese cities, whose made-up ones are rare characters, failed in every dialogue.
+# Real-looking facts that are never the held-out ones leave copying the only way
+TRAIN_FIRST_NAMES = [
+    "Aaron", "Abby", "Adam", "Ahmed", "Alan", "Alex", "Alice", "Amara", "Amir", "Andrea", "Arjun", "Arthur", "Ben",
+    "Bianca", "Caleb", "Carla", "Carlos", "Clara", "Daniel", "Dara", "David", "Diego", "Dina", "Ella", "Erik", "Eva",
+    "Ezra", "Farah", "Fatima", "Finn", "Gabriel", "Grace", "Hugo", "Ines", "Isaac", "Jack", "Jade", "Jamal", "James",
+    "Jasper", "Jin", "Joel", "Julia", "Kai", "Kara", "Karim", "Kate", "Laila", "Lara", "Leo", "Lily", "Maya",
+    "Max", "Mei", "Mila", "Mira", "Nadia", "Naomi", "Nils", "Noah", "Nora", "Olga", "Oscar", "Paul", "Pedro", "Petra",
+    "Rahul", "Rosa", "Ruth", "Sam", "Sara", "Selin", "Simon", "Sonia", "Stella", "Tariq", "Theo", "Vera",
+    "Victor", "Yara", "Yusuf", "Zara", "Zoe"]
+TRAIN_LAST_NAMES = [
+    "Adams", "Almeida", "Andersen", "Bakker", "Bauer", "Brown", "Campbell", "Carter", "Castro", "Chen", "Clarke",
+    "Cohen", "Costa", "Cruz", "Davies", "Diaz", "Eriksson", "Evans", "Fischer", "Fontaine", "Fraser", "Gomez", "Green",
+    "Gupta", "Hansen", "Hart", "Hoffmann", "Horvat", "Hughes", "Ito", "Jansen", "Kaya", "Keller", "Kowalski", "Kruger",
+    "Lambert", "Larsen", "Lewis", "Lopez", "Mahmoud", "Meyer", "Moreau", "Morris", "Mueller", "Nakamura", "Nielsen",
+    "Nguyen", "Olsen", "Ortiz", "Park", "Perez", "Peters", "Popescu", "Price", "Quinn", "Reyes", "Richter", "Romano",
+    "Ruiz", "Russo", "Santos", "Schneider", "Shah", "Singh", "Smith", "Sorensen", "Suzuki", "Tanaka", "Taylor",
+    "Torres", "Varga", "Vogel", "Wagner", "Walker", "Wang", "Ward", "Wilson", "Wolf", "Yamamoto", "Yilmaz",
+    "Ziegler", "Moretti", "Petrov", "Sokolova"]
+TRAIN_CITIES = [
+    "Aachen", "Alicante", "Amiens", "Antwerp", "Bari", "Bath", "Belfast", "Bern", "Bilbao", "Bonn", "Bordeaux",
+    "Braga", "Bruges", "Cadiz", "Cardiff", "Coimbra", "Dijon", "Dresden", "Dundee", "Eindhoven", "Essen", "Exeter",
+    "Faro", "Florence", "Freiburg", "Galway", "Genoa", "Geneva", "Gdansk", "Gothenburg", "Granada", "Groningen",
+    "Haarlem", "Hanover", "Helsinki", "Innsbruck", "Kassel", "Kiel", "Kosice", "Leipzig", "Leuven", "Limerick", "Linz",
+    "Liverpool", "Lisbon", "Lublin", "Lucerne", "Lund", "Maastricht", "Mainz", "Malaga", "Marseille", "Metz", "Munich",
+    "Murcia", "Nantes", "Naples", "Norwich", "Odense", "Oslo", "Oxford", "Padua", "Palermo", "Parma", "Perugia",
+    "Plymouth", "Poznan", "Reims", "Riga", "Rouen", "Salzburg", "Sheffield", "Siena", "Stavanger", "Tallinn",
+    "Tampere", "Toulouse", "Trieste", "Trondheim", "Turku", "Uppsala", "Valencia", "Verona", "Vienna", "Vigo",
+    "Vilnius", "Wroclaw", "York", "Zagreb", "Zurich"]
+# where a training fact comes from: made up, the training-only real names above, else the held-out pools
+INVENTED_SHARE = 0.4
+TRAIN_POOL_SHARE = 0.45
 
 # slots: {order} {product} {city} {address} {name} {date}
 INTENT_TEMPLATES = {
@@ -542,20 +577,31 @@ def invented_word(rng: random.Random, syllables: int) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
 
 
+def fact_source(rng: random.Random, held_out: bool) -> str:
+    """Where a name, e-mail or town comes from: "invented", "train_pool" or (always when held out) "pool"."""
+    if held_out:  # no draw, so the val sets stay what they were before invented facts existed
+        return "pool"
+    r = rng.random()
+    return "invented" if r < INVENTED_SHARE else "train_pool" if r < INVENTED_SHARE + TRAIN_POOL_SHARE else "pool"
+
+
 def make_fact(rng: random.Random, kind: str, held_out: bool) -> str:
     if kind == "order_number":
         return order_number(rng)
-    # held out: no draw, so the val sets stay what they were before invented facts existed
-    invented = not held_out and rng.random() < INVENTED_SHARE
-    if invented:
+    source = fact_source(rng, held_out)
+    if source == "invented":
         first, last = invented_word(rng, rng.randint(1, 2)), invented_word(rng, rng.randint(2, 3))
+    elif source == "train_pool":
+        first, last = rng.choice(TRAIN_FIRST_NAMES), rng.choice(TRAIN_LAST_NAMES)
     else:
         first, last = person(rng)
     if kind == "name":
         return f"{first} {last}"
     if kind == "email":
         return f"{first.lower()}.{last.lower()}@{rng.choice(EMAIL_DOMAINS)}"
-    return invented_word(rng, rng.randint(2, 3)) + rng.choice(TOWN_ENDINGS) if invented else rng.choice(CITIES)
+    if source == "invented":
+        return invented_word(rng, rng.randint(2, 3)) + rng.choice(TOWN_ENDINGS)
+    return rng.choice(TRAIN_CITIES if source == "train_pool" else CITIES)
 
 
 @dataclass(frozen=True)

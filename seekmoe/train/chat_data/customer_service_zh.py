@@ -12,8 +12,8 @@ import random
 
 from seekmoe.train.chat_data.customer_service import (
     EMAIL_DOMAINS,
-    INVENTED_SHARE,
     Phrasebook,
+    fact_source,
     order_number,
 )
 
@@ -35,6 +35,23 @@ GIVEN_CHARS = list("安博辰川德栋朵帆峰刚冠海航鸿华慧嘉建锦景
                    "希霞翔鑫星秀旭萱妍彦瑶颖勇友玉媛悦云泽哲振志智卓梓")
 TOWN_CHARS = list("岚枫溪岭澜栖崇嵩汀沅湄峦柏樟榆杉漳淇涞洛沂郦邺鄞歙婺黔滇昭晋陇琼莒蓟筠翠璧")
 TOWN_SUFFIXES = ["市", "县", "镇", ""]
+# training only, as customer_service.TRAIN_CITIES: real cities and given names none of the pools holds
+TRAIN_CITIES_ZH = [
+    "广州", "深圳", "北京", "上海", "珠海", "佛山", "东莞", "温州", "绍兴", "嘉兴", "台州", "金华",
+    "扬州", "常州", "南通", "徐州", "泉州", "漳州", "南昌", "九江", "赣州", "贵阳", "遵义", "南宁",
+    "桂林", "柳州", "海口", "三亚", "兰州", "银川", "西宁", "拉萨", "太原", "大同", "石家庄", "保定",
+    "唐山", "邯郸", "烟台", "威海", "潍坊", "淄博", "临沂", "洛阳", "开封", "南阳", "宜昌", "襄阳",
+    "荆州", "岳阳", "株洲", "湘潭", "衡阳", "常德", "绵阳", "宜宾", "乐山", "泸州", "南充", "德阳",
+    "汕头", "湛江", "惠州", "中山", "江门", "肇庆", "长春", "哈尔滨", "大庆", "鞍山", "抚顺", "锦州",
+    "丹东", "营口", "芜湖", "蚌埠", "安庆", "黄山", "盐城", "镇江", "泰州", "连云港", "淮安", "湖州",
+    "舟山", "丽水", "衢州", "景德镇", "上饶", "宁德", "莆田", "龙岩", "大理", "丽江", "曲靖", "玉溪",
+    "秦皇岛", "呼和浩特", "包头"]
+TRAIN_GIVEN_NAMES = {"建国": "jianguo", "婷婷": "tingting", "文博": "wenbo", "欣然": "xinran", "一鸣": "yiming",
+                     "梦琪": "mengqi", "子轩": "zixuan", "诗涵": "shihan", "明轩": "mingxuan", "嘉豪": "jiahao",
+                     "晨曦": "chenxi", "博文": "bowen", "淑华": "shuhua", "海燕": "haiyan", "秀兰": "xiulan",
+                     "志明": "zhiming", "玉兰": "yulan", "天佑": "tianyou", "若曦": "ruoxi", "可馨": "kexin",
+                     "思琪": "siqi", "桂英": "guiying", "军": "jun", "勇": "yong", "涛": "tao",
+                     "超": "chao", "玲": "ling", "红": "hong", "斌": "bin", "鹏": "peng"}
 EMAIL_SYLLABLES = ["bo", "cai", "dang", "feng", "geng", "kui", "lan", "mo", "nie", "pan", "qiu", "rong", "shen",
                    "tao", "wen", "xiong", "yue", "zeng", "bai", "cen", "duan", "fu", "gu", "kang", "lu", "meng",
                    "ning", "ou", "peng", "qin", "ruan", "song", "tian", "wan", "xia", "ye", "zuo", "deng"]
@@ -129,17 +146,20 @@ SHOP_ZH = {"ship": ["2到3", "3到5", "1到3"], "ret": [7, 15, 30], "open": [8, 
 def make_fact_zh(rng: random.Random, kind: str, held_out: bool) -> str:
     if kind == "order_number":
         return order_number(rng)
-    # held out: no draw, as in English
-    invented = not held_out and rng.random() < INVENTED_SHARE
+    source = fact_source(rng, held_out)
     if kind == "city":
-        return "".join(rng.sample(TOWN_CHARS, 2)) + rng.choice(TOWN_SUFFIXES) if invented else rng.choice(CITIES_ZH)
+        if source == "invented":
+            return "".join(rng.sample(TOWN_CHARS, 2)) + rng.choice(TOWN_SUFFIXES)
+        return rng.choice(TRAIN_CITIES_ZH if source == "train_pool" else CITIES_ZH)
+    given_names = TRAIN_GIVEN_NAMES if source == "train_pool" else GIVEN_NAMES
     if kind == "name":
-        given = "".join(rng.sample(GIVEN_CHARS, rng.randint(1, 2))) if invented else rng.choice(list(GIVEN_NAMES))
+        given = "".join(rng.sample(GIVEN_CHARS, rng.randint(1, 2))) if source == "invented" else rng.choice(
+            list(given_names))
         return rng.choice(list(SURNAMES)) + given
-    if invented:
+    if source == "invented":
         local = rng.choice(EMAIL_SYLLABLES) + "." + "".join(rng.choices(EMAIL_SYLLABLES, k=rng.randint(1, 2)))
     else:
-        local = SURNAMES[rng.choice(list(SURNAMES))] + "." + GIVEN_NAMES[rng.choice(list(GIVEN_NAMES))]
+        local = SURNAMES[rng.choice(list(SURNAMES))] + "." + given_names[rng.choice(list(given_names))]
     return f"{local}@{rng.choice(EMAIL_DOMAINS)}"
 
 
