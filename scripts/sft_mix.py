@@ -6,7 +6,7 @@ is offered, so call it").
 
     .venv/bin/python scripts/sft_mix.py --chat data/chat --corpus data/corpus --copy data/copy/copy.jsonl \
         --out runs/sft-mix [--text 4000] [--copy-docs 3000] [--no-tool 1500] [--seed 0] [--sources A,B,...]
-        [--zh-share 0.25] [--in-turn A,B]
+        [--zh-share 0.25] [--in-turn A,B] [--cut-long] [--en-in-turn]
 
 OUT gets a link to every *.jsonl of --chat, text.train.jsonl / text.val.jsonl (paragraphs of the corpus's --sources,
 --zh-share of them Chinese; the Chinese of an --in-turn source takes turns with the rest's), copy.train.jsonl
@@ -74,6 +74,10 @@ def main() -> None:
     p.add_argument("--zh-share", type=float, default=0.25, help="the share of text rows not in ASCII (Chinese)")
     p.add_argument("--in-turn", default="", help="sources (of --sources) whose Chinese blocks take turns with the "
                    "others', however few they are")
+    p.add_argument("--cut-long", action="store_true", help="cut blocks over 1,500 characters at sentence ends "
+                   "instead of leaving them out (the speeches, the Bible), and count curly quotes as English")
+    p.add_argument("--en-in-turn", action="store_true", help="the English sources' blocks take turns, so the "
+                   "largest (Python's documentation) is not most of the English text")
     args = p.parse_args()
     sources, in_turn = names(args.sources), names(args.in_turn)
     missing = [s for s in sources if not (args.corpus / s).is_dir()]
@@ -95,12 +99,21 @@ def main() -> None:
         link.symlink_to(f.resolve())
     n_zh = int(args.text * args.zh_share)
     # blocks of 200 to 1,500 characters: a few sentences of prose, a poem or two
-    en = [p for s in sources for p in corpus_paragraphs(args.corpus / s, 200, 1500, True)]
+    def blocks(source: str, english: bool) -> list[str]:
+        return corpus_paragraphs(args.corpus / source, 200, 1500, english, cut_long=args.cut_long)
+
+    en_pools = [blocks(s, True) for s in sources]
     # the other blocks (the poetry, and the odd non-ASCII paragraph of an English source) are one pool, and each
     # --in-turn source another: the pools take turns, so a small source (modern prose) is not drowned by the poetry
-    zh_pools = [[p for s in sources if s not in in_turn for p in corpus_paragraphs(args.corpus / s, 200, 1500, False)],
-                *(corpus_paragraphs(args.corpus / s, 200, 1500, False) for s in in_turn)]
-    rng.shuffle(en)
+    zh_pools = [[p for s in sources if s not in in_turn for p in blocks(s, False)],
+                *(blocks(s, False) for s in in_turn)]
+    if args.en_in_turn:
+        for pool in en_pools:
+            rng.shuffle(pool)
+        en = [p for row in itertools.zip_longest(*en_pools) for p in row if p is not None]
+    else:
+        en = [p for pool in en_pools for p in pool]
+        rng.shuffle(en)
     for pool in zh_pools:
         rng.shuffle(pool)
     zh = [p for row in itertools.zip_longest(*zh_pools) for p in row if p is not None]

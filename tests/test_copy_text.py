@@ -151,3 +151,20 @@ def test_out_that_is_a_file_is_a_clear_error(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     rc, _, err = run_cli(capsys, "data", "copy", "--out", str(tmp_path / "file"), "--docs", "3")
     assert_usage_error(rc, err, "file")
+
+
+def test_corpus_paragraphs_cut_long_blocks_at_sentence_ends(tmp_path):
+    sentence = "The committee met again and agreed on the budget for the coming year. "
+    speech = "Address to Congress\n" + sentence * 40  # a speech written as one line, no blank line in it
+    quoted = "“Let there be light,” God said — and there was light. " * 5  # curly quotes and a dash
+    chinese = "这是一段中文的现代散文。" * 20
+    (tmp_path / "a.txt").write_text(f"{speech}\n\n{quoted}\n\n{chinese}", encoding="utf-8")
+    # as before: the long block left out, curly quotes not English
+    assert copy_text.corpus_paragraphs(tmp_path, 200, 1500, english=True) == []
+    english = copy_text.corpus_paragraphs(tmp_path, 200, 1500, english=True, cut_long=True)
+    assert quoted.strip() in english and len(english) >= 3
+    for piece in english:
+        assert 200 <= len(piece) <= 1500 and piece.endswith((".", "”")) and "中" not in piece
+    # nothing of the speech is lost but the spaces between pieces
+    assert re.sub(r"\s", "", "".join(english[:-1])) == re.sub(r"\s", "", speech)
+    assert copy_text.corpus_paragraphs(tmp_path, 200, 1500, english=False, cut_long=True) == [chinese]

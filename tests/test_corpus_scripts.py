@@ -97,6 +97,27 @@ def test_sft_mix_small_source_takes_turns_with_the_large_one(tiny):
     assert sum(t.startswith("文") for t in rows(tiny)) == 3  # in turn: every one of them
 
 
+def test_sft_mix_english_sources_take_turns_and_long_blocks_are_cut(tiny):
+    letters = tiny / "corpus" / "letters"
+    letters.mkdir()
+    (letters / "a.txt").write_text("\n\n".join(f"Letter {i} " + "ink " * 60 for i in range(3)) + "\n")
+    speech = tiny / "corpus" / "speech"
+    speech.mkdir()
+    (speech / "a.txt").write_text("Speech. " + "We met and we agreed on the plan for the year. " * 100 + "\n")
+    done = mix(tiny, "--text", "20", "--zh-share", "0", "--sources", "books,letters,speech")
+    assert done.returncode == 0, done.stderr
+    text = rows(tiny)
+    assert sum(t.startswith("Letter") for t in text) < 3 and not any("agreed" in t for t in text)
+    done = mix(tiny, "--text", "20", "--zh-share", "0", "--sources", "books,letters,speech", "--en-in-turn",
+               "--cut-long")
+    assert done.returncode == 0, done.stderr
+    text = rows(tiny)
+    # the one-line speech (4,800 characters) in four pieces of whole sentences, every letter, the rest books
+    pieces = [t for t in text if "agreed" in t]
+    assert len(pieces) == 4 and all(len(t) <= 1500 and t.endswith("year.") for t in pieces)
+    assert sum(t.startswith("Letter") for t in text) == 3 and sum(t.startswith("Book") for t in text) == 13
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["--sources", "poems,nowhere"], "--sources: nowhere"),
     (["--sources", "poems", "--in-turn", "prose"], "--in-turn: prose: not among --sources"),

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from seekmoe.errors import SeekmoeError
+from seekmoe.han import HAN
 from seekmoe.train.chat_data import write_text
 
 KINDS = ("record", "transcript", "numbers", "repeat", "drill")
@@ -197,12 +199,38 @@ def documents(n: int, seed: int, paragraphs: list[str], zh_share: float = 0.3,
             for k in range(n)]
 
 
-def corpus_paragraphs(folder: Path, min_chars: int, max_chars: int, english: bool) -> list[str]:
+def corpus_paragraphs(folder: Path, min_chars: int, max_chars: int, english: bool,
+                      cut_long: bool = False) -> list[str]:
     """The blank-line-separated blocks of the .txt files under folder, stripped, of min_chars to max_chars
-    characters: the ASCII ones (english) or the others."""
-    return [p for f in sorted(folder.rglob("*.txt"))
-            for p in (b.strip() for b in f.read_text(encoding="utf-8", errors="replace").split("\n\n"))
-            if min_chars <= len(p) <= max_chars and p.isascii() == english]
+    characters: the ASCII ones (english) or the others.
+
+    With cut_long, a longer block is cut at sentence ends into pieces of up to max_chars, rather than left out
+    (the State of the Union speeches are one line each, the Bible's chapters have no blank line), and a block is
+    English when it holds no Chinese character (curly quotes and dashes are English too)."""
+    blocks = (b.strip() for f in sorted(folder.rglob("*.txt"))
+              for b in f.read_text(encoding="utf-8", errors="replace").split("\n\n"))
+    if not cut_long:
+        return [p for p in blocks if min_chars <= len(p) <= max_chars and p.isascii() == english]
+    pieces = (piece for b in blocks for piece in _cut(b, max_chars))
+    return [p for p in pieces if min_chars <= len(p) and (HAN.search(p) is None) == english]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？”\"’'])\s+")
+
+
+def _cut(block: str, max_chars: int) -> list[str]:
+    """The block in pieces of whole sentences of up to max_chars each (a longer sentence is left out)."""
+    if len(block) <= max_chars:
+        return [block]
+    pieces, piece = [], ""
+    for sentence in _SENTENCE_END.split(block):
+        if len(piece) + 1 + len(sentence) <= max_chars:
+            piece = f"{piece} {sentence}" if piece else sentence
+            continue
+        if piece:
+            pieces.append(piece)
+        piece = sentence if len(sentence) <= max_chars else ""
+    return [*pieces, piece] if piece else pieces
 
 
 def filler_paragraphs(folder: Path | None, limit: int = 20_000, seed: int = 0) -> list[str]:
