@@ -99,11 +99,12 @@ $python scripts/sft_mix.py --chat data/chat6 --out runs/sft-mix12 --text 12000 -
 # dialogues' facts real names and towns from the training-only pools in 45% (made up in 40%), and data/chat6's
 # chatterbot and Python FAQ sets, whose train/val split follows the seed (bench/chat_eval.py reads data/chat6's val);
 # the plain text with the speeches and the Bible cut into blocks (before, neither gave any: no blank lines) and the
-# English sources in turn (Python's documentation had been 57% of the English rows)
+# English sources in turn (Python's documentation had been 57% of the English rows), as the package of aed58da cut
+# them (a closing quote or an apostrophe then ended a sentence)
 $seekmoe data chat --out data/chat7 --seed 7 --train-size dialogues=20000 --train-size dialogues_zh=20000 \
     --train-size arithmetic_tools=4000 --train-size intents=12000
 cp data/chat6/{chatterbot,python_faq}.{train,val}.jsonl data/chat7/
-$python scripts/sft_mix.py --chat data/chat7 --out runs/sft-mix13 --text 30000 --zh-share 0.3 --seed 13 --cut-long \
-    --en-in-turn \
-    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh \
-    --in-turn libreoffice_help_zh,debian_docs_zh
+at_commit aed58da "$root/$python" "$root/scripts/sft_mix.py" --chat "$root/data/chat7" --corpus "$root/data/corpus" \
+    --copy "$root/data/copy/copy.jsonl" --out "$root/runs/sft-mix13" --text 30000 --zh-share 0.3 --seed 13 \
+    --cut-long --en-in-turn --in-turn libreoffice_help_zh,debian_docs_zh \
+    --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh

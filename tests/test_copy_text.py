@@ -168,3 +168,7 @@ def test_corpus_paragraphs_cut_long_blocks_at_sentence_ends(tmp_path):
     # nothing of the speech is lost but the spaces between pieces
     assert re.sub(r"\s", "", "".join(english[:-1])) == re.sub(r"\s", "", speech)
     assert copy_text.corpus_paragraphs(tmp_path, 200, 1500, english=False, cut_long=True) == [chinese]
+    # Chinese puts no space after 。, and an apostrophe ends no sentence
+    assert copy_text._cut(chinese * 2, 100) == [chinese[:96]] * 5
+    two = "The boys' bikes were new. The boys' bikes were new."
+    assert copy_text._cut("The boys' bikes were new. " * 8, 60) == [two] * 4

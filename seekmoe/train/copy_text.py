@@ -215,7 +215,9 @@ def corpus_paragraphs(folder: Path, min_chars: int, max_chars: int, english: boo
     return [p for p in pieces if min_chars <= len(p) and (HAN.search(p) is None) == english]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？”\"’'])\s+")
+# where a sentence ends: the space after . ! or ? (a closing quote between them), or right after 。！？ (Chinese
+# puts no space there); an apostrophe or a quote alone ends nothing ("the boys' bikes")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’])\s+|(?<=[。！？])\s*")
 
 
 def _cut(block: str, max_chars: int) -> list[str]:
@@ -223,9 +225,10 @@ def _cut(block: str, max_chars: int) -> list[str]:
     if len(block) <= max_chars:
         return [block]
     pieces, piece = [], ""
-    for sentence in _SENTENCE_END.split(block):
-        if len(piece) + 1 + len(sentence) <= max_chars:
-            piece = f"{piece} {sentence}" if piece else sentence
+    for sentence in filter(None, _SENTENCE_END.split(block)):
+        joint = "" if piece.endswith(("。", "！", "？")) else " "
+        if len(piece) + len(joint) + len(sentence) <= max_chars:
+            piece = piece + joint + sentence if piece else sentence
             continue
         if piece:
             pieces.append(piece)
