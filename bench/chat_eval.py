@@ -266,7 +266,7 @@ def intent_misses(intents: list[dict], said: list[str], most: int = 5) -> list[d
 
 def recall(said: list[str], dialogues: list[dict]) -> tuple[float, float, dict[str, float]]:
     """The share of answers holding the dialogue's fact: over all dialogues, over those of 6 or more turns, and
-    the latter by the kind of fact (a kind that fails whole, as Chinese cities once did, hides in the mean)."""
+    the latter by the kind of fact (a kind that fails whole, as Chinese cities do, hides in the mean)."""
     right = [ex["meta"]["fact"] in a for a, ex in zip(said, dialogues, strict=True)]
     late = [(ok, ex["meta"]["fact_kind"]) for ok, ex in zip(right, dialogues, strict=True) if ex["meta"]["turns"] >= 6]
     kinds = sorted({kind for _, kind in late})

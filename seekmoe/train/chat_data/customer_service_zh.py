@@ -1,9 +1,10 @@
 """The Chinese support dialogues: customer_service.py's recall dialogues, phrased in simplified Chinese.
 
 Same structure and rules as the English ones (a fact in the first turn, unrelated questions, the fact asked back;
-every third template held out; made-up facts in training only), built by `customer_service.dialogues` with the
-`CHINESE` phrasebook. The shop quotes in yuan. E-mail addresses are the pool's names romanised (pinyin without
-tones, surname first: 王芳 -> wang.fang@example.com); made-up ones are syllables no pooled name uses.
+every third template held out; made-up facts and the training-only pools in training only), built by
+`customer_service.dialogues` with the `CHINESE` phrasebook. The shop quotes in yuan. E-mail addresses are the
+pool's names romanised (pinyin without tones, surname first: 王芳 -> wang.fang@example.com); made-up ones are
+syllables no pooled name uses.
 """
 
 from __future__ import annotations
