@@ -169,6 +169,10 @@ def test_corpus_paragraphs_cut_long_blocks_at_sentence_ends(tmp_path):
     assert re.sub(r"\s", "", "".join(english[:-1])) == re.sub(r"\s", "", speech)
     assert copy_text.corpus_paragraphs(tmp_path, 200, 1500, english=False, cut_long=True) == [chinese]
     # Chinese puts no space after 。, and an apostrophe ends no sentence
-    assert copy_text._cut(chinese * 2, 100) == [chinese[:96]] * 5
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / "a.txt").write_text(chinese * 2, encoding="utf-8")
+    assert copy_text.corpus_paragraphs(tmp_path / "zh", 50, 100, english=False, cut_long=True) == [chinese[:96]] * 5
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "a.txt").write_text("The boys' bikes were new. " * 8, encoding="utf-8")
     two = "The boys' bikes were new. The boys' bikes were new."
-    assert copy_text._cut("The boys' bikes were new. " * 8, 60) == [two] * 4
+    assert copy_text.corpus_paragraphs(tmp_path / "en", 20, 60, english=True, cut_long=True) == [two] * 4
