@@ -104,7 +104,9 @@ def test_chat_page_streams_a_reply_and_redraws_the_heatmap(url):
             grew = sorted({n for n in lengths if n > 0})
             # lengths in the page's own units (UTF-16: a character outside the BMP counts 2)
             final = page.evaluate("document.querySelector('.msg.assistant').textContent.length")
-            assert len(grew) >= 3 and grew[-1] == final, lengths  # it came in pieces, growing
+            # it came in pieces, growing: at least one partial reply before the whole. More is not guaranteed, since
+            # on a loaded machine the browser may read most of the stream's events at once (a CI run saw [0, 2, 118])
+            assert len(grew) >= 2 and grew[-1] == final, lengths
             assert "tokens/s" in page.text_content("#tps") and int(page.get_attribute("#tps", "data-tokens")) > 1
             page.wait_for_function("Number(document.querySelector('#heatmap').dataset.total) > 0", timeout=UI_MS)
             assert page.evaluate("document.getElementById('heatmap').toDataURL()") != before
