@@ -44,6 +44,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def taking_turns(pools: list[list[str]]) -> list[str]:
+    """One block of each pool in turn, until every pool is used up."""
+    return [p for row in itertools.zip_longest(*pools) for p in row if p is not None]
+
+
 def no_tool_chats(chat: Path, n: int, rng: random.Random) -> list[dict]:
     """n chats that need no math, the math tool offered: half support dialogues (order numbers, e-mails and prices
     in them, yet nothing to compute) cut after a random answer, the rest chatterbot and Python FAQ exchanges."""
@@ -110,13 +115,13 @@ def main() -> None:
     if args.en_in_turn:
         for pool in en_pools:
             rng.shuffle(pool)
-        en = [p for row in itertools.zip_longest(*en_pools) for p in row if p is not None]
+        en = taking_turns(en_pools)
     else:
         en = [p for pool in en_pools for p in pool]
         rng.shuffle(en)
     for pool in zh_pools:
         rng.shuffle(pool)
-    zh = [p for row in itertools.zip_longest(*zh_pools) for p in row if p is not None]
+    zh = taking_turns(zh_pools)
     n_val = max(1, args.text // 10)
     train = en[:args.text - n_zh] + zh[:n_zh]
     n_val_zh = int(n_val * args.zh_share)
