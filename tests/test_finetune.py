@@ -27,7 +27,7 @@ from seekmoe.train.sft import (
     read_conversations,
     tokenize_conversation,
 )
-from tests.conftest import assert_usage_error, run_cli, tiny_model, tiny_model_folder
+from tests.conftest import assert_usage_error, run_cli, tiny_model, tiny_model_folder, tiny_multimodal_folder
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 
@@ -328,6 +328,23 @@ def test_a_fine_tune_and_a_merge_keep_the_base_sampling_defaults(tmp_path):
     finetune(lora, progress=False, log=lambda m: None)
     merged = merge_adapter(tmp_path / "base", tmp_path / "run-lora" / "adapter", tmp_path / "merged")
     assert (merged / "generation_config.json").read_text() == '{"temperature": 0.4, "top_p": 0.9}'
+
+
+def test_a_fine_tune_and_a_merge_of_a_multimodal_model_keep_its_encoders(tmp_path):
+    from seekmoe.llm import LLM
+
+    base = tiny_multimodal_folder(tmp_path / "base")
+    encoders = (base / "multimodal.safetensors").read_bytes()
+    finetune(make_run(tmp_path, "full", steps=1), progress=False, log=lambda m: None)
+    finetune(make_run(tmp_path, "lora", steps=1), progress=False, log=lambda m: None)
+    merged = merge_adapter(base, tmp_path / "run-lora" / "adapter", tmp_path / "merged")
+    for folder in (tmp_path / "run-full" / "model", merged):  # text training leaves the encoders as they were
+        assert (folder / "multimodal.safetensors").read_bytes() == encoders
+        llm = LLM(folder)
+        try:
+            assert llm.encoders is not None
+        finally:
+            llm.close()
 
 
 def test_run_reports_data_errors_as_train_errors(tmp_path):

@@ -21,13 +21,17 @@ import torch
 from seekmoe.files import atomic_write, write_folder
 from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
 from seekmoe.model.lora import AdapterError, add_adapter, load_adapter_weights, lora_config, save_adapter
+from seekmoe.multimodal.model import WEIGHTS_FILE as MULTIMODAL_WEIGHTS
 from seekmoe.text.tokenizer import Tokenizer, TokenizerError
 from seekmoe.train.config import FinetuneConfig, TrainError
 from seekmoe.train.loop import run
 from seekmoe.train.sft import SFTData, SFTError, data_files, read_conversations
 from seekmoe.train.trainee import Trainee, full_trainee
 
-GENERATION_CONFIG = "generation_config.json"  # a model's sampling defaults: a fine-tune of it keeps them
+GENERATION_CONFIG = "generation_config.json"  # a model's sampling defaults
+# what a fine-tune and a merge keep from the base folder: its sampling defaults, and the image and speech encoders
+# that text fine-tuning does not train (config.json still names them, so a folder without them would not load)
+BASE_FILES = (GENERATION_CONFIG, MULTIMODAL_WEIGHTS)
 
 
 def _stderr(msg: str) -> None:
@@ -103,8 +107,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, log=_stderr) -> dict[st
         def write(tmp: Path) -> None:
             save_model(model, tmp)
             tok.save_pretrained(tmp)
-            if (base / GENERATION_CONFIG).is_file():  # the base's sampling defaults stay the model's
-                shutil.copyfile(base / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
+            _copy_present(base, tmp, BASE_FILES)
 
         write_folder(out / "model", write)
     else:
@@ -125,14 +128,18 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
 
     base, out = Path(base), Path(out)
     model = apply_adapter(load_model(base), adapter)
-    tok_files = [p for p in ("tokenizer.json", "tokenizer_config.json", GENERATION_CONFIG) if (base / p).is_file()]
 
     def write(tmp: Path) -> None:
         save_model(model, tmp)
-        for name in tok_files:
-            shutil.copyfile(base / name, tmp / name)
+        _copy_present(base, tmp, ("tokenizer.json", "tokenizer_config.json", *BASE_FILES))
 
     return write_folder(out, write)
+
+
+def _copy_present(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
 
 
 def run_from_args(args) -> int:
