@@ -122,6 +122,8 @@ def test_extra_phrasings_and_router_wordings_share_nothing_with_the_held_out_one
     extra = [t for templates in customer_service.EXTRA_TRAIN_TEMPLATES.values() for t in templates]
     assert set(customer_service.EXTRA_TRAIN_TEMPLATES) == set(customer_service.INTENTS)
     assert not set(extra) & set(held)
+    held_runs = set().union(*(phrase_runs(t, 4, chinese=False) for t in held))  # nor four words in a row
+    assert [t for t in extra if phrase_runs(t, 4, chinese=False) & held_runs] == []
     assert customer_service.INTENT_PROMPT not in customer_service.ROUTER_INSTRUCTIONS_TRAIN
     for wording in customer_service.ROUTER_INSTRUCTIONS_TRAIN:
         assert wording.count("{labels}") == 1, wording

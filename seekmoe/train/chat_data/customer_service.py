@@ -204,7 +204,7 @@ EXTRA_TRAIN_TEMPLATES = {
                      "Was my parcel shipped already? Order {order}.", "When was order {order} sent?",
                      "Can you see if order {order} went out?", "I paid days ago. Has anything been shipped?",
                      # time gone by since the order, then "where": a parcel, though it reads like a product question
-                     "I ordered the {product} ten days ago and it still isn't here. What's up?",
+                     "The {product} was ordered ten days ago and still isn't here. What's up?",
                      "Two weeks have passed since I bought the {product}. Where has it got to?",
                      "I placed my order on {date}. Why hasn't the {product} come yet?",
                      "My order went through ages ago, where's the {product}?",
