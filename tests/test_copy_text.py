@@ -71,6 +71,75 @@ def test_a_drill_line_is_one_run_written_three_to_five_times(lang):
             assert 3 <= len(runs) <= 5 and len(set(runs)) == 1, line
 
 
+ENGLISH = ["The old harbour master counted every boat that sailed past the lighthouse before dawn.",
+           "Quiet gardens behind the museum hold roses, tulips and a pond full of golden carp.",
+           "Engineers tested the bridge with trucks loaded with sand until the steel began to sing."]
+CHINESE = ["杭州的西湖边有很多茶馆，游客喜欢在那里喝龙井。春天的时候，湖上的柳树发了新芽，船夫慢慢地划着小船。",
+           "昨天下午，图书馆里来了一位戴眼镜的老教授。他借走了三本关于古代桥梁的书，说要写一篇新的论文。"]
+
+
+def runs_of(doc: str) -> list[str]:
+    """The runs a shuffled document writes more than once: each drill line's, or the repeated first line."""
+    if "\n\n" not in doc:
+        lines = [line.split(" | ") for line in doc.splitlines()]
+        assert all(2 <= len(r) <= 4 and len(set(r)) == 1 for r in lines), doc
+        return [r[0] for r in lines]
+    lines = doc.split("\n")
+    assert lines[0] == lines[-1] and doc.count(lines[0]) >= 2, doc
+    return [lines[0]]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_shuffled_run_is_a_stretch_of_a_paragraph_in_another_order(lang):
+    rng = random.Random(0)
+    docs = [copy_text.shuffled(rng, lang, ENGLISH, CHINESE) for _ in range(200)]
+    forms = {"\n\n" in d for d in docs}
+    assert forms == {True, False}  # drills and repeats after a paragraph, both
+    sources = [re.findall(r"[A-Za-z']+", p) for p in ENGLISH] if lang == "en" else [
+        re.findall(r"[\u4e00-\u9fff]", p) for p in CHINESE]
+    reordered = 0
+    for run in (r for d in docs for r in runs_of(d)):
+        units = run.split(" ") if lang == "en" else list(run)
+        assert 4 <= len(units) <= 30, run
+        # the same words as some consecutive stretch of one paragraph
+        assert any(sorted(units) == sorted(s[i:i + len(units)]) for s in sources
+                   for i in range(len(s) - len(units) + 1)), run
+        reordered += all(units != s[i:i + len(units)] for s in sources for i in range(len(s) - len(units) + 1))
+    assert reordered > 100  # mostly shuffled: only copying predicts them
+
+
+def test_shuffled_runs_take_an_open_vocabulary():
+    """The other kinds' values come from a few dozen syllables and characters; a shuffled run from whatever the
+    corpus holds, which is the point of the kind."""
+    words = [f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(600)]
+    paragraphs = [" ".join(words[i:i + 40]) for i in range(0, 600, 40)]
+    rng = random.Random(1)
+    seen = {u for _ in range(300) for r in runs_of(copy_text.shuffled(rng, "en", paragraphs)) for u in r.split()}
+    assert len(seen) > 400
+    chinese = ["".join(chr(0x4e00 + i) for i in range(k, k + 50)) for k in range(0, 1000, 50)]
+    seen = {c for _ in range(300) for r in runs_of(copy_text.shuffled(rng, "zh", [], chinese)) for c in r}
+    assert len(seen) > 600
+
+
+def test_shuffled_without_a_corpus_uses_the_built_in_sentences():
+    rng = random.Random(2)
+    for lang, pool in (("en", copy_text.FILLER_EN), ("zh", copy_text.FILLER_ZH)):
+        for _ in range(50):
+            for run in runs_of(copy_text.shuffled(rng, lang, [])):
+                units = run.split(" ") if lang == "en" else list(run)
+                assert all(any(u in s for s in pool) for u in units), run
+
+
+def test_write_takes_the_chinese_of_shuffled_runs_from_the_filler_folder(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "en.txt").write_text("\n\n".join(ENGLISH), encoding="utf-8")
+    (tmp_path / "corpus" / "zh.txt").write_text("\n\n".join(CHINESE), encoding="utf-8")
+    path = copy_text.write(tmp_path / "out", 300, seed=0, filler_folder=tmp_path / "corpus", kinds=("shuffled",))
+    docs = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+    han = {c for d in docs for r in runs_of(d) for c in r if "\u4e00" <= c <= "\u9fff"}
+    assert han and han <= set("".join(CHINESE)) and "茶" in han
+
+
 def test_documents_of_chosen_kinds_only():
     docs = copy_text.documents(20, seed=0, paragraphs=[], kinds=("drill",))
     assert all(" | " in d and "\n\n" not in d for d in docs)

@@ -15,7 +15,12 @@ Kinds (one JSONL record each, {"text": ...}, for `seekmoe data prepare`):
   pattern);
 - drill: short runs, each written three to five times in a row, so half the tokens are copies: the densest
   signal for the attention heads that find "what followed this last time" (they form late and suddenly, and
-  sooner the more often copying pays).
+  sooner the more often copying pays);
+- shuffled: runs of real words (or Chinese characters) taken from the corpus and shuffled, written again in a row
+  or after a paragraph. The kinds above draw their values from a few dozen syllables and characters, and a model
+  trained on them copies those and little else: it learns "which of these few was it", not "what followed this
+  last time" (seekmoe-tiny-chat recalled every Chinese surname, a closed set, and no Chinese city). Here any word
+  may come next, so only the general copy pays.
 
 The phrasings here are our own and share no template with the held-out chat evaluation sets
 (seekmoe/train/chat_data keeps its val templates apart; bench/chat_eval.py reads only those).
@@ -26,13 +31,14 @@ from __future__ import annotations
 import json
 import random
 import re
+from functools import partial
 from pathlib import Path
 
 from seekmoe.errors import SeekmoeError
 from seekmoe.han import HAN
 from seekmoe.train.chat_data import write_text
 
-KINDS = ("record", "transcript", "numbers", "repeat", "drill")
+KINDS = ("record", "transcript", "numbers", "repeat", "drill", "shuffled")
 SYLLABLES = ["ka", "lo", "mi", "ren", "ta", "vo", "sel", "du", "ni", "bar", "ek", "sha", "tor", "li", "an", "mo",
              "qui", "ber", "za", "fen", "ol", "ri", "gan", "te", "wu", "is", "pol", "ca", "der", "yu"]
 HANZI = list("安北长成大德东方丰福光海和华佳江金景康乐林龙明宁平庆荣瑞山盛顺泰天文祥新兴阳永玉云泽志中")
@@ -188,14 +194,48 @@ def drill(rng: random.Random, lang: str, paragraphs: list[str]) -> str:
     return "\n".join(lines)
 
 
-MAKERS = {"record": record, "transcript": transcript, "numbers": numbers, "repeat": repeat, "drill": drill}
+_WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+")
+
+
+def shuffled(rng: random.Random, lang: str, paragraphs: list[str], zh_paragraphs: list[str] = ()) -> str:
+    """A run of 4 to 30 consecutive words of an English paragraph (Han characters of a Chinese one) in random
+    order, then either drilled (2 to 4 times in a row, several runs) or repeated after a paragraph of its language.
+    Without paragraphs, the built-in filler sentences are the source."""
+    source = (list(zh_paragraphs) or FILLER_ZH) if lang == "zh" else (paragraphs or FILLER_EN)
+    units = HAN.findall if lang == "zh" else _WORD.findall
+    sep = "" if lang == "zh" else " "
+
+    def run() -> str:
+        words = []
+        while not words:
+            words = units(rng.choice(source))
+        k = rng.randint(min(4, len(words)), min(30, len(words)))
+        start = rng.randint(0, len(words) - k)
+        picked = words[start:start + k]
+        rng.shuffle(picked)
+        return sep.join(picked)
+
+    if rng.random() < 0.5:
+        return "\n".join(" | ".join([r] * rng.randint(2, 4)) for r in (run() for _ in range(rng.randint(2, 5))))
+    r = run()
+    again = "Once more:" if lang == "en" else "再说一遍："
+    doc = r
+    for _ in range(rng.randint(1, 3)):
+        doc += f"\n\n{rng.choice(source)[:300]}\n\n{again}\n{r}"
+    return doc
+
+
+MAKERS = {"record": record, "transcript": transcript, "numbers": numbers, "repeat": repeat, "drill": drill,
+          "shuffled": shuffled}
 
 
 def documents(n: int, seed: int, paragraphs: list[str], zh_share: float = 0.3,
-              kinds: tuple[str, ...] = KINDS) -> list[str]:
-    """n documents, the kinds in turn, a zh_share of them in Chinese."""
+              kinds: tuple[str, ...] = KINDS, zh_paragraphs: list[str] = ()) -> list[str]:
+    """n documents, the kinds in turn, a zh_share of them in Chinese. paragraphs are English (filler, and the words
+    of shuffled runs); zh_paragraphs give the Chinese shuffled runs their characters."""
     rng = random.Random(seed)
-    return [MAKERS[kinds[k % len(kinds)]](rng, "zh" if rng.random() < zh_share else "en", paragraphs)
+    makers = {**MAKERS, "shuffled": partial(shuffled, zh_paragraphs=zh_paragraphs)}
+    return [makers[kinds[k % len(kinds)]](rng, "zh" if rng.random() < zh_share else "en", paragraphs)
             for k in range(n)]
 
 
@@ -247,8 +287,8 @@ def filler_paragraphs(folder: Path | None, limit: int = 20_000, seed: int = 0) -
 
 DESCRIPTION = ("Write pretraining documents that are predictable only by copying from earlier in the same document "
                "(forms and questions about them, support transcripts that ask a fact back, numbers written out "
-               "again, repeated runs of invented words), English and Chinese, as copy.jsonl ({\"text\": ...} lines "
-               "for `seekmoe data prepare`) and SOURCES.json.")
+               "again, repeated runs of invented words, shuffled runs of the corpus's words), English and Chinese, "
+               "as copy.jsonl ({\"text\": ...} lines for `seekmoe data prepare`) and SOURCES.json.")
 MAX_DOCS = 10_000_000
 
 
@@ -269,7 +309,8 @@ def write(out: str | Path, n: int, seed: int = 0, filler_folder: str | Path | No
         raise CopyTextError(f"{folder}: no such folder (--filler takes a folder of .txt files, e.g. data/corpus)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    docs = documents(n, seed, filler_paragraphs(folder, seed=seed), kinds=tuple(kinds))
+    zh = corpus_paragraphs(folder, 40, 1500, english=False, cut_long=True) if folder and "shuffled" in kinds else []
+    docs = documents(n, seed, filler_paragraphs(folder, seed=seed), kinds=tuple(kinds), zh_paragraphs=zh)
     path = out / "copy.jsonl"
     write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
     sources = {"sources": [{"name": "copy", "language": "en+zh", "package": "generated by seekmoe/train/copy_text.py",
@@ -293,7 +334,8 @@ def add_arguments(parser) -> None:
                         help=f"document kinds, comma-separated (default all: {','.join(KINDS)})")
     parser.add_argument("--filler", metavar="DIR",
                         help="folder of .txt files (e.g. data/corpus) whose short English paragraphs stand between "
-                             "a fact and its question in half the English documents; default: built-in sentences")
+                             "a fact and its question in half the English documents, and whose words and Chinese "
+                             "characters the shuffled runs take; default: built-in sentences")
 
 
 def run_from_args(args) -> int:
