@@ -122,9 +122,9 @@ cp data/chat6/{chatterbot,python_faq}.{train,val}.jsonl data/chat8/
 $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out runs/sft-mix14 \
     --text 30000 --zh-share 0.3 --seed 14 --cut-long --en-in-turn --in-turn libreoffice_help_zh,debian_docs_zh \
     --sources austen,chinese_poetry,moby_dick,python_docs,shakespeare,sotu,web,libreoffice_help_zh,debian_docs_zh
-# runs/mm-chat24: runs/sft-mix14 plus 15,000 shuffled-run copy documents (the corpus's own words and characters,
+# runs/mm-chat24: runs/sft-mix14 plus 30,000 shuffled-run copy documents (the corpus's own words and characters,
 # shuffled, written again): the copy documents before drew every value from a few dozen syllables and characters
-$seekmoe data copy --out data/copy-shuffled --kinds shuffled --docs 15000 --filler data/corpus --seed 1
+$seekmoe data copy --out data/copy-shuffled --kinds shuffled --docs 30000 --filler data/corpus --seed 1
 mkdir -p runs/sft-mix15
 for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix15/; done
 cp data/copy-shuffled/copy.jsonl runs/sft-mix15/shuffled.train.jsonl
