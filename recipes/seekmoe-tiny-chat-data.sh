@@ -128,3 +128,10 @@ $seekmoe data copy --out data/copy-shuffled --kinds shuffled --docs 30000 --fill
 mkdir -p runs/sft-mix15
 for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix15/; done
 cp data/copy-shuffled/copy.jsonl runs/sft-mix15/shuffled.train.jsonl
+# runs/induct24 (`seekmoe finetune recipes/induct24.json`): the shuffled runs at a higher learning rate, beside the
+# copy documents, intents and dialogues; runs/mm-chat24 then went back to runs/sft-mix14
+mkdir -p runs/induct-mix
+for f in shuffled copy intents dialogues dialogues_zh support; do
+    ln -sf "$(readlink -f runs/sft-mix15/$f.train.jsonl)" runs/induct-mix/$f.train.jsonl
+done
+ln -sf "$(readlink -f runs/sft-mix15/dialogues_zh.val.jsonl)" runs/induct-mix/dialogues_zh.val.jsonl
