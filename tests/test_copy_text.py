@@ -130,6 +130,13 @@ def test_shuffled_without_a_corpus_uses_the_built_in_sentences():
                 assert all(any(u in s for s in pool) for u in units), run
 
 
+def test_a_source_without_a_single_word_falls_back_rather_than_looping():
+    rng = random.Random(3)
+    for lang in ("en", "zh"):
+        for run in runs_of(copy_text.shuffled(rng, lang, ["--- *** ---", "...!"], ["---", "123 !!"])):
+            assert run
+
+
 def test_write_takes_the_chinese_of_shuffled_runs_from_the_filler_folder(tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "en.txt").write_text("\n\n".join(ENGLISH), encoding="utf-8")

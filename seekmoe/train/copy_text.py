@@ -207,8 +207,9 @@ def shuffled(rng: random.Random, lang: str, paragraphs: list[str], zh_paragraphs
 
     def run() -> str:
         words = []
-        while not words:
-            words = units(rng.choice(source))
+        for _ in range(100):  # a paragraph of symbols alone has no words; a source of nothing else gives way
+            words = words or units(rng.choice(source))
+        words = words or units(rng.choice(FILLER_ZH if lang == "zh" else FILLER_EN))
         k = rng.randint(min(4, len(words)), min(30, len(words)))
         start = rng.randint(0, len(words) - k)
         picked = words[start:start + k]
