@@ -29,14 +29,14 @@ from seekmoe.train.chat_data import customer_service, customer_service_zh
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGLISH_WORDS = ("time year people way day man thing woman life child world school state family student group country "
-           "problem hand part place case week company system program question work government number night point "
-           "home water room mother area money story fact month lot right study book eye job word business issue "
-           "side kind head house service friend father power hour game line end member law car city community "
-           "name president team minute idea kid body information back parent face others level office door "
-           "health person art war history party result change morning reason research girl guy moment air "
-           "teacher force education foot boy age policy music market sense nation plan college interest death "
-           "experience effect class control care field development role effort rate heart drug show leader "
-           "light voice wife police mind price report decision son view relationship town road arm difference")
+                 "problem hand part place case week company system program question work government number night point "
+                 "home water room mother area money story fact month lot right study book eye job word business issue "
+                 "side kind head house service friend father power hour game line end member law car city community "
+                 "name president team minute idea kid body information back parent face others level office door "
+                 "health person art war history party result change morning reason research girl guy moment air "
+                 "teacher force education foot boy age policy music market sense nation plan college interest death "
+                 "experience effect class control care field development role effort rate heart drug show leader "
+                 "light voice wife police mind price report decision son view relationship town road arm difference")
 ENGLISH = ENGLISH_WORDS.split()
 CHINESE = list(dict.fromkeys("的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出要于就下得可你年"
                              "生自会那后能对着事其里所去行过家十用发天如然作方成者多日都三小军二无同么经法当起"
@@ -78,7 +78,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     models = args.models or [ROOT / "seekmoe" / "models" / "seekmoe-tiny-chat"]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     sets = item_sets()
     print("| model | cue | " + " | ".join(sets) + " |")
     print("|---|---|" + "---|" * len(sets))

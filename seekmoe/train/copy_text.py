@@ -201,15 +201,18 @@ def shuffled(rng: random.Random, lang: str, paragraphs: list[str], zh_paragraphs
     """A run of 4 to 30 consecutive words of an English paragraph (Han characters of a Chinese one) in random
     order, then either drilled (2 to 4 times in a row, several runs) or repeated after a paragraph of its language.
     Without paragraphs, the built-in filler sentences are the source."""
-    source = (list(zh_paragraphs) or FILLER_ZH) if lang == "zh" else (paragraphs or FILLER_EN)
+    built_in = FILLER_ZH if lang == "zh" else FILLER_EN
+    source = (zh_paragraphs if lang == "zh" else paragraphs) or built_in
     units = HAN.findall if lang == "zh" else _WORD.findall
     sep = "" if lang == "zh" else " "
 
     def run() -> str:
-        words = []
         for _ in range(100):  # a paragraph of symbols alone has no words; a source of nothing else gives way
-            words = words or units(rng.choice(source))
-        words = words or units(rng.choice(FILLER_ZH if lang == "zh" else FILLER_EN))
+            words = units(rng.choice(source))
+            if words:
+                break
+        else:
+            words = units(rng.choice(built_in))
         k = rng.randint(min(4, len(words)), min(30, len(words)))
         start = rng.randint(0, len(words) - k)
         picked = words[start:start + k]
