@@ -316,6 +316,26 @@ def test_run_resumes_exactly(tmp_path, method):
         assert (tmp_path / "run-full" / "model" / "tokenizer.json").is_file()
 
 
+def test_a_run_folder_holding_another_runs_checkpoints_is_refused_and_kept(tmp_path):
+    import shutil
+
+    first = make_run(tmp_path, "full", steps=2)
+    finetune(first, progress=False, log=lambda m: None)
+    out = tmp_path / "run-full"
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    shutil.copytree(tmp_path / "base", tmp_path / "other")
+    for other in ({"model": str(tmp_path / "other")}, {"data": str(tmp_path / "data" / "chat.jsonl")}):
+        with pytest.raises(TrainError, match="holds checkpoints of another run") as e:
+            finetune(make_run(tmp_path, "full", steps=4, **other), progress=False, log=lambda m: None)
+        assert str(out) in str(e.value) and next(iter(other)) in str(e.value)
+        assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # nothing lost
+    # the same model spelled another way is the same run: it resumes
+    again = make_run(tmp_path, "full", steps=3, model=str(tmp_path / "data" / ".." / "base") + "/")
+    logged = []
+    finetune(again, progress=False, log=logged.append)
+    assert any("resuming from" in m for m in logged)
+
+
 def test_a_fine_tune_and_a_merge_keep_the_base_sampling_defaults(tmp_path):
     from seekmoe.train.finetune import merge_adapter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -313,6 +314,9 @@ def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
     resumed = load_multimodal(train(s, progress=False, log=lambda m: None))
     for (n, x), (_, y) in zip(resumed.state_dict().items(), tuned.state_dict().items(), strict=True):
         assert torch.equal(x, y), n
+    # the same folder asked to train on other sets (or from another model) is another run: refused, not resumed
+    with pytest.raises(TrainError, match="holds checkpoints of another run"):
+        train(dataclasses.replace(s, sets=("digits",)), progress=False, log=lambda m: None)
 
 
 def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):

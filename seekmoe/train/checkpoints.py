@@ -33,6 +33,41 @@ from seekmoe.train import distributed, expert_parallel
 from seekmoe.train.config import TrainConfig, TrainError
 from seekmoe.train.trainee import Trainee, full_trainee
 
+# ---- whose run ------------------------------------------------------------------------------------------------
+
+RUN_IDENTITY = ("model", "data")  # what a run is: its checkpoints are of this model trained on this data
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal settings; two spellings of one existing path ("runs/x/model", "./runs/x/model/") are equal too."""
+    if a == b:
+        return True
+    return isinstance(a, str) and isinstance(b, str) and bool(a and b) and Path(a).exists() and Path(b).exists() \
+        and Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_another_run(recorded: Path, settings: dict[str, Any], folders: list[Path],
+                       keys: tuple[str, ...] = RUN_IDENTITY) -> None:
+    """Stop before resuming the checkpoints in `folders` when `recorded` (the run folder's config.json or
+    settings.json, written when they were) says they are another run's: other `keys`. Resuming them would go on
+    training the old run's weights under the new settings, and say nothing."""
+    if not recorded.is_file() or not any(p.is_dir() for f in folders for p in f.glob("step-*")):
+        return
+    try:
+        old = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # no record to go by: resume as before
+    if not isinstance(old, dict):
+        return
+    settings = json.loads(json.dumps(settings))  # as recorded: tuples are lists
+    differ = [k for k in keys if not _same(old.get(k), settings.get(k))]
+    if differ:
+        was = ", ".join(f"{k}={old.get(k)!r}" for k in differ)
+        now = ", ".join(f"{k}={settings.get(k)!r}" for k in differ)
+        raise TrainError(f"{recorded.parent} holds checkpoints of another run ({was}; this one: {now}), which it "
+                         "would resume: give another --out, or move that folder aside")
+
+
 # ---- writing -------------------------------------------------------------------------------------------------
 
 
@@ -231,4 +266,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, "".join(line + "\n" for line in keep).encode())
 
 
-__all__ = ["latest_checkpoint", "restore", "resume", "save", "verify_checkpoint"]
+__all__ = ["latest_checkpoint", "refuse_another_run", "restore", "resume", "save", "verify_checkpoint"]

@@ -113,8 +113,9 @@ def parallelize(model: CausalLM, cfg: TrainConfig, log: Callable[[str], None]) -
 
 def open_run(cfg: TrainConfig, model: CausalLM, train_data, main: bool) -> Path:
     """The run folder, with this config.json (balance.mode resolved) written by rank 0; the data's ids must fit the
-    model's vocabulary."""
+    model's vocabulary, and checkpoints already there must be this run's."""
     out = Path(cfg.out)
+    checkpoints.refuse_another_run(out / "config.json", cfg.to_dict(), [out / "checkpoints"])
     out.mkdir(parents=True, exist_ok=True)
     if main:
         atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())

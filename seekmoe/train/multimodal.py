@@ -44,7 +44,7 @@ from seekmoe.multimodal.model import (
 from seekmoe.multimodal.parts import split_media
 from seekmoe.multimodal.scenes import SIDE
 from seekmoe.text.tokenizer import Tokenizer
-from seekmoe.train.checkpoints import latest_checkpoint
+from seekmoe.train.checkpoints import RUN_IDENTITY, latest_checkpoint, refuse_another_run
 from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
 from seekmoe.train.config import MultimodalSettings as Settings
 from seekmoe.train.loop import run
@@ -162,6 +162,9 @@ def stage_config(s: Settings, stage: int) -> TrainConfig:
 def train(s: Settings, progress: bool = True, log=print) -> Path:
     from seekmoe.model.checkpoint import DEFAULT_MODEL
 
+    out = Path(s.out)
+    refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
+                       (*RUN_IDENTITY, "sets", "text"))
     base = Path(s.model) if s.model else DEFAULT_MODEL
     tok = Tokenizer.from_pretrained(base)
     lm = load_model(base)
@@ -202,7 +205,6 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
         log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
             f"one stage 2 step in {s.text_every}")
         stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size)
-    out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "settings.json", json.dumps(s.to_dict(), indent=2).encode())
     for stage in stages:
