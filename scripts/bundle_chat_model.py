@@ -153,8 +153,8 @@ def stage_text(run: Path) -> str:
 
 def goal_rows(before: dict, after: dict) -> list[tuple[str, str, str, str, bool]]:
     """(goal, target, before, after, met) for each goal of issue 19 that bench/chat_eval.py measures."""
-    def cont(r: dict) -> str:
-        return f"{_pct(r['continuation'].get('en', 0))} / {_pct(r['continuation'].get('zh', 0))}"
+    def cont(r: dict, key: str = "continuation") -> str:
+        return f"{_pct(r[key].get('en', 0))} / {_pct(r[key].get('zh', 0))}"
 
     def hybrid(r: dict, key: str) -> float:
         return r.get("summaries", {}).get("hybrid", {}).get(key, float("nan"))
@@ -164,6 +164,9 @@ def goal_rows(before: dict, after: dict) -> list[tuple[str, str, str, str, bool]
         ("plain continuation: samples ≥ 20 characters, in the prompt's language (English without a Chinese "
          "character), not a loop (en / zh)", "≥ 90%",
          cont(before), cont(after), min(after["continuation"].values()) >= 0.9),
+    ] + ([("the same sampled as a request without sampling fields is (the model's generation_config.json; en / zh)",
+           "—", cont(before, "continuation_defaults"), cont(after, "continuation_defaults"), True)]
+         if "continuation_defaults" in before and "continuation_defaults" in after else []) + [
         (f"intent, documented router prompt ({c['intents']} messages, unseen phrasings)", "≥ 97%",
          _pct(before["intent_accuracy"]), _pct(after["intent_accuracy"]), after["intent_accuracy"] >= 0.97),
         ("intent, three paraphrased router instructions", "≥ 97%", _pct(paraphrased(before)),

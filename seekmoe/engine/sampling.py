@@ -310,7 +310,7 @@ def apply_constraints(x_BV: torch.Tensor, samplers: Sequence[SeqSampler]) -> Non
         x_BV[rows] += bias_RV
 
 
-def _filter(x_SV: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+def filter_logits(x_SV: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Temperature, then top_k, top_p and min_p (removed tokens become -inf), each skipped when no row uses it."""
     if any(p.temperature != 1.0 for p in params):
         # subtract the row max first: a tiny temperature then gives large negatives, never inf - inf = nan
@@ -349,7 +349,7 @@ def process_logits(logits: torch.Tensor, samplers: Sequence[SeqSampler]) -> torc
     rows = _drawing_rows(samplers)
     if rows:
         at = _select(rows, len(samplers))
-        x_BV[at] = _filter(x_BV[at], [samplers[i].params for i in rows])
+        x_BV[at] = filter_logits(x_BV[at], [samplers[i].params for i in rows])
     return x_BV
 
 
