@@ -208,6 +208,10 @@ def earlier_stages(card_text: str) -> tuple[list[str], list[str]]:
     return bullets, commands
 
 
+def fill(text: str, width: int) -> str:
+    return textwrap.fill(text, width, break_on_hyphens=False)  # "held-out" stays whole
+
+
 def card(name: str, run: Path, sources: dict, before: dict, after: dict, model,
          media: tuple[dict, dict | None, str] | None = None, invocation: str = "", before_note: str = "",
          previous: str | None = None, note: str = "") -> str:
@@ -262,21 +266,21 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
     if generation.is_file():  # written by hand into the run's model folder, before chat_eval measured it
         text = generation.read_text(encoding="utf-8").strip()
         shown = ", ".join(f"{k} {v}" for k, v in json.loads(text).items())
-        defaults = "\n" + textwrap.fill(f"Sampling defaults (`generation_config.json`: {shown}) fill what a request "
+        defaults = "\n" + fill(f"Sampling defaults (`generation_config.json`: {shown}) fill what a request "
                                        "leaves out, as in vLLM; a request's own values win.", 116) + "\n"
         recipes += f"\nprintf '%s\\n' {shlex.quote(text)} > {run}/model/generation_config.json"
     return f"""# {name}
 
-{textwrap.fill(intro, 116)}
+{fill(intro, 116)}
 
-{textwrap.fill(limits, 116)}
-{defaults}{(chr(10) + textwrap.fill(note, 116) + chr(10)) if note else ""}
+{fill(limits, 116)}
+{defaults}{(chr(10) + fill(note, 116) + chr(10)) if note else ""}
 ## Results on held-out data
 Measured by `bench/chat_eval.py` (greedy answers through the engine, continuations sampled at temperature 0.8;
 the intent, dialogue and continuation sets use phrasings and texts that never occur in training).
 
 {results}
-{(chr(10) + textwrap.fill(before_note, 116) + chr(10)) if before_note else ""}{media_section}
+{(chr(10) + fill(before_note, 116) + chr(10)) if before_note else ""}{media_section}
 Validation loss, nats per assistant token:
 
 | set | before | after |
