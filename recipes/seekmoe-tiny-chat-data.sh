@@ -135,3 +135,12 @@ for f in shuffled copy intents dialogues dialogues_zh support; do
     ln -sf "$(readlink -f runs/sft-mix15/$f.train.jsonl)" runs/induct-mix/$f.train.jsonl
 done
 ln -sf "$(readlink -f runs/sft-mix15/dialogues_zh.val.jsonl)" runs/induct-mix/dialogues_zh.val.jsonl
+# runs/mm-chat25 (not bundled; `seekmoe train-multimodal --model runs/mm-chat24/model --out runs/mm-chat25
+# --stage2-steps 600 --lr2 2e-4 --text runs/sft-mix16 --seed 13`, the rest as mm-chat24): runs/sft-mix14 plus
+# 9,000 more plain-text rows of the Chinese sources, to win back the Chinese continuation mm-chat24 lost
+$python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out runs/zh-text16 \
+    --text 9000 --zh-share 1.0 --seed 16 --cut-long --in-turn libreoffice_help_zh,debian_docs_zh \
+    --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
+mkdir -p runs/sft-mix16
+for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix16/; done
+cp runs/zh-text16/text.train.jsonl runs/sft-mix16/text_zh.train.jsonl
