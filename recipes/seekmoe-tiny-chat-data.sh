@@ -144,3 +144,4 @@ $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/co
 mkdir -p runs/sft-mix16
 for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix16/; done
 cp runs/zh-text16/text.train.jsonl runs/sft-mix16/text_zh.train.jsonl
+# runs/mm-chat26 (not bundled): 400 steps on from runs/mm-chat25 at 1.5e-4 on runs/sft-mix14 (seed 14)
