@@ -350,11 +350,12 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     for i, target in enumerate(media_rows):
         assert torch.equal(target, media.batch(i, 2, 64)[1])
     s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,
-                 stage2_steps=3, batch_size=2, eval_every=3, eval_batches=1, save_every=3, encoder=SMALL,
-                 text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=32)
+                 stage2_steps=4, batch_size=2, eval_every=4, eval_batches=1, save_every=4, encoder=SMALL,
+                 text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=40, repeat_every=2)
     logs = []
     final = train(s, progress=False, log=logs.append)
     assert any("4 text chats" in m and "one stage 2 step in 2" in m for m in logs)
+    assert "seekmoe: one text batch in 2 a repeat drill" in logs  # stage 2's step 3 is one
     # a model that sees already goes on from its own encoders: no stage 1, nothing drawn anew
     again = Settings(**{**vars(s), "model": str(final), "out": str(tmp_path / "again"), "stage2_steps": 1,
                         "lr2": 1e-9})
@@ -364,9 +365,29 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     assert not (tmp_path / "again" / "stage1").exists() and not any("stage 1" in m for m in logs)
     for name, t in before.items():
         assert torch.allclose(t, after[name], atol=1e-6), name
-    with pytest.raises(ValueError, match="text_every must be >= 2"):
-        train(Settings(**{**vars(s), "text_every": 1, "out": str(tmp_path / "run1")}), progress=False,
-              log=lambda m: None)
+    for change, message in (({"text_every": 1}, "text_every must be >= 2"),
+                            ({"repeat_every": 1}, "repeat_every must be 0 .no drill. or >= 2"),
+                            ({"repeat_every": -2}, "got -2"),
+                            ({"text": None}, "give text chats too")):
+        with pytest.raises(ValueError, match=message):
+            train(Settings(**{**vars(s), **change, "out": str(tmp_path / "run1")}), progress=False,
+                  log=lambda m: None)
+    assert not (tmp_path / "run1").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sets", "cats"], "--sets: unknown set cats"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--repeat-every", "1"], "repeat_every must be 0 (no drill) or >= 2"),
+    (["--repeat-every", "4"], "give text chats too (--text)"),
+    (["--text", "chats.jsonl", "--text-every", "1"], "text_every must be >= 2"),
+])
+def test_train_multimodal_cli_refuses_bad_flags_before_touching_anything(tmp_path, capsys, flags, message):
+    from seekmoe.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["train-multimodal", "--out", str(out), "--data", str(tmp_path / "nothing"), *flags]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
 
 
 def test_eval_asks_every_test_question_and_counts_routing_by_modality(tmp_path, mm_folder, capsys):

@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="fine-tuning chats (a folder of *.train.jsonl or a file, `seekmoe finetune`'s "
                    "format) mixed into stage 2 so the model keeps its chat skills; --text-every N makes every N-th "
                    "step a batch of --text-batch-size rows of --text-seq-len tokens")
+    p.add_argument("--repeat-every", type=int, default=d.repeat_every, metavar="N",
+                   help="with --text: make every N-th text batch a drill of random token runs, each written twice "
+                   "with the loss on the copy, which teaches copying from earlier in the context (recalling a name "
+                   f"or a city said turns ago); default {d.repeat_every}: none")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
     p.add_argument("--max-image-size", type=positive_int, metavar="PIXELS",
@@ -53,7 +57,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     encoder = {} if args.max_image_size is None else {"max_image_size": args.max_image_size}
     s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2, text=args.text,
-                 encoder=encoder, **{k: getattr(args, k) for k in INT_FLAGS})
+                 repeat_every=args.repeat_every, encoder=encoder, **{k: getattr(args, k) for k in INT_FLAGS})
     from seekmoe.train.multimodal import train
 
     try:

@@ -225,6 +225,11 @@ class Tokenizer:
         return frozenset(i for token, i in vocab.items() if not all(c in chars for c in token))
 
     @cached_property
+    def added_ids(self) -> frozenset[int]:
+        """Ids of the added tokens, special or not (the media placeholders are added but made of plain characters)."""
+        return frozenset(self._added[1].values())
+
+    @cached_property
     def _added(self) -> tuple[re.Pattern, dict[str, int]]:
         """The added tokens (special or not: the backend cuts them all out of the text), as a pattern and by text."""
         from seekmoe.text.chat import any_of

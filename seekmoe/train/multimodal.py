@@ -48,6 +48,7 @@ from seekmoe.train.checkpoints import RUN_IDENTITY, latest_checkpoint, refuse_an
 from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
 from seekmoe.train.config import MultimodalSettings as Settings
 from seekmoe.train.loop import run
+from seekmoe.train.repeat_drill import RepeatDrill, WithDrill
 from seekmoe.train.sft import IGNORE, EpochOrder, SFTData, data_files, tokenize_conversation
 from seekmoe.train.trainee import Trainee
 
@@ -162,6 +163,13 @@ def stage_config(s: Settings, stage: int) -> TrainConfig:
 def train(s: Settings, progress: bool = True, log=print) -> Path:
     from seekmoe.model.checkpoint import DEFAULT_MODEL
 
+    if s.text and s.text_every < 2:
+        raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
+    if s.repeat_every < 0 or s.repeat_every == 1:
+        raise TrainError(f"repeat_every must be 0 (no drill) or >= 2: every repeat_every-th text batch is a drill, "
+                         f"got {s.repeat_every}")
+    if s.repeat_every and not s.text:
+        raise TrainError("repeat_every: the repeat drill takes text batches' places: give text chats too (--text)")
     out = Path(s.out)
     refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
                        (*RUN_IDENTITY, "sets", "text"))
@@ -198,12 +206,14 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
     stage2_data = train_data
     if s.text:
-        if s.text_every < 2:
-            raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
         text = SFTData.from_files(data_files(s.text), tok, s.text_seq_len, seed=s.seed, log=log)
         r = text.report
         log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
             f"one stage 2 step in {s.text_every}")
+        if s.repeat_every:
+            drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, s.text_seq_len, seed=s.seed)
+            text = WithDrill(text, drill, s.repeat_every)
+            log(f"seekmoe: one text batch in {s.repeat_every} a repeat drill")
         stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "settings.json", json.dumps(s.to_dict(), indent=2).encode())

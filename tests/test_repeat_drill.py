@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from seekmoe.train.repeat_drill import RepeatDrill, WithDrill
+from seekmoe.train.sft import IGNORE
+
+VOCAB, EXCLUDED = 5000, set(range(10)) | {4321}
+
+
+def test_drill_rows_are_runs_written_twice_with_loss_on_the_copy_only():
+    drill = RepeatDrill(VOCAB, EXCLUDED, 256, seed=3)
+    ids, target = drill.batch(7, 4, 256)
+    assert ids.shape == target.shape == (4, 256) and ids.dtype == target.dtype == torch.int64
+    assert not set(ids.unique().tolist()) & EXCLUDED and int(ids.max()) < VOCAB
+    distances = set()
+    for row, labels in zip(ids.numpy(), target.numpy(), strict=True):
+        for t in np.flatnonzero(labels != IGNORE):
+            # a copy: the current token stood d tokens back, and what followed it there is the label
+            d = [d for d in range(16, 97) if t - d >= 0 and row[t - d] == row[t] and row[t - d + 1] == labels[t]]
+            assert d, (t, labels[t])
+            distances.add(d[0])
+    share = (target != IGNORE).float().mean().item()
+    assert 0.4 < share < 0.5  # half the tokens are copies, less each copy's first token
+    assert len(distances) > 3  # runs of many lengths: no fixed "look n back" to learn instead
+
+
+def test_drill_batch_is_a_pure_function_of_seed_and_step():
+    a, b = RepeatDrill(VOCAB, EXCLUDED, 128, seed=1), RepeatDrill(VOCAB, EXCLUDED, 128, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.batch(5, 2, 128), b.batch(5, 2, 128), strict=True))
+    assert not torch.equal(a.batch(5, 2, 128)[0], a.batch(6, 2, 128)[0])
+    assert not torch.equal(a.batch(5, 2, 128)[0], RepeatDrill(VOCAB, EXCLUDED, 128, seed=2).batch(5, 2, 128)[0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seq_len": 32}, "a row of 32 tokens cannot hold the shortest run .16. written twice"),
+    ({"lengths": (1, 8)}, "2 <= shortest"),
+    ({"lengths": (9, 8)}, "got 9..8"),
+    ({"vocab_size": 50}, "only 40 ordinary token ids"),
+])
+def test_drill_refuses_runs_that_cannot_be_drawn(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RepeatDrill(**{"vocab_size": VOCAB, "excluded": EXCLUDED, "seq_len": 256, **kwargs})
+
+
+class Numbered:
+    """Batch i is i everywhere: shows which batch came when."""
+    vocab_size, seq_len = 100, 8
+
+    def batch(self, step, batch_size, seq_len):
+        return torch.full((batch_size, seq_len), step), torch.full((batch_size, seq_len), step)
+
+
+def test_every_nth_batch_is_a_drill_and_no_other_batch_is_skipped():
+    drill = RepeatDrill(VOCAB, EXCLUDED, 8, seed=0, lengths=(2, 4))
+    mixed = WithDrill(Numbered(), drill, 3)
+    assert (mixed.vocab_size, mixed.seq_len) == (VOCAB, 8)
+    plain = []
+    for step in range(9):
+        ids, _ = mixed.batch(step, 2, 8)
+        if step % 3 == 2:
+            assert torch.equal(ids, drill.batch(step // 3, 2, 8)[0])
+        else:
+            plain.append(int(ids[0, 0]))
+    assert plain == list(range(6))
+    with pytest.raises(ValueError, match="every must be >= 2"):
+        WithDrill(Numbered(), drill, 1)
