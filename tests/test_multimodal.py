@@ -322,6 +322,7 @@ def test_two_stage_training_freezes_then_tunes_and_resumes(tmp_path):
 def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     from seekmoe.text.tokenizer import Tokenizer
     from seekmoe.train.multimodal import MixedData, MultimodalData, Settings, load_examples, train
+    from seekmoe.train.repeat_drill import RepeatDrill
     from seekmoe.train.sft import SFTData
 
     base = tiny_model_folder(tmp_path / "base", max_position_embeddings=256)
@@ -349,13 +350,23 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     # the media batches are media batches 0..5 in order: none skipped, none repeated
     for i, target in enumerate(media_rows):
         assert torch.equal(target, media.batch(i, 2, 64)[1])
+    # with the drill every 4th step: the rest go on as before, delayed, none skipped
+    drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, 40, seed=1)
+    drilled = MixedData(media, text, 3, 2, drill, 4)
+    rest = [s for s in range(12) if s % 4 != 3]
+    for step in range(12):
+        batch, target = drilled.batch(step, 2, 64)
+        if step % 4 == 3:
+            assert batch.media == [] and torch.equal(batch.ids, drill.batch(step // 4, 2, 40)[0])
+        else:
+            assert torch.equal(target, mixed.batch(rest.index(step), 2, 64)[1])
     s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,
                  stage2_steps=4, batch_size=2, eval_every=4, eval_batches=1, save_every=4, encoder=SMALL,
                  text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=40, repeat_every=2)
     logs = []
     final = train(s, progress=False, log=logs.append)
-    assert any("4 text chats" in m and "one stage 2 step in 2" in m for m in logs)
-    assert "seekmoe: one text batch in 2 a repeat drill" in logs  # stage 2's step 3 is one
+    assert any("4 text chats" in m and "one stage 2 step in 2 of the others" in m for m in logs)
+    assert "seekmoe: one stage 2 step in 2 a repeat drill" in logs
     # a model that sees already goes on from its own encoders: no stage 1, nothing drawn anew
     again = Settings(**{**vars(s), "model": str(final), "out": str(tmp_path / "again"), "stage2_steps": 1,
                         "lr2": 1e-9})
@@ -367,8 +378,7 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
         assert torch.allclose(t, after[name], atol=1e-6), name
     for change, message in (({"text_every": 1}, "text_every must be >= 2"),
                             ({"repeat_every": 1}, "repeat_every must be 0 .no drill. or >= 2"),
-                            ({"repeat_every": -2}, "got -2"),
-                            ({"text": None}, "give text chats too")):
+                            ({"repeat_every": -2}, "got -2")):
         with pytest.raises(ValueError, match=message):
             train(Settings(**{**vars(s), **change, "out": str(tmp_path / "run1")}), progress=False,
                   log=lambda m: None)
@@ -379,7 +389,6 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     (["--sets", "cats"], "--sets: unknown set cats"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--repeat-every", "1"], "repeat_every must be 0 (no drill) or >= 2"),
-    (["--repeat-every", "4"], "give text chats too (--text)"),
     (["--text", "chats.jsonl", "--text-every", "1"], "text_every must be >= 2"),
 ])
 def test_train_multimodal_cli_refuses_bad_flags_before_touching_anything(tmp_path, capsys, flags, message):

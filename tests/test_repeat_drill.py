@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from seekmoe.train.repeat_drill import RepeatDrill, WithDrill
+from seekmoe.train.repeat_drill import RepeatDrill
 from seekmoe.train.sft import IGNORE
 
 VOCAB, EXCLUDED = 5000, set(range(10)) | {4321}
@@ -42,26 +42,3 @@ def test_drill_refuses_runs_that_cannot_be_drawn(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RepeatDrill(**{"vocab_size": VOCAB, "excluded": EXCLUDED, "seq_len": 256, **kwargs})
 
-
-class Numbered:
-    """Batch i is i everywhere: shows which batch came when."""
-    vocab_size, seq_len = 100, 8
-
-    def batch(self, step, batch_size, seq_len):
-        return torch.full((batch_size, seq_len), step), torch.full((batch_size, seq_len), step)
-
-
-def test_every_nth_batch_is_a_drill_and_no_other_batch_is_skipped():
-    drill = RepeatDrill(VOCAB, EXCLUDED, 8, seed=0, lengths=(2, 4))
-    mixed = WithDrill(Numbered(), drill, 3)
-    assert (mixed.vocab_size, mixed.seq_len) == (VOCAB, 8)
-    plain = []
-    for step in range(9):
-        ids, _ = mixed.batch(step, 2, 8)
-        if step % 3 == 2:
-            assert torch.equal(ids, drill.batch(step // 3, 2, 8)[0])
-        else:
-            plain.append(int(ids[0, 0]))
-    assert plain == list(range(6))
-    with pytest.raises(ValueError, match="every must be >= 2"):
-        WithDrill(Numbered(), drill, 1)

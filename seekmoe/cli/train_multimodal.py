@@ -35,9 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "format) mixed into stage 2 so the model keeps its chat skills; --text-every N makes every N-th "
                    "step a batch of --text-batch-size rows of --text-seq-len tokens")
     p.add_argument("--repeat-every", type=int, default=d.repeat_every, metavar="N",
-                   help="with --text: make every N-th text batch a drill of random token runs, each written twice "
-                   "with the loss on the copy, which teaches copying from earlier in the context (recalling a name "
-                   f"or a city said turns ago); default {d.repeat_every}: none")
+                   help="make every N-th stage 2 step a drill of random token runs, each written twice with the loss "
+                   "on the copy (--text-batch-size rows of --text-seq-len tokens), which teaches copying from "
+                   f"earlier in the context: recalling a name or a city said turns ago; default {d.repeat_every}: "
+                   "none")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
     p.add_argument("--max-image-size", type=positive_int, metavar="PIXELS",

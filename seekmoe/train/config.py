@@ -394,7 +394,7 @@ class MultimodalSettings(RunSettings):
     text_every: int = 4
     text_batch_size: int = 4
     text_seq_len: int = 1024
-    repeat_every: int = 0  # every repeat_every-th text batch a repeat drill (seekmoe/train/repeat_drill.py); 0: none
+    repeat_every: int = 0  # every repeat_every-th stage 2 step a repeat drill (train/repeat_drill.py); 0: none
 
     COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens",
                                          "text_every", "text_batch_size", "text_seq_len")

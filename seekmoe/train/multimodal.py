@@ -8,8 +8,9 @@ is OUT/model, a model folder (language model, multimodal.safetensors, tokenizer)
 
 Examples are the chat records `seekmoe data multimodal` writes: the loss is on the assistant's answer only. With
 `--text FOLDER` (fine-tuning chats, `seekmoe finetune`'s format) every `--text-every`-th stage 2 step is a packed
-batch of those instead, so the language model keeps the chat skills it had while it learns to see and hear. A
-model that has encoders already goes on from them: stage 2 only.
+batch of those instead, so the language model keeps the chat skills it had while it learns to see and hear. With
+`--repeat-every N` every N-th stage 2 step is a repeat drill (seekmoe/train/repeat_drill.py), rows of the text
+batches' size. A model that has encoders already goes on from them: stage 2 only.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from seekmoe.train.checkpoints import RUN_IDENTITY, latest_checkpoint, refuse_an
 from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
 from seekmoe.train.config import MultimodalSettings as Settings
 from seekmoe.train.loop import run
-from seekmoe.train.repeat_drill import RepeatDrill, WithDrill
+from seekmoe.train.repeat_drill import RepeatDrill
 from seekmoe.train.sft import IGNORE, EpochOrder, SFTData, data_files, tokenize_conversation
 from seekmoe.train.trainee import Trainee
 
@@ -124,20 +125,36 @@ class MultimodalData:
         return -(-len(self) // batch_size)
 
 
-class MixedData:
-    """Stage 2 with text chats mixed in: step i is text batch i // every when i % every == every - 1, otherwise the
-    next media batch; still a pure function of i (exact resume). Text rows have their own batch size and length."""
+def every_nth(step: int, every: int) -> tuple[bool, int]:
+    """Whether step is an every-th one (steps every-1, 2*every-1, ...), and its index among those or among the rest."""
+    k, r = divmod(step, every)
+    return (True, k) if r == every - 1 else (False, step - (step + 1) // every)
 
-    def __init__(self, media: MultimodalData, text: SFTData, every: int, batch_size: int):
+
+class MixedData:
+    """Stage 2 with text chats, the repeat drill or both mixed in, each batch a pure function of the step (exact
+    resume). With the drill, every drill_every-th step is a drill batch; of the other steps, every every-th is a text
+    batch and the rest are media batches, in order, none skipped. Text and drill rows have their own batch size and
+    length."""
+
+    def __init__(self, media: MultimodalData, text: SFTData | None, every: int, batch_size: int,
+                 drill: RepeatDrill | None = None, drill_every: int = 0):
         self.media, self.text, self.every, self.text_batch_size = media, text, every, batch_size
-        self.vocab_size = max(media.vocab_size, text.vocab_size)
+        self.drill, self.drill_every = drill, drill_every
+        self.vocab_size = max(x.vocab_size for x in (media, text, drill) if x is not None)
 
     def batch(self, step: int, batch_size: int, seq_len: int):
-        k, r = divmod(step, self.every)
-        if r == self.every - 1:
-            ids, target = self.text.batch(k, self.text_batch_size, self.text.seq_len)
-            return MultimodalBatch(ids, []), target
-        return self.media.batch(step - (step + 1) // self.every, batch_size, seq_len)
+        if self.drill is not None:
+            drill, step = every_nth(step, self.drill_every)
+            if drill:
+                ids, target = self.drill.batch(step, self.text_batch_size, self.drill.seq_len)
+                return MultimodalBatch(ids, []), target
+        if self.text is not None:
+            text, step = every_nth(step, self.every)
+            if text:
+                ids, target = self.text.batch(step, self.text_batch_size, self.text.seq_len)
+                return MultimodalBatch(ids, []), target
+        return self.media.batch(step, batch_size, seq_len)
 
 
 def trainee(model: MultimodalLM, stage: int) -> Trainee:
@@ -166,10 +183,8 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     if s.text and s.text_every < 2:
         raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
     if s.repeat_every < 0 or s.repeat_every == 1:
-        raise TrainError(f"repeat_every must be 0 (no drill) or >= 2: every repeat_every-th text batch is a drill, "
+        raise TrainError(f"repeat_every must be 0 (no drill) or >= 2: every repeat_every-th stage 2 step is a drill, "
                          f"got {s.repeat_every}")
-    if s.repeat_every and not s.text:
-        raise TrainError("repeat_every: the repeat drill takes text batches' places: give text chats too (--text)")
     out = Path(s.out)
     refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
                        (*RUN_IDENTITY, "sets", "text"))
@@ -204,17 +219,16 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     val_data = MultimodalData(load_examples(folder, "test", tok, cfg, s.sets, s.max_tokens, progress, log),
                               tok.vocab_size, tok.pad_id, seed=s.seed + 1)
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
-    stage2_data = train_data
+    text = drill = None
     if s.text:
         text = SFTData.from_files(data_files(s.text), tok, s.text_seq_len, seed=s.seed, log=log)
         r = text.report
         log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
-            f"one stage 2 step in {s.text_every}")
-        if s.repeat_every:
-            drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, s.text_seq_len, seed=s.seed)
-            text = WithDrill(text, drill, s.repeat_every)
-            log(f"seekmoe: one text batch in {s.repeat_every} a repeat drill")
-        stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size)
+            f"one stage 2 step in {s.text_every}" + (" of the others" if s.repeat_every else ""))
+    if s.repeat_every:
+        drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, s.text_seq_len, seed=s.seed)
+        log(f"seekmoe: one stage 2 step in {s.repeat_every} a repeat drill")
+    stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size, drill, s.repeat_every)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "settings.json", json.dumps(s.to_dict(), indent=2).encode())
     for stage in stages:

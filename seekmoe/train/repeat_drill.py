@@ -56,18 +56,3 @@ class RepeatDrill:
         target = np.where(copy[:, 1:], tokens[:, 1:], IGNORE)
         return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(target)
 
-
-class WithDrill:
-    """Batches of data with every every-th one a drill batch instead; data's batches are delayed, none skipped."""
-
-    def __init__(self, data, drill: RepeatDrill, every: int):
-        if every < 2:
-            raise ValueError(f"every must be >= 2 (every every-th batch is a drill), got {every}")
-        self.data, self.drill, self.every = data, drill, every
-        self.vocab_size, self.seq_len = max(data.vocab_size, drill.vocab_size), data.seq_len
-
-    def batch(self, step: int, batch_size: int, seq_len: int):
-        k, r = divmod(step, self.every)
-        if r == self.every - 1:
-            return self.drill.batch(k, batch_size, seq_len)
-        return self.data.batch(step - (step + 1) // self.every, batch_size, seq_len)
