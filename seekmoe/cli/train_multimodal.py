@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "step a batch of --text-batch-size rows of --text-seq-len tokens")
     p.add_argument("--repeat-every", type=int, default=d.repeat_every, metavar="N",
                    help="make every N-th stage 2 step a drill of random token runs, each written twice with the loss "
-                   "on the copy (--text-batch-size rows of --text-seq-len tokens), which teaches copying from "
+                   "on the copy (8 rows of 256 tokens), which teaches copying from "
                    f"earlier in the context: recalling a name or a city said turns ago; default {d.repeat_every}: "
                    "none")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")

@@ -9,8 +9,8 @@ is OUT/model, a model folder (language model, multimodal.safetensors, tokenizer)
 Examples are the chat records `seekmoe data multimodal` writes: the loss is on the assistant's answer only. With
 `--text FOLDER` (fine-tuning chats, `seekmoe finetune`'s format) every `--text-every`-th stage 2 step is a packed
 batch of those instead, so the language model keeps the chat skills it had while it learns to see and hear. With
-`--repeat-every N` every N-th stage 2 step is a repeat drill (seekmoe/train/repeat_drill.py), rows of the text
-batches' size. A model that has encoders already goes on from them: stage 2 only.
+`--repeat-every N` every N-th stage 2 step is a repeat drill (seekmoe/train/repeat_drill.py). A model that has
+encoders already goes on from them: stage 2 only.
 """
 
 from __future__ import annotations
@@ -134,8 +134,7 @@ def every_nth(step: int, every: int) -> tuple[bool, int]:
 class MixedData:
     """Stage 2 with text chats, the repeat drill or both mixed in, each batch a pure function of the step (exact
     resume). With the drill, every drill_every-th step is a drill batch; of the other steps, every every-th is a text
-    batch and the rest are media batches, in order, none skipped. Text and drill rows have their own batch size and
-    length."""
+    batch and the rest are media batches, in order, none skipped. Text and drill batches have their own shapes."""
 
     def __init__(self, media: MultimodalData, text: SFTData | None, every: int, batch_size: int,
                  drill: RepeatDrill | None = None, drill_every: int = 0):
@@ -147,7 +146,7 @@ class MixedData:
         if self.drill is not None:
             drill, step = every_nth(step, self.drill_every)
             if drill:
-                ids, target = self.drill.batch(step, self.text_batch_size, self.drill.seq_len)
+                ids, target = self.drill.batch(step, self.drill.rows, self.drill.seq_len)
                 return MultimodalBatch(ids, []), target
         if self.text is not None:
             text, step = every_nth(step, self.every)
@@ -226,7 +225,7 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
         log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
             f"one stage 2 step in {s.text_every}" + (" of the others" if s.repeat_every else ""))
     if s.repeat_every:
-        drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, s.text_seq_len, seed=s.seed)
+        drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, seed=s.seed)
         log(f"seekmoe: one stage 2 step in {s.repeat_every} a repeat drill")
     stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size, drill, s.repeat_every)
     out.mkdir(parents=True, exist_ok=True)
