@@ -145,3 +145,9 @@ mkdir -p runs/sft-mix16
 for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix16/; done
 cp runs/zh-text16/text.train.jsonl runs/sft-mix16/text_zh.train.jsonl
 # runs/mm-chat26 (not bundled): 400 steps on from runs/mm-chat25 at 1.5e-4 on runs/sft-mix14 (seed 14)
+# runs/mm-chat27..29 (not bundled): the repeat drill (seekmoe/train/repeat_drill.py) from the bundled model, each
+# `seekmoe train-multimodal --sets digits,mnist,fashion_mnist,speech_digits,speech_phrases --text runs/sft-mix14
+# --text-every 2 --text-batch-size 8 --text-seq-len 1024` with
+#   mm-chat27: --model runs/mm-chat23/model --stage2-steps 1000 --lr2 3e-4 --repeat-every 2 --seed 15
+#   mm-chat28: --model runs/mm-chat27/model --stage2-steps 600 --lr2 3e-4 --repeat-every 2 --seed 16
+#   mm-chat29: --model runs/mm-chat28/model --stage2-steps 400 --lr2 1.5e-4 --repeat-every 4 --seed 17
