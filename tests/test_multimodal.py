@@ -353,11 +353,11 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     # with the drill every 4th step: the rest go on as before, delayed, none skipped
     drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, 40, seed=1, rows=3)
     drilled = MixedData(media, text, 3, 2, drill, 4)
-    rest = [s for s in range(12) if s % 4 != 3]
+    rest = [i for i in range(12) if i % 4 != 3]
     for step in range(12):
         batch, target = drilled.batch(step, 2, 64)
         if step % 4 == 3:
-            assert batch.media == [] and torch.equal(batch.ids, drill.batch(step // 4, 3, 40)[0])
+            assert batch.media == [] and torch.equal(batch.ids, drill.batch(step // 4)[0])
         else:
             assert torch.equal(target, mixed.batch(rest.index(step), 2, 64)[1])
     s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,

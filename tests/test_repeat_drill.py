@@ -9,8 +9,8 @@ VOCAB, EXCLUDED = 5000, set(range(10)) | {4321}
 
 
 def test_drill_rows_are_runs_written_twice_with_loss_on_the_copy_only():
-    drill = RepeatDrill(VOCAB, EXCLUDED, 256, seed=3)
-    ids, target = drill.batch(7, 4, 256)
+    drill = RepeatDrill(VOCAB, EXCLUDED, 256, seed=3, rows=4)
+    ids, target = drill.batch(7)
     assert ids.shape == target.shape == (4, 256) and ids.dtype == target.dtype == torch.int64
     assert not set(ids.unique().tolist()) & EXCLUDED and int(ids.max()) < VOCAB
     distances = set()
@@ -26,10 +26,10 @@ def test_drill_rows_are_runs_written_twice_with_loss_on_the_copy_only():
 
 
 def test_drill_batch_is_a_pure_function_of_seed_and_step():
-    a, b = RepeatDrill(VOCAB, EXCLUDED, 128, seed=1), RepeatDrill(VOCAB, EXCLUDED, 128, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.batch(5, 2, 128), b.batch(5, 2, 128), strict=True))
-    assert not torch.equal(a.batch(5, 2, 128)[0], a.batch(6, 2, 128)[0])
-    assert not torch.equal(a.batch(5, 2, 128)[0], RepeatDrill(VOCAB, EXCLUDED, 128, seed=2).batch(5, 2, 128)[0])
+    a, b = RepeatDrill(VOCAB, EXCLUDED, 128, seed=1, rows=2), RepeatDrill(VOCAB, EXCLUDED, 128, seed=1, rows=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.batch(5), b.batch(5), strict=True))
+    assert not torch.equal(a.batch(5)[0], a.batch(6)[0])
+    assert not torch.equal(a.batch(5)[0], RepeatDrill(VOCAB, EXCLUDED, 128, seed=2, rows=2).batch(5)[0])
 
 
 @pytest.mark.parametrize("kwargs, message", [

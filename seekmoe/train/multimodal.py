@@ -146,7 +146,7 @@ class MixedData:
         if self.drill is not None:
             drill, step = every_nth(step, self.drill_every)
             if drill:
-                ids, target = self.drill.batch(step, self.drill.rows, self.drill.seq_len)
+                ids, target = self.drill.batch(step)
                 return MultimodalBatch(ids, []), target
         if self.text is not None:
             text, step = every_nth(step, self.every)

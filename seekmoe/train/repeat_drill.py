@@ -28,7 +28,7 @@ ROWS, SEQ_LEN = 8, 256
 
 
 class RepeatDrill:
-    """batch(step) is a pure function of (seed, step), for exact resume."""
+    """batch(step): rows x seq_len tokens, a pure function of (seed, step), for exact resume."""
 
     def __init__(self, vocab_size: int, excluded: Collection[int], seq_len: int = SEQ_LEN, seed: int = 0,
                  lengths: tuple[int, int] = LENGTHS, rows: int = ROWS):
@@ -42,9 +42,10 @@ class RepeatDrill:
             raise ValueError(f"only {len(self.ordinary)} ordinary token ids to draw runs of up to {hi} from")
         self.vocab_size, self.seq_len, self.seed, self.lengths, self.rows = vocab_size, seq_len, seed, lengths, rows
 
-    def batch(self, step: int, batch_size: int, seq_len: int):
-        """(input, target) int64 tensors (batch_size, seq_len); targets without loss are IGNORE."""
+    def batch(self, step: int):
+        """(input, target) int64 tensors (rows, seq_len); targets without loss are IGNORE."""
         rng = np.random.default_rng((self.seed, step))
+        batch_size, seq_len = self.rows, self.seq_len
         tokens = np.zeros((batch_size, seq_len + 1), np.int64)
         copy = np.zeros((batch_size, seq_len + 1), bool)  # the token is predictable: a copy's second token on
         for row in range(batch_size):
