@@ -267,7 +267,7 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
         text = generation.read_text(encoding="utf-8").strip()
         shown = ", ".join(f"{k} {v}" for k, v in json.loads(text).items())
         defaults = "\n" + fill(f"Sampling defaults (`generation_config.json`: {shown}) fill what a request "
-                                       "leaves out, as in vLLM; a request's own values win.", 116) + "\n"
+                                "leaves out, as in vLLM; a request's own values win.", 116) + "\n"
         recipes += f"\nprintf '%s\\n' {shlex.quote(text)} > {run}/model/generation_config.json"
     return f"""# {name}
 
