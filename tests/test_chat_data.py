@@ -24,12 +24,13 @@ from seekmoe.train.chat_data import (
     customer_service,
     customer_service_zh,
     python_faq,
+    recall,
     support_answers,
 )
 from tests.conftest import assert_usage_error, phrase_runs, run_cli
 
 SMALL = {"arithmetic": (300, 60), "arithmetic_tools": (40, 20), "intents": (600, 300), "dialogues": (300, 120),
-         "dialogues_zh": (300, 120), "support": (600, 120)}
+         "dialogues_zh": (300, 120), "support": (600, 120), "recall": (300, 120)}
 FAQ_DIR = python_faq.DEFAULT_DIR
 HAVE_FAQ = FAQ_DIR.is_dir()
 HAVE_CHATTERBOT = importlib.util.find_spec("chatterbot_corpus") is not None
@@ -353,6 +354,61 @@ def test_extra_dialogue_phrasings_train_only_and_unlike_the_held_out_ones(built,
         assert not any("/extra" in t for t in used("val", stage))
 
 
+def template_pattern(template: str) -> re.Pattern:
+    """A template as a regex: the fact (or a shop figure) is any text."""
+    return re.compile("".join(".+" if part.startswith("{") else re.escape(part)
+                              for part in re.split(r"({\w+})", template) if part) + "$")
+
+
+def test_recall_chats_ask_every_fact_back_after_all_are_given(built):
+    for split in ("train", "val"):
+        for ex in load(built, "recall", split):
+            meta, messages = ex["meta"], ex["messages"]
+            book = customer_service_zh.CHINESE if meta["lang"] == "zh" else customer_service.ENGLISH
+            assert meta["task"] == "recall" and 2 <= len(meta["facts"]) <= 4
+            assert set(meta["facts"]) <= set(customer_service.FACT_KINDS)
+            if split == "val":
+                assert messages[0] == {"role": "system", "content": book.support_prompt}
+            body = messages[1:] if messages[0]["role"] == "system" else messages
+            users, answers = [m["content"] for m in body[::2]], [m["content"] for m in body[1::2]]
+            n = len(meta["facts"])
+            # the facts, one a turn, in the order meta lists them; the last n answers name them all, each once
+            assert [fact in said for fact, said in zip(meta["facts"].values(), users, strict=False)] == [True] * n
+            last = answers[-n:]
+            assert sorted(sum(fact in a for a in last) for fact in meta["facts"].values()) == [1] * n
+            assert all(any(fact in a for fact in meta["facts"].values()) for a in last)
+            assert not any(fact in a for fact in meta["facts"].values() for a in answers[:-n])
+
+
+def test_recall_val_phrasings_are_the_held_out_ones_and_train_never_uses_them(built):
+    def held(split: bool) -> dict[str, list[re.Pattern]]:
+        out = {}
+        for book in (customer_service.ENGLISH, customer_service_zh.CHINESE):
+            tables = [*book.first_turns.values(), *book.final_questions.values(),
+                      *(questions for questions, _ in book.middle_topics.values())]
+            out[book.support_prompt] = [template_pattern(t[i]) for t in tables
+                                        for i in customer_service.split_ids(len(t), split)]
+        return out
+
+    held_out = [p for ps in held(True).values() for p in ps]
+    for ex in load(built, "recall", "val"):
+        for m in ex["messages"][1::2]:
+            assert any(p.match(m["content"]) for p in held_out), m
+    train = [m["content"] for ex in load(built, "recall", "train") for m in ex["messages"] if m["role"] == "user"]
+    assert not [said for said in train if any(p.match(said) for p in held_out)]
+
+
+def test_recall_training_facts_come_mostly_from_open_sets(built):
+    # a Chinese town of common characters is the case the next-character prior also proposes: only copying wins
+    train = [ex["meta"] for ex in load(built, "recall", "train")]
+    towns = [m["facts"]["city"] for m in train if m["lang"] == "zh" and "city" in m["facts"]]
+    pools = set(customer_service_zh.CITIES_ZH) | set(customer_service_zh.TRAIN_CITIES_ZH)
+    open_towns = [t for t in towns if t not in pools and set(t.rstrip("市县镇")) <= set(recall.COMMON_ZH)]
+    assert abs(len(open_towns) / len(towns) - recall.OPEN_SHARE) < 0.2
+    assert len(set(open_towns)) > 0.8 * len(open_towns)
+    assert {m["lang"] for m in train} == {"en", "zh"}
+
+
 STEP_EN = re.compile(r"Step (\d+): (\d+) ([+×-]) (\d+) = (\d+)\.")
 STEP_ZH = re.compile(r"第([一二三])步：(\d+) ([+×-]) (\d+) = (\d+)。")
 
@@ -532,7 +588,7 @@ def test_build_fails_on_a_missing_source_unless_skipped(tmp_path, capsys):
                        faq_dir=tmp_path / "nope", chatterbot_dir=tmp_path / "nope")
     assert [s["name"] for s in report["skipped"]] == ["chatterbot", "python_faq"]
     assert [s["name"] for s in report["sets"]] == ["arithmetic", "arithmetic_tools", "intents", "dialogues",
-                                                   "dialogues_zh", "support"]
+                                                   "dialogues_zh", "support", "recall"]
     assert not (tmp_path / "b" / "python_faq.train.jsonl").exists()
     err = capsys.readouterr().err
     assert "skipping chatterbot" in err and "skipping python_faq" in err
