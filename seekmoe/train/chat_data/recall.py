@@ -7,11 +7,11 @@ after "您说您在" its next-character distribution was the same flat guess ("�
 Its Chinese made-up towns were rare characters, which no prior proposes; a city of common characters is the case
 that teaches the copy to win over the guess.
 
-Here each chat gives its facts in separate turns, perhaps talks about something else, then asks for all of them
-in random order, so most answer tokens are copies. Values come from open sets (common characters, English words
-and made-up syllables as names and towns) beside the pools. Only training templates are used (the held-out third
-of every template list never appears), so the held-out dialogues stay unseen phrasings; the val split uses the
-held-out templates and pooled facts, as the dialogue sets do.
+Here each chat gives its facts in separate turns, perhaps talks about something else, then asks for all of them in
+random order, so most answer tokens are copies. Chinese values come mostly from open sets (towns and given names of
+common characters); English ones as in the dialogues. Only training templates are used (the held-out third of every
+template list never appears), so the held-out dialogues stay unseen phrasings; the val split uses the held-out
+templates and pooled facts, as the dialogue sets do.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from seekmoe.train.chat_data.customer_service import (
     ENGLISH,
     FACT_KINDS,
     Phrasebook,
-    invented_word,
     pick,
     pick_train_or_extra,
 )
@@ -37,16 +36,11 @@ COMMON_ZH = ("安白北宝滨昌长城春大德东都丰福港光广贵海汉和
 SURNAMES_ZH = list(SURNAMES) + list("郑梁谢宋唐许韩冯邓曹彭曾萧田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪"
                                     "范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严")
 TOWN_SUFFIXES_ZH = ["市", "县", "镇", "", "", ""]
-# English words as names and towns: a word the model knows has a prior a made-up one lacks, as in the Chinese case
-WORDS_EN = ["Amber", "Ash", "Bay", "Bell", "Birch", "Brook", "Cedar", "Clay", "Cliff", "Cole", "Crane", "Dale",
-            "Dawn", "Dove", "Field", "Finch", "Flint", "Ford", "Fox", "Glen", "Gold", "Grove", "Hale", "Hart",
-            "Hawk", "Heath", "Hill", "Holly", "Iris", "Ivy", "June", "Lake", "Lane", "Lark", "Marsh", "May", "Mill",
-            "Moss", "North", "Oak", "Pearl", "Pine", "Pond", "Rain", "Reed", "River", "Robin", "Rose", "Sage", "Snow",
-            "Stone", "Storm", "Summer", "Swan", "Thorn", "Vale", "West", "Wood", "Wren", "York"]
-TOWN_ENDINGS_EN = ["ford", "ton", "bury", "field", "wick", "ham", "by", "more", "bridge", "port"]
 FACTS = (2, 4)  # facts given and asked back, at least and at most
 MIDDLE = (0, 2)  # unrelated questions between the facts and the first question back
-# the share of chats whose facts come from the open sets above rather than from the phrasebook's own make_fact
+# the share of Chinese training chats whose facts come from the open sets above rather than from the phrasebook's
+# make_fact. English has none: with English words and syllables as names (runs/mm-chat31) held-out names came back
+# made up ("Maria Patel" as "Istore"), 8 of 59 against 28 before
 OPEN_SHARE = 0.7
 
 
@@ -61,26 +55,11 @@ def open_fact_zh(rng: random.Random, kind: str) -> str:
     return str(rng.randint(10000, 99999))
 
 
-def open_fact_en(rng: random.Random, kind: str) -> str:
-    def word() -> str:
-        return rng.choice(WORDS_EN) if rng.random() < 0.5 else invented_word(rng, rng.randint(1, 3))
-
-    if kind == "city":
-        return rng.choice(WORDS_EN) + rng.choice(TOWN_ENDINGS_EN) if rng.random() < 0.5 else word()
-    first, last = word(), word()
-    if kind == "name":
-        return f"{first} {last}"
-    if kind == "email":
-        return f"{first.lower()}.{last.lower()}@example.{rng.choice(['com', 'org', 'net'])}"
-    return str(rng.randint(10000, 99999))
-
-
 def recall_chat(rng: random.Random, held_out: bool, book: Phrasebook) -> dict:
     """Facts given one a turn, maybe an unrelated question or two, then every fact asked back in random order."""
     kinds = rng.sample(FACT_KINDS, rng.randint(*FACTS))
-    open_fact = open_fact_zh if book is CHINESE else open_fact_en
-    use_open = not held_out and rng.random() < OPEN_SHARE
-    facts = {k: open_fact(rng, k) if use_open else book.make_fact(rng, k, held_out) for k in kinds}
+    use_open = book is CHINESE and not held_out and rng.random() < OPEN_SHARE
+    facts = {k: open_fact_zh(rng, k) if use_open else book.make_fact(rng, k, held_out) for k in kinds}
     shop = {slot: rng.choice(choices) for slot, choices in book.shop.items()}
     turns = [] if not held_out and rng.random() < 0.3 else [("system", book.support_prompt)]
     for kind in kinds:
