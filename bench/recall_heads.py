@@ -1,0 +1,129 @@
+"""Where a model looks when it recalls a fact: per language and kind of fact, on the held-out dialogues.
+
+Each held-out support dialogue (bench/chat_eval.py's recall set) is fed teacher-forced up to the point of its last
+answer where the fact begins ("您说您在" of "您说您在成都。"). At that position the script reads
+- first token: how often the model's greedy next token is the fact's first token, and the mean probability it gives
+  that token (the first token is the hard one: the rest a model copies by following on from it);
+- attention: for every head of every layer, the attention from that position to the fact's first token where the
+  customer gave it, averaged over the dialogues; the strongest head is shown. A kind whose best head stays near 0
+  is never found: the answer can only guess.
+
+    .venv/bin/python bench/recall_heads.py [MODEL ...] [--data data/chat8] [--limit 300]
+
+Without MODEL: the bundled seekmoe-tiny-chat. A few seconds a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from seekmoe.model.checkpoint import load_model
+from seekmoe.model.model import MLA
+from seekmoe.text.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def probes(tok: Tokenizer, dialogues: list[dict]) -> list[dict]:
+    """(ids up to the fact in the answer, the fact's first token id, its position in the customer's turn)."""
+    out = []
+    for ex in dialogues:
+        fact, answer = ex["meta"]["fact"], ex["messages"][-1]["content"]
+        prompt = tok.apply_chat_template(ex["messages"][:-1])
+        # the answer's own tokens up to the fact's first one; a lone space before English digits is not it
+        full = tok.encode(answer[:answer.index(fact) + len(fact)])
+        k = len(tok.encode(answer[:answer.index(fact)].rstrip(" ")))
+        while k < len(full) - 1 and not tok.decode([full[k]]).strip():
+            k += 1
+        first = full[k]
+        # where the customer gave it: the same token, in the first user turn (the held-out dialogues give it there)
+        turn = tok.apply_chat_template(ex["messages"][:2] if ex["messages"][0]["role"] == "system"
+                                       else ex["messages"][:1])
+        at = [i for i in range(len(turn)) if turn[i] == first and tok.decode(turn[i:]).strip().startswith(fact)]
+        if not at:  # tokenised differently in the turn than in the answer: no position to read
+            continue
+        out.append({"ids": prompt + full[:k], "first": first, "at": at[0],
+                    "key": (ex["meta"].get("lang", "en"), ex["meta"]["fact_kind"])})
+    return out
+
+
+def last_attention(mod: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """One MLA layer's attention (H, T) from the last position of a one-row input, as MLA.forward computes it."""
+    q_nope, q_pe = mod.queries(x, cos, sin)
+    c_kv, k_pe = mod.latent(x, cos, sin)
+    t = x.shape[1]
+    k_nope = mod.kv_b_proj(c_kv).view(t, mod.n_heads, -1)[..., :mod.nope_dim]  # (T, H, nope)
+    scores = (torch.einsum("hd,thd->ht", q_nope[0, -1], k_nope)
+              + torch.einsum("hd,td->ht", q_pe[0, -1], k_pe[0])) * mod.softmax_scale  # (H, T)
+    return scores.float().softmax(-1)
+
+
+def read(model, probe: dict) -> tuple[float, bool, torch.Tensor]:
+    """p(first token), greedy hit, and attention (layers, heads) from the last position to the fact."""
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.append((mod, args)))
+             for m in model.modules() if isinstance(m, MLA)]
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([probe["ids"]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    logits = out if torch.is_tensor(out) else out[0]
+    p = logits[0, -1].float().softmax(-1)
+    with torch.no_grad():
+        rows = [last_attention(mod, *args)[:, probe["at"]] for mod, args in inputs]
+    return p[probe["first"]].item(), bool(p.argmax().item() == probe["first"]), torch.stack(rows)
+
+
+def measure(model_path: Path, data: Path, limit: int) -> dict:
+    tok = Tokenizer.from_pretrained(model_path)
+    model = load_model(model_path).eval().float()
+    dialogues = []
+    for name in ("dialogues", "dialogues_zh"):
+        path = data / f"{name}.val.jsonl"
+        if path.exists():
+            dialogues += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()][:limit]
+    groups = defaultdict(list)
+    for probe in probes(tok, dialogues):
+        groups[probe["key"]].append(read(model, probe))
+    result = {}
+    for key, rows in sorted(groups.items()):
+        attention = torch.stack([a for _, _, a in rows]).mean(0)  # (layers, heads)
+        layer, head = divmod(int(attention.argmax()), attention.shape[1])
+        result["/".join(key)] = {"n": len(rows), "first_token": sum(hit for _, hit, _ in rows) / len(rows),
+                                 "p_first": sum(p for p, _, _ in rows) / len(rows),
+                                 "best_head": f"L{layer}H{head}", "attention": attention.max().item()}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="*", type=Path, help="model folders (default: the bundled seekmoe-tiny-chat)")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "chat",
+                    help="folder with dialogues.val.jsonl and dialogues_zh.val.jsonl (default data/chat)")
+    ap.add_argument("--limit", type=int, default=300, help="at most N dialogues of each language (default 300)")
+    args = ap.parse_args()
+    if args.limit < 1:
+        ap.error("--limit must be at least 1")
+    models = args.models or [ROOT / "seekmoe" / "models" / "seekmoe-tiny-chat"]
+    results = {str(m): measure(m, args.data, args.limit) for m in models}
+    keys = sorted({k for r in results.values() for k in r})
+    print("| fact | " + " | ".join(f"{m}: first token / p / best head (attention)" for m in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for k in keys:
+        cells = []
+        for r in results.values():
+            c = r.get(k)
+            cells.append("—" if c is None else f"{c['first_token']:.0%} / {c['p_first']:.2f} / {c['best_head']} "
+                                               f"({c['attention']:.2f}), n={c['n']}")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""bench/recall_heads.py: the attention it reads is the layer's own, and each probe stops where the fact begins."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from seekmoe.model.model import MLA
+from seekmoe.text.tokenizer import Tokenizer
+from tests.conftest import tiny_model, tiny_model_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "chat"
+
+
+def bench():
+    spec = importlib.util.spec_from_file_location("recall_heads", ROOT / "bench" / "recall_heads.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_attention_read_gives_back_the_layers_output():
+    # weights times values, through o_proj, must be what MLA.forward returned at the last position
+    model = tiny_model().float()
+    seen = []
+
+    def keep(mod, args, out):
+        seen.append((mod, args, out))
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, MLA)]
+    with torch.no_grad():
+        model(torch.randint(0, model.config.vocab_size, (1, 23), generator=torch.Generator().manual_seed(0)))
+    for h in hooks:
+        h.remove()
+    assert seen
+    for mod, (x, cos, sin), out in seen:
+        with torch.no_grad():
+            a = bench().last_attention(mod, x, cos, sin)  # (H, T)
+            c_kv, _ = mod.latent(x, cos, sin)
+            v = mod.kv_b_proj(c_kv).view(x.shape[1], mod.n_heads, -1)[..., mod.nope_dim:]  # (T, H, v)
+            mixed = torch.einsum("ht,thd->hd", a, v).reshape(-1)
+            assert torch.allclose(a.sum(-1), torch.ones(mod.n_heads), atol=1e-5)
+            assert torch.allclose(mod.o_proj(mixed), out[0, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dialogues", "dialogues_zh"])
+def test_probes_stop_where_the_fact_begins(name):
+    from seekmoe.llm import DEFAULT_MODEL
+
+    tok = Tokenizer.from_pretrained(DEFAULT_MODEL)
+    dialogues = [json.loads(line) for line in (DATA / f"{name}.val.jsonl").read_text(encoding="utf-8").splitlines()]
+    probes = bench().probes(tok, dialogues[:60])
+    assert len(probes) > 40  # a fact tokenised alike in the turn and in the answer is the rule
+    by_prompt = {tuple(tok.apply_chat_template(ex["messages"][:-1])): ex for ex in dialogues[:60]}
+    for probe in probes:
+        prompt = max((p for p in by_prompt if tuple(probe["ids"][:len(p)]) == p), key=len)
+        ex = by_prompt[prompt]
+        fact, answer = ex["meta"]["fact"], ex["messages"][-1]["content"]
+        said = tok.decode(probe["ids"][len(prompt):])
+        assert answer.startswith(said) and answer[len(said):].lstrip().startswith(fact)
+        # the position read is the fact's first token where the customer gave it
+        assert probe["ids"][probe["at"]] == probe["first"]
+        assert tok.decode(probe["ids"][probe["at"]:len(prompt)]).strip().startswith(fact)
+
+
+def test_measure_covers_every_kind_in_both_languages(tmp_path):
+    folder = tiny_model_folder(tmp_path / "m", max_position_embeddings=512)
+    result = bench().measure(folder, DATA, limit=24)
+    assert {k.split("/")[0] for k in result} == {"en", "zh"}
+    for row in result.values():
+        assert row["n"] > 0 and 0 <= row["first_token"] <= 1 and 0 <= row["p_first"] <= 1
+        assert 0 < row["attention"] <= 1 and row["best_head"].startswith("L")
