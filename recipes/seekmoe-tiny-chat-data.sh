@@ -151,3 +151,21 @@ cp runs/zh-text16/text.train.jsonl runs/sft-mix16/text_zh.train.jsonl
 #   mm-chat27: --model runs/mm-chat23/model --stage2-steps 1000 --lr2 3e-4 --repeat-every 2 --seed 15
 #   mm-chat28: --model runs/mm-chat27/model --stage2-steps 600 --lr2 3e-4 --repeat-every 2 --seed 16
 #   mm-chat29: --model runs/mm-chat28/model --stage2-steps 400 --lr2 1.5e-4 --repeat-every 4 --seed 17
+# runs/mm-chat31..34 (not bundled): the `recall` chat set (seekmoe/train/chat_data/recall.py) as a fifth of the
+# text. data/chat9 is data/chat8's sizes plus 20,000 recall chats, drawn by the code of 5492d8c (Chinese open-set
+# facts only; mm-chat31 had English ones too, from 485d282)
+at_commit 5492d8c "$root/$python" -m seekmoe data chat --out "$root/data/chat9" --seed 8 \
+    --train-size dialogues=20000 --train-size dialogues_zh=20000 --train-size arithmetic_tools=4000 \
+    --train-size intents=16000 --train-size support=12000 --train-size recall=20000 --skip-missing
+mkdir -p runs/sft-mix18
+for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix18/; done
+cp data/chat9/recall.{train,val}.jsonl runs/sft-mix18/
+# each `seekmoe train-multimodal --sets digits,mnist,fashion_mnist,speech_digits,speech_phrases --text runs/sft-mix18
+# --text-every 2 --text-batch-size 8 --text-seq-len 1024` with
+#   mm-chat31: --model runs/mm-chat23/model --stage2-steps 800 --lr2 3e-4 --seed 19, its --text runs/sft-mix17 the
+#              same but for recall chats drawn by the code of 485d282
+#   mm-chat32: --model runs/drill30/model --stage2-steps 600 --lr2 3e-4 --repeat-every 4 --seed 20
+#   mm-chat33: --model runs/mm-chat32/model --stage2-steps 600 --lr2 3e-4 --repeat-every 4 --seed 21
+#   mm-chat34: --model runs/mm-chat33/model --stage2-steps 600 --lr2 2e-4 --seed 22
+# (runs/drill30: the drill alone, 500 steps of 8 x 256 at 3e-4 on runs/mm-chat23's weights, encoders copied along,
+# by a throwaway script of session 27 that is not in the repository)

@@ -406,6 +406,8 @@ def test_recall_training_facts_come_mostly_from_open_sets(built):
     open_towns = [t for t in towns if t not in pools and set(t.rstrip("市县镇")) <= set(recall.COMMON_ZH)]
     assert abs(len(open_towns) / len(towns) - recall.OPEN_SHARE) < 0.2
     assert len(set(open_towns)) > 0.8 * len(open_towns)
+    for pool in (recall.COMMON_ZH, recall.SURNAMES_ZH):
+        assert len(set(pool)) == len(pool)
     assert {m["lang"] for m in train} == {"en", "zh"}
 
 

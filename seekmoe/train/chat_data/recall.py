@@ -31,8 +31,8 @@ from seekmoe.train.chat_data.customer_service_zh import CHINESE, EMAIL_SYLLABLES
 # common characters of Chinese prose and place names, the chat pools' own among them: a town made of them is one
 # the next-character prior also proposes, so only copying gets it right
 COMMON_ZH = ("安白北宝滨昌长城春大德东都丰福港光广贵海汉和河湖华淮江金京开康兰乐丽连林临龙明南宁平浦齐青庆泉"
-             "荣瑞山上盛石顺松台太泰天通吴武西溪仙新兴阳扬宜义永玉源远云正中州珠庄子文建红美秀志伟春秋月星"
-             "花雨雪风田木水火土心思家国民生学工业方向高原岛桥门口园湾峰岭州洲坪塘沙泽")
+             "荣瑞山上盛石顺松台太泰天通吴武西溪仙新兴阳扬宜义永玉源远云正中州珠庄子文建红美秀志伟秋月星"
+             "花雨雪风田木水火土心思家国民生学工业方向高原岛桥门口园湾峰岭洲坪塘沙泽")
 SURNAMES_ZH = list(SURNAMES) + list("郑梁谢宋唐许韩冯邓曹彭曾萧田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪"
                                     "范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严")
 TOWN_SUFFIXES_ZH = ["市", "县", "镇", "", "", ""]
