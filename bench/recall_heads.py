@@ -10,7 +10,7 @@ answer where the fact begins ("您说您在" of "您说您在成都。"). At tha
 
     .venv/bin/python bench/recall_heads.py [MODEL ...] [--data data/chat8] [--limit 300]
 
-Without MODEL: the bundled seekmoe-tiny-chat. A few seconds a model.
+Without MODEL: the bundled seekmoe-tiny-chat. About half a minute a model for 600 dialogues on 2 cores.
 """
 
 from __future__ import annotations
@@ -111,7 +111,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.limit < 1:
         ap.error("--limit must be at least 1")
+    if not any((args.data / f"{name}.val.jsonl").is_file() for name in ("dialogues", "dialogues_zh")):
+        ap.error(f"{args.data} holds neither dialogues.val.jsonl nor dialogues_zh.val.jsonl (seekmoe data chat)")
     models = args.models or [ROOT / "seekmoe" / "models" / "seekmoe-tiny-chat"]
+    missing = [str(m) for m in models if not (m / "config.json").is_file()]
+    if missing:
+        ap.error(f"not a model folder (no config.json): {', '.join(missing)}")
     results = {str(m): measure(m, args.data, args.limit) for m in models}
     keys = sorted({k for r in results.values() for k in r})
     print("| fact | " + " | ".join(f"{m}: first token / p / best head (attention)" for m in results) + " |")

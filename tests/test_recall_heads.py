@@ -75,3 +75,18 @@ def test_measure_covers_every_kind_in_both_languages(tmp_path):
     for row in result.values():
         assert row["n"] > 0 and 0 <= row["first_token"] <= 1 and 0 <= row["p_first"] <= 1
         assert 0 < row["attention"] <= 1 and row["best_head"].startswith("L")
+
+
+def test_bad_arguments_are_named(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*argv):
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "recall_heads.py"), *argv],
+                              capture_output=True, text=True, timeout=120)
+
+    for argv, needle in [(["--limit", "0"], "--limit must be at least 1"),
+                         (["--data", str(tmp_path)], "holds neither dialogues.val.jsonl"),
+                         ([str(tmp_path / "nope")], "not a model folder")]:
+        done = run(*argv)
+        assert done.returncode == 2 and needle in done.stderr, (argv, done.stderr)
