@@ -324,7 +324,9 @@ def test_a_run_folder_holding_another_runs_checkpoints_is_refused_and_kept(tmp_p
     out = tmp_path / "run-full"
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     shutil.copytree(tmp_path / "base", tmp_path / "other")
-    for other in ({"model": str(tmp_path / "other")}, {"data": str(tmp_path / "data" / "chat.jsonl")}):
+    # a model folder that is not there at all: still the other run's checkpoints, said before anything is loaded
+    for other in ({"model": str(tmp_path / "other")}, {"data": str(tmp_path / "data" / "chat.jsonl")},
+                  {"model": str(tmp_path / "missing")}):
         with pytest.raises(TrainError, match="holds checkpoints of another run") as e:
             finetune(make_run(tmp_path, "full", steps=4, **other), progress=False, log=lambda m: None)
         assert str(out) in str(e.value) and next(iter(other)) in str(e.value)

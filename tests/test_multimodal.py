@@ -377,18 +377,29 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     for name, t in before.items():
         assert torch.allclose(t, after[name], atol=1e-6), name
     for change, message in (({"text_every": 1}, "text_every must be >= 2"),
-                            ({"repeat_every": 1}, "repeat_every must be 0 .no drill. or >= 2"),
+                            ({"repeat_every": 1}, "the text chats would never be read"),
                             ({"repeat_every": -2}, "got -2")):
         with pytest.raises(ValueError, match=message):
             train(Settings(**{**vars(s), **change, "out": str(tmp_path / "run1")}), progress=False,
                   log=lambda m: None)
     assert not (tmp_path / "run1").exists()
+    # the drill alone: every stage 2 step a drill batch, the media sets the evaluation
+    drilled = Settings(**{**vars(again), "out": str(tmp_path / "drill"), "text": None, "repeat_every": 1,
+                          "stage2_steps": 2, "save_every": 1})
+    logs = []
+    train(drilled, progress=False, log=logs.append)
+    assert "seekmoe: every stage 2 step a repeat drill" in logs
+    # its checkpoints are of that data: resumed with the drill every other step, or text mixed in, they are refused
+    for change in ({"repeat_every": 2}, {"repeat_every": 0, "text": s.text}):
+        with pytest.raises(ValueError, match=r"holds checkpoints of another run .*repeat_every=1"):
+            train(Settings(**{**vars(drilled), **change}), progress=False, log=lambda m: None)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--sets", "cats"], "--sets: unknown set cats"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--repeat-every", "1"], "repeat_every must be 0 (no drill) or >= 2"),
+    (["--repeat-every", "-1"], "repeat_every must be 0 (no drill), 1 (the drill alone) or more"),
+    (["--text", "chats.jsonl", "--repeat-every", "1"], "the text chats would never be read"),
     (["--text", "chats.jsonl", "--text-every", "1"], "text_every must be >= 2"),
 ])
 def test_train_multimodal_cli_refuses_bad_flags_before_touching_anything(tmp_path, capsys, flags, message):

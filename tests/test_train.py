@@ -66,6 +66,16 @@ def test_resume_gives_the_same_losses(corpus, tmp_path):
     assert train_losses(part) == train_losses(whole)
 
 
+def test_another_runs_checkpoints_are_refused_before_the_data_is_read(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(config(corpus, run, steps=2), progress=False)
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    # shards that are not there: the refusal names the run, not the missing shards
+    with pytest.raises(TrainError, match=r"holds checkpoints of another run .*data="):
+        train(config(corpus, run, steps=4, data=str(tmp_path / "elsewhere")), progress=False)
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
 def test_sigkill_at_a_random_step_then_resume_is_exact(corpus, tmp_path):
     cfg = config(corpus, tmp_path / "killed", steps=10, save_every=1, keep_checkpoints=3)
     (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))

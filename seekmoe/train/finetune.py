@@ -23,6 +23,7 @@ from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
 from seekmoe.model.lora import AdapterError, add_adapter, load_adapter_weights, lora_config, save_adapter
 from seekmoe.multimodal.model import WEIGHTS_FILE as MULTIMODAL_WEIGHTS
 from seekmoe.text.tokenizer import Tokenizer, TokenizerError
+from seekmoe.train.checkpoints import refuse_another_run
 from seekmoe.train.config import FinetuneConfig, TrainError
 from seekmoe.train.loop import run
 from seekmoe.train.sft import SFTData, SFTError, data_files, read_conversations
@@ -80,6 +81,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, log=_stderr) -> dict[st
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise TrainError("seekmoe finetune runs in one process; under torchrun only seekmoe train is data parallel")
     base = base_model_path(cfg)
+    # before loading anything: another run's checkpoints are refused at once, not after a minute of loading
+    refuse_another_run(Path(cfg.out) / "config.json", cfg.to_dict(), [Path(cfg.out) / "checkpoints"])
     torch.manual_seed(cfg.seed)
     try:
         tok = Tokenizer.from_pretrained(base)

@@ -330,6 +330,8 @@ def _due(done: int, every: int, cfg: TrainConfig) -> bool:
 def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict[str, Any]:
     """Pretrain (or resume) on token shards to cfg.steps; returns the last logged metrics."""
     log = log or _stderr
+    # before loading anything: another run's checkpoints are refused at once
+    checkpoints.refuse_another_run(Path(cfg.out) / "config.json", cfg.to_dict(), [Path(cfg.out) / "checkpoints"])
     torch.manual_seed(cfg.seed)
     train_data, val_data = load_token_data(cfg)
     model = build_model(cfg).train()  # every rank builds the same seeded weights

@@ -9,8 +9,9 @@ is OUT/model, a model folder (language model, multimodal.safetensors, tokenizer)
 Examples are the chat records `seekmoe data multimodal` writes: the loss is on the assistant's answer only. With
 `--text FOLDER` (fine-tuning chats, `seekmoe finetune`'s format) every `--text-every`-th stage 2 step is a packed
 batch of those instead, so the language model keeps the chat skills it had while it learns to see and hear. With
-`--repeat-every N` every N-th stage 2 step is a repeat drill (seekmoe/train/repeat_drill.py). A model that has
-encoders already goes on from them: stage 2 only.
+`--repeat-every N` every N-th stage 2 step is a repeat drill (seekmoe/train/repeat_drill.py); with N = 1 stage 2 is
+the drill alone (the media sets still give the evaluation). A model that has encoders already goes on from them:
+stage 2 only.
 """
 
 from __future__ import annotations
@@ -181,12 +182,17 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
 
     if s.text and s.text_every < 2:
         raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
-    if s.repeat_every < 0 or s.repeat_every == 1:
-        raise TrainError(f"repeat_every must be 0 (no drill) or >= 2: every repeat_every-th stage 2 step is a drill, "
-                         f"got {s.repeat_every}")
+    if s.repeat_every < 0:
+        raise TrainError(f"repeat_every must be 0 (no drill), 1 (the drill alone) or more: every repeat_every-th "
+                         f"stage 2 step is a drill, got {s.repeat_every}")
+    if s.text and s.repeat_every == 1:
+        raise TrainError("with repeat_every 1 every stage 2 step is a drill and the text chats would never be read: "
+                         "leave out text, or drill every second step or less often")
     out = Path(s.out)
+    # what the batch of a step is depends on all of these: resuming under others would change the data mid-run
     refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
-                       (*RUN_IDENTITY, "sets", "text"))
+                       (*RUN_IDENTITY, "sets", "text", "text_every", "text_batch_size", "text_seq_len",
+                        "repeat_every"))
     base = Path(s.model) if s.model else DEFAULT_MODEL
     tok = Tokenizer.from_pretrained(base)
     lm = load_model(base)
@@ -226,7 +232,8 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
             f"one stage 2 step in {s.text_every}" + (" of the others" if s.repeat_every else ""))
     if s.repeat_every:
         drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, seed=s.seed)
-        log(f"seekmoe: one stage 2 step in {s.repeat_every} a repeat drill")
+        log("seekmoe: every stage 2 step a repeat drill" if s.repeat_every == 1 else
+            f"seekmoe: one stage 2 step in {s.repeat_every} a repeat drill")
     stage2_data = MixedData(train_data, text, s.text_every, s.text_batch_size, drill, s.repeat_every)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "settings.json", json.dumps(s.to_dict(), indent=2).encode())
