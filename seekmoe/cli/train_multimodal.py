@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-every", type=int, default=d.repeat_every, metavar="N",
                    help="make every N-th stage 2 step a drill of random token runs, each written twice with the loss "
                    "on the copy (8 rows of 256 tokens), which teaches copying from "
-                   f"earlier in the context: recalling a name or a city said turns ago; default {d.repeat_every}: "
-                   "none")
+                   f"earlier in the context: recalling a name or a city said turns ago; 1: the drill alone (the "
+                   f"media sets still evaluate); default {d.repeat_every}: none")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
     p.add_argument("--max-image-size", type=positive_int, metavar="PIXELS",
