@@ -8,7 +8,10 @@ answer where the fact begins ("您说您在" of "您说您在成都。"). At tha
   customer gave it, averaged over the dialogues; the strongest head is shown. A kind whose best head stays near 0
   is never found: the answer can only guess.
 
-    .venv/bin/python bench/recall_heads.py [MODEL ...] [--data data/chat8] [--limit 300]
+    .venv/bin/python bench/recall_heads.py [MODEL ...] [--data data/chat8] [--limit 300] [--misses 5]
+
+--misses N lists, under the table, up to N dialogues of each kind where the first token was missed: the fact, the
+token it begins with, and the token the model chose instead.
 
 Without MODEL: the bundled seekmoe-tiny-chat. About half a minute a model for 600 dialogues on 2 cores.
 """
@@ -47,7 +50,7 @@ def probes(tok: Tokenizer, dialogues: list[dict]) -> list[dict]:
         at = [i for i in range(len(turn)) if turn[i] == first and tok.decode(turn[i:]).strip().startswith(fact)]
         if not at:  # tokenised differently in the turn than in the answer: no position to read
             continue
-        out.append({"ids": prompt + full[:k], "first": first, "at": at[0],
+        out.append({"ids": prompt + full[:k], "first": first, "at": at[0], "fact": fact,
                     "key": (ex["meta"].get("lang", "en"), ex["meta"]["fact_kind"])})
     return out
 
@@ -63,8 +66,8 @@ def last_attention(mod: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return scores.float().softmax(-1)
 
 
-def read(model, probe: dict) -> tuple[float, bool, torch.Tensor]:
-    """p(first token), greedy hit, and attention (layers, heads) from the last position to the fact."""
+def read(model, probe: dict) -> tuple[float, int, torch.Tensor]:
+    """p(first token), the greedy token, and attention (layers, heads) from the last position to the fact."""
     inputs = []
     hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.append((mod, args)))
              for m in model.modules() if isinstance(m, MLA)]
@@ -78,7 +81,7 @@ def read(model, probe: dict) -> tuple[float, bool, torch.Tensor]:
     p = logits[0, -1].float().softmax(-1)
     with torch.no_grad():
         rows = [last_attention(mod, *args)[:, probe["at"]] for mod, args in inputs]
-    return p[probe["first"]].item(), bool(p.argmax().item() == probe["first"]), torch.stack(rows)
+    return p[probe["first"]].item(), int(p.argmax()), torch.stack(rows)
 
 
 def measure(model_path: Path, data: Path, limit: int) -> dict:
@@ -89,16 +92,20 @@ def measure(model_path: Path, data: Path, limit: int) -> dict:
         path = data / f"{name}.val.jsonl"
         if path.exists():
             dialogues += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()][:limit]
-    groups = defaultdict(list)
+    groups, misses = defaultdict(list), defaultdict(list)
     for probe in probes(tok, dialogues):
-        groups[probe["key"]].append(read(model, probe))
+        p, chosen, attention = read(model, probe)
+        groups[probe["key"]].append((p, chosen == probe["first"], attention))
+        if chosen != probe["first"]:
+            misses[probe["key"]].append((probe["fact"], tok.decode([probe["first"]]), tok.decode([chosen])))
     result = {}
     for key, rows in sorted(groups.items()):
         attention = torch.stack([a for _, _, a in rows]).mean(0)  # (layers, heads)
         layer, head = divmod(int(attention.argmax()), attention.shape[1])
         result["/".join(key)] = {"n": len(rows), "first_token": sum(hit for _, hit, _ in rows) / len(rows),
                                  "p_first": sum(p for p, _, _ in rows) / len(rows),
-                                 "best_head": f"L{layer}H{head}", "attention": attention.max().item()}
+                                 "best_head": f"L{layer}H{head}", "attention": attention.max().item(),
+                                 "misses": misses[key]}
     return result
 
 
@@ -108,9 +115,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "chat",
                     help="folder with dialogues.val.jsonl and dialogues_zh.val.jsonl (default data/chat)")
     ap.add_argument("--limit", type=int, default=300, help="at most N dialogues of each language (default 300)")
+    ap.add_argument("--misses", type=int, default=0, metavar="N",
+                    help="list up to N missed first tokens of each kind of fact (default 0: none)")
     args = ap.parse_args()
     if args.limit < 1:
         ap.error("--limit must be at least 1")
+    if args.misses < 0:
+        ap.error("--misses must be 0 or more")
     if not any((args.data / f"{name}.val.jsonl").is_file() for name in ("dialogues", "dialogues_zh")):
         ap.error(f"{args.data} holds neither dialogues.val.jsonl nor dialogues_zh.val.jsonl (seekmoe data chat)")
     models = args.models or [ROOT / "seekmoe" / "models" / "seekmoe-tiny-chat"]
@@ -128,6 +139,11 @@ def main() -> None:
             cells.append("—" if c is None else f"{c['first_token']:.0%} / {c['p_first']:.2f} / {c['best_head']} "
                                                f"({c['attention']:.2f}), n={c['n']}")
         print(f"| {k} | " + " | ".join(cells) + " |")
+    for m, r in results.items():
+        for k, c in r.items():
+            if args.misses and c["misses"]:
+                shown = "; ".join(f"{fact} ({want!r} -> {got!r})" for fact, want, got in c["misses"][:args.misses])
+                print(f"{m} {k}, {len(c['misses'])} missed: {shown}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def test_measure_covers_every_kind_in_both_languages(tmp_path):
     for row in result.values():
         assert row["n"] > 0 and 0 <= row["first_token"] <= 1 and 0 <= row["p_first"] <= 1
         assert 0 < row["attention"] <= 1 and row["best_head"].startswith("L")
+        # every miss is listed once, with its fact and the tokens wanted and chosen
+        assert len(row["misses"]) == round((1 - row["first_token"]) * row["n"])
+        assert all(fact and isinstance(want, str) and isinstance(got, str) for fact, want, got in row["misses"])
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -86,6 +89,7 @@ def test_bad_arguments_are_named(tmp_path):
                               capture_output=True, text=True, timeout=120)
 
     for argv, needle in [(["--limit", "0"], "--limit must be at least 1"),
+                         (["--misses", "-1"], "--misses must be 0 or more"),
                          (["--data", str(tmp_path)], "holds neither dialogues.val.jsonl"),
                          ([str(tmp_path / "nope")], "not a model folder")]:
         done = run(*argv)
