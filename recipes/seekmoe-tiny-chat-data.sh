@@ -169,3 +169,9 @@ cp data/chat9/recall.{train,val}.jsonl runs/sft-mix18/
 #   mm-chat34: --model runs/mm-chat33/model --stage2-steps 600 --lr2 2e-4 --seed 22
 # (runs/drill30: the drill alone, 500 steps of 8 x 256 at 3e-4 on runs/mm-chat23's weights, encoders copied along,
 # by a throwaway script of session 27 that is not in the repository)
+# runs/drill31 and runs/mm-chat35 (not bundled): the same two steps with `seekmoe train-multimodal` alone, the drill
+# alone being `--repeat-every 1`:
+#   drill31:   --model seekmoe/models/seekmoe-tiny-chat --stage2-steps 500 --lr2 3e-4 --repeat-every 1 --seed 30
+#              --eval-every 250 (no --text)
+#   mm-chat35: --model runs/drill31/model --text runs/sft-mix18 --text-every 2 --text-batch-size 8
+#              --text-seq-len 1024 --stage2-steps 600 --lr2 3e-4 --repeat-every 4 --seed 31
