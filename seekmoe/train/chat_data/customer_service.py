@@ -419,7 +419,11 @@ EXTRA_FIRST_TURNS = {
                      "The number on my receipt is {fact}."],
     "name": ["Hello, {fact} speaking.", "Hey, it's {fact}.", "Hi, you're chatting with {fact}.",
              "My name is {fact}, nice to meet you.", "Hi, {fact} here, I've got a couple of questions.",
-             "Good afternoon, I am {fact}.", "The order is in the name of {fact}.", "This is {fact} writing, hello."],
+             "Good afternoon, I am {fact}.", "The order is in the name of {fact}.", "This is {fact} writing, hello.",
+             # "I'm" came before a town only ("I'm writing from..."), so a name after it was never looked at again:
+             # the held-out "Hi, I'm X and..." dialogues recalled no name (bench/recall_heads.py, runs/mm-chat36)
+             "Hello, I'm {fact}.", "Hey there, I'm {fact}, could you help me?", "I'm {fact}, good evening.",
+             "I placed the order under {fact}."],
     "email": ["Hi, my address for e-mails is {fact}.", "Please note my e-mail: {fact}.",
               "Hello, I signed up using {fact}.", "Contact e-mail: {fact}.", "Hey, write to me at {fact} if needed.",
               "My account is registered to {fact}.", "Good afternoon, {fact} is my e-mail.",
