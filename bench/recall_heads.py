@@ -9,9 +9,13 @@ answer where the fact begins ("您说您在" of "您说您在成都。"). At tha
   is never found: the answer can only guess.
 
     .venv/bin/python bench/recall_heads.py [MODEL ...] [--data data/chat8] [--limit 300] [--misses 5]
+        [--by-template] [--phrasings training]
 
 --misses N lists, under the table, up to N dialogues of each kind where the first token was missed: the fact, the
-token it begins with, and the token the model chose instead.
+token it begins with, and the token the model chose instead. --by-template splits each kind by the phrasing of the
+turn that gave the fact (its template id). --phrasings training asks dialogues drawn as training draws them
+(training phrasings, training facts; never the ones trained on, a seed of their own) instead of the held-out ones: a
+fact found there and missed in held-out dialogues is lost to the phrasing, not to copying.
 
 Without MODEL: the bundled seekmoe-tiny-chat. About half a minute a model for 600 dialogues on 2 cores.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import torch
 from seekmoe.model.checkpoint import load_model
 from seekmoe.model.model import MLA
 from seekmoe.text.tokenizer import Tokenizer
+from seekmoe.train.chat_data import customer_service, customer_service_zh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +57,8 @@ def probes(tok: Tokenizer, dialogues: list[dict]) -> list[dict]:
         if not at:  # tokenised differently in the turn than in the answer: no position to read
             continue
         out.append({"ids": prompt + full[:k], "first": first, "at": at[0], "fact": fact,
-                    "key": (ex["meta"].get("lang", "en"), ex["meta"]["fact_kind"])})
+                    "key": f'{ex["meta"].get("lang", "en")}/{ex["meta"]["fact_kind"]}',
+                    "template": ex["meta"]["templates"][0]})
     return out
 
 
@@ -84,25 +91,40 @@ def read(model, probe: dict) -> tuple[float, int, torch.Tensor]:
     return p[probe["first"]].item(), int(p.argmax()), torch.stack(rows)
 
 
-def measure(model_path: Path, data: Path, limit: int) -> dict:
-    tok = Tokenizer.from_pretrained(model_path)
-    model = load_model(model_path).eval().float()
+def held_out_dialogues(data: Path, limit: int) -> list[dict]:
     dialogues = []
     for name in ("dialogues", "dialogues_zh"):
         path = data / f"{name}.val.jsonl"
         if path.exists():
             dialogues += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()][:limit]
+    return dialogues
+
+
+def training_dialogues(limit: int) -> list[dict]:
+    """limit dialogues a language as `seekmoe data chat` draws training ones, from a seed no data set uses."""
+    out = []
+    for book in (customer_service.ENGLISH, customer_service_zh.CHINESE):
+        out += customer_service.dialogues(limit, random.Random(f"recall_heads/{book.lang or 'en'}"), False, book)
+    return out
+
+
+def measure(model_path: Path, data: Path, limit: int, by_template: bool = False,
+            phrasings: str = "held-out") -> dict:
+    tok = Tokenizer.from_pretrained(model_path)
+    model = load_model(model_path).eval().float()
+    dialogues = held_out_dialogues(data, limit) if phrasings == "held-out" else training_dialogues(limit)
     groups, misses = defaultdict(list), defaultdict(list)
     for probe in probes(tok, dialogues):
+        key = f'{probe["key"]} {probe["template"]}' if by_template else probe["key"]
         p, chosen, attention = read(model, probe)
-        groups[probe["key"]].append((p, chosen == probe["first"], attention))
+        groups[key].append((p, chosen == probe["first"], attention))
         if chosen != probe["first"]:
-            misses[probe["key"]].append((probe["fact"], tok.decode([probe["first"]]), tok.decode([chosen])))
+            misses[key].append((probe["fact"], tok.decode([probe["first"]]), tok.decode([chosen])))
     result = {}
     for key, rows in sorted(groups.items()):
         attention = torch.stack([a for _, _, a in rows]).mean(0)  # (layers, heads)
         layer, head = divmod(int(attention.argmax()), attention.shape[1])
-        result["/".join(key)] = {"n": len(rows), "first_token": sum(hit for _, hit, _ in rows) / len(rows),
+        result[key] = {"n": len(rows), "first_token": sum(hit for _, hit, _ in rows) / len(rows),
                                  "p_first": sum(p for p, _, _ in rows) / len(rows),
                                  "best_head": f"L{layer}H{head}", "attention": attention.max().item(),
                                  "misses": misses[key]}
@@ -117,18 +139,24 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=300, help="at most N dialogues of each language (default 300)")
     ap.add_argument("--misses", type=int, default=0, metavar="N",
                     help="list up to N missed first tokens of each kind of fact (default 0: none)")
+    ap.add_argument("--by-template", action="store_true",
+                    help="one row per phrasing of the turn that gave the fact, not per kind of fact")
+    ap.add_argument("--phrasings", choices=("held-out", "training"), default="held-out",
+                    help="held-out: the --data dialogues (default); training: dialogues drawn as training draws "
+                         "them, with a seed of their own (--data unused)")
     args = ap.parse_args()
     if args.limit < 1:
         ap.error("--limit must be at least 1")
     if args.misses < 0:
         ap.error("--misses must be 0 or more")
-    if not any((args.data / f"{name}.val.jsonl").is_file() for name in ("dialogues", "dialogues_zh")):
+    if args.phrasings == "held-out" and not any((args.data / f"{name}.val.jsonl").is_file()
+                                                for name in ("dialogues", "dialogues_zh")):
         ap.error(f"{args.data} holds neither dialogues.val.jsonl nor dialogues_zh.val.jsonl (seekmoe data chat)")
     models = args.models or [ROOT / "seekmoe" / "models" / "seekmoe-tiny-chat"]
     missing = [str(m) for m in models if not (m / "config.json").is_file()]
     if missing:
         ap.error(f"not a model folder (no config.json): {', '.join(missing)}")
-    results = {str(m): measure(m, args.data, args.limit) for m in models}
+    results = {str(m): measure(m, args.data, args.limit, args.by_template, args.phrasings) for m in models}
     keys = sorted({k for r in results.values() for k in r})
     print("| fact | " + " | ".join(f"{m}: first token / p / best head (attention)" for m in results) + " |")
     print("|---|" + "---|" * len(results))

@@ -94,3 +94,23 @@ def test_bad_arguments_are_named(tmp_path):
                          ([str(tmp_path / "nope")], "not a model folder")]:
         done = run(*argv)
         assert done.returncode == 2 and needle in done.stderr, (argv, done.stderr)
+
+
+def test_by_template_splits_each_kind_and_training_phrasings_are_drawn_afresh(tmp_path):
+    folder = tiny_model_folder(tmp_path / "m", max_position_embeddings=512)
+    module = bench()
+    whole = module.measure(folder, DATA, limit=24)
+    split = module.measure(folder, DATA, limit=24, by_template=True)
+    # every row is one kind under one first-turn phrasing; together they are the kind's dialogues
+    for key, row in whole.items():
+        parts = {k: r for k, r in split.items() if k.split(" ")[0] == key}
+        assert parts and all(k.split(" ")[1].startswith(f"first/{key.split('/')[1]}/") for k in parts)
+        assert sum(r["n"] for r in parts.values()) == row["n"]
+    # training phrasings: both languages, none of the held-out first turns, the same draw each time
+    drawn = module.training_dialogues(30)
+    assert drawn == module.training_dialogues(30) and len(drawn) == 60
+    assert {ex["meta"].get("lang", "en") for ex in drawn} == {"en", "zh"}
+    held = {ex["meta"]["templates"][0] for ex in module.held_out_dialogues(DATA, 300)}
+    assert not {ex["meta"]["templates"][0] for ex in drawn} & held
+    trained = module.measure(folder, tmp_path, limit=30, phrasings="training")  # --data is not read
+    assert {k.split("/")[0] for k in trained} == {"en", "zh"}
