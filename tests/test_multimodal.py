@@ -360,6 +360,12 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
             assert batch.media == [] and torch.equal(batch.ids, drill.batch(step // 4)[0])
         else:
             assert torch.equal(target, mixed.batch(rest.index(step), 2, 64)[1])
+    # the drill alone (drill_every 1): drill batches 0, 1, 2... and nothing else
+    alone = MixedData(media, None, 0, 2, drill, 1)
+    for step in range(4):
+        batch, target = alone.batch(step, 2, 64)
+        assert batch.media == [] and torch.equal(batch.ids, drill.batch(step)[0])
+        assert torch.equal(target, drill.batch(step)[1])
     s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,
                  stage2_steps=4, batch_size=2, eval_every=4, eval_batches=1, save_every=4, encoder=SMALL,
                  text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=40, repeat_every=2)
