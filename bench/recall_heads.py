@@ -125,9 +125,8 @@ def measure(model_path: Path, data: Path, limit: int, by_template: bool = False,
         attention = torch.stack([a for _, _, a in rows]).mean(0)  # (layers, heads)
         layer, head = divmod(int(attention.argmax()), attention.shape[1])
         result[key] = {"n": len(rows), "first_token": sum(hit for _, hit, _ in rows) / len(rows),
-                                 "p_first": sum(p for p, _, _ in rows) / len(rows),
-                                 "best_head": f"L{layer}H{head}", "attention": attention.max().item(),
-                                 "misses": misses[key]}
+                       "p_first": sum(p for p, _, _ in rows) / len(rows),
+                       "best_head": f"L{layer}H{head}", "attention": attention.max().item(), "misses": misses[key]}
     return result
 
 

@@ -80,10 +80,10 @@ TRAIN_CITIES = [
 # where a training fact comes from: made up, the training-only real names above, else the held-out pools
 INVENTED_SHARE = 0.4
 TRAIN_POOL_SHARE = 0.45
-# the kinds a made-up fact may be. Not names: trained on syllable names (a fifth of all facts once the recall chats
-# asked every fact back), the model answered held-out names with syllables ("Elena Patel" as "Norank Ch Fatel",
-# 11% right in runs/mm-chat35 against 54% before the recall chats); a name meant to be made up is a training-only
-# real one instead, which can only be copied too
+# the kinds a made-up fact may be. Not names: with syllable names among the recall chats' facts too, the model
+# answered held-out names with syllables ("Elena Patel" as "Norank Ch Fatel"); a name meant to be made up is a
+# training-only real one instead, which can only be copied too. (That alone did not bring the names back: most were
+# lost to a phrasing, see the extra name turns below)
 INVENTED_KINDS = ("city", "email")
 
 # slots: {order} {product} {city} {address} {name} {date}
