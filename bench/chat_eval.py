@@ -139,18 +139,27 @@ ROUTER_PARAPHRASES = [  # held out: written for this benchmark, never in trainin
 LATIN = re.compile(r"[A-Za-z]")
 
 
-def readable(text: str, lang: str) -> bool:
-    """At least 20 characters, in the prompt's script, and not one phrase over and over. English text holds no
-    Chinese character at all (a reader stops at the first); Chinese prose may name Python or LibreOffice, so it
-    need only be mostly Chinese."""
+def unreadable(text: str, lang: str) -> str | None:
+    """Why a continuation fails (None: it reads): under 20 characters ("short"), not in the prompt's script
+    ("script"), or one phrase over and over ("loop"). English text holds no Chinese character at all (a reader
+    stops at the first); Chinese prose may name Python or LibreOffice, so it need only be mostly Chinese."""
     text = text.strip()
     cjk, latin = len(HAN.findall(text)), len(LATIN.findall(text))
     units = list(text) if lang == "zh" else text.split()
     same_language = cjk > 2 * latin if lang == "zh" else latin > 0 and cjk == 0
-    return len(text) >= 20 and same_language and len(set(units)) >= 0.5 * len(units)
+    if len(text) < 20:
+        return "short"
+    return "script" if not same_language else "loop" if len(set(units)) < 0.5 * len(units) else None
 
 
-def continuation(llm: LLM, samples: int = 16, defaults: bool = False) -> tuple[dict[str, float], list[dict]]:
+def readable(text: str, lang: str) -> bool:
+    return unreadable(text, lang) is None
+
+
+def continuation(llm: LLM, samples: int = 16, defaults: bool = False,
+                 why: dict[str, Counter] | None = None) -> tuple[dict[str, float], list[dict]]:
+    """The share of readable samples a language, and a few examples; why, if given, counts the failures' reasons
+    a language."""
     prompts = read_jsonl(EVAL / "continuation.jsonl", None)
     ok: dict[str, list[bool]] = {}
     examples = []
@@ -161,7 +170,10 @@ def continuation(llm: LLM, samples: int = 16, defaults: bool = False) -> tuple[d
             max_tokens=48, temperature=0.8, top_p=0.95, seed=k)
         done = llm.generate([p["prompt"] for p in prompts], params=params)
         for p, c in zip(prompts, done, strict=True):
-            ok.setdefault(p["lang"], []).append(readable(c.text, p["lang"]))
+            reason = unreadable(c.text, p["lang"])
+            ok.setdefault(p["lang"], []).append(reason is None)
+            if why is not None and reason is not None:
+                why.setdefault(p["lang"], Counter())[reason] += 1
             if k == 0 and len(examples) < 4 and p["lang"] == ("en", "zh")[len(examples) % 2]:
                 examples.append({"asked": p["prompt"], "said": c.text})
     return {lang: sum(v) / len(v) for lang, v in ok.items()}, examples
@@ -243,7 +255,9 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         result["arithmetic_tool_accuracy"], result["tool_examples"] = with_tool(llm, problems)
         chats = [ex["messages"][1:2] for ex in intents[:25]] + [ex["messages"][:2] for ex in dialogues[:25]]
         result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
-        result["continuation"], result["continuation_examples"] = continuation(llm)
+        why: dict[str, Counter] = {}
+        result["continuation"], result["continuation_examples"] = continuation(llm, why=why)
+        result["continuation_failures"] = {lang: dict(c.most_common()) for lang, c in sorted(why.items())}
         result["continuation_defaults"] = continuation(llm, defaults=True)[0]
         support_path = data / "support.val.jsonl"
         orders = about_orders(read_jsonl(support_path, limit)) if support_path.exists() else []
@@ -346,6 +360,8 @@ def main() -> None:
             print(f"  {ex['asked']!r} -> {ex['said']!r}")
         for m in r.get("intent_misses", []):
             print(f"  intent template {m['template']} read as {m['said']!r}: {m['missed']} of {m['asked']}")
+        for lang, reasons in r.get("continuation_failures", {}).items():
+            print(f"  continuation failures, {lang}: " + ", ".join(f"{why} {n}" for why, n in reasons.items()))
         for key, lang in (("recall_by_fact", "en"), ("recall_by_fact_zh", "zh")):
             if key in r:
                 print(f"  recall after >= 5 turns by fact, {lang}: "
