@@ -152,16 +152,12 @@ def unreadable(text: str, lang: str) -> str | None:
     return "script" if not same_language else "loop" if len(set(units)) < 0.5 * len(units) else None
 
 
-def readable(text: str, lang: str) -> bool:
-    return unreadable(text, lang) is None
-
-
-def continuation(llm: LLM, samples: int = 16, defaults: bool = False,
-                 why: dict[str, Counter] | None = None) -> tuple[dict[str, float], list[dict]]:
-    """The share of readable samples a language, and a few examples; why, if given, counts the failures' reasons
-    a language."""
+def continuation(llm: LLM, samples: int = 16,
+                 defaults: bool = False) -> tuple[dict[str, float], list[dict], dict[str, dict[str, int]]]:
+    """The share of readable samples a language, a few examples, and the failures' reasons counted a language."""
     prompts = read_jsonl(EVAL / "continuation.jsonl", None)
     ok: dict[str, list[bool]] = {}
+    why: dict[str, Counter] = {}
     examples = []
     for k in range(samples):
         # an explicit SamplingParams: the model's generation_config.json defaults (top_k, ...) do not apply, so
@@ -172,11 +168,12 @@ def continuation(llm: LLM, samples: int = 16, defaults: bool = False,
         for p, c in zip(prompts, done, strict=True):
             reason = unreadable(c.text, p["lang"])
             ok.setdefault(p["lang"], []).append(reason is None)
-            if why is not None and reason is not None:
+            if reason is not None:
                 why.setdefault(p["lang"], Counter())[reason] += 1
             if k == 0 and len(examples) < 4 and p["lang"] == ("en", "zh")[len(examples) % 2]:
                 examples.append({"asked": p["prompt"], "said": c.text})
-    return {lang: sum(v) / len(v) for lang, v in ok.items()}, examples
+    return ({lang: sum(v) / len(v) for lang, v in ok.items()}, examples,
+            {lang: dict(c.most_common()) for lang, c in sorted(why.items())})
 
 
 NAMES_ORDER = ("order_status", "refund", "address_change", "complaint")  # intents whose answer names a given order
@@ -255,9 +252,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         result["arithmetic_tool_accuracy"], result["tool_examples"] = with_tool(llm, problems)
         chats = [ex["messages"][1:2] for ex in intents[:25]] + [ex["messages"][:2] for ex in dialogues[:25]]
         result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
-        why: dict[str, Counter] = {}
-        result["continuation"], result["continuation_examples"] = continuation(llm, why=why)
-        result["continuation_failures"] = {lang: dict(c.most_common()) for lang, c in sorted(why.items())}
+        result["continuation"], result["continuation_examples"], result["continuation_failures"] = continuation(llm)
         result["continuation_defaults"] = continuation(llm, defaults=True)[0]
         support_path = data / "support.val.jsonl"
         orders = about_orders(read_jsonl(support_path, limit)) if support_path.exists() else []

@@ -36,6 +36,7 @@ from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.chat_data import customer_service, customer_service_zh
 
 ROOT = Path(__file__).resolve().parents[1]
+SETS = ("dialogues", "dialogues_zh")  # the held-out dialogue sets read from --data
 
 
 def probes(tok: Tokenizer, dialogues: list[dict]) -> list[dict]:
@@ -93,7 +94,7 @@ def read(model, probe: dict) -> tuple[float, int, torch.Tensor]:
 
 def held_out_dialogues(data: Path, limit: int) -> list[dict]:
     dialogues = []
-    for name in ("dialogues", "dialogues_zh"):
+    for name in SETS:
         path = data / f"{name}.val.jsonl"
         if path.exists():
             dialogues += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()][:limit]
@@ -148,8 +149,7 @@ def main() -> None:
         ap.error("--limit must be at least 1")
     if args.misses < 0:
         ap.error("--misses must be 0 or more")
-    if args.phrasings == "held-out" and not any((args.data / f"{name}.val.jsonl").is_file()
-                                                for name in ("dialogues", "dialogues_zh")):
+    if args.phrasings == "held-out" and not any((args.data / f"{name}.val.jsonl").is_file() for name in SETS):
         ap.error(f"{args.data} holds neither dialogues.val.jsonl nor dialogues_zh.val.jsonl (seekmoe data chat)")
     models = args.models or [ROOT / "seekmoe" / "models" / "seekmoe-tiny-chat"]
     missing = [str(m) for m in models if not (m / "config.json").is_file()]

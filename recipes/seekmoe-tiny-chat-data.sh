@@ -175,25 +175,21 @@ cp data/chat9/recall.{train,val}.jsonl runs/sft-mix18/
 #              --eval-every 250 (no --text)
 #   mm-chat35: --model runs/drill31/model --text runs/sft-mix18 --text-every 2 --text-batch-size 8
 #              --text-seq-len 1024 --stage2-steps 600 --lr2 3e-4 --repeat-every 4 --seed 31
-# runs/mm-chat36 (not bundled): English training names never made up from syllables (the code of 45e1c79): data/chat10
-# is data/chat9 drawn again, its dialogues and recall training files alone differing; runs/sft-mix19 is runs/sft-mix18
-# with those two
-at_commit 45e1c79 "$root/$python" -m seekmoe data chat --out "$root/data/chat10" --seed 8 \
-    --train-size dialogues=20000 --train-size dialogues_zh=20000 --train-size arithmetic_tools=4000 \
-    --train-size intents=16000 --train-size support=12000 --train-size recall=20000 --skip-missing
-mkdir -p runs/sft-mix19
-for f in runs/sft-mix18/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix19/; done
-ln -sf "$PWD"/data/chat10/{dialogues,recall}.train.jsonl runs/sft-mix19/
+# redraw COMMIT CHAT MIX NEW_MIX: data/chat9's sizes drawn by the code of COMMIT into CHAT (its dialogues and recall
+# training files alone differ from the draw before), and NEW_MIX as MIX with those two swapped in
+redraw() {
+    at_commit "$1" "$root/$python" -m seekmoe data chat --out "$root/$2" --seed 8 \
+        --train-size dialogues=20000 --train-size dialogues_zh=20000 --train-size arithmetic_tools=4000 \
+        --train-size intents=16000 --train-size support=12000 --train-size recall=20000 --skip-missing
+    mkdir -p "$4"
+    for f in "$3"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$4"/; done
+    ln -sf "$PWD/$2"/{dialogues,recall}.train.jsonl "$4"/
+}
+# runs/mm-chat36 (not bundled): English training names never made up from syllables (the code of 45e1c79)
+redraw 45e1c79 data/chat10 runs/sft-mix18 runs/sft-mix19
 #   mm-chat36: --model runs/mm-chat35/model --text runs/sft-mix19 --text-every 2 --text-batch-size 8
 #              --text-seq-len 1024 --stage2-steps 500 --lr2 1.5e-4 --seed 32
-# runs/mm-chat37 (not bundled): training-only name phrasings with "I'm {name}" (the code of 73779ac): data/chat11 is
-# data/chat10 drawn again, its dialogues and recall training files alone differing; runs/sft-mix20 is runs/sft-mix19
-# with those two
-at_commit 73779ac "$root/$python" -m seekmoe data chat --out "$root/data/chat11" --seed 8 \
-    --train-size dialogues=20000 --train-size dialogues_zh=20000 --train-size arithmetic_tools=4000 \
-    --train-size intents=16000 --train-size support=12000 --train-size recall=20000 --skip-missing
-mkdir -p runs/sft-mix20
-for f in runs/sft-mix19/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix20/; done
-ln -sf "$PWD"/data/chat11/{dialogues,recall}.train.jsonl runs/sft-mix20/
+# runs/mm-chat37 (not bundled): training-only name phrasings with "I'm {name}" (the code of 73779ac)
+redraw 73779ac data/chat11 runs/sft-mix19 runs/sft-mix20
 #   mm-chat37: --model runs/mm-chat36/model --text runs/sft-mix20 --text-every 2 --text-batch-size 8
 #              --text-seq-len 1024 --stage2-steps 400 --lr2 1.5e-4 --seed 33

@@ -32,4 +32,3 @@ def chat_eval():
 ])
 def test_each_unreadable_continuation_names_its_reason(chat_eval, text, lang, reason):
     assert chat_eval.unreadable(text, lang) == reason
-    assert chat_eval.readable(text, lang) is (reason is None)
