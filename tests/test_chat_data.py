@@ -657,3 +657,16 @@ def test_cli_builds_and_reports(tmp_path, capsys, monkeypatch):
 
     with pytest.raises(SystemExit):
         p.parse_args([])  # --out is required
+
+
+def test_the_shipped_chat_sets_are_every_set_the_generator_writes():
+    # data/chat is what `seekmoe data chat --out data/chat` writes: a set added to the generator is shipped too
+    shipped = Path(__file__).parent.parent / "data" / "chat"
+    sources = json.loads((shipped / "SOURCES.json").read_text(encoding="utf-8"))
+    assert {s["name"] for s in sources["sets"]} == set(SETS)
+    for name in SETS:
+        for split in ("train", "val"):
+            lines = read_jsonl(shipped / f"{name}.{split}.jsonl")
+            assert lines, (name, split)
+            for i, x in enumerate(lines[:50]):
+                check_example(x, f"{name}.{split}.jsonl:{i + 1}")
