@@ -395,6 +395,11 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     logs = []
     train(drilled, progress=False, log=logs.append)
     assert "seekmoe: every stage 2 step a repeat drill" in logs
+    # with no text read, its batches' shape and spacing change nothing: the run resumes instead of being refused
+    again_logs = []
+    train(Settings(**{**vars(drilled), "text_every": 5, "text_batch_size": 3}), progress=False,
+          log=again_logs.append)
+    assert any(m.startswith("seekmoe: resuming from") for m in again_logs)
     # its checkpoints are of that data: resumed with the drill every other step, or text mixed in, they are refused
     for change in ({"repeat_every": 2}, {"repeat_every": 0, "text": s.text}):
         with pytest.raises(ValueError, match=r"holds checkpoints of another run .*repeat_every=1"):

@@ -189,10 +189,11 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
         raise TrainError("with repeat_every 1 every stage 2 step is a drill and the text chats would never be read: "
                          "leave out text, or drill every second step or less often")
     out = Path(s.out)
-    # what the batch of a step is depends on all of these: resuming under others would change the data mid-run
+    # what the batch of a step is depends on all of these: resuming under others would change the data mid-run (the
+    # text batches' shape and spacing only where there is text to read)
+    text_keys = ("text_every", "text_batch_size", "text_seq_len") if s.text else ()
     refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
-                       (*RUN_IDENTITY, "sets", "text", "text_every", "text_batch_size", "text_seq_len",
-                        "repeat_every"))
+                       (*RUN_IDENTITY, "sets", "text", *text_keys, "repeat_every"))
     base = Path(s.model) if s.model else DEFAULT_MODEL
     tok = Tokenizer.from_pretrained(base)
     lm = load_model(base)
@@ -246,7 +247,7 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
                 t.load(last)  # stage 2 starts where stage 1 ended
         log(f"seekmoe: stage {stage} ({'encoders, language model frozen' if stage == 1 else 'everything'}), "
             f"{cfg_s.steps} steps")
-        run(cfg_s, t, train_data if stage == 1 else stage2_data, val_data, progress)
+        run(cfg_s, t, train_data if stage == 1 else stage2_data, val_data, progress, log)
     files = {name: (base / name).read_bytes() for name in TOKENIZER_FILES if (base / name).is_file()}
     final = save_multimodal(model, out / "model", files)
     log(f"seekmoe: wrote {final}")
