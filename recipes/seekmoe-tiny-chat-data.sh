@@ -193,3 +193,20 @@ redraw 45e1c79 data/chat10 runs/sft-mix18 runs/sft-mix19
 redraw 73779ac data/chat11 runs/sft-mix19 runs/sft-mix20
 #   mm-chat37: --model runs/mm-chat36/model --text runs/sft-mix20 --text-every 2 --text-batch-size 8
 #              --text-seq-len 1024 --stage2-steps 400 --lr2 1.5e-4 --seed 33
+# runs/mm-chat38, mm-chat39 (not bundled): more English plain text, to win back the English continuation (a Chinese
+# character in 17% of mm-chat37's English samples): 15,000 English rows each (seeds 21, 22; about 9,400 of each
+# repeat rows of runs/sft-mix14's text, so they weigh the English text more), less the rows of its val set
+en_text() {
+    $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out "runs/en-text$1" \
+        --text 15000 --zh-share 0.0 --seed "$1" --cut-long --en-in-turn \
+        --sources austen,moby_dick,python_docs,shakespeare,sotu,web
+    mkdir -p "$3"
+    for f in "$2"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$3"/; done
+    grep -vxF -f runs/sft-mix14/text.val.jsonl "runs/en-text$1/text.train.jsonl" > "$3/$4"
+}
+en_text 21 runs/sft-mix20 runs/sft-mix21 text_en.train.jsonl
+en_text 22 runs/sft-mix21 runs/sft-mix22 text_en2.train.jsonl
+# each `seekmoe train-multimodal --sets digits,mnist,fashion_mnist,speech_digits,speech_phrases --text-every 2
+# --text-batch-size 8 --text-seq-len 1024 --stage2-steps 400 --lr2 1e-4` with
+#   mm-chat38: --model runs/mm-chat37/model --text runs/sft-mix21 --seed 34
+#   mm-chat39: --model runs/mm-chat38/model --text runs/sft-mix22 --seed 35
