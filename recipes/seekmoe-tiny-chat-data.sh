@@ -38,6 +38,10 @@ at_commit() {  # at_commit COMMIT COMMAND...: COMMAND run with the package of CO
     (cd "$tree" && PYTHONPATH="$tree" "$@")
     git worktree remove --force "$tree"
 }
+link_mix() {  # link_mix MIX NEW: NEW (made if missing) links every file of the mixture MIX, to add to or swap in
+    mkdir -p "$2"
+    for f in "$1"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$2"/; done
+}
 at_commit 9ad1d8d "$root/$python" -m seekmoe data chat --out "$root/data/chat2" --train-size dialogues=10000 \
     --train-size arithmetic_tools=4000
 for mix in sft-mix4 sft-mix3; do  # the old package: its no-tool chats carry the old schema
@@ -125,8 +129,7 @@ $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/co
 # runs/mm-chat24: runs/sft-mix14 plus 30,000 shuffled-run copy documents (the corpus's own words and characters,
 # shuffled, written again): the copy documents before drew every value from a few dozen syllables and characters
 $seekmoe data copy --out data/copy-shuffled --kinds shuffled --docs 30000 --filler data/corpus --seed 1
-mkdir -p runs/sft-mix15
-for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix15/; done
+link_mix runs/sft-mix14 runs/sft-mix15
 cp data/copy-shuffled/copy.jsonl runs/sft-mix15/shuffled.train.jsonl
 # runs/induct24 (`seekmoe finetune recipes/induct24.json`): the shuffled runs at a higher learning rate, beside the
 # copy documents, intents and dialogues; runs/mm-chat24 then went back to runs/sft-mix14
@@ -141,8 +144,7 @@ ln -sf "$(readlink -f runs/sft-mix15/dialogues_zh.val.jsonl)" runs/induct-mix/di
 $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out runs/zh-text16 \
     --text 9000 --zh-share 1.0 --seed 16 --cut-long --in-turn libreoffice_help_zh,debian_docs_zh \
     --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
-mkdir -p runs/sft-mix16
-for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix16/; done
+link_mix runs/sft-mix14 runs/sft-mix16
 cp runs/zh-text16/text.train.jsonl runs/sft-mix16/text_zh.train.jsonl
 # runs/mm-chat26 (not bundled): 400 steps on from runs/mm-chat25 at 1.5e-4 on runs/sft-mix14 (seed 14)
 # runs/mm-chat27..29 (not bundled): the repeat drill (seekmoe/train/repeat_drill.py) from the bundled model, each
@@ -157,8 +159,7 @@ cp runs/zh-text16/text.train.jsonl runs/sft-mix16/text_zh.train.jsonl
 at_commit 5492d8c "$root/$python" -m seekmoe data chat --out "$root/data/chat9" --seed 8 \
     --train-size dialogues=20000 --train-size dialogues_zh=20000 --train-size arithmetic_tools=4000 \
     --train-size intents=16000 --train-size support=12000 --train-size recall=20000 --skip-missing
-mkdir -p runs/sft-mix18
-for f in runs/sft-mix14/*.jsonl; do ln -sf "$(readlink -f "$f")" runs/sft-mix18/; done
+link_mix runs/sft-mix14 runs/sft-mix18
 cp data/chat9/recall.{train,val}.jsonl runs/sft-mix18/
 # each `seekmoe train-multimodal --sets digits,mnist,fashion_mnist,speech_digits,speech_phrases --text runs/sft-mix18
 # --text-every 2 --text-batch-size 8 --text-seq-len 1024` with
@@ -181,8 +182,7 @@ redraw() {
     at_commit "$1" "$root/$python" -m seekmoe data chat --out "$root/$2" --seed 8 \
         --train-size dialogues=20000 --train-size dialogues_zh=20000 --train-size arithmetic_tools=4000 \
         --train-size intents=16000 --train-size support=12000 --train-size recall=20000 --skip-missing
-    mkdir -p "$4"
-    for f in "$3"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$4"/; done
+    link_mix "$3" "$4"
     ln -sf "$PWD/$2"/{dialogues,recall}.train.jsonl "$4"/
 }
 # runs/mm-chat36 (not bundled): English training names never made up from syllables (the code of 45e1c79)
@@ -200,8 +200,7 @@ en_text() {
     $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out "runs/en-text$1" \
         --text 15000 --zh-share 0.0 --seed "$1" --cut-long --en-in-turn \
         --sources austen,moby_dick,python_docs,shakespeare,sotu,web
-    mkdir -p "$3"
-    for f in "$2"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$3"/; done
+    link_mix "$2" "$3"
     grep -vxF -f runs/sft-mix14/text.val.jsonl "runs/en-text$1/text.train.jsonl" > "$3/$4"
 }
 en_text 21 runs/sft-mix20 runs/sft-mix21 text_en.train.jsonl
