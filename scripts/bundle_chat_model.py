@@ -20,6 +20,7 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -72,15 +73,27 @@ def command(run: Path) -> str:
     from seekmoe.train.config import MultimodalSettings
 
     s, default = run_config(run), MultimodalSettings()
-    flags = [f"--{k.replace('_', '-')} {s[k]}" for k in ("stage1_steps", "stage2_steps", "lr1", "lr2", "text",
-                                                         "text_every", "text_batch_size", "text_seq_len", "seed")
+    keys = ("stage1_steps", "stage2_steps", "lr1", "lr2", "text", "text_every", "text_batch_size", "text_seq_len",
+            "repeat_every", "seed")
+    flags = [f"--{k.replace('_', '-')} {s[k]}" for k in keys
              if s.get(k) is not None and s[k] != getattr(default, k)]
     if s.get("sets") and tuple(s["sets"]) != default.sets:  # a run made before the grounding sets existed too
         flags.append("--sets " + ",".join(s["sets"]))
     if s.get("encoder", {}).get("max_image_size"):
         flags.append(f"--max-image-size {s['encoder']['max_image_size']}")
-    return (f".venv/bin/seekmoe train-multimodal --model {s['model']} --data {s['data']} --out {run} "
-            + " ".join(flags))
+    made = f".venv/bin/seekmoe train-multimodal --model {s['model']} --data {s['data']} --out {run} " + " ".join(flags)
+    if commit := bundled_at(s["model"]):  # a bundled folder is overwritten by each bundle: take the one it read
+        made = f"git checkout {commit} -- {s['model']}\n{made}"
+    return made
+
+
+def bundled_at(folder: str) -> str | None:
+    """The commit that last changed a bundled model folder (tracked by git; the bundle being written is not yet
+    committed), or None for a run's model folder."""
+    if Path(folder).parent.name != "models" or not (Path(folder) / "model.safetensors").is_file():
+        return None
+    done = subprocess.run(["git", "log", "-1", "--format=%h", "--", folder], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def multimodal_text(run: Path) -> str:
@@ -100,7 +113,12 @@ def multimodal_text(run: Path) -> str:
               "stage 1).")
     # what the run's records cannot say (a schedule changed by hand, say), written beside them in note.md
     note = f" {(run / 'note.md').read_text(encoding='utf-8').strip()}" if (run / "note.md").is_file() else ""
-    return (f"- `{run}` (`seekmoe train-multimodal` from `{s['model']}`): image and audio encoders on "
+    if s.get("repeat_every"):
+        every = "every step is" if s["repeat_every"] == 1 else f"one step in {s['repeat_every']} is"
+        text += (f"; {every} instead a drill of random token runs written twice, which only copying from earlier in "
+                 "the context predicts")
+    base = f"`{s['model']}` as commit {commit} bundled it" if (commit := bundled_at(s["model"])) else f"`{s['model']}`"
+    return (f"- `{run}` (`seekmoe train-multimodal` from {base}): image and audio encoders on "
             f"`{s['data']}` ({', '.join(s['sets'])}). {stage1} Stage 2: {s['stage2_steps']} steps at lr {s['lr2']}, "
             f"everything trained, batches of {s['batch_size']} media questions{text} (validation loss on held-out "
             f"media {val(2)}).{note}")
