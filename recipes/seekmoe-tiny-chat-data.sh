@@ -209,3 +209,10 @@ en_text 22 runs/sft-mix21 runs/sft-mix22 text_en2.train.jsonl
 # --text-batch-size 8 --text-seq-len 1024 --stage2-steps 400 --lr2 1e-4` with
 #   mm-chat38: --model runs/mm-chat37/model --text runs/sft-mix21 --seed 34
 #   mm-chat39: --model runs/mm-chat38/model --text runs/sft-mix22 --seed 35
+# runs/mm-chat40: a second draw of support answers (seed 12, the code of 49ecd20; over the recall and English
+# stages, held-out support answers that name the order fell from 81% to 69%), support 7.6% -> 14% of the text
+at_commit 49ecd20 "$root/$python" -m seekmoe data chat --out "$root/data/chat12" --seed 12 \
+    --train-size support=12000 --skip-missing
+link_mix runs/sft-mix22 runs/sft-mix23
+ln -sf "$PWD"/data/chat12/support.train.jsonl runs/sft-mix23/support2.train.jsonl
+#   mm-chat40: the same flags, --model runs/mm-chat39/model --text runs/sft-mix23 --seed 36
