@@ -40,7 +40,7 @@ at_commit() {  # at_commit COMMIT COMMAND...: COMMAND run with the package of CO
 }
 link_mix() {  # link_mix MIX NEW: NEW (made if missing) links every file of the mixture MIX, to add to or swap in
     mkdir -p "$2"
-    for f in "$1"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$2"/; done
+    for f in "$1"/*.jsonl; do ln -sf "$(readlink -f "$f")" "$2/$(basename "$f")"; done  # a link keeps its own name
 }
 at_commit 9ad1d8d "$root/$python" -m seekmoe data chat --out "$root/data/chat2" --train-size dialogues=10000 \
     --train-size arithmetic_tools=4000
@@ -216,3 +216,12 @@ at_commit 49ecd20 "$root/$python" -m seekmoe data chat --out "$root/data/chat12"
 link_mix runs/sft-mix22 runs/sft-mix23
 ln -sf "$PWD"/data/chat12/support.train.jsonl runs/sft-mix23/support2.train.jsonl
 #   mm-chat40: the same flags, --model runs/mm-chat39/model --text runs/sft-mix23 --seed 36
+# runs/mm-chat41 (not bundled): Chinese plain text, to win back the Chinese continuation the English stages and
+# mm-chat40 cost (83.3% -> 78.6%): runs/sft-mix23 plus about 13,200 Chinese text rows (seed 24; 9,000 of them repeat
+# rows of runs/sft-mix14's text), less the rows of its val set
+$python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out runs/zh-text24 \
+    --text 15000 --zh-share 1.0 --seed 24 --cut-long --in-turn libreoffice_help_zh,debian_docs_zh \
+    --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
+link_mix runs/sft-mix23 runs/sft-mix24
+grep -vxF -f runs/sft-mix14/text.val.jsonl runs/zh-text24/text.train.jsonl > runs/sft-mix24/text_zh.train.jsonl
+#   mm-chat41: the same flags, --model runs/mm-chat40/model --text runs/sft-mix24 --seed 37
