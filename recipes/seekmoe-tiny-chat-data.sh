@@ -224,4 +224,4 @@ $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/co
     --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
 link_mix runs/sft-mix23 runs/sft-mix24
 grep -vxF -f runs/sft-mix14/text.val.jsonl runs/zh-text24/text.train.jsonl > runs/sft-mix24/text_zh.train.jsonl
-#   mm-chat41: the same flags, --model runs/mm-chat40/model --text runs/sft-mix24 --seed 37
+#   mm-chat41: the same flags but --stage2-steps 300, --model runs/mm-chat40/model --text runs/sft-mix24 --seed 37
