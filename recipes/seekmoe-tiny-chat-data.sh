@@ -196,12 +196,16 @@ redraw 73779ac data/chat11 runs/sft-mix19 runs/sft-mix20
 # runs/mm-chat38, mm-chat39 (not bundled): more English plain text, to win back the English continuation (a Chinese
 # character in 17% of mm-chat37's English samples): 15,000 English rows each (seeds 21, 22; about 9,400 of each
 # repeat rows of runs/sft-mix14's text, so they weigh the English text more), less the rows of its val set
-en_text() {
-    $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out "runs/en-text$1" \
-        --text 15000 --zh-share 0.0 --seed "$1" --cut-long --en-in-turn \
-        --sources austen,moby_dick,python_docs,shakespeare,sotu,web
+more_text() {  # more_text OUT MIX NEW FILE FLAGS...: 15,000 text rows by sft_mix.py FLAGS into OUT, and NEW = MIX
+    # plus those rows as FILE, less the rows of runs/sft-mix14's text val set
+    $python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out "$1" \
+        --text 15000 --cut-long "${@:5}"
     link_mix "$2" "$3"
-    grep -vxF -f runs/sft-mix14/text.val.jsonl "runs/en-text$1/text.train.jsonl" > "$3/$4"
+    grep -vxF -f runs/sft-mix14/text.val.jsonl "$1/text.train.jsonl" > "$3/$4"
+}
+en_text() {
+    more_text "runs/en-text$1" "$2" "$3" "$4" --zh-share 0.0 --seed "$1" --en-in-turn \
+        --sources austen,moby_dick,python_docs,shakespeare,sotu,web
 }
 en_text 21 runs/sft-mix20 runs/sft-mix21 text_en.train.jsonl
 en_text 22 runs/sft-mix21 runs/sft-mix22 text_en2.train.jsonl
@@ -219,9 +223,6 @@ ln -sf "$PWD"/data/chat12/support.train.jsonl runs/sft-mix23/support2.train.json
 # runs/mm-chat41 (not bundled): Chinese plain text, to win back the Chinese continuation the English stages and
 # mm-chat40 cost (83.3% -> 78.6%): runs/sft-mix23 plus about 13,200 Chinese text rows (seed 24; 9,000 of them repeat
 # rows of runs/sft-mix14's text), less the rows of its val set
-$python scripts/sft_mix.py --chat data/chat8 --corpus data/corpus --copy data/copy/copy.jsonl --out runs/zh-text24 \
-    --text 15000 --zh-share 1.0 --seed 24 --cut-long --in-turn libreoffice_help_zh,debian_docs_zh \
-    --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
-link_mix runs/sft-mix23 runs/sft-mix24
-grep -vxF -f runs/sft-mix14/text.val.jsonl runs/zh-text24/text.train.jsonl > runs/sft-mix24/text_zh.train.jsonl
+more_text runs/zh-text24 runs/sft-mix23 runs/sft-mix24 text_zh.train.jsonl --zh-share 1.0 --seed 24 \
+    --in-turn libreoffice_help_zh,debian_docs_zh --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
 #   mm-chat41: the same flags but --stage2-steps 300, --model runs/mm-chat40/model --text runs/sft-mix24 --seed 37
