@@ -226,3 +226,12 @@ ln -sf "$PWD"/data/chat12/support.train.jsonl runs/sft-mix23/support2.train.json
 more_text runs/zh-text24 runs/sft-mix23 runs/sft-mix24 text_zh.train.jsonl --zh-share 1.0 --seed 24 \
     --in-turn libreoffice_help_zh,debian_docs_zh --sources chinese_poetry,libreoffice_help_zh,debian_docs_zh
 #   mm-chat41: the same flags but --stage2-steps 300, --model runs/mm-chat40/model --text runs/sft-mix24 --seed 37
+# runs/mm-chat42 (not bundled): answers that end on the customer's own word before the fact (the code of df61196,
+# reverted after): runs/mm-chat40 recalled 61 of 61 held-out names, e-mails and towns (dialogues of >= 5 turns)
+# where its answer's word before the fact was the customer's ("in Leeds" -> "you are in Leeds") and 61 of 100 where
+# not ("I'm Kenji Garcia" -> "Your name is Shenji Garcia"). mm-chat42 still answered "Your name is" after "I'm" and
+# "under", and more often gave the wrong kind of fact: 109 of 168 against 122. data/chat9's sizes redrawn, its
+# dialogues, Chinese dialogues and recall chats swapped into runs/sft-mix23
+redraw df61196 data/chat13 runs/sft-mix23 runs/sft-mix25
+ln -sf "$PWD"/data/chat13/dialogues_zh.train.jsonl runs/sft-mix25/
+#   mm-chat42: the same flags as mm-chat40, --model runs/mm-chat40/model --text runs/sft-mix25 --seed 38

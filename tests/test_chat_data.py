@@ -238,34 +238,6 @@ def test_dialogue_ends_by_recalling_the_fact_from_the_first_turn(built, name):
             assert not any(fact in text for text in user[1:] + assistant[:-1])
 
 
-def echo_key(book, kind: str, said: str, fact: str) -> str | None:
-    before = " " + said[:said.index(fact)].rstrip()
-    keys = [k for k in book.echo_answers.get(kind, {}) if before.endswith(k)]
-    return max(keys, key=len) if keys else None
-
-
-@pytest.mark.parametrize("name", [*BOOKS, "recall"])
-def test_training_answers_end_on_the_customers_word_before_the_fact(built, name):
-    echoed = 0
-    for split in ("train", "val"):
-        for ex in load(built, name, split):
-            book = customer_service_zh.CHINESE if ex["meta"].get("lang") == "zh" else customer_service.ENGLISH
-            facts = ex["meta"]["facts"] if name == "recall" else {ex["meta"]["fact_kind"]: ex["meta"]["fact"]}
-            users = [m["content"] for m in ex["messages"] if m["role"] == "user"]
-            answers = [m["content"] for m in ex["messages"] if m["role"] == "assistant"]
-            for kind, fact in facts.items():
-                said = next(u for u in users if fact in u)
-                answer = next(a for a in answers if fact in a)
-                key = echo_key(book, kind, said, fact)
-                if split == "val" or key is None:  # the val sets keep the answers they always had
-                    assert answer in {t.format(fact=fact) for t in book.final_answers[kind]}
-                else:
-                    assert answer == book.echo_answers[kind][key].format(fact=fact)
-                    assert answer[:answer.index(fact)].rstrip().endswith(key.strip())
-                    echoed += 1
-    assert echoed > 100  # most training facts are given after a word the lists hold
-
-
 def pooled_en(meta: dict, train_only: bool = False) -> bool:
     """The fact is from the held-out pools (or, with train_only, from the training-only ones)."""
     cs, fact, kind = customer_service, meta["fact"], meta["fact_kind"]

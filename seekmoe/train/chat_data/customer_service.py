@@ -449,23 +449,6 @@ EXTRA_FINAL_QUESTIONS = {
              "Can you tell me the city I mentioned?", "What place do I come from?", "Where are my parcels going?",
              "Could you confirm my city?", "Do you still know my city?"],
 }
-# A fact asked back is answered ending on the customer's own word before it ("Hi, the booking is under Omar Garcia."
-# -> "The booking is under Omar Garcia."), wherever this list has that word: the model copies a value by matching
-# the token before it (an induction head) and guesses the first token where the words differ. runs/mm-chat40 on the
-# held-out dialogues (>= 5 turns, names, e-mails, towns): 61 of 61 recalled where its answer's word before the fact
-# was the customer's, 61 of 100 where not ("Your name is Shenji Garcia." after "Hi, I'm Kenji Garcia ...").
-# Keys are matched at the end of the text before {fact} (a space before an English word), the longest first.
-ECHO_ANSWERS = {
-    "name": {" is": "Your name is {fact}.", " I'm": 'You said "I\'m {fact}".', " I am": 'You said "I am {fact}".',
-             " name's": "Your name's {fact}.", " under": "The booking is under {fact}.",
-             " it's": "You said it's {fact}.", " with": "I'm chatting with {fact}.",
-             " name of": "The order is in the name of {fact}."},
-    "email": {" is": "The e-mail you gave me is {fact}.", " at": "I can reach you at {fact}.",
-              " with": "You registered with {fact}.", " using": "You signed up using {fact}.",
-              " to": "I'll write to {fact}.", " e-mail:": "Your e-mail: {fact}."},
-    "city": {" in": "You said you are in {fact}.", " from": "You are writing from {fact}.",
-             " to": "Your parcels go to {fact}."},
-}
 EXTRA_SHARE = 0.5  # of training intents, dialogues' first turns and last questions, drawn from the extras
 ACKNOWLEDGEMENTS = ["Thanks, noted. How can I help you?", "Hello! Got it. What can I do for you?",
                     "Thank you. What would you like to know?", "Welcome to Maple & Co.! How can I help?"]
@@ -670,23 +653,12 @@ class Phrasebook:
     extra_first_turns: dict[str, list[str]]  # training only, like the two below
     extra_final_questions: dict[str, list[str]]
     shop: dict[str, list]  # slot -> choices
-    echo_answers: dict[str, dict[str, str]]  # fact kind -> {words before {fact} -> answer ending on them}
     make_fact: Callable[[random.Random, str, bool], str]  # (rng, kind, held_out); no rng draw for made-up facts
     lang: str | None  # meta["lang"]; None for English, whose files predate the field and stay byte-identical
 
 
 ENGLISH = Phrasebook(SUPPORT_PROMPT, FIRST_TURNS, ACKNOWLEDGEMENTS, MIDDLE_TOPICS, FINAL_QUESTIONS, FINAL_ANSWERS,
-                     EXTRA_FIRST_TURNS, EXTRA_FINAL_QUESTIONS, SHOP, ECHO_ANSWERS, make_fact, lang=None)
-
-
-def final_answer(rng: random.Random, book: Phrasebook, kind: str, given: str, fact: str, held_out: bool) -> str:
-    """The answer giving `fact` back, which the customer said in the template `given`: in training the one ending on
-    the customer's word before it where there is one; held out, a draw as before (the val sets stay what they were)."""
-    before = " " + given.split("{fact}")[0].rstrip()
-    echoes = [key for key in book.echo_answers.get(kind, {}) if before.endswith(key)]
-    if held_out or not echoes:
-        return rng.choice(book.final_answers[kind]).format(fact=fact)
-    return book.echo_answers[kind][max(echoes, key=len)].format(fact=fact)
+                     EXTRA_FIRST_TURNS, EXTRA_FINAL_QUESTIONS, SHOP, make_fact, lang=None)
 
 
 def dialogue(rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> dict:
@@ -711,7 +683,7 @@ def dialogue(rng: random.Random, held_out: bool, book: Phrasebook = ENGLISH) -> 
         turns += [("user", question), ("assistant", rng.choice(replies).format(**shop))]
         template_ids.append(f"middle/{topic}/{i}")
     i, question = pick_train_or_extra(rng, book.final_questions[kind], book.extra_final_questions[kind], held_out)
-    turns += [("user", question), ("assistant", final_answer(rng, book, kind, first, fact, held_out))]
+    turns += [("user", question), ("assistant", rng.choice(book.final_answers[kind]).format(fact=fact))]
     template_ids.append(f"final/{kind}/{i}")
     meta = {"task": "dialogue", "fact": fact, "fact_kind": kind, "turns": n_turns, "templates": template_ids}
     if book.lang is not None:

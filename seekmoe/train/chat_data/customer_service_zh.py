@@ -110,14 +110,6 @@ FINAL_ANSWERS_ZH = {
     "email": ["您给我的邮箱是{fact}。", "您提供的邮箱是{fact}。"],
     "city": ["您说您在{fact}。", "您告诉我您在{fact}。"],
 }
-# as customer_service.ECHO_ANSWERS: each ends on the characters the customer wrote before the fact
-ECHO_ANSWERS_ZH = {
-    "name": {"叫": "您叫{fact}。", "是": "您的名字是{fact}。"},
-    "email": {"是": "您提供的邮箱是{fact}。", "通过": "可以通过{fact}联系您。", "用": "您用{fact}注册了账号。",
-              "：": "您的联系邮箱：{fact}。", "到": "邮件会发到{fact}。", "邮箱": "您的邮箱{fact}。"},
-    "city": {"在": "您说您在{fact}。", "住": "您住{fact}。", "是": "您这边是{fact}。", "寄到": "包裹寄到{fact}。",
-             "寄往": "包裹寄往{fact}。", "从": "您是从{fact}来的。"},
-}
 # the same topics as customer_service.MIDDLE_TOPICS
 MIDDLE_TOPICS_ZH = {
     "shipping_time": (["发货要多久？", "现在下单什么时候能到？", "一般几天能送到？", "你们正常的配送时间是多久？",
@@ -173,5 +165,4 @@ def make_fact_zh(rng: random.Random, kind: str, held_out: bool) -> str:
 
 
 CHINESE = Phrasebook(SUPPORT_PROMPT_ZH, FIRST_TURNS_ZH, ACKNOWLEDGEMENTS_ZH, MIDDLE_TOPICS_ZH, FINAL_QUESTIONS_ZH,
-                     FINAL_ANSWERS_ZH, EXTRA_FIRST_TURNS_ZH, EXTRA_FINAL_QUESTIONS_ZH, SHOP_ZH, ECHO_ANSWERS_ZH,
-                     make_fact_zh, lang="zh")
+                     FINAL_ANSWERS_ZH, EXTRA_FIRST_TURNS_ZH, EXTRA_FINAL_QUESTIONS_ZH, SHOP_ZH, make_fact_zh, lang="zh")

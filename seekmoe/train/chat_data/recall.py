@@ -23,7 +23,6 @@ from seekmoe.train.chat_data.customer_service import (
     ENGLISH,
     FACT_KINDS,
     Phrasebook,
-    final_answer,
     pick,
     pick_train_or_extra,
 )
@@ -63,10 +62,9 @@ def recall_chat(rng: random.Random, held_out: bool, book: Phrasebook) -> dict:
     facts = {k: open_fact_zh(rng, k) if use_open else book.make_fact(rng, k, held_out) for k in kinds}
     shop = {slot: rng.choice(choices) for slot, choices in book.shop.items()}
     turns = [] if not held_out and rng.random() < 0.3 else [("system", book.support_prompt)]
-    given = {}
     for kind in kinds:
-        _, given[kind] = pick_train_or_extra(rng, book.first_turns[kind], book.extra_first_turns[kind], held_out)
-        turns += [("user", given[kind].format(fact=facts[kind])), ("assistant", rng.choice(book.acknowledgements))]
+        _, said = pick_train_or_extra(rng, book.first_turns[kind], book.extra_first_turns[kind], held_out)
+        turns += [("user", said.format(fact=facts[kind])), ("assistant", rng.choice(book.acknowledgements))]
     for topic in rng.sample(sorted(set(book.middle_topics) - {"thanks"}), rng.randint(*MIDDLE)):
         questions, replies = book.middle_topics[topic]
         _, question = pick(rng, questions, held_out)
@@ -74,7 +72,7 @@ def recall_chat(rng: random.Random, held_out: bool, book: Phrasebook) -> dict:
     for kind in rng.sample(kinds, len(kinds)):
         _, question = pick_train_or_extra(rng, book.final_questions[kind], book.extra_final_questions[kind],
                                           held_out)
-        turns += [("user", question), ("assistant", final_answer(rng, book, kind, given[kind], facts[kind], held_out))]
+        turns += [("user", question), ("assistant", rng.choice(book.final_answers[kind]).format(fact=facts[kind]))]
     return example(turns, {"task": "recall", "facts": facts, "lang": book.lang or "en"})
 
 
