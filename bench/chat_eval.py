@@ -11,7 +11,8 @@ the prompt's language (English without a single Chinese character) and not a loo
 can check); 4 samples a prompt, as before, moved the Chinese figure by 7 points from one set of seeds to the next.
 The same again sampled as a request without sampling fields is (the model's generation_config.json), what `seekmoe
 serve` gives the chat page. Intent is also asked with three paraphrased router instructions listing the same labels;
-recall is also counted on the dialogues with at least 5 turns after the fact, and on the Chinese dialogues
+recall is also counted on the dialogues with at least 5 turns after the fact (by kind of fact, and split by
+whether the answer's word before the fact is the customer's), and on the Chinese dialogues
 (dialogues_zh.val.jsonl, when it exists); with the math tool offered, the share of chats that need no math (support
 messages) in which no tool is called.
 Support answers (data/chat/support.val.jsonl, held-out phrasings; the README's quick-start chat is one of them):
@@ -234,6 +235,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         said = answers(llm, dialogues, 32)
         result["multi_turn_recall"], result["recall_after_5_turns"], result["recall_by_fact"] = recall(
             said, dialogues)
+        result["recall_by_anchor"] = recall_by_anchor(said, dialogues)
         result["dialogue_examples"] = [{"asked": ex["messages"][-2]["content"], "fact": ex["meta"]["fact"],
                                         "said": a} for ex, a in list(zip(dialogues, said, strict=True))[:3]]
         zh_path = data / "dialogues_zh.val.jsonl"
@@ -285,6 +287,28 @@ def recall(said: list[str], dialogues: list[dict]) -> tuple[float, float, dict[s
     kinds = sorted({kind for _, kind in late})
     by_kind = {k: sum(ok for ok, kind in late if kind == k) / sum(kind == k for _, kind in late) for k in kinds}
     return sum(right) / len(dialogues), sum(ok for ok, _ in late) / max(len(late), 1), by_kind
+
+
+def recall_by_anchor(said: list[str], dialogues: list[dict]) -> dict[str, list[int]]:
+    """English names, e-mails and towns asked back after >= 5 turns: [recalled, asked] where the answer's word before
+    the fact (of the answer template it starts with) is the customer's word before it ("in Leeds" -> "you are in
+    Leeds"), where it is another ("I'm Kenji Garcia" -> "Your name is ..."), and where no template starts it. The
+    model copies a value by matching the token before it, so the first split tells copying from recalling."""
+    from seekmoe.train.chat_data.customer_service import FINAL_ANSWERS
+
+    starts = sorted({t.split("{fact}")[0] for ts in FINAL_ANSWERS.values() for t in ts}, key=len, reverse=True)
+    out = {"the customer's": [0, 0], "another": [0, 0], "no answer template": [0, 0]}
+    for a, ex in zip(said, dialogues, strict=True):
+        meta, first = ex["meta"], ex["messages"][1]["content"]
+        if meta["turns"] < 6 or meta["fact_kind"] == "order_number" or meta["fact"] not in first:
+            continue
+        word = first[:first.index(meta["fact"])].split()[-1:]
+        start = next((t for t in starts if a.startswith(t)), None)
+        key = ("no answer template" if start is None
+               else "the customer's" if start.split()[-1:] == word else "another")
+        out[key][0] += meta["fact"] in a
+        out[key][1] += 1
+    return out
 
 
 def paraphrased(r: dict) -> float:
@@ -361,6 +385,9 @@ def main() -> None:
             if key in r:
                 print(f"  recall after >= 5 turns by fact, {lang}: "
                       + ", ".join(f"{kind} {share:.0%}" for kind, share in r[key].items()))
+        if "recall_by_anchor" in r:
+            print("  recall after >= 5 turns (names, e-mails, towns, en) by the answer's word before the fact: "
+                  + ", ".join(f"{k} {ok} of {n}" for k, (ok, n) in r["recall_by_anchor"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 

@@ -1,4 +1,5 @@
-"""bench/chat_eval.py's continuation check: what makes a sample unreadable, and that each failure names its reason."""
+"""bench/chat_eval.py's continuation check (what makes a sample unreadable, each failure named) and its split of
+recall by the word before the fact."""
 
 from __future__ import annotations
 
@@ -32,3 +33,21 @@ def chat_eval():
 ])
 def test_each_unreadable_continuation_names_its_reason(chat_eval, text, lang, reason):
     assert chat_eval.unreadable(text, lang) == reason
+
+
+def dialogue(first: str, fact: str, kind: str, turns: int = 6) -> dict:
+    return {"messages": [{"role": "system", "content": "shop"}, {"role": "user", "content": first}],
+            "meta": {"fact": fact, "fact_kind": kind, "turns": turns}}
+
+
+def test_recall_is_split_by_whether_the_answer_ends_on_the_customers_word(chat_eval):
+    dialogues = [dialogue("I'm based in Leeds and have a few questions.", "Leeds", "city"),
+                 dialogue("Hi, I'm Kenji Garcia and I have some questions.", "Kenji Garcia", "name"),
+                 dialogue("Hi, I'm Kenji Garcia and I have some questions.", "Kenji Garcia", "name"),
+                 dialogue("You can reach me at emma.kim@example.com.", "emma.kim@example.com", "email"),
+                 dialogue("Hi, my order number is 12345.", "12345", "order_number"),  # numbers are not counted
+                 dialogue("Good morning, I'm in Lyon.", "Lyon", "city", turns=5)]  # nor short dialogues
+    said = ["You said you are in Leeds.", "Your name is Shenji Garcia.", "Your name is Kenji Garcia.",
+            "Hello! Got it. What can I do for you?", "Your order number is 12345.", "You told me Lyon."]
+    assert chat_eval.recall_by_anchor(said, dialogues) == {
+        "the customer's": [1, 1], "another": [1, 2], "no answer template": [0, 1]}
