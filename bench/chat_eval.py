@@ -44,6 +44,7 @@ from seekmoe.engine.sampling import SamplingParams
 from seekmoe.han import HAN, IDEOGRAPHS
 from seekmoe.llm import LLM
 from seekmoe.model.checkpoint import load_model
+from seekmoe.train.chat_data.customer_service import FINAL_ANSWERS
 from seekmoe.train.config import FinetuneConfig
 from seekmoe.train.loop import evaluate
 from seekmoe.train.sft import SFTData, data_files, read_conversations
@@ -294,8 +295,6 @@ def recall_by_anchor(said: list[str], dialogues: list[dict]) -> dict[str, list[i
     the fact (of the answer template it starts with) is the customer's word before it ("in Leeds" -> "you are in
     Leeds"), where it is another ("I'm Kenji Garcia" -> "Your name is ..."), and where no template starts it. The
     model copies a value by matching the token before it, so the first split tells copying from recalling."""
-    from seekmoe.train.chat_data.customer_service import FINAL_ANSWERS
-
     starts = sorted({t.split("{fact}")[0] for ts in FINAL_ANSWERS.values() for t in ts}, key=len, reverse=True)
     out = {"the customer's": [0, 0], "another": [0, 0], "no answer template": [0, 0]}
     for a, ex in zip(said, dialogues, strict=True):
