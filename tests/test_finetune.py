@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +22,9 @@ from seekmoe.train.sft import (
     SFTData,
     SFTError,
     Text,
+    Weighted,
     fit_conversation,
+    lookup_targets,
     pack,
     parse_example,
     read_conversations,
@@ -191,6 +194,71 @@ def test_loss_counts_only_targets():
     expected = torch.nn.functional.cross_entropy(logits[0, [1, 3]], torch.tensor([3, 7]))
     assert torch.allclose(lm_loss(logits, y), expected)
     assert lm_loss(logits, torch.full((1, 4), IGNORE)).item() == 0.0
+
+
+def test_weighted_loss_is_the_weighted_mean_over_targets():
+    logits = torch.randn(1, 4, 10)
+    y = torch.tensor([[IGNORE, 3, IGNORE, 7]])
+    ce = torch.nn.functional.cross_entropy(logits[0, [1, 3]], torch.tensor([3, 7]), reduction="none")
+    # a weight where there is no target counts for nothing
+    assert torch.allclose(lm_loss(logits, Weighted(y, torch.tensor([[9.0, 1, 9, 1]]))), lm_loss(logits, y))
+    assert torch.allclose(lm_loss(logits, Weighted(y, torch.tensor([[0.0, 1, 0, 4]]))), (ce[0] + 4 * ce[1]) / 5)
+    assert lm_loss(logits, Weighted(torch.full((1, 4), IGNORE), torch.ones(1, 4))).item() == 0.0
+
+
+# ---- lookups ---------------------------------------------------------------------------------------------------
+
+BOS, PAD = 0, 2
+
+
+def conversation(context: list[int], answer: list[int]) -> tuple[list[int], list[bool]]:
+    return [BOS, *context, *answer], [False] * (1 + len(context)) + [True] * len(answer)
+
+
+def test_a_lookup_starts_a_copy_whose_token_before_is_the_answers_own():
+    hi, im, ken, ji, your, name, is_, based, in_, leeds, you, are = range(10, 22)
+    rows = [conversation([hi, im, ken, ji], [your, name, is_, ken, ji]),  # "Kenji" found by its role
+            conversation([based, in_, leeds, hi], [you, are, in_, leeds, hi]),  # "Leeds" follows "in" as it did
+            conversation([hi, im, ken], [your, name, is_, ken, ji]),  # "ken ji" is not in the context: no copy
+            conversation([hi, im, ken, ji], [your, name, is_, ken])]  # nothing copied after it: a lone token
+    tokens, masks = pack(rows, 12, PAD, packing=False)
+    found = lookup_targets(tokens, masks, BOS, predicted=2)  # template words too: the next test has them
+    assert [np.flatnonzero(r).tolist() for r in found] == [[8], [7], [], []]  # "in" starts the copy "in Leeds"
+    # a conversation packed after another does not read the one before it
+    tokens, masks = pack([rows[0], conversation([hi], [your, name, is_, ken, ji])], 20, PAD)
+    assert np.flatnonzero(lookup_targets(tokens, masks, BOS, predicted=2)[0]).tolist() == [8]
+    # plain text has no context to copy from
+    text = np.array([[BOS, ken, ji, hi, ken, ji]])
+    assert not lookup_targets(text, np.array([[False] + [True] * 5]), BOS, predicted=2).any()
+
+
+def test_what_the_answers_own_words_predict_is_no_lookup():
+    welcome, maple, co, hi, is_ = range(10, 15)
+    names = [(20 + 2 * i, 21 + 2 * i) for i in range(12)]
+    # every answer starts "welcome maple co" after a system text with "maple co": the pair (welcome, maple) is every
+    # target after "welcome", a template and no lookup; "is" precedes twelve different names
+    rows = [conversation([maple, co, hi, a, b], [welcome, maple, co, is_, a, b]) for a, b in names]
+    tokens, masks = pack(rows, 12, PAD, packing=False)
+    found = lookup_targets(tokens, masks, BOS)
+    assert [np.flatnonzero(r).tolist() for r in found] == [[10]] * 12
+
+
+def test_lookup_weights_in_batches(tok):
+    names = ["Amber Brook", "Basil Crane", "Cyril Dale", "Dora Ennis", "Edgar Frost", "Fiona Gale", "Gideon Hale",
+             "Hazel Irwin", "Ivor Jones", "Juno Kerr", "Kenji Garcia", "Lorna Mills", "Magnus Noble", "Nora Olsen",
+             "Otto Pryce", "Petra Quinn", "Rufus Stone", "Selma Tate", "Tobias Usher", "Ursula Vance"]
+    conversations = [chat(f"Hi, I'm {n}.", f"Your name is {n}.") for n in names * 2]
+    plain = SFTData.from_conversations(conversations, tok, seq_len=64, seed=3)
+    weighted = SFTData.from_conversations(conversations, tok, seq_len=64, seed=3, lookup_weight=4)
+    assert weighted.report.lookup_targets > 0 and plain.weights is None
+    x, y = weighted.batch(2, 4, 64)
+    assert isinstance(y, Weighted) and torch.equal(x, plain.batch(2, 4, 64)[0])
+    assert torch.equal(y.targets, plain.batch(2, 4, 64)[1])
+    counted = y.weights[y.targets != IGNORE]
+    assert set(counted.unique().tolist()) == {1.0, 4.0} and (y.weights[y.targets == IGNORE] == 0).all()
+    for bad in (0.5, float("nan"), float("inf"), -1):
+        with pytest.raises(SFTError, match="lookup_weight must be a number >= 1"):
+            SFTData.from_conversations(conversations, tok, seq_len=64, lookup_weight=bad)
 
 
 # ---- LoRA ------------------------------------------------------------------------------------------------------

@@ -368,10 +368,12 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
         assert torch.equal(target, drill.batch(step)[1])
     s = Settings(model=str(base), data=str(data), out=str(tmp_path / "run"), sets=("digits",), stage1_steps=1,
                  stage2_steps=4, batch_size=2, eval_every=4, eval_batches=1, save_every=4, encoder=SMALL,
-                 text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=40, repeat_every=2)
+                 text=str(tmp_path / "text.jsonl"), text_every=2, text_batch_size=2, text_seq_len=40, repeat_every=2,
+                 lookup_weight=3)
     logs = []
     final = train(s, progress=False, log=logs.append)
     assert any("4 text chats" in m and "one stage 2 step in 2 of the others" in m for m in logs)
+    assert any(m.startswith("seekmoe: ") and "lookup targets" in m and "weigh 3" in m for m in logs)
     assert "seekmoe: one stage 2 step in 2 a repeat drill" in logs
     # a model that sees already goes on from its own encoders: no stage 1, nothing drawn anew
     again = Settings(**{**vars(s), "model": str(final), "out": str(tmp_path / "again"), "stage2_steps": 1,
@@ -384,7 +386,8 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
         assert torch.allclose(t, after[name], atol=1e-6), name
     for change, message in (({"text_every": 1}, "text_every must be >= 2"),
                             ({"repeat_every": 1}, "the text chats would never be read"),
-                            ({"repeat_every": -2}, "got -2")):
+                            ({"repeat_every": -2}, "got -2"),
+                            ({"lookup_weight": 0.0}, "lookup_weight must be a number >= 1")):
         with pytest.raises(ValueError, match=message):
             train(Settings(**{**vars(s), **change, "out": str(tmp_path / "run1")}), progress=False,
                   log=lambda m: None)
@@ -412,6 +415,8 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     (["--repeat-every", "-1"], "repeat_every must be 0 (no drill), 1 (the drill alone) or more"),
     (["--text", "chats.jsonl", "--repeat-every", "1"], "the text chats would never be read"),
     (["--text", "chats.jsonl", "--text-every", "1"], "text_every must be >= 2"),
+    (["--text", "chats.jsonl", "--lookup-weight", "0.5"], "lookup_weight must be a number >= 1"),
+    (["--text", "chats.jsonl", "--lookup-weight", "nan"], "lookup_weight must be a number >= 1"),
 ])
 def test_train_multimodal_cli_refuses_bad_flags_before_touching_anything(tmp_path, capsys, flags, message):
     from seekmoe.cli.main import main

@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "on the copy (8 rows of 256 tokens), which teaches copying from "
                    f"earlier in the context: recalling a name or a city said turns ago; 1: the drill alone (the "
                    f"media sets still evaluate); default {d.repeat_every}: none")
+    p.add_argument("--lookup-weight", type=float, default=d.lookup_weight, metavar="W",
+                   help="weigh the text chats' lookups W times in the loss: answer tokens that start a copy of what "
+                   "the customer wrote without the word before them matching (\"I'm Kenji\" -> \"Your name is "
+                   f"Kenji\"), which a small model tends to guess; default {d.lookup_weight:g}: off")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
     p.add_argument("--max-image-size", type=positive_int, metavar="PIXELS",
@@ -58,7 +62,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     encoder = {} if args.max_image_size is None else {"max_image_size": args.max_image_size}
     s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2, text=args.text,
-                 repeat_every=args.repeat_every, encoder=encoder, **{k: getattr(args, k) for k in INT_FLAGS})
+                 repeat_every=args.repeat_every, lookup_weight=args.lookup_weight, encoder=encoder,
+                 **{k: getattr(args, k) for k in INT_FLAGS})
     from seekmoe.train.multimodal import train
 
     try:

@@ -394,6 +394,7 @@ class MultimodalSettings(RunSettings):
     text_every: int = 4
     text_batch_size: int = 4
     text_seq_len: int = 1024
+    lookup_weight: float = 1.0  # the text chats' lookup targets count this many times (train/sft.py); 1: off
     repeat_every: int = 0  # every repeat_every-th stage 2 step a repeat drill (train/repeat_drill.py); 0: none
 
     COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens",

@@ -37,6 +37,7 @@ from seekmoe.model.model import CausalLM, Gate
 from seekmoe.train import checkpoints, distributed, expert_parallel
 from seekmoe.train.balance import balance_loss, calibrate_bias, expert_counts, load_stats, router_entropy, update_bias
 from seekmoe.train.config import TrainConfig, TrainError
+from seekmoe.train.sft import Weighted
 from seekmoe.train.trainee import Trainee, full_trainee
 
 # ---- the schedule --------------------------------------------------------------------------------------
@@ -200,6 +201,8 @@ def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int, device: torch.
         data.batch(i, cfg.batch_size, cfg.seq_len, rank, world)
     if device.type == "cpu":
         return x, y
+    if isinstance(y, Weighted):
+        return x.to(device, non_blocking=True), Weighted(*(t.to(device, non_blocking=True) for t in y))
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
@@ -207,9 +210,14 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the targets that carry loss (fine-tuning marks the others -100); 0 if none does."""
+def lm_loss(logits: torch.Tensor, y: torch.Tensor | Weighted) -> torch.Tensor:
+    """Mean cross-entropy over the targets that carry loss (fine-tuning marks the others -100); 0 if none does.
+    Weighted targets (fine-tuning's lookup weights) give the weighted mean."""
     flat = logits.float().view(-1, logits.shape[-1])
+    if isinstance(y, Weighted):
+        weights = y.weights.reshape(-1).float() * (y.targets.reshape(-1) != -100)
+        per_token = F.cross_entropy(flat, y.targets.reshape(-1), reduction="none")
+        return (per_token * weights).sum() / weights.sum().clamp(min=1e-12)
     counted = (y != -100).sum()
     return F.cross_entropy(flat, y.reshape(-1), reduction="sum") / counted.clamp(min=1)
 
@@ -231,7 +239,7 @@ def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
     for i in range(steps):
         x, y = _batch(data, i, cfg, rank, world, device)
         out = _forward(model, x, cfg.bf16, None)
-        n = int((y != -100).sum())
+        n = int(((y.targets if isinstance(y, Weighted) else y) != -100).sum())
         total += lm_loss(out.logits, y).item() * n
         counted += n
         loads.add(out.routing)

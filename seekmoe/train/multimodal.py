@@ -17,6 +17,7 @@ stage 2 only.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,8 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
 
     if s.text and s.text_every < 2:
         raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
+    if not (math.isfinite(s.lookup_weight) and s.lookup_weight >= 1):
+        raise TrainError(f"lookup_weight must be a number >= 1 (1: every target counts once), got {s.lookup_weight}")
     if s.repeat_every < 0:
         raise TrainError(f"repeat_every must be 0 (no drill), 1 (the drill alone) or more: every repeat_every-th "
                          f"stage 2 step is a drill, got {s.repeat_every}")
@@ -191,9 +194,9 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     out = Path(s.out)
     # what the batch of a step is depends on all of these: resuming under others would change the data mid-run (the
     # text batches' shape and spacing only where there is text to read)
-    text_keys = ("text_every", "text_batch_size", "text_seq_len") if s.text else ()
+    text_keys = ("text_every", "text_batch_size", "text_seq_len", "lookup_weight") if s.text else ()
     refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
-                       (*RUN_IDENTITY, "sets", "text", *text_keys, "repeat_every"))
+                       (*RUN_IDENTITY, "sets", "text", *text_keys, "repeat_every"), {"lookup_weight": 1.0})
     base = Path(s.model) if s.model else DEFAULT_MODEL
     tok = Tokenizer.from_pretrained(base)
     lm = load_model(base)
@@ -227,10 +230,14 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     log(f"seekmoe: {len(train_data)} training and {len(val_data)} test examples from {folder}")
     text = drill = None
     if s.text:
-        text = SFTData.from_files(data_files(s.text), tok, s.text_seq_len, seed=s.seed, log=log)
+        text = SFTData.from_files(data_files(s.text), tok, s.text_seq_len, seed=s.seed, lookup_weight=s.lookup_weight,
+                                  log=log)
         r = text.report
         log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
             f"one stage 2 step in {s.text_every}" + (" of the others" if s.repeat_every else ""))
+        if s.lookup_weight != 1:
+            log(f"seekmoe: {r.lookup_targets:,} lookup targets ({r.lookup_targets / max(r.target_tokens, 1):.2%} of "
+                f"the text targets) weigh {s.lookup_weight:g}")
     if s.repeat_every:
         drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, seed=s.seed)
         log("seekmoe: every stage 2 step a repeat drill" if s.repeat_every == 1 else

@@ -15,6 +15,15 @@ closes it, which is how the model learns to stop. The spans come from the templa
 i. Each piece is tokenised on its own; the chat template puts special tokens at every boundary, and the tokenizer
 splits on special tokens before anything else, so the pieces' ids joined are the ids of the whole text (checked).
 
+Lookup weights (optional). An answer that recalls a fact copies it from the customer's turn, and the copy's first
+token is the hard one: where the answer's word before it is also the customer's ("in Leeds" -> "you are in Leeds")
+the token that followed that word last time is the one to write, but after a word of the answer's own ("I'm Kenji"
+-> "Your name is Kenji") it must be found by its role, and a small model guesses it and copies the rest ("Shenji").
+A target token that starts a copy of the non-answer text of its conversation (it and the next target token stand
+side by side there) without the token before it doing so too, and which that token seldom precedes among the
+targets (less than PREDICTED of the time: not a word of an answer template), is a lookup; `lookup_weight` makes
+such tokens count that many times in the loss (a weighted mean).
+
 Truncation keeps whole turns: a conversation longer than a row loses its oldest exchanges (the system prompt
 stays) until it fits; one whose last exchange alone does not fit is dropped and counted. Packing puts several
 short conversations into one row (each starts with its own begin-of-sentence); the rest of a row is padding that
@@ -24,10 +33,12 @@ carries no loss.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +49,13 @@ from seekmoe.train.config import SFT_FORMATS
 
 IGNORE = -100  # the target of a token without loss (F.cross_entropy's ignore_index)
 MAX_LINE_BYTES = 4 << 20  # one JSONL line; a longer one is a broken file, not a conversation
+PREDICTED = 0.1  # a target that follows its token before this often (or more) in the data is no lookup
+
+
+class Weighted(NamedTuple):
+    """Targets (B, T), IGNORE where there is no loss, with each target's weight in the loss (B, T)."""
+    targets: Any
+    weights: Any
 
 
 class SFTError(SeekmoeError, ValueError):
@@ -64,6 +82,7 @@ class LoadReport:
     no_target: int = 0  # conversations without an assistant turn: nothing to learn
     tokens: int = 0
     target_tokens: int = 0
+    lookup_targets: int = 0  # targets that weigh lookup_weight (module docstring); 0 without it
 
     def summary(self) -> str:
         return (f"{self.conversations:,} conversations, {self.tokens:,} tokens ({self.target_tokens:,} with loss); "
@@ -253,6 +272,38 @@ def pack(examples: list[tuple[list[int], list[bool]]], row_tokens: int, pad_id: 
     return tokens, masks
 
 
+def lookup_targets(tokens: np.ndarray, masks: np.ndarray, bos_id: int, predicted: float = PREDICTED) -> np.ndarray:
+    """(rows, T) bool: the targets that are lookups (module docstring) in packed rows whose conversations each start
+    with a begin-of-sentence; above 1, `predicted` keeps the template words too."""
+    out = np.zeros_like(masks)
+    for r in range(len(tokens)):
+        row, mask = tokens[r].tolist(), masks[r].tolist()
+        if all(mask[1:]):  # plain text: no context to copy from
+            continue
+        said: set[int] = set()  # the non-target tokens so far, and the pairs they stand in
+        pairs: set[tuple[int, int]] = set()
+        for j, (t, target) in enumerate(zip(row, mask, strict=True)):
+            if t == bos_id:
+                said, pairs = set(), set()
+            if not target:
+                said.add(t)
+                if j:
+                    pairs.add((row[j - 1], t))
+            elif (t in said and (row[j - 1], t) not in pairs
+                  and j + 1 < len(row) and mask[j + 1] and (t, row[j + 1]) in pairs):
+                out[r, j] = True
+    # what the answer's own words predict is no lookup ("欢迎光临" -> "Maple", the shop the system prompt names)
+    vocab = int(tokens.max()) + 1
+    target = masks[:, 1:]
+    pair = tokens[:, :-1].astype(np.int64) * vocab + tokens[:, 1:]
+    kinds, counts = np.unique(pair[target], return_counts=True)
+    before = np.bincount(tokens[:, :-1][target], minlength=vocab)
+    rows, cols = np.nonzero(out[:, 1:])
+    share = counts[np.searchsorted(kinds, pair[rows, cols])] / before[tokens[rows, cols]]
+    out[rows[share >= predicted], cols[share >= predicted] + 1] = False
+    return out
+
+
 class EpochOrder:
     """Row of the g-th draw (g = 0, 1, 2, ... over all epochs) from a set of n: every row once an epoch, in an order
     drawn from (seed, epoch), or in order without shuffle. A pure function of g, so a resumed run reads on exactly."""
@@ -274,11 +325,12 @@ class SFTData:
     """Packed rows of seq_len + 1 tokens; batch(i) is a pure function of i (exact resume), reshuffled each epoch."""
 
     def __init__(self, tokens: np.ndarray, masks: np.ndarray, vocab_size: int, *, shuffle: bool = True,
-                 seed: int = 0, report: LoadReport | None = None):
+                 seed: int = 0, report: LoadReport | None = None, weights: np.ndarray | None = None):
         if len(tokens) == 0:
             raise SFTError("no conversation left to train on (all lines skipped, dropped or without an assistant "
                            "turn)")
         self.tokens, self.masks = tokens, masks
+        self.weights = weights  # (rows, T+1) float32 loss weights; None: every target counts once
         self.vocab_size = vocab_size
         self.shuffle, self.seed = shuffle, seed
         self.report = report or LoadReport()
@@ -287,21 +339,28 @@ class SFTData:
     @classmethod
     def from_files(cls, files: list[Path], tok: Tokenizer, seq_len: int, *, fmt: str = "auto",
                    skip_bad: bool = False, packing: bool = True, shuffle: bool = True, seed: int = 0,
-                   log: Callable[[str], None] = print) -> SFTData:
+                   lookup_weight: float = 1.0, log: Callable[[str], None] = print) -> SFTData:
         report = LoadReport()
         conversations = read_conversations(files, fmt, skip_bad, report, log)
         return cls.from_conversations(conversations, tok, seq_len, packing=packing, shuffle=shuffle, seed=seed,
-                                      report=report)
+                                      report=report, lookup_weight=lookup_weight)
 
     @classmethod
     def from_conversations(cls, conversations: list[list[dict]], tok: Tokenizer, seq_len: int, *,
                            packing: bool = True, shuffle: bool = True, seed: int = 0,
-                           report: LoadReport | None = None) -> SFTData:
+                           report: LoadReport | None = None, lookup_weight: float = 1.0) -> SFTData:
+        if not (math.isfinite(lookup_weight) and lookup_weight >= 1):
+            raise SFTError(f"lookup_weight must be a number >= 1 (1: every target counts once), got {lookup_weight}")
         report = report or LoadReport()
         examples = tokenize_all(tok, conversations, seq_len + 1, report)
         tokens, masks = pack(examples, seq_len + 1, tok.pad_id, packing) if examples else (
             np.zeros((0, seq_len + 1), np.int64), np.zeros((0, seq_len + 1), bool))
-        return cls(tokens, masks, tok.vocab_size, shuffle=shuffle, seed=seed, report=report)
+        weights = None
+        if lookup_weight != 1 and len(tokens):
+            lookups = lookup_targets(tokens, masks, tok.bos_id)
+            report.lookup_targets = int(lookups.sum())
+            weights = np.where(lookups, np.float32(lookup_weight), masks.astype(np.float32))
+        return cls(tokens, masks, tok.vocab_size, shuffle=shuffle, seed=seed, report=report, weights=weights)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -321,8 +380,11 @@ class SFTData:
             batch_size = len(self) - first  # the last evaluation batch: every row once, none twice
         rows = [self._row(first + j) for j in range(batch_size)]
         tokens, masks = self.tokens[rows], self.masks[rows]  # (B, T+1)
-        target = np.where(masks[:, 1:], tokens[:, 1:], IGNORE)
-        return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(target)
+        ids, target = torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(np.where(masks[:, 1:], tokens[:, 1:],
+                                                                                          IGNORE))
+        if self.weights is None:
+            return ids, target
+        return ids, Weighted(target, torch.from_numpy(self.weights[rows][:, 1:].copy()))
 
     def eval_steps(self, batch_size: int) -> int:
         """Batches that visit every row once."""
