@@ -76,18 +76,6 @@ def test_another_runs_checkpoints_are_refused_before_the_data_is_read(corpus, tm
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
 
 
-def test_a_setting_an_older_record_lacks_counts_as_its_default(tmp_path):
-    from seekmoe.train.checkpoints import refuse_another_run
-
-    (tmp_path / "checkpoints" / "step-00000001").mkdir(parents=True)
-    record = tmp_path / "settings.json"
-    record.write_text(json.dumps({"data": "d"}))  # written before "weight" was a setting
-    keys, defaults = ("data", "weight"), {"weight": 1.0}
-    refuse_another_run(record, {"data": "d", "weight": 1.0}, [tmp_path / "checkpoints"], keys, defaults)
-    with pytest.raises(TrainError, match=r"another run \(weight=1.0; this one: weight=3.0\)"):
-        refuse_another_run(record, {"data": "d", "weight": 3.0}, [tmp_path / "checkpoints"], keys, defaults)
-
-
 def test_sigkill_at_a_random_step_then_resume_is_exact(corpus, tmp_path):
     cfg = config(corpus, tmp_path / "killed", steps=10, save_every=1, keep_checkpoints=3)
     (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))

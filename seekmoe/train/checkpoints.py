@@ -47,11 +47,10 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def refuse_another_run(recorded: Path, settings: dict[str, Any], folders: list[Path],
-                       keys: tuple[str, ...] = RUN_IDENTITY, defaults: dict[str, Any] | None = None) -> None:
+                       keys: tuple[str, ...] = RUN_IDENTITY) -> None:
     """Stop before resuming the checkpoints in `folders` when `recorded` (the run folder's config.json or
     settings.json, written when they were) says they are another run's: other `keys`. Resuming them would go on
-    training the old run's weights under the new settings, and say nothing. A key a record written before it
-    existed lacks has its value in `defaults`."""
+    training the old run's weights under the new settings, and say nothing."""
     if not recorded.is_file() or not any(p.is_dir() for f in folders for p in f.glob("step-*")):
         return
     try:
@@ -61,7 +60,6 @@ def refuse_another_run(recorded: Path, settings: dict[str, Any], folders: list[P
     if not isinstance(old, dict):
         return
     settings = json.loads(json.dumps(settings))  # as recorded: tuples are lists
-    old = {**(defaults or {}), **old}
     differ = [k for k in keys if not _same(old.get(k), settings.get(k))]
     if differ:
         was = ", ".join(f"{k}={old.get(k)!r}" for k in differ)

@@ -194,9 +194,9 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
     out = Path(s.out)
     # what the batch of a step is depends on all of these: resuming under others would change the data mid-run (the
     # text batches' shape and spacing only where there is text to read)
-    text_keys = ("text_every", "text_batch_size", "text_seq_len", "lookup_weight") if s.text else ()
+    text_keys = ("text_every", "text_batch_size", "text_seq_len") if s.text else ()
     refuse_another_run(out / "settings.json", s.to_dict(), [out / f"stage{k}" / "checkpoints" for k in (1, 2)],
-                       (*RUN_IDENTITY, "sets", "text", *text_keys, "repeat_every"), {"lookup_weight": 1.0})
+                       (*RUN_IDENTITY, "sets", "text", *text_keys, "repeat_every"))
     base = Path(s.model) if s.model else DEFAULT_MODEL
     tok = Tokenizer.from_pretrained(base)
     lm = load_model(base)
