@@ -458,9 +458,9 @@ def test_cli_finetune_then_merge_then_generate(capsys, tmp_path):
     cfg = make_run(tmp_path, "lora", steps=2)
     rc, out, err = run_cli(capsys, "finetune", "--model", cfg.model, "--data", cfg.data, "--out", cfg.out,
                            "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--seq-len", "64",
-                           "--lora.r", "2", "--no-progress")
+                           "--lora.r", "2", "--lookup-weight", "3", "--no-progress")
     assert rc == 0, err
-    assert f"wrote {cfg.out}/adapter" in out
+    assert f"wrote {cfg.out}/adapter" in out and "lookup targets" in err and "weigh 3" in err
     rc, out, err = run_cli(capsys, "merge", cfg.model, f"{cfg.out}/adapter", str(tmp_path / "merged"))
     assert rc == 0 and "merged in" in out
     rc, out, err = run_cli(capsys, "generate", cfg.model, "hello", "--adapter", f"{cfg.out}/adapter",
@@ -476,6 +476,8 @@ def test_cli_finetune_then_merge_then_generate(capsys, tmp_path):
     (["finetune"], ["missing required training setting 'data'"]),
     (["finetune", "--data", "x", "--method", "prefix"], ["method must be one of full, lora"]),
     (["finetune", "--data", "x", "--lora.targets", "everything"], ["LoRA targets must be"]),
+    (["finetune", "--data", "x", "--lookup-weight", "0.5"], ["lookup_weight must be a number >= 1"]),
+    (["finetune", "--data", "x", "--lookup-weight", "inf"], ["lookup_weight must be a number >= 1"]),
     (["merge", "/no/base", "/no/adapter", "/tmp/x"], ["/no/base"]),
     (["serve", "--adapter", "/no/adapter"], ["/no/adapter", "not an adapter folder"]),
 ])

@@ -251,6 +251,7 @@ class FinetuneConfig(TrainConfig):
     format: str = "auto"  # auto | messages | alpaca
     skip_bad_lines: bool = False
     packing: bool = True
+    lookup_weight: float = 1.0  # answer tokens that look a fact up count this many times (train/sft.py); 1: off
     method: str = "lora"  # full | lora
     context: int = 0  # stretch the model's context to this many tokens with YaRN first; 0 keeps it
     steps: int = 300
@@ -283,6 +284,10 @@ class FinetuneConfig(TrainConfig):
             raise TrainError(f"format must be one of {', '.join(SFT_FORMATS)}, got {self.format!r}")
         if not 0 < self.val_fraction < 1:
             raise TrainError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if not (isinstance(self.lookup_weight, int | float) and math.isfinite(self.lookup_weight)
+                and self.lookup_weight >= 1):
+            raise TrainError(f"lookup_weight must be a number >= 1 (1: every target counts once), got "
+                             f"{self.lookup_weight!r}")
         if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0:
             raise TrainError(f"context must be an integer >= 0 (0 keeps the model's), got {self.context!r}")
         if self.checkpoint_format != "whole":  # one process, and a LoRA trainee saves its adapter, not the model
@@ -334,6 +339,9 @@ _HELP = {
     "format": "line format: auto (per line), messages (OpenAI chat) or alpaca (instruction/input/output)",
     "skip_bad_lines": "report malformed lines as file:line and skip them (default: stop at the first)",
     "packing": "pack several short conversations into one row of seq_len tokens",
+    "lookup_weight": "how many times the loss counts the answer tokens that start a copy of the user's words "
+                     "where the word before them is the answer's own (\"I'm Kenji\" -> \"Your name is "
+                     "Kenji\"), which a small model guesses; 1: off",
     "context": "stretch the model's context to this many tokens with YaRN before training, as DeepSeek-V2 did "
                "(the rope's slow dimensions interpolated; then train on long sequences); 0 keeps it",
     "method": "full (every weight trains) or lora (peft adapters; the base stays frozen)",

@@ -67,12 +67,17 @@ def load_data(cfg: FinetuneConfig, tok: Tokenizer, log) -> tuple[SFTData, SFTDat
     else:
         n_val = max(1, round(cfg.val_fraction * len(conversations))) if len(conversations) > 1 else 0
         val, conversations = conversations[:n_val], conversations[n_val:]
-    train_data = SFTData.from_conversations(conversations, tok, cfg.seq_len, packing=cfg.packing, seed=cfg.seed)
+    train_data = SFTData.from_conversations(conversations, tok, cfg.seq_len, packing=cfg.packing, seed=cfg.seed,
+                                            lookup_weight=cfg.lookup_weight)
     if not val:
         raise SFTError("no validation conversations: give val_data, or more than one conversation")
     val_data = SFTData.from_conversations(val, tok, cfg.seq_len, packing=cfg.packing, shuffle=False)
     log(f"seekmoe: train: {train_data.report.summary()} -> {len(train_data)} rows of {cfg.seq_len} tokens")
     log(f"seekmoe: val: {val_data.report.summary()} -> {len(val_data)} rows")
+    if cfg.lookup_weight != 1:
+        r = train_data.report
+        log(f"seekmoe: {r.lookup_targets:,} lookup targets ({r.lookup_targets / max(r.target_tokens, 1):.2%} of the "
+            f"targets) weigh {cfg.lookup_weight:g}")
     return train_data, val_data
 
 
