@@ -251,6 +251,7 @@ done
 # greeting (18 of 25, mm-chat40: 7), Chinese order numbers 98 -> 81%, support answers naming the order 80 -> 70%
 #   mm-chat44: the same flags as mm-chat40 but --lr2 1.5e-4 --lookup-weight 10, --model runs/mm-chat40/model
 #   --text runs/sft-mix23 --seed 40
-# runs/mm-chat45: the same at weight 4 and mm-chat40's rate
+# runs/mm-chat45 (not bundled): the same at weight 4 and mm-chat40's rate. English names 70%, e-mails 80%, the
+# town question read as a greeting in 14 of 25, Chinese towns 38%, support answers naming the order 67%
 #   mm-chat45: the same flags as mm-chat40 but --lookup-weight 4, --model runs/mm-chat40/model
 #   --text runs/sft-mix23 --seed 41
