@@ -248,10 +248,10 @@ done
 # runs/mm-chat44 (not bundled): the answer tokens that start a copy without a matching word before them weigh 10
 # times (the code of 75738cd, `--lookup-weight`; 0.84% of runs/sft-mix23's targets). English names 63 -> 72% and
 # e-mails 77 -> 84% after >= 5 turns, Chinese towns 25 -> 42%; but "Where did I say I'm writing from?" read as a
-# greeting (18 of 25, mm-chat40: 7), Chinese order numbers 98 -> 81%, support answers naming the order 80 -> 70%
+# greeting (18 of its 20 dialogues, mm-chat40: 7), Chinese order numbers 98 -> 81%, support answers naming the order 80 -> 70%
 #   mm-chat44: the same flags as mm-chat40 but --lr2 1.5e-4 --lookup-weight 10, --model runs/mm-chat40/model
 #   --text runs/sft-mix23 --seed 40
 # runs/mm-chat45 (not bundled): the same at weight 4 and mm-chat40's rate. English names 70%, e-mails 80%, the
-# town question read as a greeting in 14 of 25, Chinese towns 38%, support answers naming the order 67%
+# town question read as a greeting in 14 of 20, Chinese towns 38%, support answers naming the order 67%
 #   mm-chat45: the same flags as mm-chat40 but --lookup-weight 4, --model runs/mm-chat40/model
 #   --text runs/sft-mix23 --seed 41
