@@ -284,10 +284,8 @@ class FinetuneConfig(TrainConfig):
             raise TrainError(f"format must be one of {', '.join(SFT_FORMATS)}, got {self.format!r}")
         if not 0 < self.val_fraction < 1:
             raise TrainError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if not (isinstance(self.lookup_weight, int | float) and math.isfinite(self.lookup_weight)
-                and self.lookup_weight >= 1):
-            raise TrainError(f"lookup_weight must be a number >= 1 (1: every target counts once), got "
-                             f"{self.lookup_weight!r}")
+        if (bad := lookup_weight_error(self.lookup_weight)) is not None:
+            raise TrainError(bad)
         if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0:
             raise TrainError(f"context must be an integer >= 0 (0 keeps the model's), got {self.context!r}")
         if self.checkpoint_format != "whole":  # one process, and a LoRA trainee saves its adapter, not the model
@@ -379,6 +377,13 @@ def add_arguments(parser, cls: type[TrainConfig] = TrainConfig) -> None:
         for f in dataclasses.fields(kind):
             _add_field(parser, f, f"--{name}.{f.name.replace('_', '-')}", f"{name}.{f.name}", helps)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def lookup_weight_error(weight: object) -> str | None:
+    """What is wrong with a lookup weight (train/sft.py), or None."""
+    if isinstance(weight, int | float) and math.isfinite(weight) and weight >= 1:
+        return None
+    return f"lookup_weight must be a number >= 1 (1: every target counts once), got {weight!r}"
 
 
 @dataclass

@@ -75,9 +75,7 @@ def load_data(cfg: FinetuneConfig, tok: Tokenizer, log) -> tuple[SFTData, SFTDat
     log(f"seekmoe: train: {train_data.report.summary()} -> {len(train_data)} rows of {cfg.seq_len} tokens")
     log(f"seekmoe: val: {val_data.report.summary()} -> {len(val_data)} rows")
     if cfg.lookup_weight != 1:
-        r = train_data.report
-        log(f"seekmoe: {r.lookup_targets:,} lookup targets ({r.lookup_targets / max(r.target_tokens, 1):.2%} of the "
-            f"targets) weigh {cfg.lookup_weight:g}")
+        log(f"seekmoe: train: {train_data.report.lookups(cfg.lookup_weight)}")
     return train_data, val_data
 
 

@@ -239,7 +239,7 @@ def evaluate(model: CausalLM, data, cfg: TrainConfig) -> dict[str, Any]:
     for i in range(steps):
         x, y = _batch(data, i, cfg, rank, world, device)
         out = _forward(model, x, cfg.bf16, None)
-        n = int(((y.targets if isinstance(y, Weighted) else y) != -100).sum())
+        n = int((y != -100).sum())
         total += lm_loss(out.logits, y).item() * n
         counted += n
         loads.add(out.routing)

@@ -17,7 +17,6 @@ stage 2 only.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from seekmoe.multimodal.parts import split_media
 from seekmoe.multimodal.scenes import SIDE
 from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.checkpoints import RUN_IDENTITY, latest_checkpoint, refuse_another_run
-from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError
+from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError, lookup_weight_error
 from seekmoe.train.config import MultimodalSettings as Settings
 from seekmoe.train.loop import run
 from seekmoe.train.repeat_drill import RepeatDrill
@@ -183,8 +182,8 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
 
     if s.text and s.text_every < 2:
         raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
-    if not (math.isfinite(s.lookup_weight) and s.lookup_weight >= 1):
-        raise TrainError(f"lookup_weight must be a number >= 1 (1: every target counts once), got {s.lookup_weight}")
+    if (bad := lookup_weight_error(s.lookup_weight)) is not None:
+        raise TrainError(bad)
     if s.repeat_every < 0:
         raise TrainError(f"repeat_every must be 0 (no drill), 1 (the drill alone) or more: every repeat_every-th "
                          f"stage 2 step is a drill, got {s.repeat_every}")
@@ -236,8 +235,7 @@ def train(s: Settings, progress: bool = True, log=print) -> Path:
         log(f"seekmoe: {r.conversations} text chats in {len(text)} rows of {s.text_seq_len} tokens from {s.text}, "
             f"one stage 2 step in {s.text_every}" + (" of the others" if s.repeat_every else ""))
         if s.lookup_weight != 1:
-            log(f"seekmoe: {r.lookup_targets:,} lookup targets ({r.lookup_targets / max(r.target_tokens, 1):.2%} of "
-                f"the text targets) weigh {s.lookup_weight:g}")
+            log(f"seekmoe: text chats: {r.lookups(s.lookup_weight)}")
     if s.repeat_every:
         drill = RepeatDrill(tok.vocab_size, tok.special_ids | tok.added_ids, seed=s.seed)
         log("seekmoe: every stage 2 step a repeat drill" if s.repeat_every == 1 else

@@ -33,7 +33,6 @@ carries no loss.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ import numpy as np
 from seekmoe.errors import SeekmoeError
 from seekmoe.text.chat import ChatError, check_messages, check_tools, render_chat
 from seekmoe.text.tokenizer import Tokenizer
-from seekmoe.train.config import SFT_FORMATS
+from seekmoe.train.config import SFT_FORMATS, lookup_weight_error
 
 IGNORE = -100  # the target of a token without loss (F.cross_entropy's ignore_index)
 MAX_LINE_BYTES = 4 << 20  # one JSONL line; a longer one is a broken file, not a conversation
@@ -83,6 +82,10 @@ class LoadReport:
     tokens: int = 0
     target_tokens: int = 0
     lookup_targets: int = 0  # targets that weigh lookup_weight (module docstring); 0 without it
+
+    def lookups(self, weight: float) -> str:
+        share = self.lookup_targets / max(self.target_tokens, 1)
+        return f"{self.lookup_targets:,} lookup targets ({share:.2%} of the targets) weigh {weight:g}"
 
     def summary(self) -> str:
         return (f"{self.conversations:,} conversations, {self.tokens:,} tokens ({self.target_tokens:,} with loss); "
@@ -349,8 +352,8 @@ class SFTData:
     def from_conversations(cls, conversations: list[list[dict]], tok: Tokenizer, seq_len: int, *,
                            packing: bool = True, shuffle: bool = True, seed: int = 0,
                            report: LoadReport | None = None, lookup_weight: float = 1.0) -> SFTData:
-        if not (math.isfinite(lookup_weight) and lookup_weight >= 1):
-            raise SFTError(f"lookup_weight must be a number >= 1 (1: every target counts once), got {lookup_weight}")
+        if (bad := lookup_weight_error(lookup_weight)) is not None:
+            raise SFTError(bad)
         report = report or LoadReport()
         examples = tokenize_all(tok, conversations, seq_len + 1, report)
         tokens, masks = pack(examples, seq_len + 1, tok.pad_id, packing) if examples else (
