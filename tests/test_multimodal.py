@@ -266,6 +266,44 @@ def test_a_batch_trains_the_encoders_through_the_frozen_model(mm_folder):
     assert rows.shape == (4 + n_audio, 32)
 
 
+def test_a_batch_moves_whole_to_the_training_device_and_the_encoders_run_there(mm_folder):
+    # the meta device stands in for a GPU here: a tensor left behind on the CPU meets one on meta and raises
+    from seekmoe.multimodal.parts import split_media
+    from seekmoe.train.loop import _batch
+
+    mm = load_multimodal(mm_folder)
+    _, media = split_media(ask("image", png()) + ask("audio", wav(0.5)), mm.encoders.config)
+    n_audio = audio_rows(media[1].data.shape[0])
+    batch = MultimodalBatch(torch.tensor([[3] + [18] * 4 + [3] + [19] * n_audio + [4]]), media)
+
+    class Data:
+        def batch(self, i, batch_size, seq_len):
+            return batch, torch.zeros(1, 2 + 4 + n_audio, dtype=torch.long)
+
+    cfg = dataclasses.replace(_stage_config(), batch_size=1)
+    x, y = _batch(Data(), 0, cfg, 0, 1, torch.device("meta"))
+    assert x.ids.is_meta and y.is_meta and all(m.data.is_meta for m in x.media)
+    assert [(m.kind, m.digest) for m in x.media] == [(m.kind, m.digest) for m in media]
+    assert not any(m.data.is_meta for m in media)  # the data's own batch is left as it was
+    rows = encode(mm.encoders.to("meta"), x.media)
+    assert [r.shape for r in rows] == [(4, 32), (n_audio, 32)] and all(r.is_meta for r in rows)
+    assert _batch(Data(), 0, cfg, 0, 1, torch.device("cpu"))[0] is batch  # on the CPU: as the data gave it
+
+
+def _stage_config():
+    from seekmoe.train.multimodal import Settings, stage_config
+
+    return stage_config(Settings(model="m", data="d", out="o"), 2)
+
+
+def test_both_stages_train_on_the_settings_device_with_bf16_if_asked():
+    from seekmoe.train.multimodal import Settings, stage_config
+
+    s = Settings(model="m", data="d", out="o", device="cuda:1", bf16=True)
+    assert {(stage_config(s, k).device, stage_config(s, k).bf16) for k in (1, 2)} == {("cuda:1", True)}
+    assert _stage_config().device == "auto" and not _stage_config().bf16
+
+
 # ---- two-stage training ----------------------------------------------------------------------------------------
 
 def write_set(folder, name: str, split: str, kind: str, items: list[tuple[bytes, str]]) -> None:
@@ -417,6 +455,9 @@ def test_stage_2_mixes_text_chats_in_every_nth_step(tmp_path):
     (["--text", "chats.jsonl", "--text-every", "1"], "text_every must be >= 2"),
     (["--text", "chats.jsonl", "--lookup-weight", "0.5"], "lookup_weight must be a number >= 1"),
     (["--text", "chats.jsonl", "--lookup-weight", "nan"], "lookup_weight must be a number >= 1"),
+    (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    pytest.param(["--device", "cuda"], "torch sees no GPU here", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_train_multimodal_cli_refuses_bad_flags_before_touching_anything(tmp_path, capsys, flags, message):
     from seekmoe.cli.main import main

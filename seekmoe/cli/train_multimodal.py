@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"Kenji\"), which a small model tends to guess; default {d.lookup_weight:g}: off")
     p.add_argument("--lr1", type=float, default=d.lr1, help=f"stage 1 peak learning rate (default {d.lr1})")
     p.add_argument("--lr2", type=float, default=d.lr2, help=f"stage 2 peak learning rate (default {d.lr2})")
+    p.add_argument("--device", default=d.device, help="where both stages train: auto (the GPU when torch sees one, "
+                   f"else the CPU), cpu, cuda or cuda:N; media are decoded on the CPU (default {d.device})")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on that device")
     p.add_argument("--max-image-size", type=positive_int, metavar="PIXELS",
                    help="teach the image encoder a second, larger square (a multiple of its patch size, 112 for "
                    "the grounding sets' canvases): images larger than its small square are drawn onto it")
@@ -63,6 +66,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     encoder = {} if args.max_image_size is None else {"max_image_size": args.max_image_size}
     s = Settings(model=args.model, data=args.data, out=args.out, sets=sets, lr1=args.lr1, lr2=args.lr2, text=args.text,
                  repeat_every=args.repeat_every, lookup_weight=args.lookup_weight, encoder=encoder,
+                 device=args.device, bf16=args.bf16,
                  **{k: getattr(args, k) for k in INT_FLAGS})
     from seekmoe.train.multimodal import train
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -175,7 +175,7 @@ class AudioEncoder(nn.Module):
         """mel (T, n_mels), one clip -> (audio_rows(T), D)."""
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel.T[None]))))  # (1, W, T/4)
         x = x.transpose(1, 2)  # (1, T/4, W)
-        x = self.blocks(x + self.positions(x.shape[1]).to(x.dtype))
+        x = self.blocks(x + self.positions(x.shape[1]).to(x))  # on x's device and in its dtype
         x = F.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2)  # (1, T/8, W)
         return self.proj(x)[0]
 
@@ -293,6 +293,11 @@ class MultimodalLM(nn.Module):
 class MultimodalBatch:
     ids: torch.Tensor  # (B, T) with expanded placeholders
     media: list[Media]  # in reading order over the rows
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> MultimodalBatch:
+        """The batch on `device` (where the model trains): its ids and every medium's data."""
+        return MultimodalBatch(self.ids.to(device, non_blocking=non_blocking),
+                               [replace(m, data=m.data.to(device, non_blocking=non_blocking)) for m in self.media])
 
 
 def config_of(lm: CausalLM) -> MultimodalConfig | None:

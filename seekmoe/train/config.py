@@ -409,6 +409,8 @@ class MultimodalSettings(RunSettings):
     text_seq_len: int = 1024
     lookup_weight: float = 1.0  # the text chats' lookup targets count this many times (train/sft.py); 1: off
     repeat_every: int = 0  # every repeat_every-th stage 2 step a repeat drill (train/repeat_drill.py); 0: none
+    device: str = "auto"  # as TrainConfig's: media batches are built on the CPU and moved there
+    bf16: bool = False
 
     COUNTS: ClassVar[tuple[str, ...]] = (*RunSettings.COUNTS, "stage1_steps", "stage2_steps", "max_tokens",
                                          "text_every", "text_batch_size", "text_seq_len")

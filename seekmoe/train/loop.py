@@ -196,7 +196,7 @@ def _forward(model: CausalLM, x, bf16: bool, capacity_factor: float | None):
 
 def _batch(data, i: int, cfg: TrainConfig, rank: int, world: int, device: torch.device):
     """This rank's rows of global batch i on `device` (where the model is); fine-tuning data (one process only)
-    takes no rank. On the CPU the batch stays as the data gave it (a multimodal batch has no .to)."""
+    takes no rank. On the CPU the batch stays as the data gave it."""
     x, y = data.batch(i, cfg.batch_size, cfg.seq_len) if world == 1 else \
         data.batch(i, cfg.batch_size, cfg.seq_len, rank, world)
     if device.type == "cpu":

@@ -49,7 +49,7 @@ from seekmoe.text.tokenizer import Tokenizer
 from seekmoe.train.checkpoints import RUN_IDENTITY, latest_checkpoint, refuse_another_run
 from seekmoe.train.config import BalanceConfig, TrainConfig, TrainError, lookup_weight_error
 from seekmoe.train.config import MultimodalSettings as Settings
-from seekmoe.train.loop import run
+from seekmoe.train.loop import resolve_device, run
 from seekmoe.train.repeat_drill import RepeatDrill
 from seekmoe.train.sft import IGNORE, EpochOrder, SFTData, data_files, tokenize_conversation
 from seekmoe.train.trainee import Trainee
@@ -172,7 +172,7 @@ def stage_config(s: Settings, stage: int) -> TrainConfig:
         min_lr=(s.lr1 if stage == 1 else s.lr2) / 10, warmup_steps=min(20, steps // 10), weight_decay=0.0,
         log_every=10, eval_every=s.eval_every, eval_batches=s.eval_batches, save_every=s.save_every,
         keep_checkpoints=2, seed=s.seed,
-        device="cpu",  # media batches (MultimodalBatch) are built and encoded on the CPU
+        device=s.device, bf16=s.bf16,
         # stage 1 leaves the language model exactly as it was, routing bias included
         balance=BalanceConfig(mode="none" if stage == 1 else "auto"))
 
@@ -180,6 +180,8 @@ def stage_config(s: Settings, stage: int) -> TrainConfig:
 def train(s: Settings, progress: bool = True, log=print) -> Path:
     from seekmoe.model.checkpoint import DEFAULT_MODEL
 
+    # a GPU asked for where there is none fails now, not after minutes of reading the sets
+    resolve_device(stage_config(s, 2))
     if s.text and s.text_every < 2:
         raise TrainError("text_every must be >= 2: every text_every-th stage 2 step is a text batch")
     if (bad := lookup_weight_error(s.lookup_weight)) is not None:
