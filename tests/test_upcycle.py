@@ -49,7 +49,7 @@ def test_the_grown_model_computes_the_same_function_with_each_choice_doubled(rou
                                                   .state_dict().values(), strict=True))  # the old one untouched
 
 
-def test_noise_tells_the_twins_apart_and_leaves_the_router_as_it_was():
+def test_noise_tells_the_twins_apart_and_leaves_the_experts_as_they_were():
     old = tiny_model(seed=1, **ROUTINGS["v3 noaux_tc sigmoid, 4 groups"])
     new = upcycle(old, noise=0.01, seed=5)
     layer_old, layer_new = old.model.layers[1].mlp, new.model.layers[1].mlp
@@ -58,15 +58,16 @@ def test_noise_tells_the_twins_apart_and_leaves_the_router_as_it_was():
     assert torch.equal(w_new[:, 0], w_old)  # the experts themselves are kept
     gap = (w_new[:, 1] - w_old).std() / w_old.std()
     assert 0.005 < gap < 0.02  # the twins moved by about 1% of the weights' spread
-    g_new = layer_new.gate.weight.reshape(4, 2, 4, -1)
-    assert torch.equal(g_new[:, 0], g_new[:, 1]) and torch.equal(g_new[:, 0], layer_old.gate.weight.reshape(4, 4, -1))
+    g_old, g_new = layer_old.gate.weight.reshape(4, 4, -1), layer_new.gate.weight.reshape(4, 2, 4, -1)
+    assert torch.equal(g_new[:, 0], g_old) and 0.005 < float((g_new[:, 1] - g_old).std() / g_old.std()) < 0.02
     bias = layer_new.gate.e_score_correction_bias.reshape(4, 2, 4)
-    assert torch.equal(bias[:, 0], bias[:, 1])
+    assert torch.equal(bias[:, 0], bias[:, 1])  # balancing state: each twin as loaded as its expert
     again = upcycle(old, noise=0.01, seed=5)  # seeded: the same twins again
     assert torch.equal(again.model.layers[1].mlp.experts.up_proj, layer_new.experts.up_proj)
     ids = torch.arange(20)[None]
-    assert not torch.equal(new(ids), old(ids))  # no longer the very same function, but close to it
-    torch.testing.assert_close(new(ids), old(ids), rtol=0.1, atol=0.1)
+    a, b = old(ids), new(ids)  # no longer the very same function (a token near a tie may take one twin alone)...
+    assert not torch.equal(a, b)
+    assert (b - a).abs().mean() < 0.05 * a.abs().mean() and torch.equal(b.argmax(-1), a.argmax(-1))  # ...but close
 
 
 @pytest.mark.parametrize("noise", [-0.1, 1.0, float("nan"), "0.1"])

@@ -6,10 +6,11 @@ scores the same, under DeepSeek-V2's best expert as under V3's best two), and th
 and their twins. Each twin pair shares its old weight: normalised top-K weights are renormalised over twice the
 experts, a softmax spreads over twice the logits; only unnormalised sigmoid weights, which would count twice, get
 half the routed scaling factor. So the grown model computes what the old one did (float sums aside) with twice
-the routed parameters and twice the routed work per token. Training then has to tell the twins apart: `noise`
-perturbs the twins' expert weights (a fraction of each matrix's standard deviation), after which their gradients
-differ and they drift apart. (Komatsuzaki et al., 2022, "Sparse Upcycling", copy experts into a new router; here
-the router is copied too, so nothing is forgotten on the first step.)
+the routed parameters and twice the routed work per token. Training then has to tell the twins apart: twins
+chosen together for every token would get the same gradients and stay twins, so `noise` perturbs the twins' router
+rows and expert weights (that fraction of each weight's standard deviation): near a tie one twin is chosen without
+the other, the twins see different tokens and drift apart. (Komatsuzaki et al., 2022, "Sparse Upcycling", copy the
+experts under a new router; here the router is copied too, so little is forgotten on the first step.)
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _twinned(t_E: torch.Tensor, groups: int, noise: float, generator: torch.Gene
 @torch.no_grad()
 def upcycle(model: CausalLM, noise: float = 0.0, seed: int = 0) -> CausalLM:
     """A new model with twice the routed experts of `model` (left as it was), computing the same function when
-    noise is 0; noise perturbs the twin experts' weights by that fraction of each weight's standard deviation."""
+    noise is 0; noise perturbs the twins' router rows and expert weights by that fraction of each weight's standard
+    deviation."""
     if not (isinstance(noise, int | float) and 0 <= noise < 1):
         raise ValueError(f"noise must be a number in [0, 1), got {noise!r}")
     cfg = model.config
@@ -71,11 +73,11 @@ def upcycle(model: CausalLM, noise: float = 0.0, seed: int = 0) -> CausalLM:
     for prefix, module in model.named_modules():
         if not isinstance(module, MoE):
             continue
-        for key in ("gate.weight", "gate.e_score_correction_bias"):  # the router copied exactly: the choice doubles
-            if f"{prefix}.{key}" in state:
-                state[f"{prefix}.{key}"] = _twinned(state[f"{prefix}.{key}"], groups, 0.0, generator)
-        for key in ("gate_proj", "up_proj", "down_proj"):
-            state[f"{prefix}.experts.{key}"] = _twinned(state[f"{prefix}.experts.{key}"], groups, noise, generator)
+        bias = f"{prefix}.gate.e_score_correction_bias"
+        if bias in state:  # balancing state, copied exactly: a twin starts as loaded as its expert
+            state[bias] = _twinned(state[bias], groups, 0.0, generator)
+        for key in ("gate.weight", "experts.gate_proj", "experts.up_proj", "experts.down_proj"):
+            state[f"{prefix}.{key}"] = _twinned(state[f"{prefix}.{key}"], groups, noise, generator)
     new.load_state_dict(state)
     return new
 
