@@ -49,6 +49,7 @@ def test_the_grown_model_computes_the_same_function_with_each_choice_doubled(rou
                                                   .state_dict().values(), strict=True))  # the old one untouched
 
 
+@torch.no_grad()
 def test_noise_tells_the_twins_apart_and_leaves_the_experts_as_they_were():
     old = tiny_model(seed=1, **ROUTINGS["v3 noaux_tc sigmoid, 4 groups"])
     new = upcycle(old, noise=0.01, seed=5)
