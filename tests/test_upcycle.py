@@ -89,6 +89,9 @@ def test_a_multimodal_folder_keeps_its_encoders_and_tokenizer(tmp_path):
     dst = upcycle_folder(src, tmp_path / "dst")
     kept = {f.name for f in src.iterdir()} - {"config.json", "model.safetensors"}
     assert kept and all((dst / name).read_bytes() == (src / name).read_bytes() for name in kept)
+    assert {f.name for f in dst.iterdir()} == {*kept, "config.json", "model.safetensors", "upcycle.json"}
+    assert json.loads((dst / "upcycle.json").read_text()) == {"model": str(src), "noise": 0.0, "seed": 0,
+                                                               "n_routed_experts": [8, 16]}
     config = json.loads((dst / "config.json").read_text())
     assert config["n_routed_experts"] == 2 * json.loads((src / "config.json").read_text())["n_routed_experts"]
     assert config["multimodal"] == json.loads((src / "config.json").read_text())["multimodal"]

@@ -16,6 +16,7 @@ experts under a new router; here the router is copied too, so little is forgotte
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +30,7 @@ from seekmoe.model.model import CausalLM, MoE
 
 # the language model's own files, which save_model writes anew; everything else in a model folder (tokenizer,
 # generation_config.json, multimodal.safetensors) is copied as it is
+RECORD = "upcycle.json"
 LM_FILES = re.compile(r"config\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
 
 
@@ -83,16 +85,21 @@ def upcycle(model: CausalLM, noise: float = 0.0, seed: int = 0) -> CausalLM:
 
 
 def upcycle_folder(src: str | Path, dst: str | Path, noise: float = 0.0, seed: int = 0) -> Path:
-    """The model folder src upcycled into dst (all or nothing), in float32, its other files copied."""
+    """The model folder src upcycled into dst (all or nothing), in float32, its other files copied and RECORD
+    saying where it came from (what a model card's list of stages reads)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst} exists: upcycling writes a new model folder")
-    grown = upcycle(load_model(src), noise, seed)
+    model = load_model(src)
+    model_experts, grown = model.config.n_routed_experts, upcycle(model, noise, seed)
 
     def write(tmp: Path) -> None:
         save_model(grown, tmp)
         for f in sorted(src.iterdir()):
             if f.is_file() and not LM_FILES.fullmatch(f.name):
                 shutil.copy(f, tmp / f.name)
+        record = {"model": str(src), "noise": noise, "seed": seed,
+                  "n_routed_experts": [model_experts, grown.config.n_routed_experts]}
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     return write_folder(dst, write)
