@@ -39,6 +39,9 @@ def stages(run: Path) -> list[Path]:
     chain = [run]
     while True:
         base = Path(run_config(chain[0])["model"])
+        if is_upcycled(base):  # a model folder grown from another by scripts/upcycle.py: a stage of its own
+            chain.insert(0, base)
+            continue
         if base.name == "model":
             parent = base.parent
         elif base.parent.name == "checkpoints":  # a pretraining run continued from another's checkpoint
@@ -58,12 +61,21 @@ def is_multimodal(run: Path) -> bool:
     return (run / "settings.json").is_file() and (run / "stage2" / "config.json").is_file()
 
 
+def is_upcycled(run: Path) -> bool:
+    return (run / "upcycle.json").is_file()
+
+
 def run_config(run: Path) -> dict:
+    if is_upcycled(run):
+        return json.loads((run / "upcycle.json").read_text())
     return json.loads((run / ("settings.json" if is_multimodal(run) else "config.json")).read_text())
 
 
 def command(run: Path) -> str:
     """The command that made a run."""
+    if is_upcycled(run):
+        cfg = run_config(run)
+        return f".venv/bin/python scripts/upcycle.py {cfg['model']} {run} --noise {cfg['noise']} --seed {cfg['seed']}"
     if not is_multimodal(run):
         cfg = run_config(run)
         made = f".venv/bin/seekmoe {'train' if is_pretraining(run) else 'finetune'} recipes/{run.name}.json"
@@ -136,6 +148,14 @@ def media_table(after: dict, before: dict | None) -> str:
 
 
 def stage_text(run: Path) -> str:
+    if is_upcycled(run):
+        cfg = run_config(run)
+        before, after = cfg["n_routed_experts"]
+        return (f"- `{run}` (`scripts/upcycle.py` from `{cfg['model']}`): sparse upcycling. Every routed expert and "
+                f"its router row copied ({before} → {after} routed experts per MoE layer, twice the experts chosen "
+                f"per token, the expert groups doubled alike), so the model computed what it did; the copies "
+                f"perturbed by {cfg['noise']} of each weight's spread (seed {cfg['seed']}), so that training tells "
+                "them apart.")
     if is_multimodal(run):
         return multimodal_text(run)
     cfg = run_config(run)
@@ -270,7 +290,8 @@ spoke in training){f"; before: {media[2]}" if media[1] else ""}:
     seeing = (", then taught to see and hear (image and audio encoders, `seekmoe train-multimodal`)", " It names "
               "the digit or garment in an attached picture and what an attached recording says (digits, everyday "
               "phrases).") if sees else ("", "")
-    intro = (f"seekmoe-tiny ({report.total / 1e6:.1f}M parameters, {report.active / 1e6:.1f}M active per token) "
+    grown = ", its routed experts doubled by sparse upcycling" if any(is_upcycled(r) for r in chain) else ""
+    intro = (f"seekmoe-tiny{grown} ({report.total / 1e6:.1f}M parameters, {report.active / 1e6:.1f}M active per token) "
              f"taught to copy from its context by continued pretraining, then fine-tuned to chat by `seekmoe "
              f"finetune`{seeing[0]}, on CPU ({len(bullets) + len(chain)} stages, below). It is the model every "
              "seekmoe command (`serve`, `chat`, `generate`, `summarize`) uses when none is given. It follows the "
