@@ -255,3 +255,15 @@ done
 # town question read as a greeting in 14 of 20, Chinese towns 38%, support answers naming the order 67%
 #   mm-chat45: the same flags as mm-chat40 but --lookup-weight 4, --model runs/mm-chat40/model
 #   --text runs/sft-mix23 --seed 41
+# runs/mm-chat47 (not bundled): runs/mm-chat40 upcycled to 32 routed experts a layer, 8 chosen per token (the code
+# of 0afda91; 21.8M parameters), then a stage on its own mixture. Recall after >= 5 turns 80.0 -> 82.6% (Chinese
+# 67.8 -> 75.7%, cities 25 -> 34%, English towns 78 -> 90%), paraphrased intents 85.6 -> 87.7%, Chinese continuation
+# 78.6 -> 81.5%; support answers naming the order 79.6 -> 70.4% (sampled 63.3 -> 50.0%). The twins moved apart by
+# nothing measurable (relative gap 0.100 before and after; each expert moved by 2%)
+#   .venv/bin/python scripts/upcycle.py runs/mm-chat40/model runs/up40 --noise 0.1 --seed 1
+#   mm-chat47: the same flags as mm-chat40 but --stage2-steps 500 --lr2 1.5e-4, --model runs/up40
+#   --text runs/sft-mix23 --seed 43
+# runs/mm-chat48 (not bundled): the control, mm-chat47's stage without the upcycling. The same recall (82.6 / 75.7%)
+# and continuation (95.6 / 81.5%); paraphrased intents 85.7%, support answers naming the order 75.5% (sampled 52.0%):
+# upcycling added nothing a stage shows, the second stage on runs/sft-mix23 at 1.5e-4 made the recall gains
+#   mm-chat48: the same flags as mm-chat47, --model runs/mm-chat40/model
