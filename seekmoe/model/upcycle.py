@@ -9,7 +9,8 @@ half the routed scaling factor. So the grown model computes what the old one did
 the routed parameters and twice the routed work per token. Training then has to tell the twins apart: twins
 chosen together for every token would get the same gradients and stay twins, so `noise` perturbs the twins' router
 rows and expert weights (that fraction of each weight's standard deviation): near a tie one twin is chosen without
-the other, the twins see different tokens and drift apart. (Komatsuzaki et al., 2022, "Sparse Upcycling", copy the
+the other, and the twins see different tokens. They drift apart slowly: in a 500-step fine-tune of the bundled chat
+model they did not measurably (README, Training). (Komatsuzaki et al., 2022, "Sparse Upcycling", copy the
 experts under a new router; here the router is copied too, so little is forgotten on the first step.)
 """
 
@@ -28,9 +29,9 @@ from seekmoe.model.checkpoint import load_model, save_model
 from seekmoe.model.config import ConfigError, ModelConfig
 from seekmoe.model.model import CausalLM, MoE
 
+RECORD = "upcycle.json"  # where an upcycled folder came from
 # the language model's own files, which save_model writes anew; everything else in a model folder (tokenizer,
 # generation_config.json, multimodal.safetensors) is copied as it is
-RECORD = "upcycle.json"
 LM_FILES = re.compile(r"config\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
 
 
