@@ -10,8 +10,9 @@ the routed parameters and twice the routed work per token. Training then has to 
 chosen together for every token would get the same gradients and stay twins, so `noise` perturbs the twins' router
 rows and expert weights (that fraction of each weight's standard deviation): near a tie one twin is chosen without
 the other, and the twins see different tokens. They drift apart slowly: in a 500-step fine-tune of the bundled chat
-model they did not measurably (README, Training). (Komatsuzaki et al., 2022, "Sparse Upcycling", copy the
-experts under a new router; here the router is copied too, so little is forgotten on the first step.)
+model they did not measurably (README, the chat model's "Not there yet"). (Komatsuzaki et al., 2022, "Sparse
+Upcycling", copy the experts under a new router; here the router is copied too, so little is forgotten on the
+first step.)
 """
 
 from __future__ import annotations
