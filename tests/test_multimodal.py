@@ -269,25 +269,17 @@ def test_a_batch_trains_the_encoders_through_the_frozen_model(mm_folder):
 def test_a_batch_moves_whole_to_the_training_device_and_the_encoders_run_there(mm_folder):
     # the meta device stands in for a GPU here: a tensor left behind on the CPU meets one on meta and raises
     from seekmoe.multimodal.parts import split_media
-    from seekmoe.train.loop import _batch
 
     mm = load_multimodal(mm_folder)
     _, media = split_media(ask("image", png()) + ask("audio", wav(0.5)), mm.encoders.config)
     n_audio = audio_rows(media[1].data.shape[0])
     batch = MultimodalBatch(torch.tensor([[3] + [18] * 4 + [3] + [19] * n_audio + [4]]), media)
-
-    class Data:
-        def batch(self, i, batch_size, seq_len):
-            return batch, torch.zeros(1, 2 + 4 + n_audio, dtype=torch.long)
-
-    cfg = dataclasses.replace(_stage_config(), batch_size=1)
-    x, y = _batch(Data(), 0, cfg, 0, 1, torch.device("meta"))
-    assert x.ids.is_meta and y.is_meta and all(m.data.is_meta for m in x.media)
+    x = batch.to(torch.device("meta"), non_blocking=True)  # what the training loop does off the CPU
+    assert x.ids.is_meta and all(m.data.is_meta for m in x.media)
     assert [(m.kind, m.digest) for m in x.media] == [(m.kind, m.digest) for m in media]
-    assert not any(m.data.is_meta for m in media)  # the data's own batch is left as it was
+    assert not batch.ids.is_meta and not any(m.data.is_meta for m in media)  # the data's own batch is left as it was
     rows = encode(mm.encoders.to("meta"), x.media)
     assert [r.shape for r in rows] == [(4, 32), (n_audio, 32)] and all(r.is_meta for r in rows)
-    assert _batch(Data(), 0, cfg, 0, 1, torch.device("cpu"))[0] is batch  # on the CPU: as the data gave it
 
 
 def _stage_config():
