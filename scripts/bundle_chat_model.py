@@ -27,6 +27,7 @@ from pathlib import Path
 
 from seekmoe.model.checkpoint import load_model, save_model
 from seekmoe.model.inspect import inspect_config
+from seekmoe.model.upcycle import RECORD
 from seekmoe.train.plots import read_metrics
 
 
@@ -62,12 +63,12 @@ def is_multimodal(run: Path) -> bool:
 
 
 def is_upcycled(run: Path) -> bool:
-    return (run / "upcycle.json").is_file()
+    return (run / RECORD).is_file()
 
 
 def run_config(run: Path) -> dict:
     if is_upcycled(run):
-        return json.loads((run / "upcycle.json").read_text())
+        return json.loads((run / RECORD).read_text())
     return json.loads((run / ("settings.json" if is_multimodal(run) else "config.json")).read_text())
 
 
