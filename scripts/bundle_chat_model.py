@@ -87,9 +87,11 @@ def command(run: Path) -> str:
 
     s, default = run_config(run), MultimodalSettings()
     keys = ("stage1_steps", "stage2_steps", "lr1", "lr2", "text", "text_every", "text_batch_size", "text_seq_len",
-            "repeat_every", "seed")
+            "repeat_every", "lookup_weight", "device", "seed")
     flags = [f"--{k.replace('_', '-')} {s[k]}" for k in keys
              if s.get(k) is not None and s[k] != getattr(default, k)]
+    if s.get("bf16"):
+        flags.append("--bf16")
     if s.get("sets") and tuple(s["sets"]) != default.sets:  # a run made before the grounding sets existed too
         flags.append("--sets " + ",".join(s["sets"]))
     if s.get("encoder", {}).get("max_image_size"):
