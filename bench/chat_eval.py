@@ -18,13 +18,19 @@ messages) in which no tool is called.
 Support answers (data/chat/support.val.jsonl, held-out phrasings; the README's quick-start chat is one of them):
 of the messages about an order that give its number (status, refund, address, complaint), the share of answers of
 at least 20 characters, in the message's language, that name that number, greedy and sampled as a request without
-sampling fields is (the model's generation_config.json, else temperature 1).
+sampling fields is (the model's generation_config.json, else temperature 1; --support-seeds seeds each).
 Summaries: held-out 100,000-character reports, English and Chinese (bench/summary_docs.py), each stating one key
 conclusion; per method of LLM.generate_summary (max_length 200), the share of summaries that keep it (its figure
 and measure in one sentence) and ROUGE-L (rouge-score, words and CJK characters) against the summary we wrote.
 
+With two or more models, a second table: each later model's difference from the first on every goal, in points,
+with the 95% interval of the paired differences (the same examples asked of both; continuation paired by prompt,
+its samples not being independent). Stages of the bundled model move goals by 2 to 5 points either way, about
+what the held-out sets' size allows: the interval says which moves the data shows.
+
     .venv/bin/python bench/chat_eval.py [MODEL ...] [--data data/chat] [--limit N] [--json OUT.json]
         [--summary-docs 20] [--summary-methods hybrid,extractive,abstractive] [--abstractive-docs 6]
+        [--support-seeds 4]
 
 Without MODEL: the bundled seekmoe-tiny (before fine-tuning) and seekmoe-tiny-chat (after), when both exist.
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -80,8 +87,8 @@ def answers(llm: LLM, examples: list[dict], max_tokens: int) -> list[str]:
     return [c.text.strip() for c in done]
 
 
-def with_tool(llm: LLM, problems: list[dict]) -> tuple[float, list[dict]]:
-    """Accuracy on the problems with the math plugin offered and run, 8 conversations at a time."""
+def with_tool(llm: LLM, problems: list[dict]) -> tuple[list[bool], list[dict]]:
+    """Whether each problem is answered right with the math plugin offered and run, 8 conversations at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     from seekmoe.plugins import WorkerPool
@@ -99,7 +106,7 @@ def with_tool(llm: LLM, problems: list[dict]) -> tuple[float, list[dict]]:
              for (text, _), ex in zip(outs, problems, strict=True)]
     examples = [{"asked": ex["messages"][0]["content"], "calls": trace, "said": text}
                 for (text, trace), ex in list(zip(outs, problems, strict=True))[:3]]
-    return sum(right) / len(problems), examples
+    return right, examples
 
 
 class RougeTokens:
@@ -154,11 +161,13 @@ def unreadable(text: str, lang: str) -> str | None:
     return "script" if not same_language else "loop" if len(set(units)) < 0.5 * len(units) else None
 
 
-def continuation(llm: LLM, samples: int = 16,
-                 defaults: bool = False) -> tuple[dict[str, float], list[dict], dict[str, dict[str, int]]]:
-    """The share of readable samples a language, a few examples, and the failures' reasons counted a language."""
+def continuation(llm: LLM, samples: int = 16, defaults: bool = False
+                 ) -> tuple[dict[str, float], list[dict], dict[str, dict[str, int]], dict[str, list[float]]]:
+    """The share of readable samples a language, a few examples, the failures' reasons counted a language, and
+    each prompt's share a language (the unit a comparison pairs: a prompt's samples are not independent)."""
     prompts = read_jsonl(EVAL / "continuation.jsonl", None)
     ok: dict[str, list[bool]] = {}
+    by_prompt: dict[int, list[bool]] = {}
     why: dict[str, Counter] = {}
     examples = []
     for k in range(samples):
@@ -167,15 +176,19 @@ def continuation(llm: LLM, samples: int = 16,
         params = llm.params(max_tokens=48, seed=k) if defaults else SamplingParams(
             max_tokens=48, temperature=0.8, top_p=0.95, seed=k)
         done = llm.generate([p["prompt"] for p in prompts], params=params)
-        for p, c in zip(prompts, done, strict=True):
+        for i, (p, c) in enumerate(zip(prompts, done, strict=True)):
             reason = unreadable(c.text, p["lang"])
             ok.setdefault(p["lang"], []).append(reason is None)
+            by_prompt.setdefault(i, []).append(reason is None)
             if reason is not None:
                 why.setdefault(p["lang"], Counter())[reason] += 1
             if k == 0 and len(examples) < 4 and p["lang"] == ("en", "zh")[len(examples) % 2]:
                 examples.append({"asked": p["prompt"], "said": c.text})
+    shares: dict[str, list[float]] = {}
+    for i, v in by_prompt.items():
+        shares.setdefault(prompts[i]["lang"], []).append(sum(v) / len(v))
     return ({lang: sum(v) / len(v) for lang, v in ok.items()}, examples,
-            {lang: dict(c.most_common()) for lang, c in sorted(why.items())})
+            {lang: dict(c.most_common()) for lang, c in sorted(why.items())}, shares)
 
 
 NAMES_ORDER = ("order_status", "refund", "address_change", "complaint")  # intents whose answer names a given order
@@ -192,15 +205,19 @@ def about_orders(examples: list[dict]) -> list[dict]:
     return [ex for ex in examples if "order" in ex["meta"] and ex["meta"]["intent"] in NAMES_ORDER]
 
 
-def support(llm: LLM, examples: list[dict]) -> tuple[float, float, list[dict]]:
-    """Answers to about_orders messages: the share that are sensible, greedy and sampled as a request without
-    sampling fields is (the model's generation_config.json, else temperature 1; one seed)."""
+def support(llm: LLM, examples: list[dict], seeds: int) -> tuple[list[float], list[float], list[dict]]:
+    """Answers to about_orders messages: whether each is sensible greedy, and its share of sensible answers sampled
+    as a request without sampling fields is (the model's generation_config.json, else temperature 1), seeds 0 to
+    seeds - 1 (one seed left a model's figure 5 points either way)."""
     prompts = [llm.tokenizer.apply_chat_template(ex["messages"][:-1]) for ex in examples]
-    greedy = answers(llm, examples, 64)
-    sampled = [c.text.strip() for c in llm.generate(prompt_token_ids=prompts, max_tokens=64, seed=0)]
-    shown = [{"asked": ex["messages"][-2]["content"], "said": a} for ex, a in zip(examples, sampled, strict=True)][:2]
-    return (sum(map(sensible, greedy, examples)) / len(examples),
-            sum(map(sensible, sampled, examples)) / len(examples), shown)
+    greedy = [float(sensible(a, ex)) for a, ex in zip(answers(llm, examples, 64), examples, strict=True)]
+    sampled = [0.0] * len(examples)
+    for seed in range(seeds):
+        said = [c.text.strip() for c in llm.generate(prompt_token_ids=prompts, max_tokens=64, seed=seed)]
+        sampled = [n + sensible(a, ex) / seeds for n, a, ex in zip(sampled, said, examples, strict=True)]
+        if seed == 0:
+            shown = [{"asked": ex["messages"][-2]["content"], "said": a} for ex, a in zip(examples, said, strict=True)]
+    return greedy, sampled, shown[:2]
 
 
 def no_tool_when_not_needed(llm: LLM, chats: list[list[dict]]) -> float:
@@ -214,21 +231,27 @@ def no_tool_when_not_needed(llm: LLM, chats: list[list[dict]]) -> float:
     return sum(quiet) / len(chats)
 
 
-def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary_args: tuple) -> dict:
+def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary_args: tuple,
+          support_seeds: int) -> dict:
     t0 = time.perf_counter()
     result: dict = {"model": str(model_path), "val_loss": val_losses(model_path, data, seq_len)}
+    # each goal's score per independent unit (held-out example, or continuation prompt), for paired comparisons
+    units: dict[str, list[float]] = {}
+    result["units"] = units
     llm = LLM(model_path)
     try:
         intents = read_jsonl(data / "intents.val.jsonl", limit)
         said = answers(llm, intents, 8)
-        result["intent_accuracy"] = sum(a == ex["meta"]["intent"] for a, ex in zip(said, intents, strict=True)) / len(
-            intents)
+        units["intent"] = [float(a == ex["meta"]["intent"]) for a, ex in zip(said, intents, strict=True)]
+        result["intent_accuracy"] = sum(units["intent"]) / len(intents)
+        paraphrased_units = [0.0] * len(intents)
         for k, instruction in enumerate(ROUTER_PARAPHRASES):
             asked = [{**ex, "messages": [{"role": "system", "content": instruction}, *ex["messages"][1:]]}
                      for ex in intents]
-            said_k = answers(llm, asked, 8)
-            result[f"intent_accuracy_paraphrase_{k}"] = sum(
-                a == ex["meta"]["intent"] for a, ex in zip(said_k, intents, strict=True)) / len(intents)
+            right = [a == ex["meta"]["intent"] for a, ex in zip(answers(llm, asked, 8), intents, strict=True)]
+            result[f"intent_accuracy_paraphrase_{k}"] = sum(right) / len(intents)
+            paraphrased_units = [u + r / len(ROUTER_PARAPHRASES) for u, r in zip(paraphrased_units, right, strict=True)]
+        units["intent, paraphrased instruction"] = paraphrased_units
         result["intent_examples"] = [{"asked": ex["messages"][-2]["content"], "label": ex["meta"]["intent"],
                                       "said": a} for ex, a in list(zip(intents, said, strict=True))[:3]]
         result["intent_misses"] = intent_misses(intents, said)
@@ -236,6 +259,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         said = answers(llm, dialogues, 32)
         result["multi_turn_recall"], result["recall_after_5_turns"], result["recall_by_fact"] = recall(
             said, dialogues)
+        units["recall after >= 5 turns"] = [float(ok) for ok, _ in late_recall(said, dialogues)]
         result["recall_by_anchor"] = recall_by_anchor(said, dialogues)
         result["dialogue_examples"] = [{"asked": ex["messages"][-2]["content"], "fact": ex["meta"]["fact"],
                                         "said": a} for ex, a in list(zip(dialogues, said, strict=True))[:3]]
@@ -245,6 +269,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
             said = answers(llm, dialogues_zh, 32)
             (result["multi_turn_recall_zh"], result["recall_after_5_turns_zh"],
              result["recall_by_fact_zh"]) = recall(said, dialogues_zh)
+            units["recall after >= 5 turns zh"] = [float(ok) for ok, _ in late_recall(said, dialogues_zh)]
             result["dialogue_examples"] += [{"asked": ex["messages"][-2]["content"], "fact": ex["meta"]["fact"],
                                              "said": a} for ex, a in list(zip(dialogues_zh, said, strict=True))[:2]]
         problems = read_jsonl(data / "arithmetic.val.jsonl", limit)
@@ -252,15 +277,22 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         found = [ANSWER.search(a) for a in said]
         result["arithmetic_accuracy"] = sum(m is not None and int(m[1]) == ex["meta"]["answer"]
                                             for m, ex in zip(found, problems, strict=True)) / len(problems)
-        result["arithmetic_tool_accuracy"], result["tool_examples"] = with_tool(llm, problems)
+        right, result["tool_examples"] = with_tool(llm, problems)
+        units["math tool"] = [float(r) for r in right]
+        result["arithmetic_tool_accuracy"] = sum(right) / len(problems)
         chats = [ex["messages"][1:2] for ex in intents[:25]] + [ex["messages"][:2] for ex in dialogues[:25]]
         result["no_tool_without_math"] = no_tool_when_not_needed(llm, chats)
-        result["continuation"], result["continuation_examples"], result["continuation_failures"] = continuation(llm)
-        result["continuation_defaults"] = continuation(llm, defaults=True)[0]
+        (result["continuation"], result["continuation_examples"], result["continuation_failures"],
+         shares) = continuation(llm)
+        units |= {f"continuation {lang}": v for lang, v in shares.items()}
+        result["continuation_defaults"], *_, shares = continuation(llm, defaults=True)
+        units |= {f"continuation at the defaults {lang}": v for lang, v in shares.items()}
         support_path = data / "support.val.jsonl"
         orders = about_orders(read_jsonl(support_path, limit)) if support_path.exists() else []
         if orders:
-            result["support_greedy"], result["support_sampled"], result["support_examples"] = support(llm, orders)
+            greedy, sampled, result["support_examples"] = support(llm, orders, support_seeds)
+            units["support, greedy"], units["support, sampled"] = greedy, sampled
+            result["support_greedy"], result["support_sampled"] = sum(greedy) / len(orders), sum(sampled) / len(orders)
         result["reads_media"] = llm.encoders is not None
         result["counts"] = {"support": len(orders), "intents": len(intents), "dialogues": len(dialogues),
                             "dialogues_zh": len(dialogues_zh), "arithmetic": len(problems)}
@@ -280,11 +312,17 @@ def intent_misses(intents: list[dict], said: list[str], most: int = 5) -> list[d
     return [{"template": t, "said": a, "missed": n, "asked": asked[t]} for (t, a), n in missed.most_common(most)]
 
 
+def late_recall(said: list[str], dialogues: list[dict]) -> list[tuple[bool, str]]:
+    """For each dialogue of 6 or more turns: whether the answer holds its fact, and the kind of fact."""
+    return [(ex["meta"]["fact"] in a, ex["meta"]["fact_kind"]) for a, ex in zip(said, dialogues, strict=True)
+            if ex["meta"]["turns"] >= 6]
+
+
 def recall(said: list[str], dialogues: list[dict]) -> tuple[float, float, dict[str, float]]:
     """The share of answers holding the dialogue's fact: over all dialogues, over those of 6 or more turns, and
     the latter by the kind of fact (a kind that fails whole, as Chinese cities do, hides in the mean)."""
     right = [ex["meta"]["fact"] in a for a, ex in zip(said, dialogues, strict=True)]
-    late = [(ok, ex["meta"]["fact_kind"]) for ok, ex in zip(right, dialogues, strict=True) if ex["meta"]["turns"] >= 6]
+    late = late_recall(said, dialogues)
     kinds = sorted({kind for _, kind in late})
     by_kind = {k: sum(ok for ok, kind in late if kind == k) / sum(kind == k for _, kind in late) for k in kinds}
     return sum(right) / len(dialogues), sum(ok for ok, _ in late) / max(len(late), 1), by_kind
@@ -340,6 +378,35 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def paired(before: list[float], after: list[float]) -> tuple[float, float]:
+    """The mean of after - before over units scored for both, and the half-width of its 95% interval (normal
+    approximation over the per-unit differences): both models answer the same examples, so the examples' own
+    difficulty cancels and a difference the interval excludes 0 from is one the data shows."""
+    if len(before) != len(after) or len(before) < 2:
+        raise ValueError(f"paired scores need the same units, two or more: got {len(before)} and {len(after)}")
+    diffs = [b - a for a, b in zip(before, after, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, 1.96 * math.sqrt(variance / len(diffs))
+
+
+def differences(results: list[dict]) -> str:
+    """Each later model's difference from the first on every goal scored on the same units (points, 95%
+    interval; * where the interval leaves out 0)."""
+    first, rest = results[0], results[1:]
+    goals = [g for g in first.get("units", {}) if all(len(r.get("units", {}).get(g, ())) == len(first["units"][g])
+                                                      for r in rest)]
+    rows = ["| goal | units | " + " | ".join(f"{Path(r['model']).parent.name}/{Path(r['model']).name}"
+                                             for r in rest) + " |", "|---|---|" + "---|" * len(rest)]
+    for goal in goals:
+        cells = []
+        for r in rest:
+            mean, half = paired(first["units"][goal], r["units"][goal])
+            cells.append(f"{100 * mean:+.1f} ± {100 * half:.1f}{' *' if abs(mean) > half else ''}")
+        rows.append(f"| {goal} | {len(first['units'][goal])} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def summary_table(results: list[dict]) -> str:
     rows = ["| model | method | reports | conclusion kept | ROUGE-L F1 | s / report |", "|---|---|---|---|---|---|"]
     for r in results:
@@ -361,13 +428,22 @@ def main() -> None:
                    help="methods of LLM.generate_summary to compare (comma-separated)")
     p.add_argument("--abstractive-docs", type=int, default=6,
                    help="of those reports, how many the abstractive method summarises (a minute or more each)")
+    p.add_argument("--support-seeds", type=int, default=4,
+                   help="seeds of the sampled support answers (default 4)")
     args = p.parse_args()
+    if args.support_seeds < 1:
+        p.error(f"--support-seeds must be 1 or more, got {args.support_seeds}")
     models = [Path(m) for m in args.models] or [m for m in (MODELS / "seekmoe-tiny", MODELS / "seekmoe-tiny-chat")
                                                 if m.is_dir()]
     torch.manual_seed(0)
     summary_args = (args.summary_docs, args.summary_methods.split(","), args.abstractive_docs)
-    results = [score(m, Path(args.data), args.limit, args.seq_len, summary_args) for m in models]
+    results = [score(m, Path(args.data), args.limit, args.seq_len, summary_args, args.support_seeds)
+               for m in models]
     print(table(results))
+    if len(results) > 1:
+        print(f"\nDifferences from {Path(results[0]['model']).name} on the same held-out units (points, 95% "
+              "interval of the paired differences; * where it leaves out 0):\n")
+        print(differences(results))
     if args.summary_docs:
         print("\nSummaries of held-out 100,000-character reports (bench/summary_docs.py), max_length 200:\n")
         print(summary_table(results))

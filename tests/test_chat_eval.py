@@ -1,5 +1,5 @@
-"""bench/chat_eval.py's continuation check (what makes a sample unreadable, each failure named) and its split of
-recall by the word before the fact."""
+"""bench/chat_eval.py's continuation check (what makes a sample unreadable, each failure named), its split of
+recall by the word before the fact, and its paired comparison of models."""
 
 from __future__ import annotations
 
@@ -51,3 +51,38 @@ def test_recall_is_split_by_whether_the_answer_ends_on_the_customers_word(chat_e
             "Hello! Got it. What can I do for you?", "Your order number is 12345.", "You told me Lyon."]
     assert chat_eval.recall_by_anchor(said, dialogues) == {
         "the customer's": [1, 1], "another": [1, 2], "no answer template": [0, 1]}
+
+
+def test_paired_difference_is_the_mean_change_with_its_interval(chat_eval):
+    before, after = [0.0] * 10, [1.0] * 5 + [0.0] * 5
+    mean, half = chat_eval.paired(before, after)
+    # differences: five 1s, five 0s; sample variance 10 * 0.25 / 9
+    assert mean == pytest.approx(0.5)
+    assert half == pytest.approx(1.96 * (10 * 0.25 / 9 / 10) ** 0.5)
+    assert chat_eval.paired(after, before) == pytest.approx((-0.5, half))
+    # the same change on units that all move alike is certain: no spread, no interval
+    assert chat_eval.paired([0.0, 1.0, 0.5], [0.5, 1.5, 1.0]) == pytest.approx((0.5, 0.0))
+
+
+@pytest.mark.parametrize(("before", "after"), [([1.0, 0.0], [1.0]), ([1.0], [0.0]), ([], [])])
+def test_paired_difference_refuses_units_that_do_not_pair(chat_eval, before, after):
+    with pytest.raises(ValueError, match="same units"):
+        chat_eval.paired(before, after)
+
+
+def test_differences_mark_only_what_the_interval_shows(chat_eval):
+    units = {"intent": [1.0] * 50 + [0.0] * 50, "support, greedy": [0.0, 1.0] * 50}
+    first = {"model": "models/before", "units": units}
+    # intent: 30 examples more right and none less (+30 points); support: 2 more and 1 less of 100 (+1 point)
+    support = [1.0, 0.0, 1.0, *units["support, greedy"][3:]]  # units 0 and 2 now right, unit 1 now wrong
+    better = {"intent": [1.0] * 80 + [0.0] * 20, "support, greedy": support}
+    # a goal the first model has with other units (another --limit) is left out, not paired wrongly
+    later = {"model": "runs/after/model", "units": better | {"recall after >= 5 turns": [1.0]}}
+    first["units"]["recall after >= 5 turns"] = [1.0, 0.0]
+    rows = chat_eval.differences([first, later]).splitlines()
+    assert rows[0] == "| goal | units | after/model |"
+    intent, = (r for r in rows if r.startswith("| intent |"))
+    support_row, = (r for r in rows if r.startswith("| support, greedy |"))
+    assert intent.startswith("| intent | 100 | +30.0 ± ") and intent.endswith(" * |")
+    assert support_row.startswith("| support, greedy | 100 | +1.0 ± ") and not support_row.endswith(" * |")
+    assert not any("recall" in r for r in rows)
