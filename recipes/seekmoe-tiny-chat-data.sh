@@ -278,3 +278,6 @@ link_mix runs/sft-mix23 runs/sft-mix26
 ln -sf "$PWD"/data/chat14/support.train.jsonl runs/sft-mix26/support3.train.jsonl
 #   mm-chat49: the same flags as mm-chat48 but --model seekmoe/models/seekmoe-tiny-chat (the bundled runs/mm-chat40)
 #   --text runs/sft-mix26
+# runs/mm-chat48b (not bundled): mm-chat48 again, compared the same way: support answers -7.1 points greedy, -6.1
+# sampled (beyond their intervals), recall +2.6 / +3.3 (within)
+#   mm-chat48b: the same flags as mm-chat49 but --text runs/sft-mix23
