@@ -25,6 +25,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from seekmoe.model import average
 from seekmoe.model.checkpoint import load_model, save_model
 from seekmoe.model.inspect import inspect_config
 from seekmoe.model.upcycle import RECORD
@@ -36,7 +37,13 @@ def _pct(x: float) -> str:
 
 
 def stages(run: Path) -> list[Path]:
-    """The run and the runs its base model came from, oldest first."""
+    """The run and the runs its base model came from, oldest first (a soup's: each of its runs' in turn)."""
+    if is_soup(run):
+        chain: list[Path] = []
+        for folder in map(Path, soup_record(run)["models"]):
+            if folder.name == "model":  # a run's model; a bundled folder's stages are the previous card's
+                chain += [r for r in stages(folder.parent) if r not in chain]
+        return [*chain, run]
     chain = [run]
     while True:
         base = Path(run_config(chain[0])["model"])
@@ -66,6 +73,15 @@ def is_upcycled(run: Path) -> bool:
     return (run / RECORD).is_file()
 
 
+def is_soup(run: Path) -> bool:
+    """A run folder whose model/ scripts/average_models.py made from other runs' models."""
+    return (run / "model" / average.RECORD).is_file()
+
+
+def soup_record(run: Path) -> dict:
+    return json.loads((run / "model" / average.RECORD).read_text())
+
+
 def run_config(run: Path) -> dict:
     if is_upcycled(run):
         return json.loads((run / RECORD).read_text())
@@ -74,6 +90,13 @@ def run_config(run: Path) -> dict:
 
 def command(run: Path) -> str:
     """The command that made a run."""
+    if is_soup(run):
+        record = soup_record(run)
+        made = f".venv/bin/python scripts/average_models.py {run}/model {' '.join(record['models'])}"
+        if len(set(record["weights"])) > 1:
+            made += " --weights " + ",".join(f"{w:g}" for w in record["weights"])
+        bundled = [(commit, m) for m in record["models"] if (commit := bundled_at(m))]
+        return "".join(f"git checkout {commit} -- {m}\n" for commit, m in bundled) + made
     if is_upcycled(run):
         cfg = run_config(run)
         return f".venv/bin/python scripts/upcycle.py {cfg['model']} {run} --noise {cfg['noise']} --seed {cfg['seed']}"
@@ -151,6 +174,14 @@ def media_table(after: dict, before: dict | None) -> str:
 
 
 def stage_text(run: Path) -> str:
+    if is_soup(run):
+        record = soup_record(run)
+        equal = len(set(record["weights"])) == 1
+        parts = ", ".join(f"`{m}`" + ("" if equal else f" ({w:.2g})")
+                          for m, w in zip(record["models"], record["weights"], strict=True))
+        mean = "mean" if equal else "weighted mean"
+        return (f"- `{run}` (`scripts/average_models.py`): a model soup, no training: the {mean} of {parts}, weight "
+                "by weight, the media encoders too.")
     if is_upcycled(run):
         cfg = run_config(run)
         before, after = cfg["n_routed_experts"]
