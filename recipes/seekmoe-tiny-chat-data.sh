@@ -281,3 +281,17 @@ ln -sf "$PWD"/data/chat14/support.train.jsonl runs/sft-mix26/support3.train.json
 # runs/mm-chat48b (not bundled): mm-chat48 again, compared the same way: support answers -7.1 points greedy, -6.1
 # sampled (beyond their intervals), recall +2.6 / +3.3 (within)
 #   mm-chat48b: the same flags as mm-chat49 but --text runs/sft-mix23
+# Model soups (not bundled; scripts/average_models.py, the code of 013ce99): fine-tunes of the bundled model averaged
+# weight by weight, no training. Every soup's validation loss fell on every chat set, and English recall after >= 5
+# turns rose beyond its paired interval (+3.5 to +5.2 points); each kept a cost beyond its own: support answers
+# sampled (soup-a, soup-b) or paraphrased intents (soup-c, soup-d; README, "Not there yet"). soup-a and soup-b were
+# made before the script, by a throwaway of the same mean (soup-a in bfloat16 where the bundled folder is)
+#   mm-chat50: the same flags as mm-chat49 but --seed 44
+#   .venv/bin/python scripts/average_models.py runs/soup-a/model seekmoe/models/seekmoe-tiny-chat \
+#       runs/mm-chat49/model runs/mm-chat48b/model
+#   .venv/bin/python scripts/average_models.py runs/soup-b/model runs/mm-chat49/model runs/mm-chat48b/model
+#   .venv/bin/python scripts/average_models.py runs/soup-c/model runs/mm-chat49/model runs/mm-chat50/model
+#   .venv/bin/python scripts/average_models.py runs/soup-d/model runs/mm-chat49/model runs/mm-chat50/model \
+#       runs/mm-chat48b/model
+#   .venv/bin/python scripts/average_models.py runs/soup-e/model seekmoe/models/seekmoe-tiny-chat \
+#       runs/mm-chat49/model runs/mm-chat50/model runs/mm-chat48b/model
