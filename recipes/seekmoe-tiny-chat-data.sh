@@ -286,7 +286,7 @@ ln -sf "$PWD"/data/chat14/support.train.jsonl runs/sft-mix26/support3.train.json
 # turns rose beyond its paired interval (+3.5 to +5.2 points); each kept a cost beyond its own: support answers
 # sampled (soup-a, soup-b) or paraphrased intents (soup-c, soup-d; README, "Not there yet"). soup-a and soup-b were
 # made before the script, by a throwaway of the same mean (soup-a in bfloat16 where the bundled folder is)
-#   mm-chat50: the same flags as mm-chat49 but --seed 44
+#   mm-chat50 (not bundled yet; README): the same flags as mm-chat49 but --seed 44
 #   .venv/bin/python scripts/average_models.py runs/soup-a/model seekmoe/models/seekmoe-tiny-chat \
 #       runs/mm-chat49/model runs/mm-chat48b/model
 #   .venv/bin/python scripts/average_models.py runs/soup-b/model runs/mm-chat49/model runs/mm-chat48b/model

@@ -1,10 +1,11 @@
 """Model soups: fine-tunes of one model averaged weight by weight (Wortsman et al., 2022, "Model soups").
 
-Fine-tunes that start from the same weights stay close enough that their weighted mean is a model too, and often
-one that keeps what each gained: stages of the bundled chat model trade goals (one keeps the support answers, another
-Chinese continuation), and their mean can hold both. Only fine-tunes of one model make a soup, so the folders must
-share the config (dtype aside), the tokenizer and every tensor's name and shape; the mean of two unrelated models of
-one shape passes these checks and is noise, so a soup is judged like any stage, by bench/chat_eval.py.
+Fine-tunes that start from the same weights stay close enough that their weighted mean is a model too: stages of
+the bundled chat model trade goals (one keeps the support answers, another gains Chinese continuation), and their
+mean may keep what they share (README: their soups recalled more, and each carried one stage's cost). Only
+fine-tunes of one model make a soup, so the folders must share the config (dtype aside), the tokenizer and every
+tensor's name and shape; the mean of two unrelated models of one shape passes these checks and is noise, so a soup
+is judged like any stage, by bench/chat_eval.py.
 """
 
 from __future__ import annotations
