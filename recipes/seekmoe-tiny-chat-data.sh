@@ -284,8 +284,8 @@ ln -sf "$PWD"/data/chat14/support.train.jsonl runs/sft-mix26/support3.train.json
 # Model soups (not bundled; scripts/average_models.py, the code of 013ce99): fine-tunes of the bundled model averaged
 # weight by weight, no training. Every soup's validation loss fell on every chat set, and English recall after >= 5
 # turns rose beyond its paired interval (+3.5 to +5.2 points); each kept a cost beyond its own: support answers
-# sampled (soup-a, soup-b) or paraphrased intents (soup-c, soup-d; README, "Not there yet"). soup-a and soup-b were
-# made before the script, by a throwaway of the same mean (soup-a in bfloat16 where the bundled folder is)
+# sampled (soup-a, soup-b) or paraphrased intents (soup-c, soup-d, soup-e; README, "Not there yet"). soup-a and
+# soup-b were made before the script, by a throwaway of the same mean (soup-a in bfloat16 where the bundled folder is)
 #   mm-chat50 (not bundled yet; README): the same flags as mm-chat49 but --seed 44
 #   .venv/bin/python scripts/average_models.py runs/soup-a/model seekmoe/models/seekmoe-tiny-chat \
 #       runs/mm-chat49/model runs/mm-chat48b/model
