@@ -51,6 +51,7 @@ def test_the_encoders_of_multimodal_folders_are_averaged_and_a_card_is_not_copie
     (b / "README.md").write_text("# the card of b alone\n")
     out = average_folders([a, b], tmp_path / "soup")
     assert not (out / "README.md").exists()
+    assert (out / "multimodal.safetensors").stat().st_mode & 0o777 == 0o644  # shared like the model's own file
     ea, eb = load_multimodal(a).encoders.state_dict(), load_multimodal(b).encoders.state_dict()
     soup = load_multimodal(out)
     for name, x in soup.encoders.state_dict().items():

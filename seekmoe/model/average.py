@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from seekmoe.files import write_folder
 from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
 from seekmoe.model.config import ConfigError
 from seekmoe.model.upcycle import LM_FILES
+from seekmoe.model.weights import save_tensors
 
 RECORD = "average.json"  # which folders a soup was made of, and their weights
 CARD = "README.md"  # a model card describes the folder it came with, not the soup: never copied
@@ -46,16 +47,17 @@ def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[
 
 
 def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    """Each folder's share, summing to 1."""
     if n < 2:
         raise ValueError(f"a soup needs two models or more, got {n}")
     if weights is None:
-        return [1.0] * n
+        return [1.0 / n] * n
     if len(weights) != n:
         raise ValueError(f"{len(weights)} weights for {n} models")
     for w in weights:
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
             raise ValueError(f"each weight must be a finite number > 0, got {w!r}")
-    return [float(w) for w in weights]
+    return [w / sum(weights) for w in weights]
 
 
 def _same_files(srcs: list[Path]) -> list[str]:
@@ -104,10 +106,10 @@ def average_folders(srcs: Sequence[str | Path], dst: str | Path, weights: Sequen
         save_model(soup, tmp)
         for name in others:
             if name.endswith(".safetensors"):
-                save_file(average_states([_read_safetensors(src / name) for src in srcs], shares), str(tmp / name))
+                save_tensors(average_states([_read_safetensors(src / name) for src in srcs], shares), tmp / name)
             else:
                 shutil.copy(srcs[0] / name, tmp / name)
-        record = {"models": [str(s) for s in srcs], "weights": [w / sum(shares) for w in shares]}
+        record = {"models": [str(s) for s in srcs], "weights": shares}
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     return write_folder(dst, write)
