@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from seekmoe.files import write_folder
 from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
 from seekmoe.model.model import CausalLM
+from seekmoe.model.weights import save_tensors
 
 IMAGE_TOKEN = "<｜place▁holder▁no▁0｜>"
 AUDIO_TOKEN = "<｜place▁holder▁no▁1｜>"
@@ -370,7 +371,7 @@ def load_multimodal(path: str | Path) -> MultimodalLM:
 def save_into(model: MultimodalLM, folder: Path) -> None:
     """The language model as save_model writes it, and multimodal.safetensors beside it."""
     save_model(model.lm, folder)
-    save_file({k: v.detach().contiguous() for k, v in model.encoders.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    save_tensors({k: v.detach().contiguous() for k, v in model.encoders.state_dict().items()}, folder / WEIGHTS_FILE)
 
 
 def save_multimodal(model: MultimodalLM, path: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
