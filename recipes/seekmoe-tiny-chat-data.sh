@@ -295,6 +295,10 @@ ln -sf "$PWD"/data/chat14/support.train.jsonl runs/sft-mix26/support3.train.json
 #       runs/mm-chat48b/model
 #   .venv/bin/python scripts/average_models.py runs/soup-e/model seekmoe/models/seekmoe-tiny-chat \
 #       runs/mm-chat49/model runs/mm-chat50/model runs/mm-chat48b/model
+# runs/mm-chat50 on the confirmation draw (below): support answers beyond the interval again, English recall after
+# >= 5 turns -3.8 (within), but -3.6 +- 3.0 with both draws pooled: not bundled (README, "When a stage is bundled").
+# soup-f (not bundled): the bundled model and mm-chat50, paraphrased intents -2.0 +- 0.8
+#   .venv/bin/python scripts/average_models.py runs/soup-f/model seekmoe/models/seekmoe-tiny-chat runs/mm-chat50/model
 
 # The confirmation draw of the held-out sets (README, "When a stage is bundled"): a candidate chosen on data/chat is
 # measured again on new examples of the same held-out phrasings and pools. Only the generated val sets (the real
