@@ -26,11 +26,14 @@ and measure in one sentence) and ROUGE-L (rouge-score, words and CJK characters)
 With two or more models, a second table: each later model's difference from the first on every goal, in points,
 with the 95% interval of the paired differences (the same examples asked of both; continuation paired by prompt,
 its samples not being independent). Stages of the bundled model move goals by 2 to 5 points either way, about
-what the held-out sets' size allows: the interval says which moves the data shows.
+what the held-out sets' size allows: the interval says which moves the data shows. With --pool, nothing is
+scored: earlier runs' --json files, one draw of the held-out sets each (data/chat, and data/chat-confirm: README,
+"When a stage is bundled"), are joined model by model and their differences printed as one larger set.
 
     .venv/bin/python bench/chat_eval.py [MODEL ...] [--data data/chat] [--limit N] [--json OUT.json]
         [--summary-docs 20] [--summary-methods hybrid,extractive,abstractive] [--abstractive-docs 6]
         [--support-seeds 4]
+    .venv/bin/python bench/chat_eval.py --pool RUN.json RUN.json ...   # two draws of the sets as one
 
 Without MODEL: the bundled seekmoe-tiny (before fine-tuning) and seekmoe-tiny-chat (after), when both exist.
 """
@@ -299,6 +302,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         result["summaries"] = summaries(llm, *summary_args) if summary_args[0] else {}
     finally:
         llm.close()
+    result["data"] = str(data)  # which draw of the held-out sets: --pool pairs only like with like
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -407,6 +411,35 @@ def differences(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def pooled(runs: list[list[dict]]) -> list[dict]:
+    """Each model's per-unit scores over several runs (--json files, one draw of the held-out sets each) joined in
+    the order given, so that two draws compare as one larger set: the first run's first model comes first. A model
+    must be in every run and every run must hold one draw (data folder); a goal is kept where each model has the
+    same units in each run as the first model, continuation never (its prompts are the same in every run)."""
+    if len(runs) < 2:
+        raise ValueError(f"pooling needs two runs or more, got {len(runs)}")
+    names = list(dict.fromkeys(r["model"] for r in runs[0]))
+    by_run = []
+    for i, run in enumerate(runs):
+        models = {r["model"]: r for r in run}
+        missing = [n for n in names if n not in models]
+        if missing:
+            raise ValueError(f"run {i + 1} has no result for {missing[0]}: every run must score the same models")
+        draws = {r.get("data") for r in run}
+        if len(draws) > 1:
+            raise ValueError(f"run {i + 1} scored its models on different data ({', '.join(sorted(map(str, draws)))})")
+        data = draws.pop()
+        if data is not None and data in (models_run[names[0]].get("data") for models_run in by_run):
+            raise ValueError(f"two runs scored {data}: pooling joins different draws of the held-out sets")
+        by_run.append(models)
+    # continuation asks data/eval's prompts whatever --data says: a second run repeats them, not a new draw
+    goals = [g for g in runs[0][0].get("units", {}) if not g.startswith("continuation")
+             and all(len(run[n].get("units", {}).get(g, ())) == len(run[names[0]]["units"].get(g, ()))
+                    for run in by_run for n in names)]
+    return [{"model": n, "units": {g: [u for run in by_run for u in run[n]["units"][g]] for g in goals}}
+            for n in names]
+
+
 def summary_table(results: list[dict]) -> str:
     rows = ["| model | method | reports | conclusion kept | ROUGE-L F1 | s / report |", "|---|---|---|---|---|---|"]
     for r in results:
@@ -430,7 +463,21 @@ def main() -> None:
                    help="of those reports, how many the abstractive method summarises (a minute or more each)")
     p.add_argument("--support-seeds", type=int, default=4,
                    help="seeds of the sampled support answers (default 4)")
+    p.add_argument("--pool", nargs="+", metavar="JSON",
+                   help="score nothing: print the differences of the models in these --json files, their units "
+                        "joined (one draw of the held-out sets a file, e.g. data/chat and data/chat-confirm)")
     args = p.parse_args()
+    if args.pool:
+        if args.models:
+            p.error("--pool compares earlier runs: give no models with it")
+        try:
+            results = pooled([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.pool])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--pool: {e}")
+        print(f"Differences from {Path(results[0]['model']).name} over {len(args.pool)} runs joined (points, 95% "
+              "interval of the paired differences; * where it leaves out 0):\n")
+        print(differences(results))
+        return
     if args.support_seeds < 1:
         p.error(f"--support-seeds must be 1 or more, got {args.support_seeds}")
     models = [Path(m) for m in args.models] or [m for m in (MODELS / "seekmoe-tiny", MODELS / "seekmoe-tiny-chat")

@@ -297,6 +297,10 @@ ln -sf "$PWD"/data/chat14/support.train.jsonl runs/sft-mix26/support3.train.json
 #       runs/mm-chat49/model runs/mm-chat50/model runs/mm-chat48b/model
 # runs/mm-chat50 on the confirmation draw (below): support answers beyond the interval again, English recall after
 # >= 5 turns -3.8 (within), but -3.6 +- 3.0 with both draws pooled: not bundled (README, "When a stage is bundled").
+#   .venv/bin/python bench/chat_eval.py seekmoe/models/seekmoe-tiny-chat runs/mm-chat50/model \
+#       --data data/chat-confirm --summary-docs 0 --json runs/confirm/mm-chat50.json
+#   .venv/bin/python bench/chat_eval.py --pool runs/confirm/seed0.json runs/confirm/mm-chat50.json
+#   (seed0.json: the bundled model's result in runs/soup-c/eval.json, then mm-chat50's in runs/mm-chat50/eval.json)
 # soup-f (not bundled): the bundled model and mm-chat50, paraphrased intents -2.0 +- 0.8
 #   .venv/bin/python scripts/average_models.py runs/soup-f/model seekmoe/models/seekmoe-tiny-chat runs/mm-chat50/model
 

@@ -86,3 +86,59 @@ def test_differences_mark_only_what_the_interval_shows(chat_eval):
     assert intent.startswith("| intent | 100 | +30.0 ± ") and intent.endswith(" * |")
     assert support_row.startswith("| support, greedy | 100 | +1.0 ± ") and not support_row.endswith(" * |")
     assert not any("recall" in r for r in rows)
+
+
+def run_of(data: str, **units_by_model: dict) -> list[dict]:
+    return [{"model": m, "data": data, "units": u} for m, u in units_by_model.items()]
+
+
+def test_pooled_joins_each_models_units_over_the_draws_in_order(chat_eval):
+    first = run_of("data/chat", a={"intent": [1.0, 0.0], "support, greedy": [1.0], "continuation en": [0.5]},
+                   b={"intent": [1.0, 1.0], "support, greedy": [0.0], "continuation en": [1.0]})
+    # the second draw lists the models the other way round: they are matched by name, not place
+    second = run_of("data/chat-confirm", b={"intent": [0.0, 1.0, 1.0], "support, greedy": [1.0, 1.0],
+                                            "continuation en": [1.0]},
+                    a={"intent": [0.0, 0.0, 1.0], "support, greedy": [1.0], "continuation en": [0.5]})
+    a, b = chat_eval.pooled([first, second])
+    assert (a["model"], b["model"]) == ("a", "b")
+    # support left out (b has other units in draw 2), continuation too (the same prompts in every run)
+    assert a["units"] == {"intent": [1.0, 0.0, 0.0, 0.0, 1.0]}
+    assert b["units"] == {"intent": [1.0, 1.0, 0.0, 1.0, 1.0]}
+    # the joined units pair as one set: intent +40 points over five units
+    assert chat_eval.paired(a["units"]["intent"], b["units"]["intent"])[0] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(("runs", "message"), [
+    ([run_of("d", a={"intent": [1.0, 0.0]})], "two runs or more"),
+    ([run_of("d", a={"intent": [1.0]}, b={"intent": [1.0]}), run_of("e", a={"intent": [1.0]})], "no result for b"),
+    ([run_of("d", a={"intent": [1.0]}), run_of("e", a={"intent": [1.0]}) + run_of("f", b={"intent": [0.0]})],
+     "different data"),
+    ([run_of("d", a={"intent": [1.0]}), run_of("e", a={"intent": [1.0]}), run_of("d", a={"intent": [0.0]})],
+     "two runs scored d"),
+])
+def test_pooled_refuses_runs_that_do_not_line_up(chat_eval, runs, message):
+    with pytest.raises(ValueError, match=message):
+        chat_eval.pooled(runs)
+
+
+def test_pool_option_prints_the_joined_differences_and_refuses_bad_files(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    draws = [run_of(d, **{"seekmoe-tiny-chat": {"intent": [0.0] * 30}, "runs/x/model": {"intent": [1.0] * 30}})
+             for d in ("data/chat", "data/chat-confirm")]
+    files = []
+    for i, run in enumerate(draws):
+        files.append(tmp_path / f"run{i}.json")
+        files[-1].write_text(json.dumps(run))
+    script = str(ROOT / "bench" / "chat_eval.py")
+    done = subprocess.run([sys.executable, script, "--pool", *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| intent | 60 | +100.0 ± 0.0 * |" in done.stdout
+    (tmp_path / "bad.json").write_text("{not json")
+    for extra in (["--pool", str(tmp_path / "bad.json"), str(files[0])], ["--pool", str(files[0])],
+                  ["runs/x/model", "--pool", str(files[0]), str(files[1])]):
+        done = subprocess.run([sys.executable, script, *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "--pool" in done.stderr, (extra, done.stderr)
