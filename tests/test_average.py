@@ -28,6 +28,25 @@ def test_the_mean_is_weighted_and_normalised():
         average_states([a, {**b, "w": torch.zeros(3)}], [1, 1])
 
 
+def test_the_states_are_added_one_at_a_time():
+    import weakref
+
+    seen = []
+
+    def states():  # as average_folders loads models: each made only when the sum asks for it
+        for k in range(4):
+            # the sum holds the state it is adding while it asks for the next; any before that is gone
+            assert all(ref() is None for ref in seen[:-1]), f"state {len(seen) - 2} still held at state {k}"
+            state = {"w": torch.full((2,), float(k))}
+            seen.append(weakref.ref(state["w"]))
+            yield state
+            del state
+
+    torch.testing.assert_close(average_states(states(), [1, 1, 1, 1])["w"], torch.tensor([1.5, 1.5]))
+    with pytest.raises(ValueError, match="nothing to average"):
+        average_states(iter([]), [])
+
+
 def test_a_soup_of_two_fine_tunes_is_their_mean_and_a_soup_of_one_model_is_that_model(tmp_path):
     a, b = tiny_model_folder(tmp_path / "a", seed=1), tiny_model_folder(tmp_path / "b", seed=2)
     soup = load_model(average_folders([a, b], tmp_path / "soup", weights=[3, 1]))

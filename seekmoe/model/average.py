@@ -10,10 +10,11 @@ is judged like any stage, by bench/chat_eval.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 
 from seekmoe.files import write_folder
 from seekmoe.model.checkpoint import CheckpointError, load_model, save_model
-from seekmoe.model.config import ConfigError
+from seekmoe.model.config import ConfigError, ModelConfig
 from seekmoe.model.upcycle import LM_FILES
 from seekmoe.model.weights import save_tensors
 
@@ -30,20 +31,26 @@ RECORD = "average.json"  # which folders a soup was made of, and their weights
 CARD = "README.md"  # a model card describes the folder it came with, not the soup: never copied
 
 
-def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The weighted mean of state dicts with the same names and shapes, summed in float32 (weights normalised)."""
-    first = states[0]
-    for state in states[1:]:
-        if state.keys() != first.keys():
-            name = sorted(state.keys() ^ first.keys())[0]
+def average_states(states: Iterable[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """The weighted mean of state dicts with the same names and shapes, summed in float32 (weights normalised).
+    States are added one at a time, so a generator that loads each model in turn holds one model beside the sum."""
+    total = float(sum(weights))
+    shares, states = [w / total for w in weights], iter(states)
+    first = next(states, None)
+    if first is None or not shares:
+        raise ValueError("nothing to average: give one state dict and one weight or more")
+    mean = {name: t.float() * shares[0] for name, t in first.items()}
+    del first  # held here, the first model would stay in memory to the end
+    for share, state in zip(shares[1:], states, strict=True):
+        if state.keys() != mean.keys():
+            name = sorted(state.keys() ^ mean.keys())[0]
             raise ValueError(f"tensor {name} is in some of the models and not in others: not fine-tunes of one model")
         for name, t in state.items():
-            if t.shape != first[name].shape:
+            if t.shape != mean[name].shape:
                 raise ValueError(f"tensor {name} has shape {tuple(t.shape)} in one model and "
-                                 f"{tuple(first[name].shape)} in another")
-    total = float(sum(weights))
-    return {name: sum(w / total * s[name].float() for w, s in zip(weights, states, strict=True))
-            for name in first}
+                                 f"{tuple(mean[name].shape)} in another")
+            mean[name].add_(t.float(), alpha=share)
+    return mean
 
 
 def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
@@ -76,6 +83,14 @@ def _same_files(srcs: list[Path]) -> list[str]:
     return sorted(names[0])
 
 
+def _comparable(src: Path) -> dict:
+    """A folder's config.json as fine-tunes of one model share it: the dtype they were saved in aside."""
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: not a checkpoint folder")
+    config = ModelConfig.from_pretrained(src).to_dict()
+    return {k: v for k, v in config.items() if k not in ("torch_dtype", "dtype")}
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
@@ -91,22 +106,23 @@ def average_folders(srcs: Sequence[str | Path], dst: str | Path, weights: Sequen
     shares = _weights(len(srcs), weights)
     if dst.exists():
         raise FileExistsError(f"{dst} exists: averaging writes a new model folder")
-    models = [load_model(src) for src in srcs]
-    configs = [{k: v for k, v in m.config.to_dict().items() if k not in ("torch_dtype", "dtype")} for m in models]
+    configs = [_comparable(src) for src in srcs]  # read before any weights: a mismatch costs no loading
     for src, config in zip(srcs[1:], configs[1:], strict=True):
         if config != configs[0]:
             key = sorted(k for k in config.keys() | configs[0].keys() if config.get(k) != configs[0].get(k))[0]
             raise ConfigError(f"{srcs[0]} and {src} differ in config.json's {key!r}: not fine-tunes of one model")
     others = _same_files(srcs)
-    # named buffers too (the balancing bias of aux-loss-free routing): each fine-tune moved it
-    models[0].load_state_dict(average_states([m.state_dict() for m in models], shares))
-    soup = models[0]
+    soup = load_model(srcs[0])
+    # one model loaded at a time beside the soup and the float32 sum; named buffers too (the balancing bias of
+    # aux-loss-free routing): each fine-tune moved it
+    rest = (load_model(src).state_dict() for src in srcs[1:])
+    soup.load_state_dict(average_states(itertools.chain([soup.state_dict()], rest), shares))
 
     def write(tmp: Path) -> None:
         save_model(soup, tmp)
         for name in others:
             if name.endswith(".safetensors"):
-                save_tensors(average_states([_read_safetensors(src / name) for src in srcs], shares), tmp / name)
+                save_tensors(average_states((_read_safetensors(src / name) for src in srcs), shares), tmp / name)
             else:
                 shutil.copy(srcs[0] / name, tmp / name)
         record = {"models": [str(s) for s in srcs], "weights": shares}
