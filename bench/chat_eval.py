@@ -302,7 +302,7 @@ def score(model_path: Path, data: Path, limit: int | None, seq_len: int, summary
         result["summaries"] = summaries(llm, *summary_args) if summary_args[0] else {}
     finally:
         llm.close()
-    result["data"] = str(data)  # which draw of the held-out sets: --pool pairs only like with like
+    result["data"] = str(data.resolve())  # which draw of the held-out sets: --pool joins only different ones
     result["seconds"] = time.perf_counter() - t0
     return result
 
