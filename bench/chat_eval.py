@@ -419,7 +419,7 @@ def pooled(runs: list[list[dict]]) -> list[dict]:
     if len(runs) < 2:
         raise ValueError(f"pooling needs two runs or more, got {len(runs)}")
     names = list(dict.fromkeys(r["model"] for r in runs[0]))
-    by_run = []
+    by_run, seen = [], set()
     for i, run in enumerate(runs):
         models = {r["model"]: r for r in run}
         missing = [n for n in names if n not in models]
@@ -429,8 +429,9 @@ def pooled(runs: list[list[dict]]) -> list[dict]:
         if len(draws) > 1:
             raise ValueError(f"run {i + 1} scored its models on different data ({', '.join(sorted(map(str, draws)))})")
         data = draws.pop()
-        if data is not None and data in (models_run[names[0]].get("data") for models_run in by_run):
+        if data is not None and data in seen:
             raise ValueError(f"two runs scored {data}: pooling joins different draws of the held-out sets")
+        seen.add(data)
         by_run.append(models)
     # continuation asks data/eval's prompts whatever --data says: a second run repeats them, not a new draw
     goals = [g for g in runs[0][0].get("units", {}) if not g.startswith("continuation")
