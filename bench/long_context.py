@@ -11,11 +11,15 @@ context length C and each repeat, a fresh prompt of C random ids:
   again, which its prefix cache holds, so only the decode is timed; llama.cpp evaluates one token at a time after
   the prefill, greedy argmax each).
 
-Medians of --repeats. Prints one markdown table with the goals: decode at 4k and more tokens >= 0.9x seekmoe's own
-decode at the shortest context, and ahead of llama.cpp at the same context; prefill >= 1.0x llama.cpp.
+Medians of --repeats. Prints a markdown table for each of seekmoe's --kv-cache-dtype (its float32 cache, then its
+int8 one; llama.cpp's beside both) with the goals: decode at 4k and more tokens >= 0.9x seekmoe's own decode at the
+shortest context (with the same cache), and ahead of llama.cpp at the same context; prefill >= 1.0x llama.cpp.
+Beside them, the KV cache's bytes at each context (seekmoe: its rows; llama.cpp: its state after the prompt, which is
+its cache's cells and a row of logits) and each worker's peak memory.
 
     .venv/bin/python bench/long_context.py [--contexts 64,1024,4096,16384] [--threads 2] [--decode 32]
-                                           [--repeats 2] [--dir DIR] [--out FILE.md] [--quick]
+                                           [--repeats 2] [--kv-cache-dtype auto,int8] [--dir DIR] [--out FILE.md]
+                                           [--quick]
 
 --dir keeps the checkpoint and the GGUF file (~4.5 GB) and reuses them while the config is unchanged. Needs
 llama-cpp-python for the peer columns; without it, measures seekmoe alone.
@@ -77,14 +81,24 @@ def work_build(cfg: dict, folder: Path) -> dict:
     return dict(config=cfg, first_plain_id=max(t["id"] for t in added) + 1)
 
 
-def work_seekmoe(folder: Path, prompts: dict[str, list[list[int]]], a: argparse.Namespace) -> dict:
+def peak_memory() -> int:
+    """This process's peak resident memory, bytes."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def work_seekmoe(folder: Path, prompts: dict[str, list[list[int]]], a: argparse.Namespace, kv_dtype: str) -> dict:
     import torch
 
+    from seekmoe.engine.cache import bytes_per_token
     from seekmoe.llm import LLM
 
     longest = max(len(p) for runs in prompts.values() for p in runs)
-    out = dict(version=f"torch {torch.__version__}", prefill={}, decode={})
-    with LLM(folder, max_num_seqs=1, max_step_tokens=PREFILL_CHUNK, cache_tokens=2 * (longest + a.decode + 64)) as llm:
+    out = dict(version=f"torch {torch.__version__}", prefill={}, decode={}, kv_bytes={})
+    with LLM(folder, max_num_seqs=1, max_step_tokens=PREFILL_CHUNK, cache_tokens=2 * (longest + a.decode + 64),
+             kv_cache_dtype=kv_dtype) as llm:
+        per_token = bytes_per_token(llm.model.config, llm.engine.cache.dtype)
         def run(ids: list[int], n: int) -> tuple[float, float]:
             """(seconds to the first token, seconds from the first token to the n-th)."""
             params = llm.params(max_tokens=n, temperature=0.0, ignore_eos=True)
@@ -103,6 +117,8 @@ def work_seekmoe(folder: Path, prompts: dict[str, list[list[int]]], a: argparse.
                 prefill.append(len(ids) / run(ids, 1)[0])
                 decode.append((a.decode - 1) / run(ids, a.decode)[1])  # the prompt is in the prefix cache now
             out["prefill"][c], out["decode"][c] = statistics.median(prefill), statistics.median(decode)
+            out["kv_bytes"][c] = per_token * int(c)
+    out["peak_memory"] = peak_memory()
     return out
 
 
@@ -118,7 +134,7 @@ def work_llama_cpp(gguf_path: Path, prompts: dict[str, list[list[int]]], a: argp
     def last_argmax() -> int:
         return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))))
 
-    out = dict(version=f"llama_cpp {llama_cpp.__version__}", prefill={}, decode={})
+    out = dict(version=f"llama_cpp {llama_cpp.__version__}", prefill={}, decode={}, kv_bytes={})
     llm.eval(prompts[next(iter(prompts))][0][:PREFILL_CHUNK])  # warm-up
     for c, runs in prompts.items():
         prefill, decode = [], []
@@ -128,12 +144,14 @@ def work_llama_cpp(gguf_path: Path, prompts: dict[str, list[list[int]]], a: argp
             llm.eval(ids)
             token = last_argmax()
             prefill.append(len(ids) / (time.perf_counter() - start))
+            out["kv_bytes"][c] = int(llama_cpp.llama_state_get_size(llm.ctx))
             start = time.perf_counter()
             for _ in range(a.decode - 1):
                 llm.eval([token])
                 token = last_argmax()
             decode.append((a.decode - 1) / (time.perf_counter() - start))
         out["prefill"][c], out["decode"][c] = statistics.median(prefill), statistics.median(decode)
+    out["peak_memory"] = peak_memory()
     return out
 
 
@@ -143,7 +161,10 @@ def worker(a: argparse.Namespace) -> None:
         out = work_build(json.loads(rest[0]), Path(rest[1]))
     else:
         prompts = json.loads(Path(rest[1]).read_text())
-        out = (work_seekmoe if kind == "seekmoe" else work_llama_cpp)(Path(rest[0]), prompts, a)
+        if kind == "seekmoe":
+            out = work_seekmoe(Path(rest[0]), prompts, a, rest[2])
+        else:
+            out = work_llama_cpp(Path(rest[0]), prompts, a)
     print(json.dumps(out))
 
 
@@ -165,11 +186,15 @@ def build(a: argparse.Namespace, cfg: dict, folder: Path) -> dict:
     return info
 
 
-def report(ours: dict, peer: dict | None, contexts: list[int], a: argparse.Namespace) -> list[str]:
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def report(ours: dict, peer: dict | None, contexts: list[int], a: argparse.Namespace, kv_dtype: str) -> list[str]:
     fmt = peers.fmt
     base = ours["decode"][str(contexts[0])]
     lines = [f"| context | seekmoe decode | vs seekmoe at {contexts[0]} | llama.cpp decode | ratio | seekmoe prefill | "
-             "llama.cpp prefill | ratio |", "|---|---|---|---|---|---|---|---|"]
+             "llama.cpp prefill | ratio | seekmoe KV | llama.cpp KV |", "|---|---|---|---|---|---|---|---|---|---|"]
     met = total = 0
     for c in contexts:
         dec, pre = ours["decode"][str(c)], ours["prefill"][str(c)]
@@ -180,20 +205,24 @@ def report(ours: dict, peer: dict | None, contexts: list[int], a: argparse.Names
             met, total = met + ok, total + 1
             cells[-1] += f" (≥ {GOAL_DECODE_KEEP:g} {'✅' if ok else '❌'})"
         if peer is None:
-            cells += ["-", "-", fmt(pre), "-", "-"]
+            cells += ["-", "-", fmt(pre), "-", "-", mib(ours["kv_bytes"][str(c)]), "-"]
         else:
             pdec, ppre = peer["decode"][str(c)], peer["prefill"][str(c)]
             ok_d, ok_p = dec / pdec > 1.0, pre / ppre >= GOAL_PREFILL
             if c >= LONG:
                 met, total = met + ok_d + ok_p, total + 2
             mark = (lambda ok: f" {'✅' if ok else '❌'}") if c >= LONG else (lambda ok: "")
-            cells += [fmt(pdec), f"{dec / pdec:.2f}{mark(ok_d)}", fmt(pre), fmt(ppre), f"{pre / ppre:.2f}{mark(ok_p)}"]
+            cells += [fmt(pdec), f"{dec / pdec:.2f}{mark(ok_d)}", fmt(pre), fmt(ppre), f"{pre / ppre:.2f}{mark(ok_p)}",
+                      mib(ours["kv_bytes"][str(c)]), mib(peer["kv_bytes"][str(c)])]
         lines.append("| " + " | ".join(cells) + " |")
     versions = ", ".join(r["version"] for r in (ours, peer) if r is not None)
+    memory = f"peak memory: seekmoe {mib(ours['peak_memory'])}" + \
+        (f", llama.cpp {mib(peer['peak_memory'])}" if peer is not None else "")
     lines += ["", f"Goals met at ≥ {LONG:,} tokens: {met}/{total} (decode ≥ {GOAL_DECODE_KEEP:g}× our own at "
                   f"{contexts[0]}, decode ahead of llama.cpp, prefill ≥ {GOAL_PREFILL:g}× llama.cpp).",
-              f"{versions}; `{a.config}` float32 (llama.cpp: GGUF f32), {a.threads} threads each; decode {a.decode} "
-              f"tokens timed from the first to the last; prefill in chunks of {PREFILL_CHUNK}; median of {a.repeats}."]
+              f"{versions}; `{a.config}` float32 (llama.cpp: GGUF f32), seekmoe's KV cache {kv_dtype}, {a.threads} "
+              f"threads each; decode {a.decode} tokens timed from the first to the last; prefill in chunks of "
+              f"{PREFILL_CHUNK}; median of {a.repeats}; {memory} (each engine's whole run)."]
     return lines
 
 
@@ -209,7 +238,10 @@ def main() -> int:
                                                              "(default 2; 1 with --quick)")
     p.add_argument("--dir", default=None, help="keep the checkpoint and GGUF file here and reuse them in later runs "
                                                "(default: a temporary folder, removed at the end)")
-    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.add_argument("--kv-cache-dtype", default="auto,int8",
+                   help="seekmoe's KV cache dtypes, comma-separated, a table each (default auto,int8: the model's "
+                        "float32, then int8)")
+    p.add_argument("--out", default=None, help="also write the tables to this markdown file")
     p.add_argument("--quick", action="store_true", help="development run: tiny, short contexts, 8 tokens, 1 repeat")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # child processes
     a = p.parse_args()
@@ -225,6 +257,10 @@ def main() -> int:
         p.error(f"--contexts must be whole numbers separated by commas, got {a.contexts!r}")
     if any(c < 2 for c in contexts) or a.decode < 2 or a.repeats < 1:
         p.error("every context needs at least 2 tokens, --decode at least 2 and --repeats at least 1")
+    kv_dtypes = a.kv_cache_dtype.split(",")
+    if not kv_dtypes or any(d not in ("auto", "float32", "bfloat16", "float16", "int8") for d in kv_dtypes):
+        p.error(f"--kv-cache-dtype must be auto, float32, bfloat16, float16 or int8, comma-separated; got "
+                f"{a.kv_cache_dtype!r}")
     with_peer = importlib.util.find_spec("llama_cpp") is not None
     if not with_peer:
         print("llama_cpp (llama-cpp-python) is not installed: seekmoe alone.", file=sys.stderr)
@@ -238,12 +274,14 @@ def main() -> int:
         prompts = {str(c): [[0] + [rng.randrange(info["first_plain_id"], cfg["vocab_size"]) for _ in range(c - 1)]
                             for _ in range(a.repeats)] for c in contexts}
         (root / "prompts.json").write_text(json.dumps(prompts))
-        ours = run_worker(a, "seekmoe", str(root / "fp32"), str(root / "prompts.json"))
+        ours = {d: run_worker(a, "seekmoe", str(root / "fp32"), str(root / "prompts.json"), d) for d in kv_dtypes}
         peer = run_worker(a, "llama.cpp", str(root / "f32.gguf"), str(root / "prompts.json")) if with_peer else None
     finally:
         if not a.dir:
             shutil.rmtree(root, ignore_errors=True)
-    lines = report(ours, peer, contexts, a)
+    lines = []
+    for d in kv_dtypes:
+        lines += [f"seekmoe's KV cache {d}:", "", *report(ours[d], peer, contexts, a, d), ""]
     print("\n".join(lines))
     if a.out:
         Path(a.out).write_text("\n".join(lines) + "\n")

@@ -33,11 +33,14 @@ WIDE = dict(hidden_size=64, q_lora_rank=32, v_head_dim=8, intermediate_size=64, 
             kv_lora_rank=32)
 
 
-def decode(model, fused: bool, prompt: int = 9, steps: int = 12) -> tuple[list[torch.Tensor], dict]:
+def decode(model, fused: bool, prompt: int = 9, steps: int = 12, dtype: torch.dtype = torch.float32,
+           caches: list | None = None) -> tuple[list[torch.Tensor], dict]:
     """A prompt read by the runner's own step, then `steps` more tokens decoded one a step, with the fused layers or
-    without: each step's logits, and the expert counts after. The tokens are fixed, not sampled, so that a near tie
-    cannot send the two runs different ways."""
-    cache = LatentCache(model.config, 64, block_size=4)
+    without: each step's logits, and the expert counts after (and the cache, appended to `caches`). The tokens are
+    fixed, not sampled, so that a near tie cannot send the two runs different ways."""
+    cache = LatentCache(model.config, 64, block_size=4, dtype=dtype)
+    if caches is not None:
+        caches.append(cache)
     runner = ModelRunner(model, cache)
     assert runner.fused_layers is not None  # every layer is of a kind the kernel takes
     if not fused:
@@ -56,10 +59,11 @@ def decode(model, fused: bool, prompt: int = 9, steps: int = 12) -> tuple[list[t
     return out[1:], {i: c.clone() for i, c in runner.expert_counts.items()}
 
 
-def decode_batch(model, fused: bool, seqs: int, steps: int = 6) -> tuple[list[torch.Tensor], dict]:
+def decode_batch(model, fused: bool, seqs: int, steps: int = 6,
+                 dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], dict]:
     """`seqs` prompts of different lengths, each read by the runner's own step, then `steps` steps that decode one
     token of every sequence at once: each step's logits (seqs, vocab), and the expert counts after."""
-    cache = LatentCache(model.config, 256, block_size=4)
+    cache = LatentCache(model.config, 256, block_size=4, dtype=dtype)
     runner = ModelRunner(model, cache)
     if not fused:
         runner.fused_layers = None
@@ -117,6 +121,31 @@ def test_fused_steps_match_the_runners_own(variant):
     assert fused_counts.keys() == own_counts.keys() and len(own_counts) > 0
     for i in own_counts:
         assert torch.equal(fused_counts[i], own_counts[i])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_steps_over_an_int8_cache_match_the_runners_own(variant):
+    """The kernel rounds each new row as cache.quantize_latent does (the same bytes), and both steps attend through
+    the same int8 kernel."""
+    model, caches = tiny_model(**VARIANTS[variant]), []
+    (fused, _), (own, _) = decode(model, True, dtype=torch.int8, caches=caches), \
+        decode(model, False, dtype=torch.int8, caches=caches)
+    # the two compute a row's floats in other orders (within 1e-6 of each other): one may round a number to the
+    # neighbouring int8 value, which moves later logits by up to ~1e-3 on `tiny`; a wrong row, scale or sum moves
+    # them by tenths
+    tipped = 0
+    for kv_a, kv_b, meta_a, meta_b in zip(caches[0].kv, caches[1].kv, caches[0].meta, caches[1].meta, strict=True):
+        assert (kv_a.int() - kv_b.int()).abs().max() <= 1
+        tipped += int((kv_a != kv_b).sum())
+        torch.testing.assert_close(meta_a[:, :2], meta_b[:, :2], rtol=1e-5, atol=0)
+        assert (meta_a[:, 2:] - meta_b[:, 2:]).abs().max() <= 2  # the sums, of the tipped values
+    assert tipped <= 0.001 * sum(kv.numel() for kv in caches[0].kv)
+    for a, b in zip(fused, own, strict=True):
+        assert (a - b).abs().max() <= (1e-4 if tipped == 0 else 0.01)
+    (batch, _), (batch_own, _) = decode_batch(model, True, 5, dtype=torch.int8), \
+        decode_batch(model, False, 5, dtype=torch.int8)
+    for a, b in zip(batch, batch_own, strict=True):
+        assert (a - b).abs().max() <= 0.01
 
 
 def test_fused_steps_of_an_int8_model_match_the_runners_own():

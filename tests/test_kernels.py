@@ -465,12 +465,72 @@ def test_attention_over_a_long_context_merges_its_chunks():
         torch.testing.assert_close(got[b], (p @ ctx[:, :lat]).float(), rtol=1e-5, atol=1e-5)
 
 
+def int8_attention(q: torch.Tensor, q8: torch.Tensor, meta: torch.Tensor, lat: int, scale: float,
+                   chunk: int = 512) -> torch.Tensor:
+    """What kernels.mla_attend computes over an int8 cache, in float64 with the kernel's roundings: one sequence's
+    queries q (H, W) over its rows q8 (T, W) int8, meta (T, 4): each part of a query to 7 bits at its largest, each
+    chunk's weights times the rows' latent scales to 7 bits at their largest, the chunks merged by max and sum."""
+    k, meta = q8.double(), meta.double()
+    score = torch.zeros(q.shape[0], len(k), dtype=torch.float64)
+    for part, cols in enumerate((slice(0, lat), slice(lat, None))):
+        x = q[:, cols].double()
+        top = x.abs().amax(-1, keepdim=True)  # (H, 1)
+        u = torch.round(x * torch.where(top > 0, 63 / top, 0))  # the kernel offsets it by 64, then takes 64 sums out
+        score += (top / 63) * meta[:, part] * (u @ k[:, cols].T)
+    score *= scale
+    outs, tops, sums = [], [], []
+    for c in range(0, len(k), chunk):
+        s = score[:, c:c + chunk]
+        top = s.amax(-1, keepdim=True)
+        e = (s - top).exp()
+        w = e * meta[c:c + chunk, 0]  # (H, n): the weights times each row's latent scale
+        most = w.amax(-1, keepdim=True)
+        outs.append(most / 127 * (torch.round(w * 127 / most) @ k[c:c + chunk, :lat]))
+        tops.append(top)
+        sums.append(e.sum(-1, keepdim=True))
+    top = torch.stack(tops).amax(0)
+    total = sum(z * (t - top).exp() for z, t in zip(sums, tops, strict=True))
+    return sum(o * (t - top).exp() for o, t in zip(outs, tops, strict=True)) / total
+
+
+@needs_gemv
+@pytest.mark.parametrize("heads,width,lat", [(4, 80, 64), (3, 37, 30), (8, 288, 256), (5, 104, 72)])
+def test_attention_over_an_int8_cache_is_its_roundings_done_in_torch(heads, width, lat):
+    """Every loop's tails (heads past a multiple of four, widths past 32, an odd last row), sequences shorter and
+    longer than a chunk (whose merge the int8 weights' scale per chunk goes through), an empty one; and within a
+    few percent of the float attention over the same rows."""
+    from seekmoe.engine.cache import quantize_latent
+
+    kv = randn(1400, width, seed=7)
+    kv[:, lat:] *= 8  # the rope part far larger than the latent part: its own scale
+    q8, meta = quantize_latent(kv, lat)
+    lengths = [1, 13, 0, 700, 515]
+    order = paged_slots(1392, 16, 87, seed=8)
+    slots, offsets = order[:sum(lengths)], torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    q = randn(len(lengths), heads, width, seed=9)
+    got = kernels.mla_attend()(q, q8, slots, offsets, lat, 0.15, meta)
+    assert got[2].abs().max() == 0
+    rows = kernels.mla_attend()(q, q8.float() * torch.where(torch.arange(width) < lat, meta[:, :1], meta[:, 1:2]),
+                                slots, offsets, lat, 0.15)  # the float attention over the rows int8 holds
+    for b in (0, 1, 3, 4):
+        sl = slots[offsets[b]:offsets[b + 1]]
+        want = int8_attention(q[b], q8[sl], meta[sl], lat, 0.15)
+        torch.testing.assert_close(got[b], want.float(), rtol=1e-4, atol=1e-5)
+        assert (got[b] - rows[b]).norm() <= 0.05 * rows[b].norm()
+
+
 @needs_gemv
 @pytest.mark.parametrize("bad", ["slot past the cache", "negative slot", "offsets out of order", "offsets short",
-                                 "float64 cache", "lat too wide"])
+                                 "float64 cache", "lat too wide", "int8 without meta", "meta short", "meta with int8"])
 def test_attention_over_cached_rows_refuses_what_it_cannot_read(bad):
     kv, q = randn(10, 16, seed=1), randn(2, 2, 16, seed=2)
     slots, offsets, lat = torch.tensor([0, 3, 4, 9]), torch.tensor([0, 1, 4]), 12
+    kv8, meta = kv.to(torch.int8), torch.ones(10, 4)
+    if bad in ("int8 without meta", "meta short", "meta with int8"):
+        meta = {"int8 without meta": None, "meta short": meta[:9], "meta with int8": meta.to(torch.int8)}[bad]
+        with pytest.raises(ValueError, match=r"kernels\.mla_attend"):
+            kernels.mla_attend()(q, kv8, slots, offsets, lat, 0.5, meta)
+        return
     args = {"slot past the cache": (q, kv, slots + 1, offsets, lat), "negative slot": (q, kv, slots - 1, offsets, lat),
             "offsets out of order": (q, kv, slots, torch.tensor([0, 3, 2]), lat),
             "offsets short": (q, kv, slots, offsets[:2], lat), "float64 cache": (q, kv.double(), slots, offsets, lat),

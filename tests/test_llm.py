@@ -116,6 +116,17 @@ def test_int8_engine_runs_close_to_float(tmp_path):
         assert len(c.token_ids) == 8
 
 
+def test_an_int8_kv_cache_serves_the_bundled_model():
+    """bench/kv_cache.py measures what it costs; here: it is the cache the engine uses, it answers, and a name it does
+    not know is refused with those it does."""
+    with LLM(kv_cache_dtype="int8") as q:
+        assert q.engine.cache.dtype == torch.int8 and q.engine.cache.meta is not None
+        c = q.generate("Call me Ishmael.", max_tokens=8, temperature=0, ignore_eos=True)
+        assert len(c.token_ids) == 8 and c.text
+    with pytest.raises(EngineError, match="kv_cache_dtype must be one of auto"):
+        LLM(kv_cache_dtype="fp8")
+
+
 def test_ids_past_the_tokenizer_are_never_drawn(tmp_path):
     """A checkpoint may pad its vocabulary past its tokenizer's (DeepSeek-V2: 102,400 rows, 100,015 ids): those
     rows are never drawn, greedy or sampled, even where they score highest, so every token decodes."""

@@ -37,8 +37,11 @@ def test_flags_environment_and_key_files(tmp_path):
     assert c.cache_bytes == 64 << 20 and c.max_body_bytes == 16 << 20 and c.host == "127.0.0.1"
     c = config(env={"SEEKMOE_API_KEY": "a, b", "SEEKMOE_MAX_BODY": "2K", "SEEKMOE_SERVED_MODEL_NAME": "m"})
     assert c.api_keys == ("a", "b") and c.max_body_bytes == 2048 and c.served_model_name == "m"
+    assert c.kv_cache_dtype == "auto" and config("--kv-cache-dtype", "int8").kv_cache_dtype == "int8"
+    assert config(env={"SEEKMOE_KV_CACHE_DTYPE": "bfloat16"}).kv_cache_dtype == "bfloat16"
     for env, needle in (({"SEEKMOE_PORT": "http"}, "SEEKMOE_PORT"), ({"SEEKMOE_INT8": "maybe"}, "SEEKMOE_INT8"),
-                        ({"SEEKMOE_MAX_BODY": "lots"}, "SEEKMOE_MAX_BODY")):
+                        ({"SEEKMOE_MAX_BODY": "lots"}, "SEEKMOE_MAX_BODY"),
+                        ({"SEEKMOE_KV_CACHE_DTYPE": "int4"}, "kv_cache_dtype must be one of auto")):
         with pytest.raises(CLIError, match=needle):
             config(env=env)
     empty = tmp_path / "empty"

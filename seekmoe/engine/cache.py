@@ -5,6 +5,12 @@ Per token and layer MLA needs only the normalised latent c_KV (L wide) and the r
 `block_size` tokens; a sequence owns a list of blocks (its block table), so memory is handed out and taken back a
 block at a time and no sequence reserves room for a maximum length it may never reach.
 
+The cache is float32 (or the model's dtype), or int8: each row's latent and rope parts rounded to int8 at their own
+scale, the scales and each part's sum in `meta` (kernels.c, "the int8 latent cache"). int8 is a quarter of the
+bytes, and the decode kernel multiplies it at twice float32's rate, which is what a step at 4k tokens of context
+and more is bound by. Whatever reads the rows as numbers (a prompt's attention, the torch paths) reads them through
+`read`, dequantized.
+
 Full blocks of a prompt are remembered by a hash of every token up to and including them, so a second request
 with the same prefix (a system prompt) maps those blocks instead of computing them again. A block whose last user
 finished stays findable until its memory is needed for something else (least recently freed goes first).
@@ -26,9 +32,32 @@ class CacheError(SeekmoeError, ValueError):
     """The cache cannot be built as asked (a budget too small for one block, an unknown dtype)."""
 
 
+CACHE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
+META = 4  # an int8 row's [scale of its latent part, scale of its rope part, their sums of int8 values]
+
+
 def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
-    """Latent-cache bytes one token costs over all layers: (L + R) numbers per layer."""
-    return cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * torch.finfo(dtype).bits // 8
+    """Latent-cache bytes one token costs over all layers: (L + R) numbers per layer (int8: and META floats)."""
+    width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    if dtype == torch.int8:
+        return cfg.num_hidden_layers * (width + 4 * META)
+    return cfg.num_hidden_layers * width * torch.finfo(dtype).bits // 8
+
+
+def quantize_latent(rows: torch.Tensor, lat: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows (N, L + R) -> int8 (N, L + R) and meta (N, META) float32: the latent part (first `lat` columns) and the
+    rope part each rounded at its own largest magnitude / 127 (the rope part is not normalised and can be far
+    larger); kernels.c's seekmoe_quantize_latent does the same in the decode kernel."""
+    rows = rows.float()
+    q, meta = torch.empty(rows.shape, dtype=torch.int8), rows.new_empty(len(rows), META)
+    for part, cols in enumerate((slice(0, lat), slice(lat, rows.shape[1]))):
+        x = rows[:, cols]
+        top = x.abs().amax(-1, keepdim=True) if x.shape[1] else x.new_zeros(len(x), 1)  # (N, 1)
+        inv = torch.where(top > 0, 127.0 / top, torch.zeros_like(top))
+        v = torch.round(x * inv).clamp_(-127, 127)
+        q[:, cols] = v.to(torch.int8)
+        meta[:, part], meta[:, 2 + part] = top[:, 0] / 127.0, v.sum(-1)
+    return q, meta
 
 
 def mha_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
@@ -60,6 +89,8 @@ class LatentCache:
     """`kv[layer]` is (num_blocks * block_size, L + R): slot s of block b is row b * block_size + s."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int = 16, dtype: torch.dtype = torch.float32):
+        if dtype not in CACHE_DTYPES:
+            raise CacheError(f"the cache's dtype must be one of {', '.join(map(str, CACHE_DTYPES))}, got {dtype!r}")
         if not isinstance(block_size, int) or block_size < 1:
             raise CacheError(f"block_size must be an int >= 1, got {block_size!r}")
         if not isinstance(num_blocks, int) or num_blocks < 1:
@@ -68,6 +99,8 @@ class LatentCache:
         self.latent_dim, self.rope_dim = cfg.kv_lora_rank, cfg.qk_rope_head_dim
         width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
         self.kv = [torch.zeros(num_blocks * block_size, width, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        # int8: each row's scales and sums (quantize_latent); None otherwise
+        self.meta = [torch.zeros(num_blocks * block_size, META) for _ in self.kv] if dtype == torch.int8 else None
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
         self._refs = [0] * num_blocks
         self._hash_of: dict[int, bytes] = {}  # block -> hash, for blocks that hold a registered full prefix
@@ -106,7 +139,31 @@ class LatentCache:
         return -(-num_tokens // self.block_size)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.kv)
+        return sum(t.numel() * t.element_size() for t in self.kv + (self.meta or []))
+
+    # ---- rows -----------------------------------------------------------------------------------------------
+
+    def write(self, layer: int, slots: torch.Tensor, rows: torch.Tensor) -> None:
+        """Layer `layer`'s rows at `slots` (N,) = rows (N, L + R), rounded to the cache's dtype."""
+        if self.meta is None:
+            self.kv[layer][slots] = rows.to(self.dtype)
+        else:
+            self.kv[layer][slots], self.meta[layer][slots] = quantize_latent(rows, self.latent_dim)
+
+    def read(self, layer: int, slots: torch.Tensor, dtype: torch.dtype, part: str = "all") -> torch.Tensor:
+        """Layer `layer`'s rows at `slots` (..., ) as `dtype`: (..., L + R), or only their latent ("latent", L) or
+        rope ("rope", R) part; an int8 cache's dequantized."""
+        cols = {"all": slice(None), "latent": slice(0, self.latent_dim), "rope": slice(self.latent_dim, None)}[part]
+        rows = self.kv[layer][slots, cols]
+        if self.meta is None:
+            return rows.to(dtype)
+        meta = self.meta[layer][slots]  # (..., META)
+        lat = self.latent_dim
+        if part == "latent":
+            return (rows * meta[..., :1]).to(dtype)
+        if part == "rope":
+            return (rows * meta[..., 1:2]).to(dtype)
+        return torch.cat([rows[..., :lat] * meta[..., :1], rows[..., lat:] * meta[..., 1:2]], dim=-1).to(dtype)
 
     # ---- blocks ---------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from seekmoe.engine.cache import BlockTable, LatentCache, bytes_per_token, salt_
 from seekmoe.engine.runner import ModelRunner, Segment
 from seekmoe.engine.sampling import Sample, SamplingParams, SeqSampler, TokenConstraint, sample, score
 from seekmoe.errors import SeekmoeError
-from seekmoe.model.config import ModelConfig
+from seekmoe.model.config import KV_CACHE_DTYPES, ModelConfig
 from seekmoe.model.model import CausalLM
 
 SMALL_STEP_TOKENS = 16  # steps of at most this many tokens (decoding) run on one intra-op thread
@@ -117,14 +117,27 @@ def default_cache_tokens(cfg: ModelConfig, dtype: torch.dtype) -> int:
     return max(min(want, fits), min(want, 8192))
 
 
+def cache_dtype(name: str | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The cache dtype a `kv_cache_dtype` setting names (config.KV_CACHE_DTYPES): None or "auto" is the model's."""
+    if name is None or name == "auto":
+        return model_dtype
+    if name not in KV_CACHE_DTYPES:
+        raise EngineError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
 class Engine:
-    """Schedules sequences over a ModelRunner and a LatentCache. Not thread-safe: one caller steps it."""
+    """Schedules sequences over a ModelRunner and a LatentCache. Not thread-safe: one caller steps it.
+
+    kv_cache_dtype: one of config.KV_CACHE_DTYPES, "auto" (None) the model's dtype; "int8" keeps a quarter of
+    float32's bytes and decodes long contexts faster (engine/cache.py)."""
 
     def __init__(self, model: CausalLM, cache_tokens: int | None = None, cache_bytes: int | None = None,
                  block_size: int = 16, max_num_seqs: int = 64, max_step_tokens: int = 256,
-                 max_waiting: int | None = None, absorb: bool = True, vocab_limit: int | None = None):
+                 max_waiting: int | None = None, absorb: bool = True, vocab_limit: int | None = None,
+                 kv_cache_dtype: str | None = None):
         cfg = model.config
-        dtype = model.model.embed_tokens.weight.dtype
+        dtype = cache_dtype(kv_cache_dtype, model.model.embed_tokens.weight.dtype)
         if cache_tokens is None and cache_bytes is None:
             cache_tokens = default_cache_tokens(cfg, dtype)
         for name, value in (("max_num_seqs", max_num_seqs), ("max_step_tokens", max_step_tokens)):

@@ -169,9 +169,9 @@ class ModelRunner:
         self.expert_counts = {i: torch.zeros(self.cfg.n_routed_experts, dtype=torch.long)
                               for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)}
         self._one = torch.ones((), dtype=torch.long)
-        # the attention kernel for decode steps, where the cache is one it reads (float32, contiguous: fixed for
-        # the cache's life)
-        fits = absorb and all(kv.dtype == torch.float32 and kv.is_contiguous() for kv in cache.kv)
+        # the attention kernel for decode steps, where the cache is one it reads (float32 or int8, contiguous: fixed
+        # for the cache's life)
+        fits = absorb and all(kv.dtype in (torch.float32, torch.int8) and kv.is_contiguous() for kv in cache.kv)
         self._mla_attend = kernels.mla_attend() if fits else None
         self._grouped_experts = kernels.experts_grouped() is not None
         # a decode step (one new token per sequence) as one native call a layer, where the kernel takes every layer
@@ -215,9 +215,8 @@ class ModelRunner:
             else:
                 q_pe = apply_rope(q_pe[None], cos[None], sin[None], cfg.rope_interleave)[0]
                 k_pe = apply_rope(k_pe[None, :, None], cos[None], sin[None], cfg.rope_interleave)[0, :, 0]
-            kv = self.cache.kv[i]
-            kv[write] = torch.cat([attn.kv_a_layernorm(c_kv), k_pe], dim=-1).to(kv.dtype)
-            x = x + fused.o_proj(self._attend(i, attn, kv, q_nope, q_pe, segments, rows))  # (N, D)
+            self.cache.write(i, write, torch.cat([attn.kv_a_layernorm(c_kv), k_pe], dim=-1))
+            x = x + fused.o_proj(self._attend(i, attn, q_nope, q_pe, segments, rows))  # (N, D)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
             if isinstance(mlp, MoE):
@@ -256,8 +255,10 @@ class ModelRunner:
         x = m.embed_tokens(token_ids)  # (B, D)
         cos, sin = (t.contiguous() for t in m.rotary_emb(positions))  # (B, R/2) each
         slots, offsets = self._cached_rows(segments, x.dtype)
+        meta = self.cache.meta or [None] * len(self.cache.kv)
         for i, desc in enumerate(self.fused_layers.descs):
-            self.fused_layers.run(desc, x, self.cache.kv[i], cos, sin, slots, self.expert_counts.get(i), offsets)
+            self.fused_layers.run(desc, x, self.cache.kv[i], cos, sin, slots, self.expert_counts.get(i), offsets,
+                                  meta=meta[i])
         self._prefills = {}  # as _close_prefills leaves them after a step in which every sequence samples
         return self.lm_head(m.norm(x)).float()
 
@@ -292,33 +293,32 @@ class ModelRunner:
         lengths = torch.tensor([0] + [s.start + 1 for s in segments])
         return torch.cat([s.slots[:s.start + 1] for s in segments]), lengths.cumsum(0)
 
-    def _attend(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
-                segments: list[Segment], rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def _attend(self, i: int, attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, segments: list[Segment],
+                rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.absorb and all(s.length == 1 for s in segments):  # the common decode step: one batched call
-            return self._absorbed(i, attn, kv, q_nope, q_pe, segments, rows)
+            return self._absorbed(i, attn, q_nope, q_pe, segments, rows)
         outs, start = [], 0
         for s in segments:
             qn, qp = q_nope[start:start + s.length], q_pe[start:start + s.length]
             if s.length == 1 and self.absorb:
-                outs.append(self._absorbed(i, attn, kv, qn, qp, [s]))
+                outs.append(self._absorbed(i, attn, qn, qp, [s]))
             else:
-                outs.append(self._expanded(i, attn, kv, qn, qp, s))
+                outs.append(self._expanded(i, attn, qn, qp, s))
             start += s.length
         return torch.cat(outs)
 
-    def _expanded(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
-                  s: Segment) -> torch.Tensor:
+    def _expanded(self, i: int, attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, s: Segment) -> torch.Tensor:
         """One sequence's chunk of C new tokens over its T cached ones (the new ones included), keys rebuilt: only
         the chunk's own when its sequence's earlier chunks left theirs in a Prefill."""
-        h, n, v, lat = attn.n_heads, attn.nope_dim, attn.v_dim, attn.kv_lora_rank
+        h, n, v = attn.n_heads, attn.nope_dim, attn.v_dim
         t, c = s.start + s.length, s.length
         kept = self._prefills.get(s.seq) if s.seq is not None else None
         first = 0 if kept is None or kept.tokens[i] != s.start else s.start  # rows to rebuild: [first, T)
-        ctx = kv[s.slots[first:t], :lat].to(q_nope.dtype)  # (T - first, L)
+        ctx = self.cache.read(i, s.slots[first:t], q_nope.dtype, "latent")  # (T - first, L)
         k_nope, val = attn.kv_b_proj(ctx).view(t - first, h, n + v).split([n, v], dim=-1)  # (., H, n), (., H, v)
         if kept is not None:
             k_nope, val = kept.extend(i, k_nope, val, first)  # (T, H, n), (T, H, v)
-        k_pe = kv[s.slots[:t], lat:].to(q_nope.dtype)  # (T, R)
+        k_pe = self.cache.read(i, s.slots[:t], q_nope.dtype, "rope")  # (T, R)
         k = torch.cat([k_nope, k_pe[:, None].expand(t, h, attn.rope_dim)], dim=-1)  # (T, H, n + R)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (C, H, n + R)
         if c < t:  # a later chunk: query i sits at position T - C + i and sees keys 0..T - C + i
@@ -327,8 +327,8 @@ class ModelRunner:
                                              is_causal=c > 1, scale=attn.softmax_scale)  # (H, C, v)
         return out.transpose(0, 1).reshape(c, h * v)
 
-    def _absorbed(self, i: int, attn: MLA, kv: torch.Tensor, q_nope: torch.Tensor, q_pe: torch.Tensor,
-                  segments: list[Segment], rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def _absorbed(self, i: int, attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, segments: list[Segment],
+                  rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """B sequences, one new token each, attending over their cached latents; W_UK, W_UV folded in. rows: the
         step's cache rows for the attention kernel (_cached_rows), which reads them where they sit."""
         ab, lat = self.absorbed[i], attn.kv_lora_rank
@@ -336,18 +336,18 @@ class ModelRunner:
         q_lat = ab.queries(q_nope)  # (H, B, L)
         q = torch.cat([q_lat.transpose(0, 1), q_pe], dim=-1)  # (B, H, L + R)
         if rows is not None:
-            o_lat = self._mla_attend(q, kv, rows[0], rows[1], lat, attn.softmax_scale)  # (B, H, L)
+            meta = None if self.cache.meta is None else self.cache.meta[i]
+            o_lat = self._mla_attend(q, self.cache.kv[i], rows[0], rows[1], lat, attn.softmax_scale, meta)  # (B, H, L)
             return ab.values(o_lat).transpose(0, 1).reshape(b, -1)  # (B, H * v)
         lengths = [s.start + 1 for s in segments]
         t = max(lengths)
         if b == 1:
-            ctx = kv[segments[0].slots[:t]][None]  # (1, T, L + R)
+            ctx = self.cache.read(i, segments[0].slots[:t], q.dtype)[None]  # (1, T, L + R)
             mask = None
         else:
             rows = torch.stack([F.pad(s.slots[:s.start + 1], (0, t - s.start - 1)) for s in segments])  # (B, T)
-            ctx = kv[rows]  # (B, T, L + R)
+            ctx = self.cache.read(i, rows, q.dtype)  # (B, T, L + R)
             mask = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]  # (B, T): padding
-        ctx = ctx.to(q.dtype)
         scores = torch.bmm(q, ctx.transpose(1, 2)) * attn.softmax_scale  # (B, H, T)
         if mask is not None:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))

@@ -17,6 +17,7 @@ SCORING_FUNCS = ("softmax", "sigmoid")
 YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 DTYPES = ("float32", "bfloat16", "float16")
+KV_CACHE_DTYPES = ("auto", *DTYPES, "int8")  # what the latent cache may hold: "auto" is the model's dtype
 # the parts of the model a LoRA adapter can adapt (model/lora.py; --lora-targets)
 LORA_TARGETS = ("attention", "shared_experts", "dense_mlp", "routed_experts")
 

@@ -14,7 +14,8 @@ All in kernels.c, for inference (decode steps; a prompt chunk's routed experts):
   expert's weights read once for all its rows (decoding several sequences, or a prompt chunk), where torch runs a
   handful of small products per expert on one thread, or one small GEMM after another.
 - `mla_attend`, the absorbed attention of a decode step: each sequence's latent cache rows read where they sit,
-  once for all heads, instead of gathered into a padded copy first; each run of consecutive rows in tiles.
+  once for all heads, instead of gathered into a padded copy first; each run of consecutive rows in tiles. Over an
+  int8 cache (engine/cache.py) in int8 products, twice float32's rate on AVX2.
 - `decode_layer`, a decode step's new tokens (one per sequence) through a whole layer in one call (the calls above,
   chained in C): the PyTorch calls around a decode step's products (about fifty a layer) cost more than `tiny`'s
   products themselves, and a fifth of a V2-Lite int4 step.
@@ -385,35 +386,42 @@ def _experts_grouped(lib: ctypes.CDLL) -> Callable:
 
 
 def mla_attend() -> Callable[..., torch.Tensor] | None:
-    """`f(q (B, H, W), kv (S, W), slots (N,) int64, offsets (B + 1,) int64, scale) -> (B, H, L)`: each of B
-    sequences' absorbed queries attending over its cached rows kv[slots[offsets[b]:offsets[b + 1]]] (keys the whole
-    row, values its first L = W - R columns: pass L as `lat`). float32 only. None without the kernels."""
+    """`f(q (B, H, W), kv (S, W), slots (N,) int64, offsets (B + 1,) int64, lat, scale, meta=None) -> (B, H, L)`: each
+    of B sequences' absorbed queries attending over its cached rows kv[slots[offsets[b]:offsets[b + 1]]] (keys the
+    whole row, values its first L = W - R columns: pass L as `lat`). kv float32, or the int8 cache (engine/cache.py)
+    with its meta (S, 4). None without the kernels."""
     return _bound("mla_attend", _mla_attend)
 
 
 def _mla_attend(lib: ctypes.CDLL) -> Callable:
-    fn = lib.seekmoe_mla_attend
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + \
-        [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
+    fn, fn8 = lib.seekmoe_mla_attend, lib.seekmoe_mla_attend_int8
+    tail = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
+    fn.restype = fn8.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 2 + tail
+    fn8.argtypes = [ctypes.c_void_p] * 3 + tail
 
     def run(q: torch.Tensor, kv: torch.Tensor, slots: torch.Tensor, offsets: torch.Tensor, lat: int,
-            scale: float) -> torch.Tensor:
+            scale: float, meta: torch.Tensor | None = None) -> torch.Tensor:
         b, h, w = q.shape
+        int8 = kv.dtype == torch.int8
         ok = (kv.dim() == 2 and kv.shape[1] == w and 0 < lat <= w and offsets.shape == (b + 1,)
-              and slots.dim() == 1 and q.dtype == kv.dtype == torch.float32
+              and slots.dim() == 1 and q.dtype == torch.float32 and kv.dtype in (torch.float32, torch.int8)
               and slots.dtype == offsets.dtype == torch.int64
-              and all(t.is_contiguous() and t.device.type == "cpu" for t in (q, kv, slots, offsets)))
+              and all(t.is_contiguous() and t.device.type == "cpu" for t in (q, kv, slots, offsets))
+              and (meta is None if not int8 else meta is not None and meta.shape == (kv.shape[0], 4)
+                   and meta.dtype == torch.float32 and meta.is_contiguous()))
         if ok:
             ok = int(offsets[-1]) == slots.shape[0]
         if not ok:
-            raise ValueError("kernels.mla_attend needs contiguous CPU tensors: q (B, H, W) and kv (S, W) float32, "
-                             "slots (N,) and offsets (B + 1,) int64 with offsets[-1] = N, 0 < lat <= W; got "
+            raise ValueError("kernels.mla_attend needs contiguous CPU tensors: q (B, H, W) float32, kv (S, W) float32 "
+                             "(or int8 with meta (S, 4) float32), slots (N,) and offsets (B + 1,) int64 with "
+                             "offsets[-1] = N, 0 < lat <= W; got "
                              + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in (q, kv, slots, offsets))
-                             + f", lat {lat}")
+                             + f", lat {lat}, meta {None if meta is None else (tuple(meta.shape), meta.dtype)}")
         out = torch.empty(b, h, lat, dtype=torch.float32)
-        status = fn(q.data_ptr(), kv.data_ptr(), kv.shape[0], w, lat, h, slots.data_ptr(), offsets.data_ptr(), b,
-                    scale, out.data_ptr())
+        cache = (kv.data_ptr(), meta.data_ptr()) if int8 else (kv.data_ptr(),)
+        status = (fn8 if int8 else fn)(q.data_ptr(), *cache, kv.shape[0], w, lat, h, slots.data_ptr(),
+                                       offsets.data_ptr(), b, scale, out.data_ptr())
         if status == -2:
             raise MemoryError(f"kernels.mla_attend: no memory for the scores of {slots.shape[0]} cached rows")
         if status:
@@ -672,43 +680,51 @@ class LayerDesc(ctypes.Structure):
 
 def decode_layer() -> Callable[..., None] | None:
     """`f(desc: LayerDesc, x (B, D), kv (S, L + R), cos, sin (B, R / 2), slots (N,) int64, offsets (B + 1,) int64,
-    counts (E,) int64 | None)`: x, B sequences' new tokens (float32), through the layer `desc` describes, in place.
-    Sequence i's cache rows are slots[offsets[i]:offsets[i + 1]] of the layer's cache kv, in order; its new token's
-    row, the last of them, is written, and attention reads them all; cos and sin are the tokens' positions' rope;
-    counts, where given, gains one for each expert chosen. One sequence may also be given as x (D,), cos and sin
-    (R / 2,) and no offsets. None without the kernels."""
+    counts (E,) int64 | None, meta=None)`: x, B sequences' new tokens (float32), through the layer `desc` describes,
+    in place. Sequence i's cache rows are slots[offsets[i]:offsets[i + 1]] of the layer's cache kv (float32, or the
+    int8 cache with its meta (S, 4)), in order; its new token's row, the last of them, is written, and attention
+    reads them all; cos and sin are the tokens' positions' rope; counts, where given, gains one for each expert
+    chosen. One sequence may also be given as x (D,), cos and sin (R / 2,) and no offsets. None without the
+    kernels."""
     return _bound("decode_layer", _decode_layer)
 
 
 def _decode_layer(lib: ctypes.CDLL) -> Callable:
     fn = lib.seekmoe_decode_layer
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.POINTER(LayerDesc), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + \
-        [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
+    fn.argtypes = [ctypes.POINTER(LayerDesc), ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3 + \
+        [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
 
     def run(desc: LayerDesc, x: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-            slots: torch.Tensor, counts: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> None:
+            slots: torch.Tensor, counts: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+            meta: torch.Tensor | None = None) -> None:
         b = x.shape[0] if x.dim() == 2 else 1
         if offsets is None and x.dim() == 1:
             offsets = torch.tensor([0, slots.shape[0]]) if slots.dim() == 1 else None
         rows = (b, desc.d) if x.dim() == 2 else (desc.d,)
         half = (b, desc.rope // 2) if x.dim() == 2 else (desc.rope // 2,)
+        int8 = kv.dtype == torch.int8
         ok = (x.shape == rows and kv.dim() == 2 and kv.shape[1] == desc.lat + desc.rope
               and cos.shape == sin.shape == half and slots.dim() == 1
               and offsets is not None and offsets.shape == (b + 1,) and offsets.dtype == torch.int64
-              and x.dtype == kv.dtype == cos.dtype == sin.dtype == torch.float32 and slots.dtype == torch.int64
+              and x.dtype == cos.dtype == sin.dtype == torch.float32 and slots.dtype == torch.int64
+              and kv.dtype in (torch.float32, torch.int8)
+              and (meta is None if not int8 else meta is not None and meta.shape == (kv.shape[0], 4)
+                   and meta.dtype == torch.float32 and meta.is_contiguous())
               and (counts is None or (counts.shape == (desc.routed.n_experts,) and counts.dtype == torch.int64
                                       and counts.is_contiguous()))
               and all(t.is_contiguous() for t in (x, kv, cos, sin, slots, offsets)))
         if not ok:
-            raise ValueError("kernels.decode_layer needs contiguous CPU tensors: x (B, D), kv (S, L + R), cos and sin "
-                             "(B, R / 2) float32 (or x (D,), cos and sin (R / 2,) for one sequence), slots (N,) int64, "
-                             "offsets (B + 1,) int64, counts (E,) int64 or None; got "
+            raise ValueError("kernels.decode_layer needs contiguous CPU tensors: x (B, D), kv (S, L + R) float32 (or "
+                             "int8 with meta (S, 4) float32), cos and sin (B, R / 2) float32 (or x (D,), cos and sin "
+                             "(R / 2,) for one sequence), slots (N,) int64, offsets (B + 1,) int64, counts (E,) int64 "
+                             "or None; got "
                              + ", ".join("None" if t is None else f"{tuple(t.shape)} {t.dtype}"
-                                         for t in (x, kv, cos, sin, slots, offsets, counts)))
+                                         for t in (x, kv, cos, sin, slots, offsets, counts, meta)))
         # the values (slots in the cache, offsets from 0 to N, rising: one non-empty run per sequence) are checked
         # in C, before anything is written: each check here is a few microseconds, and `tiny` has 4 layers a token
-        status = fn(ctypes.byref(desc), x.data_ptr(), b, kv.data_ptr(), kv.shape[0], cos.data_ptr(), sin.data_ptr(),
+        cache = (None, kv.data_ptr(), meta.data_ptr()) if int8 else (kv.data_ptr(), None, None)
+        status = fn(ctypes.byref(desc), x.data_ptr(), b, *cache, kv.shape[0], cos.data_ptr(), sin.data_ptr(),
                     slots.data_ptr(), slots.shape[0], offsets.data_ptr(), None if counts is None else counts.data_ptr())
         if status == -2:
             raise MemoryError(f"kernels.decode_layer: no memory for a step over {slots.shape[0]} cached rows")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from seekmoe.errors import SeekmoeError
-from seekmoe.model.config import DTYPES
+from seekmoe.model.config import DTYPES, KV_CACHE_DTYPES
 
 ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+", re.IGNORECASE)  # as a browser sends it: no path, no slash
 
@@ -45,6 +45,7 @@ class ServeConfig:
     max_queue: int = 256  # sequences waiting for a place; past it requests get 429
     cache_tokens: int | None = None  # KV-cache budget in tokens, or
     cache_bytes: int | None = None  # in bytes (None and None: the engine's default)
+    kv_cache_dtype: str = "auto"  # the cache's: "auto" (the model's), float32, bfloat16, float16 or int8
     # http
     max_body_bytes: int = 16 << 20  # images and audio come base64 inside the JSON
     # media of multimodal models, each checked before it is decoded
@@ -73,6 +74,9 @@ class ServeConfig:
             raise ServeConfigError(f"port must be in [0, 65535], got {self.port}")
         if self.dtype not in DTYPES:
             raise ServeConfigError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {self.dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ServeConfigError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got "
+                                   f"{self.kv_cache_dtype!r}")
         try:
             self.media_limits()
         except ValueError as e:
