@@ -180,7 +180,8 @@ def fused_layer(model) -> tuple:
 
 @pytest.mark.parametrize("bad", ["x shape", "x dtype", "cos shape", "slots dtype", "counts shape", "kv width",
                                  "two rows, no offsets", "offsets short", "offsets not rising",
-                                 "offsets past the slots", "offsets int32"])
+                                 "offsets past the slots", "offsets int32", "int8 cache without meta",
+                                 "int8 cache, meta short", "float cache with meta"])
 def test_decode_layer_refuses_what_it_cannot_read(bad):
     model = tiny_model()
     layers, cache = fused_layer(model)
@@ -195,7 +196,10 @@ def test_decode_layer_refuses_what_it_cannot_read(bad):
              "offsets short": two | dict(offsets=torch.tensor([0, 3])),
              "offsets not rising": two | dict(offsets=torch.tensor([0, 0, 3])),
              "offsets past the slots": two | dict(offsets=torch.tensor([0, 1, 5])),
-             "offsets int32": two | dict(offsets=torch.tensor([0, 1, 3], dtype=torch.int32))}[bad]
+             "offsets int32": two | dict(offsets=torch.tensor([0, 1, 3], dtype=torch.int32)),
+             "int8 cache without meta": dict(kv=cache.kv[1].to(torch.int8)),
+             "int8 cache, meta short": dict(kv=cache.kv[1].to(torch.int8), meta=torch.zeros(len(cache.kv[1]) - 1, 4)),
+             "float cache with meta": dict(meta=torch.zeros(len(cache.kv[1]), 4))}[bad]
     with pytest.raises(ValueError, match=r"kernels\.decode_layer"):
         layers.run(layers.descs[1], **args)
 
