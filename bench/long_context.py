@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from seekmoe.model.config import KV_CACHE_DTYPES  # torch-free
+
 # this folder holds bench/llama_cpp.py, named like the package it measures: off the path, or `import llama_cpp`
 # finds it; its configs are loaded from the file instead
 _HERE = Path(__file__).resolve().parent
@@ -258,9 +260,8 @@ def main() -> int:
     if any(c < 2 for c in contexts) or a.decode < 2 or a.repeats < 1:
         p.error("every context needs at least 2 tokens, --decode at least 2 and --repeats at least 1")
     kv_dtypes = a.kv_cache_dtype.split(",")
-    if not kv_dtypes or any(d not in ("auto", "float32", "bfloat16", "float16", "int8") for d in kv_dtypes):
-        p.error(f"--kv-cache-dtype must be auto, float32, bfloat16, float16 or int8, comma-separated; got "
-                f"{a.kv_cache_dtype!r}")
+    if any(d not in KV_CACHE_DTYPES for d in kv_dtypes):
+        p.error(f"--kv-cache-dtype must be {', '.join(KV_CACHE_DTYPES)}, comma-separated; got {a.kv_cache_dtype!r}")
     with_peer = importlib.util.find_spec("llama_cpp") is not None
     if not with_peer:
         print("llama_cpp (llama-cpp-python) is not installed: seekmoe alone.", file=sys.stderr)

@@ -26,6 +26,7 @@ import torch
 
 from seekmoe.errors import SeekmoeError
 from seekmoe.model.config import ModelConfig
+from seekmoe.model.quant import quantize_rows
 
 
 class CacheError(SeekmoeError, ValueError):
@@ -46,17 +47,12 @@ def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int
 
 def quantize_latent(rows: torch.Tensor, lat: int) -> tuple[torch.Tensor, torch.Tensor]:
     """rows (N, L + R) -> int8 (N, L + R) and meta (N, META) float32: the latent part (first `lat` columns) and the
-    rope part each rounded at its own largest magnitude / 127 (the rope part is not normalised and can be far
-    larger); kernels.c's seekmoe_quantize_latent does the same in the decode kernel."""
-    rows = rows.float()
-    q, meta = torch.empty(rows.shape, dtype=torch.int8), rows.new_empty(len(rows), META)
+    rope part each rounded at its own largest magnitude / 127 (quantize_rows; the rope part is not normalised and
+    can be far larger); kernels.c's seekmoe_quantize_latent does the same in the decode kernel."""
+    q, meta = torch.empty(rows.shape, dtype=torch.int8), torch.empty(len(rows), META)
     for part, cols in enumerate((slice(0, lat), slice(lat, rows.shape[1]))):
-        x = rows[:, cols]
-        top = x.abs().amax(-1, keepdim=True) if x.shape[1] else x.new_zeros(len(x), 1)  # (N, 1)
-        inv = torch.where(top > 0, 127.0 / top, torch.zeros_like(top))
-        v = torch.round(x * inv).clamp_(-127, 127)
-        q[:, cols] = v.to(torch.int8)
-        meta[:, part], meta[:, 2 + part] = top[:, 0] / 127.0, v.sum(-1)
+        q[:, cols], meta[:, part] = quantize_rows(rows[:, cols])
+        meta[:, 2 + part] = q[:, cols].sum(-1, dtype=torch.float32)
     return q, meta
 
 

@@ -166,6 +166,13 @@ static inline int parts_of(int64_t n, int64_t grain) {
     return parts < 1 ? 1 : (int)parts;
 }
 
+/* the largest of eight floats */
+static inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -803,18 +810,20 @@ typedef struct {
  * layer, 16,384 rows 1.97-2.04 -> 0.93-0.95 ms. */
 #define LATENT_META 4
 
+/* x (n) rounded as model/quant.py's quantize_rows rounds a row (x / (its largest magnitude / 127), to nearest, ties
+ * to even), so that a row written here and one written by the torch path are the same bytes */
 static void quantize_part(const float *x, int64_t n, int8_t *q, float *scale, float *sum) {
     float m = 0.0f;
     for (int64_t j = 0; j < n; j++) m = fabsf(x[j]) > m ? fabsf(x[j]) : m;
-    float inv = m > 0.0f ? 127.0f / m : 0.0f;
+    float step = m / 127.0f, safe = step > 0.0f ? step : 1.0f;  /* a row of zeros stays zeros */
     int32_t s = 0;
     for (int64_t j = 0; j < n; j++) {
-        float v = nearbyintf(x[j] * inv);  /* to nearest, ties to even: torch.round's */
+        float v = nearbyintf(x[j] / safe);
         int32_t i = v > 127.0f ? 127 : v < -127.0f ? -127 : (int32_t)v;
         q[j] = (int8_t)i;
         s += i;
     }
-    *scale = m / 127.0f;
+    *scale = step;
     *sum = (float)s;
 }
 
@@ -1022,9 +1031,7 @@ static float scale_weights(float *s, const float *scale, int64_t n) {
         _mm256_storeu_ps(s + t, v);
         top = _mm256_max_ps(top, v);
     }
-    float lanes[8], m = 0.0f;
-    _mm256_storeu_ps(lanes, top);
-    for (int i = 0; i < 8; i++) m = lanes[i] > m ? lanes[i] : m;
+    float m = hmax(top);
     for (; t < n; t++) {
         s[t] *= scale[t];
         m = s[t] > m ? s[t] : m;
@@ -1127,23 +1134,20 @@ static void attend_job(void *p, int part, int parts) {
             for (int64_t j = 0; j < nh * lat; j++) acc[j] = 0;
             for (int64_t j = 0; j < nh * n4; j++) u[j] = 0;
             for (int64_t t = 0; t < n; t++) rs[t] = a->meta[slots[t] * LATENT_META];
-        }
-        if (a->kv8 != NULL)
             attend_scores_q8(a->qu + (c.seq * heads + h0) * w, a->qs + (c.seq * heads + h0) * 2, a->kv8, a->meta,
-                             slots, n, w, lat, nh, a->scale, sc);
-        else
+                             slots, n, w, lat, nh, a->scale, sc);  /* (nh, n) */
+        } else {
             attend_scores(a->q + (c.seq * heads + h0) * w, a->kv, slots, n, w, nh, a->scale, sc);  /* (nh, n) */
+        }
         /* a whole sequence is written normalised; a chunk leaves (output, max, sum) per head for the merge */
         float *block = c.partial < 0 ? a->out + c.seq * heads * lat : a->partials + c.partial * heads * (lat + 2);
         float *o = block + h0 * lat, *stats = block + heads * lat + 2 * h0;  /* a chunk's max and sum per head */
         for (int64_t h = 0; h < nh; h++) {
-            float *s = sc + h * n, m = -INFINITY, z = 0.0f;
+            float *s = sc + h * n, z = 0.0f;
             int64_t t = 0;
             __m256 top8 = _mm256_set1_ps(-INFINITY);
             for (; t + 8 <= n; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(s + t));
-            float lanes[8];
-            _mm256_storeu_ps(lanes, top8);
-            for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
+            float m = hmax(top8);
             for (; t < n; t++) m = s[t] > m ? s[t] : m;
             __m256 mv = _mm256_set1_ps(m), zv = _mm256_setzero_ps();
             t = 0;
