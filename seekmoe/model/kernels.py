@@ -385,6 +385,13 @@ def _experts_grouped(lib: ctypes.CDLL) -> Callable:
     return run
 
 
+def _cache_meta_fits(kv: torch.Tensor, meta: torch.Tensor | None) -> bool:
+    """An int8 cache comes with its meta (S, 4) float32 (engine/cache.py); a float32 one without."""
+    if kv.dtype != torch.int8:
+        return meta is None
+    return meta is not None and meta.shape == (kv.shape[0], 4) and meta.dtype == torch.float32 and meta.is_contiguous()
+
+
 def mla_attend() -> Callable[..., torch.Tensor] | None:
     """`f(q (B, H, W), kv (S, W), slots (N,) int64, offsets (B + 1,) int64, lat, scale, meta=None) -> (B, H, L)`: each
     of B sequences' absorbed queries attending over its cached rows kv[slots[offsets[b]:offsets[b + 1]]] (keys the
@@ -408,8 +415,7 @@ def _mla_attend(lib: ctypes.CDLL) -> Callable:
               and slots.dim() == 1 and q.dtype == torch.float32 and kv.dtype in (torch.float32, torch.int8)
               and slots.dtype == offsets.dtype == torch.int64
               and all(t.is_contiguous() and t.device.type == "cpu" for t in (q, kv, slots, offsets))
-              and (meta is None if not int8 else meta is not None and meta.shape == (kv.shape[0], 4)
-                   and meta.dtype == torch.float32 and meta.is_contiguous()))
+              and _cache_meta_fits(kv, meta))
         if ok:
             ok = int(offsets[-1]) == slots.shape[0]
         if not ok:
@@ -708,9 +714,7 @@ def _decode_layer(lib: ctypes.CDLL) -> Callable:
               and cos.shape == sin.shape == half and slots.dim() == 1
               and offsets is not None and offsets.shape == (b + 1,) and offsets.dtype == torch.int64
               and x.dtype == cos.dtype == sin.dtype == torch.float32 and slots.dtype == torch.int64
-              and kv.dtype in (torch.float32, torch.int8)
-              and (meta is None if not int8 else meta is not None and meta.shape == (kv.shape[0], 4)
-                   and meta.dtype == torch.float32 and meta.is_contiguous())
+              and kv.dtype in (torch.float32, torch.int8) and _cache_meta_fits(kv, meta)
               and (counts is None or (counts.shape == (desc.routed.n_experts,) and counts.dtype == torch.int64
                                       and counts.is_contiguous()))
               and all(t.is_contiguous() for t in (x, kv, cos, sin, slots, offsets)))
