@@ -288,6 +288,18 @@ static inline void dot4_f32(const float *x, int nm, const float *w, int64_t n, f
     }
 }
 
+/* acc's eight int32 lanes + the products of u8 x and s8 y, 32 at a time, each lane the sum of four: AVX512-VNNI's
+ * dpbusd where the library is built with it, else vpmaddubsw (pairs summed in 16 bits) and vpmaddwd with ones. The
+ * two agree exactly while a pair's sum fits 16 bits, as every caller's operands make sure (x at most 127 or 15) */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define VNNI 1
+static inline __m256i dot_u8s8(__m256i acc, __m256i x, __m256i y) { return _mm256_dpbusd_epi32(acc, x, y); }
+#else
+static inline __m256i dot_u8s8(__m256i acc, __m256i x, __m256i y) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)));
+}
+#endif
+
 /* ---- tiles: several rows of x against several weight rows ----------------------------------------------------- */
 /* y (M, O) = x (M, I) W.T for M of more than one row (a step of several sequences, a prompt's tokens in one expert,
  * the heads of an attention against the cached rows): four rows of x against four weight rows at a time, sixteen
@@ -799,10 +811,11 @@ typedef struct {
 /* A row of the int8 cache holds its latent part (L) and its rope part (R) rounded to int8, each at its own scale
  * (its largest magnitude over 127: the rope part is not normalised and can be far larger), and beside it, in
  * `meta`, the two scales and each part's sum of int8 values: [scale_lat, scale_rope, sum_lat, sum_rope]. It is a
- * quarter of the float32 cache's bytes, and AVX2 multiplies int8 at twice float32's rate (vpmaddubsw, then vpmaddwd
- * with ones): at 4k tokens of context and more the attention over the cache is what a decode step grows by. The
- * products need one operand unsigned: the query is rounded to 7 bits and offset by 64 (so a pair's 16-bit sum, at
- * most 2 * 127 * 127, never saturates), and the rows' sums take the offset back out. The weights of the rows (the
+ * quarter of the float32 cache's bytes, and AVX2 multiplies int8 at twice float32's rate (dot_u8s8: vpmaddubsw, then
+ * vpmaddwd with ones; one dpbusd with AVX512-VNNI): at 4k tokens of context and more the attention over the cache is
+ * what a decode step grows by. The products need one operand unsigned: the query is rounded to 7 bits and offset by
+ * 64 (so a pair's 16-bit sum, at most 2 * 127 * 127, never saturates, and both instructions give the same sums), and
+ * the rows' sums take the offset back out. The weights of the rows (the
  * softmax's numerators times each row's latent scale) are rounded to 7 bits per head and chunk for the values'
  * product, whose rows are regrouped four to a column first (VNNI's layout; kept whole in the cache for the scores).
  * Per chunk of 512 rows, 8 heads of `small`, one thread, from L2: scores 55 -> 24 us, values 33-42 -> 19 us; 8
@@ -842,11 +855,6 @@ static inline __m128i sum4_i32(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-/* the products of u8 x against s8 y, 32 at a time: pairs summed in 16 bits (at most 2 * 127 * 127, no saturation),
- * then pairs of those into eight int32 lanes */
-static inline __m256i dot32_u8s8(__m256i x, __m256i y) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
-}
 
 /* s0, s1 = four heads' sums over columns [c0, c0 + n) (n a multiple of 32) of qu[h][j] * k0[j] and k1[j]: two rows
  * by four heads, eight accumulators, each load of a row serving four heads and each of a query two rows */
@@ -858,17 +866,17 @@ static inline __attribute__((always_inline)) void qk_2x4(const uint8_t *qu, int6
     for (int64_t j = c0; j < c0 + n; j += 32) {
         __m256i x0 = _mm256_loadu_si256((const __m256i *)(k0 + j)), x1 = _mm256_loadu_si256((const __m256i *)(k1 + j));
         __m256i q = _mm256_loadu_si256((const __m256i *)(qu + j));
-        a00 = _mm256_add_epi32(a00, dot32_u8s8(q, x0));
-        a10 = _mm256_add_epi32(a10, dot32_u8s8(q, x1));
+        a00 = dot_u8s8(a00, q, x0);
+        a10 = dot_u8s8(a10, q, x1);
         q = _mm256_loadu_si256((const __m256i *)(qu + ldq + j));
-        a01 = _mm256_add_epi32(a01, dot32_u8s8(q, x0));
-        a11 = _mm256_add_epi32(a11, dot32_u8s8(q, x1));
+        a01 = dot_u8s8(a01, q, x0);
+        a11 = dot_u8s8(a11, q, x1);
         q = _mm256_loadu_si256((const __m256i *)(qu + 2 * ldq + j));
-        a02 = _mm256_add_epi32(a02, dot32_u8s8(q, x0));
-        a12 = _mm256_add_epi32(a12, dot32_u8s8(q, x1));
+        a02 = dot_u8s8(a02, q, x0);
+        a12 = dot_u8s8(a12, q, x1);
         q = _mm256_loadu_si256((const __m256i *)(qu + 3 * ldq + j));
-        a03 = _mm256_add_epi32(a03, dot32_u8s8(q, x0));
-        a13 = _mm256_add_epi32(a13, dot32_u8s8(q, x1));
+        a03 = dot_u8s8(a03, q, x0);
+        a13 = dot_u8s8(a13, q, x1);
     }
     *s0 = sum4_i32(a00, a01, a02, a03);
     *s1 = sum4_i32(a10, a11, a12, a13);
@@ -880,8 +888,7 @@ static inline int32_t qk_1x1(const uint8_t *qu, const int8_t *k, int64_t c0, int
     __m256i acc = _mm256_setzero_si256();
     int64_t j = c0;
     for (; j + 32 <= c1; j += 32)
-        acc = _mm256_add_epi32(acc, dot32_u8s8(_mm256_loadu_si256((const __m256i *)(qu + j)),
-                                               _mm256_loadu_si256((const __m256i *)(k + j))));
+        acc = dot_u8s8(acc, _mm256_loadu_si256((const __m256i *)(qu + j)), _mm256_loadu_si256((const __m256i *)(k + j)));
     __m128i s = sum4_i32(acc, _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
     int32_t total = _mm_cvtsi128_si32(s);
     for (; j < c1; j++) total += (int32_t)qu[j] * k[j];
@@ -975,7 +982,6 @@ static void latent_groups(const int8_t *kv8, const int64_t *slots, int64_t n, in
  * step */
 static inline __attribute__((always_inline)) void pv_block(const uint8_t *u, int64_t ldu, int nh, const int8_t *g,
                                                            int64_t n4, int64_t lat, int64_t l, int32_t *acc) {
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256i a[2][4];
     for (int h = 0; h < nh; h++)
         for (int j = 0; j < 4; j++) a[h][j] = _mm256_loadu_si256((const __m256i *)(acc + h * lat + l + 8 * j));
@@ -990,7 +996,7 @@ static inline __attribute__((always_inline)) void pv_block(const uint8_t *u, int
         for (int j = 0; j < 4; j++) {
             __m256i c = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
             for (int h = 0; h < nh; h++)
-                a[h][j] = _mm256_add_epi32(a[h][j], _mm256_madd_epi16(_mm256_maddubs_epi16(p[h], c), ones));
+                a[h][j] = dot_u8s8(a[h][j], p[h], c);
         }
     }
     for (int h = 0; h < nh; h++)
@@ -1401,12 +1407,11 @@ static inline __m256 block_dot(__m256i u, const int8_t *xq) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__F16C__)
+#if defined(VNNI) && defined(__F16C__)
 #define Q4_VNNI 1
-/* u (32 x 0..15) . xq (32 x int8) added to the int32 sums p by AVX512-VNNI's dpbusd: maddubs, the widening madd
- * and the add in one instruction (exact: int32 sums) */
+/* u (32 x 0..15) . xq (32 x int8) added to the int32 sums p (dot_u8s8: one dpbusd) */
 static inline __m256i dp(__m256i p, __m256i u, const int8_t *xq) {
-    return _mm256_dpbusd_epi32(p, u, _mm256_loadu_si256((const __m256i *)xq));
+    return dot_u8s8(p, u, _mm256_loadu_si256((const __m256i *)xq));
 }
 #endif
 
