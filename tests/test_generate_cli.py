@@ -202,6 +202,29 @@ def test_model_folder_without_prompt(capsys):
     assert_usage_error(rc, err, "PROMPT is missing", str(DEFAULT_MODEL))
 
 
+@pytest.mark.parametrize("cmd", ["generate", "chat"])
+def test_kv_cache_dtype_reaches_the_cache(capsys, monkeypatch, tmp_path, cmd):
+    import torch
+
+    folder = str(tiny_model_folder(tmp_path / "m"))
+    made: list[LLM] = []
+
+    def recording(*args, **kwargs):
+        made.append(LLM(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("seekmoe.llm.LLM", recording)
+    for flags, dtype in (([], torch.float32), (["--kv-cache-dtype", "int8"], torch.int8)):
+        stdin(monkeypatch, "Hello\n/bye\n")
+        rc, out, _ = run_cli(capsys, cmd, folder, *(["Call me", "-q"] if cmd == "generate" else []),
+                             "--max-tokens", "3", "--temperature", "0", *flags)
+        assert rc == 0 and out
+        assert made[-1].engine.cache.dtype == dtype
+        made[-1].close()
+    rc, _, err = run_cli(capsys, cmd, folder, "--kv-cache-dtype", "int4")
+    assert rc == 2 and "--kv-cache-dtype" in err and "int4" in err
+
+
 # ---- chat ------------------------------------------------------------------------------------------------------
 
 CHAT = ("chat", "--max-tokens", "5", "--temperature", "0")

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from seekmoe.cli import model_flags
 from seekmoe.errors import CLIError
-from seekmoe.model.config import KV_CACHE_DTYPES
 from seekmoe.server.config import ServeConfig, ServeConfigError
 
 if TYPE_CHECKING:
@@ -117,10 +116,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "at most a quarter of the memory available at start) [SEEKMOE_CACHE_TOKENS]")
     p.add_argument("--cache-memory", type=_size, metavar="SIZE",
                    help="KV-cache budget in bytes instead, e.g. 512MiB or 2G [SEEKMOE_CACHE_MEMORY]")
-    p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES,
-                   help="what the KV cache holds: auto (the model's dtype, the default), float32, bfloat16, float16, "
-                        "or int8: a quarter of float32's bytes and faster decoding at long contexts, the logits off "
-                        "by its rounding [SEEKMOE_KV_CACHE_DTYPE]")
     p.add_argument("--max-body", type=_size, metavar="SIZE",
                    help="largest request body; larger ones get 413 (default 16MiB: images and audio come inside it, "
                         "base64) [SEEKMOE_MAX_BODY]")
