@@ -11,14 +11,14 @@ context length C and each repeat, a fresh prompt of C random ids:
   again, which its prefix cache holds, so only the decode is timed; llama.cpp evaluates one token at a time after
   the prefill, greedy argmax each).
 
-Medians of --repeats. Prints a markdown table for each of seekmoe's --kv-cache-dtype (its float32 cache, then its
-int8 one; llama.cpp's beside both) with the goals: decode at 4k and more tokens >= 0.9x seekmoe's own decode at the
-shortest context (with the same cache), and ahead of llama.cpp at the same context; prefill >= 1.0x llama.cpp.
-Beside them, the KV cache's bytes at each context (seekmoe: its rows; llama.cpp: its state after the prompt, which is
-its cache's cells and a row of logits) and each worker's peak memory.
+Medians of --repeats, run in rounds (every context once a round). Prints a markdown table for each of seekmoe's
+--kv-cache-dtype (its float32 cache, then its int8 one; llama.cpp's beside both) with the goals: decode at 4k and
+more tokens >= 0.9x seekmoe's own decode at the shortest context (with the same cache), and ahead of llama.cpp at
+the same context; prefill >= 1.0x llama.cpp. Beside them, the KV cache's bytes at each context (seekmoe: its rows;
+llama.cpp: its state after the prompt, which is its cache's cells and a row of logits) and each worker's peak memory.
 
-    .venv/bin/python bench/long_context.py [--contexts 64,1024,4096,16384] [--threads 2] [--decode 32]
-                                           [--repeats 2] [--kv-cache-dtype auto,int8] [--dir DIR] [--out FILE.md]
+    .venv/bin/python bench/long_context.py [--contexts 64,1024,4096,16384] [--threads 2] [--decode 64]
+                                           [--repeats 3] [--kv-cache-dtype auto,int8] [--dir DIR] [--out FILE.md]
                                            [--quick]
 
 --dir keeps the checkpoint and the GGUF file (~4.5 GB) and reuses them while the config is unchanged. Needs
@@ -36,6 +36,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from seekmoe.model.config import KV_CACHE_DTYPES  # torch-free
@@ -90,6 +92,23 @@ def peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
+def in_rounds(prompts: dict[str, list[list[int]]]) -> Iterator[tuple[str, list[int]]]:
+    """(context, prompt) one of each context a round, shortest first: the machines are shared, and a slower or faster
+    spell then falls on every context alike instead of on one context's runs (and the ratios to the shortest)."""
+    for i in range(max(len(runs) for runs in prompts.values())):
+        for c, runs in prompts.items():
+            if i < len(runs):
+                yield c, runs[i]
+
+
+def medians(out: dict, prefill: dict[str, list[float]], decode: dict[str, list[float]]) -> dict:
+    """out with each context's median prefill and decode speed, and this process's peak memory."""
+    for c in prefill:
+        out["prefill"][c], out["decode"][c] = statistics.median(prefill[c]), statistics.median(decode[c])
+    out["peak_memory"] = peak_memory()
+    return out
+
+
 def work_seekmoe(folder: Path, prompts: dict[str, list[list[int]]], a: argparse.Namespace, kv_dtype: str) -> dict:
     import torch
 
@@ -113,15 +132,12 @@ def work_seekmoe(folder: Path, prompts: dict[str, list[list[int]]], a: argparse.
             return first - start, last - first
 
         run(prompts[next(iter(prompts))][0][:PREFILL_CHUNK], 4)  # warm-up: kernels compiled, pool started
-        for c, runs in prompts.items():
-            prefill, decode = [], []
-            for ids in runs:
-                prefill.append(len(ids) / run(ids, 1)[0])
-                decode.append((a.decode - 1) / run(ids, a.decode)[1])  # the prompt is in the prefix cache now
-            out["prefill"][c], out["decode"][c] = statistics.median(prefill), statistics.median(decode)
+        prefill, decode = defaultdict(list), defaultdict(list)
+        for c, ids in in_rounds(prompts):
+            prefill[c].append(len(ids) / run(ids, 1)[0])
+            decode[c].append((a.decode - 1) / run(ids, a.decode)[1])  # the prompt is in the prefix cache now
             out["kv_bytes"][c] = per_token * int(c)
-    out["peak_memory"] = peak_memory()
-    return out
+    return medians(out, prefill, decode)
 
 
 def work_llama_cpp(gguf_path: Path, prompts: dict[str, list[list[int]]], a: argparse.Namespace) -> dict:
@@ -138,23 +154,20 @@ def work_llama_cpp(gguf_path: Path, prompts: dict[str, list[list[int]]], a: argp
 
     out = dict(version=f"llama_cpp {llama_cpp.__version__}", prefill={}, decode={}, kv_bytes={})
     llm.eval(prompts[next(iter(prompts))][0][:PREFILL_CHUNK])  # warm-up
-    for c, runs in prompts.items():
-        prefill, decode = [], []
-        for ids in runs:
-            llm.reset()
-            start = time.perf_counter()
-            llm.eval(ids)
+    prefill, decode = defaultdict(list), defaultdict(list)
+    for c, ids in in_rounds(prompts):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(ids)
+        token = last_argmax()
+        prefill[c].append(len(ids) / (time.perf_counter() - start))
+        out["kv_bytes"][c] = int(llama_cpp.llama_state_get_size(llm.ctx))
+        start = time.perf_counter()
+        for _ in range(a.decode - 1):
+            llm.eval([token])
             token = last_argmax()
-            prefill.append(len(ids) / (time.perf_counter() - start))
-            out["kv_bytes"][c] = int(llama_cpp.llama_state_get_size(llm.ctx))
-            start = time.perf_counter()
-            for _ in range(a.decode - 1):
-                llm.eval([token])
-                token = last_argmax()
-            decode.append((a.decode - 1) / (time.perf_counter() - start))
-        out["prefill"][c], out["decode"][c] = statistics.median(prefill), statistics.median(decode)
-    out["peak_memory"] = peak_memory()
-    return out
+        decode[c].append((a.decode - 1) / (time.perf_counter() - start))
+    return medians(out, prefill, decode)
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -235,9 +248,9 @@ def main() -> int:
     p.add_argument("--config", default=None, choices=sorted(peers.CONFIGS),
                    help="bench/llama_cpp.py's model shapes (default small; tiny with --quick)")
     p.add_argument("--threads", type=int, default=2, help="threads for both engines (default 2)")
-    p.add_argument("--decode", type=int, default=None, help="tokens decoded per run (default 32; 8 with --quick)")
+    p.add_argument("--decode", type=int, default=None, help="tokens decoded per run (default 64; 8 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="fresh prompts per context, the median is reported "
-                                                             "(default 2; 1 with --quick)")
+                                                             "(default 3; 1 with --quick)")
     p.add_argument("--dir", default=None, help="keep the checkpoint and GGUF file here and reuse them in later runs "
                                                "(default: a temporary folder, removed at the end)")
     p.add_argument("--kv-cache-dtype", default="auto,int8",
@@ -247,8 +260,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="development run: tiny, short contexts, 8 tokens, 1 repeat")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # child processes
     a = p.parse_args()
-    a.decode = a.decode or (8 if a.quick else 32)
-    a.repeats = a.repeats or (1 if a.quick else 2)
+    a.decode = a.decode or (8 if a.quick else 64)
+    a.repeats = a.repeats or (1 if a.quick else 3)
     a.config = a.config or ("tiny" if a.quick else "small")
     if a.worker:
         worker(a)
