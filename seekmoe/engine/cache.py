@@ -6,8 +6,8 @@ Per token and layer MLA needs only the normalised latent c_KV (L wide) and the r
 block at a time and no sequence reserves room for a maximum length it may never reach.
 
 The cache is float32 (or the model's dtype), or int8: each row's latent and rope parts rounded to int8 at their own
-scale, the scales and each part's sum in `meta` (kernels.c, "the int8 latent cache"). int8 is a quarter of the
-bytes, and the decode kernel multiplies it at twice float32's rate, which is what a step at 4k tokens of context
+scale, the scales and each part's sum in `meta` (model/csrc/attend.c, "the int8 latent cache"). int8 is a quarter of
+the bytes, and the decode kernel multiplies it at twice float32's rate, which is what a step at 4k tokens of context
 and more is bound by. Whatever reads the rows as numbers (a prompt's attention, the torch paths) reads them through
 `read`, dequantized.
 
@@ -48,7 +48,7 @@ def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int
 def quantize_latent(rows: torch.Tensor, lat: int) -> tuple[torch.Tensor, torch.Tensor]:
     """rows (N, L + R) -> int8 (N, L + R) and meta (N, META) float32: the latent part (first `lat` columns) and the
     rope part each rounded at its own largest magnitude / 127 (quantize_rows; the rope part is not normalised and
-    can be far larger); kernels.c's seekmoe_quantize_latent does the same in the decode kernel."""
+    can be far larger); csrc/attend.c's seekmoe_quantize_latent does the same in the decode kernel."""
     q, meta = torch.empty(rows.shape, dtype=torch.int8), torch.empty(len(rows), META)
     for part, cols in enumerate((slice(0, lat), slice(lat, rows.shape[1]))):
         q[:, cols], meta[:, part] = quantize_rows(rows[:, cols])

@@ -13,7 +13,7 @@ raises perplexity on the bundled model (+3.8% against +3.0% for plain rounding o
 against +2.9% on the corpus sample; bench/int8_quality.py): the largest weights matter more than their count says.
 
 Two matmul paths computing x @ (q * s).T:
-- up to kernels.MAX_ROWS float32 rows (decode): seekmoe's AVX2 kernel (kernels.c, the int4 section). It rounds x to
+- up to kernels.MAX_ROWS float32 rows (decode): seekmoe's AVX2 kernel (csrc/int4.c). It rounds x to
   int8 in blocks of 32 (llama.cpp's scheme for its Q4_0 products: each input off by at most half its block's step,
   max|x_block| / 254) and multiplies two blocks at a time with integer instructions: widening int4 to float32 made
   it compute-bound below what memory streams;

@@ -1,6 +1,7 @@
 """Hand-written CPU kernels, built on first use with the system C compiler and called through ctypes.
 
-All in kernels.c, for inference (decode steps; a prompt chunk's routed experts):
+In C under csrc/ (kernels.h says which file holds what), for inference (decode steps; a prompt chunk's routed
+experts):
 - `int8_gemv`, the product of a few float32 rows with an int8 weight. torch's int8 kernel (`_weight_int8pack_mm`)
   is compute-bound on AVX2 for one row: 5-7 GB/s of int8 weight on one core here, where this one streams 11-15
   GB/s (bench/decode.py's `small` shapes); from four rows on the two are even.
@@ -68,8 +69,10 @@ log = logging.getLogger(__name__)
 # past it torch's float32 GEMMs are as fast (and the int4 weights are dequantized for them). The int8 product takes
 # any count: it is faster than torch's int8 and float32 GEMMs for a prompt too (quant.py)
 MAX_ROWS = 16
-SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
+SOURCES = Path(__file__).with_name("csrc")  # every .c file in it, compiled together, and their kernels.h
+# hidden: only the functions the C marks API (seekmoe_*) are exported, so no helper of ours can bind to, or be bound
+# by, a same-named symbol of another library in the process
+FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-fvisibility=hidden"]
 # on CPUs that have them (AMD Zen 4, Intel since Ice Lake): dpbusd for the int4 products, F16C for their scales; the
 # library built with them is cached under its own name, and SEEKMOE_KERNELS_ISA=avx2 keeps the plain AVX2 build
 VNNI_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c"}
@@ -140,8 +143,8 @@ def _compile(folder: Path, cflags: list[str]) -> bytes:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
     os.close(fd)
     try:
-        res = subprocess.run([cc, *cflags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run([cc, *cflags, *map(str, sorted(SOURCES.glob("*.c"))), "-o", tmp, "-lm"],
+                             capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise OSError(f"{cc} failed: {res.stderr.strip()[-500:]}")
         return Path(tmp).read_bytes()
@@ -200,7 +203,9 @@ def _open() -> ctypes.CDLL:
 
 
 def _open_built(cflags: list[str]) -> ctypes.CDLL:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(cflags).encode()).hexdigest()[:16]
+    sources = b"".join(f.name.encode() + b"\0" + f.read_bytes()
+                       for f in sorted(SOURCES.iterdir()) if f.suffix in (".c", ".h"))
+    digest = hashlib.sha256(sources + " ".join(cflags).encode()).hexdigest()[:16]
     folder = cache_dir()
     why = _private_folder(folder)
     if why is not None:
@@ -544,8 +549,8 @@ def _experts(lib: ctypes.CDLL) -> Callable:
 
 def int4_gemv() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """`f(x (M, I) float32, packed (O, I / 2) uint8, scale (O, I / G) float16) -> (M, O) float32`, all contiguous
-    (model/int4.py's layout; G 32 or 64), x rounded to int8 in blocks of 32 first (kernels.c's
-    int4 section), or None when the kernels cannot be built or used here."""
+    (model/int4.py's layout; G 32 or 64), x rounded to int8 in blocks of 32 first (csrc/int4.c), or None when the
+    kernels cannot be built or used here."""
     return _bound("int4_gemv", _int4_gemv)
 
 
@@ -646,7 +651,7 @@ def _int4_experts(lib: ctypes.CDLL) -> Callable:
     return run
 
 
-# ---- one decode layer in one call (kernels.c: seekmoe_decode_layer; the structs mirror its own) ---------------------
+# ---- one decode layer in one call (csrc/layer.c: seekmoe_decode_layer; the structs mirror its own) -----------------
 
 PROJ_F32, PROJ_F32_T, PROJ_INT8, PROJ_INT4 = 0, 1, 2, 3  # weight kinds: float32 (O, I), float32 stored (I, O), ...
 

@@ -4,7 +4,7 @@ Quantized: the attention projections except kv_b_proj (the absorbed MLA path rea
 shared and routed experts, and an untied lm_head. Float: the embedding table, routers (Gate), norms, kv_b_proj.
 
 Three matmul paths, all computing x @ (q * s).T:
-- float32 rows, any count (decode steps and prompt chunks): seekmoe's own kernel (kernels.py, kernels.c), which
+- float32 rows, any count (decode steps and prompt chunks): seekmoe's own kernel (kernels.py, csrc/gemv.c), which
   widens the int8 weights to float32 as it streams them, four rows of x against four weight rows at a time: float32
   activations, float32 accumulation, no rounding but the sums'. It is also the fastest of the three for a prompt
   (256 rows of `small`'s shapes: 165-220 GFLOP/s on two threads, torch's int8 kernel 75-170, its float32 GEMM
