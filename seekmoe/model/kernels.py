@@ -69,12 +69,13 @@ log = logging.getLogger(__name__)
 # past it torch's float32 GEMMs are as fast (and the int4 weights are dequantized for them). The int8 product takes
 # any count: it is faster than torch's int8 and float32 GEMMs for a prompt too (quant.py)
 MAX_ROWS = 16
-SOURCES = Path(__file__).with_name("csrc")  # every .c file in it, compiled together, and their kernels.h
+SOURCE_DIR = Path(__file__).with_name("csrc")  # every .c file in it, compiled together, and their kernels.h
 # hidden: only the functions the C marks API (seekmoe_*) are exported, so no helper of ours can bind to, or be bound
 # by, a same-named symbol of another library in the process
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-fvisibility=hidden"]
-# on CPUs that have them (AMD Zen 4, Intel since Ice Lake): dpbusd for the int4 products, F16C for their scales; the
-# library built with them is cached under its own name, and SEEKMOE_KERNELS_ISA=avx2 keeps the plain AVX2 build
+# on CPUs that have them (AMD Zen 4, Intel since Ice Lake): dpbusd for the int4 products and the int8 cache's, F16C
+# for the int4 scales; the library built with them is cached under its own name, and SEEKMOE_KERNELS_ISA=avx2 keeps
+# the plain AVX2 build
 VNNI_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c"}
 VNNI_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c"]
 _lock = threading.Lock()
@@ -143,7 +144,7 @@ def _compile(folder: Path, cflags: list[str]) -> bytes:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
     os.close(fd)
     try:
-        res = subprocess.run([cc, *cflags, *map(str, sorted(SOURCES.glob("*.c"))), "-o", tmp, "-lm"],
+        res = subprocess.run([cc, *cflags, *map(str, sorted(SOURCE_DIR.glob("*.c"))), "-o", tmp, "-lm"],
                              capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise OSError(f"{cc} failed: {res.stderr.strip()[-500:]}")
@@ -204,7 +205,7 @@ def _open() -> ctypes.CDLL:
 
 def _open_built(cflags: list[str]) -> ctypes.CDLL:
     sources = b"".join(f.name.encode() + b"\0" + f.read_bytes()
-                       for f in sorted(SOURCES.iterdir()) if f.suffix in (".c", ".h"))
+                       for f in sorted(SOURCE_DIR.iterdir()) if f.suffix in (".c", ".h"))
     digest = hashlib.sha256(sources + " ".join(cflags).encode()).hexdigest()[:16]
     folder = cache_dir()
     why = _private_folder(folder)
