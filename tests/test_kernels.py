@@ -519,6 +519,51 @@ def test_attention_over_an_int8_cache_is_its_roundings_done_in_torch(heads, widt
         assert (got[b] - rows[b]).norm() <= 0.05 * rows[b].norm()
 
 
+def int8_attentions() -> dict[str, torch.Tensor]:
+    """The int8 cache's attention on a few shapes (heads past multiples of four, widths past 32, chunks merged)."""
+    from seekmoe.engine.cache import quantize_latent
+
+    out = {}
+    for i, (rows, heads, width, lat) in enumerate([(4096, 8, 288, 256), (1000, 5, 80, 64), (37, 16, 576, 512),
+                                                    (700, 3, 48, 40)]):
+        kv = randn(rows, width, seed=20 + i) * torch.rand(rows, 1, generator=torch.Generator().manual_seed(i)) * 3
+        q8, meta = quantize_latent(kv, lat)
+        slots = torch.randperm(rows, generator=torch.Generator().manual_seed(30 + i))
+        out[f"shape{i}"] = kernels.mla_attend()(randn(2, heads, width, seed=40 + i), q8, slots,
+                                                torch.tensor([0, rows // 3, rows]), lat, 0.1, meta)
+    return out
+
+
+@needs_gemv
+@pytest.mark.skipif(kernels.flags() == kernels.FLAGS, reason="this CPU (or SEEKMOE_KERNELS_ISA) gets the AVX2 build")
+def test_the_int8_cache_reads_the_same_in_the_vnni_and_the_avx2_build(tmp_path):
+    # dpbusd sums four products in 32 bits where vpmaddubsw + vpmaddwd sum pairs in 16 bits first: the same for the
+    # operands the kernel passes (7-bit query and weights), so a cache gives the same answers on either kind of CPU
+    from safetensors.torch import load_file
+
+    code = ("import sys; from safetensors.torch import save_file; from tests.test_kernels import int8_attentions; "
+            "save_file(int8_attentions(), sys.argv[1])")
+    env = {**os.environ, "SEEKMOE_KERNELS_ISA": "avx2", "SEEKMOE_CACHE": str(tmp_path)}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "avx2.safetensors")], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    avx2, here = load_file(tmp_path / "avx2.safetensors"), int8_attentions()
+    assert avx2.keys() == here.keys()
+    for name, want in avx2.items():
+        assert torch.equal(here[name], want), name
+
+
+@needs_gemv
+def test_the_library_exports_its_entry_points_only():
+    # built with -fvisibility=hidden: a helper named like another library's function (attend, route, proj) can
+    # neither be called by that library nor call it
+    lib = kernels._library()
+    assert hasattr(lib, "seekmoe_mla_attend") and hasattr(lib, "seekmoe_decode_layer")
+    for helper in ("pool_run", "attend", "tiles_f32", "route", "proj", "share"):
+        assert not hasattr(lib, helper), helper
+
+
 @needs_gemv
 @pytest.mark.parametrize("bad", ["slot past the cache", "negative slot", "offsets out of order", "offsets short",
                                  "float64 cache", "lat too wide", "int8 without meta", "meta short", "meta with int8"])
