@@ -512,13 +512,13 @@ int attend(const float *q, const float *kv, const int8_t *kv8, const float *meta
 }
 
 API int seekmoe_mla_attend(const float *q, const float *kv, int64_t n_rows, int64_t width, int64_t lat, int64_t heads,
-                       const int64_t *slots, const int64_t *offsets, int64_t n_seqs, float scale, float *out) {
+                           const int64_t *slots, const int64_t *offsets, int64_t n_seqs, float scale, float *out) {
     return attend(q, kv, NULL, NULL, n_rows, width, lat, heads, slots, offsets, n_seqs, scale, out);
 }
 
 /* the same over the int8 cache: kv8 (n_rows, W) int8, meta (n_rows, LATENT_META) */
 API int seekmoe_mla_attend_int8(const float *q, const int8_t *kv8, const float *meta, int64_t n_rows, int64_t width,
-                            int64_t lat, int64_t heads, const int64_t *slots, const int64_t *offsets, int64_t n_seqs,
-                            float scale, float *out) {
+                                int64_t lat, int64_t heads, const int64_t *slots, const int64_t *offsets,
+                                int64_t n_seqs, float scale, float *out) {
     return attend(q, NULL, kv8, meta, n_rows, width, lat, heads, slots, offsets, n_seqs, scale, out);
 }

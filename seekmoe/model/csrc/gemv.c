@@ -297,13 +297,13 @@ static void int8_gemv_job(void *p, int ith, int nth) {
 }
 
 API void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
-                       int64_t n_out) {
+                           int64_t n_out) {
     int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out, 1};
     pool_run(int8_gemv_job, &a, parts_of(n_out, 16), n_in * n_out);
 }
 
 API void seekmoe_int8_gemv_heads(const float *x, const int8_t *q, const float *scale, float *y, int64_t heads,
-                             int64_t m_rows, int64_t n_in, int64_t n_out) {
+                                 int64_t m_rows, int64_t n_in, int64_t n_out) {
     int8_gemv_args a = {x, scale, q, y, m_rows, n_in, n_out, heads};
     pool_run(int8_gemv_job, &a, parts_of(heads * n_out, 16), heads * n_in * n_out);
 }
@@ -378,8 +378,8 @@ static int run_experts(job_fn job, experts_args *a, int64_t n_experts, int64_t b
 
 /* Returns -1 (and adds nothing) if an expert index is out of range. */
 API int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
-                         const float *gate_up_scale, const int8_t *down, const float *down_scale, const int64_t *idx,
-                         const float *weight, int64_t k, float *y, float *h) {
+                             const float *gate_up_scale, const int8_t *down, const float *down_scale,
+                             const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
     for (int64_t j = 0; j < k; j++)
         if (idx[j] < 0 || idx[j] >= n_experts) return -1;
     experts_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, idx, weight, k, y, h, NULL};
@@ -410,7 +410,8 @@ static void f32_experts_job(void *p, int ith, int nth) {
 
 /* As seekmoe_int8_experts for float32 weights, the down projection stored transposed (E, F, D). */
 API int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
-                        const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
+                            const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y,
+                            float *h) {
     experts_args a = {x, d, f, gate_up, down_t, NULL, NULL, idx, weight, k, y, h, NULL};
     return run_experts(f32_experts_job, &a, n_experts, 12 * f * d * k, 4);
 }
@@ -491,16 +492,16 @@ static int run_grouped(job_fn job, grouped_args *a, int64_t n_experts, int64_t b
 }
 
 API int seekmoe_f32_experts_grouped(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
-                                const float *down_t, const int64_t *used, const int64_t *start, int64_t n_used,
-                                const float *weight, float *out) {
+                                    const float *down_t, const int64_t *used, const int64_t *start, int64_t n_used,
+                                    const float *weight, float *out) {
     grouped_args a = {x, d, f, gate_up, down_t, NULL, NULL, used, start, n_used, weight, out, 0};
     return run_grouped(f32_grouped_job, &a, n_experts, 12 * f * d);
 }
 
 API int seekmoe_int8_experts_grouped(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
-                                 const float *gate_up_scale, const int8_t *down, const float *down_scale,
-                                 const int64_t *used, const int64_t *start, int64_t n_used, const float *weight,
-                                 float *out) {
+                                     const float *gate_up_scale, const int8_t *down, const float *down_scale,
+                                     const int64_t *used, const int64_t *start, int64_t n_used, const float *weight,
+                                     float *out) {
     grouped_args a = {x, d, f, gate_up, down, gate_up_scale, down_scale, used, start, n_used, weight, out, 0};
     return run_grouped(int8_grouped_job, &a, n_experts, 3 * f * d);
 }
@@ -543,7 +544,7 @@ static void f32_columns_job(void *p, int ith, int nth) {
 }
 
 API void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, int64_t n_in, int64_t n_out,
-                      int transposed) {
+                          int transposed) {
     f32_gemv_args a = {x, w, y, m_rows, n_in, n_out};
     pool_run(transposed ? f32_columns_job : f32_rows_job, &a, parts_of(n_out, 16), 4 * n_in * n_out);
 }

@@ -220,7 +220,7 @@ static void int4_gemv_job(void *p, int ith, int nth) {
 
 /* Returns -1 (and writes nothing) unless group is 32 or 64 and divides n_in; -2 without memory. */
 API int seekmoe_int4_gemv(const float *x, const uint8_t *q, const uint16_t *scale, float *y, int64_t m_rows,
-                      int64_t n_in, int64_t n_out, int64_t group) {
+                          int64_t n_in, int64_t n_out, int64_t group) {
     if ((group != 32 && group != 64) || n_in % group) return -1;
     pthread_once(&f16_once, fill_f16_table);
     int64_t nb = n_in / 32;
@@ -278,7 +278,7 @@ static void int4_dequant_job(void *p, int part, int parts) {
 
 /* Returns -1 (and writes nothing) unless group is 32 or 64 and divides n_in. */
 API int seekmoe_int4_dequant(const uint8_t *q, const uint16_t *scale, float *w, int64_t rows, int64_t n_in,
-                         int64_t group) {
+                             int64_t group) {
     if ((group != 32 && group != 64) || n_in % group) return -1;
     pthread_once(&f16_once, fill_f16_table);
     int4_dequant_args a = {q, scale, w, rows, n_in, group};
@@ -337,8 +337,8 @@ static void int4_experts_down_job(void *p, int part, int parts) {
 }
 
 API int seekmoe_int4_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const uint8_t *gate_up,
-                         const uint16_t *gate_up_scale, const uint8_t *down, const uint16_t *down_scale,
-                         int64_t group, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
+                             const uint16_t *gate_up_scale, const uint8_t *down, const uint16_t *down_scale,
+                             int64_t group, const int64_t *idx, const float *weight, int64_t k, float *y, float *h) {
     if ((group != 32 && group != 64) || d % group || f % group) return -1;
     for (int64_t j = 0; j < k; j++)
         if (idx[j] < 0 || idx[j] >= n_experts) return -1;

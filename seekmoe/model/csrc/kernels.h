@@ -121,7 +121,6 @@ static inline __m256i dot_u8s8(__m256i acc, __m256i x, __m256i y) {
 }
 #endif
 
-
 /* ---- what one part calls in another ----------------------------------------------------------------------- */
 /* gemv.c */
 void tiles_f32(const float *x, int64_t m_rows, int64_t ldx, const float *w, int64_t k, int64_t o0, int64_t o1,
@@ -130,23 +129,24 @@ void tiles_nn(const float *a, int64_t lda, int64_t m_rows, int64_t k, const floa
               float *y, int64_t ldy);
 void swiglu_act(const float *h, int64_t m_rows, int64_t f, const float *weight, float *act);
 API void seekmoe_int8_gemv(const float *x, const int8_t *q, const float *scale, float *y, int64_t m_rows, int64_t n_in,
-                       int64_t n_out);
+                           int64_t n_out);
 API void seekmoe_int8_gemv_heads(const float *x, const int8_t *q, const float *scale, float *y, int64_t heads,
-                             int64_t m_rows, int64_t n_in, int64_t n_out);
+                                 int64_t m_rows, int64_t n_in, int64_t n_out);
 API int seekmoe_int8_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
-                         const float *gate_up_scale, const int8_t *down, const float *down_scale, const int64_t *idx,
-                         const float *weight, int64_t k, float *y, float *h);
+                             const float *gate_up_scale, const int8_t *down, const float *down_scale,
+                             const int64_t *idx, const float *weight, int64_t k, float *y, float *h);
 API int seekmoe_f32_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
-                        const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y, float *h);
+                            const float *down_t, const int64_t *idx, const float *weight, int64_t k, float *y,
+                            float *h);
 API int seekmoe_f32_experts_grouped(const float *x, int64_t d, int64_t f, int64_t n_experts, const float *gate_up,
-                                const float *down_t, const int64_t *used, const int64_t *start, int64_t n_used,
-                                const float *weight, float *out);
+                                    const float *down_t, const int64_t *used, const int64_t *start, int64_t n_used,
+                                    const float *weight, float *out);
 API int seekmoe_int8_experts_grouped(const float *x, int64_t d, int64_t f, int64_t n_experts, const int8_t *gate_up,
-                                 const float *gate_up_scale, const int8_t *down, const float *down_scale,
-                                 const int64_t *used, const int64_t *start, int64_t n_used, const float *weight,
-                                 float *out);
+                                     const float *gate_up_scale, const int8_t *down, const float *down_scale,
+                                     const int64_t *used, const int64_t *start, int64_t n_used, const float *weight,
+                                     float *out);
 API void seekmoe_f32_gemv(const float *x, const float *w, float *y, int64_t m_rows, int64_t n_in, int64_t n_out,
-                      int transposed);
+                          int transposed);
 /* attend.c */
 #define LATENT_META 4  /* an int8 cache row's floats beside it: [scale_lat, scale_rope, sum_lat, sum_rope] */
 API void seekmoe_quantize_latent(const float *x, int64_t n, int64_t w, int64_t lat, int8_t *q, float *meta);
@@ -155,9 +155,9 @@ int attend(const float *q, const float *kv, const int8_t *kv8, const float *meta
            float *out);
 /* int4.c */
 API int seekmoe_int4_gemv(const float *x, const uint8_t *q, const uint16_t *scale, float *y, int64_t m_rows,
-                      int64_t n_in, int64_t n_out, int64_t group);
+                          int64_t n_in, int64_t n_out, int64_t group);
 API int seekmoe_int4_experts(const float *x, int64_t d, int64_t f, int64_t n_experts, const uint8_t *gate_up,
-                         const uint16_t *gate_up_scale, const uint8_t *down, const uint16_t *down_scale,
-                         int64_t group, const int64_t *idx, const float *weight, int64_t k, float *y, float *h);
+                             const uint16_t *gate_up_scale, const uint8_t *down, const uint16_t *down_scale,
+                             int64_t group, const int64_t *idx, const float *weight, int64_t k, float *y, float *h);
 
 #endif

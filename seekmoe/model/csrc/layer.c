@@ -294,8 +294,8 @@ static void route(const layer_desc *L, float *scores, float *choice, int64_t *id
  * One row runs as it always has (the experts kernel per token); several share each product (tiles), and their
  * routed experts are grouped by expert. */
 API int seekmoe_decode_layer(const layer_desc *L, float *x, int64_t b, float *kv, int8_t *kv8, float *meta,
-                         int64_t kv_rows, const float *cos, const float *sin, const int64_t *slots, int64_t n_slots,
-                         const int64_t *offsets, int64_t *counts) {
+                             int64_t kv_rows, const float *cos, const float *sin, const int64_t *slots, int64_t n_slots,
+                             const int64_t *offsets, int64_t *counts) {
     int64_t d = L->d, H = L->heads, nope = L->nope, r = L->rope, lat = L->lat, w = lat + r, v = L->v, hr = r / 2;
     int64_t qw = H * (nope + r), k = L->gate ? L->top_k : 0, e = L->routed.n_experts;
     int64_t qa = L->q_lora ? L->q_lora : qw;  /* attn_in's query part */
